@@ -1,0 +1,41 @@
+# KSH Drawing AI. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kshd-installed
+# Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
+RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+
+.PHONY: help setup demo test test-fast lint format samples clean-demo
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install the project (does nothing when .venv is current)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# No NVIDIA GPU: take the CPU wheel of torch (a plain install would pull a multi-GB CUDA build).
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[gui,dev]'
+	touch $@
+
+demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)
+	$(RUN) $(PY) -m kshd.demo
+
+test: setup ## run the whole test suite (what CI runs)
+	$(RUN) $(PY) -m pytest
+
+test-fast: setup ## the suite without the slow tests
+	$(RUN) $(PY) -m pytest -m "not slow"
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: setup ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+samples: setup ## redraw data/samples/ (deterministic)
+	$(RUN) $(PY) -m kshd.samples data/samples

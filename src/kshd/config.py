@@ -1,0 +1,67 @@
+"""Configuration: compose `params.yaml` (what DVC wrote from `conf/`) with command-line overrides.
+
+Stages read `params.yaml` through Hydra's Compose API rather than `@hydra.main` over `conf/`:
+`dvc exp run -S` rewrites `params.yaml`, so this is the file that holds an experiment's values,
+and the Compose API neither changes the working directory nor writes `outputs/` folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE = "params.yaml"
+CONF_DIR = "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what is accepted."""
+
+
+def project_root() -> Path:
+    """The DVC project root: `DVC_ROOT` while DVC runs a stage, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
+
+
+def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = None) -> DictConfig:
+    """Compose `params.yaml` with Hydra overrides such as `train.epochs=3`."""
+    from hydra import compose, initialize_config_dir
+
+    path = Path(params_file) if params_file else project_root() / PARAMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no params file. Run from the project root, or compose one from conf/ with "
+            "`dvc exp run` (or `kshd compose-params`)."
+        )
+    with initialize_config_dir(config_dir=str(path.resolve().parent), version_base=None):
+        cfg = compose(config_name=path.stem, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def compose_conf(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -> DictConfig:
+    """Compose `conf/` exactly as DVC does for `dvc exp run -S ...` (used by tests and tools)."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(conf_dir) if conf_dir else project_root() / CONF_DIR
+    with initialize_config_dir(config_dir=str(conf.resolve()), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_params(cfg: DictConfig, path: str | Path) -> None:
+    """Write a composed config the way DVC writes `params.yaml`."""
+    Path(path).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+
+
+def require(condition: bool, key: str, value: object, accepted: str) -> None:
+    """Raise a ConfigError naming the key, the bad value and what is accepted."""
+    if not condition:
+        raise ConfigError(f"config key `{key}` = {value!r} is not valid: expected {accepted}.")

@@ -1,0 +1,83 @@
+"""info.csv -> a Hugging Face dataset on disk, with a deterministic holdout split."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from kshd.captioning import read_info_csv
+from kshd.fileio import atomic_dir, write_text
+
+log = logging.getLogger(__name__)
+
+TRAIN, HOLDOUT = "train", "holdout"
+
+
+def holdout_mask(digests: Sequence[str], fraction: float) -> list[bool]:
+    """Per-item choice by content hash, stable when drawings are added; at least one if asked."""
+    if fraction <= 0 or len(digests) < 2:
+        return [False] * len(digests)
+    scores = [int(d[:15], 16) / 16**15 for d in digests]
+    mask = [s < fraction for s in scores]
+    if not any(mask):
+        mask[scores.index(min(scores))] = True
+    if all(mask):
+        mask[scores.index(max(scores))] = False
+    return mask
+
+
+def load_rows(info_csv: str | Path) -> list[dict]:
+    """Rows of info.csv with their image bytes; a missing image stops with its row named."""
+    info_csv = Path(info_csv)
+    rows = []
+    for line_no, (image, text) in enumerate(read_info_csv(info_csv), start=2):
+        path = info_csv.parent / image
+        if not path.is_file():
+            raise FileNotFoundError(f"{info_csv}: row {line_no}: image {image!r} not found ({path})")
+        data = path.read_bytes()
+        rows.append({"image": {"bytes": data, "path": Path(image).name}, "text": text,
+                     "digest": hashlib.sha256(data).hexdigest()})
+    if not rows:
+        raise ValueError(f"{info_csv}: no rows")
+    return rows
+
+
+def build_dataset(rows: list[dict], holdout_fraction: float):
+    """A DatasetDict with `train` and `holdout` splits, columns `image` (Image) and `text`."""
+    from datasets import Dataset, DatasetDict, Features, Image, Value
+
+    features = Features({"image": Image(), "text": Value("string")})
+    mask = holdout_mask([r["digest"] for r in rows], holdout_fraction)
+
+    def split(keep: bool) -> Dataset:
+        chosen = [r for r, m in zip(rows, mask, strict=True) if m == keep]
+        return Dataset.from_dict(
+            {"image": [r["image"] for r in chosen], "text": [r["text"] for r in chosen]},
+            features=features,
+        )
+
+    return DatasetDict({TRAIN: split(False), HOLDOUT: split(True)})
+
+
+def dataset_card(counts: dict[str, int], trigger_phrase: str) -> str:
+    return (
+        "---\nlicense: other\ntask_categories: [text-to-image]\n---\n"
+        "# KSH drawing style\n\n"
+        "Drawings by KSH with BLIP-2 captions, for LoRA training of Stable Diffusion 1.x.\n\n"
+        f"- trigger phrase: `{trigger_phrase}`\n"
+        + "".join(f"- {name}: {n} images\n" for name, n in counts.items())
+    )
+
+
+def save_dataset(info_csv: str | Path, out_dir: str | Path, holdout_fraction: float,
+                 trigger_phrase: str) -> dict[str, int]:
+    """Build and save the dataset atomically; returns the split sizes."""
+    ds = build_dataset(load_rows(info_csv), holdout_fraction)
+    counts = {name: len(split) for name, split in ds.items()}
+    with atomic_dir(out_dir) as tmp:
+        ds.save_to_disk(str(tmp))
+        write_text(tmp / "README.md", dataset_card(counts, trigger_phrase))
+    log.info("dataset: %s saved to %s", counts, out_dir)
+    return counts

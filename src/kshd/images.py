@@ -1,0 +1,136 @@
+"""Image intake: decode any drawing the artist has into clean RGB, or say exactly why not.
+
+Shared by the `prepare` stage and the app's image-to-image input, so both follow one set of rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+_HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ImageRejected(ValueError):
+    """An input that cannot be used; `reason` is what the report says about it."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class IntakeRules:
+    """What an acceptable drawing is and how it is normalised."""
+
+    background: tuple[int, int, int] = (255, 255, 255)
+    min_side: int = 32
+    max_pixels: int = 100_000_000
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image  # RGB
+    animated: bool = False
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit and float images to 8 bits (PIL's convert('L') clips them to white)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if arr.max(initial=0.0) > 255 or img.mode.startswith("I;16") else 255.0
+    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Any mode to RGB, compositing transparency onto `background` (not onto what lies beneath)."""
+    if img.mode in _HIGH_BIT_MODES:
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa") or (img.mode == "L" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGB" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        canvas = Image.new("RGBA", img.size, (*background, 255))
+        return Image.alpha_composite(canvas, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, rules: IntakeRules = IntakeRules()) -> LoadedImage:
+    """Open, check and normalise one file; raise ImageRejected with a reason a person understands."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > rules.max_pixels:
+                    raise ImageRejected(
+                        f"too large: {width}x{height} = {width * height} pixels > max_pixels "
+                        f"{rules.max_pixels} (decompression-bomb guard)"
+                    )
+                animated = bool(getattr(img, "is_animated", False))
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = flatten(img, rules.background)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not an image: no image format recognises its content") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"truncated or corrupt: {exc}") from exc
+    if min(rgb.size) < rules.min_side:
+        raise ImageRejected(
+            f"too small: {rgb.width}x{rgb.height}, short side below min_side {rules.min_side}"
+        )
+    return LoadedImage(rgb, animated)
+
+
+def resize_short_side(img: Image.Image, side: int, upscale: bool = False) -> Image.Image:
+    """Resize so the short side is `side`, keeping aspect (Lanczos); only enlarge if asked."""
+    short = min(img.size)
+    if short == side or (short < side and not upscale):
+        return img
+    scale = side / short
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def fit_within(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale and centre-crop to exactly width x height (for image-to-image inputs)."""
+    return ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS)
+
+
+def pixel_hash(img: Image.Image) -> str:
+    """Hash of the decoded pixels and size: equal for the same drawing saved in two formats."""
+    digest = hashlib.sha256(f"{img.mode}{img.size}".encode())
+    digest.update(img.tobytes())
+    return digest.hexdigest()
+
+
+def safe_stem(name: str, max_len: int = 48) -> str:
+    """A file-name stem that is safe everywhere but still readable (Hangul kept, NFC)."""
+    stem = unicodedata.normalize("NFC", Path(name).stem)
+    stem = re.sub(r"[^\w\-]+", "_", stem, flags=re.UNICODE).strip("_.-")
+    return stem[:max_len] or "image"

@@ -1,0 +1,125 @@
+"""The prepare step: every raw drawing is either accepted (written as clean RGB PNG) or reported."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kshd.fileio import atomic_path
+from kshd.images import IntakeRules, ImageRejected, load_image, pixel_hash, resize_short_side, safe_stem
+
+log = logging.getLogger(__name__)
+
+
+class EmptyInputError(FileNotFoundError):
+    """The raw folder is missing or holds no files: stop before any model loads."""
+
+
+@dataclass
+class PrepareReport:
+    """What happened to each input; `inputs == accepted + len(rejected) + duplicates`."""
+
+    inputs: int = 0
+    accepted: int = 0
+    rejected: list[dict] = field(default_factory=list)
+    duplicates: int = 0
+    duplicate_of: list[dict] = field(default_factory=list)
+    animated: list[str] = field(default_factory=list)
+    sidecars: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "inputs": self.inputs,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "duplicate_of": self.duplicate_of,
+            "animated": self.animated,
+            "sidecars": self.sidecars,
+            "images": self.images,
+        }
+
+
+def list_inputs(raw_dir: Path) -> tuple[list[Path], list[Path]]:
+    """All visible files under raw_dir, split into image candidates and caption sidecars (.txt)."""
+    if not raw_dir.is_dir():
+        raise EmptyInputError(f"{raw_dir}: the raw drawings folder does not exist")
+    files: list[Path] = []
+    for root, dirs, names in os.walk(raw_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    stems = {f.with_suffix("") for f in files if f.suffix.lower() != ".txt"}
+    sidecars = [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems]
+    candidates = [f for f in files if f not in set(sidecars)]
+    if not candidates:
+        raise EmptyInputError(f"{raw_dir}: no drawings found (the folder is empty)")
+    return candidates, sidecars
+
+
+def prepare_folder(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resolution: int,
+    upscale: bool = False,
+    rules: IntakeRules = IntakeRules(),
+) -> PrepareReport:
+    """Decode, clean and resize every drawing in raw_dir into out_dir as `<name>-<hash>.png`."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    candidates, sidecars = list_inputs(raw_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PrepareReport(inputs=len(candidates))
+    report.sidecars = [s.relative_to(raw_dir).as_posix() for s in sidecars]
+    seen: dict[str, str] = {}
+    for path in tqdm(candidates, desc="prepare", unit="img"):
+        rel = path.relative_to(raw_dir).as_posix()
+        try:
+            loaded = load_image(path, rules)
+        except ImageRejected as exc:
+            log.warning("%s: rejected: %s", path, exc.reason)
+            report.rejected.append({"file": rel, "reason": exc.reason})
+            continue
+        digest = pixel_hash(loaded.image)
+        if digest in seen:
+            report.duplicates += 1
+            report.duplicate_of.append({"file": rel, "same_as": seen[digest]})
+            continue
+        seen[digest] = rel
+        if loaded.animated:
+            report.animated.append(rel)
+        name = f"{safe_stem(path.name)}-{digest[:10]}.png"
+        target = out_dir / name
+        img = resize_short_side(loaded.image, resolution, upscale)
+        if not _already_written(target, img.size):  # a rerun after a kill skips finished ones
+            with atomic_path(target) as tmp:
+                img.save(tmp, format="PNG")
+        report.accepted += 1
+        report.images.append({"file": rel, "output": name})
+    _remove_stale(out_dir, {item["output"] for item in report.images})
+    log.info(
+        "prepare: %d inputs, %d accepted, %d rejected, %d duplicates",
+        report.inputs, report.accepted, len(report.rejected), report.duplicates,
+    )
+    return report
+
+
+def _already_written(target: Path, size: tuple[int, int]) -> bool:
+    """Same content gives the same name; the size check catches a changed resolution."""
+    if not target.exists():
+        return False
+    from PIL import Image
+
+    with Image.open(target) as done:
+        return done.size == size
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Drop outputs of drawings that are no longer in the raw folder."""
+    for f in out_dir.iterdir():
+        if f.is_file() and f.name not in keep:
+            f.unlink()

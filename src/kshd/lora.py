@@ -1,0 +1,89 @@
+"""LoRA adapters on the UNet (peft), saved for diffusers and for AUTOMATIC1111/ComfyUI (kohya)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from kshd.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "ksh_drawing_style.safetensors"
+
+
+def add_lora(unet, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
+    """Attach a trainable LoRA adapter; everything else in the UNet stays frozen."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                        target_modules=list(target_modules))
+    unet.add_adapter(config)
+
+
+def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft naming (`...lora_A.weight`), detached, fp32, contiguous."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
+    """`pipe.load_lora_weights(out_dir)` loads this."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import save_file
+
+    converted = convert_state_dict_to_diffusers(state)
+    tensors = {f"unet.{k}": v for k, v in converted.items()}
+    target = out_dir / DIFFUSERS_FILE
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    return target
+
+
+def save_kohya(state: dict[str, torch.Tensor], out_dir: Path, alpha: float,
+               metadata: dict[str, object]) -> Path:
+    """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+    for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
+        kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(alpha))
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    target = out_dir / KOHYA_FILE
+    with atomic_path(target) as tmp:
+        save_file(kohya, str(tmp), metadata=meta)
+    return target
+
+
+def kohya_metadata(*, rank: int, alpha: float, base_model: str, resolution: int, trigger: str,
+                   steps: int, epochs: int, batch_size: int, learning_rate: float,
+                   num_images: int, seed: int) -> dict[str, object]:
+    """The `ss_*` fields A1111's and civitai's LoRA readers show."""
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": "sd_v1",
+        "ss_sd_model_name": base_model,
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_tag_frequency": {"ksh": {trigger: num_images}},
+        "ss_output_name": Path(KOHYA_FILE).stem,
+        "ss_steps": str(steps),
+        "ss_epoch": str(epochs),
+        "ss_batch_size_per_device": str(batch_size),
+        "ss_learning_rate": str(learning_rate),
+        "ss_num_train_images": str(num_images),
+        "ss_seed": str(seed),
+        "ss_training_comment": f"trigger phrase: {trigger}",
+        "modelspec.title": "KSH drawing style",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+    }

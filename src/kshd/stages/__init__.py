@@ -1,0 +1,37 @@
+"""Thin entry points, one per DVC stage: load config, call the library, write outputs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from kshd.config import load_params
+
+
+def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
+    """Logging plus `params.yaml` composed with the command line's Hydra overrides."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    cfg = load_params(overrides)
+    logging.getLogger(f"kshd.stages.{stage}").info(
+        "stage %s%s", stage, f" with overrides {overrides}" if overrides else ""
+    )
+    return cfg
+
+
+def ensure_tiny(cfg: DictConfig) -> None:
+    """The demo profile builds its tiny local models on first use (tiny.build)."""
+    if cfg.tiny.build:
+        from kshd.models import build_tiny_models
+
+        build_tiny_models(cfg.tiny.dir, cfg.tiny.seed)
+
+
+def plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

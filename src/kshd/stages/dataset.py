@@ -1,0 +1,18 @@
+"""DVC stage `dataset`: data/info.csv -> data/dataset (train / holdout splits)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kshd.dataset import save_dataset
+from kshd.stages import stage_config
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = stage_config(argv, "dataset")
+    save_dataset(cfg.data.info_csv, cfg.data.dataset_dir, cfg.dataset.holdout_fraction,
+                 cfg.caption.trigger_phrase)
+
+
+if __name__ == "__main__":
+    main()
