@@ -109,7 +109,7 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
     chars = list(_bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *chars])}
     tok = GPT2Tokenizer(
-        vocab=vocab, merges=[], bos_token="</s>",
+        vocab=vocab, merges=[], bos_token="<s>",
         eos_token="</s>", pad_token="<pad>", unk_token="<unk>", padding_side="left",
     )
     num_query_tokens = 4
@@ -122,7 +122,7 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
                             num_attention_heads=4, encoder_hidden_size=32, vocab_size=len(tok)),
         text_config=dict(model_type="opt", hidden_size=32, ffn_dim=37, num_hidden_layers=2,
                          num_attention_heads=4, vocab_size=len(tok), word_embed_proj_dim=32,
-                         max_position_embeddings=128, bos_token_id=2, eos_token_id=2,
+                         max_position_embeddings=128, bos_token_id=0, eos_token_id=2,
                          pad_token_id=1),
         num_query_tokens=num_query_tokens,
         image_token_index=tok.convert_tokens_to_ids("<image>"),

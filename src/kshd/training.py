@@ -199,8 +199,9 @@ def train_lora(c: Components, train_split, s: TrainSettings,
     c.vae.requires_grad_(False)
     c.text_encoder.requires_grad_(False)
     add_lora(c.unet, s.rank, s.alpha, s.target_modules)
-    c.vae.to(accelerator.device, dtype=weight_dtype)
-    c.text_encoder.to(accelerator.device, dtype=weight_dtype)
+    for frozen in (c.vae, c.text_encoder):  # cast only when needed: the VAE warns otherwise
+        frozen.to(accelerator.device, **({} if weight_dtype == torch.float32 else
+                                         {"dtype": weight_dtype}))
     c.unet.to(accelerator.device)
 
     data = DrawingDataset(train_split, c.tokenizer, s.resolution, s.center_crop, s.random_flip,

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     device, dtype = device_and_dtype()
     pipe = StableDiffusionPipeline.from_pretrained(
         cfg.model.pretrained, revision=cfg.model.revision, variant=cfg.model.variant,
-        torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        dtype=dtype, safety_checker=None, requires_safety_checker=False,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
     out = Path(cfg.output.reports_dir)
