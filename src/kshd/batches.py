@@ -27,8 +27,9 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def augment(img: Image.Image, resolution: int, center_crop: bool, random_flip: bool,
-            rng: random.Random) -> Image.Image:
+def augment(
+    img: Image.Image, resolution: int, center_crop: bool, random_flip: bool, rng: random.Random
+) -> Image.Image:
     """As train_text_to_image_lora.py: resize short side, crop to a square, maybe flip."""
     img = resize_short_side(img.convert("RGB"), resolution, upscale=True)
     w, h = img.size
@@ -45,14 +46,18 @@ def augment(img: Image.Image, resolution: int, center_crop: bool, random_flip: b
 class DrawingDataset(torch.utils.data.Dataset):
     """A `datasets` split as (pixel_values, input_ids) items; call set_epoch before each epoch."""
 
-    def __init__(self, split, tokenizer, resolution: int, center_crop: bool, random_flip: bool,
-                 seed: int):
+    def __init__(
+        self, split, tokenizer, resolution: int, center_crop: bool, random_flip: bool, seed: int
+    ):
         self.split = split
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.seed, self.epoch = seed, 0
         self.input_ids = tokenizer(
-            list(split["text"]), max_length=tokenizer.model_max_length, padding="max_length",
-            truncation=True, return_tensors="pt",
+            list(split["text"]),
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
         ).input_ids  # tokenized once, not per item per epoch
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,6 +68,7 @@ class DrawingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = item_rng(self.seed, self.epoch, index)
-        img = augment(self.split[index]["image"], self.resolution, self.center_crop,
-                      self.random_flip, rng)
+        img = augment(
+            self.split[index]["image"], self.resolution, self.center_crop, self.random_flip, rng
+        )
         return {"pixel_values": to_tensor(img), "input_ids": self.input_ids[index]}

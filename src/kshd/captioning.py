@@ -44,7 +44,7 @@ def clean_caption(raw: str, prompt: str) -> str:
     text = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
     text = re.sub(r"\s+", " ", text).strip()
     if prompt and text.lower().startswith(prompt.lower()):
-        text = text[len(prompt):].strip()
+        text = text[len(prompt) :].strip()
     text = re.sub(r"\b(\w+)(?:\s+\1\b)+", r"\1", text, flags=re.IGNORECASE)
     return text.strip(" ,.;:")
 
@@ -87,8 +87,12 @@ class Captioner:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         torch.manual_seed(seed)
         out = self.model.generate(
-            **inputs, do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty, max_new_tokens=s.max_new_tokens,
+            **inputs,
+            do_sample=s.do_sample,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
+            max_new_tokens=s.max_new_tokens,
         )
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [clean_caption(t, s.prompt) for t in texts]
@@ -111,11 +115,15 @@ def caption_files(paths: Sequence[Path], settings: CaptionSettings) -> list[str]
     for i in range(0, len(paths), settings.batch_size):
         chunk = paths[i : i + settings.batch_size]
         images = [Image.open(p).convert("RGB") for p in chunk]
-        captions.extend(captioner.caption(images, batch_seed(settings.seed, [p.name for p in chunk])))
+        captions.extend(
+            captioner.caption(images, batch_seed(settings.seed, [p.name for p in chunk]))
+        )
         bar.update(len(chunk))
     bar.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
-    log.info("captioned %d images in %.1f s (%.2f images/s)", len(paths), elapsed, len(paths) / elapsed)
+    log.info(
+        "captioned %d images in %.1f s (%.2f images/s)", len(paths), elapsed, len(paths) / elapsed
+    )
     return captions
 
 
@@ -135,7 +143,9 @@ def read_info_csv(path: str | Path) -> list[tuple[str, str]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["image", "text"]:
-            raise ValueError(f"{path}: the first line must be the header `image,text`, got {header}")
+            raise ValueError(
+                f"{path}: the first line must be the header `image,text`, got {header}"
+            )
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if len(row) < 2 or not row[0]:

@@ -35,10 +35,17 @@ def load_rows(info_csv: str | Path) -> list[dict]:
     for line_no, (image, text) in enumerate(read_info_csv(info_csv), start=2):
         path = info_csv.parent / image
         if not path.is_file():
-            raise FileNotFoundError(f"{info_csv}: row {line_no}: image {image!r} not found ({path})")
+            raise FileNotFoundError(
+                f"{info_csv}: row {line_no}: image {image!r} not found ({path})"
+            )
         data = path.read_bytes()
-        rows.append({"image": {"bytes": data, "path": Path(image).name}, "text": text,
-                     "digest": hashlib.sha256(data).hexdigest()})
+        rows.append(
+            {
+                "image": {"bytes": data, "path": Path(image).name},
+                "text": text,
+                "digest": hashlib.sha256(data).hexdigest(),
+            }
+        )
     if not rows:
         raise ValueError(f"{info_csv}: no rows")
     return rows
@@ -71,8 +78,9 @@ def dataset_card(counts: dict[str, int], trigger_phrase: str) -> str:
     )
 
 
-def save_dataset(info_csv: str | Path, out_dir: str | Path, holdout_fraction: float,
-                 trigger_phrase: str) -> dict[str, int]:
+def save_dataset(
+    info_csv: str | Path, out_dir: str | Path, holdout_fraction: float, trigger_phrase: str
+) -> dict[str, int]:
     """Build and save the dataset atomically; returns the split sizes."""
     ds = build_dataset(load_rows(info_csv), holdout_fraction)
     counts = {name: len(split) for name, split in ds.items()}

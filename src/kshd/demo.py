@@ -35,8 +35,9 @@ def run_demo(root: Path, extra: list[str]) -> int:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     start = time.perf_counter()
     try:
-        code = subprocess.run([_dvc(), "exp", "run", "-S", DEMO_OVERRIDE, *extra], cwd=root,
-                              env=env).returncode
+        code = subprocess.run(
+            [_dvc(), "exp", "run", "-S", DEMO_OVERRIDE, *extra], cwd=root, env=env
+        ).returncode
     finally:
         params.write_bytes(saved)  # the committed, real setup
     if code == 0:

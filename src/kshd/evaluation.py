@@ -29,12 +29,19 @@ def sample(pipe, s: EvalSettings, lora_scale: float | None) -> list[list[Image.I
     """images[prompt][seed]; lora_scale None means the base model alone."""
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     out = []
-    for prompt in tqdm(s.prompts, desc="evaluate" if lora_scale is not None else "base", unit="prompt"):
+    for prompt in tqdm(
+        s.prompts, desc="evaluate" if lora_scale is not None else "base", unit="prompt"
+    ):
         gens = [torch.Generator("cpu").manual_seed(seed) for seed in s.seeds]
         result = pipe(
-            [prompt] * len(s.seeds), negative_prompt=[s.negative_prompt] * len(s.seeds),
-            num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-            height=s.resolution, width=s.resolution, generator=gens, **kwargs,
+            [prompt] * len(s.seeds),
+            negative_prompt=[s.negative_prompt] * len(s.seeds),
+            num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            height=s.resolution,
+            width=s.resolution,
+            generator=gens,
+            **kwargs,
         )
         out.append(result.images)
     return out
@@ -54,7 +61,8 @@ def mean_abs_difference(a: list[list[Image.Image]], b: list[list[Image.Image]]) 
     """Mean absolute pixel difference in [0, 1]: 0 when the LoRA changes nothing."""
     diffs = [
         np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() / 255.0
-        for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)
+        for ra, rb in zip(a, b, strict=True)
+        for x, y in zip(ra, rb, strict=True)
     ]
     return float(np.mean(diffs))
 

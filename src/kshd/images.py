@@ -69,7 +69,7 @@ def flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 
 
 def load_image(path: str | Path, rules: IntakeRules = IntakeRules()) -> LoadedImage:
-    """Open, check and normalise one file; raise ImageRejected with a reason a person understands."""
+    """Open, check and normalise one file; ImageRejected says why in words a person reads."""
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -10,7 +10,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kshd.fileio import atomic_path
-from kshd.images import IntakeRules, ImageRejected, load_image, pixel_hash, resize_short_side, safe_stem
+from kshd.images import (
+    ImageRejected,
+    IntakeRules,
+    load_image,
+    pixel_hash,
+    resize_short_side,
+    safe_stem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,10 @@ def prepare_folder(
     _remove_stale(out_dir, {item["output"] for item in report.images})
     log.info(
         "prepare: %d inputs, %d accepted, %d rejected, %d duplicates",
-        report.inputs, report.accepted, len(report.rejected), report.duplicates,
+        report.inputs,
+        report.accepted,
+        len(report.rejected),
+        report.duplicates,
     )
     return report
 

@@ -22,8 +22,9 @@ def add_lora(unet, rank: int, alpha: float, target_modules: Sequence[str]) -> No
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                        target_modules=list(target_modules))
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules)
+    )
     unet.add_adapter(config)
 
 
@@ -48,8 +49,9 @@ def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
     return target
 
 
-def save_kohya(state: dict[str, torch.Tensor], out_dir: Path, alpha: float,
-               metadata: dict[str, object]) -> Path:
+def save_kohya(
+    state: dict[str, torch.Tensor], out_dir: Path, alpha: float, metadata: dict[str, object]
+) -> Path:
     """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder."""
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
@@ -64,9 +66,20 @@ def save_kohya(state: dict[str, torch.Tensor], out_dir: Path, alpha: float,
     return target
 
 
-def kohya_metadata(*, rank: int, alpha: float, base_model: str, resolution: int, trigger: str,
-                   steps: int, epochs: int, batch_size: int, learning_rate: float,
-                   num_images: int, seed: int) -> dict[str, object]:
+def kohya_metadata(
+    *,
+    rank: int,
+    alpha: float,
+    base_model: str,
+    resolution: int,
+    trigger: str,
+    steps: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    num_images: int,
+    seed: int,
+) -> dict[str, object]:
     """The `ss_*` fields A1111's and civitai's LoRA readers show."""
     return {
         "ss_network_module": "networks.lora",

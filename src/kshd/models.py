@@ -31,7 +31,10 @@ def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtyp
 
 def check_model_source(name: str, key: str) -> None:
     """Fail early, before loading anything, when a local-looking model path does not exist."""
-    looks_local = name.startswith((".", "/", "~")) or Path(name).parts[:1] in (("models",), ("data",))
+    looks_local = name.startswith((".", "/", "~")) or Path(name).parts[:1] in (
+        ("models",),
+        ("data",),
+    )
     if looks_local and not Path(name).expanduser().exists():
         raise FileNotFoundError(
             f"config key `{key}` = {name!r}: no such folder. Give a Hugging Face id "
@@ -64,37 +67,75 @@ def tiny_clip_tokenizer():
     return tok
 
 
-def build_tiny_sd(out_dir: Path, seed: int) -> None:
-    """A tiny Stable Diffusion 1.x pipeline (diffusers' dummy components), saved to out_dir."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def _tiny_text_encoder(vocab_size: int, seed: int):
+    """A 5-layer, 32-wide CLIP text model over the byte-level vocabulary."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+        )
+    )
+
+
+def build_tiny_sd(out_dir: Path, seed: int) -> None:
+    """A tiny Stable Diffusion 1.x pipeline (diffusers' dummy components), saved to out_dir."""
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
     )
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
     )
     tokenizer = tiny_clip_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
-        pad_token_id=len(tokenizer) - 1, hidden_size=32, intermediate_size=37,
-        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5,
-        vocab_size=len(tokenizer), max_position_embeddings=77,
-    ))
+    text_encoder = _tiny_text_encoder(len(tokenizer), seed)
     scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
@@ -102,28 +143,57 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
 def build_tiny_blip2(out_dir: Path, seed: int) -> None:
     """A tiny BLIP-2 (ViT + Q-Former + OPT) with a byte-level tokenizer and its processor."""
     from transformers import (
-        Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
         GPT2Tokenizer,
     )
 
     chars = list(_bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *chars])}
     tok = GPT2Tokenizer(
-        vocab=vocab, merges=[], bos_token="<s>",
-        eos_token="</s>", pad_token="<pad>", unk_token="<unk>", padding_side="left",
+        vocab=vocab,
+        merges=[],
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
     )
     num_query_tokens = 4
     image_proc = BlipImageProcessor(size={"height": 32, "width": 32})
     processor = Blip2Processor(image_proc, tok, num_query_tokens=num_query_tokens)
     config = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
-        qformer_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                            num_attention_heads=4, encoder_hidden_size=32, vocab_size=len(tok)),
-        text_config=dict(model_type="opt", hidden_size=32, ffn_dim=37, num_hidden_layers=2,
-                         num_attention_heads=4, vocab_size=len(tok), word_embed_proj_dim=32,
-                         max_position_embeddings=128, bos_token_id=0, eos_token_id=2,
-                         pad_token_id=1),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            encoder_hidden_size=32,
+            vocab_size=len(tok),
+        ),
+        text_config=dict(
+            model_type="opt",
+            hidden_size=32,
+            ffn_dim=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
         num_query_tokens=num_query_tokens,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )

@@ -17,8 +17,14 @@ from PIL import Image, ImageDraw
 
 log = logging.getLogger(__name__)
 
-HAIR = [(250, 220, 120), (60, 40, 30), (200, 90, 60), (120, 150, 230), (30, 30, 40),
-        (240, 170, 200)]
+HAIR = [
+    (250, 220, 120),
+    (60, 40, 30),
+    (200, 90, 60),
+    (120, 150, 230),
+    (30, 30, 40),
+    (240, 170, 200),
+]
 EYES = [(60, 160, 90), (80, 110, 200), (150, 80, 50), (170, 60, 120)]
 
 
@@ -51,11 +57,19 @@ def _eye(d: ImageDraw.ImageDraw, cx: int, cy: int, s: float, girl: bool, iris: t
     d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=iris)
     d.ellipse((cx - r // 3, cy - r // 3 - 2, cx + r // 6, cy), fill="white")  # highlight
     liner = max(2, int((5 if girl else 2) * s))
-    d.arc((cx - w // 2 - 2, cy - h // 2 - 2, cx + w // 2 + 2, cy + h // 2 + 4), 190, 350,
-          fill="black", width=liner)
+    d.arc(
+        (cx - w // 2 - 2, cy - h // 2 - 2, cx + w // 2 + 2, cy + h // 2 + 4),
+        190,
+        350,
+        fill="black",
+        width=liner,
+    )
     if girl:
-        d.line((cx + w // 2, cy - h // 4, cx + w // 2 + int(6 * s), cy - h // 2), fill="black",
-               width=liner)
+        d.line(
+            (cx + w // 2, cy - h // 4, cx + w // 2 + int(6 * s), cy - h // 2),
+            fill="black",
+            width=liner,
+        )
 
 
 def draw(sample: Sample, seed: int) -> Image.Image:
@@ -69,20 +83,46 @@ def draw(sample: Sample, seed: int) -> Image.Image:
     hair, iris = rng.choice(HAIR), rng.choice(EYES)
     fw, fh = int(110 * s), int(130 * s)
     back = int(fh * (1.25 if sample.girl else 0.95))
-    d.ellipse((cx - fw // 2 - 18, cy - fh // 2 - 25, cx + fw // 2 + 18, cy - fh // 2 + back),
-              fill=hair, outline="black", width=3)  # hair behind the face
-    d.polygon([(cx - fw // 2, cy - 10), (cx + fw // 2, cy - 10), (cx + 8, cy + fh // 2),
-               (cx - 8, cy + fh // 2)], fill=(255, 228, 210), outline="black")
-    d.ellipse((cx - fw // 2, cy - fh // 2, cx + fw // 2, cy + fh // 4), fill=(255, 228, 210),
-              outline="black", width=3)
-    d.chord((cx - fw // 2 - 6, cy - fh // 2 - 20, cx + fw // 2 + 6, cy - fh // 6), 180, 360,
-            fill=hair, outline="black", width=3)  # fringe
+    d.ellipse(
+        (cx - fw // 2 - 18, cy - fh // 2 - 25, cx + fw // 2 + 18, cy - fh // 2 + back),
+        fill=hair,
+        outline="black",
+        width=3,
+    )  # hair behind the face
+    d.polygon(
+        [
+            (cx - fw // 2, cy - 10),
+            (cx + fw // 2, cy - 10),
+            (cx + 8, cy + fh // 2),
+            (cx - 8, cy + fh // 2),
+        ],
+        fill=(255, 228, 210),
+        outline="black",
+    )
+    d.ellipse(
+        (cx - fw // 2, cy - fh // 2, cx + fw // 2, cy + fh // 4),
+        fill=(255, 228, 210),
+        outline="black",
+        width=3,
+    )
+    d.chord(
+        (cx - fw // 2 - 6, cy - fh // 2 - 20, cx + fw // 2 + 6, cy - fh // 6),
+        180,
+        360,
+        fill=hair,
+        outline="black",
+        width=3,
+    )  # fringe
     dx = int(24 * s)
     for ex in (cx - dx, cx + dx):
         _eye(d, ex, cy + int(8 * s), s, sample.girl, iris)
     d.arc((cx - 8, cy + int(34 * s), cx + 8, cy + int(44 * s)), 20, 160, fill="black", width=2)
-    d.rectangle((cx - fw // 2, cy + fh // 2 + 4, cx + fw // 2, h), fill=rng.choice(HAIR[2:]),
-                outline="black", width=3)  # shoulders
+    d.rectangle(
+        (cx - fw // 2, cy + fh // 2 + 4, cx + fw // 2, h),
+        fill=rng.choice(HAIR[2:]),
+        outline="black",
+        width=3,
+    )  # shoulders
     return img
 
 

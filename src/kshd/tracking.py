@@ -29,14 +29,14 @@ class TrackingSettings:
 
 
 def resolve_mode(mode: str, env: Mapping[str, str] = os.environ) -> str:
-    """auto -> online only with a WANDB_API_KEY; WANDB_MODE in the environment wins."""
+    """An explicit mode wins; auto -> WANDB_MODE if set, else online only with WANDB_API_KEY."""
     if mode not in MODES:
         raise ValueError(f"config key `tracking.mode` = {mode!r}: expected one of {MODES}")
+    if mode != "auto":
+        return mode
     if env.get("WANDB_MODE") in ("online", "offline", "disabled"):
         return env["WANDB_MODE"]
-    if mode == "auto":
-        return "online" if env.get("WANDB_API_KEY") else "offline"
-    return mode
+    return "online" if env.get("WANDB_API_KEY") else "offline"
 
 
 def scrub(config: Mapping) -> dict:
@@ -61,9 +61,15 @@ def start_run(settings: TrackingSettings, job_type: str, config: Mapping):
     run_dir = Path(settings.dir or ".").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
-        project=settings.project, entity=settings.entity, group=settings.group,
-        name=os.environ.get("DVC_EXP_NAME") or None, job_type=job_type, config=scrub(config),
-        dir=str(run_dir), mode=mode, reinit="finish_previous",
+        project=settings.project,
+        entity=settings.entity,
+        group=settings.group,
+        name=os.environ.get("DVC_EXP_NAME") or None,
+        job_type=job_type,
+        config=scrub(config),
+        dir=str(run_dir),
+        mode=mode,
+        reinit="finish_previous",
         settings=wandb.Settings(silent=True, console="off", init_timeout=60),
     )
     log.info("wandb %s run %s (%s) in %s", mode, run.name, job_type, run_dir)

@@ -1,4 +1,4 @@
-"""LoRA training of a Stable Diffusion 1.x UNet, the loop of diffusers' train_text_to_image_lora.py."""
+"""LoRA training of an SD 1.x UNet: the loop of diffusers' train_text_to_image_lora.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +17,14 @@ from kshd.config import require
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-              "constant_with_warmup")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
 
 
 @dataclass(frozen=True)
@@ -63,16 +68,32 @@ class TrainSettings:
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "a whole number >= 1")
-        require(self.resolution >= 8 and self.resolution % 8 == 0, "train.resolution",
-                self.resolution, "a multiple of 8 (512 for SD 1.x)")
-        require(self.lr_scheduler in SCHEDULERS, "train.lr_scheduler", self.lr_scheduler,
-                f"one of {', '.join(SCHEDULERS)}")
-        require(self.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision",
-                self.mixed_precision, "no, fp16 or bf16")
+        require(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "train.resolution",
+            self.resolution,
+            "a multiple of 8 (512 for SD 1.x)",
+        )
+        require(
+            self.lr_scheduler in SCHEDULERS,
+            "train.lr_scheduler",
+            self.lr_scheduler,
+            f"one of {', '.join(SCHEDULERS)}",
+        )
+        require(
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            "train.mixed_precision",
+            self.mixed_precision,
+            "no, fp16 or bf16",
+        )
         require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
         require(self.rank >= 1, "train.rank", self.rank, "a whole number >= 1")
-        require(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps",
-                self.gradient_accumulation_steps, "a whole number >= 1")
+        require(
+            self.gradient_accumulation_steps >= 1,
+            "train.gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            "a whole number >= 1",
+        )
 
 
 @dataclass
@@ -129,8 +150,9 @@ class Components:
     noise_scheduler: object
 
 
-def load_components(pretrained: str, revision: str | None = None,
-                    variant: str | None = None) -> Components:
+def load_components(
+    pretrained: str, revision: str | None = None, variant: str | None = None
+) -> Components:
     """The five SD parts through from_pretrained, as the reference script loads them."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -138,17 +160,20 @@ def load_components(pretrained: str, revision: str | None = None,
     kw = {"revision": revision}
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder",
-                                                   variant=variant, **kw),
+        text_encoder=CLIPTextModel.from_pretrained(
+            pretrained, subfolder="text_encoder", variant=variant, **kw
+        ),
         vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **kw),
-        unet=UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", variant=variant,
-                                                  **kw),
+        unet=UNet2DConditionModel.from_pretrained(
+            pretrained, subfolder="unet", variant=variant, **kw
+        ),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw),
     )
 
 
-def diffusion_loss(c: Components, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                   weight_dtype: torch.dtype) -> torch.Tensor:
+def diffusion_loss(
+    c: Components, pixel_values: torch.Tensor, input_ids: torch.Tensor, weight_dtype: torch.dtype
+) -> torch.Tensor:
     """One denoising step's MSE, with noise and timesteps from the global (seeded) RNG."""
     with torch.no_grad():
         latents = c.vae.encode(pixel_values.to(weight_dtype)).latent_dist.sample()
@@ -181,9 +206,25 @@ def total_steps(s: TrainSettings, batches_per_epoch: int) -> tuple[int, int]:
 LogFn = Callable[[dict], None]
 
 
-def train_lora(c: Components, train_split, s: TrainSettings,
-               on_log: LogFn | None = None) -> TrainResult:
-    """Train a LoRA adapter on c.unet in place; returns the per-step history and timings."""
+@dataclass
+class _Run:
+    """Everything the loop touches, prepared by accelerate."""
+
+    accelerator: object
+    unet: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    data: torch.utils.data.Dataset
+    params: list
+    weight_dtype: torch.dtype
+    max_steps: int
+    epochs: int
+
+
+def _setup(c: Components, train_split, s: TrainSettings) -> _Run:
+    """Freeze the base, add the adapter, build data, optimizer and schedule (reference order)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -191,75 +232,121 @@ def train_lora(c: Components, train_split, s: TrainSettings,
     from kshd.batches import DrawingDataset
     from kshd.lora import add_lora
 
-    accelerator = Accelerator(gradient_accumulation_steps=s.gradient_accumulation_steps,
-                              mixed_precision=s.mixed_precision)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        mixed_precision=s.mixed_precision,
+    )
     set_seed(s.seed)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision,
-                                                                      torch.float32)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
     c.vae.requires_grad_(False)
     c.text_encoder.requires_grad_(False)
     add_lora(c.unet, s.rank, s.alpha, s.target_modules)
     for frozen in (c.vae, c.text_encoder):  # cast only when needed: the VAE warns otherwise
-        frozen.to(accelerator.device, **({} if weight_dtype == torch.float32 else
-                                         {"dtype": weight_dtype}))
+        frozen.to(accelerator.device, **({} if dtype == torch.float32 else {"dtype": dtype}))
     c.unet.to(accelerator.device)
-
-    data = DrawingDataset(train_split, c.tokenizer, s.resolution, s.center_crop, s.random_flip,
-                          s.seed)
+    data = DrawingDataset(
+        train_split, c.tokenizer, s.resolution, s.center_crop, s.random_flip, s.seed
+    )
     sampler = EpochSampler(len(data), s.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, sampler=sampler,
-                                         num_workers=s.dataloader_num_workers)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=s.batch_size, sampler=sampler, num_workers=s.dataloader_num_workers
+    )
     params = [p for p in c.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, betas=(s.adam_beta1, s.adam_beta2),
-                                  weight_decay=s.adam_weight_decay, eps=s.adam_epsilon)
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=s.learning_rate,
+        betas=(s.adam_beta1, s.adam_beta2),
+        weight_decay=s.adam_weight_decay,
+        eps=s.adam_epsilon,
+    )
     max_steps, epochs = total_steps(s, len(loader))
-    lr_scheduler = get_scheduler(s.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=s.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_steps * accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(c.unet, optimizer, loader,
-                                                                lr_scheduler)
-    result = TrainResult(epochs=epochs)
-    bar = tqdm(total=max_steps, desc="train", unit="step",
-               disable=not accelerator.is_local_main_process)
+    n = accelerator.num_processes
+    lr_scheduler = get_scheduler(
+        s.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=s.lr_warmup_steps * n,
+        num_training_steps=max_steps * n,
+    )
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(
+        c.unet, optimizer, loader, lr_scheduler
+    )
+    return _Run(
+        accelerator,
+        unet,
+        optimizer,
+        lr_scheduler,
+        loader,
+        sampler,
+        data,
+        params,
+        dtype,
+        max_steps,
+        epochs,
+    )
+
+
+def train_lora(
+    c: Components, train_split, s: TrainSettings, on_log: LogFn | None = None
+) -> TrainResult:
+    """Train a LoRA adapter on c.unet in place; returns the per-step history and timings."""
+    run = _setup(c, train_split, s)
+    acc = run.accelerator
+    result = TrainResult(epochs=run.epochs)
+    bar = tqdm(
+        total=run.max_steps, desc="train", unit="step", disable=not acc.is_local_main_process
+    )
     start = time.perf_counter()
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        data.set_epoch(epoch)
-        unet.train()
-        for batch in loader:
-            with accelerator.accumulate(unet):
-                loss = diffusion_loss(c, batch["pixel_values"], batch["input_ids"], weight_dtype)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, s.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            result.images += batch["pixel_values"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
+    for epoch in range(run.epochs):
+        run.sampler.set_epoch(epoch)
+        run.data.set_epoch(epoch)
+        run.unet.train()
+        for batch in run.loader:
+            with acc.accumulate(run.unet):
+                loss = diffusion_loss(
+                    c, batch["pixel_values"], batch["input_ids"], run.weight_dtype
+                )
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(run.params, s.max_grad_norm)
+                run.optimizer.step()
+                run.lr_scheduler.step()
+                run.optimizer.zero_grad()
+            result.images += batch["pixel_values"].shape[0] * acc.num_processes
+            if not acc.sync_gradients:
                 continue
             result.steps += 1
-            row = _step_row(result, epoch, accelerator.gather(loss.detach()).mean().item(),
-                            lr_scheduler.get_last_lr()[0], time.perf_counter() - start)
+            row = _step_row(
+                result,
+                epoch,
+                acc.gather(loss.detach()).mean().item(),
+                run.lr_scheduler.get_last_lr()[0],
+                time.perf_counter() - start,
+            )
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                            img_s=f"{row['images_per_s']:.2f}")
-            if on_log and accelerator.is_main_process:
+            bar.set_postfix(
+                loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{row['images_per_s']:.2f}"
+            )
+            if on_log and acc.is_main_process:
                 on_log(row)
-            if result.steps >= max_steps:
+            if result.steps >= run.max_steps:
                 break
     bar.close()
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
-    c.unet = accelerator.unwrap_model(unet)
-    accelerator.wait_for_everyone()
+    c.unet = acc.unwrap_model(run.unet)
+    acc.wait_for_everyone()
     return result
 
 
 def _step_row(result: TrainResult, epoch: int, loss: float, lr: float, elapsed: float) -> dict:
     if not math.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss} at step {result.steps} (epoch {epoch})")
-    row = {"step": result.steps, "epoch": epoch, "loss": loss, "lr": lr,
-           "images_per_s": result.images / max(elapsed, 1e-9)}
+    row = {
+        "step": result.steps,
+        "epoch": epoch,
+        "loss": loss,
+        "lr": lr,
+        "images_per_s": result.images / max(elapsed, 1e-9),
+    }
     result.history.append(row)
     return row

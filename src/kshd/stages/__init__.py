@@ -13,8 +13,9 @@ from kshd.config import load_params
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
     """Logging plus `params.yaml` composed with the command line's Hydra overrides."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("httpx", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = list(sys.argv[1:] if argv is None else argv)

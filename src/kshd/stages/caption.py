@@ -20,24 +20,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     paths = [prepared / item["output"] for item in report["images"]]
     ensure_tiny(cfg)
     settings = CaptionSettings(
-        model=c.model, prompt=c.prompt, do_sample=c.do_sample, temperature=c.temperature,
-        top_p=c.top_p, repetition_penalty=c.repetition_penalty, max_new_tokens=c.max_new_tokens,
-        batch_size=c.batch_size, seed=c.seed,
+        model=c.model,
+        prompt=c.prompt,
+        do_sample=c.do_sample,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        repetition_penalty=c.repetition_penalty,
+        max_new_tokens=c.max_new_tokens,
+        batch_size=c.batch_size,
+        seed=c.seed,
     )
     captions = caption_files(paths, settings)
     info_csv = Path(cfg.data.info_csv)
     rows = [
-        (Path(os.path.relpath(p, info_csv.parent)).as_posix(),
-         with_trigger(text, c.trigger_phrase, c.trigger_position))
+        (
+            Path(os.path.relpath(p, info_csv.parent)).as_posix(),
+            with_trigger(text, c.trigger_phrase, c.trigger_position),
+        )
         for p, text in zip(paths, captions, strict=True)
     ]
     write_info_csv(info_csv, rows)
-    write_json(Path(cfg.data.reports_dir) / "captions.json", {
-        "captions": len(rows),
-        "sources": {"blip2": len(rows)},
-        "empty": sum(1 for t in captions if not t),
-        "model": c.model,
-    })
+    write_json(
+        Path(cfg.data.reports_dir) / "captions.json",
+        {
+            "captions": len(rows),
+            "sources": {"blip2": len(rows)},
+            "empty": sum(1 for t in captions if not t),
+            "model": c.model,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ from kshd.stages import stage_config
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = stage_config(argv, "dataset")
-    save_dataset(cfg.data.info_csv, cfg.data.dataset_dir, cfg.dataset.holdout_fraction,
-                 cfg.caption.trigger_phrase)
+    save_dataset(
+        cfg.data.info_csv,
+        cfg.data.dataset_dir,
+        cfg.dataset.holdout_fraction,
+        cfg.caption.trigger_phrase,
+    )
 
 
 if __name__ == "__main__":

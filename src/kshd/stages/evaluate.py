@@ -21,29 +21,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = stage_config(argv, "evaluate")
     e = cfg.evaluate
     settings = EvalSettings(
-        prompts=tuple(e.prompts), negative_prompt=e.negative_prompt, seeds=tuple(e.seeds),
-        num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale,
-        resolution=e.resolution, lora_scale=e.lora_scale,
+        prompts=tuple(e.prompts),
+        negative_prompt=e.negative_prompt,
+        seeds=tuple(e.seeds),
+        num_inference_steps=e.num_inference_steps,
+        guidance_scale=e.guidance_scale,
+        resolution=e.resolution,
+        lora_scale=e.lora_scale,
     )
     ensure_tiny(cfg)
     check_model_source(cfg.model.pretrained, "model.pretrained")
     device, dtype = device_and_dtype()
     pipe = StableDiffusionPipeline.from_pretrained(
-        cfg.model.pretrained, revision=cfg.model.revision, variant=cfg.model.variant,
-        dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        cfg.model.pretrained,
+        revision=cfg.model.revision,
+        variant=cfg.model.variant,
+        dtype=dtype,
+        safety_checker=None,
+        requires_safety_checker=False,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
     out = Path(cfg.output.reports_dir)
     metrics = evaluate_lora(pipe, Path(cfg.output.lora_dir), settings, out)
     write_json(out / "metrics.json", metrics)
-    run = start_run(TrackingSettings.from_config(cfg.tracking), "evaluate",
-                    {k: plain(cfg)[k] for k in ("evaluate", "model", "train")})
+    run = start_run(
+        TrackingSettings.from_config(cfg.tracking),
+        "evaluate",
+        {k: plain(cfg)[k] for k in ("evaluate", "model", "train")},
+    )
     if run:
         import wandb
 
         grids = sorted((out / "grids").glob("*.png"))
-        run.log({f"eval/{k}": v for k, v in metrics.items()}
-                | {"eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids]})
+        run.log(
+            {f"eval/{k}": v for k, v in metrics.items()}
+            | {"eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids]}
+        )
         run.finish()
 
 

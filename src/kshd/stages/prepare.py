@@ -14,10 +14,16 @@ from kshd.stages import stage_config
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = stage_config(argv, "prepare")
     p = cfg.prepare
-    rules = IntakeRules(background=tuple(p.background), min_side=p.min_side,
-                        max_pixels=p.max_pixels)
-    report = prepare_folder(cfg.data.raw_dir, cfg.data.prepared_dir, resolution=p.resolution,
-                            upscale=p.upscale, rules=rules)
+    rules = IntakeRules(
+        background=tuple(p.background), min_side=p.min_side, max_pixels=p.max_pixels
+    )
+    report = prepare_folder(
+        cfg.data.raw_dir,
+        cfg.data.prepared_dir,
+        resolution=p.resolution,
+        upscale=p.upscale,
+        rules=rules,
+    )
     write_json(Path(cfg.data.reports_dir) / "prepare.json", report.to_dict())
 
 

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 def loss_csv(result: TrainResult) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "lr", "images_per_s"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=["step", "epoch", "loss", "lr", "images_per_s"], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(result.history)
     return buf.getvalue()
@@ -36,22 +37,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_model_source(cfg.model.pretrained, "model.pretrained")
     train_split = load_from_disk(cfg.data.dataset_dir)["train"]
     components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
-    run = start_run(TrackingSettings.from_config(cfg.tracking), "train",
-                    {k: plain(cfg)[k] for k in ("train", "model", "data", "caption", "dataset")})
-    on_log = (lambda row: run.log({f"train/{k}": v for k, v in row.items()}, step=row["step"])) \
-        if run else None
+    run = start_run(
+        TrackingSettings.from_config(cfg.tracking),
+        "train",
+        {k: plain(cfg)[k] for k in ("train", "model", "data", "caption", "dataset")},
+    )
+    on_log = (
+        (lambda row: run.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
+        if run
+        else None
+    )
     try:
         result = train_lora(components, train_split, settings, on_log)
         out = Path(cfg.output.lora_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = lora_state_dict(components.unet)
         save_diffusers(state, out)
-        save_kohya(state, out, settings.alpha, kohya_metadata(
-            rank=settings.rank, alpha=settings.alpha, base_model=cfg.model.pretrained,
-            resolution=settings.resolution, trigger=cfg.caption.trigger_phrase,
-            steps=result.steps, epochs=result.epochs, batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate, num_images=len(train_split), seed=settings.seed,
-        ))
+        save_kohya(
+            state,
+            out,
+            settings.alpha,
+            kohya_metadata(
+                rank=settings.rank,
+                alpha=settings.alpha,
+                base_model=cfg.model.pretrained,
+                resolution=settings.resolution,
+                trigger=cfg.caption.trigger_phrase,
+                steps=result.steps,
+                epochs=result.epochs,
+                batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                num_images=len(train_split),
+                seed=settings.seed,
+            ),
+        )
         metrics = result.metrics()
         write_json(out / "metrics.json", metrics)
         write_text(out / "loss.csv", loss_csv(result))

@@ -1,0 +1,70 @@
+"""Captions: cleaning, trigger phrase, CSV round trip, BLIP-2 through transformers (tiny)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from kshd.captioning import (
+    Captioner,
+    CaptionSettings,
+    clean_caption,
+    read_info_csv,
+    with_trigger,
+    write_info_csv,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("A painting of a girl with blonde hair", "a girl with blonde hair"),
+        ("a painting of a girl girl girl smiling", "a girl smiling"),
+        ("  a  boy\n in a\thoodie \ufffd ", "a boy in a hoodie"),
+        ("A painting of", ""),
+    ],
+)
+def test_clean_caption(raw, expected):
+    assert clean_caption(raw, "A painting of") == expected
+
+
+def test_trigger_phrase_is_appended_as_the_original_project_did():
+    assert (
+        with_trigger("a girl", "drawn by KSH drawing style") == "a girl, drawn by KSH drawing style"
+    )
+    assert with_trigger("a girl", "T", "start") == "T, a girl"
+    assert with_trigger("", "T") == "T"
+    with pytest.raises(ValueError, match="trigger_position"):
+        with_trigger("a", "T", "middle")
+
+
+def test_info_csv_round_trips_awkward_captions(tmp_path):
+    rows = [
+        ("prepared/소녀-1.png", 'a "quoted", comma\nnewline 소녀, drawn by KSH drawing style'),
+        ("prepared/b.png", "plain"),
+    ]
+    write_info_csv(tmp_path / "info.csv", rows)
+    raw = (tmp_path / "info.csv").read_bytes()
+    assert raw.startswith(b"image,text\r\n")  # RFC 4180 line ends
+    assert read_info_csv(tmp_path / "info.csv") == rows
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "info.csv")
+    assert list(df.columns) == ["image", "text"] and df["text"][0] == rows[0][1]
+
+
+def test_info_csv_with_wrong_columns_names_the_problem(tmp_path):
+    (tmp_path / "info.csv").write_text("file,caption\na.png,x\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="image,text"):
+        read_info_csv(tmp_path / "info.csv")
+
+
+def test_tiny_blip2_captions_are_seeded_and_cleaned(tiny_models):
+    settings = CaptionSettings(model=str(tiny_models["blip2"]), max_new_tokens=8, batch_size=2)
+    captioner = Captioner(settings)
+    images = [Image.new("RGB", (48, 48), c) for c in ("white", "black", "red")]
+    first = captioner.caption(images, seed=1)
+    assert len(first) == 3 and all(isinstance(c, str) for c in first)
+    assert captioner.caption(images, seed=1) == first  # same seed, same captions
+    assert not any(c.lower().startswith("a painting of") for c in first)
+    assert not any("<s>" in c or "</s>" in c or "<image>" in c for c in first)

@@ -1,0 +1,90 @@
+"""Every config composes; params.yaml is what DVC composes from conf/; bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from kshd.config import ConfigError, compose_conf, load_params
+from kshd.training import TrainSettings
+
+from .conftest import ROOT
+
+GROUPS = [p.name for p in (ROOT / "conf").iterdir() if p.is_dir()]
+
+
+def test_params_yaml_is_what_dvc_composes(tmp_path):
+    from dvc.utils.hydra import compose_and_dump
+
+    GlobalHydra.instance().clear()
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT), [])
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert yaml.safe_load(out.read_text(encoding="utf-8")) == committed, (
+        "params.yaml drifted from conf/: regenerate it with `kshd compose-params`"
+    )
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_option_of_every_group_composes(group):
+    for option in sorted((ROOT / "conf" / group).glob("*.yaml")):
+        prefix = "+" if group == "experiment" else ""
+        cfg = compose_conf([f"{prefix}{group}={option.stem}"], conf_dir=ROOT / "conf")
+        assert OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_defaults_are_the_original_projects_run():
+    cfg = compose_conf([], conf_dir=ROOT / "conf")
+    assert cfg.data.raw_dir == "data/raw"
+    assert cfg.caption.model == "Salesforce/blip2-opt-2.7b"
+    assert cfg.caption.trigger_phrase == "drawn by KSH drawing style"
+    assert cfg.model.pretrained == "stablediffusionapi/anything-v5"
+    t = cfg.train
+    assert (t.resolution, t.random_flip, t.batch_size, t.epochs) == (512, True, 1, 50)
+    assert (t.learning_rate, t.lr_scheduler, t.lr_warmup_steps) == (1e-4, "cosine", 0)
+    assert (t.checkpointing_steps, t.seed) == (10000, 5508)
+    assert t.validation_prompt.startswith("drawn by KSH drawing style, an anime girl, blonde hair")
+    assert cfg.caption.temperature == 0.8 and cfg.caption.top_p == 0.9
+    assert cfg.caption.repetition_penalty == 1.2 and cfg.caption.prompt == "A painting of"
+
+
+def test_demo_profile_is_tiny_and_offline():
+    cfg = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
+    assert cfg.data.raw_dir == "data/samples" and cfg.tiny.build
+    assert cfg.model.pretrained == "models/tiny/sd" and cfg.caption.model == "models/tiny/blip2"
+    assert cfg.train.resolution == 64 and cfg.prepare.resolution == 64  # interpolation resolved
+
+
+def test_stage_overrides_reach_the_config(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    cfg = load_params(["train.epochs=3", "train.batch_size=2"], params_file=params)
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 2)
+    with pytest.raises(Exception, match="epochz"):
+        load_params(["train.epochz=3"], params_file=params)
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="params.yaml"):
+        load_params([], params_file=Path(tmp_path) / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("epochs", 0, "train.epochs"),
+        ("batch_size", 0, "train.batch_size"),
+        ("resolution", 500, "multiple of 8"),
+        ("lr_scheduler", "sometimes", "cosine"),
+        ("mixed_precision", "fp8", "bf16"),
+    ],
+)
+def test_bad_train_values_name_the_key(key, value, words):
+    cfg = OmegaConf.to_container(compose_conf([], conf_dir=ROOT / "conf").train, resolve=True)
+    cfg[key] = value
+    with pytest.raises(ConfigError, match=words):
+        TrainSettings.from_config(cfg)

@@ -1,0 +1,62 @@
+"""info.csv -> Hugging Face dataset: columns, splits, byte-identical rebuilds, named errors."""
+
+from __future__ import annotations
+
+import filecmp
+
+import pytest
+from datasets import load_from_disk
+from PIL import Image
+
+from kshd.captioning import write_info_csv
+from kshd.dataset import holdout_mask, save_dataset
+
+
+def _corpus(tmp_path, n=10):
+    (tmp_path / "prepared").mkdir()
+    rows = []
+    for i in range(n):
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / "prepared" / f"{i}.png")
+        rows.append((f"prepared/{i}.png", f"drawing {i}, drawn by KSH drawing style"))
+    write_info_csv(tmp_path / "info.csv", rows)
+    return rows
+
+
+def test_dataset_has_image_and_text_and_both_splits(tmp_path):
+    rows = _corpus(tmp_path)
+    counts = save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "drawn by KSH drawing style")
+    ds = load_from_disk(str(tmp_path / "ds"))
+    assert set(ds) == {"train", "holdout"}
+    assert counts == {"train": len(ds["train"]), "holdout": len(ds["holdout"])}
+    assert sum(counts.values()) == len(rows) and counts["holdout"] >= 1
+    assert ds["train"].column_names == ["image", "text"]
+    assert isinstance(ds["train"][0]["image"], Image.Image)
+    texts = set(ds["train"]["text"]) | set(ds["holdout"]["text"])
+    assert texts == {t for _, t in rows}
+    assert "drawn by KSH drawing style" in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_rebuild_is_byte_identical(tmp_path):
+    _corpus(tmp_path)
+    save_dataset(tmp_path / "info.csv", tmp_path / "a", 0.2, "t")
+    save_dataset(tmp_path / "info.csv", tmp_path / "b", 0.2, "t")
+    cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
+    assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+    for sub in ("train", "holdout"):
+        assert not filecmp.dircmp(tmp_path / "a" / sub, tmp_path / "b" / sub).diff_files
+
+
+def test_holdout_is_stable_when_drawings_are_added():
+    digests = [f"{i:064x}" for i in range(0, 2**64, 2**58)]
+    before = holdout_mask(digests[:10], 0.3)
+    after = holdout_mask(digests, 0.3)
+    assert after[:10] == before
+    assert holdout_mask(digests, 0.0) == [False] * len(digests)
+
+
+def test_missing_image_stops_with_the_row_named(tmp_path):
+    _corpus(tmp_path, 3)
+    (tmp_path / "prepared" / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="row 3"):
+        save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
+    assert not (tmp_path / "ds").exists()

@@ -1,0 +1,114 @@
+"""Intake rules: transparency, orientation, bit depth, rejects with reasons, the prepare report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kshd.images import (
+    ImageRejected,
+    IntakeRules,
+    flatten,
+    load_image,
+    resize_short_side,
+    safe_stem,
+)
+from kshd.intake import EmptyInputError, prepare_folder
+
+from .conftest import ROOT
+
+
+def test_transparent_pixels_become_the_background_not_black(tmp_path):
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black, as drawing apps save
+    img.paste((200, 10, 10, 255), (0, 0, 20, 40))
+    img.save(tmp_path / "a.png")
+    rgb = load_image(tmp_path / "a.png").image
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((30, 5)) == (255, 255, 255)
+    assert rgb.getpixel((5, 5)) == (200, 10, 10)
+    grey = load_image(tmp_path / "a.png", IntakeRules(background=(128, 128, 128))).image
+    assert grey.getpixel((30, 5)) == (128, 128, 128)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (60, 40), "white")
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "r.jpg").image.size == (40, 60)
+
+
+def test_sixteen_bit_mid_grey_stays_mid_grey():
+    img = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))
+    assert abs(flatten(img, (255, 255, 255)).getpixel((0, 0))[0] - 128) <= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"<html>not a picture</html>", "not an image"),
+    ],
+)
+def test_bad_files_are_rejected_with_a_reason(tmp_path, content, reason):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(ImageRejected, match=reason):
+        load_image(tmp_path / "x.png")
+
+
+def test_truncated_and_tiny_and_huge_are_rejected(tmp_path):
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageRejected, match="truncated or corrupt"):
+        load_image(tmp_path / "t.png")
+    Image.new("RGB", (10, 10)).save(tmp_path / "s.png")
+    with pytest.raises(ImageRejected, match="too small"):
+        load_image(tmp_path / "s.png")
+    with pytest.raises(ImageRejected, match="too large"):
+        load_image(tmp_path / "s.png", IntakeRules(min_side=1, max_pixels=99))
+
+
+def test_resize_keeps_aspect_and_never_upscales_unless_asked():
+    img = Image.new("RGB", (200, 100))
+    assert resize_short_side(img, 50).size == (100, 50)
+    assert resize_short_side(img, 400).size == (200, 100)
+    assert resize_short_side(img, 400, upscale=True).size == (800, 400)
+
+
+def test_safe_stem_keeps_hangul_and_drops_unsafe_characters():
+    assert safe_stem("소녀 01 (final).png") == "소녀_01_final"
+    assert safe_stem("../../etc/passwd") == "passwd"
+    assert safe_stem("???.png") == "image"
+
+
+def test_prepare_accounts_for_every_input(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in (ROOT / "data" / "samples").glob("*.png"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    (raw / "copy.png").write_bytes((raw / "소녀_01.png").read_bytes())  # duplicate
+    (raw / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (raw / "empty.jpg").write_bytes(b"")
+    report = prepare_folder(raw, tmp_path / "out", resolution=64)
+    assert report.inputs == 13
+    assert report.inputs == report.accepted + len(report.rejected) + report.duplicates
+    assert (report.accepted, report.duplicates) == (10, 1)
+    assert {r["file"] for r in report.rejected} == {"broken.png", "empty.jpg"}
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert len(outputs) == 10
+    assert all(min(Image.open(p).size) == 64 and Image.open(p).mode == "RGB" for p in outputs)
+    assert report.duplicate_of == [{"file": "소녀_01.png", "same_as": "copy.png"}]
+    assert any(p.name.startswith("소녀_02-") for p in outputs)  # Hangul names stay readable
+    json.dumps(report.to_dict())  # serialisable as prepare.json
+
+
+def test_empty_or_missing_raw_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(EmptyInputError, match="does not exist"):
+        prepare_folder(tmp_path / "nope", tmp_path / "out", resolution=64)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyInputError, match="empty"):
+        prepare_folder(tmp_path / "empty", tmp_path / "out", resolution=64)

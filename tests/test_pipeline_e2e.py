@@ -1,0 +1,141 @@
+"""End to end: the demo through real DVC and offline wandb in a fresh git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kshd.wandb_offline import find_offline_runs
+
+from .conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+TRIGGER = "drawn by KSH drawing style"
+STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "WANDB_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        HF_HUB_OFFLINE="1",
+        WANDB_SILENT="true",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def clone_of_this_checkout(dest: Path) -> Path:
+    """The files a clean clone has, plus uncommitted code, as a new git repository."""
+    listed = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    new = subprocess.run(
+        ["git", "ls-files", "-z", "-o", "--exclude-standard", "src", "conf", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed + new.split("\0")):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        _run(cmd, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
+    proc = _run([sys.executable, "-m", "kshd.demo"], repo)
+    return repo, proc.stdout + proc.stderr
+
+
+def test_info_csv_has_one_row_per_sample_with_the_trigger_phrase(demo):
+    import pandas as pd
+
+    repo, _ = demo
+    samples = sorted((repo / "data" / "samples").glob("*.png"))
+    df = pd.read_csv(repo / "data" / "info.csv")
+    assert list(df.columns) == ["image", "text"] and len(df) == len(samples) == 10
+    assert all(t.endswith(TRIGGER) for t in df["text"])
+    assert all((repo / "data" / p).is_file() for p in df["image"])
+    report = json.loads((repo / "data/reports/prepare.json").read_text(encoding="utf-8"))
+    assert report["inputs"] == report["accepted"] == 10 and report["rejected"] == []
+
+
+def test_dataset_loads_with_the_same_rows(demo):
+    import pandas as pd
+    from datasets import load_from_disk
+
+    repo, _ = demo
+    ds = load_from_disk(str(repo / "data" / "dataset"))
+    texts = sorted(list(ds["train"]["text"]) + list(ds["holdout"]["text"]))
+    assert texts == sorted(pd.read_csv(repo / "data" / "info.csv")["text"])
+    assert len(ds["holdout"]) >= 1
+
+
+def test_lora_loads_into_the_pipeline(demo):
+    from diffusers import StableDiffusionPipeline
+
+    repo, _ = demo
+    pipe = StableDiffusionPipeline.from_pretrained(repo / "models/tiny/sd", safety_checker=None)
+    pipe.load_lora_weights(str(repo / "models" / "lora"))
+    assert pipe.get_list_adapters()["unet"]
+    assert (repo / "models/lora/ksh_drawing_style.safetensors").stat().st_size > 0
+
+
+def test_metrics_are_numbers_and_dvc_shows_them(demo):
+    repo, _ = demo
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["num_images"] >= 1 and 0 < metrics["lora_pixel_delta"] < 1
+    train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    assert train["steps"] == 16  # 8 train images / batch 2 * 4 epochs
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "lora_pixel_delta" in json.dumps(shown)
+
+
+def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo):
+    repo, _ = demo
+    exps = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    names = {e["name"] for row in exps for e in row.get("experiments") or [] if e.get("name")} | {
+        r["name"]
+        for row in exps
+        for e in row.get("experiments") or []
+        for r in e.get("revs", [])
+        if r.get("name")
+    }
+    runs = find_offline_runs(repo / "wandb")
+    assert sorted(r.job_type for r in runs) == ["evaluate", "train"]
+    train = next(r for r in runs if r.job_type == "train")
+    assert train.name in names
+    assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4
+    assert len([h for h in train.history if "train/loss" in h]) == 16
+
+
+def test_params_yaml_is_restored_and_a_rerun_runs_no_stage(demo):
+    repo, _ = demo
+    _run(["git", "diff", "--exit-code", "params.yaml"], repo)
+    again = _run(["dvc", "exp", "run", "-S", "+experiment=demo"], repo)
+    out = again.stdout + again.stderr
+    assert "Running stage" not in out, out
+    for stage in STAGES:
+        assert f"'{stage}' didn't change" in out or f"'{stage}' is cached" in out, out

@@ -1,0 +1,125 @@
+"""LoRA training on the tiny SD: it learns, it saves, both files load and agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from kshd.lora import (
+    DIFFUSERS_FILE,
+    KOHYA_FILE,
+    kohya_metadata,
+    lora_state_dict,
+    save_diffusers,
+    save_kohya,
+)
+from kshd.training import EpochSampler, TrainSettings, load_components, total_steps, train_lora
+
+SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, sample_split, tmp_path_factory):
+    """A LoRA trained for a few steps on the samples and saved in both formats."""
+    out = tmp_path_factory.mktemp("lora")
+    c = load_components(str(tiny_models["sd"]))
+    rows = []
+    result = train_lora(c, sample_split, TrainSettings(**SETTINGS), on_log=rows.append)
+    state = lora_state_dict(c.unet)
+    save_diffusers(state, out)
+    save_kohya(
+        state,
+        out,
+        4,
+        kohya_metadata(
+            rank=4,
+            alpha=4,
+            base_model="tiny",
+            resolution=64,
+            trigger="drawn by KSH drawing style",
+            steps=result.steps,
+            epochs=result.epochs,
+            batch_size=2,
+            learning_rate=1e-2,
+            num_images=len(sample_split),
+            seed=7,
+        ),
+    )
+    return out, result, rows
+
+
+def _unet_out(pipe, scale: float | None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 32, 32, generator=g)
+    ehs = torch.randn(1, 77, 32, generator=g)
+    kwargs = {} if scale is None else {"cross_attention_kwargs": {"scale": scale}}
+    with torch.no_grad():
+        return pipe.unet(latents, 500, encoder_hidden_states=ehs, **kwargs).sample
+
+
+def _pipe(tiny_models):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+
+
+def test_training_runs_the_expected_steps_and_logs_each(trained):
+    _, result, rows = trained
+    assert result.steps == 10 and result.epochs == 2  # 10 samples / batch 2 * 2 epochs
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    m = result.metrics()
+    assert m["steps"] == 10 and m["images_per_s"] > 0 and m["final_loss"] == rows[-1]["loss"]
+
+
+def test_lora_changes_the_unet_and_strength_zero_does_not(trained, tiny_models):
+    out, _, _ = trained
+    pipe = _pipe(tiny_models)
+    base = _unet_out(pipe, None)
+    pipe.load_lora_weights(str(out))
+    tuned = _unet_out(pipe, 1.0)
+    assert (tuned - base).abs().max() > 1e-4
+    assert torch.allclose(_unet_out(pipe, 0.0), base, atol=1e-6)
+
+
+def test_kohya_file_loads_in_diffusers_and_matches(trained, tiny_models):
+    out, result, _ = trained
+    with safe_open(str(out / KOHYA_FILE), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4"
+    assert meta["ss_steps"] == str(result.steps) and "KSH" in meta["ss_training_comment"]
+    assert all(k.startswith("lora_unet_") for k in keys)
+    assert any(k.endswith(".alpha") for k in keys) and any(
+        k.endswith(".lora_up.weight") for k in keys
+    )
+    a, b = _pipe(tiny_models), _pipe(tiny_models)
+    a.load_lora_weights(str(out), weight_name=DIFFUSERS_FILE)
+    b.load_lora_weights(str(out), weight_name=KOHYA_FILE)
+    assert torch.allclose(_unet_out(a, 1.0), _unet_out(b, 1.0), atol=1e-5)
+
+
+def test_same_seed_same_training(tiny_models, sample_split):
+    losses = []
+    for _ in range(2):
+        c = load_components(str(tiny_models["sd"]))
+        s = TrainSettings(**{**SETTINGS, "epochs": 1})
+        losses.append([r["loss"] for r in train_lora(c, sample_split, s).history])
+    assert losses[0] == losses[1]
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    a, b = EpochSampler(10, 3), EpochSampler(10, 3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    b.set_epoch(3)
+    assert list(a) != list(b)
+
+
+def test_max_train_steps_wins_over_epochs():
+    assert total_steps(TrainSettings(epochs=50), 100) == (5000, 50)
+    assert total_steps(TrainSettings(max_train_steps=120), 100) == (120, 2)
+    assert total_steps(TrainSettings(gradient_accumulation_steps=4, epochs=1), 10) == (3, 1)
