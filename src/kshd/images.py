@@ -68,43 +68,67 @@ def flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_file(path: Path) -> None:
+    """Reject what cannot even be read, before a decoder sees it."""
+    try:
+        st = path.stat()
+        with path.open("rb") as f:
+            f.read(1)
+    except PermissionError as exc:
+        raise ImageRejected("unreadable: permission denied") from exc
+    except IsADirectoryError as exc:
+        raise ImageRejected("not a file (a folder)") from exc
+    except OSError as exc:  # broken link, symlink loop, I/O error
+        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from exc
+    if st.st_size == 0:
+        raise ImageRejected("empty file (0 bytes)")
+
+
+def _not_an_image_reason(path: Path) -> str:
+    """Say what the file seems to be instead, when the content tells."""
+    head = path.read_bytes()[:512].lstrip().lower()
+    if b"<svg" in head or (head.startswith(b"<?xml") and b"svg" in head):
+        return "not a raster image: SVG is not supported (export it as PNG)"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "not an image: the file is an HTML page"
+    return "not an image: no image format recognises its content"
+
+
+def _decode(path: Path, rules: IntakeRules) -> LoadedImage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > rules.max_pixels:
+                raise ImageRejected(
+                    f"too large: {width}x{height} = {width * height} pixels > max_pixels "
+                    f"{rules.max_pixels} (decompression-bomb guard)"
+                )
+            animated = bool(getattr(img, "is_animated", False))
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return LoadedImage(flatten(img, rules.background), animated)
+
+
 def load_image(path: str | Path, rules: IntakeRules = IntakeRules()) -> LoadedImage:
     """Open, check and normalise one file; ImageRejected says why in words a person reads."""
     path = Path(path)
+    _check_file(path)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from exc
-    if size == 0:
-        raise ImageRejected("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > rules.max_pixels:
-                    raise ImageRejected(
-                        f"too large: {width}x{height} = {width * height} pixels > max_pixels "
-                        f"{rules.max_pixels} (decompression-bomb guard)"
-                    )
-                animated = bool(getattr(img, "is_animated", False))
-                img.seek(0)
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = flatten(img, rules.background)
-    except ImageRejected:
-        raise
+        loaded = _decode(path, rules)
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not an image: no image format recognises its content") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(_not_an_image_reason(path)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"truncated or corrupt: {exc}") from exc
+    rgb = loaded.image
     if min(rgb.size) < rules.min_side:
         raise ImageRejected(
             f"too small: {rgb.width}x{rgb.height}, short side below min_side {rules.min_side}"
         )
-    return LoadedImage(rgb, animated)
+    return loaded
 
 
 def resize_short_side(img: Image.Image, side: int, upscale: bool = False) -> Image.Image:
