@@ -60,3 +60,29 @@ def test_missing_image_stops_with_the_row_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="row 3"):
         save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize(
+    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}]
+)
+def test_push_without_network_fails_fast_and_keeps_the_local_dataset(tmp_path, env):
+    import os
+    import subprocess
+    import sys
+
+    _corpus(tmp_path)
+    save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
+    code = (
+        "from kshd.dataset import push_dataset; "
+        f"push_dataset({str(tmp_path / 'ds')!r}, 'someone/ksh', True)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "someone/ksh" in proc.stderr and "is intact" in proc.stderr
+    assert len(load_from_disk(str(tmp_path / "ds"))["train"]) >= 1

@@ -80,6 +80,8 @@ def test_info_csv_has_one_row_per_sample_with_the_trigger_phrase(demo):
     assert all((repo / "data" / p).is_file() for p in df["image"])
     report = json.loads((repo / "data/reports/prepare.json").read_text(encoding="utf-8"))
     assert report["inputs"] == report["accepted"] == 10 and report["rejected"] == []
+    captions = json.loads((repo / "data/reports/captions.json").read_text(encoding="utf-8"))
+    assert captions["captions"] == 10 and captions["sources"]["blip2_new"] == 10
 
 
 def test_dataset_loads_with_the_same_rows(demo):
@@ -124,7 +126,8 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
         if r.get("name")
     }
     runs = find_offline_runs(repo / "wandb")
-    assert sorted(r.job_type for r in runs) == ["evaluate", "train"]
+    assert sorted(r.job_type for r in runs) == ["caption", "evaluate", "train"]
+    assert len({r.name for r in runs}) == 1  # all named after the one experiment
     train = next(r for r in runs if r.job_type == "train")
     assert train.name in names
     assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4

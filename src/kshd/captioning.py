@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from kshd.caption_cache import CaptionCache
 from kshd.fileio import write_text
 from kshd.models import check_model_source, device_and_dtype
 
@@ -36,6 +37,20 @@ class CaptionSettings:
     max_new_tokens: int = 40
     batch_size: int = 8
     seed: int = 5508
+
+    def fingerprint(self) -> str:
+        """What changes a caption (not batch_size): the cache key's first half."""
+        fields = (
+            self.model,
+            self.prompt,
+            self.do_sample,
+            self.temperature,
+            self.top_p,
+            self.repetition_penalty,
+            self.max_new_tokens,
+            self.seed,
+        )
+        return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
 def clean_caption(raw: str, prompt: str) -> str:
@@ -106,25 +121,30 @@ def batch_seed(seed: int, keys: Iterable[str]) -> int:
     return int.from_bytes(digest.digest()[:4], "little")
 
 
-def caption_files(paths: Sequence[Path], settings: CaptionSettings) -> list[str]:
-    """Caption image files in batches with a progress bar; returns cleaned captions in order."""
+def caption_missing(
+    todo: Sequence[tuple[str, Path]], settings: CaptionSettings, cache: CaptionCache
+) -> float:
+    """Caption (key, image) pairs in batches, saving each batch to the cache; returns images/s.
+
+    BLIP-2 is loaded only when something needs captioning. Batches are formed in the given
+    order, so a run resumed after a kill makes the same batches and captions as an unbroken one.
+    """
+    if not todo:
+        return 0.0
     captioner = Captioner(settings)
-    captions: list[str] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(paths), desc="caption", unit="img")
-    for i in range(0, len(paths), settings.batch_size):
-        chunk = paths[i : i + settings.batch_size]
-        images = [Image.open(p).convert("RGB") for p in chunk]
-        captions.extend(
-            captioner.caption(images, batch_seed(settings.seed, [p.name for p in chunk]))
-        )
+    bar = tqdm(total=len(todo), desc="caption", unit="img")
+    for i in range(0, len(todo), settings.batch_size):
+        chunk = todo[i : i + settings.batch_size]
+        images = [Image.open(path).convert("RGB") for _, path in chunk]
+        keys = [key for key, _ in chunk]
+        captions = captioner.caption(images, batch_seed(settings.seed, keys))
+        cache.add(dict(zip(keys, captions, strict=True)))
         bar.update(len(chunk))
     bar.close()
-    elapsed = max(time.perf_counter() - start, 1e-9)
-    log.info(
-        "captioned %d images in %.1f s (%.2f images/s)", len(paths), elapsed, len(paths) / elapsed
-    )
-    return captions
+    rate = len(todo) / max(time.perf_counter() - start, 1e-9)
+    log.info("captioned %d images with %s (%.2f images/s)", len(todo), settings.model, rate)
+    return rate
 
 
 def write_info_csv(path: str | Path, rows: Sequence[tuple[str, str]]) -> None:

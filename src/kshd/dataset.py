@@ -89,3 +89,28 @@ def save_dataset(
         write_text(tmp / "README.md", dataset_card(counts, trigger_phrase))
     log.info("dataset: %s saved to %s", counts, out_dir)
     return counts
+
+
+class HubPushError(RuntimeError):
+    """The Hub push failed; the local dataset is untouched."""
+
+
+def push_dataset(out_dir: str | Path, repo_id: str, private: bool) -> None:
+    """Upload the saved dataset (token from HF_TOKEN, never from config)."""
+    import os
+
+    from datasets import load_from_disk
+
+    if not repo_id:
+        raise HubPushError("dataset.push_to_hub is on but dataset.hub_repo is empty")
+    try:
+        load_from_disk(str(out_dir)).push_to_hub(
+            repo_id, private=private, token=os.environ.get("HF_TOKEN")
+        )
+    except Exception as exc:  # network, auth, offline mode: all end the same way for the user
+        raise HubPushError(
+            f"pushing {out_dir} to the Hub as {repo_id!r} failed: {type(exc).__name__}: {exc}. "
+            f"The local dataset at {out_dir} is intact; push later or set "
+            "dataset.push_to_hub=false."
+        ) from exc
+    log.info("dataset pushed to the Hub as %s (private=%s)", repo_id, private)

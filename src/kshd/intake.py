@@ -83,6 +83,7 @@ def prepare_folder(
     report = PrepareReport(inputs=len(candidates))
     report.sidecars = [s.relative_to(raw_dir).as_posix() for s in sidecars]
     seen: dict[str, str] = {}
+    kept: set[str] = set()
     for path in tqdm(candidates, desc="prepare", unit="img"):
         rel = path.relative_to(raw_dir).as_posix()
         try:
@@ -105,9 +106,11 @@ def prepare_folder(
         if not _already_written(target, img.size):  # a rerun after a kill skips finished ones
             with atomic_path(target) as tmp:
                 img.save(tmp, format="PNG")
+        keep = _copy_sidecar(path, target)
         report.accepted += 1
-        report.images.append({"file": rel, "output": name})
-    _remove_stale(out_dir, {item["output"] for item in report.images})
+        report.images.append({"file": rel, "output": name, "digest": digest})
+        kept.update({name, *keep})
+    _remove_stale(out_dir, kept)
     log.info(
         "prepare: %d inputs, %d accepted, %d rejected, %d duplicates",
         report.inputs,
@@ -128,8 +131,20 @@ def _already_written(target: Path, size: tuple[int, int]) -> bool:
         return done.size == size
 
 
+def _copy_sidecar(image: Path, target: Path) -> list[str]:
+    """A kohya-style `<name>.txt` beside a drawing travels with it as `<output>.txt`."""
+    sidecar = image.with_suffix(".txt")
+    if not sidecar.is_file():
+        return []
+    dest, text = target.with_suffix(".txt"), sidecar.read_bytes()
+    if not dest.is_file() or dest.read_bytes() != text:
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(text)
+    return [dest.name]
+
+
 def _remove_stale(out_dir: Path, keep: set[str]) -> None:
-    """Drop outputs of drawings that are no longer in the raw folder."""
+    """Drop outputs (and temp files of a killed run) of drawings no longer in the raw folder."""
     for f in out_dir.iterdir():
         if f.is_file() and f.name not in keep:
             f.unlink()

@@ -1,25 +1,25 @@
-"""DVC stage `caption`: data/prepared -> data/info.csv (BLIP-2 caption + trigger phrase)."""
+"""DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase) and a report."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.captioning import CaptionSettings, caption_files, with_trigger, write_info_csv
+from kshd.caption_cache import CaptionCache
+from kshd.caption_sources import Item, assign_captions, caption_report, read_overrides
+from kshd.captioning import CaptionSettings, with_trigger, write_info_csv
 from kshd.fileio import write_json
 from kshd.stages import ensure_tiny, stage_config
+from kshd.tracking import TrackingSettings, start_run
+
+log = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    cfg = stage_config(argv, "caption")
-    c = cfg.caption
-    report = json.loads((Path(cfg.data.reports_dir) / "prepare.json").read_text(encoding="utf-8"))
-    prepared = Path(cfg.data.prepared_dir)
-    paths = [prepared / item["output"] for item in report["images"]]
-    ensure_tiny(cfg)
-    settings = CaptionSettings(
+def settings_from(c) -> CaptionSettings:
+    return CaptionSettings(
         model=c.model,
         prompt=c.prompt,
         do_sample=c.do_sample,
@@ -30,25 +30,50 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=c.batch_size,
         seed=c.seed,
     )
-    captions = caption_files(paths, settings)
-    info_csv = Path(cfg.data.info_csv)
+
+
+def log_table(tracking, items: list[Item], prepared: Path, report: dict) -> None:
+    """The captions as a wandb table with thumbnails, and the report's numbers."""
+    run = start_run(TrackingSettings.from_config(tracking), "caption", {"report": report})
+    if not run:
+        return
+    from PIL import Image
+
+    import wandb
+
+    table = wandb.Table(columns=["image", "file", "caption", "source"])
+    for item in items[: tracking.table_rows]:
+        thumb = Image.open(prepared / item.output)
+        thumb.thumbnail((128, 128))
+        table.add_data(wandb.Image(thumb), item.file, item.caption, item.source)
+    run.log({"caption/table": table} | {f"caption/{k}": v for k, v in report["sources"].items()})
+    run.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = stage_config(argv, "caption")
+    c = cfg.caption
+    reports = Path(cfg.data.reports_dir)
+    prepare = json.loads((reports / "prepare.json").read_text(encoding="utf-8"))
+    items = [Item(i["file"], i["output"], i["digest"]) for i in prepare["images"]]
+    prepared, info_csv = Path(cfg.data.prepared_dir), Path(cfg.data.info_csv)
+    settings = settings_from(c)
+    cache = CaptionCache(Path(cfg.data.cache_dir) / "captions.jsonl")
+    if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items):
+        ensure_tiny(cfg)
+    outcome = assign_captions(items, prepared, read_overrides(Path(c.overrides)), settings, cache)
     rows = [
         (
-            Path(os.path.relpath(p, info_csv.parent)).as_posix(),
-            with_trigger(text, c.trigger_phrase, c.trigger_position),
+            Path(os.path.relpath(prepared / i.output, info_csv.parent)).as_posix(),
+            with_trigger(i.caption, c.trigger_phrase, c.trigger_position),
         )
-        for p, text in zip(paths, captions, strict=True)
+        for i in outcome.items
     ]
     write_info_csv(info_csv, rows)
-    write_json(
-        Path(cfg.data.reports_dir) / "captions.json",
-        {
-            "captions": len(rows),
-            "sources": {"blip2": len(rows)},
-            "empty": sum(1 for t in captions if not t),
-            "model": c.model,
-        },
-    )
+    report = caption_report(outcome, c.model, settings.fingerprint())
+    write_json(reports / "captions.json", report)
+    log.info("caption: %d captions, sources %s", len(rows), report["sources"])
+    log_table(cfg.tracking, outcome.items, prepared, report)
 
 
 if __name__ == "__main__":

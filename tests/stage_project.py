@@ -1,0 +1,57 @@
+"""A throwaway project folder (params.yaml + raw drawings) to run stages as DVC would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kshd.config import compose_conf, write_params
+
+from .conftest import ROOT
+
+
+def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = compose_conf(
+        [
+            "+experiment=demo",
+            "data.raw_dir=raw",
+            f"caption.model={tiny_models['blip2']}",
+            f"model.pretrained={tiny_models['sd']}",
+            "tiny.build=false",
+            "tracking.mode=disabled",
+            *overrides,
+        ],
+        conf_dir=ROOT / "conf",
+    )
+    write_params(cfg, root / "params.yaml")
+    (root / "raw").mkdir(exist_ok=True)
+    return root
+
+
+def noise_drawings(folder: Path, n: int, start: int = 0, size: int = 64) -> list[Path]:
+    paths = []
+    for i in range(start, start + n):
+        rng = np.random.default_rng(i)
+        path = folder / f"drawing_{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def stage_cmd(stage: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", f"kshd.stages.{stage}", *overrides]
+
+
+def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    proc = subprocess.run(
+        stage_cmd(stage, *overrides), cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
