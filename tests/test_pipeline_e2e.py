@@ -132,6 +132,12 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     assert train.name in names
     assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4
     assert len([h for h in train.history if "train/loss" in h]) == 16
+    caption = next(r for r in runs if r.job_type == "caption")
+    [row] = [h for h in caption.history if "caption/table/_type" in h]
+    assert row["caption/table/_type"] == "table-file" and row["caption/table/nrows"] == 10
+    table = json.loads((caption.path.parent / "files" / row["caption/table/path"]).read_text())
+    assert table["columns"] == ["image", "file", "caption", "source"] and len(table["data"]) == 10
+    assert row["caption/table/_latest_artifact_path"].startswith("wandb-client-artifact://")
 
 
 def test_params_yaml_is_restored_and_a_rerun_runs_no_stage(demo):
