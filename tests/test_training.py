@@ -11,12 +11,13 @@ from safetensors import safe_open
 from kshd.lora import (
     DIFFUSERS_FILE,
     KOHYA_FILE,
+    adapter_tensors,
     kohya_metadata,
-    lora_state_dict,
     save_diffusers,
     save_kohya,
 )
-from kshd.training import EpochSampler, TrainSettings, load_components, total_steps, train_lora
+from kshd.trainer import train_lora
+from kshd.training import EpochSampler, TrainSettings, load_components, total_steps
 
 SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 
@@ -28,7 +29,7 @@ def trained(tiny_models, sample_split, tmp_path_factory):
     c = load_components(str(tiny_models["sd"]))
     rows = []
     result = train_lora(c, sample_split, TrainSettings(**SETTINGS), on_log=rows.append)
-    state = lora_state_dict(c.unet)
+    state = adapter_tensors(c.unet)
     save_diffusers(state, out)
     save_kohya(
         state,
@@ -115,6 +116,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     a.set_epoch(2)
     b.set_epoch(2)
     assert list(a) == list(b) and sorted(a) == list(range(10))
+    b.skip_once(4)
+    assert list(b) == list(a)[4:] and list(b) == list(a)  # the skip applies once
     b.set_epoch(3)
     assert list(a) != list(b)
 

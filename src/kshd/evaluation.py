@@ -83,3 +83,32 @@ def evaluate_lora(pipe, lora_dir: Path, s: EvalSettings, out_dir: Path) -> dict:
     }
     log.info("evaluate: %s", metrics)
     return metrics
+
+
+def validation_images(
+    c, prompt: str, negative: str, seeds: tuple[int, ...], steps: int, resolution: int
+) -> list[Image.Image]:
+    """Sample from the components being trained (a DPM-Solver++ pipeline around them)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    with torch.no_grad():
+        return pipe(
+            [prompt] * len(seeds),
+            negative_prompt=[negative] * len(seeds),
+            num_inference_steps=steps,
+            height=resolution,
+            width=resolution,
+            generator=gens,
+        ).images

@@ -28,12 +28,20 @@ def add_lora(unet, rank: int, alpha: float, target_modules: Sequence[str]) -> No
     unet.add_adapter(config)
 
 
-def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+def lora_state_dict(module) -> dict[str, torch.Tensor]:
     """The adapter's weights in peft naming (`...lora_A.weight`), detached, fp32, contiguous."""
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unet)
+    state = get_peft_model_state_dict(module)
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def adapter_tensors(unet, text_encoder=None) -> dict[str, torch.Tensor]:
+    """Both adapters, keys prefixed `unet.` / `text_encoder.` as diffusers and kohya expect."""
+    out = {f"unet.{k}": v for k, v in lora_state_dict(unet).items()}
+    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
+        out |= {f"text_encoder.{k}": v for k, v in lora_state_dict(text_encoder).items()}
+    return out
 
 
 def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
@@ -41,8 +49,12 @@ def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors.torch import save_file
 
-    converted = convert_state_dict_to_diffusers(state)
-    tensors = {f"unet.{k}": v for k, v in converted.items()}
+    tensors = {}
+    for prefix in ("unet.", "text_encoder."):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            converted = convert_state_dict_to_diffusers(part)
+            tensors |= {f"{prefix}{k}": v for k, v in converted.items()}
     target = out_dir / DIFFUSERS_FILE
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -56,7 +68,7 @@ def save_kohya(
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+    kohya = convert_state_dict_to_kohya(dict(state))
     for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
         kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(alpha))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import resource
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from kshd.checkpoints import Progress
 from kshd.config import require
 
 log = logging.getLogger(__name__)
@@ -45,25 +44,63 @@ class TrainSettings:
     adam_beta2: float = 0.999
     adam_weight_decay: float = 0.01
     adam_epsilon: float = 1e-8
+    use_8bit_adam: bool = False
     max_grad_norm: float = 1.0
     rank: int = 4
     alpha: float = 4
     target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    train_text_encoder: bool = False
+    text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    allow_tf32: bool = False
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    prediction_type: str | None = None
+    caption_dropout: float = 0.0
+    shuffle_tags: bool = False
+    cache_latents: bool = True
     checkpointing_steps: int = 10000
+    checkpoints_total_limit: int | None = None
+    resume: bool = True
     seed: int = 5508
     dataloader_num_workers: int = 0
     validation_prompt: str = ""
+    validation_negative_prompt: str = ""
+    validation_epochs: int = 0
+    validation_seeds: tuple[int, ...] = (0,)
+    validation_steps: int = 30
+
+    # Settings that change how, not what, is trained: left out of the resume fingerprint.
+    OPERATIONAL = (
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume",
+        "dataloader_num_workers",
+        "gradient_checkpointing",
+        "validation_prompt",
+        "validation_negative_prompt",
+        "validation_epochs",
+        "validation_seeds",
+        "validation_steps",
+    )
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> TrainSettings:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in dict(cfg).items() if k in known}
-        if "target_modules" in values:
-            values["target_modules"] = tuple(values["target_modules"])
+        for key in ("target_modules", "text_encoder_target_modules", "validation_seeds"):
+            if key in values:
+                values[key] = tuple(values[key])
         settings = cls(**values)
         settings.validate()
         return settings
+
+    def defining(self) -> dict:
+        """The settings that define the result (for the checkpoint fingerprint)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.OPERATIONAL
+        }
 
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")
@@ -94,26 +131,60 @@ class TrainSettings:
             self.gradient_accumulation_steps,
             "a whole number >= 1",
         )
+        require(
+            self.prediction_type in (None, "epsilon", "v_prediction"),
+            "train.prediction_type",
+            self.prediction_type,
+            "null (the scheduler's), epsilon or v_prediction",
+        )
+        require(
+            0 <= self.caption_dropout < 1,
+            "train.caption_dropout",
+            self.caption_dropout,
+            "a fraction in [0, 1)",
+        )
+        require(
+            self.checkpointing_steps >= 1,
+            "train.checkpointing_steps",
+            self.checkpointing_steps,
+            "a whole number >= 1",
+        )
+        require(
+            self.max_train_steps is None or self.max_train_steps >= 1,
+            "train.max_train_steps",
+            self.max_train_steps,
+            "null or a whole number >= 1",
+        )
 
 
 @dataclass
 class TrainResult:
-    steps: int = 0
+    progress: Progress = field(default_factory=Progress)
     epochs: int = 0
-    images: int = 0
     seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)  # one row per optimizer step
     peak_rss_mb: float = 0.0
+    resumed_from: str | None = None
+    latents: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.progress.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.progress.history
 
     def metrics(self) -> dict:
+        h = self.history
         return {
             "steps": self.steps,
             "epochs": self.epochs,
-            "final_loss": self.history[-1]["loss"] if self.history else None,
-            "mean_loss_last_epoch": _mean_last_epoch(self.history),
-            "images_per_s": round(self.images / self.seconds, 4) if self.seconds else None,
+            "final_loss": h[-1]["loss"] if h else None,
+            "mean_loss_last_epoch": _mean_last_epoch(h),
+            "images_per_s": round(h[-1]["images_per_s"], 4) if h else None,
             "seconds": round(self.seconds, 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "resumed_from": self.resumed_from,
         }
 
 
@@ -125,20 +196,28 @@ def _mean_last_epoch(history: list[dict]) -> float | None:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A shuffle that depends only on (seed, epoch): resumable and the same on every process."""
+    """A shuffle that depends only on (seed, epoch), so every run and every process agrees.
+
+    accelerate's prepared loader calls set_epoch itself on each pass, so a resume offset is
+    set separately with skip_once and applies to the next pass only.
+    """
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def skip_once(self, start: int) -> None:
+        self.start = start
+
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.start
 
     def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=g).tolist()[start:])
 
 
 @dataclass
@@ -171,24 +250,63 @@ def load_components(
     )
 
 
-def diffusion_loss(
-    c: Components, pixel_values: torch.Tensor, input_ids: torch.Tensor, weight_dtype: torch.dtype
-) -> torch.Tensor:
-    """One denoising step's MSE, with noise and timesteps from the global (seeded) RNG."""
-    with torch.no_grad():
-        latents = c.vae.encode(pixel_values.to(weight_dtype)).latent_dist.sample()
-        latents = latents * c.vae.config.scaling_factor
-        encoder_hidden_states = c.text_encoder(input_ids, return_dict=False)[0]
-    noise = torch.randn_like(latents)
-    steps = c.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device).long()
-    noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
-    if c.noise_scheduler.config.prediction_type == "v_prediction":
-        target = c.noise_scheduler.get_velocity(latents, noise, timesteps)
+def batch_inputs(c: Components, batch: dict, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents, encoder hidden states): sampled from the cached distribution or encoded live.
+
+    Both paths draw the latent sample from the global RNG exactly as AutoencoderKL's
+    `latent_dist.sample()` does, so cached and live training see the same noise.
+    """
+    if "latent_mean" in batch:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        mean = batch["latent_mean"].to(device, dtype)
+        std = torch.exp(0.5 * batch["latent_logvar"].to(device, dtype))
+        latents = mean + std * randn_tensor(mean.shape, device=device, dtype=dtype)
     else:
-        target = noise
-    pred = c.unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        with torch.no_grad():
+            latents = c.vae.encode(batch["pixel_values"].to(device, dtype)).latent_dist.sample()
+    # Contiguous: the VAE returns channels-last strides, and randn_like (the noise) follows
+    # strides, so without this the same RNG draws would land in other places per path.
+    latents = (latents * c.vae.config.scaling_factor).contiguous()
+    if "encoder_hidden_states" in batch:
+        return latents, batch["encoder_hidden_states"].to(device, dtype)
+    ids = batch["input_ids"].to(device)
+    if c.text_encoder.training:  # text-encoder LoRA: gradients flow
+        return latents, c.text_encoder(ids, return_dict=False)[0]
+    with torch.no_grad():
+        return latents, c.text_encoder(ids, return_dict=False)[0]
+
+
+def diffusion_loss(
+    c: Components,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    unet,
+    s: TrainSettings,
+) -> torch.Tensor:
+    """One denoising step's loss: noise (+ offset), timesteps, target, optional min-SNR weights."""
+    noise = torch.randn_like(latents)
+    if s.noise_offset:
+        noise += s.noise_offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), device=latents.device
+        )
+    sched = c.noise_scheduler
+    timesteps = torch.randint(
+        0, sched.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+    ).long()
+    noisy = sched.add_noise(latents, noise, timesteps)
+    v_pred = sched.config.prediction_type == "v_prediction"
+    target = sched.get_velocity(latents, noise, timesteps) if v_pred else noise
+    pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    if s.snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(sched, timesteps)
+    weights = torch.stack([snr, s.snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    weights = weights / (snr + 1) if v_pred else weights / snr
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    return (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
 
 
 def peak_rss_mb() -> float:
@@ -204,149 +322,3 @@ def total_steps(s: TrainSettings, batches_per_epoch: int) -> tuple[int, int]:
 
 
 LogFn = Callable[[dict], None]
-
-
-@dataclass
-class _Run:
-    """Everything the loop touches, prepared by accelerate."""
-
-    accelerator: object
-    unet: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: object
-    loader: torch.utils.data.DataLoader
-    sampler: EpochSampler
-    data: torch.utils.data.Dataset
-    params: list
-    weight_dtype: torch.dtype
-    max_steps: int
-    epochs: int
-
-
-def _setup(c: Components, train_split, s: TrainSettings) -> _Run:
-    """Freeze the base, add the adapter, build data, optimizer and schedule (reference order)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-
-    from kshd.batches import DrawingDataset
-    from kshd.lora import add_lora
-
-    accelerator = Accelerator(
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        mixed_precision=s.mixed_precision,
-    )
-    set_seed(s.seed)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
-    c.vae.requires_grad_(False)
-    c.text_encoder.requires_grad_(False)
-    add_lora(c.unet, s.rank, s.alpha, s.target_modules)
-    for frozen in (c.vae, c.text_encoder):  # cast only when needed: the VAE warns otherwise
-        frozen.to(accelerator.device, **({} if dtype == torch.float32 else {"dtype": dtype}))
-    c.unet.to(accelerator.device)
-    data = DrawingDataset(
-        train_split, c.tokenizer, s.resolution, s.center_crop, s.random_flip, s.seed
-    )
-    sampler = EpochSampler(len(data), s.seed)
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=s.batch_size, sampler=sampler, num_workers=s.dataloader_num_workers
-    )
-    params = [p for p in c.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=s.learning_rate,
-        betas=(s.adam_beta1, s.adam_beta2),
-        weight_decay=s.adam_weight_decay,
-        eps=s.adam_epsilon,
-    )
-    max_steps, epochs = total_steps(s, len(loader))
-    n = accelerator.num_processes
-    lr_scheduler = get_scheduler(
-        s.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=s.lr_warmup_steps * n,
-        num_training_steps=max_steps * n,
-    )
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(
-        c.unet, optimizer, loader, lr_scheduler
-    )
-    return _Run(
-        accelerator,
-        unet,
-        optimizer,
-        lr_scheduler,
-        loader,
-        sampler,
-        data,
-        params,
-        dtype,
-        max_steps,
-        epochs,
-    )
-
-
-def train_lora(
-    c: Components, train_split, s: TrainSettings, on_log: LogFn | None = None
-) -> TrainResult:
-    """Train a LoRA adapter on c.unet in place; returns the per-step history and timings."""
-    run = _setup(c, train_split, s)
-    acc = run.accelerator
-    result = TrainResult(epochs=run.epochs)
-    bar = tqdm(
-        total=run.max_steps, desc="train", unit="step", disable=not acc.is_local_main_process
-    )
-    start = time.perf_counter()
-    for epoch in range(run.epochs):
-        run.sampler.set_epoch(epoch)
-        run.data.set_epoch(epoch)
-        run.unet.train()
-        for batch in run.loader:
-            with acc.accumulate(run.unet):
-                loss = diffusion_loss(
-                    c, batch["pixel_values"], batch["input_ids"], run.weight_dtype
-                )
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(run.params, s.max_grad_norm)
-                run.optimizer.step()
-                run.lr_scheduler.step()
-                run.optimizer.zero_grad()
-            result.images += batch["pixel_values"].shape[0] * acc.num_processes
-            if not acc.sync_gradients:
-                continue
-            result.steps += 1
-            row = _step_row(
-                result,
-                epoch,
-                acc.gather(loss.detach()).mean().item(),
-                run.lr_scheduler.get_last_lr()[0],
-                time.perf_counter() - start,
-            )
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{row['images_per_s']:.2f}"
-            )
-            if on_log and acc.is_main_process:
-                on_log(row)
-            if result.steps >= run.max_steps:
-                break
-    bar.close()
-    result.seconds = time.perf_counter() - start
-    result.peak_rss_mb = peak_rss_mb()
-    c.unet = acc.unwrap_model(run.unet)
-    acc.wait_for_everyone()
-    return result
-
-
-def _step_row(result: TrainResult, epoch: int, loss: float, lr: float, elapsed: float) -> dict:
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss} at step {result.steps} (epoch {epoch})")
-    row = {
-        "step": result.steps,
-        "epoch": epoch,
-        "loss": loss,
-        "lr": lr,
-        "images_per_s": result.images / max(elapsed, 1e-9),
-    }
-    result.history.append(row)
-    return row

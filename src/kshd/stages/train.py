@@ -1,4 +1,8 @@
-"""DVC stage `train`: data/dataset -> models/lora (diffusers + kohya safetensors, metrics, loss)."""
+"""DVC stage `train`: data/dataset -> models/lora (diffusers + kohya safetensors, metrics, loss).
+
+Resumes from the newest checkpoint of the same run after a crash; `train.resume=false` (or
+deleting models/checkpoints) starts afresh. Runs unchanged under `accelerate launch`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,16 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from kshd.checkpoints import fingerprint
 from kshd.fileio import write_json, write_text
-from kshd.lora import kohya_metadata, lora_state_dict, save_diffusers, save_kohya
+from kshd.lora import adapter_tensors, kohya_metadata, save_diffusers, save_kohya
 from kshd.models import check_model_source
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
-from kshd.training import TrainResult, TrainSettings, load_components, train_lora
+from kshd.trainer import CheckpointPolicy, train_lora
+from kshd.training import TrainResult, TrainSettings, load_components
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +36,116 @@ def loss_csv(result: TrainResult) -> str:
     return buf.getvalue()
 
 
+def model_identity(pretrained: str, revision: str | None) -> dict:
+    """A hub id and revision, or a local folder's files with sizes and times."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return {"id": pretrained, "revision": revision}
+    return {
+        "folder": str(folder.resolve()),
+        "files": sorted(
+            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if p.is_file()
+        ),
+    }
+
+
+def validator(cfg: DictConfig, s: TrainSettings, run):
+    """Sample the validation prompt every `train.validation_epochs`, to disk and wandb."""
+    if not (s.validation_epochs and s.validation_prompt):
+        return None
+    from kshd.evaluation import grid, validation_images
+
+    out = Path(cfg.output.validation_dir)
+
+    def validate(epoch: int, components) -> None:
+        images = validation_images(
+            components,
+            s.validation_prompt,
+            s.validation_negative_prompt,
+            s.validation_seeds,
+            s.validation_steps,
+            s.resolution,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        grid([images]).save(out / f"epoch-{epoch:04d}.png")
+        if run:
+            import wandb
+
+            run.log(
+                {
+                    "validation": [
+                        wandb.Image(i, caption=f"epoch {epoch}, seed {seed}")
+                        for i, seed in zip(images, s.validation_seeds, strict=True)
+                    ]
+                }
+            )
+
+    return validate
+
+
+def write_outputs(
+    cfg: DictConfig, s: TrainSettings, components, result: TrainResult, num_images: int
+) -> dict:
+    out = Path(cfg.output.lora_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = adapter_tensors(components.unet, components.text_encoder)
+    save_diffusers(state, out)
+    save_kohya(
+        state,
+        out,
+        s.alpha,
+        kohya_metadata(
+            rank=s.rank,
+            alpha=s.alpha,
+            base_model=cfg.model.pretrained,
+            resolution=s.resolution,
+            trigger=cfg.caption.trigger_phrase,
+            steps=result.steps,
+            epochs=result.epochs,
+            batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            num_images=num_images,
+            seed=s.seed,
+        ),
+    )
+    metrics = result.metrics() | {"latents": result.latents}
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "loss.csv", loss_csv(result))
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from accelerate import PartialState
     from datasets import load_from_disk
 
     cfg = stage_config(argv, "train")
-    settings = TrainSettings.from_config(cfg.train)
+    s = TrainSettings.from_config(cfg.train)
     ensure_tiny(cfg)
     check_model_source(cfg.model.pretrained, "model.pretrained")
-    train_split = load_from_disk(cfg.data.dataset_dir)["train"]
+    split = load_from_disk(cfg.data.dataset_dir)["train"]
     components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
-    run = start_run(
-        TrackingSettings.from_config(cfg.tracking),
-        "train",
-        {k: plain(cfg)[k] for k in ("train", "model", "data", "caption", "dataset")},
+    main_process = PartialState().is_main_process
+    run = (
+        start_run(
+            TrackingSettings.from_config(cfg.tracking),
+            "train",
+            {k: plain(cfg)[k] for k in ("train", "model", "data", "caption", "dataset")},
+        )
+        if main_process
+        else None
+    )
+    ckpt = CheckpointPolicy(
+        Path(cfg.output.checkpoints_dir),
+        s.checkpointing_steps,
+        s.checkpoints_total_limit,
+        s.resume,
+        fingerprint(
+            settings=s.defining(),
+            dataset=split._fingerprint,
+            model=model_identity(cfg.model.pretrained, cfg.model.revision),
+        ),
     )
     on_log = (
         (lambda row: run.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
@@ -48,35 +153,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         else None
     )
     try:
-        result = train_lora(components, train_split, settings, on_log)
-        out = Path(cfg.output.lora_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = lora_state_dict(components.unet)
-        save_diffusers(state, out)
-        save_kohya(
-            state,
-            out,
-            settings.alpha,
-            kohya_metadata(
-                rank=settings.rank,
-                alpha=settings.alpha,
-                base_model=cfg.model.pretrained,
-                resolution=settings.resolution,
-                trigger=cfg.caption.trigger_phrase,
-                steps=result.steps,
-                epochs=result.epochs,
-                batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate,
-                num_images=len(train_split),
-                seed=settings.seed,
-            ),
+        result = train_lora(
+            components,
+            split,
+            s,
+            on_log,
+            ckpt,
+            Path(cfg.data.cache_dir),
+            cfg.caption.trigger_phrase,
+            validator(cfg, s, run),
         )
-        metrics = result.metrics()
-        write_json(out / "metrics.json", metrics)
-        write_text(out / "loss.csv", loss_csv(result))
-        if run:
-            run.summary.update({f"train/{k}": v for k, v in metrics.items()})
-        log.info("train: %s -> %s", metrics, out)
+        if main_process:
+            metrics = write_outputs(cfg, s, components, result, len(split))
+            log.info("train: %s -> %s", metrics, cfg.output.lora_dir)
+            if run:
+                run.summary.update({f"train/{k}": v for k, v in metrics.items()})
     finally:
         if run:
             run.finish()

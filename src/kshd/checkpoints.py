@@ -1,0 +1,203 @@
+"""Training checkpoints that can be trusted: complete or invisible, resumed only by their own run.
+
+A checkpoint is written into a hidden temp folder and renamed to `checkpoint-<step>` when every
+file is in place; `state.json` is written last, so a folder without it is never picked up. Old
+checkpoints are pruned only after a new one is complete. The state holds the LoRA weights, the
+optimizer and scheduler, every RNG, the step, the epoch and the position in it, and a fingerprint
+of what defines the run, so that `persist: true` folders of other experiments are never resumed.
+Everything is safetensors + JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^checkpoint-(\d+)$")
+STATE = "state.json"
+
+
+@dataclass
+class Progress:
+    """Where training stands: enough to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    images: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def fingerprint(**parts: object) -> str:
+    """A stable hash of what defines a run (settings, dataset, base model)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_split(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished checkpoint, oldest first; temp folders are not listed."""
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (m := NAME.match(p.name)) and (p / STATE).is_file()
+    ]
+    return sorted(found)
+
+
+def prune(root: Path, limit: int | None) -> None:
+    """Keep the newest `limit` complete checkpoints; clear half-written ones of killed runs."""
+    for p in root.glob(".checkpoint-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+    done = complete_checkpoints(root)
+    if limit and len(done) > limit:
+        for _, path in done[:-limit]:
+            shutil.rmtree(path)
+            log.info("removed old checkpoint %s (checkpoints_total_limit=%d)", path.name, limit)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    root: Path,
+    run_fp: str,
+    progress: Progress,
+    lora: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    scheduler_state: dict,
+    limit: int | None,
+) -> Path:
+    """Write everything to a temp folder, then rename it into place; prune afterwards."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{progress.step}"
+    tmp = root / f".checkpoint-{progress.step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = _optimizer_split(optimizer_state)
+    rng_tensors, rng_meta = _rng_state()
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
+    save_file({**opt_tensors, **rng_tensors}, str(tmp / "training_state.safetensors"))
+    state = {
+        "fingerprint": run_fp,
+        "progress": asdict(progress),
+        "optimizer": opt_meta,
+        "scheduler": scheduler_state,
+        "rng": rng_meta,
+    }
+    with (tmp / STATE).open("w", encoding="utf-8") as f:  # last: marks the folder complete
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, limit)
+    log.info("checkpoint %s saved", final)
+    return final
+
+
+@dataclass
+class Loaded:
+    path: Path
+    progress: Progress
+    lora: dict[str, torch.Tensor]
+    optimizer_state: dict
+    scheduler_state: dict
+
+
+def load_checkpoint(path: Path) -> Loaded:
+    """Read a checkpoint and restore every RNG to where it was when it was saved."""
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    tensors = load_file(str(path / "training_state.safetensors"))
+    _set_rng_state(tensors, state["rng"])
+    return Loaded(
+        path,
+        Progress(**state["progress"]),
+        load_file(str(path / "lora.safetensors")),
+        _optimizer_join(tensors, state["optimizer"]),
+        state["scheduler"],
+    )
+
+
+def find_resumable(root: Path, run_fp: str) -> Path | None:
+    """The newest complete checkpoint of this run; other runs' checkpoints are removed."""
+    mine = None
+    for _, path in complete_checkpoints(root):
+        fp = json.loads((path / STATE).read_text(encoding="utf-8")).get("fingerprint")
+        if fp == run_fp:
+            mine = path
+        else:
+            log.warning(
+                "%s belongs to another run (other params, data or base model): removed", path
+            )
+            shutil.rmtree(path)
+    return mine

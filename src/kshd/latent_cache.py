@@ -1,0 +1,125 @@
+"""Cached VAE latent distributions and text embeddings, reused across epochs and reruns.
+
+Keys: the image's content, the VAE's (or text encoder's) weights, and the resolution. The VAE's
+distribution (mean and log-variance) is cached, not one sample, so each step still draws a fresh
+latent as the reference loop does: the cache changes speed, not training. With random flip both
+orientations are cached (a flipped latent is not the latent of the flipped image). A random crop
+of a non-square image differs every epoch, so those items are encoded live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from kshd.batches import Plan, apply_plan, augment_plan, to_tensor
+from kshd.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every weight: a changed base model never reuses stale latents."""
+    h = hashlib.blake2b(digest_size=10)
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class LatentSource:
+    """The VAE's latent distribution per item: from disk when cacheable, else encoded live."""
+
+    def __init__(self, vae, folder: Path, device: torch.device, dtype: torch.dtype):
+        self.vae, self.folder, self.device, self.dtype = vae, folder, device, dtype
+
+    def _path(self, digest: str) -> Path:
+        return self.folder / f"{digest[:32]}.safetensors"
+
+    @torch.no_grad()
+    def encode(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
+        px = torch.stack([to_tensor(i) for i in images]).to(self.device, self.dtype)
+        dist = self.vae.encode(px).latent_dist
+        return dist.mean.float().cpu(), dist.logvar.float().cpu()
+
+    def precompute(self, ds) -> dict[str, int]:
+        """Encode every cacheable item missing from the cache (both flips when flipping)."""
+        o = ds.opts
+        todo = [
+            i for i in range(len(ds)) if ds.cacheable(i) and not self._path(ds.digests[i]).exists()
+        ]
+        for i in tqdm(todo, desc="cache latents", unit="img", disable=not todo):
+            plan = augment_plan(ds.sizes[i], o.resolution, True, False, None)
+            flips = [False, True] if o.random_flip else [False]
+            mean, logvar = self.encode(
+                [apply_plan(ds.image(i), o.resolution, plan, f) for f in flips]
+            )
+            tensors = {"mean": mean[0], "logvar": logvar[0]}
+            if o.random_flip:
+                tensors |= {"mean_flip": mean[1], "logvar_flip": logvar[1]}
+            with atomic_path(self._path(ds.digests[i])) as tmp:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        live = sum(not ds.cacheable(i) for i in range(len(ds)))
+        stats = {"cached": len(ds) - live, "computed_now": len(todo), "live": live}
+        log.info(
+            "latents: %(cached)d cached (%(computed_now)d computed now), %(live)d encoded "
+            "live (random crops of non-square images; train.center_crop=true caches them)",
+            stats,
+        )
+        return stats
+
+    def get(self, ds, index: int, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+        if not ds.cacheable(index):
+            mean, logvar = self.encode([apply_plan(ds.image(index), ds.opts.resolution, plan)])
+            return mean[0], logvar[0]
+        t = load_file(str(self._path(ds.digests[index])))
+        suffix = "_flip" if plan.flip else ""
+        return t[f"mean{suffix}"], t[f"logvar{suffix}"]
+
+
+class TextSource:
+    """Text-encoder outputs per caption, computed once (frozen text encoder only)."""
+
+    def __init__(self, text_encoder, tokenizer, folder: Path, device: torch.device):
+        self.encoder, self.tokenizer, self.folder, self.device = (
+            text_encoder,
+            tokenizer,
+            folder,
+            device,
+        )
+        self.memo: dict[str, torch.Tensor] = {}
+
+    def _path(self, text: str) -> Path:
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            texts,
+            max_length=self.tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.encoder(ids.to(self.device), return_dict=False)[0].float().cpu()
+
+    def precompute(self, texts: list[str], batch_size: int = 16) -> None:
+        unique = sorted(set(texts))
+        todo = [t for t in unique if not self._path(t).exists()]
+        for i in tqdm(range(0, len(todo), batch_size), desc="cache text", disable=not todo):
+            chunk = todo[i : i + batch_size]
+            for text, hidden in zip(chunk, self._encode(chunk), strict=True):
+                with atomic_path(self._path(text)) as tmp:
+                    save_file({"hidden": hidden.contiguous()}, str(tmp))
+        for text in unique:
+            self.memo[text] = load_file(str(self._path(text)))["hidden"]
+
+    def get(self, text: str) -> torch.Tensor:
+        if text not in self.memo:  # a shuffled or dropped-out variant
+            self.memo[text] = self._encode([text])[0]
+        return self.memo[text]

@@ -1,0 +1,345 @@
+"""The training loop: accelerate, cached inputs, exact resume, validation and a NaN guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kshd.batches import DrawingDataset, ItemOptions
+from kshd.checkpoints import find_resumable, load_checkpoint, save_checkpoint
+from kshd.training import (
+    Components,
+    EpochSampler,
+    LogFn,
+    TrainResult,
+    TrainSettings,
+    batch_inputs,
+    diffusion_loss,
+    peak_rss_mb,
+    total_steps,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    root: Path
+    every: int
+    limit: int | None
+    resume: bool
+    fingerprint: str
+
+
+@dataclass
+class _Run:
+    accelerator: object
+    unet: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    data: DrawingDataset
+    params: list
+    dtype: torch.dtype
+    max_steps: int
+    epochs: int
+
+
+ValidateFn = Callable[[int, Components], None]
+
+
+def _freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
+    """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoder) in fp32."""
+    from kshd.lora import add_lora
+
+    if s.prediction_type:
+        c.noise_scheduler.register_to_config(prediction_type=s.prediction_type)
+    c.vae.requires_grad_(False)
+    c.text_encoder.requires_grad_(False)
+    add_lora(c.unet, s.rank, s.alpha, s.target_modules)
+    if s.train_text_encoder:
+        add_lora(c.text_encoder, s.rank, s.alpha, s.text_encoder_target_modules)
+        c.text_encoder.train()
+    else:
+        c.text_encoder.eval()
+    cast = {} if dtype == torch.float32 else {"dtype": dtype}  # the VAE warns on a no-op cast
+    c.vae.to(device, **cast)
+    c.text_encoder.to(device, **({} if s.train_text_encoder else cast))
+    c.unet.to(device)
+    if s.gradient_checkpointing:
+        c.unet.enable_gradient_checkpointing()
+        if s.train_text_encoder:
+            c.text_encoder.gradient_checkpointing_enable()
+    modules = [c.unet, c.text_encoder] if s.train_text_encoder else [c.unet]
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def _dataset(
+    c: Components,
+    split,
+    s: TrainSettings,
+    keep_tag: str,
+    cache_dir: Path | None,
+    accelerator,
+    dtype,
+) -> tuple[DrawingDataset, dict]:
+    from kshd.latent_cache import LatentSource, TextSource, module_fingerprint
+
+    opts = ItemOptions(
+        s.resolution,
+        s.center_crop,
+        s.random_flip,
+        s.seed,
+        s.caption_dropout,
+        s.shuffle_tags,
+        keep_tag,
+    )
+    if not (s.cache_latents and cache_dir):
+        log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
+        return DrawingDataset(split, c.tokenizer, opts), {}
+    device = accelerator.device
+    latents = LatentSource(
+        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, dtype
+    )
+    texts = None
+    if not (s.shuffle_tags or s.train_text_encoder):
+        texts = TextSource(
+            c.text_encoder,
+            c.tokenizer,
+            cache_dir / f"text-{module_fingerprint(c.text_encoder)}",
+            device,
+        )
+    data = DrawingDataset(split, c.tokenizer, opts, latents, texts)
+    with accelerator.main_process_first():
+        stats = latents.precompute(data)
+        if texts:
+            texts.precompute(data.texts_list + ([""] if s.caption_dropout else []))
+    return data, stats
+
+
+def _optimizer(params: list, s: TrainSettings) -> torch.optim.Optimizer:
+    kw = {
+        "lr": s.learning_rate,
+        "betas": (s.adam_beta1, s.adam_beta2),
+        "weight_decay": s.adam_weight_decay,
+        "eps": s.adam_epsilon,
+    }
+    if not s.use_8bit_adam:
+        return torch.optim.AdamW(params, **kw)
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ImportError(
+            "train.use_8bit_adam=true needs bitsandbytes: pip install bitsandbytes (CUDA only)"
+        ) from exc
+    return bnb.optim.AdamW8bit(params, **kw)
+
+
+def _setup(
+    c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None
+) -> tuple[_Run, dict]:
+    """Everything the loop needs, in the reference script's order, prepared by accelerate."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    acc = Accelerator(
+        gradient_accumulation_steps=s.gradient_accumulation_steps, mixed_precision=s.mixed_precision
+    )
+    if s.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    set_seed(s.seed)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
+    params = _freeze_and_adapt(c, s, acc.device, dtype)
+    data, stats = _dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+    sampler = EpochSampler(len(data), s.seed)
+    loader = torch.utils.data.DataLoader(  # own generator: iterating never draws from torch's RNG
+        data,
+        batch_size=s.batch_size,
+        sampler=sampler,
+        num_workers=s.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
+    optimizer = _optimizer(params, s)
+    max_steps, epochs = total_steps(s, math.ceil(len(data) / s.batch_size / acc.num_processes))
+    lr_scheduler = get_scheduler(
+        s.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=s.lr_warmup_steps * acc.num_processes,
+        num_training_steps=max_steps * acc.num_processes,
+    )
+    unet, optimizer, loader, lr_scheduler = acc.prepare(c.unet, optimizer, loader, lr_scheduler)
+    if s.train_text_encoder:
+        c.text_encoder = acc.prepare(c.text_encoder)
+    return _Run(
+        acc, unet, optimizer, lr_scheduler, loader, sampler, data, params, dtype, max_steps, epochs
+    ), stats
+
+
+def _lora_tensors(run: _Run, c: Components) -> dict[str, torch.Tensor]:
+    from kshd.lora import adapter_tensors
+
+    unwrap = run.accelerator.unwrap_model
+    return adapter_tensors(unwrap(run.unet), unwrap(c.text_encoder))
+
+
+def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
+    from peft import set_peft_model_state_dict
+
+    loaded = load_checkpoint(path)  # also restores every RNG
+    for prefix, module in (("unet.", run.unet), ("text_encoder.", c.text_encoder)):
+        part = {k[len(prefix) :]: v for k, v in loaded.lora.items() if k.startswith(prefix)}
+        if part:
+            set_peft_model_state_dict(run.accelerator.unwrap_model(module), part)
+    run.optimizer.load_state_dict(loaded.optimizer_state)
+    run.lr_scheduler.load_state_dict(loaded.scheduler_state)
+    log.info(
+        "resuming from %s (step %d, epoch %d)",
+        path.name,
+        loaded.progress.step,
+        loaded.progress.epoch,
+    )
+    return TrainResult(progress=loaded.progress, resumed_from=path.name)
+
+
+def _start(run: _Run, c: Components, ckpt: CheckpointPolicy | None) -> TrainResult:
+    if ckpt is None:
+        return TrainResult()
+    if not ckpt.resume and ckpt.root.exists():
+        log.info("train.resume=false: starting afresh, removing %s", ckpt.root)
+        shutil.rmtree(ckpt.root)
+    path = find_resumable(ckpt.root, ckpt.fingerprint) if ckpt.resume else None
+    return _restore(run, c, path) if path else TrainResult()
+
+
+def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: int) -> float:
+    """Forward, NaN guard, backward, and (at accumulation boundaries) the optimizer step."""
+    acc = run.accelerator
+    with acc.accumulate(run.unet):
+        latents, hidden = batch_inputs(c, batch, acc.device, run.dtype)
+        loss = diffusion_loss(c, latents, hidden, run.unet, s)
+        if not torch.isfinite(loss).all():
+            names = [run.data.names[int(i)] for i in batch["index"]]
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss.item()}) at step {step}; images in the "
+                f"batch: {', '.join(names)}. The last good checkpoint is kept."
+            )
+        acc.backward(loss)
+        if acc.sync_gradients and s.max_grad_norm:
+            acc.clip_grad_norm_(run.params, s.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad()
+    return acc.gather(loss.detach()).mean().item()
+
+
+def train_lora(
+    c: Components,
+    train_split,
+    s: TrainSettings,
+    on_log: LogFn | None = None,
+    ckpt: CheckpointPolicy | None = None,
+    cache_dir: Path | None = None,
+    keep_tag: str = "",
+    validate: ValidateFn | None = None,
+) -> TrainResult:
+    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable."""
+    run, stats = _setup(c, train_split, s, keep_tag, cache_dir)
+    acc = run.accelerator
+    result = _start(run, c, ckpt)
+    result.epochs, result.latents, p = run.epochs, stats, result.progress
+    bar = tqdm(
+        total=run.max_steps,
+        initial=p.step,
+        desc="train",
+        unit="step",
+        disable=not acc.is_local_main_process,
+    )
+    start, images_before, loss_sum = time.perf_counter(), p.images, 0.0
+    while p.epoch < run.epochs and p.step < run.max_steps:
+        run.loader.set_epoch(p.epoch)  # accelerate passes it on to the sampler
+        run.data.set_epoch(p.epoch)
+        run.sampler.skip_once(p.batch_in_epoch * s.batch_size * acc.num_processes)
+        run.unet.train()
+        for batch in run.loader:
+            loss_sum += _micro_step(run, c, batch, s, p.step + 1) / s.gradient_accumulation_steps
+            p.images += batch["index"].shape[0] * acc.num_processes
+            p.batch_in_epoch += 1
+            if not acc.sync_gradients:
+                continue
+            rate = (p.images - images_before) / max(time.perf_counter() - start, 1e-9)
+            row = _record(p, run, loss_sum, rate, bar)
+            loss_sum = 0.0
+            if on_log and acc.is_main_process:
+                on_log(row)
+            if ckpt and p.step % ckpt.every == 0:
+                _checkpoint(run, c, ckpt, p)
+            if p.step >= run.max_steps:
+                break
+        else:
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            if validate and s.validation_epochs and p.epoch % s.validation_epochs == 0:
+                _validate(run, c, validate, p.epoch)
+    bar.close()
+    result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
+    c.unet = acc.unwrap_model(run.unet)
+    c.text_encoder = acc.unwrap_model(c.text_encoder)
+    acc.wait_for_everyone()
+    return result
+
+
+def _record(p, run: _Run, loss: float, images_per_s: float, bar) -> dict:
+    """Count the optimizer step and keep its row (loss.csv, wandb, the progress bar)."""
+    p.step += 1
+    row = {
+        "step": p.step,
+        "epoch": p.epoch,
+        "loss": loss,
+        "lr": run.lr_scheduler.get_last_lr()[0],
+        "images_per_s": images_per_s,
+    }
+    p.history.append(row)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{images_per_s:.2f}")
+    return row
+
+
+def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
+    if run.accelerator.is_main_process:
+        save_checkpoint(
+            ckpt.root,
+            ckpt.fingerprint,
+            p,
+            _lora_tensors(run, c),
+            run.optimizer.state_dict(),
+            run.lr_scheduler.state_dict(),
+            ckpt.limit,
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> None:
+    """Sample with the current adapter without disturbing training's RNG or modes."""
+    if not run.accelerator.is_main_process:
+        return
+    rng = torch.get_rng_state()
+    unet = run.accelerator.unwrap_model(run.unet)
+    unet.eval()
+    try:
+        validate(epoch, Components(c.tokenizer, c.text_encoder, c.vae, unet, c.noise_scheduler))
+    finally:
+        torch.set_rng_state(rng)
+        unet.train()

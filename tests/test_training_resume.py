@@ -1,0 +1,133 @@
+"""Training you can trust: cached = live, exact resume after SIGKILL, no foreign resumes, NaNs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kshd.trainer as trainer
+from kshd.checkpoints import complete_checkpoints
+from kshd.trainer import CheckpointPolicy, NonFiniteLoss, train_lora
+from kshd.training import TrainSettings, load_components
+
+from .conftest import ROOT
+from .stage_project import make_project, run_stage, stage_cmd
+
+SAMPLES = ROOT / "data" / "samples"
+BASE = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
+
+
+def test_cached_and_live_inputs_train_the_same(tiny_models, sample_split, tmp_path):
+    losses, stats = {}, {}
+    for cached in (False, True, True):
+        c = load_components(str(tiny_models["sd"]))
+        result = train_lora(
+            c,
+            sample_split,
+            TrainSettings(**BASE, cache_latents=cached),
+            cache_dir=tmp_path / "cache" if cached else None,
+        )
+        losses[cached] = [h["loss"] for h in result.history]
+        stats[cached] = result.latents
+    assert len(losses[True]) == 10
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-6)
+    # 8 square samples are cached (both flips); 2 non-square ones need live random crops
+    assert stats[True] == {"cached": 8, "computed_now": 0, "live": 2}  # second cached run
+    files = list((tmp_path / "cache").glob("latents-*/*.safetensors"))
+    assert len(files) == 8 and set(load_file(str(files[0]))) == {
+        "mean",
+        "logvar",
+        "mean_flip",
+        "logvar_flip",
+    }
+
+
+def test_a_different_run_does_not_resume_anothers_checkpoints(tiny_models, sample_split, tmp_path):
+    def run(fp: str, batch_size: int):
+        c = load_components(str(tiny_models["sd"]))
+        s = TrainSettings(**{**BASE, "batch_size": batch_size})
+        return train_lora(c, sample_split, s, ckpt=CheckpointPolicy(tmp_path, 2, None, True, fp))
+
+    first = run("bs2", 2)
+    assert first.resumed_from is None and [s for s, _ in complete_checkpoints(tmp_path)] == [
+        2,
+        4,
+        6,
+        8,
+        10,
+    ]
+    other = run("bs1", 1)
+    assert other.resumed_from is None and other.steps == 20
+    again = run("bs1", 1)
+    assert again.resumed_from == "checkpoint-20" and again.steps == 20
+
+
+def test_non_finite_loss_stops_naming_the_step_and_images(
+    tiny_models, sample_split, tmp_path, monkeypatch
+):
+    real, calls = trainer.diffusion_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", poisoned)
+    c = load_components(str(tiny_models["sd"]))
+    with pytest.raises(NonFiniteLoss, match=r"step 3; images in the batch: .+\.png"):
+        train_lora(
+            c,
+            sample_split,
+            TrainSettings(**BASE),
+            ckpt=CheckpointPolicy(tmp_path, 2, None, True, "fp"),
+        )
+    [(step, path)] = complete_checkpoints(tmp_path)
+    assert (
+        step == 2
+        and torch.isfinite(
+            torch.cat([t.flatten() for t in load_file(str(path / "lora.safetensors")).values()])
+        ).all()
+    )
+
+
+def _lora(root):
+    return load_file(str(root / "models/lora/pytorch_lora_weights.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models, tmp_path):
+    args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2"]
+    killed = make_project(tmp_path / "killed", tiny_models, [*args, f"data.raw_dir={SAMPLES}"])
+    for stage in ("prepare", "caption", "dataset"):
+        run_stage(killed, stage)
+    straight = tmp_path / "straight"
+    shutil.copytree(killed, straight)
+    proc = subprocess.Popen(
+        stage_cmd("train"), cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    marker = killed / "models/checkpoints/checkpoint-6/state.json"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models/lora/pytorch_lora_weights.safetensors").exists()
+    run_stage(killed, "train")
+    run_stage(straight, "train")
+    metrics = json.loads((killed / "models/lora/metrics.json").read_text())
+    assert metrics["resumed_from"].startswith("checkpoint-") and metrics["steps"] == 24
+    a, b = _lora(killed), _lora(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "not bit-identical"
+    losses = [
+        (killed / "models/lora/loss.csv").read_text().splitlines(),
+        (straight / "models/lora/loss.csv").read_text().splitlines(),
+    ]
+    assert [r.split(",")[:4] for r in losses[0]] == [r.split(",")[:4] for r in losses[1]]
