@@ -61,6 +61,25 @@ class _Run:
 ValidateFn = Callable[[int, Components], None]
 
 
+def use_cpu_processes() -> bool:
+    """Several processes and no CUDA: DDP over gloo on the CPU (accelerate needs cpu=True)."""
+    import os
+
+    from accelerate.utils import parse_flag_from_env
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (
+        world > 1 and not torch.cuda.is_available()
+    )
+
+
+def process_state():
+    """accelerate's PartialState, created the same way the trainer's Accelerator will be."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu_processes())
+
+
 def _freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
     """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoder) in fp32."""
     from kshd.lora import add_lora
@@ -157,7 +176,9 @@ def _setup(
     from diffusers.optimization import get_scheduler
 
     acc = Accelerator(
-        gradient_accumulation_steps=s.gradient_accumulation_steps, mixed_precision=s.mixed_precision
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        mixed_precision=s.mixed_precision,
+        cpu=use_cpu_processes(),
     )
     if s.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

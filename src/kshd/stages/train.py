@@ -20,7 +20,7 @@ from kshd.lora import adapter_tensors, kohya_metadata, save_diffusers, save_kohy
 from kshd.models import check_model_source
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
-from kshd.trainer import CheckpointPolicy, train_lora
+from kshd.trainer import CheckpointPolicy, process_state, train_lora
 from kshd.training import TrainResult, TrainSettings, load_components
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,6 @@ def write_outputs(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from accelerate import PartialState
     from datasets import load_from_disk
 
     cfg = stage_config(argv, "train")
@@ -126,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_model_source(cfg.model.pretrained, "model.pretrained")
     split = load_from_disk(cfg.data.dataset_dir)["train"]
     components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     run = (
         start_run(
             TrackingSettings.from_config(cfg.tracking),

@@ -1,0 +1,62 @@
+"""The train stage unchanged under `accelerate launch` with 2 CPU processes (DDP over gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import ROOT
+from .stage_project import make_project, run_stage
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_process_ddp_training(tiny_models, tmp_path):
+    root = make_project(tmp_path / "p", tiny_models, [f"data.raw_dir={ROOT / 'data/samples'}"])
+    for stage in ("prepare", "caption", "dataset"):
+        run_stage(root, stage)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "kshd.stages.train",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "models/lora/metrics.json").read_text())
+    # 8 training drawings, batch 2 on each of 2 processes: 2 steps an epoch, 4 epochs
+    assert metrics["steps"] == 8 and metrics["epochs"] == 4
+    assert proc.stderr.count("__main__: train: {") == 1  # outputs written by one process
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    g = torch.Generator().manual_seed(0)
+    latents, hidden = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        base = pipe.unet(latents, 500, encoder_hidden_states=hidden).sample
+        pipe.load_lora_weights(str(root / "models/lora"))
+        tuned = pipe.unet(latents, 500, encoder_hidden_states=hidden).sample
+    assert torch.isfinite(tuned).all() and (tuned - base).abs().max() > 1e-4
