@@ -1,4 +1,4 @@
-"""Through real DVC: `dvc repro` after a crash resumes training; another experiment starts afresh."""
+"""Through DVC: `dvc repro` after a crash resumes training; another experiment starts afresh."""
 
 from __future__ import annotations
 
