@@ -36,6 +36,16 @@ def test_dataset_has_image_and_text_and_both_splits(tmp_path):
     assert "drawn by KSH drawing style" in (tmp_path / "ds" / "README.md").read_text()
 
 
+def test_no_holdout_saves_an_empty_split_that_loads(tmp_path):
+    _corpus(tmp_path)
+    assert save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.0, "t") == {
+        "train": 10,
+        "holdout": 0,
+    }
+    ds = load_from_disk(str(tmp_path / "ds"))
+    assert len(ds["train"]) == 10 and len(ds["holdout"]) == 0
+
+
 def test_rebuild_is_byte_identical(tmp_path):
     _corpus(tmp_path)
     save_dataset(tmp_path / "info.csv", tmp_path / "a", 0.2, "t")

@@ -85,7 +85,9 @@ def save_dataset(
     ds = build_dataset(load_rows(info_csv), holdout_fraction)
     counts = {name: len(split) for name, split in ds.items()}
     with atomic_dir(out_dir) as tmp:
-        ds.save_to_disk(str(tmp))
+        # one shard per split: an empty split (holdout_fraction=0) would otherwise get none,
+        # and load_from_disk cannot read it back
+        ds.save_to_disk(str(tmp), num_shards={name: 1 for name in ds})
         write_text(tmp / "README.md", dataset_card(counts, trigger_phrase))
     log.info("dataset: %s saved to %s", counts, out_dir)
     return counts

@@ -1,0 +1,188 @@
+"""Training throughput: cached latents/text embeddings vs the reference loop, side by side.
+
+    python bench/train.py                    # tiny model and an SD1.5-shaped one at 128 px (CPU)
+    python bench/train.py --models sd15 --resolution 256 --steps 8
+
+The reference loop (train.cache_latents=false) runs the VAE and the text encoder and tokenizes
+every item at every step. Each mode runs in its own process so peak RSS is its own. Prints
+ratios measured in one run; absolute seconds on a shared machine mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def build_sd15_shaped(out: Path) -> None:
+    """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from kshd.models import tiny_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=2,
+    )
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=len(tok) - 2,
+            eos_token_id=len(tok) - 1,
+            pad_token_id=len(tok) - 1,
+        )
+    )
+    sched = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(out)
+
+
+def dataset(out: Path, n: int, size: int) -> Path:
+    from kshd.captioning import write_info_csv
+    from kshd.dataset import save_dataset
+
+    (out / "prepared").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        img = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(img).save(out / "prepared" / f"{i}.png")
+        rows.append((f"prepared/{i}.png", f"an anime girl number {i}, drawn by KSH drawing style"))
+    write_info_csv(out / "info.csv", rows)
+    save_dataset(out / "info.csv", out / "dataset", 0.0, "drawn by KSH drawing style")
+    return out / "dataset"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One training run in this process; prints its figures as JSON."""
+    from datasets import load_from_disk
+
+    from kshd.trainer import train_lora
+    from kshd.training import TrainSettings, load_components, peak_rss_mb
+
+    split = load_from_disk(args.dataset)["train"]
+    c = load_components(args.model)
+    s = TrainSettings(
+        resolution=args.resolution,
+        batch_size=1,
+        max_train_steps=args.steps,
+        cache_latents=args.mode != "live",
+        learning_rate=1e-4,
+        seed=1,
+    )
+    start = time.perf_counter()
+    result = train_lora(c, split, s, cache_dir=Path(args.cache) if args.mode != "live" else None)
+    total = time.perf_counter() - start
+    steady = result.history[-1]["images_per_s"]
+    print(json.dumps({"images_per_s": steady, "total_s": total, "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_mode(model: str, data: Path, cache: Path, mode: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--model",
+        model,
+        "--dataset",
+        str(data),
+        "--cache",
+        str(cache),
+        "--mode",
+        mode,
+        "--resolution",
+        str(args.resolution),
+        "--steps",
+        str(args.steps),
+    ]
+    env = dict(os.environ, TQDM_DISABLE="1")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["tiny", "sd15"])
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--images", type=int, default=12)
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--model"), p.add_argument("--dataset"), p.add_argument("--cache")
+    p.add_argument("--mode", choices=["live", "cold", "warm"])
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.worker:
+        return worker(args)
+    from kshd.models import build_tiny_models
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    data = dataset(work / "data", args.images, args.resolution)
+    for name in args.models:
+        if name == "tiny":
+            model = str(build_tiny_models(work / "tiny")["sd"])
+        else:
+            build_sd15_shaped(work / "sd15")
+            model = str(work / "sd15")
+        cache = work / f"cache-{name}"
+        r = {mode: run_mode(model, data, cache, mode, args) for mode in ("live", "cold", "warm")}
+        print(
+            f"\n{name} at {args.resolution} px, batch 1, {args.steps} steps, {args.images} images"
+        )
+        for mode, label in [
+            ("live", "reference loop (VAE + text encoder each step)"),
+            ("cold", "cached, first run (cache filled in this run)"),
+            ("warm", "cached, rerun (cache reused)"),
+        ]:
+            m = r[mode]
+            print(
+                f"  {label:48s} {m['images_per_s']:7.2f} img/s  run {m['total_s']:6.1f} s  "
+                f"peak RSS {m['peak_rss_mb']:7.0f} MB"
+            )
+        speed = r["warm"]["images_per_s"] / r["live"]["images_per_s"]
+        rss = r["warm"]["peak_rss_mb"] / r["live"]["peak_rss_mb"]
+        print(f"  training speed-up with the cache: {speed:.2f}x; peak RSS cached/live: {rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()
