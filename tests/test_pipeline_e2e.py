@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kshd.checkpoints import complete_checkpoints
 from kshd.wandb_offline import find_offline_runs
 
 from .conftest import ROOT
@@ -111,6 +112,9 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     assert metrics["num_images"] >= 1 and 0 < metrics["lora_pixel_delta"] < 1
     train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
     assert train["steps"] == 16  # 8 train images / batch 2 * 4 epochs
+    validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
+    assert validation == ["epoch-0002.png", "epoch-0004.png"]  # every 2 epochs in the demo
+    assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == [6, 12]
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert "lora_pixel_delta" in json.dumps(shown)
 

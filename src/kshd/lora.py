@@ -68,7 +68,9 @@ def save_kohya(
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    kohya = convert_state_dict_to_kohya(dict(state))
+    kohya = {
+        _sd1_text_encoder_name(k): v for k, v in convert_state_dict_to_kohya(dict(state)).items()
+    }
     for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
         kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(alpha))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
@@ -76,6 +78,33 @@ def save_kohya(
     with atomic_path(target) as tmp:
         save_file(kohya, str(tmp), metadata=meta)
     return target
+
+
+def _sd1_text_encoder_name(key: str) -> str:
+    """SD 1.x kohya files name CLIP keys `lora_te_text_model_...`; diffusers writes SDXL's
+    `lora_te1_`, and transformers 5 dropped the `text_model` level from CLIPTextModel."""
+    if not key.startswith("lora_te1_"):
+        return key
+    rest = key[len("lora_te1_") :]
+    return "lora_te_" + (rest if rest.startswith("text_model_") else f"text_model_{rest}")
+
+
+def text_encoder_lora_loadable() -> str | None:
+    """Why diffusers cannot load a text-encoder LoRA with the installed stack, or None."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:
+        return None
+    if Version(version("peft")) < Version(MIN_PEFT_VERSION):
+        return (
+            f"transformers {version('transformers')} loads text-encoder adapters only with "
+            f"peft >= {MIN_PEFT_VERSION}; peft {version('peft')} is installed"
+        )
+    return None
 
 
 def kohya_metadata(

@@ -56,6 +56,7 @@ class _Run:
     dtype: torch.dtype
     max_steps: int
     epochs: int
+    batches_per_epoch: int
 
 
 ValidateFn = Callable[[int, Components], None]
@@ -195,7 +196,8 @@ def _setup(
         generator=torch.Generator().manual_seed(s.seed),
     )
     optimizer = _optimizer(params, s)
-    max_steps, epochs = total_steps(s, math.ceil(len(data) / s.batch_size / acc.num_processes))
+    batches_per_epoch = math.ceil(len(data) / s.batch_size / acc.num_processes)
+    max_steps, epochs = total_steps(s, batches_per_epoch)
     lr_scheduler = get_scheduler(
         s.lr_scheduler,
         optimizer=optimizer,
@@ -206,7 +208,18 @@ def _setup(
     if s.train_text_encoder:
         c.text_encoder = acc.prepare(c.text_encoder)
     return _Run(
-        acc, unet, optimizer, lr_scheduler, loader, sampler, data, params, dtype, max_steps, epochs
+        acc,
+        unet,
+        optimizer,
+        lr_scheduler,
+        loader,
+        sampler,
+        data,
+        params,
+        dtype,
+        max_steps,
+        epochs,
+        batches_per_epoch,
     ), stats
 
 
@@ -310,7 +323,7 @@ def train_lora(
                 _checkpoint(run, c, ckpt, p)
             if p.step >= run.max_steps:
                 break
-        else:
+        if p.batch_in_epoch >= run.batches_per_epoch:  # the epoch is complete
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             if validate and s.validation_epochs and p.epoch % s.validation_epochs == 0:
                 _validate(run, c, validate, p.epoch)

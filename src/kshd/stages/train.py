@@ -15,8 +15,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.checkpoints import fingerprint
+from kshd.config import ConfigError
 from kshd.fileio import write_json, write_text
-from kshd.lora import adapter_tensors, kohya_metadata, save_diffusers, save_kohya
+from kshd.lora import (
+    adapter_tensors,
+    kohya_metadata,
+    save_diffusers,
+    save_kohya,
+    text_encoder_lora_loadable,
+)
 from kshd.models import check_model_source
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
@@ -121,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg = stage_config(argv, "train")
     s = TrainSettings.from_config(cfg.train)
+    if s.train_text_encoder and (why := text_encoder_lora_loadable()):
+        raise ConfigError(
+            f"config key `train.train_text_encoder` = true cannot work here: {why}, "
+            "so no pipeline could load the result. Upgrade peft or set it to false."
+        )
     ensure_tiny(cfg)
     check_model_source(cfg.model.pretrained, "model.pretrained")
     split = load_from_disk(cfg.data.dataset_dir)["train"]

@@ -1,0 +1,117 @@
+"""Optional training features: text-encoder LoRA, caption dropout, tag shuffling, min-SNR."""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from kshd.batches import caption_variant
+from kshd.lora import (
+    KOHYA_FILE,
+    adapter_tensors,
+    kohya_metadata,
+    save_diffusers,
+    save_kohya,
+    text_encoder_lora_loadable,
+)
+from kshd.trainer import train_lora
+from kshd.training import TrainSettings, load_components
+
+from .stage_project import make_project, stage_cmd
+
+TRIGGER = "drawn by KSH drawing style"
+BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)
+
+
+def test_caption_dropout_and_shuffling_keep_the_trigger_phrase():
+    text = f"a girl, blonde hair, green eyes, smile, {TRIGGER}"
+    rng = random.Random(0)
+    variants = [caption_variant(text, TRIGGER, 0.0, True, rng) for _ in range(30)]
+    assert all(v.endswith(TRIGGER) for v in variants)
+    assert all(sorted(v.split(", ")) == sorted(text.split(", ")) for v in variants)
+    assert len(set(variants)) > 5
+    dropped = [caption_variant(text, TRIGGER, 0.5, False, rng) for _ in range(400)]
+    assert 120 < dropped.count("") < 280 and set(dropped) == {"", text}
+    assert caption_variant(text, TRIGGER, 0.0, False, rng) == text
+
+
+def test_kohya_text_encoder_keys_use_sd1_naming():
+    from kshd.lora import _sd1_text_encoder_name
+
+    assert _sd1_text_encoder_name("lora_te1_encoder_layers_0_self_attn_q_proj.alpha") == (
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"
+    )
+    assert _sd1_text_encoder_name(
+        "lora_te1_text_model_encoder_layers_3_mlp_fc1.lora_up.weight"
+    ) == ("lora_te_text_model_encoder_layers_3_mlp_fc1.lora_up.weight")
+    assert _sd1_text_encoder_name("lora_unet_mid_block_attentions_0.alpha") == (
+        "lora_unet_mid_block_attentions_0.alpha"
+    )
+
+
+def test_text_encoder_lora_trains_saves_and_loads(tiny_models, sample_split, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    if why := text_encoder_lora_loadable():  # the train stage refuses the setting (tested below)
+        pytest.skip(f"text-encoder LoRAs cannot be trained or loaded with this stack: {why}")
+
+    c = load_components(str(tiny_models["sd"]))
+    s = TrainSettings(**BASE, train_text_encoder=True, cache_latents=True)
+    result = train_lora(c, sample_split, s, cache_dir=tmp_path / "cache")
+    assert result.steps == 5
+    state = adapter_tensors(c.unet, c.text_encoder)
+    assert any(k.startswith("text_encoder.") for k in state)
+    save_diffusers(state, tmp_path)
+    save_kohya(
+        state,
+        tmp_path,
+        4,
+        kohya_metadata(
+            rank=4,
+            alpha=4,
+            base_model="tiny",
+            resolution=64,
+            trigger=TRIGGER,
+            steps=5,
+            epochs=1,
+            batch_size=2,
+            learning_rate=1e-2,
+            num_images=10,
+            seed=3,
+        ),
+    )
+    with safe_open(str(tmp_path / KOHYA_FILE), "pt") as f:
+        te_keys = [k for k in f.keys() if k.startswith("lora_te")]  # noqa: SIM118
+    # SD 1.x kohya naming, as A1111 and ComfyUI read it
+    assert te_keys and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te_keys)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    ids = pipe.tokenizer(TRIGGER, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        before = pipe.text_encoder(ids.input_ids)[0]
+        pipe.load_lora_weights(str(tmp_path))
+        after = pipe.text_encoder(ids.input_ids)[0]
+    assert (after - before).abs().max() > 1e-5
+
+
+def test_train_stage_refuses_text_encoder_lora_it_could_not_load(tiny_models, tmp_path):
+    if not text_encoder_lora_loadable():
+        pytest.skip("this stack loads text-encoder LoRAs")
+    root = make_project(tmp_path / "p", tiny_models, ["train.train_text_encoder=true"])
+    proc = subprocess.run(stage_cmd("train"), cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "train.train_text_encoder" in proc.stderr
+    assert "peft" in proc.stderr and "Loading" not in proc.stderr  # before any model loads
+
+
+def test_min_snr_noise_offset_and_v_prediction_train(tiny_models, sample_split):
+    c = load_components(str(tiny_models["sd"]))
+    s = TrainSettings(**BASE, snr_gamma=5.0, noise_offset=0.1, prediction_type="v_prediction")
+    result = train_lora(c, sample_split, s)
+    assert c.noise_scheduler.config.prediction_type == "v_prediction"
+    assert result.steps == 5 and all(math.isfinite(h["loss"]) for h in result.history)
+    plain = train_lora(load_components(str(tiny_models["sd"])), sample_split, TrainSettings(**BASE))
+    assert [h["loss"] for h in plain.history] != [h["loss"] for h in result.history]
