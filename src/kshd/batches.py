@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kshd.images import resize_short_side
-
 
 def item_rng(seed: int, epoch: int, index: int) -> random.Random:
     key = hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()
@@ -31,13 +29,34 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def resized_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """The size after resize_short_side(..., upscale=True), without touching pixels."""
+def resized_size(size: tuple[int, int], target: int | tuple[int, int]) -> tuple[int, int]:
+    """The size after scaling to cover `target` (an int = a square), without touching pixels."""
+    tw, th = (target, target) if isinstance(target, int) else target
     w, h = size
-    scale = resolution / min(w, h)
-    return (
-        (w, h) if min(w, h) == resolution else (max(1, round(w * scale)), max(1, round(h * scale)))
-    )
+    scale = max(tw / w, th / h)
+    if scale == 1:
+        return w, h
+    return max(tw, round(w * scale)), max(th, round(h * scale))
+
+
+def make_buckets(resolution: int, step: int = 64, max_aspect: float = 2.0) -> list[tuple[int, int]]:
+    """kohya-style buckets: sides in multiples of `step`, area at most resolution**2."""
+    buckets = {(resolution, resolution)}
+    w = step
+    while w <= resolution * max_aspect:
+        h = (resolution * resolution // w) // step * step
+        if h >= step and max(w, h) / min(w, h) <= max_aspect:
+            buckets.add((w, h))
+        w += step
+    return sorted(buckets)
+
+
+def pick_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to the image's (in log scale)."""
+    import math
+
+    aspect = math.log(size[0] / size[1])
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
 
 
 @dataclass(frozen=True)
@@ -45,25 +64,33 @@ class Plan:
     left: int
     top: int
     flip: bool
+    size: tuple[int, int] = (0, 0)  # the crop: (resolution, resolution) or a bucket
 
 
 def augment_plan(
-    size: tuple[int, int], resolution: int, center_crop: bool, random_flip: bool, rng: random.Random
+    size: tuple[int, int],
+    target: int | tuple[int, int],
+    center_crop: bool,
+    random_flip: bool,
+    rng: random.Random | None,
 ) -> Plan:
-    """As train_text_to_image_lora.py: a square crop of the resized image, maybe flipped."""
-    w, h = resized_size(size, resolution)
+    """As train_text_to_image_lora.py: a crop of the resized image, maybe flipped."""
+    tw, th = (target, target) if isinstance(target, int) else target
+    w, h = resized_size(size, (tw, th))
     if center_crop:
-        left, top = (w - resolution) // 2, (h - resolution) // 2
+        left, top = (w - tw) // 2, (h - th) // 2
     else:
-        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
-    return Plan(left, top, bool(random_flip and rng.random() < 0.5))
+        left, top = rng.randint(0, w - tw), rng.randint(0, h - th)
+    return Plan(left, top, bool(random_flip and rng.random() < 0.5), (tw, th))
 
 
-def apply_plan(
-    img: Image.Image, resolution: int, plan: Plan, flip: bool | None = None
-) -> Image.Image:
-    img = resize_short_side(img.convert("RGB"), resolution, upscale=True)
-    img = img.crop((plan.left, plan.top, plan.left + resolution, plan.top + resolution))
+def apply_plan(img: Image.Image, plan: Plan, flip: bool | None = None) -> Image.Image:
+    tw, th = plan.size
+    img = img.convert("RGB")
+    new = resized_size(img.size, (tw, th))
+    if new != img.size:
+        img = img.resize(new, Image.Resampling.LANCZOS)
+    img = img.crop((plan.left, plan.top, plan.left + tw, plan.top + th))
     if plan.flip if flip is None else flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return img
@@ -91,6 +118,7 @@ class ItemOptions:
     caption_dropout: float = 0.0
     shuffle_tags: bool = False
     keep_tag: str = ""
+    buckets: tuple[tuple[int, int], ...] = ()  # aspect-ratio buckets; () = square crops
 
 
 class DrawingDataset(torch.utils.data.Dataset):
@@ -112,6 +140,12 @@ class DrawingDataset(torch.utils.data.Dataset):
             self.digests.append(hashlib.sha256(row["bytes"]).hexdigest())
             with Image.open(io.BytesIO(row["bytes"])) as img:
                 self.sizes.append(img.size)
+        self.targets = [
+            pick_bucket(size, list(opts.buckets))
+            if opts.buckets
+            else (opts.resolution, opts.resolution)
+            for size in self.sizes
+        ]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,8 +156,21 @@ class DrawingDataset(torch.utils.data.Dataset):
 
     def cacheable(self, index: int) -> bool:
         """A random crop of a non-square image differs every epoch: it cannot be cached."""
-        w, h = resized_size(self.sizes[index], self.opts.resolution)
-        return self.opts.center_crop or w == h
+        if self.opts.buckets or self.opts.center_crop:
+            return True
+        w, h = resized_size(self.sizes[index], self.targets[index])
+        return (w, h) == self.targets[index]
+
+    def plan(self, index: int, rng: random.Random | None) -> Plan:
+        """Buckets are centre-cropped (cacheable); square crops follow train.center_crop."""
+        o = self.opts
+        return augment_plan(
+            self.sizes[index],
+            self.targets[index],
+            o.center_crop or bool(o.buckets),
+            o.random_flip,
+            rng,
+        )
 
     def image(self, index: int) -> Image.Image:
         return Image.open(io.BytesIO(self.raw[index]["image"]["bytes"]))
@@ -131,13 +178,13 @@ class DrawingDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         o = self.opts
         rng = item_rng(o.seed, self.epoch, index)
-        plan = augment_plan(self.sizes[index], o.resolution, o.center_crop, o.random_flip, rng)
+        plan = self.plan(index, rng)
         text = caption_variant(
             self.texts_list[index], o.keep_tag, o.caption_dropout, o.shuffle_tags, rng
         )
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index)}
         if self.latents is None:
-            item["pixel_values"] = to_tensor(apply_plan(self.image(index), o.resolution, plan))
+            item["pixel_values"] = to_tensor(apply_plan(self.image(index), plan))
         else:
             item["latent_mean"], item["latent_logvar"] = self.latents.get(self, index, plan)
         if self.texts is None:
@@ -151,3 +198,37 @@ class DrawingDataset(torch.utils.data.Dataset):
         else:
             item["encoder_hidden_states"] = self.texts.get(text)
         return item
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of one bucket each, shuffled by (seed, epoch); resumable with skip_once."""
+
+    def __init__(self, targets: list[tuple[int, int]], batch_size: int, seed: int):
+        self.targets, self.batch_size, self.seed = targets, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_once(self, batches: int) -> None:
+        self.start = batches
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.targets), generator=g).tolist()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in order:
+            groups.setdefault(self.targets[i], []).append(i)
+        out = [
+            idx[k : k + self.batch_size]
+            for _, idx in sorted(groups.items())
+            for k in range(0, len(idx), self.batch_size)
+        ]
+        return [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.start
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        return iter(self.batches()[start:])

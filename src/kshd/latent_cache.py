@@ -38,8 +38,8 @@ class LatentSource:
     def __init__(self, vae, folder: Path, device: torch.device, dtype: torch.dtype):
         self.vae, self.folder, self.device, self.dtype = vae, folder, device, dtype
 
-    def _path(self, digest: str) -> Path:
-        return self.folder / f"{digest[:32]}.safetensors"
+    def _path(self, digest: str, target: tuple[int, int]) -> Path:
+        return self.folder / f"{digest[:32]}-{target[0]}x{target[1]}.safetensors"
 
     @torch.no_grad()
     def encode(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,18 +51,18 @@ class LatentSource:
         """Encode every cacheable item missing from the cache (both flips when flipping)."""
         o = ds.opts
         todo = [
-            i for i in range(len(ds)) if ds.cacheable(i) and not self._path(ds.digests[i]).exists()
+            i
+            for i in range(len(ds))
+            if ds.cacheable(i) and not self._path(ds.digests[i], ds.targets[i]).exists()
         ]
         for i in tqdm(todo, desc="cache latents", unit="img", disable=not todo):
-            plan = augment_plan(ds.sizes[i], o.resolution, True, False, None)
+            plan = augment_plan(ds.sizes[i], ds.targets[i], True, False, None)
             flips = [False, True] if o.random_flip else [False]
-            mean, logvar = self.encode(
-                [apply_plan(ds.image(i), o.resolution, plan, f) for f in flips]
-            )
+            mean, logvar = self.encode([apply_plan(ds.image(i), plan, f) for f in flips])
             tensors = {"mean": mean[0], "logvar": logvar[0]}
             if o.random_flip:
                 tensors |= {"mean_flip": mean[1], "logvar_flip": logvar[1]}
-            with atomic_path(self._path(ds.digests[i])) as tmp:
+            with atomic_path(self._path(ds.digests[i], ds.targets[i])) as tmp:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         live = sum(not ds.cacheable(i) for i in range(len(ds)))
         stats = {"cached": len(ds) - live, "computed_now": len(todo), "live": live}
@@ -75,9 +75,9 @@ class LatentSource:
 
     def get(self, ds, index: int, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         if not ds.cacheable(index):
-            mean, logvar = self.encode([apply_plan(ds.image(index), ds.opts.resolution, plan)])
+            mean, logvar = self.encode([apply_plan(ds.image(index), plan)])
             return mean[0], logvar[0]
-        t = load_file(str(self._path(ds.digests[index])))
+        t = load_file(str(self._path(ds.digests[index], ds.targets[index])))
         suffix = "_flip" if plan.flip else ""
         return t[f"mean{suffix}"], t[f"logvar{suffix}"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kshd.batches import DrawingDataset, ItemOptions
+from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, make_buckets
 from kshd.checkpoints import find_resumable, load_checkpoint, save_checkpoint
 from kshd.training import (
     Components,
@@ -118,6 +118,9 @@ def _dataset(
 ) -> tuple[DrawingDataset, dict]:
     from kshd.latent_cache import LatentSource, TextSource, module_fingerprint
 
+    buckets = (
+        tuple(make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect)) if s.buckets else ()
+    )
     opts = ItemOptions(
         s.resolution,
         s.center_crop,
@@ -126,7 +129,9 @@ def _dataset(
         s.caption_dropout,
         s.shuffle_tags,
         keep_tag,
+        buckets,
     )
+
     if not (s.cache_latents and cache_dir):
         log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
         return DrawingDataset(split, c.tokenizer, opts), {}
@@ -168,6 +173,22 @@ def _optimizer(params: list, s: TrainSettings) -> torch.optim.Optimizer:
     return bnb.optim.AdamW8bit(params, **kw)
 
 
+def _loader(data: DrawingDataset, s: TrainSettings, processes: int):
+    """Shuffled by (seed, epoch) only; its own generator, so iterating never draws from torch's
+    global RNG. With buckets every batch holds one bucket's size."""
+    common = {
+        "num_workers": s.dataloader_num_workers,
+        "generator": torch.Generator().manual_seed(s.seed),
+    }
+    if s.buckets:
+        sampler = BucketBatchSampler(data.targets, s.batch_size, s.seed)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, **common)
+        return sampler, loader, math.ceil(len(sampler.batches()) / processes)
+    sampler = EpochSampler(len(data), s.seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, sampler=sampler, **common)
+    return sampler, loader, math.ceil(len(data) / s.batch_size / processes)
+
+
 def _setup(
     c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None
 ) -> tuple[_Run, dict]:
@@ -187,16 +208,8 @@ def _setup(
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
     params = _freeze_and_adapt(c, s, acc.device, dtype)
     data, stats = _dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
-    sampler = EpochSampler(len(data), s.seed)
-    loader = torch.utils.data.DataLoader(  # own generator: iterating never draws from torch's RNG
-        data,
-        batch_size=s.batch_size,
-        sampler=sampler,
-        num_workers=s.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(s.seed),
-    )
+    sampler, loader, batches_per_epoch = _loader(data, s, acc.num_processes)
     optimizer = _optimizer(params, s)
-    batches_per_epoch = math.ceil(len(data) / s.batch_size / acc.num_processes)
     max_steps, epochs = total_steps(s, batches_per_epoch)
     lr_scheduler = get_scheduler(
         s.lr_scheduler,
@@ -306,7 +319,8 @@ def train_lora(
     while p.epoch < run.epochs and p.step < run.max_steps:
         run.loader.set_epoch(p.epoch)  # accelerate passes it on to the sampler
         run.data.set_epoch(p.epoch)
-        run.sampler.skip_once(p.batch_in_epoch * s.batch_size * acc.num_processes)
+        consumed = p.batch_in_epoch * acc.num_processes  # batches, all processes together
+        run.sampler.skip_once(consumed if s.buckets else consumed * s.batch_size)
         run.unet.train()
         for batch in run.loader:
             loss_sum += _micro_step(run, c, batch, s, p.step + 1) / s.gradient_accumulation_steps

@@ -60,6 +60,9 @@ class TrainSettings:
     caption_dropout: float = 0.0
     shuffle_tags: bool = False
     cache_latents: bool = True
+    buckets: bool = False
+    bucket_step: int = 64
+    bucket_max_aspect: float = 2.0
     checkpointing_steps: int = 10000
     checkpoints_total_limit: int | None = None
     resume: bool = True
