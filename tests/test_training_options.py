@@ -115,3 +115,26 @@ def test_min_snr_noise_offset_and_v_prediction_train(tiny_models, sample_split):
     assert result.steps == 5 and all(math.isfinite(h["loss"]) for h in result.history)
     plain = train_lora(load_components(str(tiny_models["sd"])), sample_split, TrainSettings(**BASE))
     assert [h["loss"] for h in plain.history] != [h["loss"] for h in result.history]
+
+
+def test_gradient_checkpointing_and_workers_train_the_same(tiny_models, sample_split, tmp_path):
+    def losses(**kw):
+        s = TrainSettings(**{**BASE, "epochs": 1, **kw})
+        c = load_components(str(tiny_models["sd"]))
+        return [h["loss"] for h in train_lora(c, sample_split, s, cache_dir=tmp_path).history]
+
+    plain = losses()
+    assert losses(gradient_checkpointing=True) == pytest.approx(plain, rel=1e-5)
+    assert losses(dataloader_num_workers=2) == pytest.approx(plain, rel=1e-5)
+
+
+def test_8bit_adam_without_bitsandbytes_says_what_to_install(tiny_models, sample_split):
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    c = load_components(str(tiny_models["sd"]))
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        train_lora(c, sample_split, TrainSettings(**BASE, use_8bit_adam=True))
