@@ -23,6 +23,7 @@ def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] 
             "data.raw_dir=raw",
             f"caption.model={tiny_models['blip2']}",
             f"model.pretrained={tiny_models['sd']}",
+            f"evaluate.clip_model={tiny_models['clip']}",
             "tiny.build=false",
             "tracking.mode=disabled",
             *overrides,

@@ -6,8 +6,9 @@ import pytest
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from kshd.evaluation import EvalSettings, evaluate_lora, grid, mean_abs_difference
+from kshd.evaluation import EvalSettings, evaluate_lora, grid, mean_abs_difference, strip_trigger
 
+from .conftest import ROOT
 from .test_training import trained  # noqa: F401  (module fixture: a LoRA trained once)
 
 
@@ -21,19 +22,44 @@ def test_grid_and_difference():
 
 @pytest.mark.parametrize(("scale", "changed"), [(1.0, True), (0.0, False)])
 def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa: F811
+    from kshd.metrics import ClipEncoder
+
     lora_dir, _, _ = trained
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     s = EvalSettings(
-        prompts=("drawn by KSH drawing style, a girl", "a boy"),
+        prompts=("drawn by KSH drawing style, a girl", "a boy, drawn by KSH drawing style"),
         seeds=(0, 1),
         num_inference_steps=2,
         resolution=64,
-        lora_scale=scale,
+        lora_scales=(scale,),
+        trigger_phrase="drawn by KSH drawing style",
     )
-    metrics = evaluate_lora(pipe, lora_dir, s, tmp_path)
+    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    metrics = evaluate_lora(
+        pipe,
+        lora_dir,
+        s,
+        tmp_path,
+        ClipEncoder(str(tiny_models["clip"])),
+        drawings[:3],
+        drawings[3:],
+    )
     assert metrics["num_images"] == 4
     assert (metrics["lora_pixel_delta"] > 0) == changed
+    if not changed:  # strength 0 is the base model: no style added
+        assert metrics["style_gain"] == pytest.approx(0.0, abs=1e-6)
+        assert metrics["clip_score"] == pytest.approx(metrics["clip_score_base"], abs=1e-6)
+    for key in ("clip_score", "style_similarity", "memorization", "diversity", "trigger_gain"):
+        assert isinstance(metrics[key], float) and -1 <= metrics[key] <= 2
+    assert set(metrics["by_strength"]) == {str(scale)}
     grids = sorted((tmp_path / "grids").glob("*.png"))
     assert [g.name for g in grids] == ["prompt-00.png", "prompt-01.png"]
-    assert Image.open(grids[0]).size == (128, 128)  # rows base | LoRA, columns = seeds
+    assert Image.open(grids[0]).size == (128, 192)  # rows base | LoRA | no trigger; 2 seeds
+
+
+def test_strip_trigger():
+    t = "drawn by KSH drawing style"
+    assert strip_trigger(f"{t}, a girl, smile", t) == "a girl, smile"
+    assert strip_trigger(f"a girl, {t}", t) == "a girl"
+    assert strip_trigger("a girl", "") == "a girl"

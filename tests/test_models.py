@@ -26,7 +26,7 @@ def test_building_is_idempotent_and_leaves_no_temp_folders(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     build_tiny_models(tmp_path, seed=1)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blip2", "sd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blip2", "clip", "sd"]
 
 
 def test_weights_are_safetensors_only(tiny_models):

@@ -115,8 +115,11 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
     assert validation == ["epoch-0002.png", "epoch-0004.png"]  # every 2 epochs in the demo
     assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == [6, 12]
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    assert "lora_pixel_delta" in json.dumps(shown)
+    for key in ("clip_score", "style_similarity", "style_gain", "memorization", "diversity"):
+        assert isinstance(metrics[key], float), key
+    assert set(metrics["by_strength"]) == {"0.5", "1.0"}
+    shown = json.dumps(json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout))
+    assert "lora_pixel_delta" in shown and "style_gain" in shown
 
 
 def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo):

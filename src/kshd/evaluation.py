@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +23,28 @@ class EvalSettings:
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
     resolution: int = 512
-    lora_scale: float = 1.0
+    lora_scales: tuple[float, ...] = (1.0,)  # the last one is the headline
+    trigger_phrase: str = ""
 
 
-def sample(pipe, s: EvalSettings, lora_scale: float | None) -> list[list[Image.Image]]:
-    """images[prompt][seed]; lora_scale None means the base model alone."""
+Images = list[list[Image.Image]]  # [prompt][seed]
+
+
+def strip_trigger(prompt: str, trigger: str) -> str:
+    """The prompt as a user would say it without the style: trigger and its comma removed."""
+    if not trigger:
+        return prompt
+    parts = [p.strip() for p in prompt.split(",")]
+    return ", ".join(p for p in parts if p and p != trigger) or prompt
+
+
+def sample(
+    pipe, prompts: Sequence[str], s: EvalSettings, lora_scale: float | None, label: str
+) -> Images:
+    """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     out = []
-    for prompt in tqdm(
-        s.prompts, desc="evaluate" if lora_scale is not None else "base", unit="prompt"
-    ):
+    for prompt in tqdm(prompts, desc=label, unit="prompt"):
         gens = [torch.Generator("cpu").manual_seed(seed) for seed in s.seeds]
         result = pipe(
             [prompt] * len(s.seeds),
@@ -57,7 +70,7 @@ def grid(rows: list[list[Image.Image]]) -> Image.Image:
     return canvas
 
 
-def mean_abs_difference(a: list[list[Image.Image]], b: list[list[Image.Image]]) -> float:
+def mean_abs_difference(a: Images, b: Images) -> float:
     """Mean absolute pixel difference in [0, 1]: 0 when the LoRA changes nothing."""
     diffs = [
         np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() / 255.0
@@ -67,21 +80,92 @@ def mean_abs_difference(a: list[list[Image.Image]], b: list[list[Image.Image]]) 
     return float(np.mean(diffs))
 
 
-def evaluate_lora(pipe, lora_dir: Path, s: EvalSettings, out_dir: Path) -> dict:
-    """Sample the base model, load the LoRA, sample again; save grids; return metrics."""
-    base = sample(pipe, s, None)
+@dataclass
+class Samples:
+    base: Images
+    lora: dict[float, Images]
+    no_trigger: Images  # the headline strength, prompts without the trigger phrase
+
+
+def generate_samples(pipe, lora_dir: Path, s: EvalSettings) -> Samples:
+    base = sample(pipe, s.prompts, s, None, "base")
     pipe.load_lora_weights(str(lora_dir))
-    tuned = sample(pipe, s, s.lora_scale)
+    lora = {scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}") for scale in s.lora_scales}
+    plain = [strip_trigger(p, s.trigger_phrase) for p in s.prompts]
+    no_trigger = sample(pipe, plain, s, s.lora_scales[-1], "no trigger")
+    return Samples(base, lora, no_trigger)
+
+
+def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
+    """One PNG per prompt: rows base | LoRA at each strength | no trigger; columns = seeds."""
     grids_dir = out_dir / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
-    for i, (b_row, t_row) in enumerate(zip(base, tuned, strict=True)):
-        grid([b_row, t_row]).save(grids_dir / f"prompt-{i:02d}.png")
+    paths = []
+    for i in range(len(s.prompts)):
+        rows = [
+            samples.base[i],
+            *(samples.lora[k][i] for k in s.lora_scales),
+            samples.no_trigger[i],
+        ]
+        paths.append(grids_dir / f"prompt-{i:02d}.png")
+        grid(rows).save(paths[-1])
+    return paths
+
+
+def score(samples: Samples, s: EvalSettings, encoder, holdout: list, train: list) -> dict:
+    """All metrics; the headline ones are for the last strength in lora_scales."""
+    from kshd import metrics as m
+
+    flat = lambda imgs: [im for row in imgs for im in row]  # noqa: E731
+    texts = encoder.texts([strip_trigger(p, s.trigger_phrase) for p in s.prompts for _ in s.seeds])
+    refs, trained = encoder.images(holdout or train), encoder.images(train)
+    k = len(s.seeds)
+
+    def one(imgs: Images) -> dict:
+        emb = encoder.images(flat(imgs))
+        return {
+            "clip_score": m.clip_score(emb, texts),
+            "style_similarity": m.style_similarity(emb, refs),
+            "memorization": m.memorization(emb, trained),
+            "diversity": m.diversity([emb[i : i + k] for i in range(0, len(emb), k)]),
+        }
+
+    base = one(samples.base)
+    by_strength = {str(sc): one(imgs) for sc, imgs in samples.lora.items()}
+    for values in by_strength.values():
+        values["style_gain"] = values["style_similarity"] - base["style_similarity"]
+    head = by_strength[str(s.lora_scales[-1])]
+    no_trigger = one(samples.no_trigger)
+    return {
+        **head,
+        **{f"{key}_base": v for key, v in base.items()},
+        "style_similarity_no_trigger": no_trigger["style_similarity"],
+        "trigger_gain": head["style_similarity"] - no_trigger["style_similarity"],
+        "by_strength": by_strength,
+    }
+
+
+def evaluate_lora(
+    pipe,
+    lora_dir: Path,
+    s: EvalSettings,
+    out_dir: Path,
+    encoder=None,
+    holdout: list | None = None,
+    train: list | None = None,
+) -> dict:
+    """Sample base and LoRA at fixed seeds, save grids, and measure style and prompt-following."""
+    samples = generate_samples(pipe, lora_dir, s)
+    save_grids(samples, s, out_dir)
+    head = samples.lora[s.lora_scales[-1]]
     metrics = {
         "num_prompts": len(s.prompts),
         "num_images": len(s.prompts) * len(s.seeds),
-        "lora_pixel_delta": round(mean_abs_difference(base, tuned), 6),
+        "lora_pixel_delta": round(mean_abs_difference(samples.base, head), 6),
     }
-    log.info("evaluate: %s", metrics)
+    if encoder is not None:
+        metrics |= score(samples, s, encoder, holdout or [], train or [])
+    log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
     return metrics
 
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TINY_SD = "sd"
 TINY_BLIP2 = "blip2"
+TINY_CLIP = "clip"
 
 
 def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtype]:
@@ -203,10 +204,44 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
     processor.save_pretrained(out_dir)
 
 
+def build_tiny_clip(out_dir: Path, seed: int) -> None:
+    """A tiny CLIP (text + vision towers) with its processor, for the evaluation metrics."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = tiny_clip_tokenizer()
+    n = len(tok)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(out_dir, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out_dir)
+
+
 def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     """Build whichever tiny models are missing under root (atomically); return their folders."""
     root = Path(root)
-    builders = {TINY_SD: build_tiny_sd, TINY_BLIP2: build_tiny_blip2}
+    builders = {TINY_SD: build_tiny_sd, TINY_BLIP2: build_tiny_blip2, TINY_CLIP: build_tiny_clip}
     paths = {}
     for name, build in builders.items():
         target = root / name

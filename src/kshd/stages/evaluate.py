@@ -8,11 +8,20 @@ from pathlib import Path
 
 from kshd.evaluation import EvalSettings, evaluate_lora
 from kshd.fileio import write_json
+from kshd.metrics import ClipEncoder
 from kshd.models import check_model_source, device_and_dtype
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
+
+
+def dataset_images(dataset_dir: str) -> tuple[list, list]:
+    """(holdout, train) drawings: the style references and the memorization check."""
+    from datasets import load_from_disk
+
+    ds = load_from_disk(dataset_dir)
+    return [r["image"] for r in ds["holdout"]], [r["image"] for r in ds["train"]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,10 +36,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_inference_steps=e.num_inference_steps,
         guidance_scale=e.guidance_scale,
         resolution=e.resolution,
-        lora_scale=e.lora_scale,
+        lora_scales=tuple(e.lora_scales),
+        trigger_phrase=cfg.caption.trigger_phrase,
     )
     ensure_tiny(cfg)
     check_model_source(cfg.model.pretrained, "model.pretrained")
+    if e.clip_model:
+        check_model_source(e.clip_model, "evaluate.clip_model")
     device, dtype = device_and_dtype()
     pipe = StableDiffusionPipeline.from_pretrained(
         cfg.model.pretrained,
@@ -41,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         requires_safety_checker=False,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
+    encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
+    holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
     out = Path(cfg.output.reports_dir)
-    metrics = evaluate_lora(pipe, Path(cfg.output.lora_dir), settings, out)
+    metrics = evaluate_lora(pipe, Path(cfg.output.lora_dir), settings, out, encoder, holdout, train)
     write_json(out / "metrics.json", metrics)
     run = start_run(
         TrackingSettings.from_config(cfg.tracking),
