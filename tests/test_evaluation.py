@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from kshd.evaluation import EvalSettings, evaluate_lora, grid, mean_abs_difference, strip_trigger
+from kshd.evaluation import (
+    HEADLINE,
+    EvalSettings,
+    evaluate_lora,
+    grid,
+    mean_abs_difference,
+    select_checkpoints,
+    strip_trigger,
+)
 
 from .conftest import ROOT
 from .test_training import trained  # noqa: F401  (module fixture: a LoRA trained once)
@@ -36,7 +46,7 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
         trigger_phrase="drawn by KSH drawing style",
     )
     drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
-    metrics = evaluate_lora(
+    metrics, curve = evaluate_lora(
         pipe,
         lora_dir,
         s,
@@ -53,6 +63,7 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
     for key in ("clip_score", "style_similarity", "memorization", "diversity", "trigger_gain"):
         assert isinstance(metrics[key], float) and -1 <= metrics[key] <= 2
     assert set(metrics["by_strength"]) == {str(scale)}
+    assert curve == [{"step": None, **{k: metrics[k] for k in HEADLINE}}]  # no checkpoints given
     grids = sorted((tmp_path / "grids").glob("*.png"))
     assert [g.name for g in grids] == ["prompt-00.png", "prompt-01.png"]
     assert Image.open(grids[0]).size == (128, 192)  # rows base | LoRA | no trigger; 2 seeds
@@ -63,3 +74,61 @@ def test_strip_trigger():
     assert strip_trigger(f"{t}, a girl, smile", t) == "a girl, smile"
     assert strip_trigger(f"a girl, {t}", t) == "a girl"
     assert strip_trigger("a girl", "") == "a girl"
+
+
+def test_select_checkpoints():
+    found = [(s, Path(f"checkpoint-{s}")) for s in (2, 4, 6, 8, 10)]
+    assert select_checkpoints(found) == found
+    assert [s for s, _ in select_checkpoints(found, every=2)] == [2, 6, 10]
+    assert [s for s, _ in select_checkpoints(found, last=2)] == [8, 10]
+    assert [s for s, _ in select_checkpoints(found, every=2, last=1)] == [10]
+
+
+def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
+    from kshd.checkpoints import complete_checkpoints
+    from kshd.lora import adapter_tensors, save_diffusers
+    from kshd.metrics import ClipEncoder
+    from kshd.trainer import CheckpointPolicy, train_lora
+    from kshd.training import TrainSettings, load_components
+
+    c = load_components(str(tiny_models["sd"]))
+    train_lora(
+        c,
+        sample_split,
+        TrainSettings(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7),
+        ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp"),
+    )
+    save_diffusers(adapter_tensors(c.unet), tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    s = EvalSettings(
+        prompts=("drawn by KSH drawing style, a girl",),
+        seeds=(0, 1),
+        num_inference_steps=2,
+        resolution=64,
+        trigger_phrase="drawn by KSH drawing style",
+    )
+    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    found = complete_checkpoints(tmp_path / "ckpt")
+    assert [s for s, _ in found] == [4, 8]
+    metrics, curve = evaluate_lora(
+        pipe,
+        tmp_path,
+        s,
+        tmp_path / "out",
+        ClipEncoder(str(tiny_models["clip"])),
+        drawings[:3],
+        drawings[3:],
+        found,
+        final_step=10,
+        best_by="style_gain",
+    )
+    assert [r["step"] for r in curve] == [4, 8, 10]
+    assert curve[-1]["style_gain"] == metrics["style_gain"]
+    assert len({r["style_similarity"] for r in curve}) == 3  # each checkpoint drew differently
+    best = max(curve, key=lambda r: r["style_gain"])
+    assert metrics["best_checkpoint"] == {
+        "step": best["step"],
+        "by": "style_gain",
+        "value": best["style_gain"],
+    }

@@ -118,6 +118,13 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     for key in ("clip_score", "style_similarity", "style_gain", "memorization", "diversity"):
         assert isinstance(metrics[key], float), key
     assert set(metrics["by_strength"]) == {"0.5", "1.0"}
+    curve = (repo / "reports/checkpoints.csv").read_text().splitlines()
+    assert curve[0].startswith("step,") and [r.split(",")[0] for r in curve[1:]] == [
+        "6",
+        "12",
+        "16",
+    ]
+    assert metrics["best_checkpoint"]["step"] in (6, 12, 16)
     shown = json.dumps(json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout))
     assert "lora_pixel_delta" in shown and "style_gain" in shown
 

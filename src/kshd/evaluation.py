@@ -28,6 +28,7 @@ class EvalSettings:
 
 
 Images = list[list[Image.Image]]  # [prompt][seed]
+HEADLINE = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
 
 
 def strip_trigger(prompt: str, trigger: str) -> str:
@@ -112,30 +113,37 @@ def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
     return paths
 
 
-def score(samples: Samples, s: EvalSettings, encoder, holdout: list, train: list) -> dict:
-    """All metrics; the headline ones are for the last strength in lora_scales."""
-    from kshd import metrics as m
+class Scorer:
+    """Embeds the references once, then scores any set of samples of the evaluation prompts."""
 
-    flat = lambda imgs: [im for row in imgs for im in row]  # noqa: E731
-    texts = encoder.texts([strip_trigger(p, s.trigger_phrase) for p in s.prompts for _ in s.seeds])
-    refs, trained = encoder.images(holdout or train), encoder.images(train)
-    k = len(s.seeds)
+    def __init__(self, encoder, s: EvalSettings, holdout: list, train: list):
+        self.encoder, self.k = encoder, len(s.seeds)
+        self.texts = encoder.texts(
+            [strip_trigger(p, s.trigger_phrase) for p in s.prompts for _ in s.seeds]
+        )
+        self.refs, self.trained = encoder.images(holdout or train), encoder.images(train)
 
-    def one(imgs: Images) -> dict:
-        emb = encoder.images(flat(imgs))
+    def __call__(self, imgs: Images) -> dict:
+        from kshd import metrics as m
+
+        emb = self.encoder.images([im for row in imgs for im in row])
+        k = self.k
         return {
-            "clip_score": m.clip_score(emb, texts),
-            "style_similarity": m.style_similarity(emb, refs),
-            "memorization": m.memorization(emb, trained),
+            "clip_score": m.clip_score(emb, self.texts),
+            "style_similarity": m.style_similarity(emb, self.refs),
+            "memorization": m.memorization(emb, self.trained),
             "diversity": m.diversity([emb[i : i + k] for i in range(0, len(emb), k)]),
         }
 
-    base = one(samples.base)
-    by_strength = {str(sc): one(imgs) for sc, imgs in samples.lora.items()}
+
+def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
+    """All metrics; the headline ones are for the last strength in lora_scales."""
+    base = scorer(samples.base)
+    by_strength = {str(sc): scorer(imgs) for sc, imgs in samples.lora.items()}
     for values in by_strength.values():
         values["style_gain"] = values["style_similarity"] - base["style_similarity"]
     head = by_strength[str(s.lora_scales[-1])]
-    no_trigger = one(samples.no_trigger)
+    no_trigger = scorer(samples.no_trigger)
     return {
         **head,
         **{f"{key}_base": v for key, v in base.items()},
@@ -143,6 +151,31 @@ def score(samples: Samples, s: EvalSettings, encoder, holdout: list, train: list
         "trigger_gain": head["style_similarity"] - no_trigger["style_similarity"],
         "by_strength": by_strength,
     }
+
+
+def select_checkpoints(
+    found: list[tuple[int, Path]], every: int = 1, last: int | None = None
+) -> list[tuple[int, Path]]:
+    """Every k-th saved checkpoint (counting back from the newest), then the last n of those."""
+    chosen = found[::-1][:: max(every, 1)][::-1]
+    return chosen[-last:] if last else chosen
+
+
+def checkpoint_curve(
+    pipe, checkpoints: list[tuple[int, Path]], s: EvalSettings, scorer: Scorer, base_style: float
+) -> list[dict]:
+    """The headline metrics of each checkpoint's LoRA, at the headline strength."""
+    from safetensors.torch import load_file
+
+    from kshd.lora import diffusers_state
+
+    rows = []
+    for step, path in checkpoints:
+        pipe.unload_lora_weights()
+        pipe.load_lora_weights(diffusers_state(load_file(str(path / "lora.safetensors"))))
+        values = scorer(sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}"))
+        rows.append({"step": step, **values, "style_gain": values["style_similarity"] - base_style})
+    return rows
 
 
 def evaluate_lora(
@@ -153,8 +186,12 @@ def evaluate_lora(
     encoder=None,
     holdout: list | None = None,
     train: list | None = None,
-) -> dict:
-    """Sample base and LoRA at fixed seeds, save grids, and measure style and prompt-following."""
+    checkpoints: list[tuple[int, Path]] = (),
+    final_step: int | None = None,
+    best_by: str = "style_gain",
+) -> tuple[dict, list[dict]]:
+    """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
+    with checkpoints, the same for each, and the best one by `best_by`."""
     samples = generate_samples(pipe, lora_dir, s)
     save_grids(samples, s, out_dir)
     head = samples.lora[s.lora_scales[-1]]
@@ -163,10 +200,19 @@ def evaluate_lora(
         "num_images": len(s.prompts) * len(s.seeds),
         "lora_pixel_delta": round(mean_abs_difference(samples.base, head), 6),
     }
+    curve: list[dict] = []
     if encoder is not None:
-        metrics |= score(samples, s, encoder, holdout or [], train or [])
+        scorer = Scorer(encoder, s, holdout or [], train or [])
+        metrics |= score(samples, s, scorer)
+        curve = checkpoint_curve(
+            pipe, list(checkpoints), s, scorer, metrics["style_similarity_base"]
+        )
+        final = {"step": final_step, **{k: metrics[k] for k in HEADLINE}}
+        curve = [r for r in curve if r["step"] != final_step] + [final]  # same step = same LoRA
+        best = max(curve, key=lambda r: r[best_by])
+        metrics["best_checkpoint"] = {"step": best["step"], "by": best_by, "value": best[best_by]}
     log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
-    return metrics
+    return metrics, curve
 
 
 def validation_images(

@@ -44,10 +44,9 @@ def adapter_tensors(unet, text_encoder=None) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
-    """`pipe.load_lora_weights(out_dir)` loads this."""
+def diffusers_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Prefixed peft keys (a checkpoint's lora.safetensors) -> what load_lora_weights takes."""
     from diffusers.utils import convert_state_dict_to_diffusers
-    from safetensors.torch import save_file
 
     tensors = {}
     for prefix in ("unet.", "text_encoder."):
@@ -55,9 +54,16 @@ def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
         if part:
             converted = convert_state_dict_to_diffusers(part)
             tensors |= {f"{prefix}{k}": v for k, v in converted.items()}
+    return tensors
+
+
+def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
+    """`pipe.load_lora_weights(out_dir)` loads this."""
+    from safetensors.torch import save_file
+
     target = out_dir / DIFFUSERS_FILE
     with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_file(diffusers_state(state), str(tmp), metadata={"format": "pt"})
     return target
 
 

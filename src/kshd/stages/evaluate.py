@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.evaluation import EvalSettings, evaluate_lora
-from kshd.fileio import write_json
+from kshd.checkpoints import complete_checkpoints
+from kshd.evaluation import HEADLINE, EvalSettings, evaluate_lora, select_checkpoints
+from kshd.fileio import write_json, write_text
 from kshd.metrics import ClipEncoder
 from kshd.models import check_model_source, device_and_dtype
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
+
+
+def final_step(lora_dir: Path) -> int | None:
+    """The training step of the final LoRA, from the train stage's metrics."""
+    path = lora_dir / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("steps") if path.exists() else None
+
+
+def curve_csv(rows: list[dict]) -> str:
+    """Metrics per checkpoint (a DVC plot: metric against step)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf, fieldnames=["step", *HEADLINE], lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def dataset_images(dataset_dir: str) -> tuple[list, list]:
@@ -55,9 +76,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
     holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
-    out = Path(cfg.output.reports_dir)
-    metrics = evaluate_lora(pipe, Path(cfg.output.lora_dir), settings, out, encoder, holdout, train)
+    out, lora_dir = Path(cfg.output.reports_dir), Path(cfg.output.lora_dir)
+    checkpoints = (
+        select_checkpoints(
+            complete_checkpoints(Path(cfg.output.checkpoints_dir)),
+            e.checkpoint_every,
+            e.checkpoint_last,
+        )
+        if e.checkpoints
+        else []
+    )
+    metrics, curve = evaluate_lora(
+        pipe,
+        lora_dir,
+        settings,
+        out,
+        encoder,
+        holdout,
+        train,
+        checkpoints,
+        final_step(lora_dir),
+        e.best_by,
+    )
     write_json(out / "metrics.json", metrics)
+    write_text(out / "checkpoints.csv", curve_csv(curve))
     run = start_run(
         TrackingSettings.from_config(cfg.tracking),
         "evaluate",
