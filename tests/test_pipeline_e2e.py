@@ -162,3 +162,17 @@ def test_params_yaml_is_restored_and_a_rerun_runs_no_stage(demo):
     assert "Running stage" not in out, out
     for stage in STAGES:
         assert f"'{stage}' didn't change" in out or f"'{stage}' is cached" in out, out
+
+
+def test_report_page_opens_offline_in_a_real_browser(demo):
+    from .browser import visit
+
+    repo, _ = demo
+    page = repo / "reports" / "index.html"
+    seen = visit(page.as_uri())
+    assert seen.failed == [] and seen.broken_images == []
+    assert seen.images == 4  # one grid per evaluation prompt
+    assert seen.svgs == 5  # a curve per headline metric
+    assert "style_gain" in seen.text and "best checkpoint: step" in seen.text
+    body = page.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http://" not in body and "https://" not in body  # nothing to fetch

@@ -97,6 +97,10 @@ def generate_samples(pipe, lora_dir: Path, s: EvalSettings) -> Samples:
     return Samples(base, lora, no_trigger)
 
 
+def grid_row_labels(s: EvalSettings) -> list[str]:
+    return ["base", *(f"LoRA x{k}" for k in s.lora_scales), "no trigger"]
+
+
 def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
     """One PNG per prompt: rows base | LoRA at each strength | no trigger; columns = seeds."""
     grids_dir = out_dir / "grids"

@@ -10,10 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kshd.checkpoints import complete_checkpoints
-from kshd.evaluation import HEADLINE, EvalSettings, evaluate_lora, select_checkpoints
+from kshd.evaluation import (
+    HEADLINE,
+    EvalSettings,
+    evaluate_lora,
+    grid_row_labels,
+    select_checkpoints,
+)
 from kshd.fileio import write_json, write_text
 from kshd.metrics import ClipEncoder
 from kshd.models import check_model_source, device_and_dtype
+from kshd.report import render
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
@@ -100,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_json(out / "metrics.json", metrics)
     write_text(out / "checkpoints.csv", curve_csv(curve))
+    grids = sorted((out / "grids").glob("prompt-*.png"))
+    write_text(
+        out / "index.html",
+        render(metrics, curve, grids, list(settings.prompts), grid_row_labels(settings), out),
+    )
     run = start_run(
         TrackingSettings.from_config(cfg.tracking),
         "evaluate",
