@@ -132,3 +132,45 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
         "by": "style_gain",
         "value": best["style_gain"],
     }
+
+
+def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    import kshd.evaluation as ev
+    from kshd.evaluation import base_cache_folder
+    from kshd.metrics import ClipEncoder
+
+    lora_dir, _, _ = trained
+    labels = []
+    real = ev.sample
+    monkeypatch.setattr(ev, "sample", lambda *a, **k: labels.append(a[4]) or real(*a, **k))
+    s = EvalSettings(
+        prompts=("drawn by KSH drawing style, a girl",),
+        seeds=(0, 1),
+        num_inference_steps=2,
+        resolution=64,
+        trigger_phrase="drawn by KSH drawing style",
+    )
+    folder = base_cache_folder(tmp_path / "cache", {"id": "tiny"}, s)
+    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    results = []
+    for _ in range(2):
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+        pipe.set_progress_bar_config(disable=True)
+        results.append(
+            evaluate_lora(
+                pipe,
+                lora_dir,
+                s,
+                tmp_path / "out",
+                ClipEncoder(str(tiny_models["clip"])),
+                drawings[:3],
+                drawings[3:],
+                base_cache=folder,
+            )[0]
+        )
+    assert labels.count("base") == 1 and len(list(folder.glob("*.png"))) == 2
+    assert results[0] == results[1]
+    other = base_cache_folder(
+        tmp_path / "cache", {"id": "tiny"}, EvalSettings(**{**s.__dict__, "seeds": (0, 2)})
+    )
+    assert other != folder  # other seeds, other images

@@ -88,8 +88,50 @@ class Samples:
     no_trigger: Images  # the headline strength, prompts without the trigger phrase
 
 
-def generate_samples(pipe, lora_dir: Path, s: EvalSettings) -> Samples:
+def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
+    """Where the base model's images for these prompts, seeds and sampler settings live."""
+    import hashlib
+    import json
+
+    key = json.dumps(
+        {
+            "model": model,
+            "prompts": s.prompts,
+            "negative": s.negative_prompt,
+            "seeds": s.seeds,
+            "steps": s.num_inference_steps,
+            "guidance": s.guidance_scale,
+            "resolution": s.resolution,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return root / f"eval-base-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def cached_base(pipe, s: EvalSettings, folder: Path | None) -> Images:
+    """The base model's images, drawn once per (model, prompts, seeds, settings) and kept as PNG
+    (lossless, so the metrics are the same whether they came from the cache or not)."""
+    names = [[f"p{i:03d}-s{seed}.png" for seed in s.seeds] for i in range(len(s.prompts))]
+    if folder and all((folder / n).is_file() for row in names for n in row):
+        log.info("base-model images from the cache %s", folder)
+        return [[Image.open(folder / n).convert("RGB") for n in row] for row in names]
     base = sample(pipe, s.prompts, s, None, "base")
+    if folder:
+        from kshd.fileio import atomic_path
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for row_n, row_i in zip(names, base, strict=True):
+            for n, img in zip(row_n, row_i, strict=True):
+                with atomic_path(folder / n) as tmp:
+                    img.save(tmp, format="PNG")
+    return base
+
+
+def generate_samples(
+    pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None
+) -> Samples:
+    base = cached_base(pipe, s, base_cache)
     pipe.load_lora_weights(str(lora_dir))
     lora = {scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}") for scale in s.lora_scales}
     plain = [strip_trigger(p, s.trigger_phrase) for p in s.prompts]
@@ -193,10 +235,11 @@ def evaluate_lora(
     checkpoints: list[tuple[int, Path]] = (),
     final_step: int | None = None,
     best_by: str = "style_gain",
+    base_cache: Path | None = None,
 ) -> tuple[dict, list[dict]]:
     """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
     with checkpoints, the same for each, and the best one by `best_by`."""
-    samples = generate_samples(pipe, lora_dir, s)
+    samples = generate_samples(pipe, lora_dir, s, base_cache)
     save_grids(samples, s, out_dir)
     head = samples.lora[s.lora_scales[-1]]
     metrics = {

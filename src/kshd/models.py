@@ -43,6 +43,21 @@ def check_model_source(name: str, key: str) -> None:
         )
 
 
+def model_identity(pretrained: str, revision: str | None) -> dict:
+    """A hub id and revision, or a local folder's files with sizes and times."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return {"id": pretrained, "revision": revision}
+    return {
+        "folder": str(folder.resolve()),
+        "files": sorted(
+            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if p.is_file()
+        ),
+    }
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable-character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

@@ -9,17 +9,20 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from kshd.checkpoints import complete_checkpoints
 from kshd.evaluation import (
     HEADLINE,
     EvalSettings,
+    base_cache_folder,
     evaluate_lora,
     grid_row_labels,
     select_checkpoints,
 )
 from kshd.fileio import write_json, write_text
 from kshd.metrics import ClipEncoder
-from kshd.models import check_model_source, device_and_dtype
+from kshd.models import check_model_source, device_and_dtype, model_identity
 from kshd.report import render
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
@@ -52,12 +55,9 @@ def dataset_images(dataset_dir: str) -> tuple[list, list]:
     return [r["image"] for r in ds["holdout"]], [r["image"] for r in ds["train"]]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from diffusers import StableDiffusionPipeline
-
-    cfg = stage_config(argv, "evaluate")
+def settings_from(cfg: DictConfig) -> EvalSettings:
     e = cfg.evaluate
-    settings = EvalSettings(
+    return EvalSettings(
         prompts=tuple(e.prompts),
         negative_prompt=e.negative_prompt,
         seeds=tuple(e.seeds),
@@ -67,10 +67,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         lora_scales=tuple(e.lora_scales),
         trigger_phrase=cfg.caption.trigger_phrase,
     )
-    ensure_tiny(cfg)
-    check_model_source(cfg.model.pretrained, "model.pretrained")
-    if e.clip_model:
-        check_model_source(e.clip_model, "evaluate.clip_model")
+
+
+def load_pipeline(cfg: DictConfig):
+    """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
+    from diffusers import StableDiffusionPipeline
+
     device, dtype = device_and_dtype()
     pipe = StableDiffusionPipeline.from_pretrained(
         cfg.model.pretrained,
@@ -81,30 +83,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         requires_safety_checker=False,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
-    encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
-    holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
-    out, lora_dir = Path(cfg.output.reports_dir), Path(cfg.output.lora_dir)
-    checkpoints = (
-        select_checkpoints(
-            complete_checkpoints(Path(cfg.output.checkpoints_dir)),
-            e.checkpoint_every,
-            e.checkpoint_last,
-        )
-        if e.checkpoints
-        else []
-    )
-    metrics, curve = evaluate_lora(
-        pipe,
-        lora_dir,
-        settings,
-        out,
-        encoder,
-        holdout,
-        train,
-        checkpoints,
-        final_step(lora_dir),
-        e.best_by,
-    )
+    return pipe, device
+
+
+def write_outputs(cfg: DictConfig, settings: EvalSettings, metrics: dict, curve: list) -> None:
+    out = Path(cfg.output.reports_dir)
     write_json(out / "metrics.json", metrics)
     write_text(out / "checkpoints.csv", curve_csv(curve))
     grids = sorted((out / "grids").glob("prompt-*.png"))
@@ -120,12 +103,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     if run:
         import wandb
 
-        grids = sorted((out / "grids").glob("*.png"))
         run.log(
             {f"eval/{k}": v for k, v in metrics.items()}
             | {"eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids]}
         )
         run.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = stage_config(argv, "evaluate")
+    e, settings = cfg.evaluate, settings_from(cfg)
+    ensure_tiny(cfg)
+    check_model_source(cfg.model.pretrained, "model.pretrained")
+    if e.clip_model:
+        check_model_source(e.clip_model, "evaluate.clip_model")
+    pipe, device = load_pipeline(cfg)
+    encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
+    holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
+    lora_dir = Path(cfg.output.lora_dir)
+    found = complete_checkpoints(Path(cfg.output.checkpoints_dir))
+    checkpoints = (
+        select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
+    )
+    base_cache = base_cache_folder(
+        Path(cfg.data.cache_dir), model_identity(cfg.model.pretrained, cfg.model.revision), settings
+    )
+    metrics, curve = evaluate_lora(
+        pipe,
+        lora_dir,
+        settings,
+        Path(cfg.output.reports_dir),
+        encoder,
+        holdout,
+        train,
+        checkpoints,
+        final_step(lora_dir),
+        e.best_by,
+        base_cache,
+    )
+    write_outputs(cfg, settings, metrics, curve)
 
 
 if __name__ == "__main__":

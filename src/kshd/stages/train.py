@@ -24,7 +24,7 @@ from kshd.lora import (
     save_kohya,
     text_encoder_lora_loadable,
 )
-from kshd.models import check_model_source
+from kshd.models import check_model_source, model_identity
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
 from kshd.trainer import CheckpointPolicy, process_state, train_lora
@@ -41,21 +41,6 @@ def loss_csv(result: TrainResult) -> str:
     writer.writeheader()
     writer.writerows(result.history)
     return buf.getvalue()
-
-
-def model_identity(pretrained: str, revision: str | None) -> dict:
-    """A hub id and revision, or a local folder's files with sizes and times."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        return {"id": pretrained, "revision": revision}
-    return {
-        "folder": str(folder.resolve()),
-        "files": sorted(
-            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*")
-            if p.is_file()
-        ),
-    }
 
 
 def validator(cfg: DictConfig, s: TrainSettings, run):
