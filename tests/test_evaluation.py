@@ -174,3 +174,69 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
         tmp_path / "cache", {"id": "tiny"}, EvalSettings(**{**s.__dict__, "seeds": (0, 2)})
     )
     assert other != folder  # other seeds, other images
+
+
+def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):  # noqa: F811
+    from kshd.metrics import ClipEncoder
+
+    lora_dir, _, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    s = EvalSettings(
+        prompts=("drawn by KSH drawing style, a girl", "a boy"),
+        seeds=(0, 1),
+        num_inference_steps=2,
+        resolution=64,
+        trigger_phrase="drawn by KSH drawing style",
+    )
+    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    table: list[dict] = []
+    metrics, _ = evaluate_lora(
+        pipe,
+        lora_dir,
+        s,
+        tmp_path,
+        ClipEncoder(str(tiny_models["clip"])),
+        drawings[:3],
+        drawings[3:],
+        table=table,
+    )
+    assert len(table) == 2 * 2 * 2  # base and LoRA, 2 prompts, 2 seeds
+    lora = [r for r in table if r["variant"] == "LoRA x1.0"]
+    base = [r for r in table if r["variant"] == "base"]
+    assert sum(r["clip_score"] for r in lora) / 4 == pytest.approx(metrics["clip_score"], abs=1e-5)
+    assert sum(r["style_similarity"] for r in base) / 4 == pytest.approx(
+        metrics["style_similarity_base"], abs=1e-5
+    )
+    assert {(r["prompt"], r["seed"]) for r in lora} == {(p, k) for p in s.prompts for k in s.seeds}
+
+
+def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F811
+    from kshd.metrics import ClipEncoder, DinoEncoder
+
+    lora_dir, _, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    s = EvalSettings(
+        prompts=("drawn by KSH drawing style, a girl",),
+        seeds=(0, 1),
+        num_inference_steps=2,
+        resolution=64,
+        lora_scales=(0.0, 1.0),
+    )
+    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    metrics, _ = evaluate_lora(
+        pipe,
+        lora_dir,
+        s,
+        tmp_path,
+        ClipEncoder(str(tiny_models["clip"])),
+        drawings[:3],
+        drawings[3:],
+        dino=DinoEncoder(str(tiny_models["dino"])),
+    )
+    assert isinstance(metrics["style_similarity_dino"], float)
+    assert metrics["by_strength"]["0.0"]["style_gain_dino"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["style_gain_dino"] == pytest.approx(
+        metrics["style_similarity_dino"] - metrics["style_similarity_dino_base"]
+    )

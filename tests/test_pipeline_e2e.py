@@ -146,6 +146,10 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     assert train.name in names
     assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4
     assert len([h for h in train.history if "train/loss" in h]) == 16
+    evaluate = next(r for r in runs if r.job_type == "evaluate")
+    [logged] = [h for h in evaluate.history if "eval/samples/nrows" in h]
+    assert logged["eval/samples/nrows"] == 2 * 4 * 2  # base and LoRA, 4 prompts, 2 seeds
+    assert isinstance(logged["eval/style_gain"], float)
     caption = next(r for r in runs if r.job_type == "caption")
     [row] = [h for h in caption.history if "caption/table/_type" in h]
     assert row["caption/table/_type"] == "table-file" and row["caption/table/nrows"] == 10

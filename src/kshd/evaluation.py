@@ -162,24 +162,38 @@ def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
 class Scorer:
     """Embeds the references once, then scores any set of samples of the evaluation prompts."""
 
-    def __init__(self, encoder, s: EvalSettings, holdout: list, train: list):
-        self.encoder, self.k = encoder, len(s.seeds)
+    def __init__(self, encoder, s: EvalSettings, holdout: list, train: list, dino=None):
+        self.encoder, self.k, self.dino = encoder, len(s.seeds), dino
+        self.dino_refs = dino.images(holdout or train) if dino else None
         self.texts = encoder.texts(
             [strip_trigger(p, s.trigger_phrase) for p in s.prompts for _ in s.seeds]
         )
         self.refs, self.trained = encoder.images(holdout or train), encoder.images(train)
+
+    def per_image(self, imgs: Images) -> list[tuple[float, float]]:
+        """(clip_score, style_similarity) of each image, prompt-major as `imgs` is laid out."""
+        from kshd import metrics as m
+
+        emb = self.encoder.images([im for row in imgs for im in row])
+        clip = (m.cosine_matrix(emb, self.texts).diagonal()).tolist()
+        style = m.cosine_matrix(emb, self.refs).mean(dim=1).tolist()
+        return list(zip(clip, style, strict=True))
 
     def __call__(self, imgs: Images) -> dict:
         from kshd import metrics as m
 
         emb = self.encoder.images([im for row in imgs for im in row])
         k = self.k
-        return {
+        values = {
             "clip_score": m.clip_score(emb, self.texts),
             "style_similarity": m.style_similarity(emb, self.refs),
             "memorization": m.memorization(emb, self.trained),
             "diversity": m.diversity([emb[i : i + k] for i in range(0, len(emb), k)]),
         }
+        if self.dino:
+            dino = self.dino.images([im for row in imgs for im in row])
+            values["style_similarity_dino"] = m.style_similarity(dino, self.dino_refs)
+        return values
 
 
 def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
@@ -188,6 +202,10 @@ def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
     by_strength = {str(sc): scorer(imgs) for sc, imgs in samples.lora.items()}
     for values in by_strength.values():
         values["style_gain"] = values["style_similarity"] - base["style_similarity"]
+        if "style_similarity_dino" in base:
+            values["style_gain_dino"] = (
+                values["style_similarity_dino"] - base["style_similarity_dino"]
+            )
     head = by_strength[str(s.lora_scales[-1])]
     no_trigger = scorer(samples.no_trigger)
     return {
@@ -197,6 +215,30 @@ def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
         "trigger_gain": head["style_similarity"] - no_trigger["style_similarity"],
         "by_strength": by_strength,
     }
+
+
+def table_rows(samples: Samples, s: EvalSettings, scorer: Scorer) -> list[dict]:
+    """One row per image (base and headline LoRA): for the wandb table."""
+    rows = []
+    for variant, imgs in (
+        ("base", samples.base),
+        (f"LoRA x{s.lora_scales[-1]}", samples.lora[s.lora_scales[-1]]),
+    ):
+        scores = iter(scorer.per_image(imgs))
+        for prompt, row in zip(s.prompts, imgs, strict=True):
+            for seed, img in zip(s.seeds, row, strict=True):
+                clip, style = next(scores)
+                rows.append(
+                    {
+                        "variant": variant,
+                        "prompt": prompt,
+                        "seed": seed,
+                        "image": img,
+                        "clip_score": clip,
+                        "style_similarity": style,
+                    }
+                )
+    return rows
 
 
 def select_checkpoints(
@@ -236,6 +278,8 @@ def evaluate_lora(
     final_step: int | None = None,
     best_by: str = "style_gain",
     base_cache: Path | None = None,
+    table: list | None = None,
+    dino=None,
 ) -> tuple[dict, list[dict]]:
     """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
     with checkpoints, the same for each, and the best one by `best_by`."""
@@ -249,8 +293,10 @@ def evaluate_lora(
     }
     curve: list[dict] = []
     if encoder is not None:
-        scorer = Scorer(encoder, s, holdout or [], train or [])
+        scorer = Scorer(encoder, s, holdout or [], train or [], dino)
         metrics |= score(samples, s, scorer)
+        if table is not None:
+            table.extend(table_rows(samples, s, scorer))
         curve = checkpoint_curve(
             pipe, list(checkpoints), s, scorer, metrics["style_similarity_base"]
         )

@@ -90,3 +90,25 @@ class ClipEncoder:
             ).to(self.device)
             out.append(self.model.get_text_features(**tok).pooler_output.cpu())
         return torch.cat(out)
+
+
+class DinoEncoder:
+    """A self-supervised ViT (DINO, as the DreamBooth paper): the CLS token as the embedding."""
+
+    def __init__(self, name: str, device: torch.device | str = "cpu", batch_size: int = 16):
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.model = AutoModel.from_pretrained(name).to(device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(name)
+        self.device, self.batch_size = device, batch_size
+
+    @torch.inference_mode()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            px = self.processor(
+                images=[im.convert("RGB") for im in images[i : i + self.batch_size]],
+                return_tensors="pt",
+            )["pixel_values"].to(self.device)
+            out.append(self.model(pixel_values=px).last_hidden_state[:, 0].cpu())
+        return torch.cat(out)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 TINY_SD = "sd"
 TINY_BLIP2 = "blip2"
 TINY_CLIP = "clip"
+TINY_DINO = "dino"
 
 
 def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtype]:
@@ -253,10 +254,32 @@ def build_tiny_clip(out_dir: Path, seed: int) -> None:
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out_dir)
 
 
+def build_tiny_dino(out_dir: Path, seed: int) -> None:
+    """A tiny ViT with its image processor, standing in for a DINO ViT in tests."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(out_dir, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
+
+
 def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     """Build whichever tiny models are missing under root (atomically); return their folders."""
     root = Path(root)
-    builders = {TINY_SD: build_tiny_sd, TINY_BLIP2: build_tiny_blip2, TINY_CLIP: build_tiny_clip}
+    builders = {
+        TINY_SD: build_tiny_sd,
+        TINY_BLIP2: build_tiny_blip2,
+        TINY_CLIP: build_tiny_clip,
+        TINY_DINO: build_tiny_dino,
+    }
     paths = {}
     for name, build in builders.items():
         target = root / name

@@ -21,7 +21,7 @@ from kshd.evaluation import (
     select_checkpoints,
 )
 from kshd.fileio import write_json, write_text
-from kshd.metrics import ClipEncoder
+from kshd.metrics import ClipEncoder, DinoEncoder
 from kshd.models import check_model_source, device_and_dtype, model_identity
 from kshd.report import render
 from kshd.stages import ensure_tiny, plain, stage_config
@@ -86,7 +86,9 @@ def load_pipeline(cfg: DictConfig):
     return pipe, device
 
 
-def write_outputs(cfg: DictConfig, settings: EvalSettings, metrics: dict, curve: list) -> None:
+def write_outputs(
+    cfg: DictConfig, settings: EvalSettings, metrics: dict, curve: list, table: list[dict]
+) -> None:
     out = Path(cfg.output.reports_dir)
     write_json(out / "metrics.json", metrics)
     write_text(out / "checkpoints.csv", curve_csv(curve))
@@ -103,10 +105,16 @@ def write_outputs(cfg: DictConfig, settings: EvalSettings, metrics: dict, curve:
     if run:
         import wandb
 
+        columns = ["variant", "prompt", "seed", "image", "clip_score", "style_similarity"]
+        rows = [[r[c] if c != "image" else wandb.Image(r[c]) for c in columns] for r in table]
         run.log(
             {f"eval/{k}": v for k, v in metrics.items()}
-            | {"eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids]}
+            | {
+                "eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids],
+                "eval/samples": wandb.Table(columns=columns, data=rows),
+            }
         )
+
         run.finish()
 
 
@@ -115,10 +123,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     e, settings = cfg.evaluate, settings_from(cfg)
     ensure_tiny(cfg)
     check_model_source(cfg.model.pretrained, "model.pretrained")
-    if e.clip_model:
-        check_model_source(e.clip_model, "evaluate.clip_model")
+    for key in ("clip_model", "dino_model"):
+        if e[key]:
+            check_model_source(e[key], f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
     encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
+    dino = DinoEncoder(e.dino_model, device) if e.dino_model and encoder else None
     holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
     lora_dir = Path(cfg.output.lora_dir)
     found = complete_checkpoints(Path(cfg.output.checkpoints_dir))
@@ -128,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     base_cache = base_cache_folder(
         Path(cfg.data.cache_dir), model_identity(cfg.model.pretrained, cfg.model.revision), settings
     )
+    table: list[dict] = []
     metrics, curve = evaluate_lora(
         pipe,
         lora_dir,
@@ -140,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         final_step(lora_dir),
         e.best_by,
         base_cache,
+        table,
+        dino,
     )
-    write_outputs(cfg, settings, metrics, curve)
+    write_outputs(cfg, settings, metrics, curve, table)
 
 
 if __name__ == "__main__":
