@@ -45,7 +45,8 @@ def sample(
     """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     out = []
-    for prompt in tqdm(prompts, desc=label, unit="prompt"):
+    bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
+    for prompt in prompts:
         gens = [torch.Generator("cpu").manual_seed(seed) for seed in s.seeds]
         result = pipe(
             [prompt] * len(s.seeds),
@@ -58,6 +59,8 @@ def sample(
             **kwargs,
         )
         out.append(result.images)
+        bar.update(len(s.seeds))
+    bar.close()
     return out
 
 
