@@ -22,6 +22,16 @@ from .conftest import ROOT
 from .test_training import trained  # noqa: F401  (module fixture: a LoRA trained once)
 
 
+def _pipe(tiny_models):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _drawings() -> list:
+    return [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+
+
 def test_grid_and_difference():
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
     g = grid([[red, blue, red], [blue, red, blue]])
@@ -35,8 +45,7 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
     from kshd.metrics import ClipEncoder
 
     lora_dir, _, _ = trained
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipe(tiny_models)
     s = EvalSettings(
         prompts=("drawn by KSH drawing style, a girl", "a boy, drawn by KSH drawing style"),
         seeds=(0, 1),
@@ -45,7 +54,7 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
         lora_scales=(scale,),
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    drawings = _drawings()
     metrics, curve = evaluate_lora(
         pipe,
         lora_dir,
@@ -99,8 +108,7 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
         ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp"),
     )
     save_diffusers(adapter_tensors(c.unet), tmp_path)
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipe(tiny_models)
     s = EvalSettings(
         prompts=("drawn by KSH drawing style, a girl",),
         seeds=(0, 1),
@@ -108,7 +116,7 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
         resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    drawings = _drawings()
     found = complete_checkpoints(tmp_path / "ckpt")
     assert [s for s, _ in found] == [4, 8]
     metrics, curve = evaluate_lora(
@@ -151,11 +159,10 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
         trigger_phrase="drawn by KSH drawing style",
     )
     folder = base_cache_folder(tmp_path / "cache", {"id": "tiny"}, s)
-    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    drawings = _drawings()
     results = []
     for _ in range(2):
-        pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = _pipe(tiny_models)
         results.append(
             evaluate_lora(
                 pipe,
@@ -180,8 +187,7 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
     from kshd.metrics import ClipEncoder
 
     lora_dir, _, _ = trained
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipe(tiny_models)
     s = EvalSettings(
         prompts=("drawn by KSH drawing style, a girl", "a boy"),
         seeds=(0, 1),
@@ -189,7 +195,7 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
         resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    drawings = _drawings()
     table: list[dict] = []
     metrics, _ = evaluate_lora(
         pipe,
@@ -215,8 +221,7 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F8
     from kshd.metrics import ClipEncoder, DinoEncoder
 
     lora_dir, _, _ = trained
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipe(tiny_models)
     s = EvalSettings(
         prompts=("drawn by KSH drawing style, a girl",),
         seeds=(0, 1),
@@ -224,7 +229,7 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F8
         resolution=64,
         lora_scales=(0.0, 1.0),
     )
-    drawings = [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
+    drawings = _drawings()
     metrics, _ = evaluate_lora(
         pipe,
         lora_dir,

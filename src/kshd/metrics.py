@@ -57,26 +57,38 @@ def diversity(groups: Sequence[torch.Tensor]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-class ClipEncoder:
-    """A CLIP model and processor by id or folder, embedding images and texts in batches."""
+class _ImageEmbedder:
+    """A model and its processor by id or folder; images embedded in batches."""
 
-    def __init__(self, name: str, device: torch.device | str = "cpu", batch_size: int = 16):
-        from transformers import CLIPModel, CLIPProcessor
-
-        self.model = CLIPModel.from_pretrained(name).to(device).eval()
-        self.processor = CLIPProcessor.from_pretrained(name)
+    def __init__(self, model, processor, device: torch.device | str, batch_size: int):
+        self.model, self.processor = model.to(device).eval(), processor
         self.device, self.batch_size = device, batch_size
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.inference_mode()
     def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         out = []
         for i in range(0, len(images), self.batch_size):
-            px = self.processor(
-                images=[im.convert("RGB") for im in images[i : i + self.batch_size]],
-                return_tensors="pt",
-            )["pixel_values"].to(self.device)
-            out.append(self.model.get_image_features(pixel_values=px).pooler_output.cpu())
+            batch = [im.convert("RGB") for im in images[i : i + self.batch_size]]
+            px = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+            out.append(self._embed(px.to(self.device)).cpu())
         return torch.cat(out)
+
+
+class ClipEncoder(_ImageEmbedder):
+    """CLIP: projected image and text embeddings, for clip_score and the style metrics."""
+
+    def __init__(self, name: str, device: torch.device | str = "cpu", batch_size: int = 16):
+        from transformers import CLIPModel, CLIPProcessor
+
+        super().__init__(
+            CLIPModel.from_pretrained(name), CLIPProcessor.from_pretrained(name), device, batch_size
+        )
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values=pixel_values).pooler_output
 
     @torch.inference_mode()
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -92,23 +104,18 @@ class ClipEncoder:
         return torch.cat(out)
 
 
-class DinoEncoder:
+class DinoEncoder(_ImageEmbedder):
     """A self-supervised ViT (DINO, as the DreamBooth paper): the CLS token as the embedding."""
 
     def __init__(self, name: str, device: torch.device | str = "cpu", batch_size: int = 16):
         from transformers import AutoImageProcessor, AutoModel
 
-        self.model = AutoModel.from_pretrained(name).to(device).eval()
-        self.processor = AutoImageProcessor.from_pretrained(name)
-        self.device, self.batch_size = device, batch_size
+        super().__init__(
+            AutoModel.from_pretrained(name),
+            AutoImageProcessor.from_pretrained(name),
+            device,
+            batch_size,
+        )
 
-    @torch.inference_mode()
-    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            px = self.processor(
-                images=[im.convert("RGB") for im in images[i : i + self.batch_size]],
-                return_tensors="pt",
-            )["pixel_values"].to(self.device)
-            out.append(self.model(pixel_values=px).last_hidden_state[:, 0].cpu())
-        return torch.cat(out)
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
