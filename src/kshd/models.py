@@ -20,6 +20,15 @@ TINY_SD = "sd"
 TINY_BLIP2 = "blip2"
 TINY_CLIP = "clip"
 TINY_DINO = "dino"
+# One tiny vision transformer: CLIP's image tower and the DINO stand-in.
+TINY_VIT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+)
 
 
 def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtype]:
@@ -182,14 +191,7 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
     image_proc = BlipImageProcessor(size={"height": 32, "width": 32})
     processor = Blip2Processor(image_proc, tok, num_query_tokens=num_query_tokens)
     config = Blip2Config(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=TINY_VIT,
         qformer_config=dict(
             hidden_size=32,
             intermediate_size=37,
@@ -238,14 +240,7 @@ def build_tiny_clip(out_dir: Path, seed: int) -> None:
             eos_token_id=n - 1,
             pad_token_id=n - 1,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=TINY_VIT,
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -259,14 +254,7 @@ def build_tiny_dino(out_dir: Path, seed: int) -> None:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(seed)
-    config = ViTConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    config = ViTConfig(**TINY_VIT)
     ViTModel(config, add_pooling_layer=False).save_pretrained(out_dir, safe_serialization=True)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
 
