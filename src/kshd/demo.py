@@ -56,7 +56,16 @@ def _summary(root: Path, seconds: float) -> None:
         ("models/lora/pytorch_lora_weights.safetensors", "the LoRA (diffusers)"),
         ("models/lora/ksh_drawing_style.safetensors", "the LoRA (AUTOMATIC1111 / ComfyUI)"),
         ("reports/grids/", "base model | LoRA samples"),
-        ("reports/metrics.json", f"evaluation metrics {metrics}"),
+        ("reports/index.html", "the evaluation report (opens offline in a browser)"),
+        (
+            "reports/metrics.json",
+            "evaluation metrics: "
+            + ", ".join(
+                f"{k} {metrics[k]:.4f}"
+                for k in ("style_gain", "clip_score", "memorization")
+                if isinstance(metrics.get(k), float)
+            ),
+        ),
     ]:
         log.info("  %-46s %s", path, what)
     log.info("  training: %s steps, final loss %.4f", train["steps"], train["final_loss"])
