@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
@@ -245,3 +246,25 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F8
     assert metrics["style_gain_dino"] == pytest.approx(
         metrics["style_similarity_dino"] - metrics["style_similarity_dino_base"]
     )
+
+
+def test_scorer_embeds_each_image_set_once():
+    class Counting:
+        calls = 0
+
+        def images(self, imgs):
+            Counting.calls += 1
+            return torch.ones(len(imgs), 4)
+
+        def texts(self, texts):
+            return torch.ones(len(texts), 4)
+
+    from kshd.evaluation import Scorer
+
+    drawing = Image.new("RGB", (8, 8))
+    scorer = Scorer(Counting(), EvalSettings(prompts=("a",), seeds=(0, 1)), [], [drawing])
+    assert Counting.calls == 1  # no holdout: the training drawings serve as references too
+    imgs = [[drawing, drawing]]
+    scorer(imgs)
+    scorer.per_image(imgs)
+    assert Counting.calls == 2

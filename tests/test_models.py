@@ -42,20 +42,17 @@ def test_pipeline_loads_and_draws(tiny_models):
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"])
     pipe.set_progress_bar_config(disable=True)
-    img = pipe(
-        "drawn by KSH drawing style",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-    ).images[0]
-    img2 = pipe(
-        "drawn by KSH drawing style",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-    ).images[0]
+
+    def draw():
+        return pipe(
+            "drawn by KSH drawing style",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+
+    img, img2 = draw(), draw()
     assert img.size == (64, 64) and img.tobytes() == img2.tobytes()
 
 

@@ -38,14 +38,18 @@ class CaptionCache:
     def get(self, key: str) -> str | None:
         return self.entries.get(key)
 
+    def _ends_without_newline(self) -> bool:
+        """A killed run may leave a torn last line; the next entry must start on its own line."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
     def add(self, items: Mapping[str, str]) -> None:
         """Append and fsync: once this returns, the captions survive a kill."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = (
-            self.path.exists()
-            and self.path.stat().st_size > 0
-            and self.path.read_bytes()[-1:] != b"\n"
-        )
+        needs_newline = self._ends_without_newline()
         with self.path.open("a", encoding="utf-8") as f:
             if needs_newline:
                 f.write("\n")

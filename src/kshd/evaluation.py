@@ -171,13 +171,22 @@ class Scorer:
         self.texts = encoder.texts(
             [strip_trigger(p, s.trigger_phrase) for p in s.prompts for _ in s.seeds]
         )
-        self.refs, self.trained = encoder.images(holdout or train), encoder.images(train)
+        self.trained = encoder.images(train)
+        self.refs = encoder.images(holdout) if holdout else self.trained
+        self._seen: dict[int, tuple[Images, torch.Tensor]] = {}
+
+    def embed(self, imgs: Images) -> torch.Tensor:
+        """Embeddings of an image set, computed once (the set is kept, so its id stays valid)."""
+        if id(imgs) not in self._seen:
+            emb = self.encoder.images([im for row in imgs for im in row])
+            self._seen[id(imgs)] = (imgs, emb)
+        return self._seen[id(imgs)][1]
 
     def per_image(self, imgs: Images) -> list[tuple[float, float]]:
         """(clip_score, style_similarity) of each image, prompt-major as `imgs` is laid out."""
         from kshd import metrics as m
 
-        emb = self.encoder.images([im for row in imgs for im in row])
+        emb = self.embed(imgs)
         clip = (m.cosine_matrix(emb, self.texts).diagonal()).tolist()
         style = m.cosine_matrix(emb, self.refs).mean(dim=1).tolist()
         return list(zip(clip, style, strict=True))
@@ -185,7 +194,7 @@ class Scorer:
     def __call__(self, imgs: Images) -> dict:
         from kshd import metrics as m
 
-        emb = self.encoder.images([im for row in imgs for im in row])
+        emb = self.embed(imgs)
         k = self.k
         values = {
             "clip_score": m.clip_score(emb, self.texts),

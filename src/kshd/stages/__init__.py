@@ -34,5 +34,6 @@ def ensure_tiny(cfg: DictConfig) -> None:
         build_tiny_models(cfg.tiny.dir, cfg.tiny.seed)
 
 
-def plain(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def plain(cfg: DictConfig, keys: Sequence[str]) -> dict:
+    """The named top-level groups as plain dicts (a tracked run's config)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}

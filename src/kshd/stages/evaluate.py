@@ -100,7 +100,7 @@ def write_outputs(
     run = start_run(
         TrackingSettings.from_config(cfg.tracking),
         "evaluate",
-        {k: plain(cfg)[k] for k in ("evaluate", "model", "train")},
+        plain(cfg, ("evaluate", "model", "train")),
     )
     if run:
         import wandb

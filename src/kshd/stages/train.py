@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         start_run(
             TrackingSettings.from_config(cfg.tracking),
             "train",
-            {k: plain(cfg)[k] for k in ("train", "model", "data", "caption", "dataset")},
+            plain(cfg, ("train", "model", "data", "caption", "dataset")),
         )
         if main_process
         else None
