@@ -1,0 +1,195 @@
+"""AUTOMATIC1111 prompt syntax: attention weights, and prompts longer than CLIP's 77 tokens.
+
+The original project's prompts are written for A1111: `(drawn by KSH drawing style : 1.5)` and a
+negative prompt of well over 77 tokens. diffusers truncates at 77 and reads the brackets as text,
+and compel parses only its own `(text)1.5`, so the syntax is parsed here with A1111's semantics:
+
+- `(text)` x1.1, `[text]` /1.1, `(text:1.5)` x1.5, nested multiply; `\\(` `\\)` `\\[` `\\]` are
+  literal brackets; an unclosed bracket applies to the end, an unmatched closing one is text;
+- `BREAK` starts a new 75-token chunk;
+- the prompt is cut into chunks of 75 tokens (at the last comma when it is within 20 tokens of
+  the end), each encoded as its own 77-token CLIP input, and the results are concatenated;
+- weights scale each token's embedding, then the chunk is rescaled to its unweighted mean.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+Piece = tuple[str, float]
+BREAK_WEIGHT = -1.0  # a BREAK marker in a parsed prompt
+CHUNK = 75  # tokens per chunk between CLIP's start and end tokens
+COMMA_BACKTRACK = 20  # break a full chunk at a comma this close to its end
+
+_ATTENTION = re.compile(
+    r"""
+    \\[()\[\]\\]                        # an escaped bracket or backslash
+    | \( | \[                           # openers
+    | :\s*([+-]?[.\d]+)\s*\)            # (text:1.5) closes with an explicit weight
+    | \) | ]                            # closers
+    | [^\\()\[\]:]+                     # plain text
+    | : | \\                            # a lone colon or backslash is text
+    """,
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+ROUND, SQUARE = 1.1, 1 / 1.1
+
+
+def parse_weights(text: str) -> list[Piece]:
+    """Split a prompt into (text, weight) pieces; BREAK becomes ("BREAK", BREAK_WEIGHT)."""
+    pieces: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        token, weight = match.group(0), match.group(1)
+        if len(token) == 2 and token.startswith("\\"):
+            pieces.append([token[1], 1.0])
+        elif token == "(":
+            round_open.append(len(pieces))
+        elif token == "[":
+            square_open.append(len(pieces))
+        elif weight is not None and round_open and _is_number(weight):
+            scale_from(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            scale_from(round_open.pop(), ROUND)
+        elif token == "]" and square_open:
+            scale_from(square_open.pop(), SQUARE)
+        else:
+            for i, part in enumerate(_BREAK.split(token)):
+                if i:
+                    pieces.append(["BREAK", BREAK_WEIGHT])
+                pieces.append([part, 1.0])
+    for start in round_open:
+        scale_from(start, ROUND)
+    for start in square_open:
+        scale_from(start, SQUARE)
+    return _merge(pieces)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _merge(pieces: list[list]) -> list[Piece]:
+    """Join neighbours of equal weight; drop empty text (an empty prompt is one empty piece)."""
+    merged: list[list] = []
+    for text, weight in pieces:
+        if not text and weight != BREAK_WEIGHT:
+            continue
+        if merged and merged[-1][1] == weight and weight != BREAK_WEIGHT:
+            merged[-1][0] += text
+        else:
+            merged.append([text, weight])
+    return [(t, w) for t, w in merged] or [("", 1.0)]
+
+
+@dataclass
+class Chunk:
+    """Up to CHUNK tokens with their weights (start and end tokens are added when encoding)."""
+
+    ids: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+def chunk_tokens(
+    pieces: Sequence[Piece], tokenize: Callable[[str], list[int]], comma_id: int | None
+) -> list[Chunk]:
+    """Cut weighted tokens into chunks of CHUNK, at a comma near the end when there is one."""
+    chunks: list[Chunk] = []
+    current = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal current, last_comma
+        chunks.append(current)
+        current, last_comma = Chunk(), -1
+
+    for text, weight in pieces:
+        if weight == BREAK_WEIGHT:
+            close()
+            continue
+        for token in tokenize(text):
+            if len(current.ids) == CHUNK:
+                if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                    cut = last_comma + 1
+                    rest = Chunk(current.ids[cut:], current.weights[cut:])
+                    del current.ids[cut:], current.weights[cut:]
+                    close()
+                    current = rest
+                else:
+                    close()
+            if token == comma_id:
+                last_comma = len(current.ids)
+            current.ids.append(token)
+            current.weights.append(weight)
+    if current.ids or not chunks:
+        close()
+    return chunks
+
+
+class PromptEncoder:
+    """CLIP embeddings of A1111-syntax prompts of any length: [1, 77 * chunks, width]."""
+
+    def __init__(self, tokenizer, text_encoder, vectors: dict[str, int] | None = None):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vectors = dict(vectors or {})  # textual-inversion name -> number of vectors
+        comma = tokenizer(",", add_special_tokens=False).input_ids
+        self.comma_id = comma[0] if len(comma) == 1 else None
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(self.expand(text), add_special_tokens=False).input_ids
+
+    def expand(self, text: str) -> str:
+        """A multi-vector embedding's name becomes its tokens `name name_1 ...`."""
+        for name, count in self.vectors.items():
+            if count > 1:
+                tokens = " ".join([name] + [f"{name}_{i}" for i in range(1, count)])
+                text = re.sub(rf"(?<![\w]){re.escape(name)}(?![\w])", tokens, text)
+        return text
+
+    def chunks(self, prompt: str) -> list[Chunk]:
+        return chunk_tokens(parse_weights(prompt), self._tokenize, self.comma_id)
+
+    def _encode_chunk(self, chunk: Chunk) -> torch.Tensor:
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = [tok.bos_token_id, *chunk.ids, tok.eos_token_id]
+        ids += [pad] * (CHUNK + 2 - len(ids))
+        weights = [1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights))
+        device = self.text_encoder.device
+        z = self.text_encoder(torch.tensor([ids], device=device))[0]
+        if all(w == 1.0 for w in weights):
+            return z
+        mean = z.mean()
+        z = z * torch.tensor(weights, device=device, dtype=z.dtype)[None, :, None]
+        new_mean = z.mean()
+        # A1111 restores the mean; a mean near zero (e.g. an untrained layer norm) has no scale
+        if min(mean.abs(), new_mean.abs()) > 1e-3 * z.abs().mean():
+            z = z * (mean / new_mean)
+        return z
+
+    @torch.no_grad()
+    def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
+        chunks = self.chunks(prompt)
+        chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
+        return torch.cat([self._encode_chunk(c) for c in chunks], dim=1)
+
+    def encode_pair(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both prompts padded with empty chunks to the same length (classifier-free guidance)."""
+        n = max(len(self.chunks(prompt)), len(self.chunks(negative)))
+        return self.encode(prompt, n), self.encode(negative, n)
