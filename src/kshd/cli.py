@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the pipeline on the samples with tiny models")
     p.add_argument("dvc_args", nargs="*", help="extra arguments for `dvc exp run`")
     p.set_defaults(func=_demo)
+    from kshd.app.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -30,7 +30,7 @@ def project_root() -> Path:
 
 
 def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = None) -> DictConfig:
-    """Compose `params.yaml` with Hydra overrides such as `train.epochs=3`."""
+    """Compose `params.yaml` with Hydra overrides such as `train.epochs=3` or `+experiment=demo`."""
     from hydra import compose, initialize_config_dir
 
     path = Path(params_file) if params_file else project_root() / PARAMS_FILE
@@ -39,8 +39,12 @@ def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = 
             f"{path}: no params file. Run from the project root, or compose one from conf/ with "
             "`dvc exp run` (or `kshd compose-params`)."
         )
+    overrides = list(overrides)
+    conf = path.resolve().parent / CONF_DIR
+    if conf.is_dir():  # so that `+experiment=demo` finds conf/experiment/demo.yaml
+        overrides.insert(0, f"hydra.searchpath=[file://{conf}]")
     with initialize_config_dir(config_dir=str(path.resolve().parent), version_base=None):
-        cfg = compose(config_name=path.stem, overrides=list(overrides))
+        cfg = compose(config_name=path.stem, overrides=overrides)
     OmegaConf.resolve(cfg)
     return cfg
 

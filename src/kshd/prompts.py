@@ -152,7 +152,8 @@ class PromptEncoder:
         self.comma_id = comma[0] if len(comma) == 1 else None
 
     def _tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(self.expand(text), add_special_tokens=False).input_ids
+        # verbose=False: a long prompt is chunked here, the tokenizer need not warn about it
+        return self.tokenizer(self.expand(text), add_special_tokens=False, verbose=False).input_ids
 
     def expand(self, text: str) -> str:
         """A multi-vector embedding's name becomes its tokens `name name_1 ...`."""

@@ -1,0 +1,92 @@
+"""`kshd generate`, `kshd img2img` and `kshd gui`: the drawing app from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from tqdm import tqdm
+
+from kshd.generation_options import SAMPLERS, RequestError
+
+log = logging.getLogger(__name__)
+
+
+def _drawing_options(p: argparse.ArgumentParser) -> None:
+    """The GUI's fields as flags; an unset flag takes its value from `generate.*`."""
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", dest="negative_prompt", help="added after the negative prefix")
+    p.add_argument("--positive-prefix", help='default generate.positive_prefix; "" for none')
+    p.add_argument("--negative-prefix", help='default generate.negative_prefix; "" for none')
+    p.add_argument("--sampler", choices=sorted(SAMPLERS))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", dest="cfg_scale", type=float, help="CFG scale")
+    p.add_argument("--seed", type=int, help="-1 = random (the seed used is printed)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--batch-count", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lora", help="a LoRA folder or .safetensors file (default generate.lora)")
+    p.add_argument("--lora-scale", type=float, help="LoRA strength; 0 = the base model")
+    p.add_argument("--out", help="PNG folder (default <generate.outputs_dir>/<kind>/<date>)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. +experiment=demo")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("generate", help="text-to-image with the LoRA")
+    _drawing_options(p)
+    p.set_defaults(func=draw)
+    p = sub.add_parser("img2img", help="redraw a picture in KSH style")
+    _drawing_options(p)
+    p.add_argument("--image", required=True, help="the picture to redraw (any image format)")
+    p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
+    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
+    p.set_defaults(func=draw)
+    p = sub.add_parser("gui", help="the web GUI (Gradio) on 127.0.0.1")
+    p.add_argument("--host", help="default generate.gui.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default generate.gui.port (7860)")
+    p.add_argument("--lora", help="a LoRA folder or .safetensors file (default generate.lora)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. +experiment=demo")
+    p.set_defaults(func=gui)
+
+
+REQUEST_FIELDS = [
+    "negative_prompt", "positive_prefix", "negative_prefix", "sampler", "steps", "cfg_scale",
+    "seed", "width", "height", "batch_count", "batch_size", "lora_scale", "image", "strength",
+    "resize_mode",
+]  # fmt: skip
+
+
+def draw(args: argparse.Namespace) -> int:
+    from kshd.app.settings import default_request, engine_settings
+    from kshd.config import load_params
+    from kshd.generation import Engine
+
+    cfg = load_params(args.overrides)
+    changes = {k: getattr(args, k, None) for k in REQUEST_FIELDS}
+    req = default_request(cfg, args.prompt, **changes)
+    try:
+        engine = Engine(engine_settings(cfg, args.lora))
+        with tqdm(total=1, unit="step", desc=req.kind) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = engine.generate(req, progress, folder=args.out)
+    except (RequestError, FileNotFoundError) as exc:
+        log.error("kshd %s: %s", args.command, exc)
+        return 2
+    for path, seed in zip(result.paths, result.seeds, strict=True):
+        log.info("%s  seed %d", path, seed)
+    return 0
+
+
+def gui(args: argparse.Namespace) -> int:
+    from kshd.app.gui import launch
+    from kshd.config import load_params
+
+    cfg = load_params(args.overrides)
+    auth = os.environ.get("KSHD_GUI_AUTH")
+    return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)

@@ -1,0 +1,268 @@
+"""The drawing engine behind `kshd gui`, `kshd generate` and `kshd img2img`.
+
+The base model and the LoRA are loaded once; text-to-image and image-to-image share the weights
+(`from_pipe`). The LoRA is fused into the UNet at the requested strength and stays fused while
+the strength does not change (as fast as the base model); a new strength restores the saved base
+weights exactly and fuses again, so strength 0 is the base model bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from kshd import __version__
+from kshd.generation_options import (
+    SAMPLERS,
+    Limits,
+    Request,
+    first_seed,
+    input_picture,
+    resize_input,
+    validate,
+)
+from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.pnginfo import format_parameters, save_png, short_hash
+from kshd.prompts import PromptEncoder
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # (steps done, steps in the request)
+ADAPTER = "ksh"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    pretrained: str
+    revision: str | None = None
+    variant: str | None = None
+    lora: str | None = None  # a LoRA folder (models/lora) or .safetensors file; None = base only
+    embeddings: tuple[tuple[str, str], ...] = ()  # textual inversion: (name, .safetensors file)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    outputs_dir: str = "outputs"
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Generated:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    paths: list[Path]
+
+
+def lora_files(path: str | Path) -> tuple[Path, str, Path]:
+    """(file to load, name for A1111, file to hash) of a LoRA folder or file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / DIFFUSERS_FILE).is_file() and not (path / KOHYA_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no {DIFFUSERS_FILE} or {KOHYA_FILE} in the folder")
+        load = path / DIFFUSERS_FILE if (path / DIFFUSERS_FILE).is_file() else path / KOHYA_FILE
+        named = path / KOHYA_FILE if (path / KOHYA_FILE).is_file() else load
+        return load, named.stem, named
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise FileNotFoundError(f"{path}: a LoRA must be an existing .safetensors file or folder")
+    return path, path.stem, path
+
+
+def _device(name: str) -> tuple[torch.device, torch.dtype]:
+    from kshd.models import device_and_dtype
+
+    if name == "auto":
+        return device_and_dtype()
+    device = torch.device(name)
+    return device, torch.float32 if device.type == "cpu" else torch.float16
+
+
+class Engine:
+    """Loads once, draws many times; one request at a time (a lock guards the model)."""
+
+    def __init__(self, settings: EngineSettings):
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        self.settings = settings
+        self.limits = settings.limits
+        self.notes: list[str] = []  # said once to the user (log, GUI)
+        self.device, dtype = _device(settings.device)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            settings.pretrained,
+            revision=settings.revision,
+            variant=settings.variant,
+            dtype=dtype,
+            use_safetensors=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        ).to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        if settings.attention_slicing:
+            pipe.enable_attention_slicing()
+        if settings.vae_tiling:
+            pipe.vae.enable_tiling()
+        self.txt2img = pipe
+        self.img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        self.img2img.set_progress_bar_config(disable=True)
+        self._base_scheduler = pipe.scheduler.config
+        self.model_name = Path(settings.pretrained.rstrip("/")).name
+        self.lora_name = self.lora_hash = None
+        if settings.lora:
+            self._load_lora(settings.lora)
+        self.encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, self._embeddings())
+        self._scale: float | None = None  # strength fused into the UNet (None: not fused)
+        self._originals: dict[str, torch.Tensor] = {}
+        self.lock = threading.Lock()
+
+    def _note(self, message: str) -> None:
+        log.warning("%s", message)
+        self.notes.append(message)
+
+    def _load_lora(self, path: str) -> None:
+        load, self.lora_name, hashed = lora_files(path)
+        self.txt2img.load_lora_weights(
+            str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
+        )
+        self.lora_hash = short_hash(hashed)
+        log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
+
+    def _embeddings(self) -> dict[str, int]:
+        """Load the listed textual inversions; a name whose file is missing is said once."""
+        vectors = {}
+        for name, file in self.settings.embeddings:
+            if not Path(file).is_file():
+                self._note(
+                    f"textual-inversion embedding {name!r}: {file} not found, so {name!r} is read "
+                    "as plain text; put the .safetensors file there to use it"
+                )
+                continue
+            before = len(self.txt2img.tokenizer)
+            self.txt2img.load_textual_inversion(file, token=name, use_safetensors=True)
+            vectors[name] = len(self.txt2img.tokenizer) - before
+            log.info("embedding %s: %d vectors from %s", name, vectors[name], file)
+        return vectors
+
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in self.txt2img.unet.named_modules():
+            if isinstance(module, LoraLayer):
+                yield name, module
+
+    @torch.no_grad()
+    def set_lora_scale(self, scale: float) -> None:
+        """Merge the LoRA into the UNet at `scale`; a new scale first restores the base exactly.
+
+        peft's own unmerge subtracts the delta again, which leaves float rounding behind, and
+        diffusers' `fuse_lora(lora_scale=)` multiplies into the adapter's scaling for good; so the
+        base weights are kept (on the CPU) and the scale is set absolutely per layer.
+        """
+        if self.lora_name is None or scale == self._scale:
+            return
+        layers = list(self._lora_layers())
+        if not self._originals:
+            self._originals = {
+                n: m.get_base_layer().weight.detach().to("cpu", copy=True) for n, m in layers
+            }
+        for name, module in layers:
+            if module.merged:
+                module.unmerge()
+                module.get_base_layer().weight.copy_(self._originals[name])
+        if scale == 0.0:
+            self.txt2img.disable_lora()
+        else:
+            self.txt2img.enable_lora()
+            for _, module in layers:
+                module.set_scale(ADAPTER, scale)
+                module.merge(adapter_names=[ADAPTER])
+        self._scale = scale
+
+    def _scheduler(self, key: str):
+        import diffusers
+
+        _, cls, options = SAMPLERS[key]
+        return getattr(diffusers, cls).from_config(self._base_scheduler, **options)
+
+    def infotext(self, req: Request, seed: int) -> str:
+        prompt = req.full_prompt
+        lora = self.lora_name is not None and req.lora_scale != 0
+        if lora:
+            prompt += f" <lora:{self.lora_name}:{req.lora_scale:g}>"
+        params = {
+            "Steps": req.steps,
+            "Sampler": SAMPLERS[req.sampler][0],
+            "CFG scale": f"{req.cfg_scale:g}",
+            "Seed": seed,
+            "Size": f"{req.width}x{req.height}",
+            "Model": self.model_name,
+            "Denoising strength": f"{req.strength:g}" if req.kind == "img2img" else None,
+            "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
+            "Version": f"kshd {__version__}",
+        }
+        return format_parameters(prompt, req.full_negative, params)
+
+    def generate(
+        self,
+        req: Request,
+        progress: Progress | None = None,
+        save: bool = True,
+        folder: str | Path | None = None,
+    ) -> Generated:
+        """Draw `req.batch_count` batches of `req.batch_size`; save each PNG with its parameters.
+
+        PNGs go to `folder`, or by default to `<outputs_dir>/<txt2img|img2img>/<date>/`.
+        """
+        req = validate(req, self.limits)
+        picture = None
+        if req.image is not None:
+            picture = input_picture(req.image, self.limits)
+            picture = resize_input(picture, req.width, req.height, req.resize_mode)
+        start = first_seed(req.seed)
+        seeds = [(start + i) % (2**32) for i in range(req.count)]
+        with self.lock:
+            images = self._draw(req, picture, seeds, progress or (lambda done, total: None))
+        infotexts = [self.infotext(req, s) for s in seeds]
+        paths = []
+        if save:
+            folder = folder or Path(self.settings.outputs_dir) / req.kind / date.today().isoformat()
+            items = zip(images, infotexts, seeds, strict=True)
+            paths = [save_png(im, text, folder, seed) for im, text, seed in items]
+        return Generated(images, seeds, infotexts, paths)
+
+    def _draw(self, req: Request, picture, seeds: list[int], progress: Progress):
+        self.set_lora_scale(req.lora_scale)
+        if picture is not None and int(req.steps * req.strength) == 0:
+            progress(1, 1)  # strength 0: no denoising step, the picture comes back as it is
+            return [picture.copy() for _ in seeds]
+        pipe = self.txt2img if picture is None else self.img2img
+        pipe.scheduler = self._scheduler(req.sampler)
+        pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
+        images: list[Image.Image] = []
+        for b in range(req.batch_count):
+            batch = seeds[b * req.batch_size : (b + 1) * req.batch_size]
+
+            def step_end(p, i, t, kwargs, b=b):
+                per_batch = p.num_timesteps
+                progress(b * per_batch + i + 1, req.batch_count * per_batch)
+                return kwargs
+
+            shape = (
+                {"width": req.width, "height": req.height}
+                if picture is None
+                else {"image": picture, "strength": req.strength}
+            )
+            images += pipe(
+                prompt_embeds=pos.repeat(len(batch), 1, 1),
+                negative_prompt_embeds=neg.repeat(len(batch), 1, 1),
+                num_inference_steps=req.steps,
+                guidance_scale=req.cfg_scale,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
+                callback_on_step_end=step_end,
+                **shape,
+            ).images
+        return images

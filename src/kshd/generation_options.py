@@ -1,0 +1,182 @@
+"""What a drawing request may ask for, checked before the model is touched.
+
+Shared by the Python API, the CLI and the GUI, so every front end gives the same message for the
+same mistake, naming the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from kshd.images import ImageRejected, IntakeRules, flatten, load_image
+
+# key -> (A1111 name, diffusers scheduler class, its options)
+SAMPLERS: dict[str, tuple[str, str, dict]] = {
+    "dpmpp_2m_karras": (
+        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m": (
+        "DPM++ 2M",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+    ),
+    "euler_a": ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+    "euler": ("Euler", "EulerDiscreteScheduler", {}),
+    "heun": ("Heun", "HeunDiscreteScheduler", {}),
+    "ddim": ("DDIM", "DDIMScheduler", {}),
+    "unipc": ("UniPC", "UniPCMultistepScheduler", {}),
+}
+RESIZE_MODES = ("crop", "fill", "stretch")
+MAX_SEED = 2**32 - 1
+
+
+class RequestError(ValueError):
+    """A request that cannot be drawn; the message names the field and what is accepted."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one request from taking the server down."""
+
+    max_steps: int = 150
+    max_side: int = 2048
+    max_batch_count: int = 16
+    max_batch_size: int = 8
+    max_prompt_chars: int = 5000
+    max_upload_pixels: int = 50_000_000
+    max_lora_scale: float = 2.0
+
+
+@dataclass
+class Request:
+    """One text-to-image or image-to-image request (image set = image-to-image)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    positive_prefix: str = ""
+    negative_prefix: str = ""
+    sampler: str = "dpmpp_2m_karras"
+    steps: int = 30
+    cfg_scale: float = 7.5
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_count: int = 1
+    batch_size: int = 1
+    lora_scale: float = 1.0
+    image: str | Path | Image.Image | None = None
+    strength: float = 0.6
+    resize_mode: str = "crop"
+
+    @property
+    def kind(self) -> str:
+        return "txt2img" if self.image is None else "img2img"
+
+    @property
+    def full_prompt(self) -> str:
+        return join_prefix(self.positive_prefix, self.prompt)
+
+    @property
+    def full_negative(self) -> str:
+        return join_prefix(self.negative_prefix, self.negative_prompt)
+
+    @property
+    def count(self) -> int:
+        return self.batch_count * self.batch_size
+
+
+def join_prefix(prefix: str, text: str) -> str:
+    """`prefix, text`: a comma between them unless the prefix ends with one."""
+    prefix, text = prefix.strip(), text.strip()
+    if not prefix or not text:
+        return prefix or text
+    return f"{prefix} {text}" if prefix.endswith(",") else f"{prefix}, {text}"
+
+
+def sampler_key(name: str) -> str:
+    """`dpmpp_2m_karras` or its A1111 name `DPM++ 2M Karras`."""
+    for key, (label, _, _) in SAMPLERS.items():
+        if name in (key, label):
+            return key
+    raise RequestError("sampler", f"{name!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+
+
+def _whole(field: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestError(field, f"{value!r} must be a whole number from {low} to {high}")
+    return value
+
+
+def _number(field: str, value: object, low: float, high: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestError(field, f"{value!r} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def validate(req: Request, limits: Limits) -> Request:
+    """Check and normalise every field; raise RequestError for the first bad one."""
+    for field in ("prompt", "negative_prompt", "positive_prefix", "negative_prefix"):
+        text = getattr(req, field)
+        if not isinstance(text, str):
+            raise RequestError(field, f"must be text, not {type(text).__name__}")
+        if len(text) > limits.max_prompt_chars:
+            raise RequestError(
+                field, f"{len(text)} characters; at most {limits.max_prompt_chars} are accepted"
+            )
+    req.sampler = sampler_key(req.sampler)
+    req.steps = _whole("steps", req.steps, 1, limits.max_steps)
+    req.cfg_scale = _number("cfg_scale", req.cfg_scale, 1.0, 30.0)
+    req.seed = _whole("seed", req.seed, -1, MAX_SEED)
+    for field in ("width", "height"):
+        side = _whole(field, getattr(req, field), 64, limits.max_side)
+        if side % 8:
+            raise RequestError(field, f"{side} is not a multiple of 8 (e.g. {side // 8 * 8})")
+        setattr(req, field, side)
+    req.batch_count = _whole("batch_count", req.batch_count, 1, limits.max_batch_count)
+    req.batch_size = _whole("batch_size", req.batch_size, 1, limits.max_batch_size)
+    m = limits.max_lora_scale
+    req.lora_scale = _number("lora_scale", req.lora_scale, -m, m)
+    req.strength = _number("strength", req.strength, 0.0, 1.0)
+    if req.resize_mode not in RESIZE_MODES:
+        raise RequestError("resize_mode", f"{req.resize_mode!r}; choose one of {RESIZE_MODES}")
+    return req
+
+
+def first_seed(seed: int) -> int:
+    """-1 draws a random seed (reported with every image); image i uses seed + i, as A1111."""
+    return secrets.randbelow(MAX_SEED) if seed == -1 else seed
+
+
+def input_picture(image: str | Path | Image.Image, limits: Limits) -> Image.Image:
+    """The image-to-image input through prepare's intake rules: EXIF turned, alpha on white."""
+    rules = IntakeRules(min_side=8, max_pixels=limits.max_upload_pixels)
+    if isinstance(image, Image.Image):
+        if image.width * image.height > rules.max_pixels:
+            raise RequestError("image", f"{image.width}x{image.height} is over the pixel limit")
+        return flatten(ImageOps.exif_transpose(image), rules.background)
+    try:
+        return load_image(image, rules).image
+    except ImageRejected as exc:
+        raise RequestError("image", f"{Path(image).name}: {exc.reason}") from exc
+
+
+def resize_input(img: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """crop: fill and cut the overhang; fill: keep all of it, pad with white; stretch."""
+    size, lanczos = (width, height), Image.Resampling.LANCZOS
+    if mode == "crop":
+        return ImageOps.fit(img, size, lanczos)
+    if mode == "fill":
+        return ImageOps.pad(img, size, lanczos, color=(255, 255, 255))
+    return img.resize(size, lanczos)

@@ -1,0 +1,104 @@
+"""AUTOMATIC1111-style `parameters` text in PNG files, and saving without ever overwriting.
+
+A1111's "PNG Info" tab, civitai and most SD tools read one `parameters` text chunk:
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234, Size: 512x512, ...
+
+Values holding a comma, colon or newline are JSON-quoted, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+KEY = "parameters"
+NEGATIVE = "Negative prompt:"
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if not any(c in text for c in ',:\n"'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_parameters(prompt: str, negative: str, params: dict[str, object]) -> str:
+    """The A1111 text: prompt, negative prompt, then `Key: value` pairs in the given order."""
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
+    lines = [prompt]
+    if negative:
+        lines.append(f"{NEGATIVE} {negative}")
+    return "\n".join([*lines, line])
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """A1111's reading of the text: `Prompt`, `Negative prompt` and every key as a string."""
+    *lines, last = text.strip().split("\n")
+    pairs = _PARAM.findall(last)
+    if len(pairs) < 3:  # no parameter line: all of it is prompt
+        lines, pairs = [*lines, last], []
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith(NEGATIVE):
+            in_negative, line = True, line[len(NEGATIVE) :].strip()
+        (negative if in_negative else prompt).append(line)
+    out = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in pairs:
+        out[key.strip()] = json.loads(value) if value.startswith('"') else value
+    return out
+
+
+def short_hash(path: str | Path) -> str:
+    """A file's sha256, first 10 hex digits (civitai's AutoV2 hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def read_parameters(path: str | Path) -> str | None:
+    with Image.open(path) as img:
+        return img.info.get(KEY)
+
+
+def save_png(image: Image.Image, text: str, folder: str | Path, seed: int) -> Path:
+    """Save as `<n>-<seed>.png` with the next free n; an existing file is never replaced.
+
+    The PNG is written to a temporary name first and hard-linked to its final name, so a
+    killed process leaves no half-written image and two writers never share a name.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text(KEY, text)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        number = _next_number(folder)
+        while True:
+            final = folder / f"{number:05d}-{seed}.png"
+            try:
+                os.link(tmp, final)
+                return final
+            except FileExistsError:
+                number += 1
+    finally:
+        os.unlink(tmp)
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
+    return max(numbers, default=-1) + 1

@@ -1,0 +1,75 @@
+"""`kshd generate` / `kshd img2img` from the shell: files with parameters, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from kshd.pnginfo import parse_parameters, read_parameters
+
+from .conftest import ROOT
+
+
+def _kshd(*args: str, tiny_models, lora) -> subprocess.CompletedProcess:
+    overrides = [
+        f"model.pretrained={tiny_models['sd']}",
+        f"generate.lora={lora}",
+        "generate.device=cpu",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "kshd.cli", *args, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_generate_and_img2img_write_pngs_with_parameters(tmp_path, tiny_models, random_lora):
+    out = tmp_path / "out"
+    common = ["--steps", "2", "--width", "64", "--height", "64", "--out", str(out)]
+    run = _kshd(
+        "generate", "--prompt", "a girl", "--seed", "9", "--batch-size", "2",
+        "--lora-scale", "0.5", *common, tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000-9.png", "00001-10.png"]
+    info = parse_parameters(read_parameters(out / "00001-10.png"))
+    assert info["Seed"] == "10" and info["Prompt"].endswith("a girl <lora:ksh_drawing_style:0.5>")
+    assert info["Prompt"].startswith("(drawn by KSH drawing style : 1.5), ")  # config's prefix
+    assert info["Negative prompt"].startswith("EasyNegative, (worst quality, low quality:1.4)")
+    assert "00001-10.png  seed 10" in run.stderr and "txt2img: 100%" in run.stderr  # log, bar
+
+    picture = tmp_path / "photo.jpg"
+    Image.new("RGB", (300, 200), "navy").save(picture)
+    run = _kshd(
+        "img2img", "--image", str(picture), "--prompt", "a girl", "--seed", "3",
+        "--strength", "0.5", *common, tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    info = parse_parameters(read_parameters(out / "00002-3.png"))
+    assert info["Denoising strength"] == "0.5" and info["Size"] == "64x64"
+
+
+def test_bad_values_and_missing_files_fail_with_a_message(tmp_path, tiny_models, random_lora):
+    run = _kshd(
+        "generate", "--prompt", "a", "--width", "100", "--out", str(tmp_path),
+        tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 2 and "width: 100 is not a multiple of 8" in run.stderr
+    run = _kshd(
+        "img2img", "--prompt", "a", "--image", str(tmp_path / "nope.png"),
+        tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 2 and "image: nope.png: unreadable" in run.stderr
+    run = _kshd(
+        "generate", "--prompt", "a", "--lora", str(tmp_path / "missing.safetensors"),
+        tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 2 and "missing.safetensors" in run.stderr
+    assert not list(tmp_path.glob("*.png"))
