@@ -1,0 +1,260 @@
+"""The web GUI: both endpoints through gradio_client, and the page driven in Debian's Chromium."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from PIL import Image
+
+from kshd.pnginfo import parse_parameters, read_parameters
+
+from .browser import ARGS, CHROMIUM
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+STEPS = 12  # long enough on the tiny model (~0.3 s a step at 128 px) to watch the progress
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(tiny_models, lora, outputs, port):
+    from kshd.config import compose_conf
+
+    return compose_conf(
+        [
+            "+experiment=demo",
+            f"model.pretrained={tiny_models['sd']}",
+            f"generate.lora={lora}",
+            f"generate.outputs_dir={outputs}",
+            f"generate.gui.port={port}",
+            f"generate.steps={STEPS}",
+            "generate.negative_prefix=''",
+            "generate.device=cpu",
+            "generate.limits.max_upload_pixels=4000000",
+        ],
+        conf_dir=ROOT / "conf",
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, random_lora, tmp_path_factory):
+    from kshd.app.gui import serve
+
+    outputs = tmp_path_factory.mktemp("gui_outputs")
+    port = _free_port()
+    ui, engine = serve(_cfg(tiny_models, random_lora, outputs, port), block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "ui": ui}
+    with engine.lock:  # no drawing may be cut off by the end of the tests
+        ui.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False)
+
+
+def _txt2img(client, **kw):
+    args = dict(prompt="an anime girl", steps=3, seed=21, width=64, height=64, batch_size=2)
+    return client.predict(**{**args, **kw}, api_name="/txt2img")
+
+
+def test_binds_loopback_without_share(server):
+    ui = server["ui"]
+    assert ui.server_name == "127.0.0.1" and not ui.share
+    assert ui.local_url.startswith("http://127.0.0.1:")
+
+
+def test_client_txt2img(client, server):
+    gallery, info, files = _txt2img(client, lora_scale=0.6)
+    assert [item["caption"] for item in gallery] == ["seed 21", "seed 22"]
+    assert "Seed: 21" in info and "Seed: 22" in info and "<lora:ksh_drawing_style:0.6>" in info
+    saved = sorted((server["outputs"] / "txt2img").rglob("*-21.png"))
+    assert saved, "the PNG is kept in the outputs folder"
+    params = parse_parameters(read_parameters(files[0]))  # the download keeps the parameters
+    assert params["Seed"] == "21" and params["Steps"] == "3" and params["Size"] == "64x64"
+    assert Image.open(gallery[1]["image"]).size == (64, 64)
+
+
+def test_client_img2img(client, tmp_path):
+    from gradio_client import handle_file
+
+    picture = tmp_path / "sketch.png"
+    Image.new("RGBA", (90, 60), (0, 0, 255, 128)).save(picture)
+    gallery, info, files = client.predict(
+        image=handle_file(str(picture)),
+        strength=0.5,
+        resize_mode="fill",
+        prompt="a boy",
+        steps=4,
+        seed=5,
+        width=64,
+        height=64,
+        api_name="/img2img",
+    )
+    assert len(gallery) == 1 and "Denoising strength: 0.5" in info
+    assert parse_parameters(read_parameters(files[0]))["Seed"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 0}, "Sampling steps: 0 must be a number from 1 to 150"),
+        ({"width": 100}, "width: 100 is not a multiple of 8"),
+        ({"seed": -7}, "seed: -7 must be a whole number"),
+        ({"sampler": "no such sampler"}, "no such sampler"),
+        ({"prompt": "x" * 6000}, "prompt: 6000 characters"),
+    ],
+)
+def test_client_errors_are_messages_and_the_server_keeps_serving(client, change, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=re.escape(message)):
+        _txt2img(client, **change)
+    gallery, _, _ = _txt2img(client, batch_size=1, steps=2)
+    assert len(gallery) == 1
+
+
+def test_client_bad_uploads(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "notes.png"
+    text.write_text("<!doctype html><html>not a picture</html>")
+    huge = tmp_path / "huge.png"
+    Image.new("L", (2100, 2000)).save(huge)  # 4.2 Mpx, over this server's 4 Mpx limit
+    for path, message in ((text, "not an image"), (huge, "too large")):
+        with pytest.raises(AppError, match=message):
+            client.predict(image=handle_file(str(path)), prompt="a", api_name="/img2img")
+    with pytest.raises(AppError, match="Denoising strength: 2"):
+        client.predict(image=handle_file(str(huge)), strength=2, api_name="/img2img")
+
+
+def test_auth_from_the_environment(tiny_models, random_lora, tmp_path):
+    from gradio_client import Client
+
+    from kshd.app.gui import serve
+
+    port = _free_port()
+    cfg = _cfg(tiny_models, random_lora, tmp_path, port)
+    ui, engine = serve(cfg, auth="artist:s3cret", block=False)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (gradio_client raises different types)
+            Client(f"http://127.0.0.1:{port}/", verbose=False)
+        ok = Client(f"http://127.0.0.1:{port}/", auth=("artist", "s3cret"), verbose=False)
+        gallery, _, _ = _txt2img(ok, batch_size=1, steps=2)
+        assert len(gallery) == 1
+    finally:
+        with engine.lock:
+            ui.close()
+
+
+# --- in the browser -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, server):
+    page = browser.new_page()
+    failed = []
+    # the event stream of a finished job is closed by the page: not a failure
+    page.on("requestfailed", lambda r: "/queue/data" in r.url or failed.append(r.url))
+    page.on("response", lambda r: r.status < 400 or failed.append(f"{r.status} {r.url}"))
+    page.goto(server["url"])
+    page.wait_for_selector("#txt2img-prompt textarea")
+    return page, failed
+
+
+def _wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
+    page.wait_for_selector(f"#{tab}-gallery img", timeout=timeout * 1000)
+    return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
+
+
+def _watch_progress(page, tab: str, timeout: float = 60) -> list[str]:
+    """Step counts the page shows while drawing, until an image appears."""
+    seen, end = [], time.time() + timeout
+    while time.time() < end and not page.query_selector(f"#{tab}-gallery img"):
+        seen += re.findall(rf"\d+/{STEPS} steps", page.inner_text(f"#{tab}-gallery"))
+        time.sleep(0.2)
+    return seen
+
+
+def test_browser_txt2img_shows_progress_and_the_image(browser, server):
+    page, failed = _open(browser, server)
+    page.fill("#txt2img-prompt textarea", "an anime girl, (blonde hair:1.2)")
+    page.click("#txt2img-generate")
+    seen = _watch_progress(page, "txt2img")
+    assert len(set(seen)) >= 2, f"progress with step counts expected, saw {seen}"
+    assert _wait_for_images(page, "txt2img") == [128]
+    seed = re.search(r"Seed: (\d+)", page.input_value("#txt2img-info textarea")).group(1)
+    assert f"seed {seed}" in page.inner_text("#txt2img-gallery")
+    assert not failed
+
+
+def test_browser_error_is_shown_in_the_page(browser, server):
+    page, _ = _open(browser, server)
+    page.fill("#txt2img-prompt textarea", "a girl")
+    page.fill("#txt2img-seed input", "-5")
+    page.click("#txt2img-generate")
+    page.wait_for_selector("text=seed: -5 must be a whole number", timeout=30_000)
+    assert not page.query_selector("#txt2img-gallery img")
+
+
+def test_browser_two_tabs_queue_and_both_finish(browser, server):
+    first, _ = _open(browser, server)
+    second, _ = _open(browser, server)
+    for page in (first, second):
+        page.fill("#txt2img-prompt textarea", "a girl in a park")
+    first.click("#txt2img-generate")
+    second.click("#txt2img-generate")
+    queued, end = False, time.time() + 30
+    while time.time() < end and not first.query_selector("#txt2img-gallery img"):
+        queued = queued or "queue" in second.inner_text("#txt2img-gallery")
+        time.sleep(0.2)
+    assert queued, "the second tab waits in the queue while the first draws"
+    assert _wait_for_images(first, "txt2img") == [128]
+    assert _wait_for_images(second, "txt2img") == [128]
+
+
+def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
+    page, failed = _open(browser, server)
+    page.fill("#txt2img-prompt textarea", "a boy")
+    page.click("#txt2img-generate")
+    _wait_for_images(page, "txt2img")
+    page.click("#send-to-img2img")
+    page.wait_for_selector("#img2img-image img", timeout=30_000)
+    page.fill("#img2img-prompt textarea", "a boy, redrawn")
+    page.click("#img2img-generate")
+    seen = _watch_progress(page, "img2img")
+    assert seen and _wait_for_images(page, "img2img") == [128]
+    assert "Denoising strength: 0.6" in page.input_value("#img2img-info textarea")
+    # a fresh upload: a photo-like JPEG from disk
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (200, 150), "olive").save(photo)
+    before = page.input_value("#img2img-info textarea")
+    page.set_input_files("#img2img-image input[type=file]", str(photo))
+    page.wait_for_timeout(500)
+    page.click("#img2img-generate")
+    page.wait_for_function(
+        "old => { const v = document.querySelector('#img2img-info textarea').value;"
+        " return v.includes('Seed') && v !== old; }",
+        arg=before,
+        timeout=90_000,
+    )
+    assert _wait_for_images(page, "img2img") == [128]
+    assert not failed
