@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo test test-fast lint format samples clean-demo
+.PHONY: help setup demo gui test test-fast lint format samples clean-demo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)
 	$(RUN) $(PY) -m kshd.demo
+
+gui: setup ## the web GUI on http://127.0.0.1:7860 with the demo's tiny model (and its LoRA after make demo)
+	$(RUN) $(VENV)/bin/kshd gui +experiment=demo
 
 test: setup ## run the whole test suite (what CI runs)
 	$(RUN) $(PY) -m pytest

@@ -6,7 +6,7 @@
 The engine merges the LoRA into the UNet while the strength does not change; the target is a
 fused engine within 3% of the base model. "Unfused" is the same engine with the adapter layers
 active but not merged (what diffusers does with `cross_attention_kwargs={"scale": ...}`). Runs
-are interleaved (base, unfused, fused, base, ...) so machine noise hits every mode alike; the
+are interleaved in a shuffled order per round so machine noise hits every mode alike; the
 median of each mode is reported as a ratio to the base model.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import random
 import statistics
 import tempfile
 import time
@@ -50,7 +51,8 @@ def _random_lora(model: Path, out: Path, rank: int) -> Path:
 
 
 def _unfused(engine) -> None:
-    """Adapters active at strength 1 but not merged (the engine believes 1.0 is in place)."""
+    """Adapters active at strength 1 but not merged (the engine believes 1.0 is in place, so
+    `generate` does not merge)."""
     from kshd.generation import ADAPTER
 
     engine.set_lora_scale(0.0)
@@ -58,6 +60,13 @@ def _unfused(engine) -> None:
     for _, module in engine._lora_layers():
         module.set_scale(ADAPTER, 1.0)
     engine._scale = 1.0
+
+
+def _fused(engine) -> None:
+    """Merged at strength 1, whatever state the previous mode left."""
+    engine._scale = None
+    engine.set_lora_scale(1.0)
+    assert all(m.merged for _, m in engine._lora_layers())
 
 
 def main() -> None:
@@ -93,11 +102,14 @@ def main() -> None:
         modes = {
             "no LoRA": (base, lambda e: None),
             "LoRA unfused": (with_lora, _unfused),
-            "LoRA fused": (with_lora, lambda e: e.set_lora_scale(1.0)),
+            "LoRA fused": (with_lora, _fused),
         }
         times: dict[str, list[float]] = {m: [] for m in modes}
+        order = list(modes)
         for rep in range(args.repeats + 1):  # the first round warms up and is not counted
-            for mode, (engine, prepare) in modes.items():
+            random.Random(rep).shuffle(order)  # no mode always runs first or last
+            for mode in order:
+                engine, prepare = modes[mode]
                 prepare(engine)
                 start = time.perf_counter()
                 engine.generate(Request(**req), save=False)

@@ -29,6 +29,7 @@ from kshd.generation_options import (
     validate,
 )
 from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.models import check_model_source, device_and_dtype
 from kshd.pnginfo import format_parameters, save_png, short_hash
 from kshd.prompts import PromptEncoder
 
@@ -74,8 +75,6 @@ def lora_files(path: str | Path) -> tuple[Path, str, Path]:
 
 
 def _device(name: str) -> tuple[torch.device, torch.dtype]:
-    from kshd.models import device_and_dtype
-
     if name == "auto":
         return device_and_dtype()
     device = torch.device(name)
@@ -88,6 +87,7 @@ class Engine:
     def __init__(self, settings: EngineSettings):
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+        check_model_source(settings.pretrained, "model.pretrained")
         self.settings = settings
         self.limits = settings.limits
         self.notes: list[str] = []  # said once to the user (log, GUI)
@@ -100,7 +100,9 @@ class Engine:
             use_safetensors=True,
             safety_checker=None,
             requires_safety_checker=False,
-        ).to(self.device)
+        )
+        if self.device.type != "cpu":
+            pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         if settings.attention_slicing:
             pipe.enable_attention_slicing()

@@ -62,8 +62,10 @@ def draw(args: argparse.Namespace) -> int:
     from kshd.app.settings import default_request, engine_settings
     from kshd.config import load_params
     from kshd.generation import Engine
+    from kshd.stages import ensure_tiny
 
     cfg = load_params(args.overrides)
+    ensure_tiny(cfg)
     changes = {k: getattr(args, k, None) for k in REQUEST_FIELDS}
     req = default_request(cfg, args.prompt, **changes)
     try:
@@ -86,7 +88,9 @@ def draw(args: argparse.Namespace) -> int:
 def gui(args: argparse.Namespace) -> int:
     from kshd.app.gui import launch
     from kshd.config import load_params
+    from kshd.stages import ensure_tiny
 
     cfg = load_params(args.overrides)
+    ensure_tiny(cfg)
     auth = os.environ.get("KSHD_GUI_AUTH")
     return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)
