@@ -131,9 +131,8 @@ def _outputs(tab: str):
 class Handlers:
     """The callbacks: build a Request, run the engine with progress, turn errors into messages."""
 
-    def __init__(self, engine: Engine, defaults: Request):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        self.defaults = defaults
 
     def _run(self, values: dict, progress: gr.Progress):
         req = Request(**values)
@@ -194,7 +193,7 @@ def _selected_index(evt: gr.SelectData) -> int:
 
 
 def build_ui(engine: Engine, defaults: Request) -> gr.Blocks:
-    handlers = Handlers(engine, defaults)
+    handlers = Handlers(engine)
     limits = engine.limits
     with gr.Blocks(title="KSH Drawing AI", analytics_enabled=False) as ui:
         gr.Markdown("## KSH Drawing AI — draw in KSH's style")
