@@ -29,13 +29,11 @@ def build_sd15_shaped(out: Path) -> None:
     """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
     from diffusers import (
         AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from kshd.models import tiny_clip_tokenizer
+    from kshd.models import save_sd_pipeline, tiny_clip_tokenizer
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer()
@@ -60,23 +58,7 @@ def build_sd15_shaped(out: Path) -> None:
             pad_token_id=len(tok) - 1,
         )
     )
-    sched = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-    )
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=te,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(out)
+    save_sd_pipeline(out, unet, vae, te, tok)
 
 
 def dataset(out: Path, n: int, size: int) -> Path:

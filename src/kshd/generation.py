@@ -29,7 +29,7 @@ from kshd.generation_options import (
     validate,
 )
 from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
-from kshd.models import check_model_source, device_and_dtype
+from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline
 from kshd.pnginfo import format_parameters, save_png, short_hash
 from kshd.prompts import PromptEncoder
 
@@ -85,25 +85,16 @@ class Engine:
     """Loads once, draws many times; one request at a time (a lock guards the model)."""
 
     def __init__(self, settings: EngineSettings):
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+        from diffusers import StableDiffusionImg2ImgPipeline
 
         check_model_source(settings.pretrained, "model.pretrained")
         self.settings = settings
         self.limits = settings.limits
         self.notes: list[str] = []  # said once to the user (log, GUI)
         self.device, dtype = _device(settings.device)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            settings.pretrained,
-            revision=settings.revision,
-            variant=settings.variant,
-            dtype=dtype,
-            use_safetensors=True,
-            safety_checker=None,
-            requires_safety_checker=False,
+        pipe = load_sd_pipeline(
+            settings.pretrained, settings.revision, settings.variant, self.device, dtype
         )
-        if self.device.type != "cpu":
-            pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
         if settings.attention_slicing:
             pipe.enable_attention_slicing()
         if settings.vae_tiling:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from kshd.images import ImageRejected, IntakeRules, flatten, load_image
+from kshd.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 
 # key -> (A1111 name, diffusers scheduler class, its options)
 SAMPLERS: dict[str, tuple[str, str, dict]] = {
@@ -174,9 +174,9 @@ def input_picture(image: str | Path | Image.Image, limits: Limits) -> Image.Imag
 
 def resize_input(img: Image.Image, width: int, height: int, mode: str) -> Image.Image:
     """crop: fill and cut the overhang; fill: keep all of it, pad with white; stretch."""
-    size, lanczos = (width, height), Image.Resampling.LANCZOS
     if mode == "crop":
-        return ImageOps.fit(img, size, lanczos)
+        return fit_within(img, width, height)
+    lanczos = Image.Resampling.LANCZOS
     if mode == "fill":
-        return ImageOps.pad(img, size, lanczos, color=(255, 255, 255))
-    return img.resize(size, lanczos)
+        return ImageOps.pad(img, (width, height), lanczos, color=(255, 255, 255))
+    return img.resize((width, height), lanczos)

@@ -53,6 +53,28 @@ def check_model_source(name: str, key: str) -> None:
         )
 
 
+def load_sd_pipeline(
+    pretrained: str, revision: str | None, variant: str | None, device: torch.device,
+    dtype: torch.dtype,
+):  # fmt: skip
+    """A Stable Diffusion 1.x pipeline from safetensors weights, no safety checker, quiet."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        pretrained,
+        revision=revision,
+        variant=variant,
+        dtype=dtype,
+        use_safetensors=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    if device.type != "cpu":  # already there; .to() would only warn about dtypes
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def model_identity(pretrained: str, revision: str | None) -> dict:
     """A hub id and revision, or a local folder's files with sizes and times."""
     folder = Path(pretrained)
@@ -118,8 +140,6 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
     """A tiny Stable Diffusion 1.x pipeline (diffusers' dummy components), saved to out_dir."""
     from diffusers import (
         AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
 
@@ -145,6 +165,13 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
     )
     tokenizer = tiny_clip_tokenizer()
     text_encoder = _tiny_text_encoder(len(tokenizer), seed)
+    save_sd_pipeline(out_dir, unet, vae, text_encoder, tokenizer)
+
+
+def save_sd_pipeline(out_dir: Path, unet, vae, text_encoder, tokenizer) -> None:
+    """A diffusers SD 1.x folder from its parts, with SD 1.5's training noise schedule."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
     scheduler = DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

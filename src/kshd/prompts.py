@@ -185,12 +185,15 @@ class PromptEncoder:
         return z
 
     @torch.no_grad()
-    def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
-        chunks = self.chunks(prompt)
-        chunks += [Chunk() for _ in range(min_chunks - len(chunks))]
+    def _encode_chunks(self, chunks: list[Chunk], min_chunks: int) -> torch.Tensor:
+        chunks = chunks + [Chunk() for _ in range(min_chunks - len(chunks))]
         return torch.cat([self._encode_chunk(c) for c in chunks], dim=1)
+
+    def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
+        return self._encode_chunks(self.chunks(prompt), min_chunks)
 
     def encode_pair(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Both prompts padded with empty chunks to the same length (classifier-free guidance)."""
-        n = max(len(self.chunks(prompt)), len(self.chunks(negative)))
-        return self.encode(prompt, n), self.encode(negative, n)
+        pos, neg = self.chunks(prompt), self.chunks(negative)
+        n = max(len(pos), len(neg))
+        return self._encode_chunks(pos, n), self._encode_chunks(neg, n)

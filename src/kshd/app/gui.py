@@ -154,7 +154,7 @@ class Handlers:
     ):  # fmt: skip
         values = dict(locals())
         values.pop("self"), values.pop("progress")
-        return self._run(_whole_numbers(values), progress)
+        return self._run(values, progress)
 
     def img2img(
         self, image: str | None, strength: float, resize_mode: str, prompt: str,
@@ -167,16 +167,7 @@ class Handlers:
             raise gr.Error("image: upload a picture to redraw", title="Cannot draw this")
         values = dict(locals())
         values.pop("self"), values.pop("progress")
-        return self._run(_whole_numbers(values), progress)
-
-
-def _whole_numbers(values: dict) -> dict:
-    """Sliders and number boxes send floats; whole ones become ints (others fail validation)."""
-    for key in ("steps", "seed", "width", "height", "batch_count", "batch_size"):
-        v = values.get(key)
-        if isinstance(v, float) and v.is_integer():
-            values[key] = int(v)
-    return values
+        return self._run(values, progress)
 
 
 def _send_to_img2img(gallery, index):

@@ -22,7 +22,7 @@ from kshd.evaluation import (
 )
 from kshd.fileio import write_json, write_text
 from kshd.metrics import ClipEncoder, DinoEncoder
-from kshd.models import check_model_source, device_and_dtype, model_identity
+from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
 from kshd.report import render
 from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
@@ -71,19 +71,9 @@ def settings_from(cfg: DictConfig) -> EvalSettings:
 
 def load_pipeline(cfg: DictConfig):
     """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
-    from diffusers import StableDiffusionPipeline
-
     device, dtype = device_and_dtype()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        cfg.model.pretrained,
-        revision=cfg.model.revision,
-        variant=cfg.model.variant,
-        dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-    ).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, device
+    m = cfg.model
+    return load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype), device
 
 
 def write_outputs(
