@@ -33,6 +33,17 @@ def _drawings() -> list:
     return [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
 
 
+def _evaluate(pipe, lora_dir, s, out, tiny_models, *checkpoints, **kwargs):
+    """evaluate_lora with the tiny CLIP, 3 held-out drawings and the rest as training set."""
+    from kshd.metrics import ClipEncoder
+
+    drawings = _drawings()
+    encoder = ClipEncoder(str(tiny_models["clip"]))
+    return evaluate_lora(
+        pipe, lora_dir, s, out, encoder, drawings[:3], drawings[3:], *checkpoints, **kwargs
+    )
+
+
 def test_grid_and_difference():
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
     g = grid([[red, blue, red], [blue, red, blue]])
@@ -43,7 +54,6 @@ def test_grid_and_difference():
 
 @pytest.mark.parametrize(("scale", "changed"), [(1.0, True), (0.0, False)])
 def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa: F811
-    from kshd.metrics import ClipEncoder
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
@@ -55,15 +65,12 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
         lora_scales=(scale,),
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = _drawings()
-    metrics, curve = evaluate_lora(
+    metrics, curve = _evaluate(
         pipe,
         lora_dir,
         s,
         tmp_path,
-        ClipEncoder(str(tiny_models["clip"])),
-        drawings[:3],
-        drawings[3:],
+        tiny_models,
     )
     assert metrics["num_images"] == 4
     assert (metrics["lora_pixel_delta"] > 0) == changed
@@ -97,7 +104,6 @@ def test_select_checkpoints():
 def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
     from kshd.checkpoints import complete_checkpoints
     from kshd.lora import adapter_tensors, save_diffusers
-    from kshd.metrics import ClipEncoder
     from kshd.trainer import CheckpointPolicy, train_lora
     from kshd.training import TrainSettings, load_components
 
@@ -117,17 +123,14 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
         resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = _drawings()
     found = complete_checkpoints(tmp_path / "ckpt")
     assert [s for s, _ in found] == [4, 8]
-    metrics, curve = evaluate_lora(
+    metrics, curve = _evaluate(
         pipe,
         tmp_path,
         s,
         tmp_path / "out",
-        ClipEncoder(str(tiny_models["clip"])),
-        drawings[:3],
-        drawings[3:],
+        tiny_models,
         found,
         final_step=10,
         best_by="style_gain",
@@ -146,7 +149,6 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
 def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, monkeypatch):  # noqa: F811
     import kshd.evaluation as ev
     from kshd.evaluation import base_cache_folder
-    from kshd.metrics import ClipEncoder
 
     lora_dir, _, _ = trained
     labels = []
@@ -160,19 +162,16 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
         trigger_phrase="drawn by KSH drawing style",
     )
     folder = base_cache_folder(tmp_path / "cache", {"id": "tiny"}, s)
-    drawings = _drawings()
     results = []
     for _ in range(2):
         pipe = _pipe(tiny_models)
         results.append(
-            evaluate_lora(
+            _evaluate(
                 pipe,
                 lora_dir,
                 s,
                 tmp_path / "out",
-                ClipEncoder(str(tiny_models["clip"])),
-                drawings[:3],
-                drawings[3:],
+                tiny_models,
                 base_cache=folder,
             )[0]
         )
@@ -185,7 +184,6 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
 
 
 def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):  # noqa: F811
-    from kshd.metrics import ClipEncoder
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
@@ -196,16 +194,13 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
         resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
-    drawings = _drawings()
     table: list[dict] = []
-    metrics, _ = evaluate_lora(
+    metrics, _ = _evaluate(
         pipe,
         lora_dir,
         s,
         tmp_path,
-        ClipEncoder(str(tiny_models["clip"])),
-        drawings[:3],
-        drawings[3:],
+        tiny_models,
         table=table,
     )
     assert len(table) == 2 * 2 * 2  # base and LoRA, 2 prompts, 2 seeds
@@ -219,7 +214,7 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
 
 
 def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F811
-    from kshd.metrics import ClipEncoder, DinoEncoder
+    from kshd.metrics import DinoEncoder
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
@@ -230,15 +225,12 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F8
         resolution=64,
         lora_scales=(0.0, 1.0),
     )
-    drawings = _drawings()
-    metrics, _ = evaluate_lora(
+    metrics, _ = _evaluate(
         pipe,
         lora_dir,
         s,
         tmp_path,
-        ClipEncoder(str(tiny_models["clip"])),
-        drawings[:3],
-        drawings[3:],
+        tiny_models,
         dino=DinoEncoder(str(tiny_models["dino"])),
     )
     assert isinstance(metrics["style_similarity_dino"], float)
