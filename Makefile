@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo gui test test-fast lint format samples clean-demo
+.PHONY: help setup demo sweep compare gui test test-fast lint format samples clean-demo
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml
 
 demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)
 	$(RUN) $(PY) -m kshd.demo
+
+sweep: setup ## a 4-experiment DVC queue sweep of the demo (batch 1,2 x epochs 1,2), then compare
+	$(RUN) $(VENV)/bin/kshd sweep --demo -S train.batch_size=1,2 -S train.epochs=1,2
+
+compare: setup ## reports/compare/index.html: the finished DVC experiments side by side (offline)
+	$(RUN) $(VENV)/bin/kshd compare
 
 gui: setup ## the web GUI on http://127.0.0.1:7860 with the demo's tiny model (and its LoRA after make demo)
 	$(RUN) $(VENV)/bin/kshd gui +experiment=demo

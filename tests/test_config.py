@@ -68,6 +68,17 @@ def test_stage_overrides_reach_the_config(tmp_path):
         load_params(["train.epochz=3"], params_file=params)
 
 
+def test_a_queued_experiment_reads_its_own_params_not_the_parent_repos(tmp_path, monkeypatch):
+    """DVC runs a queued experiment in a temp copy but sets DVC_ROOT to the parent repository."""
+    parent, copy = tmp_path / "repo", tmp_path / "repo/.dvc/tmp/exps/tmp1"
+    copy.mkdir(parents=True)
+    (parent / "params.yaml").write_text("train:\n  epochs: 50\n", encoding="utf-8")
+    (copy / "params.yaml").write_text("train:\n  epochs: 2\n", encoding="utf-8")
+    monkeypatch.setenv("DVC_ROOT", str(parent))
+    monkeypatch.chdir(copy)
+    assert load_params().train.epochs == 2
+
+
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="params.yaml"):
         load_params([], params_file=Path(tmp_path) / "params.yaml")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from kshd.tracking import TrackingSettings, resolve_mode, scrub, start_run
+from kshd.tracking import (
+    REDACTED,
+    TrackingSettings,
+    resolve_mode,
+    run_id,
+    scrub,
+    start_run,
+    sweep_group,
+)
 from kshd.wandb_offline import find_offline_runs
 
 
@@ -20,7 +28,42 @@ def test_mode_resolution():
 
 def test_secrets_are_scrubbed():
     cfg = {"hub": {"token": "hf_x", "repo": "a/b"}, "WANDB_API_KEY": "k", "train": {"epochs": 3}}
-    assert scrub(cfg) == {"hub": {"repo": "a/b"}, "train": {"epochs": 3}}
+    assert scrub(cfg, {}) == {"hub": {"repo": "a/b"}, "train": {"epochs": 3}}
+
+
+def test_scrub_keeps_settings_that_only_mention_tokens_and_redacts_secret_values():
+    env = {"HF_TOKEN": "hf_abcdef123", "WANDB_API_KEY": "k" * 40}
+    cfg = {
+        "caption": {"max_new_tokens": 40, "model": "x"},
+        "hub_auth": "u:p",
+        "model": {"pretrained": "https://user:hf_abcdef123@host/m", "list": ["a", "hf_abcdef123"]},
+    }
+    assert scrub(cfg, env) == {
+        "caption": {"max_new_tokens": 40, "model": "x"},
+        "model": {"pretrained": REDACTED, "list": ["a", REDACTED]},
+    }
+
+
+def test_sweep_group_from_config_env_or_the_experiments_baseline():
+    base = {"DVC_EXP_BASELINE_REV": "0123456789abcdef"}
+    assert sweep_group(TrackingSettings(group="mine"), base) == "mine"
+    assert sweep_group(TrackingSettings(), base | {"WANDB_RUN_GROUP": "env"}) == "env"
+    assert sweep_group(TrackingSettings(), base) == "baseline-0123456"
+    assert sweep_group(TrackingSettings(), {}) is None
+
+
+def test_run_id_is_stable_per_experiment_stage_and_params():
+    cfg = {"train": {"epochs": 3}}
+    first = run_id("brave-exp", "train", "g", cfg)
+    assert first == run_id("brave-exp", "train", "g", {"train": {"epochs": 3}})
+    assert first.startswith("brave-exp-train-")
+    others = {
+        run_id("brave-exp", "evaluate", "g", cfg),
+        run_id("other-exp", "train", "g", cfg),
+        run_id("brave-exp", "train", "g", {"train": {"epochs": 4}}),
+    }
+    assert first not in others and len(others) == 3
+    assert run_id(None, "train", "g", cfg) is None
 
 
 def test_offline_run_is_named_after_the_experiment(tmp_path, monkeypatch):
@@ -39,6 +82,18 @@ def test_offline_run_is_named_after_the_experiment(tmp_path, monkeypatch):
     assert (found.name, found.group, found.job_type) == ("brave-exp", "sweep-1", "train")
     assert found.config == {"train": {"batch_size": 2, "epochs": 3}}
     assert [h["train/loss"] for h in found.history] == [1.0, 0.5]
+
+
+def test_a_queued_experiment_logs_into_the_project_not_its_temporary_copy(tmp_path, monkeypatch):
+    project, copy = tmp_path / "project", tmp_path / "project/.dvc/tmp/exps/tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "queued-exp")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    start_run(TrackingSettings(), "train", {"train": {"epochs": 1}}).finish()
+    [found] = find_offline_runs(project / "wandb")
+    assert found.name == "queued-exp" and not (copy / "wandb").exists()
 
 
 def test_disabled_tracking_starts_nothing():

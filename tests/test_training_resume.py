@@ -131,3 +131,16 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models
         (straight / "models/lora/loss.csv").read_text().splitlines(),
     ]
     assert [r.split(",")[:4] for r in losses[0]] == [r.split(",")[:4] for r in losses[1]]
+
+
+@pytest.mark.slow
+def test_short_run_still_samples_the_last_epoch_and_writes_every_dvc_output(tiny_models, tmp_path):
+    """A sweep point shorter than `validation_epochs` or `checkpointing_steps` must not fail DVC."""
+    args = ["train.epochs=3", "train.validation_epochs=2", "train.checkpointing_steps=1000"]
+    root = make_project(tmp_path / "p", tiny_models, [*args, f"data.raw_dir={SAMPLES}"])
+    for stage in ("prepare", "caption", "dataset", "train"):
+        run_stage(root, stage)
+    samples = sorted(p.name for p in (root / "reports/validation").glob("*.png"))
+    assert samples == ["epoch-0002.png", "epoch-0003.png"]
+    assert (root / "models/checkpoints").is_dir()
+    assert complete_checkpoints(root / "models/checkpoints") == []

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+DEMO = "+experiment=demo"
+
 
 def _compose_params(args: argparse.Namespace) -> int:
     """Regenerate params.yaml from conf/ exactly as `dvc exp run` does."""
@@ -46,6 +48,49 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path.cwd(), list(args.dvc_args))
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from kshd.compare import CompareError, build_comparison
+
+    try:
+        build_comparison(Path.cwd(), Path(args.output), list(args.experiments))
+    except CompareError as err:
+        logging.error("kshd compare: %s", err)
+        return 2
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from kshd.compare import CompareError
+    from kshd.sweep import run_sweep
+
+    overrides = ([DEMO] if args.demo else []) + list(args.set)
+    try:
+        return run_sweep(Path.cwd(), overrides, args.jobs, args.group)
+    except CompareError as err:
+        logging.error("kshd sweep: %s", err)
+        return 2
+
+
+def _add_experiment_commands(sub) -> None:
+    p = sub.add_parser("compare", help="one offline HTML page comparing finished DVC experiments")
+    p.add_argument("experiments", nargs="*", help="experiment names (default: all finished)")
+    p.add_argument("-o", "--output", default="reports/compare", help="folder for index.html")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("sweep", help="queue a grid of experiments in DVC, run them, compare")
+    p.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a Hydra override as for `dvc exp run -S`; comma lists sweep",
+    )
+    p.add_argument("--demo", action="store_true", help=f"add {DEMO} (tiny offline models)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
+    p.add_argument("--group", help="wandb group (default: sweep-<date-time>)")
+    p.set_defaults(func=_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kshd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the pipeline on the samples with tiny models")
     p.add_argument("dvc_args", nargs="*", help="extra arguments for `dvc exp run`")
     p.set_defaults(func=_demo)
+    _add_experiment_commands(sub)
     from kshd.app.commands import add_commands
 
     add_commands(sub)

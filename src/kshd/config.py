@@ -8,7 +8,6 @@ and the Compose API neither changes the working directory nor writes `outputs/` 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +24,12 @@ class ConfigError(ValueError):
 
 
 def project_root() -> Path:
-    """The DVC project root: `DVC_ROOT` while DVC runs a stage, else the working directory."""
-    return Path(os.environ.get("DVC_ROOT", os.getcwd())).resolve()
+    """The working directory: DVC runs every stage there (a queued experiment in its own temp copy).
+
+    Not `DVC_ROOT`: for a queued experiment DVC points that at the parent repository, whose
+    `params.yaml` holds another experiment's values.
+    """
+    return Path.cwd().resolve()
 
 
 def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = None) -> DictConfig:

@@ -339,7 +339,13 @@ def train_lora(
                 break
         if p.batch_in_epoch >= run.batches_per_epoch:  # the epoch is complete
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-            if validate and s.validation_epochs and p.epoch % s.validation_epochs == 0:
+            if (
+                validate
+                and s.validation_epochs
+                and (
+                    p.epoch % s.validation_epochs == 0 or p.epoch == run.epochs  # and the last one
+                )
+            ):
                 _validate(run, c, validate, p.epoch)
     bar.close()
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()

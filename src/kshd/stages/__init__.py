@@ -34,6 +34,7 @@ def ensure_tiny(cfg: DictConfig) -> None:
         build_tiny_models(cfg.tiny.dir, cfg.tiny.seed)
 
 
-def plain(cfg: DictConfig, keys: Sequence[str]) -> dict:
-    """The named top-level groups as plain dicts (a tracked run's config)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}
+def plain(cfg: DictConfig, keys: Sequence[str] | None = None) -> dict:
+    """The named top-level groups (default: all, the experiment's full params) as plain dicts."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return {k: full[k] for k in (keys or full)}

@@ -8,11 +8,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from kshd.caption_cache import CaptionCache
 from kshd.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.captioning import CaptionSettings, with_trigger, write_info_csv
 from kshd.fileio import write_json
-from kshd.stages import ensure_tiny, stage_config
+from kshd.stages import ensure_tiny, plain, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,10 @@ def settings_from(c) -> CaptionSettings:
     )
 
 
-def log_table(tracking, items: list[Item], prepared: Path, report: dict) -> None:
+def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) -> None:
     """The captions as a wandb table with thumbnails, and the report's numbers."""
-    run = start_run(TrackingSettings.from_config(tracking), "caption", {"report": report})
+    tracking = cfg.tracking
+    run = start_run(TrackingSettings.from_config(tracking), "caption", plain(cfg))
     if not run:
         return
     from PIL import Image
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = caption_report(outcome, c.model, settings.fingerprint())
     write_json(reports / "captions.json", report)
     log.info("caption: %d captions, sources %s", len(rows), report["sources"])
-    log_table(cfg.tracking, outcome.items, prepared, report)
+    log_table(cfg, outcome.items, prepared, report)
 
 
 if __name__ == "__main__":

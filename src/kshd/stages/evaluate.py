@@ -90,7 +90,7 @@ def write_outputs(
     run = start_run(
         TrackingSettings.from_config(cfg.tracking),
         "evaluate",
-        plain(cfg, ("evaluate", "model", "train")),
+        plain(cfg),
     )
     if run:
         import wandb

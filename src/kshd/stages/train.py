@@ -44,12 +44,12 @@ def loss_csv(result: TrainResult) -> str:
 
 
 def validator(cfg: DictConfig, s: TrainSettings, run):
-    """Sample the validation prompt every `train.validation_epochs`, to disk and wandb."""
+    """Sample the validation prompt every `train.validation_epochs` and after the last epoch."""
+    out = Path(cfg.output.validation_dir)
+    out.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing is sampled
     if not (s.validation_epochs and s.validation_prompt):
         return None
     from kshd.evaluation import grid, validation_images
-
-    out = Path(cfg.output.validation_dir)
 
     def validate(epoch: int, components) -> None:
         images = validation_images(
@@ -60,14 +60,13 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
             s.validation_steps,
             s.resolution,
         )
-        out.mkdir(parents=True, exist_ok=True)
         grid([images]).save(out / f"epoch-{epoch:04d}.png")
         if run:
             import wandb
 
             run.log(
                 {
-                    "validation": [
+                    "train/validation": [
                         wandb.Image(i, caption=f"epoch {epoch}, seed {seed}")
                         for i, seed in zip(images, s.validation_seeds, strict=True)
                     ]
@@ -123,17 +122,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = load_from_disk(cfg.data.dataset_dir)["train"]
     components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
     main_process = process_state().is_main_process
-    run = (
-        start_run(
-            TrackingSettings.from_config(cfg.tracking),
-            "train",
-            plain(cfg, ("train", "model", "data", "caption", "dataset")),
-        )
-        if main_process
-        else None
-    )
+    tracking = TrackingSettings.from_config(cfg.tracking)
+    run = start_run(tracking, "train", plain(cfg)) if main_process else None
+    checkpoints = Path(cfg.output.checkpoints_dir)
+    checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even for a run too short for one
     ckpt = CheckpointPolicy(
-        Path(cfg.output.checkpoints_dir),
+        checkpoints,
         s.checkpointing_steps,
         s.checkpoints_total_limit,
         s.resume,

@@ -1,0 +1,100 @@
+"""`kshd sweep`: queue a grid of experiments in DVC, run the queue, wait, and compare them.
+
+Exactly what a person would type, `dvc exp run --queue -S ...` then `dvc queue start`, plus the
+waiting and a one-page comparison at the end. Stages whose params a sweep does not touch
+(prepare, caption, dataset) come from DVC's run cache after the first experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from kshd.compare import CompareError, dvc_executable, run_dvc
+
+log = logging.getLogger(__name__)
+
+QUEUED = re.compile(r"Queued experiment '([^']+)'")
+DONE = ("success", "failed")
+
+
+def queue(root: Path, overrides: Sequence[str]) -> list[str]:
+    """`dvc exp run --queue -S ...` (a comma list sweeps); the names of the queued experiments."""
+    params = root / "params.yaml"
+    saved = params.read_bytes()
+    try:
+        args = ["exp", "run", "--queue"]
+        for o in overrides:
+            args += ["-S", o]
+        out = run_dvc(root, args)
+    finally:
+        params.write_bytes(saved)  # queueing composes params; the workspace keeps its own
+    names = QUEUED.findall(out)
+    if not names:
+        raise CompareError(f"`dvc {' '.join(args)}` queued nothing:\n{out}")
+    log.info("queued %d experiments: %s", len(names), ", ".join(names))
+    return names
+
+
+def states(root: Path, names: Sequence[str]) -> dict[str, str]:
+    """Each named experiment's queue state (queued, running, success, failed).
+
+    From `dvc queue status`, which reads no experiment data: polling `dvc exp show` instead
+    would read every experiment's metrics from git each time.
+    """
+    text = run_dvc(root, ["queue", "status"], timeout=120, tries=3)
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] in names:
+            found[fields[1]] = fields[-1].lower()
+    return found
+
+
+def wait(root: Path, names: Sequence[str], poll: float = 5.0) -> dict[str, str]:
+    """Block until every experiment finished or failed, logging progress as it changes."""
+    last = None
+    while True:
+        now = states(root, names)
+        done = sum(now.get(n) in DONE for n in names)
+        if (done, now) != last:
+            log.info("sweep: %d/%d finished (%s)", done, len(names), now)
+            last = (done, now)
+        if done == len(names):
+            return now
+        time.sleep(poll)
+
+
+def start_queue(root: Path, jobs: int) -> None:
+    """`dvc queue start -j N`. Its workers are daemons that inherit stdout, so the output goes
+    to a file: a pipe would stay open, and this call would block, until the queue is empty."""
+    out = root / ".dvc" / "tmp" / "kshd-queue-start.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        cmd = [dvc_executable(), "queue", "start", "-j", str(jobs)]
+        code = subprocess.run(cmd, cwd=root, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise CompareError(f"`dvc queue start` failed: {out.read_text(errors='replace')}")
+
+
+def run_sweep(root: Path, overrides: Sequence[str], jobs: int = 1, group: str | None = None) -> int:
+    """Queue, start `jobs` workers, wait, then write the comparison page; 1 if any failed."""
+    group = group or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    names = queue(root, [*overrides, f"tracking.group={group}"])
+    start_queue(root, jobs)
+    final = wait(root, names)
+    failed = [n for n in names if final.get(n) != "success"]
+    for name in failed:
+        log.error("experiment %s failed; its log: `%s queue logs %s`", name, dvc_executable(), name)
+    ok = [n for n in names if n not in failed]
+    if ok:
+        from kshd.compare import build_comparison
+
+        build_comparison(root, root / "reports" / "compare", ok)
+    log.info("wandb group %s: %d experiments, %d failed", group, len(names), len(failed))
+    return 1 if failed else 0

@@ -1,0 +1,158 @@
+"""kshd compare: parsing `dvc exp show --json`, the page, and DVC's plots page without a CDN."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kshd.compare import (
+    CompareError,
+    Experiment,
+    differing,
+    experiments_from_show,
+    offline_template,
+    select,
+    svg,
+)
+from kshd.compare_page import render
+
+FILES = {"reports/metrics.json": "", "models/lora/metrics.json": "train."}
+
+
+def _exp(name: str, state: str, epochs: int, style_gain: float | None) -> dict:
+    metrics = {"models/lora/metrics.json": {"data": {"final_loss": 0.5, "latents": {"a": 1}}}}
+    if style_gain is not None:
+        metrics["reports/metrics.json"] = {
+            "data": {"style_gain": style_gain, "best_checkpoint": {"step": 6, "by": "style_gain"}}
+        }
+    else:
+        metrics["reports/metrics.json"] = {"error": {"type": "FileNotFoundError"}}
+    params = {"train": {"epochs": epochs, "batch_size": 1}, "evaluate": {"seeds": [0, 1]}}
+    return {
+        "name": name,
+        "executor": {"state": state},
+        "revs": [
+            {
+                "rev": f"{name}-sha",
+                "name": name,
+                "data": {"params": {"params.yaml": {"data": params}}, "metrics": metrics},
+            }
+        ],
+    }
+
+
+SHOW = [
+    {"rev": "workspace", "name": None, "data": {}, "experiments": None},
+    {
+        "rev": "base",
+        "name": "main",
+        "data": {},
+        "experiments": [
+            _exp("done-a", "success", 10, 0.2),
+            _exp("done-b", "success", 50, -0.1),
+            _exp("failed-c", "failed", 10, None),
+            _exp("running-d", "running", 50, None),
+            _exp("odd-e", "success", 50, None),  # finished but never evaluated
+        ],
+    },
+]
+
+
+def test_only_finished_evaluated_experiments_are_compared():
+    exps = experiments_from_show(SHOW, FILES)
+    assert [e.name for e in exps] == ["done-a", "done-b"]
+    a = exps[0]
+    assert a.rev == "done-a-sha" and a.params["train.epochs"] == 10
+    assert a.metrics == {"style_gain": 0.2, "best_checkpoint.step": 6, "train.final_loss": 0.5}
+    assert a.best_checkpoint == {"step": 6, "by": "style_gain"}
+    assert differing(exps) == ["train.epochs"]
+
+
+def test_unknown_experiment_names_are_reported_with_the_known_ones():
+    exps = experiments_from_show(SHOW, FILES)
+    assert [e.name for e in select(exps, ["done-b"])] == ["done-b"]
+    with pytest.raises(CompareError, match="no finished experiment named nope.*done-a, done-b"):
+        select(exps, ["nope"])
+
+
+def test_page_table_curves_and_grids(tmp_path):
+    exps = [
+        Experiment("a", "1", {"train.epochs": 10, "evaluate.prompts": ["p0"]}, {"style_gain": 0.2}),
+        Experiment("b", "2", {"train.epochs": 50, "evaluate.prompts": ["p0"]}, {"style_gain": -1}),
+    ]
+    images = {
+        "reports/grids/prompt-00.png": {
+            "a": tmp_path / "plots/a.png",
+            "b": tmp_path / "plots/b.png",
+        }
+    }
+    page = render(
+        exps, ["train.epochs"], {"models/lora/loss.csv": "<svg>x</svg>"}, images, tmp_path
+    )
+    rows = re.findall(r'<tr data-exp="(\w)">(.*?)</tr>', page)
+    assert [r[0] for r in rows] == ["a", "b"]
+    assert 'data-v="10"' in rows[0][1] and 'data-v="-1"' in rows[1][1]
+    assert "<h3>p0</h3>" in page and 'src="plots/a.png"' in page and 'src="plots/b.png"' in page
+    assert "<svg>x</svg>" in page and "th[data-sort]" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_curves_render_to_svg_without_a_browser():
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {
+            "values": [
+                {"step": s, "loss": 1 / s, "rev": r}
+                for s in (1, 2, 3)
+                for r in ("exp-one", "exp-two")
+            ]
+        },
+        "mark": "line",
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative"},
+            "y": {"field": "loss", "type": "quantitative"},
+            "color": {"field": "rev", "type": "nominal"},
+        },
+    }
+    out = svg(spec)
+    assert out.startswith("<svg") and "exp-one" in out and "exp-two" in out
+    assert len(re.findall(r"<path[^>]*aria-roledescription=\"line mark\"", out)) == 2
+
+
+def test_dvc_plots_page_uses_the_inlined_vega_not_a_cdn(tmp_path):
+    from dvc_render import render_html
+    from dvc_render.vega import VegaRenderer
+
+    template = offline_template(tmp_path)
+    assert template == tmp_path / "tmp" / "offline-plots.html"
+    points = [{"step": 1, "loss": 1.0, "rev": "a"}, {"step": 2, "loss": 0.5, "rev": "a"}]
+    renderer = VegaRenderer(points, "loss.csv", x="step", y="loss")
+    page = Path(render_html([renderer], tmp_path / "plots" / "index.html", template))
+    text = page.read_text(encoding="utf-8")
+    assert "cdn.jsdelivr.net" not in text and "<script src" not in text
+    assert "window.vegaEmbed" in text and "vegaEmbed('#" in text
+    before = template.stat().st_mtime_ns
+    assert offline_template(tmp_path).stat().st_mtime_ns == before  # written once
+
+
+def test_compare_without_experiments_says_how_to_make_some(tmp_path, caplog):
+    import shutil
+    import subprocess
+    import sys
+
+    from kshd.cli import main
+
+    from .conftest import ROOT
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    with pytest.MonkeyPatch.context() as m, pytest.raises(SystemExit) as stop:
+        m.chdir(tmp_path)
+        main(["compare"])
+    assert stop.value.code == 2
+    assert "no finished experiment to compare" in caplog.text and "dvc queue start" in caplog.text
+    assert not (tmp_path / "reports").exists()
