@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kshd.caption_cache import CaptionCache
+from kshd.config import InputError
 from kshd.fileio import write_text
 from kshd.models import check_model_source, device_and_dtype
 
@@ -89,7 +90,7 @@ class Captioner:
         self.processor = Blip2Processor.from_pretrained(settings.model)
         self.processor.tokenizer.padding_side = "left"  # decoder-only text model
         self.model = Blip2ForConditionalGeneration.from_pretrained(
-            settings.model, dtype=self.dtype
+            settings.model, dtype=self.dtype, use_safetensors=True
         ).to(self.device)
         self.model.eval()
 
@@ -163,12 +164,12 @@ def read_info_csv(path: str | Path) -> list[tuple[str, str]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["image", "text"]:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the first line must be the header `image,text`, got {header}"
             )
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if len(row) < 2 or not row[0]:
-                raise ValueError(f"{path}: row {line_no} has no image or no text: {row}")
+                raise InputError(f"{path}: row {line_no} has no image or no text: {row}")
             rows.append((row[0], row[1]))
     return rows

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from kshd.fileio import WriteError, write_errno
+
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -140,6 +142,30 @@ def save_checkpoint(
     tmp = root / f".checkpoint-{progress.step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_checkpoint(tmp, run_fp, progress, lora, optimizer_state, scheduler_state)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if code := write_errno(err):
+            raise WriteError(final, code, "the earlier checkpoints are kept") from err
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, limit)
+    log.info("checkpoint %s saved", final)
+    return final
+
+
+def _write_checkpoint(
+    tmp: Path,
+    run_fp: str,
+    progress: Progress,
+    lora: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    scheduler_state: dict,
+) -> None:
     opt_tensors, opt_meta = _optimizer_split(optimizer_state)
     rng_tensors, rng_meta = _rng_state()
     save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
@@ -156,13 +182,6 @@ def save_checkpoint(
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    prune(root, limit)
-    log.info("checkpoint %s saved", final)
-    return final
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kshd.captioning import read_info_csv
+from kshd.config import InputError, UserError
 from kshd.fileio import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def load_rows(info_csv: str | Path) -> list[dict]:
             }
         )
     if not rows:
-        raise ValueError(f"{info_csv}: no rows")
+        raise InputError(f"{info_csv}: no rows")
     return rows
 
 
@@ -93,7 +94,7 @@ def save_dataset(
     return counts
 
 
-class HubPushError(RuntimeError):
+class HubPushError(UserError, RuntimeError):
     """The Hub push failed; the local dataset is untouched."""
 
 

@@ -135,7 +135,7 @@ def generate_samples(
     pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None
 ) -> Samples:
     base = cached_base(pipe, s, base_cache)
-    pipe.load_lora_weights(str(lora_dir))
+    pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
     lora = {scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}") for scale in s.lora_scales}
     plain = [strip_trigger(p, s.trigger_phrase) for p in s.prompts]
     no_trigger = sample(pipe, plain, s, s.lora_scales[-1], "no trigger")

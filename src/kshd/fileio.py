@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from kshd.config import UserError
+
+# What a full disk, a quota or a file size limit looks like to a writer.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+class WriteError(UserError, OSError):
+    """An output could not be written (disk full, quota...); the previous version is kept."""
+
+    def __init__(self, path: Path, code: int, kept: str) -> None:
+        super().__init__(
+            code,
+            f"{path}: could not be written ({os.strerror(code)}); {kept}. "
+            "Free some disk space and run again.",
+        )
+
+
+def write_errno(err: BaseException) -> int | None:
+    """The errno of a failed write: OSError's, or the one in safetensors' Rust I/O message."""
+    if isinstance(err, WriteError):
+        return None
+    if isinstance(err, OSError):
+        code = err.errno
+    else:
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in WRITE_ERRNOS else None
 
 
 def _umask() -> int:
@@ -26,11 +56,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    kept = "the previous version is unchanged" if path.exists() else "nothing was written"
     try:
         yield tmp_path
         if tmp_path.exists():
             tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
+    except Exception as err:
+        if code := write_errno(err):
+            raise WriteError(path, code, kept) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ def _check_file(path: Path) -> None:
     """Reject what cannot even be read, before a decoder sees it."""
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            # opening a named pipe would wait for a writer forever
+            raise ImageRejected("not a regular file (a named pipe, socket or device)")
         with path.open("rb") as f:
             f.read(1)
     except PermissionError as exc:

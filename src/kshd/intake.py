@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from kshd.config import UserError
 from kshd.fileio import atomic_path
 from kshd.images import (
     ImageRejected,
@@ -22,7 +23,7 @@ from kshd.images import (
 log = logging.getLogger(__name__)
 
 
-class EmptyInputError(FileNotFoundError):
+class EmptyInputError(UserError, FileNotFoundError):
     """The raw folder is missing or holds no files: stop before any model loads."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def save_kohya(
 ) -> Path:
     """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder."""
     from diffusers.utils import convert_state_dict_to_kohya
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     kohya = {
         _sd1_text_encoder_name(k): v for k, v in convert_state_dict_to_kohya(dict(state)).items()
@@ -82,8 +83,24 @@ def save_kohya(
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     target = out_dir / KOHYA_FILE
     with atomic_path(target) as tmp:
-        save_file(kohya, str(tmp), metadata=meta)
+        tmp.write_bytes(canonical_safetensors(save(kohya, metadata=meta)))
     return target
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its header's keys sorted.
+
+    safetensors writes `__metadata__` in hash-map order, which changes from process to process:
+    two identical trainings would give files with different bytes (and DVC hashes). The format
+    allows any key order; the header stays padded to 8 bytes.
+    """
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
 
 def _sd1_text_encoder_name(key: str) -> str:

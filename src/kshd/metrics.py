@@ -84,7 +84,10 @@ class ClipEncoder(_ImageEmbedder):
         from transformers import CLIPModel, CLIPProcessor
 
         super().__init__(
-            CLIPModel.from_pretrained(name), CLIPProcessor.from_pretrained(name), device, batch_size
+            CLIPModel.from_pretrained(name, use_safetensors=True),
+            CLIPProcessor.from_pretrained(name),
+            device,
+            batch_size,
         )
 
     def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -111,7 +114,7 @@ class DinoEncoder(_ImageEmbedder):
         from transformers import AutoImageProcessor, AutoModel
 
         super().__init__(
-            AutoModel.from_pretrained(name),
+            AutoModel.from_pretrained(name, use_safetensors=True),
             AutoImageProcessor.from_pretrained(name),
             device,
             batch_size,

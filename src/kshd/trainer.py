@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from tqdm import tqdm
 
 from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, make_buckets
 from kshd.checkpoints import find_resumable, load_checkpoint, save_checkpoint
+from kshd.config import UserError
 from kshd.training import (
     Components,
     EpochSampler,
@@ -30,8 +34,38 @@ from kshd.training import (
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(UserError, FloatingPointError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: raised after the step in flight finished and a checkpoint of it was written."""
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[dict]:
+    """Ctrl-C sets a flag the loop reads between optimizer steps; a second Ctrl-C stops at once.
+
+    Stopping mid-step would leave weights and step counter out of step, so the resumed run would
+    not equal an uninterrupted one.
+    """
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+        log.warning("Ctrl-C: finishing this step and saving a checkpoint (again to stop now)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
@@ -315,6 +349,20 @@ def train_lora(
         unit="step",
         disable=not acc.is_local_main_process,
     )
+    start = time.perf_counter()
+    with deferred_interrupt() as stop:
+        _loop(run, c, s, p, bar, on_log, ckpt, validate, stop)
+    bar.close()
+    result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
+    c.unet = acc.unwrap_model(run.unet)
+    c.text_encoder = acc.unwrap_model(c.text_encoder)
+    acc.wait_for_everyone()
+    return result
+
+
+def _loop(run: _Run, c: Components, s: TrainSettings, p, bar, on_log, ckpt, validate, stop) -> None:
+    """Epochs and steps from `p` on; stops after a step when `stop` is set (Ctrl-C)."""
+    acc = run.accelerator
     start, images_before, loss_sum = time.perf_counter(), p.images, 0.0
     while p.epoch < run.epochs and p.step < run.max_steps:
         run.loader.set_epoch(p.epoch)  # accelerate passes it on to the sampler
@@ -333,8 +381,12 @@ def train_lora(
             loss_sum = 0.0
             if on_log and acc.is_main_process:
                 on_log(row)
-            if ckpt and p.step % ckpt.every == 0:
+            if ckpt and (p.step % ckpt.every == 0 or stop["set"]):
                 _checkpoint(run, c, ckpt, p)
+            if stop["set"]:
+                bar.close()
+                where = f"a checkpoint in {ckpt.root}" if ckpt else "no checkpointing configured"
+                raise Interrupted(f"interrupted after step {p.step}: {where}; run again to resume")
             if p.step >= run.max_steps:
                 break
         if p.batch_in_epoch >= run.batches_per_epoch:  # the epoch is complete
@@ -347,12 +399,6 @@ def train_lora(
                 )
             ):
                 _validate(run, c, validate, p.epoch)
-    bar.close()
-    result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
-    c.unet = acc.unwrap_model(run.unet)
-    c.text_encoder = acc.unwrap_model(c.text_encoder)
-    acc.wait_for_everyone()
-    return result
 
 
 def _record(p, run: _Run, loss: float, images_per_s: float, bar) -> dict:

@@ -240,14 +240,15 @@ def load_components(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     kw = {"revision": revision}
+    weights = {**kw, "use_safetensors": True}  # never unpickle a downloaded file
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kw),
         text_encoder=CLIPTextModel.from_pretrained(
-            pretrained, subfolder="text_encoder", variant=variant, **kw
+            pretrained, subfolder="text_encoder", variant=variant, **weights
         ),
-        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **kw),
+        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **weights),
         unet=UNet2DConditionModel.from_pretrained(
-            pretrained, subfolder="unet", variant=variant, **kw
+            pretrained, subfolder="unet", variant=variant, **weights
         ),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw),
     )

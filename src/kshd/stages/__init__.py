@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from kshd.config import load_params
+from kshd.config import UserError, load_params
 
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
@@ -38,3 +38,12 @@ def plain(cfg: DictConfig, keys: Sequence[str] | None = None) -> dict:
     """The named top-level groups (default: all, the experiment's full params) as plain dicts."""
     full = OmegaConf.to_container(cfg, resolve=True)
     return {k: full[k] for k in (keys or full)}
+
+
+def run(main: Callable[[], None], stage: str) -> None:
+    """A stage's `__main__`: errors in config, inputs or disk space exit 2 with one line."""
+    try:
+        main()
+    except (UserError, FileNotFoundError) as err:  # a missing file is named in the message
+        logging.getLogger(f"kshd.stages.{stage}").error("%s: %s", type(err).__name__, err)
+        sys.exit(2)

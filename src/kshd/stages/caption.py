@@ -14,7 +14,7 @@ from kshd.caption_cache import CaptionCache
 from kshd.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.captioning import CaptionSettings, with_trigger, write_info_csv
 from kshd.fileio import write_json
-from kshd.stages import ensure_tiny, plain, stage_config
+from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
@@ -80,4 +80,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "caption")

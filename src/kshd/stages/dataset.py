@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kshd.dataset import push_dataset, save_dataset
-from kshd.stages import stage_config
+from kshd.stages import run, stage_config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,4 +19,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "dataset")

@@ -24,7 +24,7 @@ from kshd.fileio import write_json, write_text
 from kshd.metrics import ClipEncoder, DinoEncoder
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
 from kshd.report import render
-from kshd.stages import ensure_tiny, plain, stage_config
+from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
@@ -148,4 +148,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "evaluate")

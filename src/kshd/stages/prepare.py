@@ -8,7 +8,7 @@ from pathlib import Path
 from kshd.fileio import write_json
 from kshd.images import IntakeRules
 from kshd.intake import prepare_folder
-from kshd.stages import stage_config
+from kshd.stages import run, stage_config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,4 +28,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "prepare")

@@ -25,9 +25,9 @@ from kshd.lora import (
     text_encoder_lora_loadable,
 )
 from kshd.models import check_model_source, model_identity
-from kshd.stages import ensure_tiny, plain, stage_config
+from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.tracking import TrackingSettings, start_run
-from kshd.trainer import CheckpointPolicy, process_state, train_lora
+from kshd.trainer import CheckpointPolicy, Interrupted, process_state, train_lora
 from kshd.training import TrainResult, TrainSettings, load_components
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.info("train: %s -> %s", metrics, cfg.output.lora_dir)
             if run:
                 run.summary.update({f"train/{k}": v for k, v in metrics.items()})
+    except Interrupted as stop:
+        log.error("train: %s", stop)
+        raise SystemExit(130) from None  # the shell's code for Ctrl-C
     finally:
         if run:
             run.finish()
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "train")

@@ -57,6 +57,43 @@ def _exif_rotated(path: Path) -> None:
     img.save(path, format="JPEG", exif=exif.tobytes())
 
 
+# Where a red block stored at the top-left corner must appear once EXIF orientation is applied.
+ORIENTED_CORNER = {
+    2: "top-right",
+    3: "bottom-right",
+    4: "bottom-left",
+    5: "top-left",
+    6: "top-right",
+    7: "bottom-right",
+    8: "bottom-left",
+}
+
+
+def _oriented(orientation: int) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        img = Image.new("RGB", (200, 100), (255, 255, 255 - orientation))
+        img.paste((220, 0, 0), (0, 0, 40, 40))
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+
+    return build
+
+
+def _animated_webp(path: Path) -> None:
+    frames = [Image.new("RGB", (64, 64), c) for c in ((250, 120, 20), (20, 120, 250))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _locked(path: Path) -> None:
+    _save("PNG")(path)
+    path.chmod(0)
+
+
 def _truncated(fmt: str) -> Callable[[Path], None]:
     def build(path: Path) -> None:
         rng = np.random.default_rng(0)
@@ -104,6 +141,14 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "broken_link.png": (_symlink("does-not-exist.png"), "unreadable"),
     "loop.png": (_symlink("loop.png"), "unreadable"),
     "folder.png/inner.txt": (_bytes(b"x"), "not an image"),
+    "anim.webp": (_animated_webp, ACCEPT),
+    "one_pixel.png": (_save("PNG", Image.new("RGB", (1, 1))), "too small"),
+    "strip_20000x10.png": (_save("PNG", Image.new("RGB", (20000, 10))), "too small"),
+    "  spaced   out name .png": (_save("PNG"), ACCEPT),
+    "pipe.png": (_fifo, "not a regular file"),
+    # root reads any file whatever its mode, so only another user sees it refused
+    "locked.png": (_locked, ACCEPT if os.geteuid() == 0 else "permission denied"),
+    **{f"orient_{o}.jpg": (_oriented(o), ACCEPT) for o in ORIENTED_CORNER},
 }
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from kshd.images import IntakeRules
 from kshd.intake import prepare_folder
 
-from .corpus import ACCEPT, CASES, DUPLICATE, build_corpus
+from .corpus import ACCEPT, CASES, DUPLICATE, ORIENTED_CORNER, build_corpus
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_every_input_is_accounted_for(prepared):
     for f, words in expected.items():
         if words not in (ACCEPT, DUPLICATE):
             assert words in rejected.get(f, ""), f"{f}: expected '{words}', got {rejected.get(f)}"
-    assert report.animated == ["anim.gif"] and report.sidecars == ["photo.txt"]
+    assert report.animated == ["anim.gif", "anim.webp"] and report.sidecars == ["photo.txt"]
 
 
 def _out(prepared, name: str) -> Image.Image:
@@ -57,6 +57,22 @@ def test_accepted_images_look_right(prepared):
     cyan = _out(prepared, "cmyk.jpg").getpixel((5, 5))
     assert cyan[0] < 40 and cyan[1] > 200 and cyan[2] > 200
     assert _out(prepared, "grey_alpha.png").getpixel((5, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTED_CORNER))
+def test_every_exif_orientation_is_turned_upright(prepared, orientation):
+    img = _out(prepared, f"orient_{orientation}.jpg")
+    assert img.size == ((64, 128) if orientation >= 5 else (128, 64))
+    w, h = img.size
+    corners = {
+        "top-left": (4, 4),
+        "top-right": (w - 5, 4),
+        "bottom-left": (4, h - 5),
+        "bottom-right": (w - 5, h - 5),
+    }
+    for name, xy in corners.items():
+        red = img.getpixel(xy)[0] > 150 and img.getpixel(xy)[1] < 80
+        assert red == (name == ORIENTED_CORNER[orientation]), (name, img.getpixel(xy))
 
 
 def test_output_names_are_safe_and_keep_the_original_readable(prepared):

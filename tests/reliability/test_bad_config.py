@@ -1,0 +1,63 @@
+"""Bad config values and bad inputs: one line naming the key (or file) and what is accepted.
+
+Each stage runs as DVC runs it, with `model.pretrained` set to a hub id that is not cached here
+(HF_HUB_OFFLINE=1): had the stage tried to load a model first, it would have failed with a hub
+error instead of the message asserted, so the check provably comes before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from ..stage_project import make_project, stage_cmd
+
+pytestmark = pytest.mark.slow
+HUB_ONLY = "model.pretrained=stablediffusionapi/anything-v5"
+
+CASES = [
+    # (stage, overrides, words the one-line message must contain)
+    ("train", ["train.epochs=-3"], ["train.epochs", "-3", "a whole number >= 1"]),
+    ("train", ["train.batch_size=0"], ["train.batch_size", "0", "a whole number >= 1"]),
+    ("train", ["train.resolution=500"], ["train.resolution", "500", "multiple of 8"]),
+    ("train", ["train.lr_scheduler=sometimes"], ["train.lr_scheduler", "sometimes", "cosine"]),
+    (
+        "train",
+        ["model.pretrained=/no/such/model"],
+        ["model.pretrained", "/no/such/model", "Hugging Face id"],
+    ),
+    ("evaluate", ["model.pretrained=./models/missing"], ["model.pretrained", "no such folder"]),
+    ("prepare", [], ["raw", "no drawings"]),
+    ("dataset", [], ["info.csv", "header `image,text`"]),
+]
+
+
+def _project(tmp_path, tiny_models, stage):
+    root = make_project(tmp_path / stage, tiny_models, [HUB_ONLY])
+    if stage == "dataset":
+        (root / "data").mkdir(exist_ok=True)
+        (root / "data/info.csv").write_text("file,caption\na.png,a girl\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(("stage", "overrides", "words"), CASES)
+def test_bad_value_stops_with_one_line_naming_it(tiny_models, tmp_path, stage, overrides, words):
+    root = _project(tmp_path, tiny_models, stage)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")} | {
+        "HF_HUB_OFFLINE": "1"
+    }
+    proc = subprocess.run(
+        stage_cmd(stage, *overrides),
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if " ERROR " in f" {ln} " or "Error:" in ln]
+    assert all(w in line for w in words), line
+    assert not (root / "models" / "lora").exists()
