@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,25 @@ def stage_cmd(stage: str, *overrides: str) -> list[str]:
     return [sys.executable, "-m", f"kshd.stages.{stage}", *overrides]
 
 
+def stage_env() -> dict[str, str]:
+    """The environment without DVC's variables: a stage run by hand, not inside `dvc repro`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+
+
+def ready_to_train(root: Path, tiny_models: dict[str, Path], overrides: list[str]) -> Path:
+    """A project on the bundled samples with prepare, caption and dataset done, and a copy of it
+    (`<root>-straight`) to run without interruption as the reference."""
+    samples = Path(__file__).resolve().parent.parent / "data" / "samples"
+    make_project(root, tiny_models, [*overrides, f"data.raw_dir={samples}"])
+    for stage in ("prepare", "caption", "dataset"):
+        run_stage(root, stage)
+    straight = root.with_name(f"{root.name}-straight")
+    shutil.copytree(root, straight)
+    return straight
+
+
 def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env = stage_env()
     proc = subprocess.run(
         stage_cmd(stage, *overrides), cwd=root, env=env, capture_output=True, text=True, timeout=600
     )

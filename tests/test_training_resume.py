@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from kshd.trainer import CheckpointPolicy, NonFiniteLoss, train_lora
 from kshd.training import TrainSettings, load_components
 
 from .conftest import ROOT
-from .stage_project import make_project, run_stage, stage_cmd
+from .stage_project import make_project, ready_to_train, run_stage, stage_cmd
 
 SAMPLES = ROOT / "data" / "samples"
 BASE = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
@@ -105,11 +104,8 @@ def _lora(root):
 @pytest.mark.slow
 def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models, tmp_path):
     args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2"]
-    killed = make_project(tmp_path / "killed", tiny_models, [*args, f"data.raw_dir={SAMPLES}"])
-    for stage in ("prepare", "caption", "dataset"):
-        run_stage(killed, stage)
-    straight = tmp_path / "straight"
-    shutil.copytree(killed, straight)
+    killed = tmp_path / "killed"
+    straight = ready_to_train(killed, tiny_models, args)
     proc = subprocess.Popen(
         stage_cmd("train"), cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -185,7 +185,7 @@ def test_abusive_fields_get_a_clear_error_and_the_server_keeps_serving(app, chan
     assert len(gallery) == 1
 
 
-def test_a_100_megapixel_upload_is_refused(app, tmp_path):
+def test_huge_and_fake_uploads_are_refused(app, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     from PIL import Image
@@ -193,11 +193,21 @@ def test_a_100_megapixel_upload_is_refused(app, tmp_path):
     url, _ = app
     huge = tmp_path / "huge.png"
     Image.new("L", (10_000, 10_000)).save(huge)  # 100 Mpx, a few hundred KB on disk
+    page = tmp_path / "photo.png"
+    page.write_text("<!doctype html><html><body>not a picture</body></html>")
+    script = tmp_path / "drawing.jpg"
+    script.write_bytes(b"#!/bin/sh\nrm -rf /\n")
     client = Client(url, verbose=False)
-    for resize_mode, message in (("crop", "too large"), (PATHS, "not in the list of choices")):
+    cases = [
+        (huge, "crop", "too large"),
+        (huge, PATHS, "not in the list of choices"),
+        (page, "crop", "HTML"),
+        (script, "crop", "not an image"),
+    ]
+    for path, resize_mode, message in cases:
         with pytest.raises(AppError, match=message):
             client.predict(
-                image=handle_file(str(huge)),
+                image=handle_file(str(path)),
                 prompt="a",
                 resize_mode=resize_mode,
                 api_name="/img2img",

@@ -7,12 +7,11 @@ error instead of the message asserted, so the check provably comes before any mo
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
-from ..stage_project import make_project, stage_cmd
+from ..stage_project import make_project, stage_cmd, stage_env
 
 pytestmark = pytest.mark.slow
 HUB_ONLY = "model.pretrained=stablediffusionapi/anything-v5"
@@ -45,9 +44,7 @@ def _project(tmp_path, tiny_models, stage):
 @pytest.mark.parametrize(("stage", "overrides", "words"), CASES)
 def test_bad_value_stops_with_one_line_naming_it(tiny_models, tmp_path, stage, overrides, words):
     root = _project(tmp_path, tiny_models, stage)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")} | {
-        "HF_HUB_OFFLINE": "1"
-    }
+    env = stage_env() | {"HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         stage_cmd(stage, *overrides),
         cwd=root,

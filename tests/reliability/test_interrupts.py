@@ -6,9 +6,7 @@ The resumed run must equal one that was never interrupted (bit-identical LoRA on
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -19,11 +17,9 @@ from safetensors.torch import load_file
 
 from kshd.checkpoints import complete_checkpoints
 
-from ..conftest import ROOT
-from ..stage_project import make_project, run_stage, stage_cmd
+from ..stage_project import ready_to_train, run_stage, stage_cmd, stage_env
 
 pytestmark = pytest.mark.slow
-SAMPLES = ROOT / "data" / "samples"
 STEPS = 24  # 8 training drawings, batch 2, 6 epochs
 
 
@@ -43,13 +39,10 @@ def _wait_for_step(log, proc, at_least: int) -> int:
 
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_equals_an_uninterrupted_run(tiny_models, tmp_path):
     args = ["train.epochs=6", "train.checkpointing_steps=1000", "train.validation_epochs=0"]
-    stopped = make_project(tmp_path / "stopped", tiny_models, [*args, f"data.raw_dir={SAMPLES}"])
-    for stage in ("prepare", "caption", "dataset"):
-        run_stage(stopped, stage)
-    straight = tmp_path / "straight"
-    shutil.copytree(stopped, straight)
+    stopped = tmp_path / "stopped"
+    straight = ready_to_train(stopped, tiny_models, args)
     log = tmp_path / "train.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env = stage_env()
     with log.open("w") as out:
         proc = subprocess.Popen(stage_cmd("train"), cwd=stopped, stdout=out, stderr=out, env=env)
         seen = _wait_for_step(log, proc, 3)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import ROOT
-from ..stage_project import make_project, noise_drawings, run_stage, stage_cmd
+from ..stage_project import make_project, noise_drawings, run_stage, stage_cmd, stage_env
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
@@ -94,9 +94,8 @@ KILL_POINTS = {
 
 def _kill_when(root: Path, stage: str, reached: Callable[[Path, str], bool], log: Path) -> bool:
     """Run the stage; SIGKILL it as soon as `reached`. False if it finished first."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     with log.open("w") as out:
-        proc = subprocess.Popen(stage_cmd(stage), cwd=root, stdout=out, stderr=out, env=env)
+        proc = subprocess.Popen(stage_cmd(stage), cwd=root, stdout=out, stderr=out, env=stage_env())
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             if reached(root, log.read_text(errors="replace")):
