@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kshd.compare import exp_show
+from kshd.dvc_cli import exp_show
 from kshd.sweep import QUEUED, states, wait
 from kshd.wandb_offline import find_offline_runs
 

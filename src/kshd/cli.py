@@ -49,24 +49,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from kshd.compare import CompareError, build_comparison
+    from kshd.compare import build_comparison
+    from kshd.dvc_cli import DvcError
 
     try:
         build_comparison(Path.cwd(), Path(args.output), list(args.experiments))
-    except CompareError as err:
+    except DvcError as err:
         logging.error("kshd compare: %s", err)
         return 2
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kshd.compare import CompareError
+    from kshd.dvc_cli import DvcError
     from kshd.sweep import run_sweep
 
     overrides = ([DEMO] if args.demo else []) + list(args.set)
     try:
         return run_sweep(Path.cwd(), overrides, args.jobs, args.group)
-    except CompareError as err:
+    except DvcError as err:
         logging.error("kshd sweep: %s", err)
         return 2
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kshd.dvc_cli import DvcError, exp_show, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,8 @@ TEMPLATE = "tmp/offline-plots.html"
 NOT_COMPARED = ("latents", "by_strength", "resumed_from")
 
 
-class CompareError(RuntimeError):
-    """DVC could not list the experiments or their plots; the message says which command failed."""
+class CompareError(DvcError):
+    """Nothing (or not what was asked) to compare; the message says how to get there."""
 
 
 @dataclass
@@ -38,39 +37,6 @@ class Experiment:
     params: dict[str, object]
     metrics: dict[str, float]
     best_checkpoint: dict = field(default_factory=dict)
-
-
-def dvc_executable() -> str:
-    exe = Path(sys.executable).with_name("dvc")
-    return str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
-
-
-def run_dvc(root: Path, args: Sequence[str], timeout: float | None = None, tries: int = 1) -> str:
-    """Run `dvc args` in `root`; with `timeout`, a read that hangs is tried again, `tries` times.
-
-    pygit2 1.21's BlobIO can deadlock (libgit2/pygit2#1488) while `dvc exp show` reads
-    experiments' metrics from git: a read-only query must not hang a sweep forever.
-    """
-    cmd = [dvc_executable(), *args]
-    for attempt in range(1, tries + 1):
-        try:
-            proc = subprocess.run(
-                cmd, cwd=root, capture_output=True, text=True, check=False, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "`dvc %s` hung for %ss (try %d of %d)", " ".join(args), timeout, attempt, tries
-            )
-            continue
-        if proc.returncode:
-            raise CompareError(f"`dvc {' '.join(args)}` in {root} failed: {proc.stderr.strip()}")
-        return proc.stdout
-    raise CompareError(f"`dvc {' '.join(args)}` in {root} hung {tries} times; try it by hand")
-
-
-def exp_show(root: Path) -> list:
-    """`dvc exp show --json` (seconds normally; retried if it hangs)."""
-    return json.loads(run_dvc(root, ["exp", "show", "--json"], timeout=300, tries=3))
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:

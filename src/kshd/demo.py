@@ -10,20 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from kshd.dvc_cli import dvc_executable
+
 log = logging.getLogger("kshd.demo")
 
 DEMO_OVERRIDE = "+experiment=demo"
-
-
-def _dvc() -> str:
-    exe = Path(sys.executable).with_name("dvc")
-    return str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
 
 
 def run_demo(root: Path, extra: list[str]) -> int:
@@ -36,7 +32,7 @@ def run_demo(root: Path, extra: list[str]) -> int:
     start = time.perf_counter()
     try:
         code = subprocess.run(
-            [_dvc(), "exp", "run", "-S", DEMO_OVERRIDE, *extra], cwd=root, env=env
+            [dvc_executable(), "exp", "run", "-S", DEMO_OVERRIDE, *extra], cwd=root, env=env
         ).returncode
     finally:
         params.write_bytes(saved)  # the committed, real setup

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from kshd.compare import CompareError, dvc_executable, run_dvc
+from kshd.compare import build_comparison
+from kshd.dvc_cli import DvcError, dvc_executable, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +26,13 @@ DONE = ("success", "failed")
 
 def queue(root: Path, overrides: Sequence[str]) -> list[str]:
     """`dvc exp run --queue -S ...` (a comma list sweeps); the names of the queued experiments."""
-    params = root / "params.yaml"
-    saved = params.read_bytes()
-    try:
-        args = ["exp", "run", "--queue"]
-        for o in overrides:
-            args += ["-S", o]
-        out = run_dvc(root, args)
-    finally:
-        params.write_bytes(saved)  # queueing composes params; the workspace keeps its own
+    args = ["exp", "run", "--queue"]
+    for o in overrides:
+        args += ["-S", o]
+    out = run_dvc(root, args)  # the workspace's params.yaml is left as it was (checked)
     names = QUEUED.findall(out)
     if not names:
-        raise CompareError(f"`dvc {' '.join(args)}` queued nothing:\n{out}")
+        raise DvcError(f"`dvc {' '.join(args)}` queued nothing:\n{out}")
     log.info("queued %d experiments: %s", len(names), ", ".join(names))
     return names
 
@@ -79,7 +75,7 @@ def start_queue(root: Path, jobs: int) -> None:
         cmd = [dvc_executable(), "queue", "start", "-j", str(jobs)]
         code = subprocess.run(cmd, cwd=root, stdout=f, stderr=subprocess.STDOUT).returncode
     if code:
-        raise CompareError(f"`dvc queue start` failed: {out.read_text(errors='replace')}")
+        raise DvcError(f"`dvc queue start` failed: {out.read_text(errors='replace')}")
 
 
 def run_sweep(root: Path, overrides: Sequence[str], jobs: int = 1, group: str | None = None) -> int:
@@ -93,8 +89,6 @@ def run_sweep(root: Path, overrides: Sequence[str], jobs: int = 1, group: str | 
         log.error("experiment %s failed; its log: `%s queue logs %s`", name, dvc_executable(), name)
     ok = [n for n in names if n not in failed]
     if ok:
-        from kshd.compare import build_comparison
-
         build_comparison(root, root / "reports" / "compare", ok)
     log.info("wandb group %s: %d experiments, %d failed", group, len(names), len(failed))
     return 1 if failed else 0

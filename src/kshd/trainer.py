@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, make_buckets
-from kshd.checkpoints import find_resumable, load_checkpoint, save_checkpoint
+from kshd.checkpoints import Progress, find_resumable, load_checkpoint, save_checkpoint
 from kshd.config import UserError
+from kshd.interrupts import Interrupted, deferred_interrupt
 from kshd.training import (
     Components,
     EpochSampler,
@@ -36,36 +34,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(UserError, FloatingPointError):
     """Training produced NaN or inf; the last good checkpoint is kept."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C: raised after the step in flight finished and a checkpoint of it was written."""
-
-
-@contextmanager
-def deferred_interrupt() -> Iterator[dict]:
-    """Ctrl-C sets a flag the loop reads between optimizer steps; a second Ctrl-C stops at once.
-
-    Stopping mid-step would leave weights and step counter out of step, so the resumed run would
-    not equal an uninterrupted one.
-    """
-    flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
-        log.warning("Ctrl-C: finishing this step and saving a checkpoint (again to stop now)")
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
@@ -360,7 +328,17 @@ def train_lora(
     return result
 
 
-def _loop(run: _Run, c: Components, s: TrainSettings, p, bar, on_log, ckpt, validate, stop) -> None:
+def _loop(
+    run: _Run,
+    c: Components,
+    s: TrainSettings,
+    p: Progress,
+    bar: tqdm,
+    on_log: LogFn | None,
+    ckpt: CheckpointPolicy | None,
+    validate: ValidateFn | None,
+    stop: dict,
+) -> None:
     """Epochs and steps from `p` on; stops after a step when `stop` is set (Ctrl-C)."""
     acc = run.accelerator
     start, images_before, loss_sum = time.perf_counter(), p.images, 0.0

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from kshd.checkpoints import fingerprint
 from kshd.config import ConfigError
 from kshd.fileio import write_json, write_text
+from kshd.interrupts import Interrupted
 from kshd.lora import (
     adapter_tensors,
     kohya_metadata,
@@ -27,7 +28,7 @@ from kshd.lora import (
 from kshd.models import check_model_source, model_identity
 from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.tracking import TrackingSettings, start_run
-from kshd.trainer import CheckpointPolicy, Interrupted, process_state, train_lora
+from kshd.trainer import CheckpointPolicy, process_state, train_lora
 from kshd.training import TrainResult, TrainSettings, load_components
 
 log = logging.getLogger(__name__)
