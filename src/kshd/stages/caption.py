@@ -40,9 +40,8 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
     run = start_run(TrackingSettings.from_config(tracking), "caption", plain(cfg))
     if not run:
         return
-    from PIL import Image
-
     import wandb
+    from PIL import Image
 
     table = wandb.Table(columns=["image", "file", "caption", "source"])
     for item in items[: tracking.table_rows]:
