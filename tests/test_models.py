@@ -66,4 +66,5 @@ def test_byte_level_tokenizer_handles_any_text():
 def test_missing_local_model_folder_is_named_before_loading(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         check_model_source(str(tmp_path / "nope"), "model.pretrained")
-    check_model_source("stablediffusionapi/anything-v5", "model.pretrained")  # hub ids pass
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):  # offline, not cached
+        check_model_source("stablediffusionapi/anything-v5", "model.pretrained")

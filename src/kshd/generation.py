@@ -87,7 +87,9 @@ class Engine:
     def __init__(self, settings: EngineSettings):
         from diffusers import StableDiffusionImg2ImgPipeline
 
-        check_model_source(settings.pretrained, "model.pretrained")
+        check_model_source(
+            settings.pretrained, "model.pretrained", "model_index.json", settings.revision
+        )
         self.settings = settings
         self.limits = settings.limits
         self.notes: list[str] = []  # said once to the user (log, GUI)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from kshd.fileio import atomic_dir
+from kshd.model_source import ModelSourceError, check_model_source  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtyp
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps"), torch.float16 if prefer_half else torch.float32
     return torch.device("cpu"), torch.float32
-
-
-def check_model_source(name: str, key: str) -> None:
-    """Fail early, before loading anything, when a local-looking model path does not exist."""
-    looks_local = name.startswith((".", "/", "~")) or Path(name).parts[:1] in (
-        ("models",),
-        ("data",),
-    )
-    if looks_local and not Path(name).expanduser().exists():
-        raise FileNotFoundError(
-            f"config key `{key}` = {name!r}: no such folder. Give a Hugging Face id "
-            "(e.g. stablediffusionapi/anything-v5) or an existing local folder."
-        )
 
 
 def load_sd_pipeline(

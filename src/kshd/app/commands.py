@@ -58,6 +58,19 @@ REQUEST_FIELDS = [
 ]  # fmt: skip
 
 
+def base_model_missing(cfg, command: str) -> bool:
+    """Say in one line (and return True) when the base model cannot be had: before any work."""
+    from kshd.model_source import ModelSourceError, check_model_source
+
+    m = cfg.model
+    try:
+        check_model_source(m.pretrained, "model.pretrained", "model_index.json", m.revision)
+    except ModelSourceError as exc:
+        log.error("kshd %s: %s", command, exc)
+        return True
+    return False
+
+
 def draw(args: argparse.Namespace) -> int:
     from kshd.app.settings import default_request, engine_settings
     from kshd.config import load_params
@@ -66,6 +79,8 @@ def draw(args: argparse.Namespace) -> int:
 
     cfg = load_params(args.overrides)
     ensure_tiny(cfg)
+    if base_model_missing(cfg, args.command):
+        return 2
     changes = {k: getattr(args, k, None) for k in REQUEST_FIELDS}
     req = default_request(cfg, args.prompt, **changes)
     try:
@@ -92,5 +107,7 @@ def gui(args: argparse.Namespace) -> int:
 
     cfg = load_params(args.overrides)
     ensure_tiny(cfg)
+    if base_model_missing(cfg, "gui"):
+        return 2
     auth = os.environ.get("KSHD_GUI_AUTH")
     return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)

@@ -112,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = stage_config(argv, "evaluate")
     e, settings = cfg.evaluate, settings_from(cfg)
     ensure_tiny(cfg)
-    check_model_source(cfg.model.pretrained, "model.pretrained")
+    check_model_source(
+        cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
+    )
     for key in ("clip_model", "dino_model"):
         if e[key]:
             check_model_source(e[key], f"evaluate.{key}")

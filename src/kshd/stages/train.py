@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "so no pipeline could load the result. Upgrade peft or set it to false."
         )
     ensure_tiny(cfg)
-    check_model_source(cfg.model.pretrained, "model.pretrained")
+    check_model_source(
+        cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
+    )
     split = load_from_disk(cfg.data.dataset_dir)["train"]
     components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
     main_process = process_state().is_main_process

@@ -1,0 +1,116 @@
+"""A model that cannot be had is one line naming its config key and the ways out, before any work.
+
+The suite runs with HF_HUB_OFFLINE=1 and an empty Hub cache, so a plain hub id is unreachable
+here exactly as on a user's machine without network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kshd.model_source import ModelSourceError, check_model_source
+
+from .conftest import ROOT
+from .stage_project import make_project, noise_drawings
+
+NOWHERE = "nobody-here/no-such-model"
+
+
+def _fake_cache(root, repo_id: str, marker: str) -> None:
+    """The Hub cache layout huggingface_hub writes: refs/main -> snapshots/<commit>/<files>."""
+    folder = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / marker).write_text("{}")
+
+
+def test_local_folders_must_exist_and_hold_a_model(tmp_path):
+    with pytest.raises(ModelSourceError, match="`model.pretrained`.*no such folder"):
+        check_model_source(str(tmp_path / "nope"), "model.pretrained", "model_index.json")
+    with pytest.raises(ModelSourceError, match="`model.pretrained`.*no model_index.json"):
+        check_model_source(str(tmp_path), "model.pretrained", "model_index.json")
+    (tmp_path / "model_index.json").write_text("{}")
+    check_model_source(str(tmp_path), "model.pretrained", "model_index.json")
+
+
+def test_offline_hub_id_passes_only_when_cached(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelSourceError) as err:
+        check_model_source(NOWHERE, "caption.model")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"config key `caption.model` = '{NOWHERE}'")
+    for way_out in ("local folder", "network", "HF_HUB_OFFLINE", "+experiment=demo"):
+        assert way_out in message
+    _fake_cache(tmp_path, NOWHERE, "config.json")
+    check_model_source(NOWHERE, "caption.model")  # cached: no error, no network
+    with pytest.raises(ModelSourceError, match="model.pretrained"):  # cached, but not a pipeline
+        check_model_source(NOWHERE, "model.pretrained", "model_index.json")
+
+
+def test_unreachable_hub_is_named_when_not_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelSourceError, match=r"evaluate.clip_model.*cannot be reached"):
+        check_model_source(NOWHERE, "evaluate.clip_model")
+
+
+def test_kshd_generate_says_one_line_naming_the_key():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kshd.cli", "generate", "--prompt", "a girl"]
+        + [f"model.pretrained={NOWHERE}", "generate.device=cpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "model.pretrained" in ln]
+    assert line.startswith("kshd generate: config key `model.pretrained`") and "demo" in line
+
+
+@pytest.mark.parametrize(
+    ("stage", "override", "key"),
+    [
+        ("train", "model.pretrained", "model.pretrained"),
+        ("evaluate", "model.pretrained", "model.pretrained"),
+        ("evaluate", "evaluate.clip_model", "evaluate.clip_model"),
+        ("evaluate", "evaluate.dino_model", "evaluate.dino_model"),
+        ("caption", "caption.model", "caption.model"),
+    ],
+)
+def test_each_stage_checks_its_models_first(
+    tmp_path, monkeypatch, tiny_models, stage, override, key
+):
+    import importlib
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = make_project(tmp_path, tiny_models, [f"{override}={NOWHERE}"])
+    monkeypatch.chdir(root)
+    if stage == "caption":  # caption reads prepare's report; the captioner is the first model
+        from kshd.stages import prepare
+
+        noise_drawings(root / "raw", 2)
+        prepare.main([])
+    module = importlib.import_module(f"kshd.stages.{stage}")
+    with pytest.raises(ModelSourceError, match=f"`{key}`"):
+        module.main([])  # no dataset, no LoRA here: had it worked first, another error came
