@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from kshd.generation import Engine, EngineSettings
 from kshd.generation_options import SAMPLERS, Limits, Request, RequestError
 from kshd.lora import KOHYA_FILE
-from kshd.pnginfo import parse_parameters, read_parameters, save_png
+from kshd.pnginfo import lora_hash, parse_parameters, read_parameters, save_png
 
 SMALL = dict(steps=3, width=64, height=64, sampler="euler")
 
@@ -147,6 +147,8 @@ def test_png_parameters_round_trip(engine):
         "Size": "64x64",
     }
     assert info["Lora hashes"] == f"ksh_drawing_style: {engine.lora_hash}"
+    assert 'Lora hashes: "ksh_drawing_style: ' in read_parameters(path)  # quoted as A1111 does
+    assert engine.lora_hash == lora_hash(engine.settings.lora + "/" + KOHYA_FILE)
     assert info["Model"] == "sd" and "Denoising strength" not in info
     assert path.name == f"{path.name.split('-')[0]}-42.png" and path.parent.parent.name == "txt2img"
 

@@ -30,7 +30,7 @@ from kshd.generation_options import (
 )
 from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline
-from kshd.pnginfo import format_parameters, save_png, short_hash
+from kshd.pnginfo import format_parameters, lora_hash, save_png
 from kshd.prompts import PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Engine:
         self.txt2img.load_lora_weights(
             str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
         )
-        self.lora_hash = short_hash(hashed)
+        self.lora_hash = lora_hash(hashed)
         log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
 
     def _embeddings(self) -> dict[str, int]:

@@ -59,13 +59,16 @@ def parse_parameters(text: str) -> dict[str, str]:
     return out
 
 
-def short_hash(path: str | Path) -> str:
-    """A file's sha256, first 10 hex digits (civitai's AutoV2 hash)."""
+def lora_hash(path: str | Path) -> str:
+    """A1111's LoRA hash (`addnet_hash_safetensors`): sha256 of the bytes after the safetensors
+    header, first 12 hex digits, so civitai links an image to the LoRA whatever its metadata."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header_size)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()[:12]
 
 
 def read_parameters(path: str | Path) -> str | None:
