@@ -72,6 +72,20 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
 
 
+def _push_dataset(args: argparse.Namespace) -> int:
+    from kshd.config import UserError, load_params
+    from kshd.dataset import push_dataset
+
+    try:
+        cfg = load_params(list(args.overrides))
+        d = cfg.dataset
+        push_dataset(cfg.data.dataset_dir, d.hub_repo, d.private)
+    except (UserError, FileNotFoundError) as err:
+        logging.error("kshd push-dataset: %s", err)
+        return 2
+    return 0
+
+
 def _add_experiment_commands(sub) -> None:
     p = sub.add_parser("compare", help="one offline HTML page comparing finished DVC experiments")
     p.add_argument("experiments", nargs="*", help="experiment names (default: all finished)")
@@ -109,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the pipeline on the samples with tiny models")
     p.add_argument("dvc_args", nargs="*", help="extra arguments for `dvc exp run`")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("push-dataset", help="upload data/dataset to the Hub (dataset.hub_repo)")
+    p.add_argument("overrides", nargs="*", help="e.g. dataset.hub_repo=you/ksh-drawings")
+    p.set_defaults(func=_push_dataset)
     _add_experiment_commands(sub)
     from kshd.app.commands import add_commands
 
@@ -118,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "PIL"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))

@@ -98,22 +98,37 @@ class HubPushError(UserError, RuntimeError):
     """The Hub push failed; the local dataset is untouched."""
 
 
-def push_dataset(out_dir: str | Path, repo_id: str, private: bool) -> None:
-    """Upload the saved dataset (token from HF_TOKEN, never from config)."""
+def push_dataset(out_dir: str | Path, repo_id: str, private: bool) -> str:
+    """Upload the saved dataset (token from HF_TOKEN, never from config); returns the commit URL.
+
+    Offline (HF_HUB_OFFLINE) it fails before reading anything; on any failure the local
+    dataset is left as it was.
+    """
     import os
 
     from datasets import load_from_disk
 
+    from kshd.model_source import hub_offline
+
     if not repo_id:
-        raise HubPushError("dataset.push_to_hub is on but dataset.hub_repo is empty")
+        raise HubPushError(
+            "config key `dataset.hub_repo` is empty: name the Hub dataset, e.g. "
+            "`kshd push-dataset dataset.hub_repo=you/ksh-drawings`"
+        )
+    if not (Path(out_dir) / "dataset_dict.json").is_file():
+        raise HubPushError(f"no dataset at {out_dir}: build it first with `dvc repro dataset`")
     try:
-        load_from_disk(str(out_dir)).push_to_hub(
+        if hub_offline():
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        commit = load_from_disk(str(out_dir)).push_to_hub(
             repo_id, private=private, token=os.environ.get("HF_TOKEN")
         )
     except Exception as exc:  # network, auth, offline mode: all end the same way for the user
         raise HubPushError(
-            f"pushing {out_dir} to the Hub as {repo_id!r} failed: {type(exc).__name__}: {exc}. "
-            f"The local dataset at {out_dir} is intact; push later or set "
-            "dataset.push_to_hub=false."
+            f"pushing {out_dir} to the Hub as {repo_id!r} failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. The local dataset at {out_dir} is "
+            "intact; push later (`kshd push-dataset`) with network and HF_TOKEN."
         ) from exc
-    log.info("dataset pushed to the Hub as %s (private=%s)", repo_id, private)
+    url = getattr(commit, "commit_url", None) or str(commit)
+    log.info("dataset %s pushed to the Hub as %s (private=%s): %s", out_dir, repo_id, private, url)
+    return url
