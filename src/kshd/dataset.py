@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from kshd.captioning import read_info_csv
@@ -30,7 +33,8 @@ def holdout_mask(digests: Sequence[str], fraction: float) -> list[bool]:
 
 
 def load_rows(info_csv: str | Path) -> list[dict]:
-    """Rows of info.csv with their image bytes; a missing image stops with its row named."""
+    """Rows of info.csv: image path, text and content digest; a missing image stops with its row
+    named. Images are hashed as a stream and not kept: 5,700 drawings would be gigabytes."""
     info_csv = Path(info_csv)
     rows = []
     for line_no, (image, text) in enumerate(read_info_csv(info_csv), start=2):
@@ -39,34 +43,54 @@ def load_rows(info_csv: str | Path) -> list[dict]:
             raise FileNotFoundError(
                 f"{info_csv}: row {line_no}: image {image!r} not found ({path})"
             )
-        data = path.read_bytes()
-        rows.append(
-            {
-                "image": {"bytes": data, "path": Path(image).name},
-                "text": text,
-                "digest": hashlib.sha256(data).hexdigest(),
-            }
-        )
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        rows.append({"file": path, "name": Path(image).name, "text": text, "digest": digest})
     if not rows:
         raise InputError(f"{info_csv}: no rows")
     return rows
 
 
-def build_dataset(rows: list[dict], holdout_fraction: float):
-    """A DatasetDict with `train` and `holdout` splits, columns `image` (Image) and `text`."""
-    from datasets import Dataset, DatasetDict, Features, Image, Value
+def _rows_of(rows: list[dict]) -> Iterator[dict]:
+    """One row at a time, image bytes read as it is written (the writer flushes in batches)."""
+    for r in rows:
+        yield {"image": {"bytes": r["file"].read_bytes(), "path": r["name"]}, "text": r["text"]}
+
+
+def _split(rows: list[dict], name: str, features, work: Path | None):
+    """A split written to Arrow files under `work` as it is generated; in memory without one."""
+    from datasets import Dataset
+
+    if not rows:  # the generator builder wants at least one row
+        return Dataset.from_dict({"image": [], "text": []}, features=features, split=name)
+    key = json.dumps([name, [(r["name"], r["digest"], r["text"]) for r in rows]])
+    with nullcontext(str(work)) if work else tempfile.TemporaryDirectory() as cache:
+        return Dataset.from_generator(
+            _rows_of,
+            features=features,
+            cache_dir=cache,
+            keep_in_memory=work is None,
+            gen_kwargs={"rows": rows},
+            split=name,
+            fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        )
+
+
+def build_dataset(rows: list[dict], holdout_fraction: float, work: Path | None = None):
+    """A DatasetDict with `train` and `holdout` splits, columns `image` (Image) and `text`.
+
+    With `work`, the splits are memory-mapped Arrow files there, so memory does not grow with
+    the number of drawings; without it (small sets, tests) they are in memory.
+    """
+    from datasets import DatasetDict, Features, Image, Value
 
     features = Features({"image": Image(), "text": Value("string")})
     mask = holdout_mask([r["digest"] for r in rows], holdout_fraction)
-
-    def split(keep: bool) -> Dataset:
-        chosen = [r for r, m in zip(rows, mask, strict=True) if m == keep]
-        return Dataset.from_dict(
-            {"image": [r["image"] for r in chosen], "text": [r["text"] for r in chosen]},
-            features=features,
-        )
-
-    return DatasetDict({TRAIN: split(False), HOLDOUT: split(True)})
+    chosen = {
+        name: [r for r, m in zip(rows, mask, strict=True) if m == keep]
+        for name, keep in ((TRAIN, False), (HOLDOUT, True))
+    }
+    return DatasetDict({name: _split(rs, name, features, work) for name, rs in chosen.items()})
 
 
 def dataset_card(counts: dict[str, int], trigger_phrase: str) -> str:
@@ -83,15 +107,22 @@ def save_dataset(
     info_csv: str | Path, out_dir: str | Path, holdout_fraction: float, trigger_phrase: str
 ) -> dict[str, int]:
     """Build and save the dataset atomically; returns the split sizes."""
-    ds = build_dataset(load_rows(info_csv), holdout_fraction)
-    counts = {name: len(split) for name, split in ds.items()}
+    rows = load_rows(info_csv)
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(out_dir).parent, prefix=".dataset-work.") as work:
+        ds = build_dataset(rows, holdout_fraction, Path(work))
+        counts = {name: len(split) for name, split in ds.items()}
+        _save(ds, counts, out_dir, trigger_phrase)
+    log.info("dataset: %s saved to %s", counts, out_dir)
+    return counts
+
+
+def _save(ds, counts: dict[str, int], out_dir: str | Path, trigger_phrase: str) -> None:
     with atomic_dir(out_dir) as tmp:
         # one shard per split: an empty split (holdout_fraction=0) would otherwise get none,
         # and load_from_disk cannot read it back
         ds.save_to_disk(str(tmp), num_shards={name: 1 for name in ds})
         write_text(tmp / "README.md", dataset_card(counts, trigger_phrase))
-    log.info("dataset: %s saved to %s", counts, out_dir)
-    return counts
 
 
 class HubPushError(UserError, RuntimeError):

@@ -57,6 +57,20 @@ def diversity(groups: Sequence[torch.Tensor]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+class LazyImages(Sequence):
+    """A split's images, decoded only when indexed (a slice decodes its rows alone): embedding
+    5,700 training drawings in batches then holds one batch, not the set."""
+
+    def __init__(self, split) -> None:
+        self.split = split.select_columns(["image"])
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: int | slice):
+        return self.split[key]["image"]
+
+
 class _ImageEmbedder:
     """A model and its processor by id or folder; images embedded in batches."""
 

@@ -21,7 +21,7 @@ from kshd.evaluation import (
     select_checkpoints,
 )
 from kshd.fileio import write_json, write_text
-from kshd.metrics import ClipEncoder, DinoEncoder
+from kshd.metrics import ClipEncoder, DinoEncoder, LazyImages
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
 from kshd.report import render
 from kshd.stages import ensure_tiny, plain, run, stage_config
@@ -47,12 +47,13 @@ def curve_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def dataset_images(dataset_dir: str) -> tuple[list, list]:
-    """(holdout, train) drawings: the style references and the memorization check."""
+def dataset_images(dataset_dir: str) -> tuple[LazyImages, LazyImages]:
+    """(holdout, train) drawings: the style references and the memorization check, decoded
+    batch by batch as they are embedded (memory does not grow with the number of drawings)."""
     from datasets import load_from_disk
 
     ds = load_from_disk(dataset_dir)
-    return [r["image"] for r in ds["holdout"]], [r["image"] for r in ds["train"]]
+    return LazyImages(ds["holdout"]), LazyImages(ds["train"])
 
 
 def settings_from(cfg: DictConfig) -> EvalSettings:
