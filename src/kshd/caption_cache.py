@@ -7,6 +7,7 @@ keeps every finished batch, and a torn last line is ignored on reading. Adding 1
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -49,12 +50,16 @@ class CaptionCache:
     def add(self, items: Mapping[str, str]) -> None:
         """Append and fsync: once this returns, the captions survive a kill."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = self._ends_without_newline()
+        lines = "".join(
+            json.dumps({"key": key, "caption": caption}, ensure_ascii=False) + "\n"
+            for key, caption in items.items()
+        )
         with self.path.open("a", encoding="utf-8") as f:
-            if needs_newline:
-                f.write("\n")
-            for key, caption in items.items():
-                f.write(json.dumps({"key": key, "caption": caption}, ensure_ascii=False) + "\n")
+            # queued experiments (`dvc queue start -j 2`) share this file: one writer at a time
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if self._ends_without_newline():
+                lines = "\n" + lines
+            f.write(lines)
             f.flush()
             os.fsync(f.fileno())
         self.entries.update(items)

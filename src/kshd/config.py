@@ -8,6 +8,7 @@ and the Compose API neither changes the working directory nor writes `outputs/` 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def project_root() -> Path:
     `params.yaml` holds another experiment's values.
     """
     return Path.cwd().resolve()
+
+
+def shared_path(path: str | Path) -> Path:
+    """A cache path shared by every run of the project (captions, latents, base-model images).
+
+    DVC runs a queued experiment in a temporary copy without the git-ignored `data/cache/`, and
+    names the parent repository in `DVC_ROOT`: a relative path resolves there, so a sweep reuses
+    the workspace's caches (their writes are atomic and keyed by content) instead of recomputing
+    them per experiment. Outside DVC, the working directory.
+    """
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    parent = os.environ.get("DVC_ROOT")
+    root = Path(parent) if parent and Path(parent).is_dir() else project_root()
+    return (root / path).resolve()
 
 
 def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = None) -> DictConfig:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from kshd.caption_cache import CaptionCache
 from kshd.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.captioning import CaptionSettings, with_trigger, write_info_csv
+from kshd.config import shared_path
 from kshd.fileio import write_json
 from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.tracking import TrackingSettings, start_run
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     items = [Item(i["file"], i["output"], i["digest"]) for i in prepare["images"]]
     prepared, info_csv = Path(cfg.data.prepared_dir), Path(cfg.data.info_csv)
     settings = settings_from(c)
-    cache = CaptionCache(Path(cfg.data.cache_dir) / "captions.jsonl")
+    cache = CaptionCache(shared_path(cfg.data.cache_dir) / "captions.jsonl")
     if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items):
         ensure_tiny(cfg)
     outcome = assign_captions(items, prepared, read_overrides(Path(c.overrides)), settings, cache)

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.checkpoints import complete_checkpoints
+from kshd.config import shared_path
 from kshd.evaluation import (
     HEADLINE,
     EvalSettings,
@@ -54,6 +55,24 @@ def dataset_images(dataset_dir: str) -> tuple[LazyImages, LazyImages]:
 
     ds = load_from_disk(dataset_dir)
     return LazyImages(ds["holdout"]), LazyImages(ds["train"])
+
+
+def base_identity(cfg: DictConfig) -> dict:
+    """What the base model's cached images depend on: a hub id and revision, or a local
+    folder's file contents, not its place or times, so that a queued experiment's copy of the
+    same model (the demo rebuilds it in each copy) shares the workspace's images."""
+    import hashlib
+
+    folder = Path(cfg.model.pretrained)
+    if not folder.is_dir():
+        return model_identity(cfg.model.pretrained, cfg.model.revision)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with path.open("rb") as f:
+            files[path.relative_to(folder).as_posix()] = hashlib.file_digest(
+                f, "sha256"
+            ).hexdigest()
+    return {"files": files}
 
 
 def settings_from(cfg: DictConfig) -> EvalSettings:
@@ -128,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     checkpoints = (
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
-    base_cache = base_cache_folder(
-        Path(cfg.data.cache_dir), model_identity(cfg.model.pretrained, cfg.model.revision), settings
-    )
+    base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), base_identity(cfg), settings)
     table: list[dict] = []
     metrics, curve = evaluate_lora(
         pipe,

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.checkpoints import fingerprint
-from kshd.config import ConfigError
+from kshd.config import ConfigError, shared_path
 from kshd.fileio import write_json, write_text
 from kshd.interrupts import Interrupted
 from kshd.lora import (
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             s,
             on_log,
             ckpt,
-            Path(cfg.data.cache_dir),
+            shared_path(cfg.data.cache_dir),
             cfg.caption.trigger_phrase,
             validator(cfg, s, run),
         )
