@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@# No NVIDIA GPU: take the CPU wheel of torch (a plain install would pull a multi-GB CUDA build).
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e '.[gui,dev]'
+	@# CLIP's BPE merges for the tiny models' real tokenizer; its dependencies would pull torchvision.
+	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
 demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)

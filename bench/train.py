@@ -33,10 +33,11 @@ def build_sd15_shaped(out: Path) -> None:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from kshd.models import save_sd_pipeline, tiny_clip_tokenizer
+    from kshd.clip_bpe import clip_bpe_tokenizer
+    from kshd.models import save_sd_pipeline
 
     torch.manual_seed(0)
-    tok = tiny_clip_tokenizer()
+    tok = clip_bpe_tokenizer()  # SD 1.x's own tokenizer and special-token ids
     unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
     vae = AutoencoderKL(
         block_out_channels=[128, 256, 512, 512],
@@ -53,9 +54,9 @@ def build_sd15_shaped(out: Path) -> None:
             num_hidden_layers=12,
             num_attention_heads=12,
             max_position_embeddings=77,
-            bos_token_id=len(tok) - 2,
-            eos_token_id=len(tok) - 1,
-            pad_token_id=len(tok) - 1,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
         )
     )
     save_sd_pipeline(out, unet, vae, te, tok)

@@ -7,6 +7,7 @@ real loading code without a model hub.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,6 +31,23 @@ TINY_VIT = dict(
     image_size=32,
     patch_size=8,
 )
+# One tiny CLIP text tower (SD's text encoder, CLIP's text side) over CLIP's real vocabulary,
+# with the special-token ids of openai/clip-vit-large-patch14's config (as SD 1.x's).
+TINY_CLIP_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    layer_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+# The tiny SD's native size (the UNet's sample_size times the VAE's 8): its pipelines' default.
+TINY_SD_RESOLUTION = 128
+# Bump when a tiny builder changes what it writes: folders built by another version are rebuilt.
+TINY_BUILDER_VERSION = 2
+TINY_MANIFEST = "kshd-tiny.json"
 
 
 def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtype]:
@@ -78,64 +96,43 @@ def model_identity(pretrained: str, revision: str | None) -> dict:
     }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable-character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
-def tiny_clip_tokenizer():
-    """A byte-level CLIPTokenizer: every text tokenizes, with no merges to learn."""
-    from transformers import CLIPTokenizer
-
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
-    tok.model_max_length = 77  # without it, padding to max_length breaks
-    return tok
-
-
 def _tiny_text_encoder(vocab_size: int, seed: int):
-    """A 5-layer, 32-wide CLIP text model over the byte-level vocabulary."""
+    """A 5-layer, 32-wide CLIP text model; special-token ids as openai/clip-vit-large-patch14's."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     return CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-5,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
-        )
+        CLIPTextConfig(**TINY_CLIP_TEXT, num_hidden_layers=5, vocab_size=vocab_size)
+    )
+
+
+def _tiny_vae():
+    """Four blocks, like SD's VAE: it downsamples by 8, so latents have SD's proportions."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[4, 8, 16, 16],
+        layers_per_block=1,
+        norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
     )
 
 
 def build_tiny_sd(out_dir: Path, seed: int) -> None:
-    """A tiny Stable Diffusion 1.x pipeline (diffusers' dummy components), saved to out_dir."""
-    from diffusers import (
-        AutoencoderKL,
-        UNet2DConditionModel,
-    )
+    """A tiny Stable Diffusion 1.x pipeline with CLIP's real tokenizer, saved to out_dir."""
+    from diffusers import UNet2DConditionModel
+
+    from kshd.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
-        sample_size=32,
+        sample_size=TINY_SD_RESOLUTION // 8,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -143,17 +140,11 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
         cross_attention_dim=32,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-    tokenizer = tiny_clip_tokenizer()
+    vae = _tiny_vae()
+    tokenizer = clip_bpe_tokenizer()
     text_encoder = _tiny_text_encoder(len(tokenizer), seed)
     save_sd_pipeline(out_dir, unet, vae, text_encoder, tokenizer)
+    write_clip_bpe_files(out_dir / "tokenizer")  # the files SD 1.x's tokenizer folder holds
 
 
 def save_sd_pipeline(out_dir: Path, unet, vae, text_encoder, tokenizer) -> None:
@@ -191,7 +182,9 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
         GPT2Tokenizer,
     )
 
-    chars = list(_bytes_to_unicode().values())
+    from kshd.clip_bpe import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *chars])}
     tok = GPT2Tokenizer(
         vocab=vocab,
@@ -241,20 +234,11 @@ def build_tiny_clip(out_dir: Path, seed: int) -> None:
     """A tiny CLIP (text + vision towers) with its processor, for the evaluation metrics."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tok = tiny_clip_tokenizer()
-    n = len(tok)
+    from kshd.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
+
+    tok = clip_bpe_tokenizer()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=n,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=n - 2,
-            eos_token_id=n - 1,
-            pad_token_id=n - 1,
-        ),
+        text_config=dict(**TINY_CLIP_TEXT, num_hidden_layers=2, vocab_size=len(tok)),
         vision_config=TINY_VIT,
         projection_dim=16,
     )
@@ -262,6 +246,7 @@ def build_tiny_clip(out_dir: Path, seed: int) -> None:
     CLIPModel(config).save_pretrained(out_dir, safe_serialization=True)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out_dir)
+    write_clip_bpe_files(out_dir)
 
 
 def build_tiny_dino(out_dir: Path, seed: int) -> None:
@@ -274,8 +259,20 @@ def build_tiny_dino(out_dir: Path, seed: int) -> None:
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
 
 
+def _tiny_manifest(name: str, seed: int) -> dict:
+    """What a tiny folder was built from: a folder with another manifest is out of date."""
+    return {"model": name, "seed": seed, "builder_version": TINY_BUILDER_VERSION}
+
+
+def _is_current(target: Path, manifest: dict) -> bool:
+    try:
+        return json.loads((target / TINY_MANIFEST).read_text(encoding="utf-8")) == manifest
+    except (OSError, ValueError):
+        return False
+
+
 def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build whichever tiny models are missing under root (atomically); return their folders."""
+    """Build the tiny models that are missing or out of date under root (atomically)."""
     root = Path(root)
     builders = {
         TINY_SD: build_tiny_sd,
@@ -285,10 +282,11 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     }
     paths = {}
     for name, build in builders.items():
-        target = root / name
-        if not target.exists():
+        target, manifest = root / name, _tiny_manifest(name, seed)
+        if not _is_current(target, manifest):
             log.info("building tiny %s model in %s (seed %d)", name, target, seed)
             with atomic_dir(target) as tmp:
                 build(tmp, seed)
+                (tmp / TINY_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
         paths[name] = target
     return paths
