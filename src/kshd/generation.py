@@ -1,9 +1,10 @@
 """The drawing engine behind `kshd gui`, `kshd generate` and `kshd img2img`.
 
 The base model and the LoRA are loaded once; text-to-image and image-to-image share the weights
-(`from_pipe`). The LoRA is fused into the UNet at the requested strength and stays fused while
-the strength does not change (as fast as the base model); a new strength restores the saved base
-weights exactly and fuses again, so strength 0 is the base model bit for bit.
+(`from_pipe`). The LoRA is fused into the UNet, and into the text encoder when it has a
+text-encoder part, at the requested strength and stays fused while the strength does not change
+(as fast as the base model); a new strength restores the saved base weights exactly and fuses
+again, so strength 0 is the base model bit for bit.
 """
 
 from __future__ import annotations
@@ -143,15 +144,17 @@ class Engine:
         return vectors
 
     def _lora_layers(self):
+        """The LoRA layers of the UNet and of the text encoder: one strength merges both."""
         from peft.tuners.lora import LoraLayer
 
-        for name, module in self.txt2img.unet.named_modules():
-            if isinstance(module, LoraLayer):
-                yield name, module
+        for part in ("unet", "text_encoder"):
+            for name, module in getattr(self.txt2img, part).named_modules():
+                if isinstance(module, LoraLayer):
+                    yield f"{part}.{name}", module
 
     @torch.no_grad()
     def set_lora_scale(self, scale: float) -> None:
-        """Merge the LoRA into the UNet at `scale`; a new scale first restores the base exactly.
+        """Merge the LoRA into the UNet and text encoder at `scale`; a new scale restores the base.
 
         peft's own unmerge subtracts the delta again, which leaves float rounding behind, and
         diffusers' `fuse_lora(lora_scale=)` multiplies into the adapter's scaling for good; so the

@@ -1,4 +1,5 @@
-"""LoRA adapters on the UNet (peft), saved for diffusers and for AUTOMATIC1111/ComfyUI (kohya)."""
+"""LoRA adapters (peft) on the UNet and the text encoder, saved for diffusers and for
+AUTOMATIC1111/ComfyUI (kohya)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,24 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "ksh_drawing_style.safetensors"
 
 
-def add_lora(unet, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
-    """Attach a trainable LoRA adapter; everything else in the UNet stays frozen."""
-    from peft import LoraConfig
+def add_lora(model, rank: int, alpha: float, target_modules: Sequence[str]) -> None:
+    """Attach a trainable LoRA adapter; everything else in the model stays frozen.
 
-    unet.requires_grad_(False)
+    The UNet takes diffusers' `add_adapter`; a text encoder takes peft's own
+    `inject_adapter_in_model`, because transformers 5's `add_adapter` demands peft >= 0.22
+    (unreleased) although peft 0.21 injects, trains and saves CLIP adapters correctly.
+    """
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
     config = LoraConfig(
         r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules)
     )
-    unet.add_adapter(config)
+    if isinstance(model, ModelMixin):
+        model.add_adapter(config)
+    else:
+        inject_adapter_in_model(config, model)
 
 
 def lora_state_dict(module) -> dict[str, torch.Tensor]:
@@ -39,7 +49,7 @@ def lora_state_dict(module) -> dict[str, torch.Tensor]:
 
 def adapter_tensors(unet, text_encoder=None) -> dict[str, torch.Tensor]:
     """Both adapters, keys prefixed `unet.` / `text_encoder.` as diffusers and kohya expect."""
-    out = {f"unet.{k}": v for k, v in lora_state_dict(unet).items()}
+    out = {f"unet.{k}": v for k, v in lora_state_dict(unet).items()} if unet is not None else {}
     if text_encoder is not None and getattr(text_encoder, "peft_config", None):
         out |= {f"text_encoder.{k}": v for k, v in lora_state_dict(text_encoder).items()}
     return out
@@ -112,24 +122,6 @@ def _sd1_text_encoder_name(key: str) -> str:
     return "lora_te_" + (rest if rest.startswith("text_model_") else f"text_model_{rest}")
 
 
-def text_encoder_lora_loadable() -> str | None:
-    """Why diffusers cannot load a text-encoder LoRA with the installed stack, or None."""
-    from importlib.metadata import version
-
-    from packaging.version import Version
-
-    try:
-        from transformers.integrations.peft import MIN_PEFT_VERSION
-    except ImportError:
-        return None
-    if Version(version("peft")) < Version(MIN_PEFT_VERSION):
-        return (
-            f"transformers {version('transformers')} loads text-encoder adapters only with "
-            f"peft >= {MIN_PEFT_VERSION}; peft {version('peft')} is installed"
-        )
-    return None
-
-
 def kohya_metadata(
     *,
     rank: int,
@@ -143,8 +135,13 @@ def kohya_metadata(
     learning_rate: float,
     num_images: int,
     seed: int,
+    train_text_encoder: bool = False,
 ) -> dict[str, object]:
-    """The `ss_*` fields A1111's and civitai's LoRA readers show."""
+    """The `ss_*` fields A1111's and civitai's LoRA readers show.
+
+    kohya records the learning rate per part; a text-encoder rate of 0 says the file changes the
+    UNet alone, so readers do not expect `lora_te_` keys.
+    """
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
@@ -158,6 +155,8 @@ def kohya_metadata(
         "ss_epoch": str(epochs),
         "ss_batch_size_per_device": str(batch_size),
         "ss_learning_rate": str(learning_rate),
+        "ss_unet_lr": str(learning_rate),
+        "ss_text_encoder_lr": str(learning_rate if train_text_encoder else 0.0),
         "ss_num_train_images": str(num_images),
         "ss_seed": str(seed),
         "ss_training_comment": f"trigger phrase: {trigger}",

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.checkpoints import fingerprint
-from kshd.config import ConfigError, shared_path
+from kshd.config import shared_path
 from kshd.fileio import write_json, write_text
 from kshd.interrupts import Interrupted
 from kshd.lora import (
@@ -23,7 +23,6 @@ from kshd.lora import (
     kohya_metadata,
     save_diffusers,
     save_kohya,
-    text_encoder_lora_loadable,
 )
 from kshd.models import check_model_source, model_identity
 from kshd.stages import ensure_tiny, plain, run, stage_config
@@ -100,6 +99,7 @@ def write_outputs(
             learning_rate=s.learning_rate,
             num_images=num_images,
             seed=s.seed,
+            train_text_encoder=s.train_text_encoder,
         ),
     )
     metrics = result.metrics() | {"latents": result.latents}
@@ -113,11 +113,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cfg = stage_config(argv, "train")
     s = TrainSettings.from_config(cfg.train)
-    if s.train_text_encoder and (why := text_encoder_lora_loadable()):
-        raise ConfigError(
-            f"config key `train.train_text_encoder` = true cannot work here: {why}, "
-            "so no pipeline could load the result. Upgrade peft or set it to false."
-        )
     ensure_tiny(cfg)
     check_model_source(
         cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision

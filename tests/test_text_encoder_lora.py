@@ -1,0 +1,106 @@
+"""Text-encoder LoRA in the app: loaded from both file formats and merged at the strength asked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from kshd.generation import Engine, EngineSettings
+from kshd.generation_options import Request
+from kshd.lora import KOHYA_FILE
+
+SMALL = dict(steps=3, width=64, height=64, sampler="euler", seed=7)
+PROMPT = "an anime girl, drawn by KSH drawing style"
+
+
+@pytest.fixture(scope="module")
+def te_lora(tiny_models, tmp_path_factory):
+    """A LoRA for the tiny SD whose only part is a random (non-zero) text-encoder adapter."""
+    from transformers import CLIPTextModel
+
+    from kshd.lora import adapter_tensors, add_lora, save_diffusers, save_kohya
+
+    out = tmp_path_factory.mktemp("te_lora")
+    te = CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder")
+    add_lora(te, rank=4, alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in te.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    state = adapter_tensors(None, te)
+    assert state and all(k.startswith("text_encoder.") for k in state)
+    save_diffusers(state, out)
+    save_kohya(state, out, 4, {"ss_network_dim": 4, "ss_network_alpha": 4})
+    return out
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_models, te_lora, tmp_path_factory):
+    return EngineSettings(
+        str(tiny_models["sd"]), lora=str(te_lora), outputs_dir="unused", device="cpu"
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(settings):
+    return Engine(settings)
+
+
+def _pixels(engine: Engine, **kw) -> np.ndarray:
+    req = Request(**{"prompt": PROMPT, **SMALL, **kw})
+    return np.asarray(engine.generate(req, save=False).images[0]).astype(int)
+
+
+def _te_weights(engine: Engine) -> dict[str, torch.Tensor]:
+    """The text encoder's own weights (a LoRA-wrapped layer's under its plain name)."""
+    state = engine.txt2img.text_encoder.state_dict()
+    return {k.replace(".base_layer", ""): v.clone() for k, v in state.items() if "lora_" not in k}
+
+
+def test_kohya_file_has_sd1_text_encoder_keys(te_lora):
+    with safe_open(str(te_lora / KOHYA_FILE), "pt") as f:
+        keys = list(f.keys())  # noqa: SIM118
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in keys
+    assert all(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
+
+
+def test_strength_scales_the_text_encoder_and_zero_is_the_base_exactly(engine, settings):
+    base = Engine(replace(settings, lora=None))
+    reference = _pixels(base, lora_scale=1.0)
+    base_te = _te_weights(base)
+    full = _pixels(engine, lora_scale=1.0)
+    assert np.abs(full - reference).mean() > 1  # the text-encoder LoRA changes the drawing
+    assert np.array_equal(_pixels(engine, lora_scale=0.0), reference)
+    zero = _te_weights(engine)
+    assert zero.keys() == base_te.keys()
+    assert all(torch.equal(zero[k], v) for k, v in base_te.items())
+
+
+def test_merged_text_encoder_equals_peft_at_the_same_strength(engine, settings):
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.lora import LoraLayer
+
+    pipe = StableDiffusionPipeline.from_pretrained(settings.pretrained, safety_checker=None)
+    pipe.load_lora_weights(settings.lora, adapter_name="x")
+    for module in pipe.text_encoder.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale("x", 0.7)
+    ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=77, return_tensors="pt")
+    engine.set_lora_scale(0.7)
+    with torch.no_grad():
+        unfused = pipe.text_encoder(ids.input_ids)[0]
+        fused = engine.txt2img.text_encoder(ids.input_ids)[0]
+        engine.set_lora_scale(0.0)
+        plain = engine.txt2img.text_encoder(ids.input_ids)[0]
+    assert (unfused - plain).abs().max() > 1e-3
+    assert torch.allclose(fused, unfused, atol=1e-5)  # the strength scales the TE's delta
+
+
+def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
+    kohya = Engine(replace(settings, lora=str(te_lora / KOHYA_FILE)))
+    assert np.abs(_pixels(kohya, lora_scale=0.8) - _pixels(engine, lora_scale=0.8)).max() <= 1
