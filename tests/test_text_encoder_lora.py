@@ -104,3 +104,29 @@ def test_merged_text_encoder_equals_peft_at_the_same_strength(engine, settings):
 def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
     kohya = Engine(replace(settings, lora=str(te_lora / KOHYA_FILE)))
     assert np.abs(_pixels(kohya, lora_scale=0.8) - _pixels(engine, lora_scale=0.8)).max() <= 1
+
+
+def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_path):
+    from kshd.lora import adapter_tensors
+    from kshd.trainer import CheckpointPolicy, train_lora
+    from kshd.training import TrainSettings, load_components
+
+    s = TrainSettings(
+        resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=5, train_text_encoder=True
+    )
+
+    def run():
+        c = load_components(str(tiny_models["sd"]))
+        result = train_lora(
+            c, sample_split, s, ckpt=CheckpointPolicy(tmp_path, 4, None, True, "te")
+        )
+        return result, adapter_tensors(c.unet, c.text_encoder)
+
+    straight, expected = run()
+    assert straight.resumed_from is None and straight.steps == 10
+    resumed, got = run()  # the newest checkpoint is step 8: two steps left
+    assert resumed.resumed_from == "checkpoint-8"
+    te = [k for k in expected if k.startswith("text_encoder.") and "lora_B" in k]
+    assert te and all(expected[k].abs().max() > 0 for k in te)  # the text encoder did train
+    assert got.keys() == expected.keys()
+    assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
