@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+
+from kshd.prompts import CaptionChunker
+
+log = logging.getLogger(__name__)
 
 
 def item_rng(seed: int, epoch: int, index: int) -> random.Random:
@@ -119,13 +124,17 @@ class ItemOptions:
     shuffle_tags: bool = False
     keep_tag: str = ""
     buckets: tuple[tuple[int, int], ...] = ()  # aspect-ratio buckets; () = square crops
+    max_token_length: int = 75  # caption tokens: 75, 150 or 225 (kohya's), in 75-token chunks
 
 
 class DrawingDataset(torch.utils.data.Dataset):
     """A `datasets` split as training items; call set_epoch before each epoch.
 
-    Live mode yields `pixel_values` and `input_ids`. With `latents` (a LatentSource) it yields
-    `latent_mean`/`latent_logvar`, and with `texts` (a TextSource) `encoder_hidden_states`.
+    Live mode yields `pixel_values` and `input_ids` ([chunks, 77]). With `latents` (a
+    LatentSource) a cached item yields `latent_mean`/`latent_logvar` and one that cannot be cached
+    its `pixel_values`, which `encode_live` turns into latents in the main process once the batch
+    arrives: DataLoader workers only decode and crop, they never touch the accelerator. With
+    `texts` (a TextSource) items yield `encoder_hidden_states`. Batch with `collate`.
     """
 
     def __init__(self, split, tokenizer, opts: ItemOptions, latents=None, texts=None):
@@ -133,6 +142,7 @@ class DrawingDataset(torch.utils.data.Dataset):
 
         self.raw = split.cast_column("image", ImageFeature(decode=False))
         self.opts, self.tokenizer, self.latents, self.texts = opts, tokenizer, latents, texts
+        self.chunker = CaptionChunker(tokenizer, opts.max_token_length, opts.keep_tag)
         self.texts_list = list(split["text"])
         self.names, self.sizes, self.digests = [], [], []
         for row in self.raw["image"]:
@@ -183,21 +193,65 @@ class DrawingDataset(torch.utils.data.Dataset):
             self.texts_list[index], o.keep_tag, o.caption_dropout, o.shuffle_tags, rng
         )
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index)}
-        if self.latents is None:
+        if self.latents is None or not self.cacheable(index):
             item["pixel_values"] = to_tensor(apply_plan(self.image(index), plan))
         else:
             item["latent_mean"], item["latent_logvar"] = self.latents.get(self, index, plan)
         if self.texts is None:
-            item["input_ids"] = self.tokenizer(
-                text,
-                max_length=self.tokenizer.model_max_length,
-                padding="max_length",
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids[0]
+            item["input_ids"] = self.chunker(text).ids
         else:
             item["encoder_hidden_states"] = self.texts.get(text)
         return item
+
+    def encode_live(self, batch: dict) -> dict:
+        """In the main process: the VAE's distribution of the batch's uncached crops, merged with
+        the cached ones in batch order (cached mode only; live mode encodes in batch_inputs)."""
+        if self.latents is None or "pixel_values" not in batch:
+            return batch
+        mean, logvar = self.latents.encode_pixels(batch.pop("pixel_values"))
+        if "latent_mean" not in batch:
+            return batch | {"latent_mean": mean, "latent_logvar": logvar}
+        live, cached = batch.pop("live_at"), batch.pop("cached_at")
+        full_mean = mean.new_empty((len(batch["index"]), *mean.shape[1:]))
+        full_logvar = torch.empty_like(full_mean)
+        full_mean[live], full_logvar[live] = mean, logvar
+        full_mean[cached] = batch["latent_mean"].to(mean)
+        full_logvar[cached] = batch["latent_logvar"].to(mean)
+        return batch | {"latent_mean": full_mean, "latent_logvar": full_logvar}
+
+    def caption_report(self, examples: int = 3) -> dict:
+        """Captions longer than train.max_token_length: counted, a few shown, and logged."""
+        long = []
+        for name, text in zip(self.names, self.texts_list, strict=True):
+            fitted = self.chunker(text)
+            if fitted.cut:
+                long.append({"image": name, "tokens": fitted.tokens, "cut": fitted.cut})
+        report = {
+            "max_token_length": self.opts.max_token_length,
+            "too_long": len(long),
+            "examples": long[:examples],
+        }
+        if long:
+            log.warning(
+                "captions: %d of %d are longer than train.max_token_length=%d tokens (e.g. %s); "
+                "the end of each caption's body was cut, the trigger phrase kept; set "
+                "train.max_token_length to 150 or 225 to keep more",
+                len(long),
+                len(self.texts_list),
+                self.opts.max_token_length,
+                ", ".join(f"{e['image']}: {e['tokens']} tokens" for e in long[:examples]),
+            )
+        return report
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items; a batch mixing cached latents and live crops keeps both, with positions."""
+    keys = sorted(set().union(*(item.keys() for item in items)))
+    batch = {key: torch.stack([item[key] for item in items if key in item]) for key in keys}
+    if "pixel_values" in batch and "latent_mean" in batch:
+        for key, where in (("pixel_values", "live_at"), ("latent_mean", "cached_at")):
+            batch[where] = torch.tensor([i for i, item in enumerate(items) if key in item])
+    return batch
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):

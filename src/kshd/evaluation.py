@@ -1,67 +1,33 @@
-"""Fixed-seed samples with and without the LoRA, a grid per prompt, and numbers to compare runs."""
+"""Fixed-seed samples with and without the LoRA, a grid per prompt, and numbers to compare runs.
+
+Samples are drawn as the app draws (`kshd generate`): A1111 prompt syntax and chunks through
+PromptEncoder, the prefixes joined as the app joins them, the app's sampler; so a metric describes
+the pictures a user gets for the same prompt, seed and settings.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+
+from kshd.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
+    EvalSettings,
+    Images,
+    sample,
+    strip_trigger,
+    use_sampler,
+    validation_images,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    prompts: tuple[str, ...]
-    negative_prompt: str = ""
-    seeds: tuple[int, ...] = (0,)
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    resolution: int = 512
-    lora_scales: tuple[float, ...] = (1.0,)  # the last one is the headline
-    trigger_phrase: str = ""
-
-
-Images = list[list[Image.Image]]  # [prompt][seed]
 HEADLINE = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
-
-
-def strip_trigger(prompt: str, trigger: str) -> str:
-    """The prompt as a user would say it without the style: trigger and its comma removed."""
-    if not trigger:
-        return prompt
-    parts = [p.strip() for p in prompt.split(",")]
-    return ", ".join(p for p in parts if p and p != trigger) or prompt
-
-
-def sample(
-    pipe, prompts: Sequence[str], s: EvalSettings, lora_scale: float | None, label: str
-) -> Images:
-    """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
-    kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
-    out = []
-    bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
-    for prompt in prompts:
-        gens = [torch.Generator("cpu").manual_seed(seed) for seed in s.seeds]
-        result = pipe(
-            [prompt] * len(s.seeds),
-            negative_prompt=[s.negative_prompt] * len(s.seeds),
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            height=s.resolution,
-            width=s.resolution,
-            generator=gens,
-            **kwargs,
-        )
-        out.append(result.images)
-        bar.update(len(s.seeds))
-    bar.close()
-    return out
 
 
 def grid(rows: list[list[Image.Image]]) -> Image.Image:
@@ -101,6 +67,9 @@ def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
             "model": model,
             "prompts": s.prompts,
             "negative": s.negative_prompt,
+            "prefixes": [s.positive_prefix, s.negative_prefix],
+            "sampler": s.sampler,
+            "encoding": "a1111",  # prompt embeddings as the app builds them
             "seeds": s.seeds,
             "steps": s.num_inference_steps,
             "guidance": s.guidance_scale,
@@ -134,11 +103,17 @@ def cached_base(pipe, s: EvalSettings, folder: Path | None) -> Images:
 def generate_samples(
     pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None
 ) -> Samples:
+    from kshd.generation_options import join_prefix
+
+    use_sampler(pipe, s.sampler)
     base = cached_base(pipe, s, base_cache)
     pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
     lora = {scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}") for scale in s.lora_scales}
-    plain = [strip_trigger(p, s.trigger_phrase) for p in s.prompts]
-    no_trigger = sample(pipe, plain, s, s.lora_scales[-1], "no trigger")
+    # without the trigger anywhere: neither in the prompt nor in the (weighted) prefix
+    plain = [strip_trigger(join_prefix(s.positive_prefix, p), s.trigger_phrase) for p in s.prompts]
+    no_trigger = sample(
+        pipe, plain, replace(s, positive_prefix=""), s.lora_scales[-1], "no trigger"
+    )
     return Samples(base, lora, no_trigger)
 
 
@@ -318,32 +293,3 @@ def evaluate_lora(
         metrics["best_checkpoint"] = {"step": best["step"], "by": best_by, "value": best[best_by]}
     log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
     return metrics, curve
-
-
-def validation_images(
-    c, prompt: str, negative: str, seeds: tuple[int, ...], steps: int, resolution: int
-) -> list[Image.Image]:
-    """Sample from the components being trained (a DPM-Solver++ pipeline around them)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    with torch.no_grad():
-        return pipe(
-            [prompt] * len(seeds),
-            negative_prompt=[negative] * len(seeds),
-            num_inference_steps=steps,
-            height=resolution,
-            width=resolution,
-            generator=gens,
-        ).images

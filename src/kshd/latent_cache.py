@@ -1,10 +1,11 @@
 """Cached VAE latent distributions and text embeddings, reused across epochs and reruns.
 
-Keys: the image's content, the VAE's (or text encoder's) weights, and the resolution. The VAE's
-distribution (mean and log-variance) is cached, not one sample, so each step still draws a fresh
-latent as the reference loop does: the cache changes speed, not training. With random flip both
-orientations are cached (a flipped latent is not the latent of the flipped image). A random crop
-of a non-square image differs every epoch, so those items are encoded live.
+Keys: the image's content, the VAE's (or text encoder's) weights, and the resolution (for texts:
+the caption and its chunking). The VAE's distribution (mean and log-variance) is cached, not one
+sample, so each step still draws a fresh latent as the reference loop does: the cache changes
+speed, not training. With random flip both orientations are cached (a flipped latent is not the
+latent of the flipped image). A random crop of a non-square image differs every epoch, so those
+items are encoded live, in the main process (DataLoader workers never run the VAE).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from kshd.batches import Plan, apply_plan, augment_plan, to_tensor
 from kshd.fileio import atomic_path
+from kshd.prompts import CHUNK, CaptionChunker, encode_chunk_ids
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,13 @@ class LatentSource:
     def _path(self, digest: str, target: tuple[int, int]) -> Path:
         return self.folder / f"{digest[:32]}-{target[0]}x{target[1]}.safetensors"
 
-    @torch.no_grad()
     def encode(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
-        px = torch.stack([to_tensor(i) for i in images]).to(self.device, self.dtype)
-        dist = self.vae.encode(px).latent_dist
+        return self.encode_pixels(torch.stack([to_tensor(i) for i in images]))
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) on the CPU in fp32, as cached; called in the main process only."""
+        dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.logvar.float().cpu()
 
     def precompute(self, ds) -> dict[str, int]:
@@ -74,39 +79,32 @@ class LatentSource:
         return stats
 
     def get(self, ds, index: int, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        if not ds.cacheable(index):
-            mean, logvar = self.encode([apply_plan(ds.image(index), plan)])
-            return mean[0], logvar[0]
+        """A cached item's distribution (uncached crops go through `encode_pixels`)."""
         t = load_file(str(self._path(ds.digests[index], ds.targets[index])))
         suffix = "_flip" if plan.flip else ""
         return t[f"mean{suffix}"], t[f"logvar{suffix}"]
 
 
 class TextSource:
-    """Text-encoder outputs per caption, computed once (frozen text encoder only)."""
+    """Text-encoder outputs per caption, computed once (frozen text encoder only).
 
-    def __init__(self, text_encoder, tokenizer, folder: Path, device: torch.device):
-        self.encoder, self.tokenizer, self.folder, self.device = (
-            text_encoder,
-            tokenizer,
-            folder,
-            device,
-        )
+    Captions go through the same CaptionChunker as live training (train.max_token_length, the
+    trigger phrase kept), so cached and live training see the same embeddings; the key holds
+    the chunking settings with the text.
+    """
+
+    def __init__(self, text_encoder, chunker: CaptionChunker, folder: Path, device: torch.device):
+        self.encoder, self.chunker, self.folder, self.device = text_encoder, chunker, folder, device
         self.memo: dict[str, torch.Tensor] = {}
 
     def _path(self, text: str) -> Path:
-        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
+        key = f"{self.chunker.max_chunks * CHUNK}\0{self.chunker.keep}\0{text}"
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            texts,
-            max_length=self.tokenizer.model_max_length,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return self.encoder(ids.to(self.device), return_dict=False)[0].float().cpu()
+        ids = torch.stack([self.chunker(text).ids for text in texts])
+        return encode_chunk_ids(self.encoder, ids.to(self.device)).float().cpu()
 
     def precompute(self, texts: list[str], batch_size: int = 16) -> None:
         unique = sorted(set(texts))

@@ -15,7 +15,7 @@ and compel parses only its own `(text)1.5`, so the syntax is parsed here with A1
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +109,16 @@ def chunk_tokens(
     pieces: Sequence[Piece], tokenize: Callable[[str], list[int]], comma_id: int | None
 ) -> list[Chunk]:
     """Cut weighted tokens into chunks of CHUNK, at a comma near the end when there is one."""
+    stream = (
+        (token, weight)
+        for text, weight in pieces
+        for token in ([None] if weight == BREAK_WEIGHT else tokenize(text))
+    )
+    return chunk_stream(stream, comma_id)
+
+
+def chunk_stream(stream: Iterable[tuple[int | None, float]], comma_id: int | None) -> list[Chunk]:
+    """The chunking itself, over (token, weight) pairs; a None token is a BREAK."""
     chunks: list[Chunk] = []
     current = Chunk()
     last_comma = -1
@@ -118,27 +128,46 @@ def chunk_tokens(
         chunks.append(current)
         current, last_comma = Chunk(), -1
 
-    for text, weight in pieces:
-        if weight == BREAK_WEIGHT:
+    for token, weight in stream:
+        if token is None:
             close()
             continue
-        for token in tokenize(text):
-            if len(current.ids) == CHUNK:
-                if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
-                    cut = last_comma + 1
-                    rest = Chunk(current.ids[cut:], current.weights[cut:])
-                    del current.ids[cut:], current.weights[cut:]
-                    close()
-                    current = rest
-                else:
-                    close()
-            if token == comma_id:
-                last_comma = len(current.ids)
-            current.ids.append(token)
-            current.weights.append(weight)
+        if len(current.ids) == CHUNK:
+            if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                rest = Chunk(current.ids[cut:], current.weights[cut:])
+                del current.ids[cut:], current.weights[cut:]
+                close()
+                current = rest
+            else:
+                close()
+        if token == comma_id:
+            last_comma = len(current.ids)
+        current.ids.append(token)
+        current.weights.append(weight)
     if current.ids or not chunks:
         close()
     return chunks
+
+
+def comma_token(tokenizer) -> int | None:
+    comma = tokenizer(",", add_special_tokens=False).input_ids
+    return comma[0] if len(comma) == 1 else None
+
+
+def chunk_input_ids(tokenizer, chunk: Chunk) -> list[int]:
+    """One CLIP input as A1111 builds it: start token, the chunk, end token, padding to 77."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [tokenizer.bos_token_id, *chunk.ids, tokenizer.eos_token_id]
+    return ids + [pad] * (CHUNK + 2 - len(ids))
+
+
+def encode_chunk_ids(text_encoder, ids: torch.Tensor) -> torch.Tensor:
+    """[batch, chunks, 77] ids -> [batch, 77 * chunks, width]: each chunk through CLIP alone,
+    the outputs concatenated (A1111's and kohya's long prompts; the UNet takes any length)."""
+    b, k, n = ids.shape
+    hidden = text_encoder(ids.reshape(b * k, n), return_dict=False)[0]
+    return hidden.reshape(b, k * n, hidden.shape[-1])
 
 
 class PromptEncoder:
@@ -148,8 +177,7 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vectors = dict(vectors or {})  # textual-inversion name -> number of vectors
-        comma = tokenizer(",", add_special_tokens=False).input_ids
-        self.comma_id = comma[0] if len(comma) == 1 else None
+        self.comma_id = comma_token(tokenizer)
 
     def _tokenize(self, text: str) -> list[int]:
         # verbose=False: a long prompt is chunked here, the tokenizer need not warn about it
@@ -167,10 +195,7 @@ class PromptEncoder:
         return chunk_tokens(parse_weights(prompt), self._tokenize, self.comma_id)
 
     def _encode_chunk(self, chunk: Chunk) -> torch.Tensor:
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = [tok.bos_token_id, *chunk.ids, tok.eos_token_id]
-        ids += [pad] * (CHUNK + 2 - len(ids))
+        ids = chunk_input_ids(self.tokenizer, chunk)
         weights = [1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights))
         device = self.text_encoder.device
         z = self.text_encoder(torch.tensor([ids], device=device))[0]
@@ -197,3 +222,68 @@ class PromptEncoder:
         pos, neg = self.chunks(prompt), self.chunks(negative)
         n = max(len(pos), len(neg))
         return self._encode_chunks(pos, n), self._encode_chunks(neg, n)
+
+
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks
+
+
+@dataclass(frozen=True)
+class FittedCaption:
+    ids: torch.Tensor  # [chunks, 77]: the CLIP inputs, always max_token_length / 75 of them
+    tokens: int  # the caption's tokens
+    cut: int  # tokens left out (0 when it fits)
+
+
+class CaptionChunker:
+    """Training captions in the app's 75-token chunks (kohya's max_token_length), as CLIP inputs.
+
+    Captions are literal text (kohya's default: no attention weights) and always take
+    max_token_length / 75 chunks, so a batch stacks. A longer caption loses the end of its body,
+    never the trigger phrase: that is the part the LoRA is asked to learn.
+    """
+
+    def __init__(self, tokenizer, max_token_length: int = 75, keep: str = ""):
+        if max_token_length not in MAX_TOKEN_LENGTHS:
+            raise ValueError(f"max_token_length must be one of {MAX_TOKEN_LENGTHS}")
+        self.tokenizer, self.keep = tokenizer, keep.strip()
+        self.max_chunks = max_token_length // CHUNK
+        self.comma_id = comma_token(tokenizer)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+
+    def _chunks(self, ids: list[int]) -> list[Chunk]:
+        return chunk_stream(((t, 1.0) for t in ids), self.comma_id)
+
+    def _body_and_tail(self, text: str) -> tuple[list[int], list[int]]:
+        """The caption without its trigger phrase, and the trigger as it ends the caption."""
+        parts = [p.strip() for p in text.split(",")]
+        if self.keep in parts:
+            body = ", ".join(p for p in parts if p and p != self.keep)
+        else:
+            i = text.rfind(self.keep)
+            body = (text[:i] + text[i + len(self.keep) :]).strip(" ,")
+        tail = f", {self.keep}" if body else self.keep
+        return self._tokenize(body), self._tokenize(tail)
+
+    def fit(self, text: str) -> tuple[list[Chunk], int, int]:
+        """(chunks, tokens, tokens cut): the body before the trigger phrase is what is cut."""
+        ids = self._tokenize(text)
+        chunks = self._chunks(ids)
+        if len(chunks) <= self.max_chunks:
+            return chunks, len(ids), 0
+        if not self.keep or self.keep not in text or text.lstrip().startswith(self.keep):
+            kept = chunks[: self.max_chunks]  # the trigger (if any) is at the start: kept
+            return kept, len(ids), len(ids) - sum(len(c.ids) for c in kept)
+        body, tail = self._body_and_tail(text)
+        n = max(0, self.max_chunks * CHUNK - len(tail))
+        while n > 0 and len(self._chunks(body[:n] + tail)) > self.max_chunks:
+            n -= 1  # the comma back-off may push a few tokens into the next chunk
+        kept = self._chunks(body[:n] + tail)[: self.max_chunks]
+        return kept, len(ids), len(ids) - sum(len(c.ids) for c in kept)
+
+    def __call__(self, text: str) -> FittedCaption:
+        chunks, tokens, cut = self.fit(text)
+        chunks += [Chunk() for _ in range(self.max_chunks - len(chunks))]
+        ids = torch.tensor([chunk_input_ids(self.tokenizer, c) for c in chunks])
+        return FittedCaption(ids, tokens, cut)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, make_buckets
+from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, collate, make_buckets
 from kshd.checkpoints import Progress, find_resumable, load_checkpoint, save_checkpoint
 from kshd.config import UserError
 from kshd.interrupts import Interrupted, deferred_interrupt
@@ -119,6 +119,7 @@ def _dataset(
     dtype,
 ) -> tuple[DrawingDataset, dict]:
     from kshd.latent_cache import LatentSource, TextSource, module_fingerprint
+    from kshd.prompts import CaptionChunker
 
     buckets = (
         tuple(make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect)) if s.buckets else ()
@@ -132,6 +133,7 @@ def _dataset(
         s.shuffle_tags,
         keep_tag,
         buckets,
+        s.max_token_length,
     )
 
     if not (s.cache_latents and cache_dir):
@@ -145,7 +147,7 @@ def _dataset(
     if not (s.shuffle_tags or s.train_text_encoder):
         texts = TextSource(
             c.text_encoder,
-            c.tokenizer,
+            CaptionChunker(c.tokenizer, s.max_token_length, keep_tag),
             cache_dir / f"text-{module_fingerprint(c.text_encoder)}",
             device,
         )
@@ -180,6 +182,7 @@ def _loader(data: DrawingDataset, s: TrainSettings, processes: int):
     global RNG. With buckets every batch holds one bucket's size."""
     common = {
         "num_workers": s.dataloader_num_workers,
+        "collate_fn": collate,
         "generator": torch.Generator().manual_seed(s.seed),
     }
     if s.buckets:
@@ -278,7 +281,7 @@ def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: i
     """Forward, NaN guard, backward, and (at accumulation boundaries) the optimizer step."""
     acc = run.accelerator
     with acc.accumulate(run.unet):
-        latents, hidden = batch_inputs(c, batch, acc.device, run.dtype)
+        latents, hidden = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
         loss = diffusion_loss(c, latents, hidden, run.unet, s)
         if not torch.isfinite(loss).all():
             names = [run.data.names[int(i)] for i in batch["index"]]
@@ -310,6 +313,7 @@ def train_lora(
     acc = run.accelerator
     result = _start(run, c, ckpt)
     result.epochs, result.latents, p = run.epochs, stats, result.progress
+    result.captions = run.data.caption_report()
     bar = tqdm(
         total=run.max_steps,
         initial=p.step,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kshd.checkpoints import Progress
 from kshd.config import require
+from kshd.prompts import MAX_TOKEN_LENGTHS, encode_chunk_ids
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class TrainSettings:
     caption_dropout: float = 0.0
     shuffle_tags: bool = False
     cache_latents: bool = True
+    max_token_length: int = 75
     buckets: bool = False
     bucket_step: int = 64
     bucket_max_aspect: float = 2.0
@@ -70,6 +72,9 @@ class TrainSettings:
     dataloader_num_workers: int = 0
     validation_prompt: str = ""
     validation_negative_prompt: str = ""
+    validation_positive_prefix: str = ""
+    validation_negative_prefix: str = ""
+    validation_sampler: str = ""
     validation_epochs: int = 0
     validation_seeds: tuple[int, ...] = (0,)
     validation_steps: int = 30
@@ -83,6 +88,9 @@ class TrainSettings:
         "gradient_checkpointing",
         "validation_prompt",
         "validation_negative_prompt",
+        "validation_positive_prefix",
+        "validation_negative_prefix",
+        "validation_sampler",
         "validation_epochs",
         "validation_seeds",
         "validation_steps",
@@ -146,6 +154,7 @@ class TrainSettings:
             self.caption_dropout,
             "a fraction in [0, 1)",
         )
+        self._validate_text()
         require(
             self.checkpointing_steps >= 1,
             "train.checkpointing_steps",
@@ -159,6 +168,18 @@ class TrainSettings:
             "null or a whole number >= 1",
         )
 
+    def _validate_text(self) -> None:
+        """Captions' length and the validation sampler (drawn as the app draws)."""
+        from kshd.sampling import check_sampler
+
+        require(
+            self.max_token_length in MAX_TOKEN_LENGTHS,
+            "train.max_token_length",
+            self.max_token_length,
+            "75, 150 or 225 (CLIP tokens per caption, in 75-token chunks)",
+        )
+        check_sampler(self.validation_sampler, "train.validation_sampler")
+
 
 @dataclass
 class TrainResult:
@@ -168,6 +189,7 @@ class TrainResult:
     peak_rss_mb: float = 0.0
     resumed_from: str | None = None
     latents: dict = field(default_factory=dict)
+    captions: dict = field(default_factory=dict)  # captions cut at train.max_token_length
 
     @property
     def steps(self) -> int:
@@ -274,11 +296,11 @@ def batch_inputs(c: Components, batch: dict, device, dtype) -> tuple[torch.Tenso
     latents = (latents * c.vae.config.scaling_factor).contiguous()
     if "encoder_hidden_states" in batch:
         return latents, batch["encoder_hidden_states"].to(device, dtype)
-    ids = batch["input_ids"].to(device)
+    ids = batch["input_ids"].to(device)  # [batch, chunks, 77]: see prompts.CaptionChunker
     if c.text_encoder.training:  # text-encoder LoRA: gradients flow
-        return latents, c.text_encoder(ids, return_dict=False)[0]
+        return latents, encode_chunk_ids(c.text_encoder, ids)
     with torch.no_grad():
-        return latents, c.text_encoder(ids, return_dict=False)[0]
+        return latents, encode_chunk_ids(c.text_encoder, ids)
 
 
 def diffusion_loss(

@@ -86,6 +86,9 @@ def settings_from(cfg: DictConfig) -> EvalSettings:
         resolution=e.resolution,
         lora_scales=tuple(e.lora_scales),
         trigger_phrase=cfg.caption.trigger_phrase,
+        positive_prefix=e.positive_prefix,
+        negative_prefix=e.negative_prefix,
+        sampler=e.sampler,
     )
 
 

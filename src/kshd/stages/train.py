@@ -59,6 +59,9 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
             s.validation_seeds,
             s.validation_steps,
             s.resolution,
+            positive_prefix=s.validation_positive_prefix,
+            negative_prefix=s.validation_negative_prefix,
+            sampler=s.validation_sampler,
         )
         grid([images]).save(out / f"epoch-{epoch:04d}.png")
         if run:
@@ -102,7 +105,7 @@ def write_outputs(
             train_text_encoder=s.train_text_encoder,
         ),
     )
-    metrics = result.metrics() | {"latents": result.latents}
+    metrics = result.metrics() | {"latents": result.latents, "captions": result.captions}
     write_json(out / "metrics.json", metrics)
     write_text(out / "loss.csv", loss_csv(result))
     return metrics

@@ -1,0 +1,144 @@
+"""Drawing as the app (`kshd generate`) draws, for evaluation and validation samples.
+
+A1111 prompt syntax and 75-token chunks through PromptEncoder, the prefixes joined as the app
+joins them, the app's sampler: so a metric or a validation grid shows what a user gets for the
+same prompt, seed and settings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    prompts: tuple[str, ...]
+    negative_prompt: str = ""
+    seeds: tuple[int, ...] = (0,)
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    resolution: int = 512
+    lora_scales: tuple[float, ...] = (1.0,)  # the last one is the headline
+    trigger_phrase: str = ""
+    positive_prefix: str = ""  # joined before each prompt as the app joins generate's
+    negative_prefix: str = ""
+    sampler: str = ""  # a key of generation_options.SAMPLERS; "" = the pipeline's scheduler
+
+    def __post_init__(self) -> None:
+        check_sampler(self.sampler, "evaluate.sampler")
+
+
+Images = list[list[Image.Image]]  # [prompt][seed]
+
+
+def check_sampler(key: str, config_key: str) -> None:
+    """An unknown sampler is named with its config key before any model is loaded."""
+    from kshd.config import require
+    from kshd.generation_options import SAMPLERS
+
+    require(not key or key in SAMPLERS, config_key, key, f"one of {', '.join(SAMPLERS)}")
+
+
+_WEIGHTED = re.compile(r"^[(\[\s]*(.*?)\s*(?::\s*[+-]?[.\d]+)?[)\]\s]*$")
+
+
+def strip_trigger(prompt: str, trigger: str) -> str:
+    """The prompt as a user would say it without the style: trigger and its comma removed,
+    also when weighted as the app's prefix writes it, `(trigger : 1.5)`."""
+    if not trigger:
+        return prompt
+    parts = [p.strip() for p in prompt.split(",")]
+    kept = [p for p in parts if p and _WEIGHTED.match(p).group(1) != trigger]
+    return ", ".join(kept) or prompt
+
+
+def use_sampler(pipe, key: str, base_config=None) -> None:
+    """The app's scheduler for a sampler key, built from the model's config as the app does."""
+    if not key:
+        return
+    import diffusers
+
+    from kshd.generation_options import SAMPLERS
+
+    _, cls, options = SAMPLERS[key]
+    config = base_config or pipe.scheduler.config
+    pipe.scheduler = getattr(diffusers, cls).from_config(config, **options)
+
+
+def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The app's embeddings of a prompt and the negative prompt, prefixes joined as the app's."""
+    from kshd.generation_options import join_prefix
+
+    return encoder.encode_pair(
+        join_prefix(s.positive_prefix, prompt), join_prefix(s.negative_prefix, s.negative_prompt)
+    )
+
+
+def sample(
+    pipe,
+    prompts: Sequence[str],
+    s: EvalSettings,
+    lora_scale: float | None,
+    label: str,
+    encoder=None,
+) -> Images:
+    """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
+    from kshd.prompts import PromptEncoder
+
+    encoder = encoder or PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
+    out = []
+    bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
+    for prompt in prompts:
+        pos, neg = prompt_pair(encoder, prompt, s)
+        result = pipe(
+            prompt_embeds=pos.repeat(len(s.seeds), 1, 1),
+            negative_prompt_embeds=neg.repeat(len(s.seeds), 1, 1),
+            num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            height=s.resolution,
+            width=s.resolution,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in s.seeds],
+            **kwargs,
+        )
+        out.append(result.images)
+        bar.update(len(s.seeds))
+    bar.close()
+    return out
+
+
+def validation_images(
+    c, prompt: str, negative: str, seeds: tuple[int, ...], steps: int, resolution: int, **app
+) -> list[Image.Image]:
+    """Sample from the components being trained as the app would draw the prompt; `app` holds
+    EvalSettings' positive_prefix, negative_prefix and sampler (default: DPM-Solver++)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    s = EvalSettings(
+        prompts=(prompt,),
+        negative_prompt=negative,
+        seeds=tuple(seeds),
+        num_inference_steps=steps,
+        resolution=resolution,
+        **app,
+    )
+    use_sampler(pipe, s.sampler, c.noise_scheduler.config)
+    with torch.no_grad():
+        return sample(pipe, s.prompts, s, None, "validation")[0]

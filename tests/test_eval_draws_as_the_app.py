@@ -1,0 +1,116 @@
+"""Evaluation and validation draw as `kshd generate` does: A1111 prompts, prefixes, sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kshd.evaluation import (
+    EvalSettings,
+    base_cache_folder,
+    sample,
+    strip_trigger,
+    use_sampler,
+    validation_images,
+)
+from kshd.generation import Engine, EngineSettings
+from kshd.generation_options import Request
+from kshd.models import load_sd_pipeline
+from kshd.training import load_components
+
+TRIGGER = "drawn by KSH drawing style"
+PREFIX = f"({TRIGGER} : 1.5), "
+# weighted, and past 77 tokens with either tokenizer: diffusers alone would truncate and read
+# the brackets as text
+PROMPT = "an anime girl, (blonde hair:1.3), [green eyes], " + ", ".join(
+    f"detail {i}" for i in range(60)
+)
+NEGATIVE = "lowres, (bad hands:1.2)"
+NEG_PREFIX = "(worst quality:1.4), blurry, "
+APP = dict(positive_prefix=PREFIX, negative_prefix=NEG_PREFIX, sampler="euler")
+
+
+def _settings(**kw) -> EvalSettings:
+    base = dict(
+        prompts=(PROMPT,),
+        negative_prompt=NEGATIVE,
+        seeds=(5,),
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        resolution=64,
+        **APP,
+    )
+    return EvalSettings(**{**base, **kw})
+
+
+def _app_image(sd: Path, lora: Path | None = None) -> np.ndarray:
+    engine = Engine(EngineSettings(str(sd), lora=str(lora) if lora else None, device="cpu"))
+    req = Request(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        positive_prefix=PREFIX,
+        negative_prefix=NEG_PREFIX,
+        sampler="euler",
+        steps=3,
+        cfg_scale=7.5,
+        seed=5,
+        width=64,
+        height=64,
+        lora_scale=1.0,
+    )
+    return np.asarray(engine.generate(req, save=False).images[0], dtype=np.int16)
+
+
+def _pipe(sd: Path):
+    pipe = load_sd_pipeline(str(sd), None, None, torch.device("cpu"), torch.float32)
+    use_sampler(pipe, "euler")
+    return pipe
+
+
+def test_evaluation_draws_what_the_app_draws(tiny_models):
+    pipe = _pipe(tiny_models["sd"])
+    drawn = np.asarray(sample(pipe, [PROMPT], _settings(), None, "base")[0][0], dtype=np.int16)
+    assert np.array_equal(drawn, _app_image(tiny_models["sd"]))
+
+
+def test_evaluation_with_the_lora_draws_what_the_app_draws(tiny_models, random_lora):
+    """The app fuses the LoRA into the weights, evaluation scales it: equal up to rounding."""
+    pipe = _pipe(tiny_models["sd"])
+    pipe.load_lora_weights(str(random_lora), use_safetensors=True)
+    drawn = np.asarray(sample(pipe, [PROMPT], _settings(), 1.0, "LoRA")[0][0], dtype=np.int16)
+    app = _app_image(tiny_models["sd"], random_lora)
+    assert np.abs(drawn - app).max() <= 2
+    assert np.abs(drawn - np.asarray(_app_image(tiny_models["sd"]))).mean() > 1  # LoRA matters
+
+
+def test_validation_draws_what_the_app_draws(tiny_models):
+    c = load_components(str(tiny_models["sd"]))
+    images = validation_images(c, PROMPT, NEGATIVE, (5,), 3, 64, **APP)
+    assert np.array_equal(np.asarray(images[0], dtype=np.int16), _app_image(tiny_models["sd"]))
+
+
+def test_the_no_trigger_variant_drops_the_weighted_trigger_too():
+    full = PREFIX + "drawn by KSH drawing style, a cat, (blue sky:1.2)"
+    assert strip_trigger(full, TRIGGER) == "a cat, (blue sky:1.2)"
+    assert strip_trigger(f"[{TRIGGER}], a cat", TRIGGER) == "a cat"
+
+
+def test_base_images_are_keyed_by_the_app_settings(tmp_path):
+    keys = {
+        base_cache_folder(tmp_path, {"id": "m"}, _settings(**kw))
+        for kw in ({}, {"positive_prefix": ""}, {"negative_prefix": ""}, {"sampler": "ddim"})
+    }
+    assert len(keys) == 4
+
+
+def test_an_unknown_sampler_names_the_key():
+    from kshd.config import ConfigError
+    from kshd.training import TrainSettings
+
+    with pytest.raises(ConfigError, match=r"evaluate\.sampler"):
+        _settings(sampler="dpm_fast")
+    with pytest.raises(ConfigError, match=r"train\.validation_sampler"):
+        TrainSettings(validation_sampler="dpm_fast").validate()
