@@ -56,7 +56,7 @@ def test_demo_profile_is_tiny_and_offline():
     cfg = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
     assert cfg.data.raw_dir == "data/samples" and cfg.tiny.build
     assert cfg.model.pretrained == "models/tiny/sd" and cfg.caption.model == "models/tiny/blip2"
-    assert cfg.train.resolution == 64 and cfg.prepare.resolution == 64  # interpolation resolved
+    assert cfg.train.resolution == 128 and cfg.prepare.resolution == 128  # interpolation resolved
 
 
 def test_stage_overrides_reach_the_config(tmp_path):
