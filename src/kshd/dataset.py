@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -17,6 +18,7 @@ from kshd.fileio import atomic_dir, write_text
 log = logging.getLogger(__name__)
 
 TRAIN, HOLDOUT = "train", "holdout"
+SHARD_BYTES = 16 * 2**20  # writing a shard holds several copies of it: 5,700 drawings = ~140
 
 
 def holdout_mask(digests: Sequence[str], fraction: float) -> list[bool]:
@@ -119,9 +121,13 @@ def save_dataset(
 
 def _save(ds, counts: dict[str, int], out_dir: str | Path, trigger_phrase: str) -> None:
     with atomic_dir(out_dir) as tmp:
-        # one shard per split: an empty split (holdout_fraction=0) would otherwise get none,
-        # and load_from_disk cannot read it back
-        ds.save_to_disk(str(tmp), num_shards={name: 1 for name in ds})
+        # at least one shard per split (an empty split would otherwise get none, and
+        # load_from_disk cannot read it back), and shards small enough that writing one does
+        # not hold a number of images that grows with the dataset
+        shards = {
+            name: max(1, math.ceil(split.data.nbytes / SHARD_BYTES)) for name, split in ds.items()
+        }
+        ds.save_to_disk(str(tmp), num_shards=shards)
         write_text(tmp / "README.md", dataset_card(counts, trigger_phrase))
 
 
