@@ -3,8 +3,9 @@
 A checkpoint is written into a hidden temp folder and renamed to `checkpoint-<step>` when every
 file is in place; `state.json` is written last, so a folder without it is never picked up. Old
 checkpoints are pruned only after a new one is complete. The state holds the LoRA weights, the
-optimizer and scheduler, every RNG, the step, the epoch and the position in it, and a fingerprint
-of what defines the run, so that `persist: true` folders of other experiments are never resumed.
+optimizer and scheduler, fp16's gradient scaler, every RNG, the step, the epoch and the position
+in it, and a fingerprint of what defines the run, so that `persist: true` folders of other
+experiments are never resumed.
 Everything is safetensors + JSON: nothing is unpickled.
 """
 
@@ -135,15 +136,21 @@ def save_checkpoint(
     optimizer_state: dict,
     scheduler_state: dict,
     limit: int | None,
+    scaler_state: dict | None = None,
 ) -> Path:
-    """Write everything to a temp folder, then rename it into place; prune afterwards."""
+    """Write everything to a temp folder, then rename it into place; prune afterwards.
+
+    `scaler_state` is fp16's GradScaler (its scale and growth tracker): without it a resumed
+    run would start from the initial scale and skip or scale steps unlike the straight run."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{progress.step}"
     tmp = root / f".checkpoint-{progress.step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_checkpoint(tmp, run_fp, progress, lora, optimizer_state, scheduler_state)
+        _write_checkpoint(
+            tmp, run_fp, progress, lora, optimizer_state, scheduler_state, scaler_state
+        )
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if code := write_errno(err):
@@ -165,6 +172,7 @@ def _write_checkpoint(
     lora: dict[str, torch.Tensor],
     optimizer_state: dict,
     scheduler_state: dict,
+    scaler_state: dict | None = None,
 ) -> None:
     opt_tensors, opt_meta = _optimizer_split(optimizer_state)
     rng_tensors, rng_meta = _rng_state()
@@ -176,6 +184,7 @@ def _write_checkpoint(
         "optimizer": opt_meta,
         "scheduler": scheduler_state,
         "rng": rng_meta,
+        "scaler": scaler_state,  # plain numbers (scale, growth tracker, factors) or null
     }
     with (tmp / STATE).open("w", encoding="utf-8") as f:  # last: marks the folder complete
         json.dump(state, f)
@@ -191,6 +200,7 @@ class Loaded:
     lora: dict[str, torch.Tensor]
     optimizer_state: dict
     scheduler_state: dict
+    scaler_state: dict | None = None
 
 
 def load_checkpoint(path: Path) -> Loaded:
@@ -204,7 +214,16 @@ def load_checkpoint(path: Path) -> Loaded:
         load_file(str(path / "lora.safetensors")),
         _optimizer_join(tensors, state["optimizer"]),
         state["scheduler"],
+        state.get("scaler"),
     )
+
+
+def restore_scaler(scaler, state: dict | None) -> None:
+    """fp16's loss scale and growth tracker as they were at the checkpoint."""
+    if scaler is not None and state:
+        scaler.load_state_dict(state)
+    elif scaler is not None:
+        log.warning("the checkpoint holds no gradient-scaler state: fp16 starts a fresh scale")
 
 
 def find_resumable(root: Path, run_fp: str) -> Path | None:

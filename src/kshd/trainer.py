@@ -14,7 +14,13 @@ import torch
 from tqdm import tqdm
 
 from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, collate, make_buckets
-from kshd.checkpoints import Progress, find_resumable, load_checkpoint, save_checkpoint
+from kshd.checkpoints import (
+    Progress,
+    find_resumable,
+    load_checkpoint,
+    restore_scaler,
+    save_checkpoint,
+)
 from kshd.config import UserError
 from kshd.interrupts import Interrupted, deferred_interrupt
 from kshd.training import (
@@ -24,8 +30,10 @@ from kshd.training import (
     TrainResult,
     TrainSettings,
     batch_inputs,
+    compute_dtype,
     diffusion_loss,
     peak_rss_mb,
+    place_for_training,
     total_steps,
 )
 
@@ -97,15 +105,12 @@ def _freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
         c.text_encoder.train()
     else:
         c.text_encoder.eval()
-    cast = {} if dtype == torch.float32 else {"dtype": dtype}  # the VAE warns on a no-op cast
-    c.vae.to(device, **cast)
-    c.text_encoder.to(device, **({} if s.train_text_encoder else cast))
-    c.unet.to(device)
+    modules = [c.unet, c.text_encoder] if s.train_text_encoder else [c.unet]
+    place_for_training([c.vae, c.text_encoder, c.unet], modules, device, dtype)
     if s.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if s.train_text_encoder:
             c.text_encoder.gradient_checkpointing_enable()
-    modules = [c.unet, c.text_encoder] if s.train_text_encoder else [c.unet]
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
@@ -210,7 +215,7 @@ def _setup(
     if s.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(s.seed)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(s.mixed_precision, torch.float32)
+    dtype = compute_dtype(s.mixed_precision)
     params = _freeze_and_adapt(c, s, acc.device, dtype)
     data, stats = _dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
     sampler, loader, batches_per_epoch = _loader(data, s, acc.num_processes)
@@ -258,6 +263,7 @@ def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
             set_peft_model_state_dict(run.accelerator.unwrap_model(module), part)
     run.optimizer.load_state_dict(loaded.optimizer_state)
     run.lr_scheduler.load_state_dict(loaded.scheduler_state)
+    restore_scaler(run.accelerator.scaler, loaded.scaler_state)
     log.info(
         "resuming from %s (step %d, epoch %d)",
         path.name,
@@ -409,6 +415,7 @@ def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
             run.optimizer.state_dict(),
             run.lr_scheduler.state_dict(),
             ckpt.limit,
+            run.accelerator.scaler.state_dict() if run.accelerator.scaler else None,
         )
     run.accelerator.wait_for_everyone()
 
@@ -420,8 +427,9 @@ def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> Non
     rng = torch.get_rng_state()
     unet = run.accelerator.unwrap_model(run.unet)
     unet.eval()
-    try:
-        validate(epoch, Components(c.tokenizer, c.text_encoder, c.vae, unet, c.noise_scheduler))
+    try:  # under autocast as in diffusers' script: the prepared UNet returns fp32
+        with run.accelerator.autocast():
+            validate(epoch, Components(c.tokenizer, c.text_encoder, c.vae, unet, c.noise_scheduler))
     finally:
         torch.set_rng_state(rng)
         unet.train()

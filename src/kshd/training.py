@@ -276,6 +276,29 @@ def load_components(
     )
 
 
+COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compute_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype the frozen base runs in for `train.mixed_precision`."""
+    return COMPUTE_DTYPES[mixed_precision]
+
+
+def place_for_training(
+    modules: list[torch.nn.Module], trainable: list[torch.nn.Module], device, dtype: torch.dtype
+) -> None:
+    """Frozen weights in the compute dtype, trainable (LoRA) weights in fp32, as diffusers'
+    train_text_to_image_lora.py does: the whole pipeline shares one dtype, so validation's VAE
+    decode sees the UNet's dtype, while small LoRA updates do not vanish in half precision."""
+    from diffusers.training_utils import cast_training_params
+
+    cast = {} if dtype == torch.float32 else {"dtype": dtype}  # the VAE warns on a no-op cast
+    for module in modules:
+        module.to(device, **cast)
+    if cast:
+        cast_training_params(trainable, dtype=torch.float32)
+
+
 def batch_inputs(c: Components, batch: dict, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents, encoder hidden states): sampled from the cached distribution or encoded live.
 
