@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo sweep compare gui test test-fast lint format samples clean-demo
+.PHONY: help setup demo sweep compare gui test test-fast lint format samples clean-demo gpu-check
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -39,6 +39,9 @@ test: setup ## run the whole test suite (what CI runs)
 
 test-fast: setup ## the suite without the slow tests
 	$(RUN) $(PY) -m pytest -m "not slow"
+
+gpu-check: setup ## on a CUDA machine: SD 1.5-shaped fp16/bf16 training at 512 px, resume, drawing
+	$(RUN) $(PY) bench/gpu_check.py
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -1,0 +1,92 @@
+"""SD 1.5's shapes, not the tiny model's: a few LoRA steps and one drawing at 64 px.
+
+Random weights (nothing downloaded); the text encoder is CLIP-L wide but two layers deep to stay
+quick. fp32 only: half-precision convolutions of this size are far too slow on this CPU, and
+`make gpu-check` runs fp16 and bf16 at 512 px where a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kshd.trainer import train_lora
+from kshd.training import TrainSettings
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_path):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from kshd.sd15_shaped import sd15_shaped_components
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_models["sd"], subfolder="tokenizer")
+    c = sd15_shaped_components(tokenizer, seed=0, text_layers=2)
+    assert c.unet.config.cross_attention_dim == c.text_encoder.config.hidden_size == 768
+    s = TrainSettings(
+        resolution=64,
+        center_crop=True,
+        batch_size=1,
+        max_train_steps=2,
+        learning_rate=1e-4,
+        gradient_checkpointing=True,
+        seed=1,
+    )
+    result = train_lora(c, sample_split.select(range(2)), s, cache_dir=tmp_path)
+    assert result.steps == 2 and all(np.isfinite(h["loss"]) for h in result.history)
+    lora = [p for n, p in c.unet.named_parameters() if "lora_B" in n]
+    assert lora and any(p.abs().sum() > 0 for p in lora)  # B starts at zero: trained
+    pipe = StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=tokenizer,
+        unet=c.unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        image = pipe(
+            "drawn by KSH drawing style, a cat",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_small_on_the_cpu(tmp_path):
+    """`make gpu-check`'s script end to end with --small: every run reports its figures."""
+    import importlib.util
+
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    try:
+        rows = gpu_check.main(["--small", "--json", str(tmp_path / "figures.json")])
+    finally:
+        AcceleratorState._reset_state()  # the next test's Accelerator picks its own precision
+    runs = [r["run"] for r in rows]
+    assert runs == [
+        "train bf16 checkpointing=off",
+        "train bf16 checkpointing=on",
+        "resume bf16 from step 1",
+        "draw unfused",
+        "draw fused",
+    ]
+    assert rows[2]["resumed_from"] == "checkpoint-1" and rows[2]["max_lora_diff"] == 0.0
+    assert all(r["peak_mb"] > 0 for r in rows) and rows[3]["images_per_s"] > 0
+    assert json.loads((tmp_path / "figures.json").read_text()) == rows
