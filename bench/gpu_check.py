@@ -44,17 +44,15 @@ def drawings(out: Path, n: int, size: int) -> Path:
 
 
 def model_folder(work: Path, small: bool) -> str:
-    """The tiny SD (--small) or the SD 1.5-shaped one, with the tiny SD's CLIP tokenizer."""
-    from transformers import CLIPTokenizer
-
+    """The tiny SD (--small) or the SD 1.5-shaped one, both with CLIP's BPE tokenizer."""
+    from kshd.clip_bpe import clip_bpe_tokenizer
     from kshd.models import build_tiny_sd
     from kshd.sd15_shaped import build_sd15_shaped
 
-    build_tiny_sd(work / "tiny", 0)
     if small:
+        build_tiny_sd(work / "tiny", 0)
         return str(work / "tiny")
-    tok = CLIPTokenizer.from_pretrained(work / "tiny", subfolder="tokenizer")
-    return str(build_sd15_shaped(work / "sd15", tok))
+    return str(build_sd15_shaped(work / "sd15", clip_bpe_tokenizer()))
 
 
 def _reset(device: str) -> None:

@@ -21,45 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 
 def build_sd15_shaped(out: Path) -> None:
     """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
-    from diffusers import (
-        AutoencoderKL,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from kshd.clip_bpe import clip_bpe_tokenizer
-    from kshd.models import save_sd_pipeline
+    from kshd.sd15_shaped import build_sd15_shaped as build
 
-    torch.manual_seed(0)
-    tok = clip_bpe_tokenizer()  # SD 1.x's own tokenizer and special-token ids
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512],
-        latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        layers_per_block=2,
-    )
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=1,
-        )
-    )
-    save_sd_pipeline(out, unet, vae, te, tok)
+    build(out, clip_bpe_tokenizer())  # SD 1.x's own tokenizer and special-token ids
 
 
 def dataset(out: Path, n: int, size: int) -> Path:

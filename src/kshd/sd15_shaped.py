@@ -46,9 +46,11 @@ def _text_encoder(tokenizer, layers: int):
             num_hidden_layers=layers,
             num_attention_heads=12,
             max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            # openai/clip-vit-large-patch14's config values (as SD 1.x's): eos 2 selects
+            # transformers' pooling at the highest token id, the end-of-text token
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
         )
     )
 
