@@ -130,3 +130,21 @@ def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_pa
     assert te and all(expected[k].abs().max() > 0 for k in te)  # the text encoder did train
     assert got.keys() == expected.keys()
     assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_evaluation_scales_the_text_encoder_lora_as_the_app(tiny_models, te_lora, engine):
+    """At a strength below 1 the evaluation's text encoder follows it too, as the app's merge."""
+    from kshd.models import load_sd_pipeline
+    from kshd.sampling import EvalSettings, sample, use_sampler
+
+    pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
+    use_sampler(pipe, "euler")
+    pipe.load_lora_weights(str(te_lora), use_safetensors=True)
+    s = EvalSettings(
+        prompts=(PROMPT,), negative_prompt="", seeds=(7,), num_inference_steps=3,
+        resolution=64, positive_prefix="", negative_prefix="", sampler="euler",
+    )  # fmt: skip
+    app = dict(negative_prompt="", positive_prefix="", negative_prefix="", lora_scale=0.5)
+    drawn = np.asarray(sample(pipe, [PROMPT], s, 0.5, "LoRA x0.5")[0][0]).astype(int)
+    assert np.abs(drawn - _pixels(engine, **app)).max() <= 2
+    assert np.abs(drawn - _pixels(engine, **{**app, "lora_scale": 1.0})).mean() > 1

@@ -80,6 +80,20 @@ def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, to
     )
 
 
+def _scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float | None):
+    """The prompt pair with a text-encoder LoRA at the strength asked, as the app merges it
+    (cross_attention_kwargs reaches the UNet alone)."""
+    from diffusers.utils import scale_lora_layers, unscale_lora_layers
+
+    if lora_scale is None:
+        return prompt_pair(encoder, prompt, s)
+    scale_lora_layers(pipe.text_encoder, lora_scale)
+    try:
+        return prompt_pair(encoder, prompt, s)
+    finally:
+        unscale_lora_layers(pipe.text_encoder, lora_scale)
+
+
 def sample(
     pipe,
     prompts: Sequence[str],
@@ -96,7 +110,7 @@ def sample(
     out = []
     bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
     for prompt in prompts:
-        pos, neg = prompt_pair(encoder, prompt, s)
+        pos, neg = _scaled_pair(pipe, encoder, prompt, s, lora_scale)
         result = pipe(
             prompt_embeds=pos.repeat(len(s.seeds), 1, 1),
             negative_prompt_embeds=neg.repeat(len(s.seeds), 1, 1),
