@@ -103,6 +103,8 @@ def test_cached_text_equals_live_encoding(tok, tiny_models, tmp_path):
         torch.testing.assert_close(source.get(text), expected, rtol=1e-5, atol=1e-5)
     other = TextSource(te, CaptionChunker(tok, 225, TRIGGER), tmp_path, torch.device("cpu"))
     assert other._path(texts[0]) != source._path(texts[0])  # the key holds max_token_length
+    # read from disk per item, not held: 5,700 captions x 225 tokens would be ~4 GB in memory
+    assert source.memo == {}
 
 
 def test_training_cached_equals_live_and_reports_long_captions(tok, tiny_models, tmp_path):

@@ -114,10 +114,13 @@ class TextSource:
             for text, hidden in zip(chunk, self._encode(chunk), strict=True):
                 with atomic_path(self._path(text)) as tmp:
                     save_file({"hidden": hidden.contiguous()}, str(tmp))
-        for text in unique:
-            self.memo[text] = load_file(str(self._path(text)))["hidden"]
 
     def get(self, text: str) -> torch.Tensor:
-        if text not in self.memo:  # a shuffled or dropped-out variant
+        """Read per item like the latents: held in memory, 5,700 captions of 225 tokens would
+        take ~4 GB. Only a variant that was never cached (the empty dropout caption) is kept."""
+        path = self._path(text)
+        if path.exists():
+            return load_file(str(path))["hidden"]
+        if text not in self.memo:
             self.memo[text] = self._encode([text])[0]
         return self.memo[text]
