@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import tomllib
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from .conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project itself supports 3.10
 
 # The oldest releases with the APIs the code calls (checked against the installed sources).
 NEEDED = {
