@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, collate, make_buckets
+from kshd.batches import DrawingDataset
 from kshd.checkpoints import (
     Progress,
     find_resumable,
@@ -23,6 +22,7 @@ from kshd.checkpoints import (
 )
 from kshd.config import UserError
 from kshd.interrupts import Interrupted, deferred_interrupt
+from kshd.trainer_setup import build_dataset, build_loader, build_optimizer, freeze_and_adapt
 from kshd.training import (
     Components,
     EpochSampler,
@@ -33,7 +33,6 @@ from kshd.training import (
     compute_dtype,
     diffusion_loss,
     peak_rss_mb,
-    place_for_training,
     total_steps,
 )
 
@@ -91,114 +90,6 @@ def process_state():
     return PartialState(cpu=use_cpu_processes())
 
 
-def _freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
-    """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoder) in fp32."""
-    from kshd.lora import add_lora
-
-    if s.prediction_type:
-        c.noise_scheduler.register_to_config(prediction_type=s.prediction_type)
-    c.vae.requires_grad_(False)
-    c.text_encoder.requires_grad_(False)
-    add_lora(c.unet, s.rank, s.alpha, s.target_modules)
-    if s.train_text_encoder:
-        add_lora(c.text_encoder, s.rank, s.alpha, s.text_encoder_target_modules)
-        c.text_encoder.train()
-    else:
-        c.text_encoder.eval()
-    modules = [c.unet, c.text_encoder] if s.train_text_encoder else [c.unet]
-    place_for_training([c.vae, c.text_encoder, c.unet], modules, device, dtype)
-    if s.gradient_checkpointing:
-        c.unet.enable_gradient_checkpointing()
-        if s.train_text_encoder:
-            c.text_encoder.gradient_checkpointing_enable()
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
-def _dataset(
-    c: Components,
-    split,
-    s: TrainSettings,
-    keep_tag: str,
-    cache_dir: Path | None,
-    accelerator,
-    dtype,
-) -> tuple[DrawingDataset, dict]:
-    from kshd.latent_cache import LatentSource, TextSource, module_fingerprint
-    from kshd.prompts import CaptionChunker
-
-    buckets = (
-        tuple(make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect)) if s.buckets else ()
-    )
-    opts = ItemOptions(
-        s.resolution,
-        s.center_crop,
-        s.random_flip,
-        s.seed,
-        s.caption_dropout,
-        s.shuffle_tags,
-        keep_tag,
-        buckets,
-        s.max_token_length,
-    )
-
-    if not (s.cache_latents and cache_dir):
-        log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
-        return DrawingDataset(split, c.tokenizer, opts), {}
-    device = accelerator.device
-    latents = LatentSource(
-        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, dtype
-    )
-    texts = None
-    if not (s.shuffle_tags or s.train_text_encoder):
-        texts = TextSource(
-            c.text_encoder,
-            CaptionChunker(c.tokenizer, s.max_token_length, keep_tag),
-            cache_dir / f"text-{module_fingerprint(c.text_encoder)}",
-            device,
-        )
-    data = DrawingDataset(split, c.tokenizer, opts, latents, texts)
-    with accelerator.main_process_first():
-        stats = latents.precompute(data)
-        if texts:
-            texts.precompute(data.texts_list + ([""] if s.caption_dropout else []))
-    return data, stats
-
-
-def _optimizer(params: list, s: TrainSettings) -> torch.optim.Optimizer:
-    kw = {
-        "lr": s.learning_rate,
-        "betas": (s.adam_beta1, s.adam_beta2),
-        "weight_decay": s.adam_weight_decay,
-        "eps": s.adam_epsilon,
-    }
-    if not s.use_8bit_adam:
-        return torch.optim.AdamW(params, **kw)
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise ImportError(
-            "train.use_8bit_adam=true needs bitsandbytes: pip install bitsandbytes (CUDA only)"
-        ) from exc
-    return bnb.optim.AdamW8bit(params, **kw)
-
-
-def _loader(data: DrawingDataset, s: TrainSettings, processes: int):
-    """Shuffled by (seed, epoch) only; its own generator, so iterating never draws from torch's
-    global RNG. With buckets every batch holds one bucket's size."""
-    common = {
-        "num_workers": s.dataloader_num_workers,
-        "collate_fn": collate,
-        "generator": torch.Generator().manual_seed(s.seed),
-    }
-    if s.buckets:
-        sampler = BucketBatchSampler(data.targets, s.batch_size, s.seed)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, **common)
-        return sampler, loader, math.ceil(len(sampler.batches()) / processes)
-    sampler = EpochSampler(len(data), s.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, sampler=sampler, **common)
-    return sampler, loader, math.ceil(len(data) / s.batch_size / processes)
-
-
 def _setup(
     c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None
 ) -> tuple[_Run, dict]:
@@ -216,10 +107,10 @@ def _setup(
         torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(s.seed)
     dtype = compute_dtype(s.mixed_precision)
-    params = _freeze_and_adapt(c, s, acc.device, dtype)
-    data, stats = _dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
-    sampler, loader, batches_per_epoch = _loader(data, s, acc.num_processes)
-    optimizer = _optimizer(params, s)
+    params = freeze_and_adapt(c, s, acc.device, dtype)
+    data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+    sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
+    optimizer = build_optimizer(params, s)
     max_steps, epochs = total_steps(s, batches_per_epoch)
     lr_scheduler = get_scheduler(
         s.lr_scheduler,
