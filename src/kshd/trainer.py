@@ -22,7 +22,14 @@ from kshd.checkpoints import (
 )
 from kshd.config import UserError
 from kshd.interrupts import Interrupted, deferred_interrupt
-from kshd.trainer_setup import build_dataset, build_loader, build_optimizer, freeze_and_adapt
+from kshd.trainer_setup import (
+    build_dataset,
+    build_loader,
+    build_optimizer,
+    freeze_and_adapt,
+    release_frozen,
+    reload_frozen,
+)
 from kshd.training import (
     Components,
     EpochSampler,
@@ -66,6 +73,7 @@ class _Run:
     max_steps: int
     epochs: int
     batches_per_epoch: int
+    released: bool = False  # the VAE and text encoder left memory (all inputs cached)
 
 
 ValidateFn = Callable[[int, Components], None]
@@ -134,6 +142,7 @@ def _setup(
         max_steps,
         epochs,
         batches_per_epoch,
+        release_frozen(c, data, stats, s),
     ), stats
 
 
@@ -225,6 +234,8 @@ def train_lora(
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     c.unet = acc.unwrap_model(run.unet)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
+    if run.released:  # the caller gets complete components back
+        c.text_encoder, c.vae = reload_frozen(c, acc.device, run.dtype)
     acc.wait_for_everyone()
     return result
 
@@ -318,9 +329,12 @@ def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> Non
     rng = torch.get_rng_state()
     unet = run.accelerator.unwrap_model(run.unet)
     unet.eval()
+    text_encoder, vae = c.text_encoder, c.vae
+    if run.released:  # brought back for this validation only
+        text_encoder, vae = reload_frozen(c, run.accelerator.device, run.dtype)
     try:  # under autocast as in diffusers' script: the prepared UNet returns fp32
         with run.accelerator.autocast():
-            validate(epoch, Components(c.tokenizer, c.text_encoder, c.vae, unet, c.noise_scheduler))
+            validate(epoch, Components(c.tokenizer, text_encoder, vae, unet, c.noise_scheduler))
     finally:
         torch.set_rng_state(rng)
         unet.train()

@@ -3,6 +3,7 @@ caches, the optimizer and the loader (kept apart from the loop in `trainer`)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import torch
 
 from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, collate, make_buckets
-from kshd.training import Components, EpochSampler, TrainSettings, place_for_training
+from kshd.training import (
+    Components,
+    EpochSampler,
+    TrainSettings,
+    load_frozen,
+    place_for_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +128,26 @@ def build_loader(data: DrawingDataset, s: TrainSettings, processes: int):
     sampler = EpochSampler(len(data), s.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, sampler=sampler, **common)
     return sampler, loader, math.ceil(len(data) / s.batch_size / processes)
+
+
+def release_frozen(c: Components, data: DrawingDataset, stats: dict, s: TrainSettings) -> bool:
+    """Every latent and caption embedding is cached: no step needs the VAE or the text encoder,
+    so they leave the device and the process (weights to `meta`) until validation reloads them."""
+    if c.source is None or s.train_text_encoder or data.texts is None or stats.get("live", 1):
+        return False
+    c.vae.to("meta")
+    c.text_encoder.to("meta")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    log.info("inputs: all cached; the VAE and the text encoder are released until validation")
+    return True
+
+
+def reload_frozen(c: Components, device, dtype: torch.dtype) -> tuple:
+    """(text encoder, VAE) from c.source, frozen and placed as training placed them."""
+    text_encoder, vae = load_frozen(*c.source)
+    for module in (text_encoder, vae):
+        module.requires_grad_(False).eval()
+    place_for_training([text_encoder, vae], [], device, dtype)
+    return text_encoder, vae

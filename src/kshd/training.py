@@ -252,27 +252,41 @@ class Components:
     vae: torch.nn.Module
     unet: torch.nn.Module
     noise_scheduler: object
+    # (pretrained, revision, variant): where a released VAE and text encoder are reloaded from
+    source: tuple[str, str | None, str | None] | None = None
 
 
 def load_components(
     pretrained: str, revision: str | None = None, variant: str | None = None
 ) -> Components:
     """The five SD parts through from_pretrained, as the reference script loads them."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTokenizer
 
     kw = {"revision": revision}
     weights = {**kw, "use_safetensors": True}  # never unpickle a downloaded file
+    text_encoder, vae = load_frozen(pretrained, revision, variant)
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(
-            pretrained, subfolder="text_encoder", variant=variant, **weights
-        ),
-        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **weights),
+        text_encoder=text_encoder,
+        vae=vae,
         unet=UNet2DConditionModel.from_pretrained(
             pretrained, subfolder="unet", variant=variant, **weights
         ),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw),
+        source=(pretrained, revision, variant),
+    )
+
+
+def load_frozen(pretrained: str, revision: str | None, variant: str | None) -> tuple:
+    """(text encoder, VAE): loaded with the rest, and again for validation once released."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    kw = {"revision": revision, "variant": variant, "use_safetensors": True}
+    return (
+        CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kw),
+        AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kw),
     )
 
 
