@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     from kshd.training import TrainSettings, load_components, peak_rss_mb
 
     split = load_from_disk(args.dataset)["train"]
-    c = load_components(args.model)
+    c = load_components(args.model, unet=False)  # as the train stage loads them
     s = TrainSettings(
         resolution=args.resolution,
         batch_size=1,

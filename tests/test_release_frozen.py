@@ -54,3 +54,30 @@ def test_live_crops_keep_the_vae(tiny_models, sample_split, tmp_path):
     train_lora(c, sample_split, s, on_log=lambda row: seen.append(_on_meta(c.vae)),
                cache_dir=tmp_path / "cache")  # fmt: skip
     assert seen and not any(seen)  # random crops of non-square drawings are encoded live
+
+
+def test_deferred_unet_loads_after_the_release_and_trains_the_same(
+    tiny_models, sample_split, tmp_path, monkeypatch
+):
+    """As the train stage loads: the UNet comes in only once the VAE and text encoder left."""
+    import kshd.trainer
+    from kshd.lora import adapter_tensors
+
+    s = TrainSettings(**SETTINGS)
+    eager = load_components(str(tiny_models["sd"]))
+    expected = train_lora(eager, sample_split, s, cache_dir=tmp_path / "cache")
+    c = load_components(str(tiny_models["sd"]), unet=False)
+    assert c.unet is None
+    real, order = kshd.trainer.load_unet, []
+
+    def load_unet(*source):
+        order.append((_on_meta(c.vae), _on_meta(c.text_encoder)))
+        return real(*source)
+
+    monkeypatch.setattr(kshd.trainer, "load_unet", load_unet)
+    got = train_lora(c, sample_split, s, cache_dir=tmp_path / "cache", give_back=False)
+    assert order == [(True, True)]
+    assert _on_meta(c.vae) and _on_meta(c.text_encoder)  # left released, as asked
+    assert [h["loss"] for h in got.history] == [h["loss"] for h in expected.history]
+    want, have = adapter_tensors(eager.unet), adapter_tensors(c.unet)
+    assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)

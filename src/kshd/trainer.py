@@ -39,7 +39,9 @@ from kshd.training import (
     batch_inputs,
     compute_dtype,
     diffusion_loss,
+    load_unet,
     peak_rss_mb,
+    place_for_training,
     total_steps,
 )
 
@@ -115,8 +117,16 @@ def _setup(
         torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(s.seed)
     dtype = compute_dtype(s.mixed_precision)
-    params = freeze_and_adapt(c, s, acc.device, dtype)
-    data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+    if c.unet is None:  # deferred: fill the caches and release first (same RNG draws)
+        place_for_training([c.vae, c.text_encoder], [], acc.device, dtype)
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+        released = release_frozen(c, data, stats, s)
+        c.unet = load_unet(*c.source)
+        params = freeze_and_adapt(c, s, acc.device, dtype)
+    else:
+        params = freeze_and_adapt(c, s, acc.device, dtype)
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+        released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
     optimizer = build_optimizer(params, s)
     max_steps, epochs = total_steps(s, batches_per_epoch)
@@ -142,7 +152,7 @@ def _setup(
         max_steps,
         epochs,
         batches_per_epoch,
-        release_frozen(c, data, stats, s),
+        released,
     ), stats
 
 
@@ -213,8 +223,12 @@ def train_lora(
     cache_dir: Path | None = None,
     keep_tag: str = "",
     validate: ValidateFn | None = None,
+    give_back: bool = True,
 ) -> TrainResult:
-    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable."""
+    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable.
+
+    give_back=False leaves a released VAE and text encoder on `meta` (a caller that only saves
+    the LoRA need not load them again)."""
     run, stats = _setup(c, train_split, s, keep_tag, cache_dir)
     acc = run.accelerator
     result = _start(run, c, ckpt)
@@ -234,7 +248,7 @@ def train_lora(
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     c.unet = acc.unwrap_model(run.unet)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
-    if run.released:  # the caller gets complete components back
+    if run.released and give_back:  # the caller gets complete components back
         c.text_encoder, c.vae = reload_frozen(c, acc.device, run.dtype)
     acc.wait_for_everyone()
     return result

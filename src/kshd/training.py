@@ -257,24 +257,33 @@ class Components:
 
 
 def load_components(
-    pretrained: str, revision: str | None = None, variant: str | None = None
+    pretrained: str, revision: str | None = None, variant: str | None = None, unet: bool = True
 ) -> Components:
-    """The five SD parts through from_pretrained, as the reference script loads them."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    """The five SD parts through from_pretrained, as the reference script loads them.
+
+    unet=False leaves the UNet to the trainer, which loads it once the caches are filled and
+    the VAE and text encoder are released, so the three are never in memory together."""
+    from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
     kw = {"revision": revision}
-    weights = {**kw, "use_safetensors": True}  # never unpickle a downloaded file
     text_encoder, vae = load_frozen(pretrained, revision, variant)
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kw),
         text_encoder=text_encoder,
         vae=vae,
-        unet=UNet2DConditionModel.from_pretrained(
-            pretrained, subfolder="unet", variant=variant, **weights
-        ),
+        unet=load_unet(pretrained, revision, variant) if unet else None,
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw),
         source=(pretrained, revision, variant),
+    )
+
+
+def load_unet(pretrained: str, revision: str | None, variant: str | None):
+    """The UNet alone (safetensors only: never unpickle a downloaded file)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(
+        pretrained, subfolder="unet", revision=revision, variant=variant, use_safetensors=True
     )
 
 
@@ -308,7 +317,8 @@ def place_for_training(
 
     cast = {} if dtype == torch.float32 else {"dtype": dtype}  # the VAE warns on a no-op cast
     for module in modules:
-        module.to(device, **cast)
+        if next(module.parameters()).device.type != "meta":  # a released module stays so
+            module.to(device, **cast)
     if cast:
         cast_training_params(trainable, dtype=torch.float32)
 

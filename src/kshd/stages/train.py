@@ -121,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
     )
     split = load_from_disk(cfg.data.dataset_dir)["train"]
-    components = load_components(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
+    # the UNet is loaded by the trainer once the caches are filled (see load_components)
+    components = load_components(
+        cfg.model.pretrained, cfg.model.revision, cfg.model.variant, unet=False
+    )
     main_process = process_state().is_main_process
     tracking = TrackingSettings.from_config(cfg.tracking)
     run = start_run(tracking, "train", plain(cfg)) if main_process else None
@@ -153,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shared_path(cfg.data.cache_dir),
             cfg.caption.trigger_phrase,
             validator(cfg, s, run),
+            give_back=False,  # only the LoRA is saved: no need to load the VAE again
         )
         if main_process:
             metrics = write_outputs(cfg, s, components, result, len(split))
