@@ -61,10 +61,15 @@ class _CountingProcessor:
 
     def __init__(self, processor):
         self.processor, self.peak, self.calls = processor, 0, 0
+        self.before = self._alive()  # other tests' images (session fixtures) are not ours
+
+    @staticmethod
+    def _alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, Image.Image) for o in gc.get_objects())
 
     def __call__(self, *args, **kwargs):
-        gc.collect()
-        alive = sum(isinstance(o, Image.Image) for o in gc.get_objects())
+        alive = self._alive() - self.before
         self.peak, self.calls = max(self.peak, alive), self.calls + 1
         return self.processor(*args, **kwargs)
 
@@ -80,7 +85,6 @@ def test_memorization_embeds_the_training_drawings_in_batches_from_disk(tmp_path
     encoder = ClipEncoder(str(tiny_models["clip"]), batch_size=4)
     counting = _CountingProcessor(encoder.processor)
     encoder.processor = counting
-    gc.collect()
     emb = encoder.images(train)
     assert emb.shape[0] == n and counting.calls == n // 4
     assert counting.peak <= 2 * 4, f"{counting.peak} decoded images alive at once for {n}"
