@@ -20,26 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 log = logging.getLogger("gpu_check")
 
 
 def drawings(out: Path, n: int, size: int) -> Path:
     """n random drawings with captions as a saved dataset."""
-    from kshd.captioning import write_info_csv
     from kshd.dataset import save_dataset
+    from kshd.samples import noise_drawings
 
-    (out / "prepared").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        px = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(px).save(out / "prepared" / f"{i}.png")
-        rows.append((f"prepared/{i}.png", f"a girl number {i}, drawn by KSH drawing style"))
-    write_info_csv(out / "info.csv", rows)
-    save_dataset(out / "info.csv", out / "dataset", 0.0, "drawn by KSH drawing style")
+    save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
 
 

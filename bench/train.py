@@ -20,9 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 
 def build_sd15_shaped(out: Path) -> None:
     """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
@@ -33,17 +30,10 @@ def build_sd15_shaped(out: Path) -> None:
 
 
 def dataset(out: Path, n: int, size: int) -> Path:
-    from kshd.captioning import write_info_csv
     from kshd.dataset import save_dataset
+    from kshd.samples import noise_drawings
 
-    (out / "prepared").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        img = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(img).save(out / "prepared" / f"{i}.png")
-        rows.append((f"prepared/{i}.png", f"an anime girl number {i}, drawn by KSH drawing style"))
-    write_info_csv(out / "info.csv", rows)
-    save_dataset(out / "info.csv", out / "dataset", 0.0, "drawn by KSH drawing style")
+    save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
 
 

@@ -10,24 +10,16 @@ import gc
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.captioning import write_info_csv
 from kshd.dataset import save_dataset
+from kshd.samples import noise_drawings
 
 
-def _drawings(root: Path, n: int, size: int = 64) -> Path:
+def _drawings(root: Path, n: int) -> Path:
     """n noise PNGs (incompressible: ~12 KB each at 64 px) and their info.csv."""
-    (root / "prepared").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(arr).save(root / "prepared" / f"{i:04d}.png")
-        rows.append((f"prepared/{i:04d}.png", f"drawing {i}, drawn by KSH drawing style"))
-    write_info_csv(root / "info.csv", rows)
-    return root / "info.csv"
+    return noise_drawings(root, n, 64)
 
 
 def _peak_building(tmp_path: Path, n: int) -> tuple[int, int]:

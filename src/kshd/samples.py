@@ -144,3 +144,20 @@ def write_samples(out_dir: str | Path, seed: int = 5508) -> list[Path]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     write_samples(sys.argv[1] if len(sys.argv) > 1 else "data/samples")
+
+
+def noise_drawings(root: Path, n: int, size: int) -> Path:
+    """n incompressible noise PNGs under root/prepared and their info.csv (benches and memory
+    tests: sizes that do not shrink with PNG compression); returns the info.csv."""
+    import numpy as np
+
+    from kshd.captioning import write_info_csv
+
+    (root / "prepared").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "prepared" / f"{i:04d}.png")
+        rows.append((f"prepared/{i:04d}.png", f"drawing {i}, drawn by KSH drawing style"))
+    write_info_csv(root / "info.csv", rows)
+    return root / "info.csv"
