@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import pytest
 from PIL import Image
@@ -185,18 +184,39 @@ def _wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
     return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
 
 
-def _watch_progress(page, tab: str, timeout: float = 60) -> list[str]:
-    """Step counts the page shows while drawing, until an image appears."""
-    seen, end = [], time.time() + timeout
-    while time.time() < end and not page.query_selector(f"#{tab}-gallery img"):
-        seen += re.findall(rf"\d+/{STEPS} steps", page.inner_text(f"#{tab}-gallery"))
-        time.sleep(0.2)
-    return seen
+_RECORD = """tab => {
+  const seen = [];
+  (window.__seen = window.__seen || {})[tab] = seen;
+  new MutationObserver(() => {  // the tab's gallery may not be rendered yet: watch the page
+    const box = document.querySelector('#' + tab + '-gallery');
+    if (box) seen.push(box.innerText);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def _record(page, tab: str) -> None:
+    """Record every text the tab's gallery shows from now on (progress, queue position).
+
+    A MutationObserver sees each change the page renders, so no short-lived text is missed by
+    polling at the wrong moment, however slow the machine.
+    """
+    page.evaluate(_RECORD, tab)
+
+
+def _recorded(page, tab: str) -> str:
+    return "\n".join(page.evaluate("tab => window.__seen[tab]", tab))
+
+
+def _watch_progress(page, tab: str) -> list[str]:
+    """Step counts the page showed while drawing, once the image has appeared."""
+    _wait_for_images(page, tab)
+    return re.findall(rf"\d+/{STEPS} steps", _recorded(page, tab))
 
 
 def test_browser_txt2img_shows_progress_and_the_image(browser, server):
     page, failed = _open(browser, server)
     page.fill("#txt2img-prompt textarea", "an anime girl, (blonde hair:1.2)")
+    _record(page, "txt2img")
     page.click("#txt2img-generate")
     seen = _watch_progress(page, "txt2img")
     assert len(set(seen)) >= 2, f"progress with step counts expected, saw {seen}"
@@ -220,15 +240,13 @@ def test_browser_two_tabs_queue_and_both_finish(browser, server):
     second, _ = _open(browser, server)
     for page in (first, second):
         page.fill("#txt2img-prompt textarea", "a girl in a park")
+    _record(second, "txt2img")
     first.click("#txt2img-generate")
     second.click("#txt2img-generate")
-    queued, end = False, time.time() + 30
-    while time.time() < end and not first.query_selector("#txt2img-gallery img"):
-        queued = queued or "queue" in second.inner_text("#txt2img-gallery")
-        time.sleep(0.2)
-    assert queued, "the second tab waits in the queue while the first draws"
-    assert _wait_for_images(first, "txt2img") == [128]
     assert _wait_for_images(second, "txt2img") == [128]
+    shown = _recorded(second, "txt2img")
+    assert "queue" in shown, f"the second tab waits in the queue while the first draws: {shown!r}"
+    assert _wait_for_images(first, "txt2img") == [128]
 
 
 def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
@@ -239,6 +257,7 @@ def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
     page.click("#send-to-img2img")
     page.wait_for_selector("#img2img-image img", timeout=30_000)
     page.fill("#img2img-prompt textarea", "a boy, redrawn")
+    _record(page, "img2img")
     page.click("#img2img-generate")
     seen = _watch_progress(page, "img2img")
     assert seen and _wait_for_images(page, "img2img") == [128]
@@ -247,8 +266,14 @@ def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (200, 150), "olive").save(photo)
     before = page.input_value("#img2img-info textarea")
+    old_src = page.get_attribute("#img2img-image img", "src")
     page.set_input_files("#img2img-image input[type=file]", str(photo))
-    page.wait_for_timeout(500)
+    page.wait_for_function(  # the upload has replaced the sent picture
+        "old => { const i = document.querySelector('#img2img-image img');"
+        " return i && i.src !== old && i.complete && i.naturalWidth === 200; }",
+        arg=old_src,
+        timeout=30_000,
+    )
     page.click("#img2img-generate")
     page.wait_for_function(
         "old => { const v = document.querySelector('#img2img-info textarea').value;"
