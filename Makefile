@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)
-	$(RUN) $(PY) -m kshd.demo
+	$(RUN) $(PY) -m kshd.experiments.demo
 
 sweep: setup ## a 4-experiment DVC queue sweep of the demo (batch 1,2 x epochs 1,2), then compare
 	$(RUN) $(VENV)/bin/kshd sweep --demo -S train.batch_size=1,2 -S train.epochs=1,2
@@ -52,4 +52,4 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format src tests bench
 
 samples: setup ## redraw data/samples/ (deterministic)
-	$(RUN) $(PY) -m kshd.samples data/samples
+	$(RUN) $(PY) -m kshd.data.samples data/samples

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kshd.caption_cache import CaptionCache
-from kshd.caption_sources import Item, assign_captions
-from kshd.captioning import CaptionSettings
+from kshd.data.caption_cache import CaptionCache
+from kshd.data.caption_sources import Item, assign_captions
+from kshd.data.captioning import CaptionSettings
 from kshd.models import build_tiny_models
 
 

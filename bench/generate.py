@@ -53,7 +53,7 @@ def _random_lora(model: Path, out: Path, rank: int) -> Path:
 def _unfused(engine) -> None:
     """Adapters active at strength 1 but not merged (the engine believes 1.0 is in place, so
     `generate` does not merge)."""
-    from kshd.generation import ADAPTER
+    from kshd.drawing.engine import ADAPTER
 
     engine.set_lora_scale(0.0)
     engine.txt2img.enable_lora()
@@ -81,8 +81,8 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     torch.set_num_threads(torch.get_num_threads())
 
-    from kshd.generation import Engine, EngineSettings
-    from kshd.generation_options import Request
+    from kshd.drawing.engine import Engine, EngineSettings
+    from kshd.drawing.request import Request
 
     with tempfile.TemporaryDirectory() as tmp:
         model, lora = Path(tmp) / "sd15", Path(tmp) / "lora"

@@ -27,8 +27,8 @@ log = logging.getLogger("gpu_check")
 
 def drawings(out: Path, n: int, size: int) -> Path:
     """n random drawings with captions as a saved dataset."""
-    from kshd.dataset import save_dataset
-    from kshd.samples import noise_drawings
+    from kshd.data.dataset import save_dataset
+    from kshd.data.samples import noise_drawings
 
     save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
@@ -36,9 +36,9 @@ def drawings(out: Path, n: int, size: int) -> Path:
 
 def model_folder(work: Path, small: bool) -> str:
     """The tiny SD (--small) or the SD 1.5-shaped one, both with CLIP's BPE tokenizer."""
-    from kshd.clip_bpe import clip_bpe_tokenizer
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer
+    from kshd.builders.sd15_shaped import build_sd15_shaped
     from kshd.models import build_tiny_sd
-    from kshd.sd15_shaped import build_sd15_shaped
 
     if small:
         build_tiny_sd(work / "tiny", 0)
@@ -58,7 +58,7 @@ def _reset(device: str) -> None:
 
 
 def _peak_mb(device: str) -> float:
-    from kshd.training import peak_rss_mb
+    from kshd.training.settings import peak_rss_mb
 
     return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
 
@@ -66,8 +66,8 @@ def _peak_mb(device: str) -> float:
 def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: bool, root: Path):
     """One training run; returns its figures and the trained LoRA (prefixed keys, on the CPU)."""
     from kshd.lora import adapter_tensors
-    from kshd.trainer import CheckpointPolicy, train_lora
-    from kshd.training import TrainSettings, load_components
+    from kshd.training.loop import CheckpointPolicy, train_lora
+    from kshd.training.settings import TrainSettings, load_components
 
     _reset(device)
     s = TrainSettings(

@@ -31,7 +31,7 @@ STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
 
 def drawing(i: int, size: int) -> Image.Image:
     """A procedural drawing with paper grain, so the PNG weighs what a scanned drawing does."""
-    from kshd.samples import Sample, draw
+    from kshd.data.samples import Sample, draw
 
     rng = random.Random(i)
     img = draw(Sample(f"d{i}", girl=rng.random() < 0.6, size=(size, size)), seed=i).convert("RGB")

@@ -23,15 +23,15 @@ from pathlib import Path
 
 def build_sd15_shaped(out: Path) -> None:
     """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
-    from kshd.clip_bpe import clip_bpe_tokenizer
-    from kshd.sd15_shaped import build_sd15_shaped as build
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer
+    from kshd.builders.sd15_shaped import build_sd15_shaped as build
 
     build(out, clip_bpe_tokenizer())  # SD 1.x's own tokenizer and special-token ids
 
 
 def dataset(out: Path, n: int, size: int) -> Path:
-    from kshd.dataset import save_dataset
-    from kshd.samples import noise_drawings
+    from kshd.data.dataset import save_dataset
+    from kshd.data.samples import noise_drawings
 
     save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
@@ -41,8 +41,8 @@ def worker(args: argparse.Namespace) -> None:
     """One training run in this process; prints its figures as JSON."""
     from datasets import load_from_disk
 
-    from kshd.trainer import train_lora
-    from kshd.training import TrainSettings, load_components, peak_rss_mb
+    from kshd.training.loop import train_lora
+    from kshd.training.settings import TrainSettings, load_components, peak_rss_mb
 
     split = load_from_disk(args.dataset)["train"]
     c = load_components(args.model, unet=False)  # as the train stage loads them

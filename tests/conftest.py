@@ -43,9 +43,9 @@ def demo_cfg(tmp_path, tiny_models):
 @pytest.fixture(scope="session")
 def sample_split(tmp_path_factory):
     """The bundled samples as a `datasets` train split with simple captions (64 px)."""
-    from kshd.captioning import write_info_csv
-    from kshd.dataset import build_dataset, load_rows
-    from kshd.intake import prepare_folder
+    from kshd.data.captioning import write_info_csv
+    from kshd.data.dataset import build_dataset, load_rows
+    from kshd.data.intake import prepare_folder
 
     work = tmp_path_factory.mktemp("split")
     report = prepare_folder(ROOT / "data" / "samples", work / "prepared", resolution=64)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.batches import BucketBatchSampler, make_buckets, pick_bucket
-from kshd.captioning import write_info_csv
-from kshd.dataset import build_dataset, load_rows
-from kshd.trainer import train_lora
-from kshd.training import TrainSettings, load_components
+from kshd.data.captioning import write_info_csv
+from kshd.data.dataset import build_dataset, load_rows
+from kshd.training.batches import BucketBatchSampler, make_buckets, pick_bucket
+from kshd.training.loop import train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 
 def test_buckets_cover_aspects_within_the_pixel_budget():

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from kshd.caption_cache import CaptionCache
-from kshd.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
-from kshd.captioning import CaptionSettings, read_info_csv
+from kshd.data.caption_cache import CaptionCache
+from kshd.data.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
+from kshd.data.captioning import CaptionSettings, read_info_csv
 
 from .stage_project import make_project, noise_drawings, run_stage, stage_cmd
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kshd.captioning import (
+from kshd.data.captioning import (
     Captioner,
     CaptionSettings,
     clean_caption,

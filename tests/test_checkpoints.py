@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from kshd.checkpoints import (
+from kshd.training.checkpoints import (
     Progress,
     complete_checkpoints,
     find_resumable,

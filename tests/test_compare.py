@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kshd.compare import (
+from kshd.experiments.compare import (
     CompareError,
     Experiment,
     differing,
@@ -16,7 +16,7 @@ from kshd.compare import (
     select,
     svg,
 )
-from kshd.compare_page import render
+from kshd.experiments.compare_page import render
 
 FILES = {"reports/metrics.json": "", "models/lora/metrics.json": "train."}
 

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from kshd.config import ConfigError, compose_conf, load_params
-from kshd.training import TrainSettings
+from kshd.training.settings import TrainSettings
 
 from .conftest import ROOT
 

@@ -8,8 +8,8 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
-from kshd.captioning import write_info_csv
-from kshd.dataset import holdout_mask, save_dataset
+from kshd.data.captioning import write_info_csv
+from kshd.data.dataset import holdout_mask, save_dataset
 
 
 def _corpus(tmp_path, n=10):
@@ -83,7 +83,7 @@ def test_push_without_network_fails_fast_and_keeps_the_local_dataset(tmp_path, e
     _corpus(tmp_path)
     save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
     code = (
-        "from kshd.dataset import push_dataset; "
+        "from kshd.data.dataset import push_dataset; "
         f"push_dataset({str(tmp_path / 'ds')!r}, 'someone/ksh', True)"
     )
     proc = subprocess.run(

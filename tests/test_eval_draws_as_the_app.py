@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kshd.evaluation import (
+from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.request import Request
+from kshd.evaluation.evaluate import (
     EvalSettings,
     base_cache_folder,
     sample,
@@ -16,10 +18,8 @@ from kshd.evaluation import (
     use_sampler,
     validation_images,
 )
-from kshd.generation import Engine, EngineSettings
-from kshd.generation_options import Request
 from kshd.models import load_sd_pipeline
-from kshd.training import load_components
+from kshd.training.settings import load_components
 
 TRIGGER = "drawn by KSH drawing style"
 PREFIX = f"({TRIGGER} : 1.5), "
@@ -108,7 +108,7 @@ def test_base_images_are_keyed_by_the_app_settings(tmp_path):
 
 def test_an_unknown_sampler_names_the_key():
     from kshd.config import ConfigError
-    from kshd.training import TrainSettings
+    from kshd.training.settings import TrainSettings
 
     with pytest.raises(ConfigError, match=r"evaluate\.sampler"):
         _settings(sampler="dpm_fast")

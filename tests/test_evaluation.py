@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from kshd.evaluation import (
+from kshd.evaluation.evaluate import (
     HEADLINE,
     EvalSettings,
     evaluate_lora,
@@ -35,7 +35,7 @@ def _drawings() -> list:
 
 def _evaluate(pipe, lora_dir, s, out, tiny_models, *checkpoints, **kwargs):
     """evaluate_lora with the tiny CLIP, 3 held-out drawings and the rest as training set."""
-    from kshd.metrics import ClipEncoder
+    from kshd.evaluation.metrics import ClipEncoder
 
     drawings = _drawings()
     encoder = ClipEncoder(str(tiny_models["clip"]))
@@ -102,10 +102,10 @@ def test_select_checkpoints():
 
 
 def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
-    from kshd.checkpoints import complete_checkpoints
     from kshd.lora import adapter_tensors, save_diffusers
-    from kshd.trainer import CheckpointPolicy, train_lora
-    from kshd.training import TrainSettings, load_components
+    from kshd.training.checkpoints import complete_checkpoints
+    from kshd.training.loop import CheckpointPolicy, train_lora
+    from kshd.training.settings import TrainSettings, load_components
 
     c = load_components(str(tiny_models["sd"]))
     train_lora(
@@ -147,8 +147,8 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
 
 
 def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, monkeypatch):  # noqa: F811
-    import kshd.evaluation as ev
-    from kshd.evaluation import base_cache_folder
+    import kshd.evaluation.evaluate as ev
+    from kshd.evaluation.evaluate import base_cache_folder
 
     lora_dir, _, _ = trained
     labels = []
@@ -214,7 +214,7 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
 
 
 def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F811
-    from kshd.metrics import DinoEncoder
+    from kshd.evaluation.metrics import DinoEncoder
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
@@ -251,7 +251,7 @@ def test_scorer_embeds_each_image_set_once():
         def texts(self, texts):
             return torch.ones(len(texts), 4)
 
-    from kshd.evaluation import Scorer
+    from kshd.evaluation.evaluate import Scorer
 
     drawing = Image.new("RGB", (8, 8))
     scorer = Scorer(Counting(), EvalSettings(prompts=("a",), seeds=(0, 1)), [], [drawing])

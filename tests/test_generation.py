@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from kshd.generation import Engine, EngineSettings
-from kshd.generation_options import SAMPLERS, Limits, Request, RequestError
+from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.pnginfo import lora_hash, parse_parameters, read_parameters, save_png
+from kshd.drawing.request import SAMPLERS, Limits, Request, RequestError
 from kshd.lora import KOHYA_FILE
-from kshd.pnginfo import lora_hash, parse_parameters, read_parameters, save_png
 
 SMALL = dict(steps=3, width=64, height=64, sampler="euler")
 

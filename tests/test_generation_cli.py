@@ -8,7 +8,7 @@ import sys
 
 from PIL import Image
 
-from kshd.pnginfo import parse_parameters, read_parameters
+from kshd.drawing.pnginfo import parse_parameters, read_parameters
 
 from .conftest import ROOT
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 from PIL import Image
 
-from kshd.pnginfo import parse_parameters, read_parameters
+from kshd.drawing.pnginfo import parse_parameters, read_parameters
 
 from .browser import ARGS, CHROMIUM
 from .conftest import ROOT
@@ -44,7 +44,7 @@ def _cfg(tiny_models, lora, outputs, port):
 
 @pytest.fixture(scope="module")
 def server(tiny_models, random_lora, tmp_path_factory):
-    from kshd.app.gui import serve
+    from kshd.drawing.gui import serve
 
     outputs = tmp_path_factory.mktemp("gui_outputs")
     port = _free_port()
@@ -140,7 +140,7 @@ def test_client_bad_uploads(client, tmp_path):
 def test_auth_from_the_environment(tiny_models, random_lora, tmp_path):
     from gradio_client import Client
 
-    from kshd.app.gui import serve
+    from kshd.drawing.gui import serve
 
     port = _free_port()
     cfg = _cfg(tiny_models, random_lora, tmp_path, port)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.images import (
+from kshd.data.images import (
     ImageRejected,
     IntakeRules,
     flatten,
@@ -16,7 +16,7 @@ from kshd.images import (
     resize_short_side,
     safe_stem,
 )
-from kshd.intake import EmptyInputError, prepare_folder
+from kshd.data.intake import EmptyInputError, prepare_folder
 
 from .conftest import ROOT
 

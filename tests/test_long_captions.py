@@ -9,11 +9,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from kshd.batches import DrawingDataset, ItemOptions
-from kshd.latent_cache import TextSource
 from kshd.prompts import CaptionChunker, encode_chunk_ids
-from kshd.trainer import train_lora
-from kshd.training import TrainSettings, load_components
+from kshd.training.batches import DrawingDataset, ItemOptions
+from kshd.training.latent_cache import TextSource
+from kshd.training.loop import train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 TRIGGER = "drawn by KSH drawing style"
 BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)

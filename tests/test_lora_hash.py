@@ -7,7 +7,7 @@ import hashlib
 import torch
 from safetensors.torch import save_file
 
-from kshd.pnginfo import lora_hash
+from kshd.drawing.pnginfo import lora_hash
 
 # sha256 of eight zero bytes: the data section of a file holding one fp32 tensor [0, 0].
 EIGHT_ZEROS = "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kshd import metrics as m
-from kshd.metrics import ClipEncoder
+from kshd.evaluation import metrics as m
+from kshd.evaluation.metrics import ClipEncoder
 
 from .conftest import ROOT
 

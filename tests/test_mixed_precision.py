@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import kshd.trainer as trainer
-from kshd.evaluation import validation_images
-from kshd.trainer import CheckpointPolicy, train_lora
-from kshd.training import TrainSettings, load_components
+import kshd.training.loop as trainer
+from kshd.evaluation.evaluate import validation_images
+from kshd.training.loop import CheckpointPolicy, train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 from .conftest import ROOT
 from .stage_project import make_project

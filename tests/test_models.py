@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kshd import clip_bpe
+from kshd.builders import clip_bpe
 from kshd.config import UserError
 from kshd.models import TINY_MANIFEST, build_tiny_models, check_model_source
 

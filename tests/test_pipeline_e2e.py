@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kshd.checkpoints import complete_checkpoints
-from kshd.wandb_offline import find_offline_runs
+from kshd.training.checkpoints import complete_checkpoints
 
 from .conftest import ROOT
+from .helpers.wandb_offline import find_offline_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 TRIGGER = "drawn by KSH drawing style"
@@ -66,7 +66,7 @@ def clone_of_this_checkout(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
-    proc = _run([sys.executable, "-m", "kshd.demo"], repo)
+    proc = _run([sys.executable, "-m", "kshd.experiments.demo"], repo)
     return repo, proc.stdout + proc.stderr
 
 

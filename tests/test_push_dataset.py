@@ -11,7 +11,7 @@ import pytest
 from datasets import load_from_disk
 
 from kshd.config import compose_conf, write_params
-from kshd.dataset import save_dataset
+from kshd.data.dataset import save_dataset
 
 from .conftest import ROOT
 from .fake_hub import start_fake_hub

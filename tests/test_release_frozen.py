@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kshd.evaluation import validation_images
-from kshd.trainer import train_lora
-from kshd.training import TrainSettings, load_components
+from kshd.evaluation.evaluate import validation_images
+from kshd.training.loop import train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 # center_crop: every sample is cacheable, so no step needs the VAE or the text encoder
 SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=3, center_crop=True)
@@ -60,7 +60,7 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
     tiny_models, sample_split, tmp_path, monkeypatch
 ):
     """As the train stage loads: the UNet comes in only once the VAE and text encoder left."""
-    import kshd.trainer
+    import kshd.training.loop
     from kshd.lora import adapter_tensors
 
     s = TrainSettings(**SETTINGS)
@@ -68,13 +68,13 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
     expected = train_lora(eager, sample_split, s, cache_dir=tmp_path / "cache")
     c = load_components(str(tiny_models["sd"]), unet=False)
     assert c.unet is None
-    real, order = kshd.trainer.load_unet, []
+    real, order = kshd.training.loop.load_unet, []
 
     def load_unet(*source):
         order.append((_on_meta(c.vae), _on_meta(c.text_encoder)))
         return real(*source)
 
-    monkeypatch.setattr(kshd.trainer, "load_unet", load_unet)
+    monkeypatch.setattr(kshd.training.loop, "load_unet", load_unet)
     got = train_lora(c, sample_split, s, cache_dir=tmp_path / "cache", give_back=False)
     assert order == [(True, True)]
     assert _on_meta(c.vae) and _on_meta(c.text_encoder)  # left released, as asked

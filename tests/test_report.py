@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from kshd.evaluation import HEADLINE
-from kshd.report import render, svg_chart
+from kshd.evaluation.evaluate import HEADLINE
+from kshd.evaluation.report import render, svg_chart
 
 
 def test_chart_labels_its_range_and_plots_every_step():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kshd.dataset import save_dataset
-from kshd.samples import noise_drawings
+from kshd.data.dataset import save_dataset
+from kshd.data.samples import noise_drawings
 
 
 def _drawings(root: Path, n: int) -> Path:
@@ -68,7 +68,7 @@ class _CountingProcessor:
 
 @pytest.mark.parametrize("n", [8, 32])
 def test_memorization_embeds_the_training_drawings_in_batches_from_disk(tmp_path, tiny_models, n):
-    from kshd.metrics import ClipEncoder
+    from kshd.evaluation.metrics import ClipEncoder
     from kshd.stages.evaluate import dataset_images
 
     save_dataset(_drawings(tmp_path, n), tmp_path / "ds", 0.0, "drawn by KSH drawing style")

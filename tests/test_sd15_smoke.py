@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from kshd.trainer import train_lora
-from kshd.training import TrainSettings
+from kshd.training.loop import train_lora
+from kshd.training.settings import TrainSettings
 
 from .conftest import ROOT
 
@@ -24,7 +24,7 @@ def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_pa
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from kshd.sd15_shaped import sd15_shaped_components
+    from kshd.builders.sd15_shaped import sd15_shaped_components
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models["sd"], subfolder="tokenizer")
     c = sd15_shaped_components(tokenizer, seed=0, text_layers=2)

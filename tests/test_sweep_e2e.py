@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kshd.dvc_cli import exp_show
-from kshd.sweep import QUEUED, states, wait
-from kshd.wandb_offline import find_offline_runs
+from kshd.experiments.dvc import exp_show
+from kshd.experiments.sweep import QUEUED, states, wait
 
 from .browser import ARGS, CHROMIUM
+from .helpers.wandb_offline import find_offline_runs
 from .test_pipeline_e2e import _env, clone_of_this_checkout
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.generation import Engine, EngineSettings
-from kshd.generation_options import Request
+from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.request import Request
 from kshd.lora import KOHYA_FILE
 
 SMALL = dict(steps=3, width=64, height=64, sampler="euler", seed=7)
@@ -108,8 +108,8 @@ def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
 
 def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_path):
     from kshd.lora import adapter_tensors
-    from kshd.trainer import CheckpointPolicy, train_lora
-    from kshd.training import TrainSettings, load_components
+    from kshd.training.loop import CheckpointPolicy, train_lora
+    from kshd.training.settings import TrainSettings, load_components
 
     s = TrainSettings(
         resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=5, train_text_encoder=True
@@ -134,8 +134,8 @@ def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_pa
 
 def test_evaluation_scales_the_text_encoder_lora_as_the_app(tiny_models, te_lora, engine):
     """At a strength below 1 the evaluation's text encoder follows it too, as the app's merge."""
+    from kshd.evaluation.sampling import EvalSettings, sample, use_sampler
     from kshd.models import load_sd_pipeline
-    from kshd.sampling import EvalSettings, sample, use_sampler
 
     pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
     use_sampler(pipe, "euler")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kshd.tracking import (
+from kshd.experiments.tracking import (
     REDACTED,
     TrackingSettings,
     resolve_mode,
@@ -13,7 +13,8 @@ from kshd.tracking import (
     start_run,
     sweep_group,
 )
-from kshd.wandb_offline import find_offline_runs
+
+from .helpers.wandb_offline import find_offline_runs
 
 
 def test_mode_resolution():

@@ -16,8 +16,8 @@ from kshd.lora import (
     save_diffusers,
     save_kohya,
 )
-from kshd.trainer import train_lora
-from kshd.training import EpochSampler, TrainSettings, load_components, total_steps
+from kshd.training.loop import train_lora
+from kshd.training.settings import EpochSampler, TrainSettings, load_components, total_steps
 
 SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.batches import caption_variant
 from kshd.lora import (
     KOHYA_FILE,
     adapter_tensors,
@@ -17,8 +16,9 @@ from kshd.lora import (
     save_diffusers,
     save_kohya,
 )
-from kshd.trainer import train_lora
-from kshd.training import TrainSettings, load_components
+from kshd.training.batches import caption_variant
+from kshd.training.loop import train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 TRIGGER = "drawn by KSH drawing style"
 BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)

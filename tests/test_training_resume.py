@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import kshd.trainer as trainer
-from kshd.checkpoints import complete_checkpoints
-from kshd.trainer import CheckpointPolicy, NonFiniteLoss, train_lora
-from kshd.training import TrainSettings, load_components
+import kshd.training.loop as trainer
+from kshd.training.checkpoints import complete_checkpoints
+from kshd.training.loop import CheckpointPolicy, NonFiniteLoss, train_lora
+from kshd.training.settings import TrainSettings, load_components
 
 from .conftest import ROOT
 from .stage_project import make_project, ready_to_train, run_stage, stage_cmd

@@ -36,21 +36,21 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from kshd.samples import write_samples
+    from kshd.data.samples import write_samples
 
     write_samples(args.dir)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kshd.demo import run_demo
+    from kshd.experiments.demo import run_demo
 
     return run_demo(Path.cwd(), list(args.dvc_args))
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from kshd.compare import build_comparison
-    from kshd.dvc_cli import DvcError
+    from kshd.experiments.compare import build_comparison
+    from kshd.experiments.dvc import DvcError
 
     try:
         build_comparison(Path.cwd(), Path(args.output), list(args.experiments))
@@ -61,8 +61,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kshd.dvc_cli import DvcError
-    from kshd.sweep import run_sweep
+    from kshd.experiments.dvc import DvcError
+    from kshd.experiments.sweep import run_sweep
 
     overrides = ([DEMO] if args.demo else []) + list(args.set)
     try:
@@ -74,7 +74,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _push_dataset(args: argparse.Namespace) -> int:
     from kshd.config import UserError, load_params
-    from kshd.dataset import push_dataset
+    from kshd.data.dataset import push_dataset
 
     try:
         cfg = load_params(list(args.overrides))
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. dataset.hub_repo=you/ksh-drawings")
     p.set_defaults(func=_push_dataset)
     _add_experiment_commands(sub)
-    from kshd.app.commands import add_commands
+    from kshd.drawing.commands import add_commands
 
     add_commands(sub)
     return parser

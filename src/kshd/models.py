@@ -126,7 +126,7 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
     """A tiny Stable Diffusion 1.x pipeline with CLIP's real tokenizer, saved to out_dir."""
     from diffusers import UNet2DConditionModel
 
-    from kshd.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -182,7 +182,7 @@ def build_tiny_blip2(out_dir: Path, seed: int) -> None:
         GPT2Tokenizer,
     )
 
-    from kshd.clip_bpe import bytes_to_unicode
+    from kshd.builders.clip_bpe import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *chars])}
@@ -234,7 +234,7 @@ def build_tiny_clip(out_dir: Path, seed: int) -> None:
     """A tiny CLIP (text + vision towers) with its processor, for the evaluation metrics."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from kshd.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
 
     tok = clip_bpe_tokenizer()
     config = CLIPConfig(

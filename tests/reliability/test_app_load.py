@@ -29,8 +29,8 @@ def _rss_mb() -> float:
 
 
 def _serve(tiny_models, lora, outputs, *overrides):
-    from kshd.app.gui import serve
     from kshd.config import compose_conf
+    from kshd.drawing.gui import serve
 
     port = _free_port()
     cfg = compose_conf(

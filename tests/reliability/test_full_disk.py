@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kshd.captioning import read_info_csv, write_info_csv
-from kshd.checkpoints import Progress, complete_checkpoints, save_checkpoint
+from kshd.data.captioning import read_info_csv, write_info_csv
 from kshd.fileio import WriteError, write_json
 from kshd.lora import save_diffusers
+from kshd.training.checkpoints import Progress, complete_checkpoints, save_checkpoint
 
 
 @contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kshd.images import IntakeRules
-from kshd.intake import prepare_folder
+from kshd.data.images import IntakeRules
+from kshd.data.intake import prepare_folder
 
 from .corpus import ACCEPT, CASES, DUPLICATE, ORIENTED_CORNER, build_corpus
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kshd.checkpoints import complete_checkpoints
+from kshd.training.checkpoints import complete_checkpoints
 
 from ..stage_project import ready_to_train, run_stage, stage_cmd, stage_env
 

@@ -39,7 +39,7 @@ def poisoned_sd(tiny_models, tmp_path):
 
 
 def test_training_refuses_a_pickled_unet(poisoned_sd):
-    from kshd.training import load_components
+    from kshd.training.settings import load_components
 
     sd, marker = poisoned_sd
     with pytest.raises(OSError, match="safetensors"):
@@ -59,7 +59,7 @@ def test_drawing_refuses_a_pickled_unet(poisoned_sd):
 
 
 def test_captioning_refuses_a_pickled_blip2(tiny_models, tmp_path):
-    from kshd.captioning import Captioner, CaptionSettings
+    from kshd.data.captioning import Captioner, CaptionSettings
 
     blip = tmp_path / "blip2"
     shutil.copytree(tiny_models["blip2"], blip)
@@ -70,7 +70,7 @@ def test_captioning_refuses_a_pickled_blip2(tiny_models, tmp_path):
 
 
 def test_metrics_refuse_a_pickled_clip(tiny_models, tmp_path):
-    from kshd.metrics import ClipEncoder
+    from kshd.evaluation.metrics import ClipEncoder
 
     clip = tmp_path / "clip"
     shutil.copytree(tiny_models["clip"], clip)
@@ -81,7 +81,7 @@ def test_metrics_refuse_a_pickled_clip(tiny_models, tmp_path):
 
 
 def test_a_lora_folder_with_only_a_pickle_is_refused(tmp_path):
-    from kshd.generation import lora_files
+    from kshd.drawing.engine import lora_files
 
     _plant(tmp_path, "pytorch_lora_weights.bin", tmp_path / "UNPICKLED")
     with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.caption_cache import CaptionCache
-from kshd.caption_sources import Item, assign_captions, caption_report, read_overrides
-from kshd.captioning import CaptionSettings, with_trigger, write_info_csv
 from kshd.config import shared_path
+from kshd.data.caption_cache import CaptionCache
+from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
+from kshd.data.captioning import CaptionSettings, with_trigger, write_info_csv
+from kshd.experiments.tracking import TrackingSettings, start_run
 from kshd.fileio import write_json
 from kshd.stages import ensure_tiny, plain, run, stage_config
-from kshd.tracking import TrackingSettings, start_run
 
 log = logging.getLogger(__name__)
 

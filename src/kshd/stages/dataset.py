@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kshd.dataset import save_dataset
+from kshd.data.dataset import save_dataset
 from kshd.stages import run, stage_config
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.checkpoints import complete_checkpoints
 from kshd.config import shared_path
-from kshd.evaluation import (
+from kshd.evaluation.evaluate import (
     HEADLINE,
     EvalSettings,
     base_cache_folder,
@@ -21,12 +20,13 @@ from kshd.evaluation import (
     grid_row_labels,
     select_checkpoints,
 )
+from kshd.evaluation.metrics import ClipEncoder, DinoEncoder, LazyImages
+from kshd.evaluation.report import render
+from kshd.experiments.tracking import TrackingSettings, start_run
 from kshd.fileio import write_json, write_text
-from kshd.metrics import ClipEncoder, DinoEncoder, LazyImages
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
-from kshd.report import render
 from kshd.stages import ensure_tiny, plain, run, stage_config
-from kshd.tracking import TrackingSettings, start_run
+from kshd.training.checkpoints import complete_checkpoints
 
 log = logging.getLogger(__name__)
 

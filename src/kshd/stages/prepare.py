@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kshd.data.images import IntakeRules
+from kshd.data.intake import prepare_folder
 from kshd.fileio import write_json
-from kshd.images import IntakeRules
-from kshd.intake import prepare_folder
 from kshd.stages import run, stage_config
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.checkpoints import fingerprint
 from kshd.config import shared_path
+from kshd.experiments.tracking import TrackingSettings, start_run
 from kshd.fileio import write_json, write_text
-from kshd.interrupts import Interrupted
 from kshd.lora import (
     adapter_tensors,
     kohya_metadata,
@@ -26,9 +25,10 @@ from kshd.lora import (
 )
 from kshd.models import check_model_source, model_identity
 from kshd.stages import ensure_tiny, plain, run, stage_config
-from kshd.tracking import TrackingSettings, start_run
-from kshd.trainer import CheckpointPolicy, process_state, train_lora
-from kshd.training import TrainResult, TrainSettings, load_components
+from kshd.training.checkpoints import fingerprint
+from kshd.training.interrupts import Interrupted
+from kshd.training.loop import CheckpointPolicy, process_state, train_lora
+from kshd.training.settings import TrainResult, TrainSettings, load_components
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
     out.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing is sampled
     if not (s.validation_epochs and s.validation_prompt):
         return None
-    from kshd.evaluation import grid, validation_images
+    from kshd.evaluation.evaluate import grid, validation_images
 
     def validate(epoch: int, components) -> None:
         images = validation_images(

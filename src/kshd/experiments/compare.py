@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kshd.dvc_cli import DvcError, exp_show, run_dvc
+from kshd.experiments.dvc import DvcError, exp_show, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def select(exps: list[Experiment], names: Sequence[str]) -> list[Experiment]:
 
 def build_comparison(root: Path, out: Path, names: Sequence[str] = ()) -> Path:
     """Write `out/index.html` (and DVC's offline `out/plots/index.html`); return the page."""
-    from kshd.compare_page import render
+    from kshd.experiments.compare_page import render
     from kshd.fileio import write_text
 
     show = exp_show(root)

@@ -17,8 +17,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from kshd.generation import Engine  # noqa: E402
-from kshd.generation_options import SAMPLERS, Limits, Request, RequestError  # noqa: E402
+from kshd.drawing.engine import Engine  # noqa: E402
+from kshd.drawing.request import SAMPLERS, Limits, Request, RequestError  # noqa: E402
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -235,7 +235,7 @@ def serve(
     auth: str | None = None, block: bool = True,
 ) -> tuple[gr.Blocks, Engine]:  # fmt: skip
     """Load the engine and start the server (with `block=False` it returns at once, for tests)."""
-    from kshd.app.settings import default_request, engine_settings
+    from kshd.drawing.settings import default_request, engine_settings
 
     g = cfg.generate
     host = host or g.gui.host

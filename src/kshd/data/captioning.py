@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from kshd.caption_cache import CaptionCache
 from kshd.config import InputError
+from kshd.data.caption_cache import CaptionCache
 from kshd.fileio import write_text
 from kshd.models import check_model_source, device_and_dtype
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from kshd.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
+from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 
 # key -> (A1111 name, diffusers scheduler class, its options)
 SAMPLERS: dict[str, tuple[str, str, dict]] = {

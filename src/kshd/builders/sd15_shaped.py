@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kshd.training import Components
+from kshd.training.settings import Components
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.generation import EngineSettings
-from kshd.generation_options import Limits, Request
+from kshd.drawing.engine import EngineSettings
+from kshd.drawing.request import Limits, Request
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from kshd.captioning import read_info_csv
 from kshd.config import InputError, UserError
+from kshd.data.captioning import read_info_csv
 from kshd.fileio import atomic_dir, write_text
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Girls get big eyes with thick eyeliner, boys smaller eyes with thin lines; clean lines, flat
 shading. Like the artist's real files, most are RGBA PNGs on a transparent ground, and several
-have Korean names. `python -m kshd.samples data/samples` redraws them.
+have Korean names. `python -m kshd.data.samples data/samples` redraws them.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def noise_drawings(root: Path, n: int, size: int) -> Path:
     tests: sizes that do not shrink with PNG compression); returns the info.csv."""
     import numpy as np
 
-    from kshd.captioning import write_info_csv
+    from kshd.data.captioning import write_info_csv
 
     (root / "prepared").mkdir(parents=True)
     rows = []

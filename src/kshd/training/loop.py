@@ -12,25 +12,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kshd.batches import DrawingDataset
-from kshd.checkpoints import (
+from kshd.config import UserError
+from kshd.training.batches import DrawingDataset
+from kshd.training.checkpoints import (
     Progress,
     find_resumable,
     load_checkpoint,
     restore_scaler,
     save_checkpoint,
 )
-from kshd.config import UserError
-from kshd.interrupts import Interrupted, deferred_interrupt
-from kshd.trainer_setup import (
-    build_dataset,
-    build_loader,
-    build_optimizer,
-    freeze_and_adapt,
-    release_frozen,
-    reload_frozen,
-)
-from kshd.training import (
+from kshd.training.interrupts import Interrupted, deferred_interrupt
+from kshd.training.settings import (
     Components,
     EpochSampler,
     LogFn,
@@ -43,6 +35,14 @@ from kshd.training import (
     peak_rss_mb,
     place_for_training,
     total_steps,
+)
+from kshd.training.setup import (
+    build_dataset,
+    build_loader,
+    build_optimizer,
+    freeze_and_adapt,
+    release_frozen,
+    reload_frozen,
 )
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from kshd.batches import Plan, apply_plan, augment_plan, to_tensor
 from kshd.fileio import atomic_path
 from kshd.prompts import CHUNK, CaptionChunker, encode_chunk_ids
+from kshd.training.batches import Plan, apply_plan, augment_plan, to_tensor
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from kshd.compare import build_comparison
-from kshd.dvc_cli import DvcError, dvc_executable, run_dvc
+from kshd.experiments.compare import build_comparison
+from kshd.experiments.dvc import DvcError, dvc_executable, run_dvc
 
 log = logging.getLogger(__name__)
 

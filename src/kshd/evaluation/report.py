@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from kshd.evaluation import HEADLINE
+from kshd.evaluation.evaluate import HEADLINE
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}

@@ -10,8 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kshd.config import UserError
-from kshd.fileio import atomic_path
-from kshd.images import (
+from kshd.data.images import (
     ImageRejected,
     IntakeRules,
     load_image,
@@ -19,6 +18,7 @@ from kshd.images import (
     resize_short_side,
     safe_stem,
 )
+from kshd.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

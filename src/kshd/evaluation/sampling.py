@@ -40,7 +40,7 @@ Images = list[list[Image.Image]]  # [prompt][seed]
 def check_sampler(key: str, config_key: str) -> None:
     """An unknown sampler is named with its config key before any model is loaded."""
     from kshd.config import require
-    from kshd.generation_options import SAMPLERS
+    from kshd.drawing.request import SAMPLERS
 
     require(not key or key in SAMPLERS, config_key, key, f"one of {', '.join(SAMPLERS)}")
 
@@ -64,7 +64,7 @@ def use_sampler(pipe, key: str, base_config=None) -> None:
         return
     import diffusers
 
-    from kshd.generation_options import SAMPLERS
+    from kshd.drawing.request import SAMPLERS
 
     _, cls, options = SAMPLERS[key]
     config = base_config or pipe.scheduler.config
@@ -73,7 +73,7 @@ def use_sampler(pipe, key: str, base_config=None) -> None:
 
 def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The app's embeddings of a prompt and the negative prompt, prefixes joined as the app's."""
-    from kshd.generation_options import join_prefix
+    from kshd.drawing.request import join_prefix
 
     return encoder.encode_pair(
         join_prefix(s.positive_prefix, prompt), join_prefix(s.negative_prefix, s.negative_prompt)

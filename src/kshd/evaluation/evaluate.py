@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kshd.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
+from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
     EvalSettings,
     Images,
     sample,
@@ -103,7 +103,7 @@ def cached_base(pipe, s: EvalSettings, folder: Path | None) -> Images:
 def generate_samples(
     pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None
 ) -> Samples:
-    from kshd.generation_options import join_prefix
+    from kshd.drawing.request import join_prefix
 
     use_sampler(pipe, s.sampler)
     base = cached_base(pipe, s, base_cache)
@@ -159,7 +159,7 @@ class Scorer:
 
     def per_image(self, imgs: Images) -> list[tuple[float, float]]:
         """(clip_score, style_similarity) of each image, prompt-major as `imgs` is laid out."""
-        from kshd import metrics as m
+        from kshd.evaluation import metrics as m
 
         emb = self.embed(imgs)
         clip = (m.cosine_matrix(emb, self.texts).diagonal()).tolist()
@@ -167,7 +167,7 @@ class Scorer:
         return list(zip(clip, style, strict=True))
 
     def __call__(self, imgs: Images) -> dict:
-        from kshd import metrics as m
+        from kshd.evaluation import metrics as m
 
         emb = self.embed(imgs)
         k = self.k

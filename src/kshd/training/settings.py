@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from kshd.checkpoints import Progress
 from kshd.config import require
 from kshd.prompts import MAX_TOKEN_LENGTHS, encode_chunk_ids
+from kshd.training.checkpoints import Progress
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class TrainSettings:
 
     def _validate_text(self) -> None:
         """Captions' length and the validation sampler (drawn as the app draws)."""
-        from kshd.sampling import check_sampler
+        from kshd.evaluation.sampling import check_sampler
 
         require(
             self.max_token_length in MAX_TOKEN_LENGTHS,

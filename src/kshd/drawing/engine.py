@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from kshd import __version__
-from kshd.generation_options import (
+from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
+from kshd.drawing.request import (
     SAMPLERS,
     Limits,
     Request,
@@ -31,7 +32,6 @@ from kshd.generation_options import (
 )
 from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline
-from kshd.pnginfo import format_parameters, lora_hash, save_png
 from kshd.prompts import PromptEncoder
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import torch
 
-from kshd.batches import BucketBatchSampler, DrawingDataset, ItemOptions, collate, make_buckets
-from kshd.training import (
+from kshd.training.batches import (
+    BucketBatchSampler,
+    DrawingDataset,
+    ItemOptions,
+    collate,
+    make_buckets,
+)
+from kshd.training.settings import (
     Components,
     EpochSampler,
     TrainSettings,
@@ -54,8 +60,8 @@ def build_dataset(
     accelerator,
     dtype,
 ) -> tuple[DrawingDataset, dict]:
-    from kshd.latent_cache import LatentSource, TextSource, module_fingerprint
     from kshd.prompts import CaptionChunker
+    from kshd.training.latent_cache import LatentSource, TextSource, module_fingerprint
 
     buckets = (
         tuple(make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect)) if s.buckets else ()

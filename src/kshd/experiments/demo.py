@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from kshd.dvc_cli import dvc_executable
+from kshd.experiments.dvc import dvc_executable
 
-log = logging.getLogger("kshd.demo")
+log = logging.getLogger("kshd.experiments.demo")
 
 DEMO_OVERRIDE = "+experiment=demo"
 

@@ -8,7 +8,7 @@ import os
 
 from tqdm import tqdm
 
-from kshd.generation_options import SAMPLERS, RequestError
+from kshd.drawing.request import SAMPLERS, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def base_model_missing(cfg, command: str) -> bool:
 
 
 def draw(args: argparse.Namespace) -> int:
-    from kshd.app.settings import default_request, engine_settings
     from kshd.config import load_params
-    from kshd.generation import Engine
+    from kshd.drawing.engine import Engine
+    from kshd.drawing.settings import default_request, engine_settings
     from kshd.stages import ensure_tiny
 
     cfg = load_params(args.overrides)
@@ -101,8 +101,8 @@ def draw(args: argparse.Namespace) -> int:
 
 
 def gui(args: argparse.Namespace) -> int:
-    from kshd.app.gui import launch
     from kshd.config import load_params
+    from kshd.drawing.gui import launch
     from kshd.stages import ensure_tiny
 
     cfg = load_params(args.overrides)

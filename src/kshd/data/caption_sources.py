@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kshd.caption_cache import CaptionCache
-from kshd.captioning import CaptionSettings, caption_missing, clean_caption, read_info_csv
+from kshd.data.caption_cache import CaptionCache
+from kshd.data.captioning import CaptionSettings, caption_missing, clean_caption, read_info_csv
 
 log = logging.getLogger(__name__)
 

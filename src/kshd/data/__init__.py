@@ -1,0 +1,1 @@
+"""Drawings in: intake, images, captions (sources and cache), the dataset, bundled samples."""

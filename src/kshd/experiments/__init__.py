@@ -1,0 +1,1 @@
+"""Experiments: DVC commands, sweeps, comparing runs, wandb tracking, the demo."""

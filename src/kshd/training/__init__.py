@@ -1,0 +1,1 @@
+"""LoRA training: settings, the loop and its setup, batches, latent cache, checkpoints."""
