@@ -38,7 +38,7 @@ def model_folder(work: Path, small: bool) -> str:
     """The tiny SD (--small) or the SD 1.5-shaped one, both with CLIP's BPE tokenizer."""
     from kshd.builders.clip_bpe import clip_bpe_tokenizer
     from kshd.builders.sd15_shaped import build_sd15_shaped
-    from kshd.models import build_tiny_sd
+    from kshd.builders.tiny import build_tiny_sd
 
     if small:
         build_tiny_sd(work / "tiny", 0)

@@ -97,7 +97,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.worker:
         return worker(args)
-    from kshd.models import build_tiny_models
+    from kshd.builders.tiny import build_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = dataset(work / "data", args.images, args.resolution)

@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from kshd.builders import clip_bpe
+from kshd.builders.tiny import TINY_MANIFEST, build_tiny_models
 from kshd.config import UserError
-from kshd.models import TINY_MANIFEST, build_tiny_models, check_model_source
+from kshd.models import check_model_source
 
 OPENAI_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]  # openai/clip-vit-large-patch14's ids
 
@@ -144,3 +145,40 @@ def test_missing_local_model_folder_is_named_before_loading(tmp_path):
         check_model_source(str(tmp_path / "nope"), "model.pretrained")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):  # offline, not cached
         check_model_source("stablediffusionapi/anything-v5", "model.pretrained")
+
+
+def test_local_model_identity_follows_content_not_place_or_time(tiny_models, tmp_path):
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from kshd.models import model_identity
+
+    original = model_identity(str(tiny_models["sd"]), None)
+    copy = shutil.copytree(tiny_models["sd"], tmp_path / "elsewhere" / "sd")
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(0, 0))  # a copy with other times, as rsync or a download gives
+    assert model_identity(str(copy), None) == original
+    assert original["files"] == 13
+
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size > 1 << 20  # sampled, not read whole
+    saved = weights.read_bytes()
+    tensors = load_file(weights)
+    save_file({k: v + 1e-3 for k, v in tensors.items()}, weights)  # the same shapes, trained on
+    changed = model_identity(str(copy), None)
+    assert changed["content"] != original["content"]
+
+    weights.write_bytes(saved)
+    assert model_identity(str(copy), None) == original  # the original weights again
+    scheduler = copy / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(scheduler.read_text().replace("0.012", "0.02"), encoding="utf-8")
+    assert model_identity(str(copy), None)["content"] not in (
+        original["content"],
+        changed["content"],
+    )
+    assert model_identity("stablediffusionapi/anything-v5", "main") == {
+        "id": "stablediffusionapi/anything-v5",
+        "revision": "main",
+    }

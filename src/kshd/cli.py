@@ -28,7 +28,7 @@ def _compose_params(args: argparse.Namespace) -> int:
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
-    from kshd.models import build_tiny_models
+    from kshd.builders.tiny import build_tiny_models
 
     for name, path in build_tiny_models(args.dir, args.seed).items():
         logging.info("tiny %s: %s", name, path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from kshd.builders.sd_folder import save_sd_pipeline, sd15_scheduler
 from kshd.training.settings import Components
 
 log = logging.getLogger(__name__)
@@ -57,27 +58,17 @@ def _text_encoder(tokenizer, layers: int):
 
 def sd15_shaped_components(tokenizer, seed: int = 0, text_layers: int = 12) -> Components:
     """The five parts in memory (random weights from `seed`), ready for `train_lora`."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**SD15_UNET)
     vae = AutoencoderKL(**SD15_VAE)
     text_encoder = _text_encoder(tokenizer, text_layers)
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
-    return Components(tokenizer, text_encoder, vae, unet, scheduler)
+    return Components(tokenizer, text_encoder, vae, unet, sd15_scheduler())
 
 
 def build_sd15_shaped(out_dir: Path, tokenizer, seed: int = 0, text_layers: int = 12) -> Path:
     """The same parts as a diffusers folder that `from_pretrained` loads (about 4 GB in fp32)."""
-    from kshd.models import save_sd_pipeline
-
     c = sd15_shaped_components(tokenizer, seed, text_layers)
     save_sd_pipeline(out_dir, c.unet, c.vae, c.text_encoder, tokenizer)
     log.info("SD 1.5-shaped random-weight pipeline written to %s", out_dir)

@@ -29,7 +29,7 @@ def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
 def ensure_tiny(cfg: DictConfig) -> None:
     """The demo profile builds its tiny local models on first use (tiny.build)."""
     if cfg.tiny.build:
-        from kshd.models import build_tiny_models
+        from kshd.builders.tiny import build_tiny_models
 
         build_tiny_models(cfg.tiny.dir, cfg.tiny.seed)
 

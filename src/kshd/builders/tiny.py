@@ -1,0 +1,221 @@
+"""Tiny random-weight models for offline use: SD 1.x, BLIP-2, CLIP and a DINO stand-in.
+
+Built deterministically from a seed and written with `save_pretrained`, they are loaded back
+through the same `from_pretrained` code as Anything V5 and BLIP-2 (`kshd.models`), so the demo
+and the tests exercise the real loading code without a model hub. Users never need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from kshd.builders.sd_folder import save_sd_pipeline
+from kshd.fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+
+TINY_SD = "sd"
+TINY_BLIP2 = "blip2"
+TINY_CLIP = "clip"
+TINY_DINO = "dino"
+# One tiny vision transformer: CLIP's image tower and the DINO stand-in.
+TINY_VIT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+)
+# One tiny CLIP text tower (SD's text encoder, CLIP's text side) over CLIP's real vocabulary,
+# with the special-token ids of openai/clip-vit-large-patch14's config (as SD 1.x's).
+TINY_CLIP_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    layer_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+# The tiny SD's native size (the UNet's sample_size times the VAE's 8): its pipelines' default.
+TINY_SD_RESOLUTION = 128
+# Bump when a tiny builder changes what it writes: folders built by another version are rebuilt.
+TINY_BUILDER_VERSION = 2
+TINY_MANIFEST = "kshd-tiny.json"
+
+
+def _tiny_text_encoder(vocab_size: int, seed: int):
+    """A 5-layer, 32-wide CLIP text model; special-token ids as openai/clip-vit-large-patch14's."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return CLIPTextModel(
+        CLIPTextConfig(**TINY_CLIP_TEXT, num_hidden_layers=5, vocab_size=vocab_size)
+    )
+
+
+def _tiny_vae():
+    """Four blocks, like SD's VAE: it downsamples by 8, so latents have SD's proportions."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[4, 8, 16, 16],
+        layers_per_block=1,
+        norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+    )
+
+
+def build_tiny_sd(out_dir: Path, seed: int) -> None:
+    """A tiny Stable Diffusion 1.x pipeline with CLIP's real tokenizer, saved to out_dir."""
+    from diffusers import UNet2DConditionModel
+
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_SD_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    torch.manual_seed(seed)
+    vae = _tiny_vae()
+    tokenizer = clip_bpe_tokenizer()
+    text_encoder = _tiny_text_encoder(len(tokenizer), seed)
+    save_sd_pipeline(out_dir, unet, vae, text_encoder, tokenizer)
+    write_clip_bpe_files(out_dir / "tokenizer")  # the files SD 1.x's tokenizer folder holds
+
+
+def build_tiny_blip2(out_dir: Path, seed: int) -> None:
+    """A tiny BLIP-2 (ViT + Q-Former + OPT) with a byte-level tokenizer and its processor."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        GPT2Tokenizer,
+    )
+
+    from kshd.builders.clip_bpe import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *chars])}
+    tok = GPT2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+    num_query_tokens = 4
+    image_proc = BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = Blip2Processor(image_proc, tok, num_query_tokens=num_query_tokens)
+    config = Blip2Config(
+        vision_config=TINY_VIT,
+        qformer_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            encoder_hidden_size=32,
+            vocab_size=len(tok),
+        ),
+        text_config=dict(
+            model_type="opt",
+            hidden_size=32,
+            ffn_dim=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        num_query_tokens=num_query_tokens,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+
+
+def build_tiny_clip(out_dir: Path, seed: int) -> None:
+    """A tiny CLIP (text + vision towers) with its processor, for the evaluation metrics."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from kshd.builders.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
+
+    tok = clip_bpe_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(**TINY_CLIP_TEXT, num_hidden_layers=2, vocab_size=len(tok)),
+        vision_config=TINY_VIT,
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(out_dir, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out_dir)
+    write_clip_bpe_files(out_dir)
+
+
+def build_tiny_dino(out_dir: Path, seed: int) -> None:
+    """A tiny ViT with its image processor, standing in for a DINO ViT in tests."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(**TINY_VIT)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(out_dir, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
+
+
+def _tiny_manifest(name: str, seed: int) -> dict:
+    """What a tiny folder was built from: a folder with another manifest is out of date."""
+    return {"model": name, "seed": seed, "builder_version": TINY_BUILDER_VERSION}
+
+
+def _is_current(target: Path, manifest: dict) -> bool:
+    try:
+        return json.loads((target / TINY_MANIFEST).read_text(encoding="utf-8")) == manifest
+    except (OSError, ValueError):
+        return False
+
+
+def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Build the tiny models that are missing or out of date under root (atomically)."""
+    root = Path(root)
+    builders = {
+        TINY_SD: build_tiny_sd,
+        TINY_BLIP2: build_tiny_blip2,
+        TINY_CLIP: build_tiny_clip,
+        TINY_DINO: build_tiny_dino,
+    }
+    paths = {}
+    for name, build in builders.items():
+        target, manifest = root / name, _tiny_manifest(name, seed)
+        if not _is_current(target, manifest):
+            log.info("building tiny %s model in %s (seed %d)", name, target, seed)
+            with atomic_dir(target) as tmp:
+                build(tmp, seed)
+                (tmp / TINY_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
+        paths[name] = target
+    return paths
