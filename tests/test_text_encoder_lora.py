@@ -13,6 +13,8 @@ from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 from kshd.lora import KOHYA_FILE
 
+from .helpers.lora_files import randomize_lora_b, tiny_info
+
 SMALL = dict(steps=3, width=64, height=64, sampler="euler", seed=7)
 PROMPT = "an anime girl, drawn by KSH drawing style"
 
@@ -22,20 +24,15 @@ def te_lora(tiny_models, tmp_path_factory):
     """A LoRA for the tiny SD whose only part is a random (non-zero) text-encoder adapter."""
     from transformers import CLIPTextModel
 
-    from kshd.lora import adapter_tensors, add_lora, save_diffusers, save_kohya
+    from kshd.lora import adapter_tensors, add_lora, save_lora
 
     out = tmp_path_factory.mktemp("te_lora")
     te = CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder")
     add_lora(te, rank=4, alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, param in te.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    randomize_lora_b(te, seed=2, scale=0.5)
     state = adapter_tensors(None, te)
     assert state and all(k.startswith("text_encoder.") for k in state)
-    save_diffusers(state, out)
-    save_kohya(state, out, 4, {"ss_network_dim": 4, "ss_network_alpha": 4})
+    save_lora(out, None, te, tiny_info(train_text_encoder=True))
     return out
 
 

@@ -8,16 +8,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.lora import (
-    DIFFUSERS_FILE,
-    KOHYA_FILE,
-    adapter_tensors,
-    kohya_metadata,
-    save_diffusers,
-    save_kohya,
-)
+from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE, save_lora
 from kshd.training.loop import train_lora
 from kshd.training.settings import EpochSampler, TrainSettings, load_components, total_steps
+
+from .helpers.lora_files import tiny_info
 
 SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 
@@ -29,26 +24,8 @@ def trained(tiny_models, sample_split, tmp_path_factory):
     c = load_components(str(tiny_models["sd"]))
     rows = []
     result = train_lora(c, sample_split, TrainSettings(**SETTINGS), on_log=rows.append)
-    state = adapter_tensors(c.unet)
-    save_diffusers(state, out)
-    save_kohya(
-        state,
-        out,
-        4,
-        kohya_metadata(
-            rank=4,
-            alpha=4,
-            base_model="tiny",
-            resolution=64,
-            trigger="drawn by KSH drawing style",
-            steps=result.steps,
-            epochs=result.epochs,
-            batch_size=2,
-            learning_rate=1e-2,
-            num_images=len(sample_split),
-            seed=7,
-        ),
-    )
+    info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(sample_split), seed=7)
+    save_lora(out, c.unet, c.text_encoder, info)
     return out, result, rows
 
 

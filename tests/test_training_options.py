@@ -9,18 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.lora import (
-    KOHYA_FILE,
-    adapter_tensors,
-    kohya_metadata,
-    save_diffusers,
-    save_kohya,
-)
+from kshd.lora import KOHYA_FILE, adapter_tensors, save_lora
 from kshd.training.batches import caption_variant
 from kshd.training.loop import train_lora
 from kshd.training.settings import TrainSettings, load_components
 
-TRIGGER = "drawn by KSH drawing style"
+from .helpers.lora_files import TRIGGER, tiny_info
+
 BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)
 
 
@@ -59,26 +54,8 @@ def test_text_encoder_lora_trains_saves_and_loads(tiny_models, sample_split, tmp
     assert result.steps == 5
     state = adapter_tensors(c.unet, c.text_encoder)
     assert any(k.startswith("text_encoder.") for k in state)
-    save_diffusers(state, tmp_path)
-    save_kohya(
-        state,
-        tmp_path,
-        4,
-        kohya_metadata(
-            rank=4,
-            alpha=4,
-            base_model="tiny",
-            resolution=64,
-            trigger=TRIGGER,
-            steps=5,
-            epochs=1,
-            batch_size=2,
-            learning_rate=1e-2,
-            num_images=10,
-            seed=3,
-            train_text_encoder=True,
-        ),
-    )
+    info = tiny_info(steps=5, epochs=1, seed=3, train_text_encoder=True)
+    save_lora(tmp_path, c.unet, c.text_encoder, info)
     with safe_open(str(tmp_path / KOHYA_FILE), "pt") as f:
         te_keys = [k for k in f.keys() if k.startswith("lora_te")]  # noqa: SIM118
         assert f.metadata()["ss_text_encoder_lr"] == f.metadata()["ss_unet_lr"] == "0.01"

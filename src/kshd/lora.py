@@ -7,6 +7,7 @@ import json
 import logging
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -122,44 +123,65 @@ def _sd1_text_encoder_name(key: str) -> str:
     return "lora_te_" + (rest if rest.startswith("text_model_") else f"text_model_{rest}")
 
 
-def kohya_metadata(
-    *,
-    rank: int,
-    alpha: float,
-    base_model: str,
-    resolution: int,
-    trigger: str,
-    steps: int,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    num_images: int,
-    seed: int,
-    train_text_encoder: bool = False,
-) -> dict[str, object]:
+@dataclass(frozen=True)
+class KohyaInfo:
+    """What a trained LoRA records about its training in the kohya file's `ss_*` fields."""
+
+    rank: int
+    alpha: float
+    base_model: str
+    resolution: int
+    trigger: str
+    steps: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    num_images: int
+    seed: int
+    train_text_encoder: bool = False
+
+
+def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
     """The `ss_*` fields A1111's and civitai's LoRA readers show.
 
     kohya records the learning rate per part; a text-encoder rate of 0 says the file changes the
     UNet alone, so readers do not expect `lora_te_` keys.
     """
+    lr = info.learning_rate
     return {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": str(alpha),
+        "ss_network_dim": str(info.rank),
+        "ss_network_alpha": str(info.alpha),
         "ss_base_model_version": "sd_v1",
-        "ss_sd_model_name": base_model,
-        "ss_resolution": f"({resolution}, {resolution})",
-        "ss_tag_frequency": {"ksh": {trigger: num_images}},
+        "ss_sd_model_name": info.base_model,
+        "ss_resolution": f"({info.resolution}, {info.resolution})",
+        "ss_tag_frequency": {"ksh": {info.trigger: info.num_images}},
         "ss_output_name": Path(KOHYA_FILE).stem,
-        "ss_steps": str(steps),
-        "ss_epoch": str(epochs),
-        "ss_batch_size_per_device": str(batch_size),
-        "ss_learning_rate": str(learning_rate),
-        "ss_unet_lr": str(learning_rate),
-        "ss_text_encoder_lr": str(learning_rate if train_text_encoder else 0.0),
-        "ss_num_train_images": str(num_images),
-        "ss_seed": str(seed),
-        "ss_training_comment": f"trigger phrase: {trigger}",
+        "ss_steps": str(info.steps),
+        "ss_epoch": str(info.epochs),
+        "ss_batch_size_per_device": str(info.batch_size),
+        "ss_learning_rate": str(lr),
+        "ss_unet_lr": str(lr),
+        "ss_text_encoder_lr": str(lr if info.train_text_encoder else 0.0),
+        "ss_num_train_images": str(info.num_images),
+        "ss_seed": str(info.seed),
+        "ss_training_comment": f"trigger phrase: {info.trigger}",
         "modelspec.title": "KSH drawing style",
         "modelspec.architecture": "stable-diffusion-v1/lora",
     }
+
+
+def save_lora(out_dir: Path, unet, text_encoder, info: KohyaInfo) -> tuple[Path, Path]:
+    """Both files of a trained LoRA: diffusers' `pytorch_lora_weights.safetensors` and the kohya
+    `ksh_drawing_style.safetensors` with its `ss_*` metadata.
+
+    The one save sequence of the project (stage, tests, fixtures), so every LoRA folder holds the
+    same two files made the same way. `text_encoder` counts only if it carries an adapter.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = adapter_tensors(unet, text_encoder)
+    diffusers_file = save_diffusers(state, out_dir)
+    kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info))
+    log.info("LoRA saved: %s, %s", diffusers_file, kohya_file)
+    return diffusers_file, kohya_file

@@ -17,12 +17,7 @@ from omegaconf import DictConfig
 from kshd.config import shared_path
 from kshd.experiments.tracking import TrackingSettings, start_run
 from kshd.fileio import write_json, write_text
-from kshd.lora import (
-    adapter_tensors,
-    kohya_metadata,
-    save_diffusers,
-    save_kohya,
-)
+from kshd.lora import KohyaInfo, save_lora
 from kshd.models import check_model_source, model_identity
 from kshd.stages import ensure_tiny, plain, run, stage_config
 from kshd.training.checkpoints import fingerprint
@@ -83,28 +78,21 @@ def write_outputs(
     cfg: DictConfig, s: TrainSettings, components, result: TrainResult, num_images: int
 ) -> dict:
     out = Path(cfg.output.lora_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = adapter_tensors(components.unet, components.text_encoder)
-    save_diffusers(state, out)
-    save_kohya(
-        state,
-        out,
-        s.alpha,
-        kohya_metadata(
-            rank=s.rank,
-            alpha=s.alpha,
-            base_model=cfg.model.pretrained,
-            resolution=s.resolution,
-            trigger=cfg.caption.trigger_phrase,
-            steps=result.steps,
-            epochs=result.epochs,
-            batch_size=s.batch_size,
-            learning_rate=s.learning_rate,
-            num_images=num_images,
-            seed=s.seed,
-            train_text_encoder=s.train_text_encoder,
-        ),
+    info = KohyaInfo(
+        rank=s.rank,
+        alpha=s.alpha,
+        base_model=cfg.model.pretrained,
+        resolution=s.resolution,
+        trigger=cfg.caption.trigger_phrase,
+        steps=result.steps,
+        epochs=result.epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        num_images=num_images,
+        seed=s.seed,
+        train_text_encoder=s.train_text_encoder,
     )
+    save_lora(out, components.unet, components.text_encoder, info)
     metrics = result.metrics() | {"latents": result.latents, "captions": result.captions}
     write_json(out / "metrics.json", metrics)
     write_text(out / "loss.csv", loss_csv(result))

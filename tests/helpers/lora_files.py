@@ -1,0 +1,41 @@
+"""LoRA folders for tests, written by the one save function the train stage uses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from kshd.lora import KohyaInfo
+
+TRIGGER = "drawn by KSH drawing style"
+
+# A tiny run's record: rank 4, 64 px, batch 2, lr 1e-2 on the ten bundled samples.
+TINY_INFO = KohyaInfo(
+    rank=4,
+    alpha=4,
+    base_model="tiny",
+    resolution=64,
+    trigger=TRIGGER,
+    steps=0,
+    epochs=0,
+    batch_size=2,
+    learning_rate=1e-2,
+    num_images=10,
+    seed=0,
+)
+
+
+def tiny_info(**changes) -> KohyaInfo:
+    """TINY_INFO with the fields a test cares about changed (steps, seed, ...)."""
+    return replace(TINY_INFO, **changes)
+
+
+def randomize_lora_b(model, seed: int, scale: float) -> None:
+    """Give a fresh adapter non-zero `lora_B` weights, so the LoRA changes the model's output
+    (peft starts `lora_B` at zero, which would make every strength look alike)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
