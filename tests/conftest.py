@@ -60,20 +60,15 @@ def sample_split(tmp_path_factory):
 @pytest.fixture(scope="session")
 def random_lora(tiny_models, tmp_path_factory) -> Path:
     """A LoRA folder for the tiny SD with random (non-zero) weights, in both file formats."""
-    import torch
     from diffusers import UNet2DConditionModel
 
-    from kshd.lora import adapter_tensors, add_lora, save_diffusers, save_kohya
+    from kshd.lora import add_lora, save_lora
+
+    from .helpers.lora_files import TINY_INFO, randomize_lora_b
 
     out = tmp_path_factory.mktemp("random_lora")
     unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"], subfolder="unet")
     add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    state = adapter_tensors(unet)
-    save_diffusers(state, out)
-    save_kohya(state, out, 4, {"ss_network_dim": 4, "ss_network_alpha": 4})
+    randomize_lora_b(unet, seed=1, scale=0.3)
+    save_lora(out, unet, None, TINY_INFO)
     return out
