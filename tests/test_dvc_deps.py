@@ -1,0 +1,166 @@
+"""Each DVC stage depends on every `kshd` file it can run, found by walking its imports.
+
+A stage's code is what its entry point (`src/kshd/stages/<stage>.py`, with the shared
+`stages/__init__.py`) imports inside `kshd`, transitively, function-level imports included. Each
+such file must be covered by a code dep of the stage in `dvc.yaml` (the file or a folder above
+it), or an edit to it would not rerun the stage; and no dep may name a path that does not exist.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PACKAGE = SRC / "kshd"
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a `kshd` module or package, or None (a name inside a module, or not kshd)."""
+    if name != "kshd" and not name.startswith("kshd."):
+        return None
+    base = SRC.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement anywhere in the file names (functions included)."""
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:  # a submodule, or a name defined in `base`
+                sub = f"{base}.{alias.name}"
+                found.add(sub if module_file(sub) else base)
+    return found
+
+
+def parent_packages(name: str) -> list[str]:
+    """`kshd.a.b` runs `kshd/__init__.py` and `kshd/a/__init__.py` first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def has_code(init: Path) -> bool:
+    """An `__init__.py` matters when it holds more than a docstring and literal constants."""
+    for stmt in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(stmt, ast.Expr | ast.Assign) and isinstance(stmt.value, ast.Constant):
+            continue
+        return True
+    return False
+
+
+def reached_files(entry_points: list[Path]) -> set[Path]:
+    """The `kshd` files the entry points import, transitively."""
+    todo = [module_name(p) for p in entry_points]
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        if path is None:
+            continue
+        files.add(path)
+        todo.extend(imported_modules(path))
+        for parent in parent_packages(name):  # implicit: counts only if it runs code
+            init = module_file(parent)
+            if init is not None and has_code(init):
+                todo.append(parent)
+    return files
+
+
+def code_deps(stage: dict) -> list[str]:
+    """The stage's deps that are code (not `${...}` data paths)."""
+    return [d for d in stage.get("deps", []) if isinstance(d, str) and d.startswith("src/")]
+
+
+def uncovered(files: set[Path], deps: list[str]) -> list[str]:
+    """The files that no dep names, itself or through a folder above it."""
+    roots = [ROOT / d for d in deps]
+    return sorted(
+        str(f.relative_to(ROOT)) for f in files if not any(f == r or r in f.parents for r in roots)
+    )
+
+
+def stage_files(stage: str) -> set[Path]:
+    """What `python -m kshd.stages.<stage>` can run: its module and the shared stages package."""
+    return reached_files([PACKAGE / "stages" / f"{stage}.py", PACKAGE / "stages" / "__init__.py"])
+
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_are_exactly_the_kshd_files_it_imports(stage):
+    entry = PACKAGE / "stages" / f"{stage}.py"
+    assert entry.is_file(), f"dvc.yaml stage {stage!r} has no entry point {entry}"
+    assert STAGES[stage]["cmd"].endswith(f"-m kshd.stages.{stage}")
+    deps, reached = code_deps(STAGES[stage]), stage_files(stage)
+    wanted = "".join(f"\n      - {f.relative_to(ROOT)}" for f in sorted(reached))
+    missing = uncovered(reached, deps)
+    assert not missing, f"dvc.yaml stage {stage!r} lacks deps {missing}; all it runs:{wanted}"
+    absent = [d for d in deps if not (ROOT / d).exists()]
+    assert not absent, f"dvc.yaml stage {stage!r} names deps that do not exist: {absent}"
+    unused = [d for d in deps if not uncovered(reached, [*set(deps) - {d}])]
+    assert not unused, f"dvc.yaml stage {stage!r} has deps it never imports: {unused}{wanted}"
+
+
+def test_folder_deps_ignore_bytecode():
+    """An editable install writes `__pycache__/` into src/: in a folder dep, it would make DVC
+    see changed code after every Python upgrade or checkout, and rerun a real training."""
+    folders = {d for s in STAGES.values() for d in code_deps(s) if (ROOT / d).is_dir()}
+    if folders:
+        ignore = (ROOT / ".dvcignore").read_text(encoding="utf-8").split()
+        assert "__pycache__/" in ignore, f"folder deps {sorted(folders)} need .dvcignore"
+
+
+def test_the_walk_follows_function_level_imports_and_names_what_a_dep_list_lacks():
+    """The check itself: a stage that builds tiny models reaches the builders, and a dep list
+    without them names each missing file."""
+    reached = reached_files([PACKAGE / "stages" / "__init__.py"])
+    names = {str(p.relative_to(ROOT)) for p in reached}
+    assert "src/kshd/builders/tiny.py" in names  # only imported inside ensure_tiny()
+    assert "src/kshd/builders/clip_bpe.py" in names  # imported inside build_tiny_sd()
+    assert "src/kshd/builders/sd15_shaped.py" not in names  # in the folder, never imported
+    assert "src/kshd/__init__.py" not in names  # a docstring and a version: runs nothing
+    assert uncovered(reached, ["src/kshd/stages", "src/kshd/config.py"]) == sorted(
+        n for n in names if not n.startswith(("src/kshd/stages/", "src/kshd/config.py"))
+    )
+    assert uncovered(reached, ["src/kshd"]) == []
+
+
+def test_the_gaps_issue_14_found_in_the_hand_written_lists_are_found():
+    """Before issue 14, train wrote validation images through evaluation/ without depending on
+    it, dataset imported captioning without it, evaluate lacked lora.py and checkpoints.py."""
+    old = {
+        "train": ["src/kshd/stages/train.py", "src/kshd/training/loop.py", "src/kshd/models.py"],
+        "dataset": ["src/kshd/stages/dataset.py", "src/kshd/data/dataset.py"],
+        "evaluate": ["src/kshd/stages/evaluate.py", "src/kshd/evaluation/evaluate.py"],
+    }
+    assert "src/kshd/evaluation/sampling.py" in uncovered(stage_files("train"), old["train"])
+    assert "src/kshd/data/captioning.py" in uncovered(stage_files("dataset"), old["dataset"])
+    lacking = uncovered(stage_files("evaluate"), old["evaluate"])
+    assert {"src/kshd/lora.py", "src/kshd/training/checkpoints.py"} <= set(lacking)
