@@ -160,7 +160,6 @@ def test_local_model_identity_follows_content_not_place_or_time(tiny_models, tmp
     for path in copy.rglob("*"):
         os.utime(path, ns=(0, 0))  # a copy with other times, as rsync or a download gives
     assert model_identity(str(copy), None) == original
-    assert original["files"] == 13
 
     weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size > 1 << 20  # sampled, not read whole
