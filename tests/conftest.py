@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """The demo's tiny SD and BLIP-2, saved with save_pretrained (built once, ~4 s)."""
-    from kshd.models import build_tiny_models
+    from kshd.builders.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
