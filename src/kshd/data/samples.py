@@ -1,31 +1,25 @@
-"""Draw the bundled sample drawings: simple anime-style line art in KSH's manner, deterministic.
+"""Draw the bundled sample drawings: KSH-style characters of the demo world, deterministic.
 
-Girls get big eyes with thick eyeliner, boys smaller eyes with thin lines; clean lines, flat
-shading. Like the artist's real files, most are RGBA PNGs on a transparent ground, and several
-have Korean names. `python -m kshd.data.samples data/samples` redraws them.
+Each sample is a character of kshd.builders.world drawn in the KSH style (bold lines, two-tone
+shading, big eyes with thick eyeliner for girls, smaller eyes with thin lines for boys). Like
+the artist's real files, most are RGBA PNGs on a transparent ground, several have Korean names,
+and two have odd sizes. `python -m kshd.data.samples data/samples` redraws them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from kshd.builders.world import Character, character
+from kshd.builders.world import draw as draw_world
 
 log = logging.getLogger(__name__)
-
-HAIR = [
-    (250, 220, 120),
-    (60, 40, 30),
-    (200, 90, 60),
-    (120, 150, 230),
-    (30, 30, 40),
-    (240, 170, 200),
-]
-EYES = [(60, 160, 90), (80, 110, 200), (150, 80, 50), (170, 60, 120)]
 
 
 @dataclass(frozen=True)
@@ -34,6 +28,7 @@ class Sample:
     girl: bool
     size: tuple[int, int] = (256, 256)
     transparent: bool = True
+    clothes: str | None = None  # None: the seed's
 
 
 SAMPLES = [
@@ -42,88 +37,28 @@ SAMPLES = [
     Sample("소년_01.png", girl=False),
     Sample("girl_smile.png", girl=True),
     Sample("girl_side.png", girl=True, size=(256, 320)),
-    Sample("boy_hoodie.png", girl=False),
-    Sample("boy_school.png", girl=False, transparent=False),
+    Sample("boy_hoodie.png", girl=False, clothes="hoodie"),
+    Sample("boy_school.png", girl=False, transparent=False, clothes="school uniform"),
     Sample("girl_twintails.png", girl=True, transparent=False),
-    Sample("교복_소녀.png", girl=True),
+    Sample("교복_소녀.png", girl=True, clothes="school uniform"),
     Sample("boy_wide.png", girl=False, size=(320, 256)),
 ]
 
 
-def _eye(d: ImageDraw.ImageDraw, cx: int, cy: int, s: float, girl: bool, iris: tuple) -> None:
-    w, h = (int(22 * s), int(26 * s)) if girl else (int(16 * s), int(11 * s))
-    d.ellipse((cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2), fill="white")
-    r = int(h * 0.45)
-    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=iris)
-    d.ellipse((cx - r // 3, cy - r // 3 - 2, cx + r // 6, cy), fill="white")  # highlight
-    liner = max(2, int((5 if girl else 2) * s))
-    d.arc(
-        (cx - w // 2 - 2, cy - h // 2 - 2, cx + w // 2 + 2, cy + h // 2 + 4),
-        190,
-        350,
-        fill="black",
-        width=liner,
+def sample_character(sample: Sample, seed: int) -> Character:
+    """The world's character of the seed, as the sample's name says (girl or boy, clothes);
+    the boys with short hair, as in the artist's drawings."""
+    c = character(seed)
+    c = dataclasses.replace(
+        c, girl=sample.girl, hair_length=c.hair_length if sample.girl else "short"
     )
-    if girl:
-        d.line(
-            (cx + w // 2, cy - h // 4, cx + w // 2 + int(6 * s), cy - h // 2),
-            fill="black",
-            width=liner,
-        )
+    return dataclasses.replace(c, clothes=sample.clothes) if sample.clothes else c
 
 
 def draw(sample: Sample, seed: int) -> Image.Image:
-    rng = random.Random(seed)
-    w, h = sample.size
-    ground = (0, 0, 0, 0) if sample.transparent else (255, 252, 245, 255)
-    img = Image.new("RGBA", sample.size, ground)
-    d = ImageDraw.Draw(img)
-    s = min(w, h) / 256
-    cx, cy = w // 2 + rng.randint(-10, 10), h // 2 + rng.randint(0, 15)
-    hair, iris = rng.choice(HAIR), rng.choice(EYES)
-    fw, fh = int(110 * s), int(130 * s)
-    back = int(fh * (1.25 if sample.girl else 0.95))
-    d.ellipse(
-        (cx - fw // 2 - 18, cy - fh // 2 - 25, cx + fw // 2 + 18, cy - fh // 2 + back),
-        fill=hair,
-        outline="black",
-        width=3,
-    )  # hair behind the face
-    d.polygon(
-        [
-            (cx - fw // 2, cy - 10),
-            (cx + fw // 2, cy - 10),
-            (cx + 8, cy + fh // 2),
-            (cx - 8, cy + fh // 2),
-        ],
-        fill=(255, 228, 210),
-        outline="black",
-    )
-    d.ellipse(
-        (cx - fw // 2, cy - fh // 2, cx + fw // 2, cy + fh // 4),
-        fill=(255, 228, 210),
-        outline="black",
-        width=3,
-    )
-    d.chord(
-        (cx - fw // 2 - 6, cy - fh // 2 - 20, cx + fw // 2 + 6, cy - fh // 6),
-        180,
-        360,
-        fill=hair,
-        outline="black",
-        width=3,
-    )  # fringe
-    dx = int(24 * s)
-    for ex in (cx - dx, cx + dx):
-        _eye(d, ex, cy + int(8 * s), s, sample.girl, iris)
-    d.arc((cx - 8, cy + int(34 * s), cx + 8, cy + int(44 * s)), 20, 160, fill="black", width=2)
-    d.rectangle(
-        (cx - fw // 2, cy + fh // 2 + 4, cx + fw // 2, h),
-        fill=rng.choice(HAIR[2:]),
-        outline="black",
-        width=3,
-    )  # shoulders
-    return img
+    """The sample as an RGBA image in the KSH style (transparent ground if the sample is)."""
+    img = draw_world(sample_character(sample, seed), "ksh", sample.size, sample.transparent)
+    return img.convert("RGBA")
 
 
 def write_samples(out_dir: str | Path, seed: int = 5508) -> list[Path]:
@@ -141,11 +76,6 @@ def write_samples(out_dir: str | Path, seed: int = 5508) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    write_samples(sys.argv[1] if len(sys.argv) > 1 else "data/samples")
-
-
 def noise_drawings(root: Path, n: int, size: int) -> Path:
     """n incompressible noise PNGs under root/prepared and their info.csv (benches and memory
     tests: sizes that do not shrink with PNG compression); returns the info.csv."""
@@ -161,3 +91,8 @@ def noise_drawings(root: Path, n: int, size: int) -> Path:
         rows.append((f"prepared/{i:04d}.png", f"drawing {i}, drawn by KSH drawing style"))
     write_info_csv(root / "info.csv", rows)
     return root / "info.csv"
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    write_samples(sys.argv[1] if len(sys.argv) > 1 else "data/samples")
