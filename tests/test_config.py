@@ -9,8 +9,7 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from kshd.config import ConfigError, compose_conf, load_params
-from kshd.training.settings import TrainSettings
+from kshd.config import ConfigError, compose_conf, load_params, write_params
 
 from .conftest import ROOT
 
@@ -64,7 +63,7 @@ def test_stage_overrides_reach_the_config(tmp_path):
     params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     cfg = load_params(["train.epochs=3", "train.batch_size=2"], params_file=params)
     assert (cfg.train.epochs, cfg.train.batch_size) == (3, 2)
-    with pytest.raises(Exception, match="epochz"):
+    with pytest.raises(ConfigError, match=r"train\.epochz"):
         load_params(["train.epochz=3"], params_file=params)
 
 
@@ -72,8 +71,8 @@ def test_a_queued_experiment_reads_its_own_params_not_the_parent_repos(tmp_path,
     """DVC runs a queued experiment in a temp copy but sets DVC_ROOT to the parent repository."""
     parent, copy = tmp_path / "repo", tmp_path / "repo/.dvc/tmp/exps/tmp1"
     copy.mkdir(parents=True)
-    (parent / "params.yaml").write_text("train:\n  epochs: 50\n", encoding="utf-8")
-    (copy / "params.yaml").write_text("train:\n  epochs: 2\n", encoding="utf-8")
+    write_params(compose_conf(["train.epochs=50"], conf_dir=ROOT / "conf"), parent / "params.yaml")
+    write_params(compose_conf(["train.epochs=2"], conf_dir=ROOT / "conf"), copy / "params.yaml")
     monkeypatch.setenv("DVC_ROOT", str(parent))
     monkeypatch.chdir(copy)
     assert load_params().train.epochs == 2
@@ -95,7 +94,15 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
     ],
 )
 def test_bad_train_values_name_the_key(key, value, words):
-    cfg = OmegaConf.to_container(compose_conf([], conf_dir=ROOT / "conf").train, resolve=True)
-    cfg[key] = value
     with pytest.raises(ConfigError, match=words):
-        TrainSettings.from_config(cfg)
+        compose_conf([f"train.{key}={value}"], conf_dir=ROOT / "conf")
+
+
+def test_a_params_file_missing_a_key_is_one_line_naming_it(tmp_path):
+    params = tmp_path / "params.yaml"
+    values = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    del values["train"]["epochs"]
+    params.write_text(yaml.safe_dump(values), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"`train\.epochs` is missing.*compose-params") as err:
+        load_params([], params_file=params)
+    assert "\n" not in str(err.value)

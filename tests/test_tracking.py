@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import pytest
 
+from kshd.config import ConfigError, compose_conf
 from kshd.experiments.tracking import (
     REDACTED,
     TrackingSettings,
@@ -14,7 +18,30 @@ from kshd.experiments.tracking import (
     sweep_group,
 )
 
+from .conftest import ROOT
 from .helpers.wandb_offline import find_offline_runs
+
+
+@functools.cache
+def _conf_tracking() -> TrackingSettings:
+    from kshd.schema import group
+
+    return group(compose_conf([], conf_dir=ROOT / "conf"), "tracking")
+
+
+def tracking(**changes) -> TrackingSettings:
+    """conf/'s tracking group (the schema has no defaults of its own) with `changes`."""
+    return dataclasses.replace(_conf_tracking(), **changes)
+
+
+def test_conf_tracks_offline_without_a_key_and_a_bad_mode_fails_at_load():
+    assert (tracking().enabled, tracking().mode, tracking().project) == (
+        True,
+        "auto",
+        "ksh-drawing-ai",
+    )
+    with pytest.raises(ConfigError, match=r"`tracking\.mode` = 'bogus'.*offline"):
+        compose_conf(["tracking.mode=bogus"], conf_dir=ROOT / "conf")
 
 
 def test_mode_resolution():
@@ -47,10 +74,10 @@ def test_scrub_keeps_settings_that_only_mention_tokens_and_redacts_secret_values
 
 def test_sweep_group_from_config_env_or_the_experiments_baseline():
     base = {"DVC_EXP_BASELINE_REV": "0123456789abcdef"}
-    assert sweep_group(TrackingSettings(group="mine"), base) == "mine"
-    assert sweep_group(TrackingSettings(), base | {"WANDB_RUN_GROUP": "env"}) == "env"
-    assert sweep_group(TrackingSettings(), base) == "baseline-0123456"
-    assert sweep_group(TrackingSettings(), {}) is None
+    assert sweep_group(tracking(group="mine"), base) == "mine"
+    assert sweep_group(tracking(), base | {"WANDB_RUN_GROUP": "env"}) == "env"
+    assert sweep_group(tracking(), base) == "baseline-0123456"
+    assert sweep_group(tracking(), {}) is None
 
 
 def test_run_id_is_stable_per_experiment_stage_and_params():
@@ -72,7 +99,7 @@ def test_offline_run_is_named_after_the_experiment(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     run = start_run(
-        TrackingSettings(dir=str(tmp_path), group="sweep-1"),
+        tracking(dir=str(tmp_path), group="sweep-1"),
         "train",
         {"train": {"batch_size": 2, "epochs": 3}, "hf_token": "secret"},
     )
@@ -92,11 +119,11 @@ def test_a_queued_experiment_logs_into_the_project_not_its_temporary_copy(tmp_pa
     monkeypatch.setenv("DVC_ROOT", str(project))
     monkeypatch.setenv("DVC_EXP_NAME", "queued-exp")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    start_run(TrackingSettings(), "train", {"train": {"epochs": 1}}).finish()
+    start_run(tracking(), "train", {"train": {"epochs": 1}}).finish()
     [found] = find_offline_runs(project / "wandb")
     assert found.name == "queued-exp" and not (copy / "wandb").exists()
 
 
 def test_disabled_tracking_starts_nothing():
-    assert start_run(TrackingSettings(enabled=False), "train", {}) is None
-    assert start_run(TrackingSettings(mode="disabled"), "train", {}) is None
+    assert start_run(tracking(enabled=False), "train", {}) is None
+    assert start_run(tracking(mode="disabled"), "train", {}) is None

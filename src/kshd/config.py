@@ -7,14 +7,23 @@ and the Compose API neither changes the working directory nor writes `outputs/` 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Marks a settings field whose value changes a stage's result (fingerprints, cache keys):
+# `field(metadata=DEFINES_RESULT)`. Fields without it change how, not what, is computed.
+DEFINES_RESULT = {"defines_result": True}
 
 PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
@@ -72,9 +81,8 @@ def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = 
     if conf.is_dir():  # so that `+experiment=demo` finds conf/experiment/demo.yaml
         overrides.insert(0, f"hydra.searchpath=[file://{conf}]")
     with initialize_config_dir(config_dir=str(path.resolve().parent), version_base=None):
-        cfg = compose(config_name=path.stem, overrides=overrides)
-    OmegaConf.resolve(cfg)
-    return cfg
+        cfg = _compose(compose, path.stem, overrides)
+    return _checked(cfg, f"{path.name} (regenerate it from conf/ with `kshd compose-params`)")
 
 
 def compose_conf(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -> DictConfig:
@@ -83,8 +91,30 @@ def compose_conf(overrides: Sequence[str] = (), conf_dir: str | Path | None = No
 
     conf = Path(conf_dir) if conf_dir else project_root() / CONF_DIR
     with initialize_config_dir(config_dir=str(conf.resolve()), version_base=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
+        cfg = _compose(compose, "config", list(overrides))
+    return _checked(cfg, "conf/")
+
+
+def _compose(compose, name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's compose, its override errors (a misspelt key, a missing option) as one line."""
+    from hydra.errors import HydraException
+
+    try:
+        return compose(config_name=name, overrides=overrides)
+    except HydraException as err:
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"{first}{cause}: check the key against conf/, or add a new one with `+key=value`."
+        ) from None
+
+
+def _checked(cfg: DictConfig, source: str) -> DictConfig:
+    """Resolved and checked against the schema, before any stage loads a model."""
+    from kshd.schema import check
+
     OmegaConf.resolve(cfg)
+    check(cfg, source)
     return cfg
 
 
@@ -97,3 +127,79 @@ def require(condition: bool, key: str, value: object, accepted: str) -> None:
     """Raise a ConfigError naming the key, the bad value and what is accepted."""
     if not condition:
         raise ConfigError(f"config key `{key}` = {value!r} is not valid: expected {accepted}.")
+
+
+def settings(node: Mapping | DictConfig, cls: type[T], key: str, source: str = "conf/") -> T:
+    """`cls` filled from the config node at `key`: every field must be there and nothing else,
+    so a misspelt key is named instead of silently dropped, and no default hides in code."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"config key `{key}` = {node!r} is not valid: expected a mapping.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    path = f"{key}." if key else ""
+    for name in node:
+        if name not in names:
+            near = difflib.get_close_matches(str(name), names, n=1)
+            hint = f"did you mean `{path}{near[0]}`? " if near else ""
+            raise ConfigError(
+                f"config key `{path}{name}` is unknown: {hint}remove or rename it in {source}."
+            )
+    for name in names:
+        if name not in node:
+            raise ConfigError(
+                f"config key `{path}{name}` is missing: add it to {source}, or pass "
+                f"`+{path}{name}=<value>`."
+            )
+    hints = typing.get_type_hints(cls)
+    value = cls(**{n: _typed(node[n], hints[n], f"{path}{n}", source) for n in names})
+    if hasattr(value, "validate"):
+        value.validate()
+    return value
+
+
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _typed(value: Any, hint: Any, key: str, source: str) -> Any:
+    """`value` checked against the field's type; lists become tuples where the field says so."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, key, source)
+    if dataclasses.is_dataclass(hint):
+        return settings(value, hint, key, source)
+    if origin is tuple:
+        fixed = not (len(args) == 2 and args[1] is Ellipsis)
+        ok = isinstance(value, list | tuple) and (not fixed or len(value) == len(args))
+        require(ok, key, value, f"a list of {len(args)} values" if fixed else "a list")
+        inner = args if fixed else [args[0]] * len(value)
+        return tuple(
+            _typed(v, h, f"{key}[{i}]", source)
+            for i, (v, h) in enumerate(zip(value, inner, strict=True))
+        )
+    if origin is dict:
+        require(isinstance(value, Mapping), key, value, "a mapping")
+        return {str(k): _typed(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint in (bool, str):
+        ok = isinstance(value, hint)
+    else:
+        ok = True
+    null = " (null is not accepted here)" if value is None else ""
+    require(ok, key, value, _WORDS.get(hint, str(hint)) + null)
+    return value
+
+
+def defining(value: object) -> dict:
+    """The fields marked DEFINES_RESULT, by name: what a fingerprint or cache key hashes."""
+    return {
+        f.name: getattr(value, f.name)
+        for f in dataclasses.fields(value)
+        if f.metadata.get("defines_result")
+    }

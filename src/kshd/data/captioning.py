@@ -10,7 +10,6 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,37 +20,9 @@ from kshd.config import InputError
 from kshd.data.caption_cache import CaptionCache
 from kshd.fileio import write_text
 from kshd.models import check_model_source, device_and_dtype
+from kshd.schema import CaptionSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaptionSettings:
-    """The captioner and its sampling settings (defaults: the original project's script)."""
-
-    model: str = "Salesforce/blip2-opt-2.7b"
-    prompt: str = "A painting of"
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_p: float = 0.9
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = 40
-    batch_size: int = 8
-    seed: int = 5508
-
-    def fingerprint(self) -> str:
-        """What changes a caption (not batch_size): the cache key's first half."""
-        fields = (
-            self.model,
-            self.prompt,
-            self.do_sample,
-            self.temperature,
-            self.top_p,
-            self.repetition_penalty,
-            self.max_new_tokens,
-            self.seed,
-        )
-        return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
 def clean_caption(raw: str, prompt: str) -> str:

@@ -13,26 +13,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
+from kshd.schema import Limits
+from kshd.schema_values import RESIZE_MODES, SAMPLERS
 
-# key -> (A1111 name, diffusers scheduler class, its options)
-SAMPLERS: dict[str, tuple[str, str, dict]] = {
-    "dpmpp_2m_karras": (
-        "DPM++ 2M Karras",
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
-    ),
-    "dpmpp_2m": (
-        "DPM++ 2M",
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
-    ),
-    "euler_a": ("Euler a", "EulerAncestralDiscreteScheduler", {}),
-    "euler": ("Euler", "EulerDiscreteScheduler", {}),
-    "heun": ("Heun", "HeunDiscreteScheduler", {}),
-    "ddim": ("DDIM", "DDIMScheduler", {}),
-    "unipc": ("UniPC", "UniPCMultistepScheduler", {}),
-}
-RESIZE_MODES = ("crop", "fill", "stretch")
 MAX_SEED = 2**32 - 1
 
 
@@ -42,19 +25,6 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds that keep one request from taking the server down."""
-
-    max_steps: int = 150
-    max_side: int = 2048
-    max_batch_count: int = 16
-    max_batch_size: int = 8
-    max_prompt_chars: int = 5000
-    max_upload_pixels: int = 50_000_000
-    max_lora_scale: float = 2.0
 
 
 @dataclass

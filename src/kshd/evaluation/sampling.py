@@ -9,40 +9,50 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from kshd.config import DEFINES_RESULT
+from kshd.schema_values import check_sampler
+
+if TYPE_CHECKING:
+    from kshd.schema import EvaluateSettings
+
 
 @dataclass(frozen=True)
 class EvalSettings:
-    prompts: tuple[str, ...]
-    negative_prompt: str = ""
-    seeds: tuple[int, ...] = (0,)
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    resolution: int = 512
+    """How evaluation draws; DEFINES_RESULT marks what the base model's images depend on."""
+
+    prompts: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    negative_prompt: str = field(default="", metadata=DEFINES_RESULT)
+    seeds: tuple[int, ...] = field(default=(0,), metadata=DEFINES_RESULT)
+    num_inference_steps: int = field(default=30, metadata=DEFINES_RESULT)
+    guidance_scale: float = field(default=7.5, metadata=DEFINES_RESULT)
+    resolution: int = field(default=512, metadata=DEFINES_RESULT)
     lora_scales: tuple[float, ...] = (1.0,)  # the last one is the headline
     trigger_phrase: str = ""
-    positive_prefix: str = ""  # joined before each prompt as the app joins generate's
-    negative_prefix: str = ""
-    sampler: str = ""  # a key of generation_options.SAMPLERS; "" = the pipeline's scheduler
+    # joined before each prompt as the app joins generate's
+    positive_prefix: str = field(default="", metadata=DEFINES_RESULT)
+    negative_prefix: str = field(default="", metadata=DEFINES_RESULT)
+    # a key of drawing.request.SAMPLERS; "" = the pipeline's scheduler
+    sampler: str = field(default="", metadata=DEFINES_RESULT)
 
     def __post_init__(self) -> None:
         check_sampler(self.sampler, "evaluate.sampler")
 
+    @classmethod
+    def of(cls, e: EvaluateSettings, trigger_phrase: str) -> EvalSettings:
+        """The `evaluate` group's drawing settings, with the caption group's trigger phrase
+        (stripped for the no-trigger row)."""
+        keep = {f.name for f in fields(cls)} - {"trigger_phrase"}
+        return cls(trigger_phrase=trigger_phrase, **{k: getattr(e, k) for k in keep})
+
 
 Images = list[list[Image.Image]]  # [prompt][seed]
-
-
-def check_sampler(key: str, config_key: str) -> None:
-    """An unknown sampler is named with its config key before any model is loaded."""
-    from kshd.config import require
-    from kshd.drawing.request import SAMPLERS
-
-    require(not key or key in SAMPLERS, config_key, key, f"one of {', '.join(SAMPLERS)}")
 
 
 _WEIGHTED = re.compile(r"^[(\[\s]*(.*?)\s*(?::\s*[+-]?[.\d]+)?[)\]\s]*$")

@@ -8,31 +8,18 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from kshd.schema import TrackingSettings
+from kshd.schema_values import TRACKING_MODES as MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
 # Key names that hold credentials (`hf_token`, `WANDB_API_KEY`, `password`), not `max_new_tokens`.
 SECRET_KEY = re.compile(r"(^|[_.-])(token|api_?key|password|passwd|secret|auth)$", re.IGNORECASE)
 # Environment variables whose values must never be written anywhere.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "KSHD_GUI_AUTH")
 REDACTED = "<redacted>"
-
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    enabled: bool = True
-    mode: str = "auto"
-    project: str = "ksh-drawing-ai"
-    entity: str | None = None
-    group: str | None = None
-    dir: str | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> TrackingSettings:
-        return cls(**{k: v for k, v in dict(cfg).items() if k in cls.__dataclass_fields__})
 
 
 def resolve_mode(mode: str, env: Mapping[str, str] = os.environ) -> str:

@@ -1,4 +1,5 @@
-"""Thin entry points, one per DVC stage: load config, call the library, write outputs."""
+"""Thin entry points, one per DVC stage: `main(argv)` composes the config and calls the stage's
+`run(cfg)`, which tests call in-process with a composed config (tests/conftest.py `demo_cfg`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from kshd.config import UserError, load_params
 
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
-    """Logging plus `params.yaml` composed with the command line's Hydra overrides."""
+    """Logging plus `params.yaml` composed with the command line's Hydra overrides, every group
+    checked against the schema (kshd.schema) before the stage loads anything."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -40,7 +42,7 @@ def plain(cfg: DictConfig, keys: Sequence[str] | None = None) -> dict:
     return {k: full[k] for k in (keys or full)}
 
 
-def run(main: Callable[[], None], stage: str) -> None:
+def entry(main: Callable[[], None], stage: str) -> None:
     """A stage's `__main__`: errors in config, inputs or disk space exit 2 with one line."""
     try:
         main()

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from omegaconf import DictConfig
+
 from kshd.data.dataset import save_dataset
-from kshd.stages import run, stage_config
+from kshd.schema import group
+from kshd.stages import entry, stage_config
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    cfg = stage_config(argv, "dataset")
-    save_dataset(
-        cfg.data.info_csv,
-        cfg.data.dataset_dir,
-        cfg.dataset.holdout_fraction,
-        cfg.caption.trigger_phrase,
+def run(cfg: DictConfig) -> dict[str, int]:
+    """info.csv -> the on-disk dataset, the holdout chosen by content; the split sizes."""
+    data = group(cfg, "data")
+    return save_dataset(
+        data.info_csv,
+        data.dataset_dir,
+        group(cfg, "dataset").holdout_fraction,
+        group(cfg, "caption").trigger_phrase,
     )
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    run(stage_config(argv, "dataset"))
+
+
 if __name__ == "__main__":
-    run(main, "dataset")
+    entry(main, "dataset")

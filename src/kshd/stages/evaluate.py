@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from kshd.config import shared_path
 from kshd.evaluation.evaluate import (
     HEADLINE,
-    EvalSettings,
     base_cache_folder,
     evaluate_lora,
     grid_row_labels,
@@ -22,10 +21,12 @@ from kshd.evaluation.evaluate import (
 )
 from kshd.evaluation.metrics import ClipEncoder, DinoEncoder, LazyImages
 from kshd.evaluation.report import render
-from kshd.experiments.tracking import TrackingSettings, start_run
+from kshd.evaluation.sampling import EvalSettings
+from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
-from kshd.stages import ensure_tiny, plain, run, stage_config
+from kshd.schema import group
+from kshd.stages import ensure_tiny, entry, plain, stage_config
 from kshd.training.checkpoints import complete_checkpoints
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,6 @@ def base_identity(cfg: DictConfig) -> dict:
     return {"files": files}
 
 
-def settings_from(cfg: DictConfig) -> EvalSettings:
-    e = cfg.evaluate
-    return EvalSettings(
-        prompts=tuple(e.prompts),
-        negative_prompt=e.negative_prompt,
-        seeds=tuple(e.seeds),
-        num_inference_steps=e.num_inference_steps,
-        guidance_scale=e.guidance_scale,
-        resolution=e.resolution,
-        lora_scales=tuple(e.lora_scales),
-        trigger_phrase=cfg.caption.trigger_phrase,
-        positive_prefix=e.positive_prefix,
-        negative_prefix=e.negative_prefix,
-        sampler=e.sampler,
-    )
-
-
 def load_pipeline(cfg: DictConfig):
     """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
     device, dtype = device_and_dtype()
@@ -110,37 +94,33 @@ def write_outputs(
         out / "index.html",
         render(metrics, curve, grids, list(settings.prompts), grid_row_labels(settings), out),
     )
-    run = start_run(
-        TrackingSettings.from_config(cfg.tracking),
-        "evaluate",
-        plain(cfg),
-    )
-    if run:
+    wb = start_run(group(cfg, "tracking"), "evaluate", plain(cfg))
+    if wb:
         import wandb
 
         columns = ["variant", "prompt", "seed", "image", "clip_score", "style_similarity"]
         rows = [[r[c] if c != "image" else wandb.Image(r[c]) for c in columns] for r in table]
-        run.log(
+        wb.log(
             {f"eval/{k}": v for k, v in metrics.items()}
             | {
                 "eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids],
                 "eval/samples": wandb.Table(columns=columns, data=rows),
             }
         )
+        wb.finish()
 
-        run.finish()
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    cfg = stage_config(argv, "evaluate")
-    e, settings = cfg.evaluate, settings_from(cfg)
+def run(cfg: DictConfig) -> dict:
+    """The LoRA (and its checkpoints) against the base model: grids, metrics, the report."""
+    e = group(cfg, "evaluate")
+    settings = EvalSettings.of(e, group(cfg, "caption").trigger_phrase)
     ensure_tiny(cfg)
     check_model_source(
         cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
     )
     for key in ("clip_model", "dino_model"):
-        if e[key]:
-            check_model_source(e[key], f"evaluate.{key}")
+        if getattr(e, key):
+            check_model_source(getattr(e, key), f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
     encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
     dino = DinoEncoder(e.dino_model, device) if e.dino_model and encoder else None
@@ -168,7 +148,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         dino,
     )
     write_outputs(cfg, settings, metrics, curve, table)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(stage_config(argv, "evaluate"))
 
 
 if __name__ == "__main__":
-    run(main, "evaluate")
+    entry(main, "evaluate")

@@ -5,27 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from kshd.data.images import IntakeRules
-from kshd.data.intake import prepare_folder
+from kshd.data.intake import PrepareReport, prepare_folder
 from kshd.fileio import write_json
-from kshd.stages import run, stage_config
+from kshd.schema import group
+from kshd.stages import entry, stage_config
+
+
+def run(cfg: DictConfig) -> PrepareReport:
+    """Every raw drawing decoded and resized, or reported with its reason."""
+    p, data = group(cfg, "prepare"), group(cfg, "data")
+    rules = IntakeRules(p.background, p.min_side, p.max_pixels)
+    report = prepare_folder(
+        data.raw_dir, data.prepared_dir, resolution=p.resolution, upscale=p.upscale, rules=rules
+    )
+    write_json(Path(data.reports_dir) / "prepare.json", report.to_dict())
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cfg = stage_config(argv, "prepare")
-    p = cfg.prepare
-    rules = IntakeRules(
-        background=tuple(p.background), min_side=p.min_side, max_pixels=p.max_pixels
-    )
-    report = prepare_folder(
-        cfg.data.raw_dir,
-        cfg.data.prepared_dir,
-        resolution=p.resolution,
-        upscale=p.upscale,
-        rules=rules,
-    )
-    write_json(Path(cfg.data.reports_dir) / "prepare.json", report.to_dict())
+    run(stage_config(argv, "prepare"))
 
 
 if __name__ == "__main__":
-    run(main, "prepare")
+    entry(main, "prepare")

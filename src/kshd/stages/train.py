@@ -15,11 +15,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.config import shared_path
-from kshd.experiments.tracking import TrackingSettings, start_run
+from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.lora import KohyaInfo, save_lora
 from kshd.models import check_model_source, model_identity
-from kshd.stages import ensure_tiny, plain, run, stage_config
+from kshd.schema import group
+from kshd.stages import ensure_tiny, entry, plain, stage_config
 from kshd.training.checkpoints import fingerprint
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, process_state, train_lora
@@ -99,11 +100,12 @@ def write_outputs(
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def run(cfg: DictConfig) -> dict | None:
+    """data/dataset -> models/lora; the metrics (None off the main process). Raises Interrupted
+    on Ctrl-C or SIGTERM once a checkpoint is written."""
     from datasets import load_from_disk
 
-    cfg = stage_config(argv, "train")
-    s = TrainSettings.from_config(cfg.train)
+    s: TrainSettings = group(cfg, "train")
     ensure_tiny(cfg)
     check_model_source(
         cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
@@ -114,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg.model.pretrained, cfg.model.revision, cfg.model.variant, unet=False
     )
     main_process = process_state().is_main_process
-    tracking = TrackingSettings.from_config(cfg.tracking)
-    run = start_run(tracking, "train", plain(cfg)) if main_process else None
+    wb = start_run(group(cfg, "tracking"), "train", plain(cfg)) if main_process else None
     checkpoints = Path(cfg.output.checkpoints_dir)
     checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even for a run too short for one
     ckpt = CheckpointPolicy(
@@ -130,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
     )
     on_log = (
-        (lambda row: run.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
-        if run
+        (lambda row: wb.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
+        if wb
         else None
     )
     try:
@@ -143,21 +144,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             ckpt,
             shared_path(cfg.data.cache_dir),
             cfg.caption.trigger_phrase,
-            validator(cfg, s, run),
+            validator(cfg, s, wb),
             give_back=False,  # only the LoRA is saved: no need to load the VAE again
         )
-        if main_process:
-            metrics = write_outputs(cfg, s, components, result, len(split))
-            log.info("train: %s -> %s", metrics, cfg.output.lora_dir)
-            if run:
-                run.summary.update({f"train/{k}": v for k, v in metrics.items()})
+        if not main_process:
+            return None
+        metrics = write_outputs(cfg, s, components, result, len(split))
+        log.info("train: %s -> %s", metrics, cfg.output.lora_dir)
+        if wb:
+            wb.summary.update({f"train/{k}": v for k, v in metrics.items()})
+        return metrics
+    finally:
+        if wb:
+            wb.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = stage_config(argv, "train")
+    try:
+        run(cfg)
     except Interrupted as stop:
         log.error("train: %s", stop)
         raise SystemExit(130) from None  # the shell's code for Ctrl-C
-    finally:
-        if run:
-            run.finish()
 
 
 if __name__ == "__main__":
-    run(main, "train")
+    entry(main, "train")

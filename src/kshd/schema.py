@@ -1,0 +1,296 @@
+"""The config schema: one typed dataclass per group of conf/, checked whenever config loads.
+
+`kshd.config.settings` fills a group's dataclass and rejects unknown and missing keys; `check`
+runs it over every group right after `load_params` / `compose_conf`, so a bad value anywhere is
+one line naming the key before any stage loads a model. The classes are the settings the code
+uses (`TrainSettings`, `CaptionSettings`, `TrackingSettings`, `Limits` are re-exported where
+they are used). Defaults live in conf/: the groups here have none, except the runtime classes
+that library callers build by hand, whose defaults tests/test_schema.py holds equal to conf/'s.
+This module imports no stage's code, so every stage may check every group at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from kshd.config import DEFINES_RESULT, defining, require, settings
+from kshd.schema_train import TrainSettings
+from kshd.schema_values import (
+    BEST_BY,
+    DEVICES,
+    RESIZE_MODES,
+    SAMPLERS,
+    TRACKING_MODES,
+    TRIGGER_POSITIONS,
+    check_sampler,
+)
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """`data`: where each stage's inputs and outputs live (dvc.yaml uses them through ${...})."""
+
+    raw_dir: str
+    prepared_dir: str
+    reports_dir: str
+    info_csv: str
+    dataset_dir: str
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """`output`: the trained LoRA, checkpoints and reports."""
+
+    lora_dir: str
+    checkpoints_dir: str
+    validation_dir: str
+    reports_dir: str
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """`tiny`: the demo's locally built random-weight models."""
+
+    build: bool
+    dir: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """`model`: the base SD 1.x model, a hub id or a local folder."""
+
+    pretrained: str
+    revision: str | None
+    variant: str | None
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """`dataset`: info.csv -> the on-disk dataset, and where `kshd push-dataset` uploads it."""
+
+    holdout_fraction: float
+    hub_repo: str | None
+    private: bool
+
+    def validate(self) -> None:
+        f = self.holdout_fraction
+        require(0 <= f < 1, "dataset.holdout_fraction", f, "a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """`prepare`: intake of the raw drawings (data.images.IntakeRules holds the last three)."""
+
+    resolution: int  # short side after resizing
+    upscale: bool
+    background: tuple[int, int, int]
+    min_side: int
+    max_pixels: int
+
+    def validate(self) -> None:
+        require(self.resolution >= 8, "prepare.resolution", self.resolution, "a number >= 8")
+        require(self.min_side >= 1, "prepare.min_side", self.min_side, "a whole number >= 1")
+        require(
+            all(0 <= c <= 255 for c in self.background),
+            "prepare.background",
+            list(self.background),
+            "three numbers from 0 to 255 (RGB)",
+        )
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """The `caption` config group (conf/caption/), filled by `kshd.config.settings`.
+
+    The Python defaults (the original project's script) serve library callers and equal conf/'s
+    (tests/test_schema.py). DEFINES_RESULT marks what changes a caption: the cache key."""
+
+    model: str = field(default="Salesforce/blip2-opt-2.7b", metadata=DEFINES_RESULT)
+    prompt: str = field(default="A painting of", metadata=DEFINES_RESULT)
+    do_sample: bool = field(default=True, metadata=DEFINES_RESULT)
+    temperature: float = field(default=0.8, metadata=DEFINES_RESULT)
+    top_p: float = field(default=0.9, metadata=DEFINES_RESULT)
+    repetition_penalty: float = field(default=1.2, metadata=DEFINES_RESULT)
+    max_new_tokens: int = field(default=40, metadata=DEFINES_RESULT)
+    batch_size: int = 8
+    seed: int = field(default=5508, metadata=DEFINES_RESULT)
+    trigger_phrase: str = "drawn by KSH drawing style"  # added after the cache, not in its key
+    trigger_position: str = "end"
+    overrides: str = "data/caption_overrides.csv"
+
+    def fingerprint(self) -> str:
+        """What changes a caption (not batch_size): the cache key's first half."""
+        return hashlib.sha256(repr(tuple(defining(self).values())).encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Bad values named at config load, before BLIP-2 is loaded."""
+        require(
+            self.trigger_position in TRIGGER_POSITIONS,
+            "caption.trigger_position",
+            self.trigger_position,
+            "start or end",
+        )
+        require(self.batch_size >= 1, "caption.batch_size", self.batch_size, "a whole number >= 1")
+        require(
+            self.max_new_tokens >= 1,
+            "caption.max_new_tokens",
+            self.max_new_tokens,
+            "a whole number >= 1",
+        )
+        require(0 < self.top_p <= 1, "caption.top_p", self.top_p, "a number in (0, 1]")
+        require(self.temperature > 0, "caption.temperature", self.temperature, "a number > 0")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """The `tracking` config group (conf/tracking/): no defaults here, they live in conf/."""
+
+    enabled: bool
+    mode: str
+    project: str
+    entity: str | None
+    group: str | None
+    dir: str | None
+    table_rows: int  # caption table rows (with thumbnails) logged by the caption stage
+
+    def validate(self) -> None:
+        """A bad mode is named at config load, not when the first run starts."""
+        require(self.mode in TRACKING_MODES, "tracking.mode", self.mode, ", ".join(TRACKING_MODES))
+        require(self.table_rows >= 0, "tracking.table_rows", self.table_rows, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class GuiSettings:
+    """`generate.gui`: where `kshd gui` listens and how many requests may wait."""
+
+    host: str
+    port: int
+    queue_size: int
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """The `generate` group: no defaults here, they live in conf/generate/.
+
+    The request fields keep the names of `Request` where they differ only in spelling
+    (`guidance_scale` is the request's `cfg_scale`, as A1111 calls CFG)."""
+
+    lora: str | None
+    lora_scale: float
+    positive_prefix: str
+    negative_prefix: str
+    negative_prompt: str
+    sampler: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    batch_count: int
+    batch_size: int
+    strength: float
+    resize_mode: str
+    outputs_dir: str
+    embeddings: dict[str, str] | None
+    device: str
+    attention_slicing: bool
+    vae_tiling: bool
+    limits: Limits
+    gui: GuiSettings
+
+    def validate(self) -> None:
+        """Named at config load, before the model loads (a request's own check follows)."""
+        names = {*SAMPLERS, *(label for label, _, _ in SAMPLERS.values())}
+        require(self.sampler in names, "generate.sampler", self.sampler, ", ".join(SAMPLERS))
+        require(
+            self.resize_mode in RESIZE_MODES,
+            "generate.resize_mode",
+            self.resize_mode,
+            ", ".join(RESIZE_MODES),
+        )
+        require(self.device in DEVICES, "generate.device", self.device, ", ".join(DEVICES))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """`generate.limits`: bounds that keep one request from taking the server down.
+
+    The defaults serve an Engine built without config; they equal conf/'s (test_schema)."""
+
+    max_steps: int = 150
+    max_side: int = 2048
+    max_batch_count: int = 16
+    max_batch_size: int = 8
+    max_prompt_chars: int = 5000
+    max_upload_pixels: int = 50_000_000
+    max_upload_mb: int = 50  # the GUI's upload size limit
+    max_lora_scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.EvalSettings draws them)."""
+
+    prompts: tuple[str, ...]
+    positive_prefix: str
+    negative_prefix: str
+    sampler: str
+    negative_prompt: str
+    seeds: tuple[int, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    resolution: int
+    lora_scales: tuple[float, ...]
+    clip_model: str | None
+    dino_model: str | None
+    checkpoints: bool
+    checkpoint_every: int
+    checkpoint_last: int | None
+    best_by: str
+
+    def validate(self) -> None:
+        """Named at config load, not after the whole evaluation ran."""
+        check_sampler(self.sampler, "evaluate.sampler")
+        for key in ("prompts", "seeds", "lora_scales"):
+            require(bool(getattr(self, key)), f"evaluate.{key}", getattr(self, key), "a list")
+        for key in ("num_inference_steps", "checkpoint_every"):
+            value = getattr(self, key)
+            require(value >= 1, f"evaluate.{key}", value, "a whole number >= 1")
+        last = self.checkpoint_last
+        require(last is None or last >= 1, "evaluate.checkpoint_last", last, "null or >= 1")
+        require(self.best_by in BEST_BY, "evaluate.best_by", self.best_by, ", ".join(BEST_BY))
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The whole composed config (params.yaml): every top-level key of conf/config.yaml."""
+
+    seed: int
+    data: DataPaths
+    output: OutputPaths
+    tiny: TinySettings
+    model: ModelSettings
+    # A key that others interpolate comes first, so its own name is reported.
+    generate: GenerateSettings
+    evaluate: EvaluateSettings
+    train: TrainSettings
+    prepare: PrepareSettings
+    caption: CaptionSettings
+    dataset: DatasetSettings
+    tracking: TrackingSettings
+
+
+def check(cfg: DictConfig, source: str = "conf/") -> ProjectConfig:
+    """Every group filled and validated; the first bad key raises a one-line ConfigError."""
+    return settings(cfg, ProjectConfig, "", source)
+
+
+def group(cfg: DictConfig, name: str):
+    """One group's settings object, e.g. `group(cfg, "train")` -> TrainSettings."""
+    return settings(cfg[name], typing.get_type_hints(ProjectConfig)[name], name)

@@ -1,0 +1,50 @@
+"""The values the config accepts where a key takes one of a few names.
+
+Kept apart from the code that uses them (drawing, training, tracking) and free of imports, so
+that checking a whole config at load (kshd.schema) makes no stage depend on the others' code.
+"""
+
+from __future__ import annotations
+
+# sampler key -> (A1111 name, diffusers scheduler class, its options)
+SAMPLERS: dict[str, tuple[str, str, dict]] = {
+    "dpmpp_2m_karras": (
+        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m": (
+        "DPM++ 2M",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+    ),
+    "euler_a": ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+    "euler": ("Euler", "EulerDiscreteScheduler", {}),
+    "heun": ("Heun", "HeunDiscreteScheduler", {}),
+    "ddim": ("DDIM", "DDIMScheduler", {}),
+    "unipc": ("UniPC", "UniPCMultistepScheduler", {}),
+}
+RESIZE_MODES = ("crop", "fill", "stretch")  # image-to-image input
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+PREDICTION_TYPES = (None, "epsilon", "v_prediction")
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks (prompts.py)
+TRACKING_MODES = ("auto", "online", "offline", "disabled")
+TRIGGER_POSITIONS = ("start", "end")
+# evaluation.evaluate.HEADLINE: the metrics `evaluate.best_by` may name
+BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
+
+
+def check_sampler(key: str, config_key: str) -> None:
+    """An unknown sampler is named with its config key before any model is loaded."""
+    from kshd.config import require
+
+    require(not key or key in SAMPLERS, config_key, key, f"one of {', '.join(SAMPLERS)}")
