@@ -25,18 +25,30 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def demo_cfg(tmp_path, tiny_models):
-    """The demo profile composed from conf/ as DVC does, with every path moved into tmp_path."""
+    """The demo profile composed from conf/ as DVC does, every path moved into tmp_path (the
+    caption and latent caches too), tracking off: for calling a stage's `run(cfg)` in-process."""
     from kshd.config import compose_conf
+    from kshd.schema import check
 
-    cfg = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
-    for key in ("prepared_dir", "reports_dir", "info_csv", "dataset_dir"):
-        cfg.data[key] = str(tmp_path / Path(cfg.data[key]).relative_to("data"))
-    cfg.data.raw_dir = str(ROOT / "data" / "samples")
-    cfg.output.lora_dir = str(tmp_path / "lora")
-    cfg.output.reports_dir = str(tmp_path / "reports")
-    cfg.caption.model = str(tiny_models["blip2"])
-    cfg.model.pretrained = str(tiny_models["sd"])
-    cfg.tiny.build = False
+    cfg = compose_conf(
+        [
+            "+experiment=demo",
+            f"data.raw_dir={ROOT / 'data' / 'samples'}",
+            f"caption.model={tiny_models['blip2']}",
+            f"model.pretrained={tiny_models['sd']}",
+            f"evaluate.clip_model={tiny_models['clip']}",
+            "tiny.build=false",
+            "tracking.mode=disabled",
+        ],
+        conf_dir=ROOT / "conf",
+    )
+    for group in ("data", "output"):
+        for key, value in cfg[group].items():
+            if key != "raw_dir":
+                cfg[group][key] = str(tmp_path / value)  # data/..., models/..., reports/...
+    cfg.caption.overrides = str(tmp_path / "caption_overrides.csv")
+    cfg.generate.lora, cfg.generate.outputs_dir = cfg.output.lora_dir, str(tmp_path / "outputs")
+    check(cfg)
     return cfg
 
 

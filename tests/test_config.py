@@ -106,3 +106,36 @@ def test_a_params_file_missing_a_key_is_one_line_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"`train\.epochs` is missing.*compose-params") as err:
         load_params([], params_file=params)
     assert "\n" not in str(err.value)
+
+
+def test_the_data_stages_run_in_process_on_the_demo_config(demo_cfg, tmp_path):
+    """prepare -> caption -> dataset as `run(cfg)` calls, no subprocess and no params.yaml."""
+    import csv
+
+    from datasets import load_from_disk
+
+    from kshd.stages import caption, dataset, prepare
+
+    samples = sorted(p for p in (ROOT / "data" / "samples").iterdir() if p.suffix != ".txt")
+    report = prepare.run(demo_cfg)
+    assert report.inputs == report.accepted == len(samples) and not report.rejected
+    captions = caption.run(demo_cfg)
+    with open(demo_cfg.data.info_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(samples) == sum(captions["sources"].values())
+    assert all(r["text"].endswith(", drawn by KSH drawing style") for r in rows)
+    sizes = dataset.run(demo_cfg)
+    splits = load_from_disk(demo_cfg.data.dataset_dir)
+    assert {k: len(v) for k, v in splits.items()} == sizes
+    assert sizes["train"] + sizes["holdout"] == len(samples) and sizes["holdout"] >= 1
+    assert (tmp_path / "data" / "cache" / "captions.jsonl").is_file()  # not the repository's
+
+
+def test_a_stage_stops_at_load_in_one_line_before_any_work(tmp_path, monkeypatch):
+    from kshd.stages import prepare
+
+    write_params(compose_conf([], conf_dir=ROOT / "conf"), tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^config key `caption\.trigger_position` = 'middle'"):
+        prepare.main(["caption.trigger_position=middle"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]

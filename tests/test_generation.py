@@ -247,3 +247,26 @@ def test_textual_inversion_loads_and_a_missing_one_is_said_once(settings, tmp_pa
     assert ids[:3] == added
     with_ti = _pixels(eng, seed=1, negative_prompt="EasyNegative")
     assert not np.array_equal(with_ti, _pixels(eng, seed=1, negative_prompt="lowres"))
+
+
+def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp_path, caplog):
+    """`kshd generate` fills a Request from generate.* (guidance_scale is the request's
+    cfg_scale) and names a bad config key in one line, exit 2, before any model loads."""
+    from kshd import cli
+    from kshd.config import compose_conf, write_params
+    from kshd.drawing.settings import default_request
+
+    from .conftest import ROOT
+
+    cfg = compose_conf(["generate.guidance_scale=4.5", "generate.steps=7"], ROOT / "conf")
+    req = default_request(cfg, "a cat", seed=3)
+    assert (req.prompt, req.cfg_scale, req.steps, req.seed) == ("a cat", 4.5, 7, 3)
+    assert req.positive_prefix == cfg.generate.positive_prefix and req.image is None
+    write_params(compose_conf([], ROOT / "conf"), tmp_path / "params.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        with pytest.raises(SystemExit) as code:
+            cli.main(["generate", "--prompt", "x", "generate.resize_mode=squash"])
+    assert code.value.code == 2
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "`generate.resize_mode` = 'squash'" in line and "crop, fill, stretch" in line

@@ -71,13 +71,25 @@ def base_model_missing(cfg, command: str) -> bool:
     return False
 
 
+def load_config(overrides: list[str], command: str):
+    """The composed config, or None after saying in one line which key is wrong."""
+    from kshd.config import UserError, load_params
+
+    try:
+        return load_params(overrides)
+    except (UserError, FileNotFoundError) as exc:
+        log.error("kshd %s: %s", command, exc)
+        return None
+
+
 def draw(args: argparse.Namespace) -> int:
-    from kshd.config import load_params
     from kshd.drawing.engine import Engine
     from kshd.drawing.settings import default_request, engine_settings
     from kshd.stages import ensure_tiny
 
-    cfg = load_params(args.overrides)
+    cfg = load_config(args.overrides, args.command)
+    if cfg is None:
+        return 2
     ensure_tiny(cfg)
     if base_model_missing(cfg, args.command):
         return 2
@@ -101,11 +113,12 @@ def draw(args: argparse.Namespace) -> int:
 
 
 def gui(args: argparse.Namespace) -> int:
-    from kshd.config import load_params
     from kshd.drawing.gui import launch
     from kshd.stages import ensure_tiny
 
-    cfg = load_params(args.overrides)
+    cfg = load_config(args.overrides, "gui")
+    if cfg is None:
+        return 2
     ensure_tiny(cfg)
     if base_model_missing(cfg, "gui"):
         return 2
