@@ -270,3 +270,28 @@ def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp
     assert code.value.code == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "`generate.resize_mode` = 'squash'" in line and "crop, fill, stretch" in line
+
+
+def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
+    """Gradio passes a tab's inputs by position: the handlers' parameters must be the Fields,
+    in order, and every one a Request field (one name for CFG: cfg_scale)."""
+    import inspect
+    from dataclasses import fields
+
+    from kshd.cli import build_parser
+    from kshd.drawing.commands import request_changes
+    from kshd.drawing.gui import Fields, Handlers
+    from kshd.drawing.request import Request
+    from kshd.drawing.settings import REQUEST_KEYS
+
+    names = [f.name for f in fields(Fields)]
+    request = [f.name for f in fields(Request)]
+    assert set(names) <= set(request) and "cfg_scale" in names
+    txt2img = list(inspect.signature(Handlers.txt2img).parameters)[1:-1]
+    img2img = list(inspect.signature(Handlers.img2img).parameters)[1:-1]
+    assert txt2img == names and img2img == ["image", "strength", "resize_mode", *names]
+    args = build_parser().parse_args(["img2img", "--prompt", "p", "--image", "i.png", "--cfg", "3"])
+    changes = request_changes(args)
+    assert set(changes) == set(request) - {"prompt"}
+    assert (changes["cfg_scale"], changes["image"], changes["steps"]) == (3.0, "i.png", None)
+    assert REQUEST_KEYS == {"cfg_scale": "guidance_scale"}  # the config's one other name

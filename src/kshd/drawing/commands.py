@@ -51,11 +51,13 @@ def add_commands(sub) -> None:
     p.set_defaults(func=gui)
 
 
-REQUEST_FIELDS = [
-    "negative_prompt", "positive_prefix", "negative_prefix", "sampler", "steps", "cfg_scale",
-    "seed", "width", "height", "batch_count", "batch_size", "lora_scale", "image", "strength",
-    "resize_mode",
-]  # fmt: skip
+def request_changes(args: argparse.Namespace) -> dict:
+    """The Request fields the flags set (a flag's dest is the field's name); None = unset."""
+    from dataclasses import fields
+
+    from kshd.drawing.request import Request
+
+    return {f.name: getattr(args, f.name, None) for f in fields(Request) if f.name != "prompt"}
 
 
 def base_model_missing(cfg, command: str) -> bool:
@@ -93,8 +95,7 @@ def draw(args: argparse.Namespace) -> int:
     ensure_tiny(cfg)
     if base_model_missing(cfg, args.command):
         return 2
-    changes = {k: getattr(args, k, None) for k in REQUEST_FIELDS}
-    req = default_request(cfg, args.prompt, **changes)
+    req = default_request(cfg, args.prompt, **request_changes(args))
     try:
         engine = Engine(engine_settings(cfg, args.lora))
         with tqdm(total=1, unit="step", desc=req.kind) as bar:

@@ -65,7 +65,8 @@ def Picture(**kwargs) -> gr.Image:  # noqa: N802
 
 @dataclass
 class Fields:
-    """The inputs of one tab, in the order the handlers take them."""
+    """The inputs of one tab, named as the Request fields they fill, in the order the handlers
+    take them (tests/test_generation.py holds the three in step)."""
 
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
@@ -102,7 +103,7 @@ def _fields(tab: str, d: Request, limits: Limits) -> Fields:
         count = Slider(1, limits.max_batch_count, d.batch_count, step=1, label="Batch count")
         size = Slider(1, limits.max_batch_size, d.batch_size, step=1, label="Batch size")
     with gr.Row():
-        cfg = Slider(1, 30, d.cfg_scale, step=0.5, label="CFG scale")
+        cfg_scale = Slider(1, 30, d.cfg_scale, step=0.5, label="CFG scale")
         seed = gr.Number(d.seed, precision=0, label="Seed (-1 = random)", elem_id=f"{tab}-seed")
         m = limits.max_lora_scale
         lora = Slider(-m, m, d.lora_scale, step=0.05, label="LoRA strength")
@@ -110,8 +111,9 @@ def _fields(tab: str, d: Request, limits: Limits) -> Fields:
         pos_prefix = gr.Textbox(label="Positive prefix", value=d.positive_prefix)
         neg_prefix = gr.Textbox(label="Negative prefix", lines=3, value=d.negative_prefix)
     return Fields(
-        prompt, negative, sampler, steps, cfg, seed, width, height, count, size, lora,
-        pos_prefix, neg_prefix,
+        prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps,
+        cfg_scale=cfg_scale, seed=seed, width=width, height=height, batch_count=count,
+        batch_size=size, lora_scale=lora, positive_prefix=pos_prefix, negative_prefix=neg_prefix,
     )  # fmt: skip
 
 
@@ -135,6 +137,8 @@ class Handlers:
         self.engine = engine
 
     def _run(self, values: dict, progress: gr.Progress):
+        """`values`: the handler's arguments by name, which are Request fields."""
+        values = {k: v for k, v in values.items() if k not in ("self", "progress")}
         req = Request(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
         try:
@@ -152,9 +156,7 @@ class Handlers:
         lora_scale: float, positive_prefix: str, negative_prefix: str,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for progress)
     ):  # fmt: skip
-        values = dict(locals())
-        values.pop("self"), values.pop("progress")
-        return self._run(values, progress)
+        return self._run(dict(locals()), progress)
 
     def img2img(
         self, image: str | None, strength: float, resize_mode: str, prompt: str,
@@ -165,9 +167,7 @@ class Handlers:
     ):  # fmt: skip
         if not image:
             raise gr.Error("image: upload a picture to redraw", title="Cannot draw this")
-        values = dict(locals())
-        values.pop("self"), values.pop("progress")
-        return self._run(values, progress)
+        return self._run(dict(locals()), progress)
 
 
 def _send_to_img2img(gallery, index):
