@@ -139,3 +139,30 @@ def test_a_stage_stops_at_load_in_one_line_before_any_work(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"^config key `caption\.trigger_position` = 'middle'"):
         prepare.main(["caption.trigger_position=middle"])
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
+    """The whole pipeline as run(cfg) calls: the LoRA files, metrics and report, in-process."""
+    import json
+
+    from kshd.evaluation.evaluate import HEADLINE
+    from kshd.stages import caption, dataset, evaluate, prepare, train
+
+    demo_cfg.train.epochs, demo_cfg.train.validation_epochs = 1, 0
+    demo_cfg.evaluate.prompts = ["drawn by KSH drawing style, a cat"]
+    demo_cfg.evaluate.seeds, demo_cfg.evaluate.lora_scales = [0], [1.0]
+    demo_cfg.evaluate.num_inference_steps, demo_cfg.evaluate.checkpoints = 2, False
+    for stage in (prepare, caption):
+        stage.run(demo_cfg)
+    sizes = dataset.run(demo_cfg)
+    metrics = train.run(demo_cfg)
+    batches = -(-sizes["train"] // demo_cfg.train.batch_size)
+    assert (metrics["steps"], metrics["epochs"]) == (batches, 1)
+    lora = Path(demo_cfg.output.lora_dir)
+    files = {"pytorch_lora_weights.safetensors", "ksh_drawing_style.safetensors", "metrics.json"}
+    assert files <= {p.name for p in lora.iterdir()}
+    scores = evaluate.run(demo_cfg)
+    reports = Path(demo_cfg.output.reports_dir)
+    assert json.loads((reports / "metrics.json").read_text(encoding="utf-8")) == scores
+    assert set(HEADLINE) <= set(scores) and (reports / "index.html").is_file()
