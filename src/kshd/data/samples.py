@@ -61,7 +61,14 @@ def draw(sample: Sample, seed: int) -> Image.Image:
     return img.convert("RGBA")
 
 
-def write_samples(out_dir: str | Path, seed: int = 5508) -> list[Path]:
+# The first seed from 5508 on whose drawings the demo's content-hash holdout (20%) is two square
+# drawings at 128, 64 and 32 px, as with the samples before the world: pipeline tests count
+# training steps from 8 training drawings.
+SEED = 5521
+
+
+def write_samples(out_dir: str | Path, seed: int = SEED) -> list[Path]:
+    """Draw every sample (seed + its index) into out_dir under its name; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
