@@ -9,7 +9,8 @@ checkpoint-6" means exactly that on any machine. WHEN is one of
     progress:DESC:N        a tqdm bar named DESC reached N (after that step's update)
     log:REGEX              a `kshd` log message matched REGEX (after it was printed)
     audit:EVENT:GLOB[:N]   the N-th (default 1st) Python audit EVENT ("open", "os.rename",
-                           "os.mkdir") with a path argument matching GLOB; before it happens
+                           "os.mkdir") with a path argument (made absolute) matching GLOB;
+                           before it happens
 
 It prints `tripwire: WHEN` to stderr right before the signal, so the parent can tell a stop at
 the point from a crash. Only the first hit fires (a second SIGINT would mean "stop now").
@@ -77,7 +78,11 @@ def on_audit(wire: Wire, event: str, glob: str, n: int) -> None:
     def hook(name: str, args: tuple) -> None:
         if name != event or not args or wire.fired:
             return
-        paths = [os.fsdecode(a) for a in args if isinstance(a, (str, bytes, os.PathLike))]
+        paths = [
+            os.path.abspath(os.fsdecode(a))
+            for a in args
+            if isinstance(a, (str, bytes, os.PathLike))
+        ]
         if any(fnmatch.fnmatch(path, glob) for path in paths):
             seen[0] += 1
             if seen[0] >= n:

@@ -1,27 +1,23 @@
 """SIGKILL every stage part-way, then run it again: it finishes and equals an uninterrupted run.
 
 A straight run of the five stages is the reference. For each kill point a copy of the project
-as it stood before that stage runs the stage, is killed with SIGKILL the moment the point is
-reached (a file appearing, a progress line), is checked for half-written outputs under their
-final names, and is run again. Outputs must equal the straight run's, bit for bit where the
-stage is deterministic on CPU (everything compared here is).
+as it stood before that stage runs the stage, kills itself with SIGKILL at the point (a file
+opened or renamed, a progress step: tests/helpers/tripwire.py), is checked for half-written
+outputs under their final names, and is run again. Outputs must equal the straight run's, bit
+for bit where the stage is deterministic on CPU (everything compared here is).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
-import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ..conftest import ROOT
-from ..stage_project import make_project, noise_drawings, run_stage, stage_cmd, stage_env
+from ..helpers.events import stop_at
+from ..stage_project import make_project, run_stage, stage_env
 
 pytestmark = pytest.mark.slow
 STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
@@ -61,7 +57,6 @@ def straight(tiny_models, tmp_path_factory):
     base = tmp_path_factory.mktemp("kills")
     root = make_project(base / "straight", tiny_models, SETTINGS)
     shutil.copytree(ROOT / "data" / "samples", root / "raw", dirs_exist_ok=True)
-    noise_drawings(root / "raw", 40, size=384)  # enough work for prepare to be caught mid-way
     before = {}
     for stage in STAGES:
         before[stage] = base / f"before-{stage}"
@@ -70,41 +65,25 @@ def straight(tiny_models, tmp_path_factory):
     return root, before
 
 
-def _count(pattern: str) -> Callable[[Path, str], bool]:
-    return lambda root, _log: len(list(root.glob(pattern))) >= 3
-
-
-def _exists(pattern: str) -> Callable[[Path, str], bool]:
-    return lambda root, _log: any(root.glob(pattern))
-
-
-def _train_step(step: int) -> Callable[[Path, str], bool]:
-    return lambda _root, log: any(int(n) >= step for n in re.findall(r"(\d+)/\d+ \[", log))
-
-
+# Where each stage kills itself (tests/helpers/tripwire.py): the point is an event in the
+# child, so the kill lands at the same place on a fast or a slow machine.
 KILL_POINTS = {
-    "prepare-mid-folder": ("prepare", _count("data/prepared/*.png")),
-    "caption-mid-batch": ("caption", _exists("data/cache/**/*.jsonl")),
-    "dataset-while-writing": ("dataset", _exists("data/.dataset.*.tmp")),
-    "train-mid-step": ("train", _train_step(3)),
-    "train-mid-checkpoint-write": ("train", _exists("models/checkpoints/.checkpoint-*.tmp")),
-    "evaluate-mid-grid": ("evaluate", _exists("data/cache/**/p000-s*.png")),
+    # before the third drawing's rename into data/prepared: two done, one written to its temp
+    "prepare-mid-folder": ("prepare", "audit:os.rename:*/data/prepared/*.png:3"),
+    # right after the first batch of captions reached the cache
+    "caption-mid-batch": ("caption", "progress:caption:2"),
+    # as the first file inside the dataset's temp folder is opened
+    "dataset-while-writing": ("dataset", "audit:open:*/data/.dataset.*.tmp/*"),
+    # after step 3, one step before the first checkpoint (checkpointing_steps=4)
+    "train-mid-step": ("train", "progress:train:3"),
+    # weights written, the state.json that marks the folder complete not yet
+    "train-mid-checkpoint-write": (
+        "train",
+        "audit:open:*/models/checkpoints/.checkpoint-*.tmp/state.json",
+    ),
+    # before the second base-model image's rename into the cache
+    "evaluate-mid-grid": ("evaluate", "audit:os.rename:*/p000-s*.png:2"),
 }
-
-
-def _kill_when(root: Path, stage: str, reached: Callable[[Path, str], bool], log: Path) -> bool:
-    """Run the stage; SIGKILL it as soon as `reached`. False if it finished first."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(stage_cmd(stage), cwd=root, stdout=out, stderr=out, env=stage_env())
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if reached(root, log.read_text(errors="replace")):
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.002)
-        proc.wait(timeout=60)
-    return False
 
 
 def _no_half_written(root: Path, stage: str, straight_root: Path) -> None:
@@ -127,11 +106,11 @@ def _no_half_written(root: Path, stage: str, straight_root: Path) -> None:
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_killed_stage_reruns_to_the_same_outputs(straight, tmp_path, point):
     reference, before = straight
-    stage, reached = KILL_POINTS[point]
+    stage, when = KILL_POINTS[point]
     root = tmp_path / "killed"
     shutil.copytree(before[stage], root, symlinks=True)
-    killed = _kill_when(root, stage, reached, tmp_path / "killed.log")
-    assert killed, f"{stage} finished before {point} was seen: make it slower"
+    child = stop_at(root, stage, "SIGKILL", when, stage_env())
+    assert child.proc.returncode == -signal.SIGKILL, child.text[-3000:]
     _no_half_written(root, stage, reference)
     run_stage(root, stage)
     for rel in OUTPUTS[stage]:
