@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -14,7 +10,8 @@ from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
 from kshd.data.captioning import CaptionSettings, read_info_csv
 
-from .stage_project import make_project, noise_drawings, run_stage, stage_cmd
+from .helpers.events import stop_at
+from .stage_project import make_project, noise_drawings, run_stage, stage_env
 
 TRIGGER = "drawn by KSH drawing style"
 
@@ -71,16 +68,9 @@ def _cache_lines(root) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_caption_run_resumes_without_recaptioning(project, tmp_path, tiny_models):
-    proc = subprocess.Popen(
-        stage_cmd("caption"), cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while len(_cache_lines(project)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stop_at(project, "caption", "SIGKILL", "progress:caption:3", stage_env())  # batches of 1
     done = len({json.loads(x)["key"] for x in _cache_lines(project)})
-    assert 3 <= done < 40, f"the kill should land mid-run, {done} of 40 were done"
+    assert done == 3, f"the kill should land after the third caption, {done} of 40 were done"
     assert not (project / "data/info.csv").exists()  # never half-written under its name
     run_stage(project, "caption")
     assert _report(project)["captioned_now"] == 40 - done

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
@@ -18,7 +14,8 @@ from kshd.training.loop import CheckpointPolicy, NonFiniteLoss, train_lora
 from kshd.training.settings import TrainSettings, load_components
 
 from .conftest import ROOT
-from .stage_project import make_project, ready_to_train, run_stage, stage_cmd
+from .helpers.events import stop_at
+from .stage_project import make_project, ready_to_train, run_stage, stage_env
 
 SAMPLES = ROOT / "data" / "samples"
 BASE = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
@@ -106,20 +103,14 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models
     args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2"]
     killed = tmp_path / "killed"
     straight = ready_to_train(killed, tiny_models, args)
-    proc = subprocess.Popen(
-        stage_cmd("train"), cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    marker = killed / "models/checkpoints/checkpoint-6/state.json"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # SIGKILL right after the log line that says checkpoint-6 is in place, before step 7
+    stop_at(killed, "train", "SIGKILL", r"log:checkpoint-6 saved", stage_env())
+    assert complete_checkpoints(killed / "models/checkpoints")[-1][0] == 6
     assert not (killed / "models/lora/pytorch_lora_weights.safetensors").exists()
     run_stage(killed, "train")
     run_stage(straight, "train")
     metrics = json.loads((killed / "models/lora/metrics.json").read_text())
-    assert metrics["resumed_from"].startswith("checkpoint-") and metrics["steps"] == 24
+    assert metrics["resumed_from"] == "checkpoint-6" and metrics["steps"] == 24
     a, b = _lora(killed), _lora(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "not bit-identical"
     losses = [

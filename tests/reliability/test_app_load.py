@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import re
 import socket
-import time
+import threading
 from pathlib import Path
 
 import httpx
@@ -64,13 +64,27 @@ def _request(client, i: int, **kw):
     return client.submit(**{**args, "batch_size": 1, **kw}, api_name="/txt2img")
 
 
-def _wait_until_queued(job) -> None:
-    from gradio_client.utils import Status
+class Joins:
+    """Counts the requests the server has answered the queue join of: `Client.send_data` returns
+    once the POST to the queue came back with an event id, i.e. the request holds its place."""
 
-    deadline = time.monotonic() + 60
-    while job.status().code in (Status.STARTING, Status.JOINING_QUEUE):
-        assert time.monotonic() < deadline, "the request never reached the queue"
-        time.sleep(0.01)
+    def __init__(self, client) -> None:
+        self.answered, self._changed, send = 0, threading.Condition(), client.send_data
+
+        def counted(*args, **kwargs):
+            try:
+                return send(*args, **kwargs)
+            finally:
+                with self._changed:
+                    self.answered += 1
+                    self._changed.notify_all()
+
+        client.send_data = counted
+
+    def wait(self, n: int, timeout: float = 60) -> None:
+        with self._changed:
+            reached = self._changed.wait_for(lambda: self.answered >= n, timeout)
+        assert reached, f"the server answered {self.answered} of {n} queue joins in {timeout} s"
 
 
 def test_a_burst_finishes_in_submission_order_and_memory_settles(app):
@@ -82,10 +96,10 @@ def test_a_burst_finishes_in_submission_order_and_memory_settles(app):
         _request(client, -1 - i).result(timeout=300)
     gc.collect()
     before = _rss_mb()
-    jobs = []
+    joins, jobs = Joins(client), []
     for i in range(BURST):  # each one in the queue before the next: a defined submission order
         jobs.append(_request(client, i))
-        _wait_until_queued(jobs[-1])
+        joins.wait(i + 1)
     results = [job.result(timeout=600) for job in jobs]
     gc.collect()
     after = _rss_mb()
