@@ -8,7 +8,7 @@ the pictures a user gets for the same prompt, seed and settings.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +253,76 @@ def checkpoint_curve(
     return rows
 
 
+@dataclass(frozen=True)
+class References:
+    """What samples are scored against: the CLIP embedder (DINO's too, if given) and the
+    drawings, held out (the style reference) and trained on (for memorization)."""
+
+    encoder: object
+    holdout: list = field(default_factory=list)
+    train: list = field(default_factory=list)
+    dino: object = None
+
+
+@dataclass(frozen=True)
+class CheckpointCurve:
+    """The training's checkpoints to score as a curve, the step of the final LoRA (the same step
+    is the same LoRA, scored once), and the metric that picks the best."""
+
+    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    final_step: int | None = None
+    best_by: str = "style_gain"
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    curve: list[dict]  # one row per checkpoint, the final LoRA last
+    table: list[dict]  # one row per image (base and headline LoRA), for the wandb table
+
+
+def evaluate(
+    pipe,
+    lora_dir: Path,
+    s: EvalSettings,
+    out_dir: Path,
+    refs: References | None = None,
+    history: CheckpointCurve | None = None,
+    base_cache: Path | None = None,
+) -> Evaluation:
+    """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
+    with checkpoints, the same for each, and the best one by `history.best_by`.
+
+    Without `refs` only the pixel change is measured (no embedder is loaded)."""
+    samples = generate_samples(pipe, lora_dir, s, base_cache)
+    save_grids(samples, s, out_dir)
+    head = samples.lora[s.lora_scales[-1]]
+    metrics = {
+        "num_prompts": len(s.prompts),
+        "num_images": len(s.prompts) * len(s.seeds),
+        "lora_pixel_delta": round(mean_abs_difference(samples.base, head), 6),
+    }
+    out = Evaluation(metrics, [], [])
+    if refs is not None:
+        history = history or CheckpointCurve()
+        scorer = Scorer(refs.encoder, s, refs.holdout, refs.train, refs.dino)
+        metrics |= score(samples, s, scorer)
+        out.table = table_rows(samples, s, scorer)
+        curve = checkpoint_curve(
+            pipe, list(history.checkpoints), s, scorer, metrics["style_similarity_base"]
+        )
+        final = {"step": history.final_step, **{k: metrics[k] for k in HEADLINE}}
+        out.curve = [r for r in curve if r["step"] != history.final_step] + [final]
+        best = max(out.curve, key=lambda r: r[history.best_by])
+        metrics["best_checkpoint"] = {
+            "step": best["step"],
+            "by": history.best_by,
+            "value": best[history.best_by],
+        }
+    log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
+    return out
+
+
 def evaluate_lora(
     pipe,
     lora_dir: Path,
@@ -268,28 +338,18 @@ def evaluate_lora(
     table: list | None = None,
     dino=None,
 ) -> tuple[dict, list[dict]]:
-    """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
-    with checkpoints, the same for each, and the best one by `best_by`."""
-    samples = generate_samples(pipe, lora_dir, s, base_cache)
-    save_grids(samples, s, out_dir)
-    head = samples.lora[s.lora_scales[-1]]
-    metrics = {
-        "num_prompts": len(s.prompts),
-        "num_images": len(s.prompts) * len(s.seeds),
-        "lora_pixel_delta": round(mean_abs_difference(samples.base, head), 6),
-    }
-    curve: list[dict] = []
-    if encoder is not None:
-        scorer = Scorer(encoder, s, holdout or [], train or [], dino)
-        metrics |= score(samples, s, scorer)
-        if table is not None:
-            table.extend(table_rows(samples, s, scorer))
-        curve = checkpoint_curve(
-            pipe, list(checkpoints), s, scorer, metrics["style_similarity_base"]
-        )
-        final = {"step": final_step, **{k: metrics[k] for k in HEADLINE}}
-        curve = [r for r in curve if r["step"] != final_step] + [final]  # same step = same LoRA
-        best = max(curve, key=lambda r: r[best_by])
-        metrics["best_checkpoint"] = {"step": best["step"], "by": best_by, "value": best[best_by]}
-    log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
-    return metrics, curve
+    """The former signature of `evaluate`, kept until its callers move (kshd.stages.evaluate):
+    fills `table` with evaluate()'s rows and returns (metrics, curve)."""
+    refs = References(encoder, holdout or [], train or [], dino) if encoder is not None else None
+    result = evaluate(
+        pipe,
+        lora_dir,
+        s,
+        out_dir,
+        refs,
+        CheckpointCurve(list(checkpoints), final_step, best_by),
+        base_cache,
+    )
+    if table is not None:
+        table.extend(result.table)
+    return result.metrics, result.curve
