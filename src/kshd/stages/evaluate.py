@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 from kshd.config import shared_path
 from kshd.evaluation.evaluate import (
     HEADLINE,
+    CheckpointCurve,
+    References,
     base_cache_folder,
-    evaluate_lora,
+    evaluate,
     grid_row_labels,
     select_checkpoints,
 )
@@ -122,33 +124,23 @@ def run(cfg: DictConfig) -> dict:
         if getattr(e, key):
             check_model_source(getattr(e, key), f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
-    encoder = ClipEncoder(e.clip_model, device) if e.clip_model else None
-    dino = DinoEncoder(e.dino_model, device) if e.dino_model and encoder else None
-    holdout, train = dataset_images(cfg.data.dataset_dir) if encoder else ([], [])
+    refs = None
+    if e.clip_model:
+        encoder = ClipEncoder(e.clip_model, device)
+        dino = DinoEncoder(e.dino_model, device) if e.dino_model else None
+        holdout, train = dataset_images(cfg.data.dataset_dir)
+        refs = References(encoder, holdout, train, dino)
     lora_dir = Path(cfg.output.lora_dir)
     found = complete_checkpoints(Path(cfg.output.checkpoints_dir))
     checkpoints = (
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), base_identity(cfg), settings)
-    table: list[dict] = []
-    metrics, curve = evaluate_lora(
-        pipe,
-        lora_dir,
-        settings,
-        Path(cfg.output.reports_dir),
-        encoder,
-        holdout,
-        train,
-        checkpoints,
-        final_step(lora_dir),
-        e.best_by,
-        base_cache,
-        table,
-        dino,
-    )
-    write_outputs(cfg, settings, metrics, curve, table)
-    return metrics
+    out = Path(cfg.output.reports_dir)
+    history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by)
+    result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache)
+    write_outputs(cfg, settings, result.metrics, result.curve, result.table)
+    return result.metrics
 
 
 def main(argv: Sequence[str] | None = None) -> None:
