@@ -21,14 +21,11 @@ from kshd.builders.world import (
     CLOTHES,
     EYES,
     HAIR,
-    INK_THRESHOLD,
     character,
     draw,
     drawings,
-    judge_hair,
-    judge_style,
-    style_features,
 )
+from kshd.builders.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
 from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask
 from kshd.data.images import IntakeRules
