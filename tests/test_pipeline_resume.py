@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 
 import pytest
 
-from .test_pipeline_e2e import _env, _run, clone_of_this_checkout
+from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, run_ok
+from .helpers.events import Child
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 LONG = ["-S", "+experiment=demo", "-S", "train.epochs=12", "-S", "train.checkpointing_steps=4"]
@@ -26,22 +25,16 @@ def _metrics(repo):
 
 
 def test_dvc_repro_after_a_crash_resumes_training(repo):
-    proc = subprocess.Popen(
-        ["dvc", "exp", "run", *LONG],
-        cwd=repo,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    dvc = Child(["dvc", "exp", "run", *LONG], repo, dvc_env(), start_new_session=True)
+    try:
+        dvc.wait_for(r"checkpoint-8 saved", timeout=900)  # the stage's log line, passed through
+    finally:
+        os.killpg(dvc.proc.pid, signal.SIGKILL)  # DVC and the stage it runs
+        dvc.finish()
     marker = repo / "models/checkpoints/checkpoint-8/state.json"
-    deadline = time.monotonic() + 600
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # DVC and the stage it runs
-    proc.wait()
     assert marker.exists(), "the kill should land after checkpoint-8"
-    out = _run(["dvc", "repro"], repo)  # params.yaml holds the experiment's values
+    assert not (repo / "models/lora/metrics.json").exists(), "the kill should land mid-training"
+    out = run_ok(["dvc", "repro"], repo)  # params.yaml holds the experiment's values
     log = out.stdout + out.stderr
     assert "Running stage 'train'" in log
     for stage in ("prepare", "caption", "dataset"):
@@ -52,6 +45,6 @@ def test_dvc_repro_after_a_crash_resumes_training(repo):
 
 def test_an_experiment_with_other_params_does_not_continue_its_checkpoints(repo):
     assert (repo / "models/checkpoints").is_dir()  # left by the previous run (persist: true)
-    _run(["dvc", "exp", "run", *LONG, "-S", "train.batch_size=1"], repo)
+    run_ok(["dvc", "exp", "run", *LONG, "-S", "train.batch_size=1"], repo)
     metrics = _metrics(repo)
     assert metrics["resumed_from"] is None and metrics["steps"] == 8 * 12

@@ -1,0 +1,56 @@
+"""A throwaway git + DVC repository of this checkout, and the environment to run `dvc` in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dvc_env() -> dict[str, str]:
+    """This environment without DVC's and wandb's variables (a run by hand, not inside DVC),
+    offline, with this venv's `dvc` first on PATH and a git identity for the commits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "WANDB_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        HF_HUB_OFFLINE="1",
+        WANDB_SILENT="true",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def run_ok(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run `cmd` in `cwd` with dvc_env(); fails with the output's tail if it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def clone_of_this_checkout(dest: Path) -> Path:
+    """The files a clean clone has, plus uncommitted code, as a new git repository."""
+    listed = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    new = subprocess.run(
+        ["git", "ls-files", "-z", "-o", "--exclude-standard", "src", "conf", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed + new.split("\0")):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        run_ok(cmd, dest)
+    return dest
