@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo sweep compare gui test test-fast lint format samples clean-demo gpu-check
+.PHONY: help setup demo sweep compare gui test test-fast lint format samples world clean-demo gpu-check
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -53,3 +53,7 @@ format: setup ## apply ruff fixes and formatting
 
 samples: setup ## redraw data/samples/ (deterministic)
 	$(RUN) $(PY) -m kshd.data.samples data/samples
+
+world: setup ## draw 200 drawings of the demo world in each style into data/world/ (deterministic)
+	$(RUN) $(PY) -m kshd.builders.world data/world/ksh -n 200 --style ksh
+	$(RUN) $(PY) -m kshd.builders.world data/world/plain -n 200 --style plain
