@@ -20,7 +20,6 @@ from kshd.evaluation.evaluate import (
 )
 
 from .conftest import ROOT
-from .test_training import trained  # noqa: F401  (module fixture: a LoRA trained once)
 
 
 def _pipe(tiny_models):

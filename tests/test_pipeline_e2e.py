@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from kshd.training.checkpoints import complete_checkpoints
 
-from .conftest import ROOT
+from .helpers.dvc_repo import clone_of_this_checkout, run_ok
 from .helpers.wandb_offline import find_offline_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -21,52 +17,10 @@ TRIGGER = "drawn by KSH drawing style"
 STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "WANDB_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        HF_HUB_OFFLINE="1",
-        WANDB_SILENT="true",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@t",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@t",
-    )
-    return env
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def clone_of_this_checkout(dest: Path) -> Path:
-    """The files a clean clone has, plus uncommitted code, as a new git repository."""
-    listed = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
-        .stdout.decode()
-        .split("\0")
-    )
-    new = subprocess.run(
-        ["git", "ls-files", "-z", "-o", "--exclude-standard", "src", "conf", "tests"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed + new.split("\0")):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
-        _run(cmd, dest)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
-    proc = _run([sys.executable, "-m", "kshd.experiments.demo"], repo)
+    proc = run_ok([sys.executable, "-m", "kshd.experiments.demo"], repo)
     return repo, proc.stdout + proc.stderr
 
 
@@ -125,13 +79,13 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
         "16",
     ]
     assert metrics["best_checkpoint"]["step"] in (6, 12, 16)
-    shown = json.dumps(json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout))
+    shown = json.dumps(json.loads(run_ok(["dvc", "metrics", "show", "--json"], repo).stdout))
     assert "lora_pixel_delta" in shown and "style_gain" in shown
 
 
 def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo):
     repo, _ = demo
-    exps = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    exps = json.loads(run_ok(["dvc", "exp", "show", "--json"], repo).stdout)
     names = {e["name"] for row in exps for e in row.get("experiments") or [] if e.get("name")} | {
         r["name"]
         for row in exps
@@ -160,8 +114,8 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
 
 def test_params_yaml_is_restored_and_a_rerun_runs_no_stage(demo):
     repo, _ = demo
-    _run(["git", "diff", "--exit-code", "params.yaml"], repo)
-    again = _run(["dvc", "exp", "run", "-S", "+experiment=demo"], repo)
+    run_ok(["git", "diff", "--exit-code", "params.yaml"], repo)
+    again = run_ok(["dvc", "exp", "run", "-S", "+experiment=demo"], repo)
     out = again.stdout + again.stderr
     assert "Running stage" not in out, out
     for stage in STAGES:

@@ -15,13 +15,13 @@ from kshd.data.dataset import save_dataset
 
 from .conftest import ROOT
 from .fake_hub import start_fake_hub
-from .test_dataset import _corpus
+from .helpers.corpus import small_corpus
 
 
 @pytest.fixture
 def project(tmp_path):
     """A project folder with params.yaml and a saved dataset of 12 drawings."""
-    _corpus(tmp_path, 12)
+    small_corpus(tmp_path, 12)
     save_dataset(tmp_path / "info.csv", tmp_path / "data" / "dataset", 0.25, "t")
     write_params(compose_conf([], conf_dir=ROOT / "conf"), tmp_path / "params.yaml")
     return tmp_path

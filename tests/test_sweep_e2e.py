@@ -18,8 +18,8 @@ from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
 
 from .browser import ARGS, CHROMIUM
+from .helpers.dvc_repo import clone_of_this_checkout, dvc_env
 from .helpers.wandb_offline import find_offline_runs
-from .test_pipeline_e2e import _env, clone_of_this_checkout
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 GRID = {(1, 1), (1, 2), (2, 1), (2, 2)}  # (batch_size, epochs)
@@ -39,7 +39,7 @@ def _dvc(args: list[str], repo: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("sweep"))
-    env = _env() | SECRETS | {"WANDB_MODE": "offline"}
+    env = dvc_env() | SECRETS | {"WANDB_MODE": "offline"}
     out = _dvc(
         ["exp", "run", "--queue", "-S", "+experiment=demo"]
         + ["-S", "train.batch_size=1,2", "-S", "train.epochs=1,2"],

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE, save_lora
+from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.training.loop import train_lora
 from kshd.training.settings import EpochSampler, TrainSettings, load_components, total_steps
 
-from .helpers.lora_files import tiny_info
-
-SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models, sample_split, tmp_path_factory):
-    """A LoRA trained for a few steps on the samples and saved in both formats."""
-    out = tmp_path_factory.mktemp("lora")
-    c = load_components(str(tiny_models["sd"]))
-    rows = []
-    result = train_lora(c, sample_split, TrainSettings(**SETTINGS), on_log=rows.append)
-    info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(sample_split), seed=7)
-    save_lora(out, c.unet, c.text_encoder, info)
-    return out, result, rows
+from .helpers.lora_files import TRAIN_SETTINGS as SETTINGS
 
 
 def _unet_out(pipe, scale: float | None) -> torch.Tensor:

@@ -9,6 +9,8 @@ import torch
 from kshd.lora import KohyaInfo
 
 TRIGGER = "drawn by KSH drawing style"
+# the `trained` fixture's run: 10 samples, batch 2, 2 epochs = 10 steps
+TRAIN_SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 
 # A tiny run's record: rank 4, 64 px, batch 2, lr 1e-2 on the ten bundled samples.
 TINY_INFO = KohyaInfo(
