@@ -123,7 +123,9 @@ def test_the_data_stages_run_in_process_on_the_demo_config(demo_cfg, tmp_path):
     with open(demo_cfg.data.info_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(samples) == sum(captions["sources"].values())
-    assert all(r["text"].endswith(", drawn by KSH drawing style") for r in rows)
+    # the tiny random BLIP-2 may say nothing for a drawing (its argmax moves with the thread count);
+    # then the text is the trigger phrase alone, as with_trigger makes it
+    assert all(r["text"].endswith("drawn by KSH drawing style") for r in rows), rows
     sizes = dataset.run(demo_cfg)
     splits = load_from_disk(demo_cfg.data.dataset_dir)
     assert {k: len(v) for k, v in splits.items()} == sizes
