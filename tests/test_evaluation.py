@@ -11,8 +11,11 @@ from PIL import Image
 
 from kshd.evaluation.evaluate import (
     HEADLINE,
+    CheckpointCurve,
     EvalSettings,
-    evaluate_lora,
+    Evaluation,
+    References,
+    evaluate,
     grid,
     mean_abs_difference,
     select_checkpoints,
@@ -32,15 +35,16 @@ def _drawings() -> list:
     return [Image.open(p).convert("RGB") for p in sorted((ROOT / "data/samples").glob("*.png"))]
 
 
-def _evaluate(pipe, lora_dir, s, out, tiny_models, *checkpoints, **kwargs):
-    """evaluate_lora with the tiny CLIP, 3 held-out drawings and the rest as training set."""
+def _evaluate(
+    pipe, lora_dir, s, out, tiny_models, checkpoints=(), final_step=None, base_cache=None, dino=None
+) -> Evaluation:
+    """evaluate() with the tiny CLIP, 3 held-out drawings and the rest as training set."""
     from kshd.evaluation.metrics import ClipEncoder
 
     drawings = _drawings()
-    encoder = ClipEncoder(str(tiny_models["clip"]))
-    return evaluate_lora(
-        pipe, lora_dir, s, out, encoder, drawings[:3], drawings[3:], *checkpoints, **kwargs
-    )
+    refs = References(ClipEncoder(str(tiny_models["clip"])), drawings[:3], drawings[3:], dino)
+    curve = CheckpointCurve(list(checkpoints), final_step, "style_gain")
+    return evaluate(pipe, lora_dir, s, out, refs, curve, base_cache)
 
 
 def test_grid_and_difference():
@@ -52,8 +56,7 @@ def test_grid_and_difference():
 
 
 @pytest.mark.parametrize(("scale", "changed"), [(1.0, True), (0.0, False)])
-def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa: F811
-
+def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
     s = EvalSettings(
@@ -64,13 +67,8 @@ def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):  # noqa:
         lora_scales=(scale,),
         trigger_phrase="drawn by KSH drawing style",
     )
-    metrics, curve = _evaluate(
-        pipe,
-        lora_dir,
-        s,
-        tmp_path,
-        tiny_models,
-    )
+    result = _evaluate(pipe, lora_dir, s, tmp_path, tiny_models)
+    metrics, curve = result.metrics, result.curve
     assert metrics["num_images"] == 4
     assert (metrics["lora_pixel_delta"] > 0) == changed
     if not changed:  # strength 0 is the base model: no style added
@@ -124,16 +122,8 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
     )
     found = complete_checkpoints(tmp_path / "ckpt")
     assert [s for s, _ in found] == [4, 8]
-    metrics, curve = _evaluate(
-        pipe,
-        tmp_path,
-        s,
-        tmp_path / "out",
-        tiny_models,
-        found,
-        final_step=10,
-        best_by="style_gain",
-    )
+    result = _evaluate(pipe, tmp_path, s, tmp_path / "out", tiny_models, found, final_step=10)
+    metrics, curve = result.metrics, result.curve
     assert [r["step"] for r in curve] == [4, 8, 10]
     assert curve[-1]["style_gain"] == metrics["style_gain"]
     assert len({r["style_similarity"] for r in curve}) == 3  # each checkpoint drew differently
@@ -145,7 +135,7 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
     }
 
 
-def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, monkeypatch):  # noqa: F811
+def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, monkeypatch):
     import kshd.evaluation.evaluate as ev
     from kshd.evaluation.evaluate import base_cache_folder
 
@@ -165,14 +155,7 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
     for _ in range(2):
         pipe = _pipe(tiny_models)
         results.append(
-            _evaluate(
-                pipe,
-                lora_dir,
-                s,
-                tmp_path / "out",
-                tiny_models,
-                base_cache=folder,
-            )[0]
+            _evaluate(pipe, lora_dir, s, tmp_path / "out", tiny_models, base_cache=folder).metrics
         )
     assert labels.count("base") == 1 and len(list(folder.glob("*.png"))) == 2
     assert results[0] == results[1]
@@ -182,8 +165,7 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
     assert other != folder  # other seeds, other images
 
 
-def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):  # noqa: F811
-
+def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
     s = EvalSettings(
@@ -193,15 +175,8 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
         resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
-    table: list[dict] = []
-    metrics, _ = _evaluate(
-        pipe,
-        lora_dir,
-        s,
-        tmp_path,
-        tiny_models,
-        table=table,
-    )
+    result = _evaluate(pipe, lora_dir, s, tmp_path, tiny_models)
+    metrics, table = result.metrics, result.table
     assert len(table) == 2 * 2 * 2  # base and LoRA, 2 prompts, 2 seeds
     lora = [r for r in table if r["variant"] == "LoRA x1.0"]
     base = [r for r in table if r["variant"] == "base"]
@@ -212,7 +187,7 @@ def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_pa
     assert {(r["prompt"], r["seed"]) for r in lora} == {(p, k) for p in s.prompts for k in s.seeds}
 
 
-def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F811
+def test_optional_dino_style_metric(trained, tiny_models, tmp_path):
     from kshd.evaluation.metrics import DinoEncoder
 
     lora_dir, _, _ = trained
@@ -224,14 +199,9 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):  # noqa: F8
         resolution=64,
         lora_scales=(0.0, 1.0),
     )
-    metrics, _ = _evaluate(
-        pipe,
-        lora_dir,
-        s,
-        tmp_path,
-        tiny_models,
-        dino=DinoEncoder(str(tiny_models["dino"])),
-    )
+    metrics = _evaluate(
+        pipe, lora_dir, s, tmp_path, tiny_models, dino=DinoEncoder(str(tiny_models["dino"]))
+    ).metrics
     assert isinstance(metrics["style_similarity_dino"], float)
     assert metrics["by_strength"]["0.0"]["style_gain_dino"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["style_gain_dino"] == pytest.approx(

@@ -211,13 +211,3 @@ def test_the_caption_cache_key_hashes_the_marked_fields_as_before():
     unchanged = dataclasses.replace(s, batch_size=1, trigger_phrase="x", trigger_position="start")
     assert unchanged.fingerprint() == s.fingerprint()
     assert dataclasses.replace(s, temperature=0.5).fingerprint() != s.fingerprint()
-
-
-def test_the_accepted_names_are_those_the_code_knows():
-    """schema_values holds them import-free for the load-time check; the code's own lists agree."""
-    from kshd.evaluation.evaluate import HEADLINE
-    from kshd.prompts import MAX_TOKEN_LENGTHS
-    from kshd.schema_values import BEST_BY
-    from kshd.schema_values import MAX_TOKEN_LENGTHS as ACCEPTED_LENGTHS
-
-    assert BEST_BY == HEADLINE and ACCEPTED_LENGTHS == MAX_TOKEN_LENGTHS

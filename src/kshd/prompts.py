@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kshd.schema_values import MAX_TOKEN_LENGTHS
+
 Piece = tuple[str, float]
 BREAK_WEIGHT = -1.0  # a BREAK marker in a parsed prompt
 CHUNK = 75  # tokens per chunk between CLIP's start and end tokens
@@ -222,9 +224,6 @@ class PromptEncoder:
         pos, neg = self.chunks(prompt), self.chunks(negative)
         n = max(len(pos), len(neg))
         return self._encode_chunks(pos, n), self._encode_chunks(neg, n)
-
-
-MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ SCHEDULERS = (
 )
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PREDICTION_TYPES = (None, "epsilon", "v_prediction")
-MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks (prompts.py)
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 TRIGGER_POSITIONS = ("start", "end")
-# evaluation.evaluate.HEADLINE: the metrics `evaluate.best_by` may name
+# the headline metrics (evaluation.evaluate.HEADLINE), which `evaluate.best_by` may name
 BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
 
 

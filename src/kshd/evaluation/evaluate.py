@@ -23,11 +23,12 @@ from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluati
     use_sampler,
     validation_images,
 )
+from kshd.schema_values import BEST_BY
 
 log = logging.getLogger(__name__)
 
 
-HEADLINE = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
+HEADLINE = BEST_BY  # the headline metrics: those `evaluate.best_by` may name
 
 
 def grid(rows: list[list[Image.Image]]) -> Image.Image:
@@ -58,25 +59,15 @@ class Samples:
 
 
 def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
-    """Where the base model's images for these prompts, seeds and sampler settings live."""
+    """Where the base model's images for these prompts, seeds and sampler settings live: keyed
+    by the fields EvalSettings marks DEFINES_RESULT, as the app encodes prompts."""
     import hashlib
     import json
 
+    from kshd.config import defining
+
     key = json.dumps(
-        {
-            "model": model,
-            "prompts": s.prompts,
-            "negative": s.negative_prompt,
-            "prefixes": [s.positive_prefix, s.negative_prefix],
-            "sampler": s.sampler,
-            "encoding": "a1111",  # prompt embeddings as the app builds them
-            "seeds": s.seeds,
-            "steps": s.num_inference_steps,
-            "guidance": s.guidance_scale,
-            "resolution": s.resolution,
-        },
-        sort_keys=True,
-        default=str,
+        {"model": model, "encoding": "a1111", **defining(s)}, sort_keys=True, default=str
     )
     return root / f"eval-base-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
@@ -321,35 +312,3 @@ def evaluate(
         }
     log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
     return out
-
-
-def evaluate_lora(
-    pipe,
-    lora_dir: Path,
-    s: EvalSettings,
-    out_dir: Path,
-    encoder=None,
-    holdout: list | None = None,
-    train: list | None = None,
-    checkpoints: list[tuple[int, Path]] = (),
-    final_step: int | None = None,
-    best_by: str = "style_gain",
-    base_cache: Path | None = None,
-    table: list | None = None,
-    dino=None,
-) -> tuple[dict, list[dict]]:
-    """The former signature of `evaluate`, kept until its callers move (kshd.stages.evaluate):
-    fills `table` with evaluate()'s rows and returns (metrics, curve)."""
-    refs = References(encoder, holdout or [], train or [], dino) if encoder is not None else None
-    result = evaluate(
-        pipe,
-        lora_dir,
-        s,
-        out_dir,
-        refs,
-        CheckpointCurve(list(checkpoints), final_step, best_by),
-        base_cache,
-    )
-    if table is not None:
-        table.extend(result.table)
-    return result.metrics, result.curve

@@ -60,24 +60,6 @@ def dataset_images(dataset_dir: str) -> tuple[LazyImages, LazyImages]:
     return LazyImages(ds["holdout"]), LazyImages(ds["train"])
 
 
-def base_identity(cfg: DictConfig) -> dict:
-    """What the base model's cached images depend on: a hub id and revision, or a local
-    folder's file contents, not its place or times, so that a queued experiment's copy of the
-    same model (the demo rebuilds it in each copy) shares the workspace's images."""
-    import hashlib
-
-    folder = Path(cfg.model.pretrained)
-    if not folder.is_dir():
-        return model_identity(cfg.model.pretrained, cfg.model.revision)
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with path.open("rb") as f:
-            files[path.relative_to(folder).as_posix()] = hashlib.file_digest(
-                f, "sha256"
-            ).hexdigest()
-    return {"files": files}
-
-
 def load_pipeline(cfg: DictConfig):
     """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
     device, dtype = device_and_dtype()
@@ -135,7 +117,11 @@ def run(cfg: DictConfig) -> dict:
     checkpoints = (
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
-    base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), base_identity(cfg), settings)
+    base_cache = base_cache_folder(
+        shared_path(cfg.data.cache_dir),
+        model_identity(cfg.model.pretrained, cfg.model.revision),
+        settings,
+    )
     out = Path(cfg.output.reports_dir)
     history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache)
