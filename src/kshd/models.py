@@ -52,6 +52,25 @@ def load_sd_pipeline(
     return pipe
 
 
+def pipeline_from_parts(vae, text_encoder, tokenizer, unet, scheduler):
+    """An SD 1.x pipeline around parts already in memory (being trained, or just built): no
+    safety checker, quiet, nothing copied."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def model_identity(pretrained: str, revision: str | None) -> dict:
     """A hub id and revision, or a local folder's content digest: the same model copied or
     moved elsewhere keeps its identity (a checkpoint resumes), a changed file changes it."""

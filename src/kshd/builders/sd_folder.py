@@ -29,16 +29,7 @@ def sd15_scheduler():
 
 def save_sd_pipeline(out_dir: Path, unet, vae, text_encoder, tokenizer) -> None:
     """A diffusers SD 1.x folder (safetensors) from its parts, with SD 1.5's noise schedule."""
-    from diffusers import StableDiffusionPipeline
+    from kshd.models import pipeline_from_parts
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=sd15_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = pipeline_from_parts(vae, text_encoder, tokenizer, unet, sd15_scheduler())
     pipe.save_pretrained(out_dir, safe_serialization=True)

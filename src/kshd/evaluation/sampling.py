@@ -142,19 +142,12 @@ def validation_images(
 ) -> list[Image.Image]:
     """Sample from the components being trained as the app would draw the prompt; `app` holds
     EvalSettings' positive_prefix, negative_prefix and sampler (default: DPM-Solver++)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
-    pipe = StableDiffusionPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    from kshd.models import pipeline_from_parts
+
+    scheduler = DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config)
+    pipe = pipeline_from_parts(c.vae, c.text_encoder, c.tokenizer, c.unet, scheduler)
     s = EvalSettings(
         prompts=(prompt,),
         negative_prompt=negative,
