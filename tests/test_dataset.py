@@ -8,13 +8,13 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask, save_dataset
-
-from .helpers.corpus import small_corpus
+from kshd.data.samples import noise_drawings
 
 
 def test_dataset_has_image_and_text_and_both_splits(tmp_path):
-    rows = small_corpus(tmp_path)
+    rows = read_info_csv(noise_drawings(tmp_path, 10, 16))
     counts = save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "drawn by KSH drawing style")
     ds = load_from_disk(str(tmp_path / "ds"))
     assert set(ds) == {"train", "holdout"}
@@ -28,7 +28,7 @@ def test_dataset_has_image_and_text_and_both_splits(tmp_path):
 
 
 def test_no_holdout_saves_an_empty_split_that_loads(tmp_path):
-    small_corpus(tmp_path)
+    noise_drawings(tmp_path, 10, 16)
     assert save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.0, "t") == {
         "train": 10,
         "holdout": 0,
@@ -38,7 +38,7 @@ def test_no_holdout_saves_an_empty_split_that_loads(tmp_path):
 
 
 def test_rebuild_is_byte_identical(tmp_path):
-    small_corpus(tmp_path)
+    noise_drawings(tmp_path, 10, 16)
     save_dataset(tmp_path / "info.csv", tmp_path / "a", 0.2, "t")
     save_dataset(tmp_path / "info.csv", tmp_path / "b", 0.2, "t")
     cmp = filecmp.dircmp(tmp_path / "a", tmp_path / "b")
@@ -56,8 +56,8 @@ def test_holdout_is_stable_when_drawings_are_added():
 
 
 def test_missing_image_stops_with_the_row_named(tmp_path):
-    small_corpus(tmp_path, 3)
-    (tmp_path / "prepared" / "1.png").unlink()
+    noise_drawings(tmp_path, 3, 16)
+    (tmp_path / "prepared" / "0001.png").unlink()
     with pytest.raises(FileNotFoundError, match="row 3"):
         save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
     assert not (tmp_path / "ds").exists()
@@ -71,7 +71,7 @@ def test_push_without_network_fails_fast_and_keeps_the_local_dataset(tmp_path, e
     import subprocess
     import sys
 
-    small_corpus(tmp_path)
+    noise_drawings(tmp_path, 10, 16)
     save_dataset(tmp_path / "info.csv", tmp_path / "ds", 0.2, "t")
     code = (
         "from kshd.data.dataset import push_dataset; "

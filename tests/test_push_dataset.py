@@ -12,16 +12,16 @@ from datasets import load_from_disk
 
 from kshd.config import compose_conf, write_params
 from kshd.data.dataset import save_dataset
+from kshd.data.samples import noise_drawings
 
 from .conftest import ROOT
 from .fake_hub import start_fake_hub
-from .helpers.corpus import small_corpus
 
 
 @pytest.fixture
 def project(tmp_path):
     """A project folder with params.yaml and a saved dataset of 12 drawings."""
-    small_corpus(tmp_path, 12)
+    noise_drawings(tmp_path, 12, 16)
     save_dataset(tmp_path / "info.csv", tmp_path / "data" / "dataset", 0.25, "t")
     write_params(compose_conf([], conf_dir=ROOT / "conf"), tmp_path / "params.yaml")
     return tmp_path
