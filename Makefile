@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
-demo: setup ## run the five stages on the bundled samples with tiny local models (no GPU, no network)
+demo: setup ## build tiny local models, run the five stages on the bundled samples (no GPU/network)
 	$(RUN) $(PY) -m kshd.experiments.demo
 
 sweep: setup ## a 4-experiment DVC queue sweep of the demo (batch 1,2 x epochs 1,2), then compare

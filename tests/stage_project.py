@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 from PIL import Image
 
 from kshd.config import compose_conf, write_params
@@ -16,9 +17,10 @@ from kshd.config import compose_conf, write_params
 from .conftest import ROOT
 
 
-def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] = ()) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = compose_conf(
+def project_cfg(tiny_models: dict[str, Path], overrides: list[str] = ()) -> DictConfig:
+    """The demo profile on `raw/` with the session's tiny models, tracking off, paths relative
+    to the project folder: what make_project writes, for calling a stage's `run(cfg)` there."""
+    return compose_conf(
         [
             "+experiment=demo",
             "data.raw_dir=raw",
@@ -31,7 +33,11 @@ def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] 
         ],
         conf_dir=ROOT / "conf",
     )
-    write_params(cfg, root / "params.yaml")
+
+
+def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    write_params(project_cfg(tiny_models, overrides), root / "params.yaml")
     (root / "raw").mkdir(exist_ok=True)
     return root
 

@@ -138,18 +138,32 @@ def test_folder_deps_ignore_bytecode():
 
 
 def test_the_walk_follows_function_level_imports_and_names_what_a_dep_list_lacks():
-    """The check itself: a stage that builds tiny models reaches the builders, and a dep list
-    without them names each missing file."""
-    reached = reached_files([PACKAGE / "stages" / "__init__.py"])
+    """The check itself: the demo, which builds tiny models, reaches the builders, and a dep
+    list without them names each missing file."""
+    reached = reached_files([PACKAGE / "experiments" / "demo.py"])
     names = {str(p.relative_to(ROOT)) for p in reached}
-    assert "src/kshd/builders/tiny.py" in names  # only imported inside ensure_tiny()
+    assert "src/kshd/builders/tiny.py" in names  # only imported inside build_demo_models()
     assert "src/kshd/builders/clip_bpe.py" in names  # imported inside build_tiny_sd()
     assert "src/kshd/builders/sd15_shaped.py" not in names  # in the folder, never imported
     assert "src/kshd/__init__.py" not in names  # a docstring and a version: runs nothing
-    assert uncovered(reached, ["src/kshd/stages", "src/kshd/config.py"]) == sorted(
-        n for n in names if not n.startswith(("src/kshd/stages/", "src/kshd/config.py"))
+    assert uncovered(reached, ["src/kshd/experiments", "src/kshd/config.py"]) == sorted(
+        n for n in names if not n.startswith(("src/kshd/experiments/", "src/kshd/config.py"))
     )
     assert uncovered(reached, ["src/kshd"]) == []
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_runs_or_depends_on_a_model_builder(stage):
+    """Editing a demo builder must not rerun a real user's 50-epoch training: the stages only
+    check that the model folders exist (`make demo` builds the tiny ones), so no builder is
+    among the files a stage runs, nor among its deps, and `tiny` is none of its params."""
+    builders = PACKAGE / "builders"
+    ran = sorted(str(f.relative_to(ROOT)) for f in stage_files(stage) if builders in f.parents)
+    assert ran == [], f"stage {stage!r} imports model builders: {ran}"
+    deps = [d for d in code_deps(STAGES[stage]) if d.startswith("src/kshd/builders")]
+    assert deps == [], f"dvc.yaml stage {stage!r} depends on builders: {deps}"
+    params = STAGES[stage].get("params", [])
+    assert not [p for p in params if str(p).split(".")[0] == "tiny"], params
 
 
 def test_the_gaps_issue_14_found_in_the_hand_written_lists_are_found():

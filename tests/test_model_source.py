@@ -16,7 +16,7 @@ import pytest
 from kshd.model_source import ModelSourceError, check_model_source
 
 from .conftest import ROOT
-from .stage_project import make_project, noise_drawings
+from .stage_project import noise_drawings, project_cfg
 
 NOWHERE = "nobody-here/no-such-model"
 
@@ -104,13 +104,55 @@ def test_each_stage_checks_its_models_first(
     import importlib
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    root = make_project(tmp_path, tiny_models, [f"{override}={NOWHERE}"])
-    monkeypatch.chdir(root)
+    monkeypatch.chdir(tmp_path)
+    cfg = project_cfg(tiny_models, [f"{override}={NOWHERE}"])
     if stage == "caption":  # caption reads prepare's report; the captioner is the first model
         from kshd.stages import prepare
 
-        noise_drawings(root / "raw", 2)
-        prepare.main([])
+        (tmp_path / "raw").mkdir()
+        noise_drawings(tmp_path / "raw", 2)
+        prepare.run(cfg)
     module = importlib.import_module(f"kshd.stages.{stage}")
     with pytest.raises(ModelSourceError, match=f"`{key}`"):
-        module.main([])  # no dataset, no LoRA here: had it worked first, another error came
+        module.run(cfg)  # no dataset, no LoRA here: had it worked first, another error came
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_stage_never_builds_the_demo_models_and_says_how_to(
+    tmp_path, monkeypatch, tiny_models, stage
+):
+    """Stages only check the folders (so a builder edit reruns none); `make demo` builds them."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    cfg = project_cfg(tiny_models, ["model.pretrained=${tiny.dir}/sd", "tiny.build=true"])
+    with pytest.raises(ModelSourceError) as err:
+        importlib.import_module(f"kshd.stages.{stage}").run(cfg)
+    assert str(err.value) == (
+        "model.pretrained: models/tiny/sd does not exist; run `make demo` "
+        "(or `kshd tiny-models models/tiny`) to build the demo's tiny models."
+    )
+    assert not (tmp_path / "models").exists()  # nothing built
+
+
+def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
+    """A queued experiment's temporary copy lacks git-ignored model folders: a relative one
+    missing there resolves in the workspace DVC names in DVC_ROOT; hub ids stay as they are."""
+    from omegaconf import OmegaConf
+
+    from kshd.stages import resolve_models
+
+    workspace, copy = tmp_path / "repo", tmp_path / "repo/.dvc/tmp/exps/tmp1"
+    (workspace / "models/tiny/sd").mkdir(parents=True)
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    cfg = OmegaConf.create(
+        {"model": {"pretrained": "models/tiny/sd"}, "caption": {"model": NOWHERE}}
+    )
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    resolve_models(cfg)
+    assert cfg.model.pretrained == "models/tiny/sd"  # a hand run: the working dir
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    resolve_models(cfg)
+    assert cfg.model.pretrained == str(workspace / "models/tiny/sd")
+    assert cfg.caption.model == NOWHERE

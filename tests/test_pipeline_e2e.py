@@ -112,9 +112,13 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     assert row["caption/table/_latest_artifact_path"].startswith("wandb-client-artifact://")
 
 
-def test_params_yaml_is_restored_and_a_rerun_runs_no_stage(demo):
+def test_params_yaml_is_restored_and_a_rerun_after_a_builder_edit_runs_no_stage(demo):
+    """Stages never build models, so an edit to a demo builder reruns none of them (it would
+    have rerun a real user's training)."""
     repo, _ = demo
     run_ok(["git", "diff", "--exit-code", "params.yaml"], repo)
+    builder = repo / "src/kshd/builders/tiny.py"
+    builder.write_text(builder.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     again = run_ok(["dvc", "exp", "run", "-S", "+experiment=demo"], repo)
     out = again.stdout + again.stderr
     assert "Running stage" not in out, out

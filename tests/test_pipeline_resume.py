@@ -8,6 +8,8 @@ import signal
 
 import pytest
 
+from kshd.experiments.demo import demo_models
+
 from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, run_ok
 from .helpers.events import Child
 
@@ -17,7 +19,10 @@ LONG = ["-S", "+experiment=demo", "-S", "train.epochs=12", "-S", "train.checkpoi
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    return clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
+    """A fresh clone with the demo's tiny models built, as `make demo` builds them first."""
+    repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
+    demo_models(repo)
+    return repo
 
 
 def _metrics(repo):

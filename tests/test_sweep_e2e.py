@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kshd.experiments.demo import demo_models
 from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
 
@@ -39,6 +40,7 @@ def _dvc(args: list[str], repo: Path, env: dict) -> str:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("sweep"))
+    demo_models(repo)  # as `make demo` or `kshd sweep --demo` first do; queued copies load them
     env = dvc_env() | SECRETS | {"WANDB_MODE": "offline"}
     out = _dvc(
         ["exp", "run", "--queue", "-S", "+experiment=demo"]

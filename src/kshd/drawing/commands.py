@@ -87,12 +87,12 @@ def load_config(overrides: list[str], command: str):
 def draw(args: argparse.Namespace) -> int:
     from kshd.drawing.engine import Engine
     from kshd.drawing.settings import default_request, engine_settings
-    from kshd.stages import ensure_tiny
+    from kshd.experiments.demo import build_demo_models
 
     cfg = load_config(args.overrides, args.command)
     if cfg is None:
         return 2
-    ensure_tiny(cfg)
+    build_demo_models(cfg)
     if base_model_missing(cfg, args.command):
         return 2
     req = default_request(cfg, args.prompt, **request_changes(args))
@@ -115,12 +115,12 @@ def draw(args: argparse.Namespace) -> int:
 
 def gui(args: argparse.Namespace) -> int:
     from kshd.drawing.gui import launch
-    from kshd.stages import ensure_tiny
+    from kshd.experiments.demo import build_demo_models
 
     cfg = load_config(args.overrides, "gui")
     if cfg is None:
         return 2
-    ensure_tiny(cfg)
+    build_demo_models(cfg)
     if base_model_missing(cfg, "gui"):
         return 2
     auth = os.environ.get("KSHD_GUI_AUTH")

@@ -1,8 +1,9 @@
 """`make demo`: the five stages on the bundled samples with tiny local models, as a DVC experiment.
 
-It runs `dvc exp run -S +experiment=demo` in this workspace, so the results stay here to look at
-(and in `dvc exp show`), then puts back the committed `params.yaml` (the real setup), so that a
-following `dvc repro` trains for real and `git status` shows no edited config.
+It builds the tiny models first (the stages never build models, so editing a builder reruns no
+stage), then runs `dvc exp run -S +experiment=demo` in this workspace, so the results stay here
+to look at (and in `dvc exp show`), then puts back the committed `params.yaml` (the real setup),
+so that a following `dvc repro` trains for real and `git status` shows no edited config.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from kshd.experiments.dvc import dvc_executable
 
@@ -22,10 +26,30 @@ log = logging.getLogger("kshd.experiments.demo")
 DEMO_OVERRIDE = "+experiment=demo"
 
 
+def build_demo_models(cfg: DictConfig, root: Path = Path()) -> None:
+    """The demo profile's tiny local models (`tiny.build`, in `tiny.dir` under `root`), built or
+    brought up to date before DVC or the app runs: stages only check that the folders exist."""
+    if cfg.tiny.build:
+        from kshd.builders.tiny import build_tiny_models
+
+        for name, path in build_tiny_models(root / cfg.tiny.dir, cfg.tiny.seed).items():
+            log.info("tiny %s model: %s", name, path)
+
+
+def demo_models(root: Path, overrides: Sequence[str] = ()) -> None:
+    """The tiny models of conf/ composed with `+experiment=demo` and `overrides` (the `tiny.*`
+    ones count; sweep lists such as `train.epochs=1,2` are left out), under `root`."""
+    from kshd.config import compose_conf
+
+    keep = [o for o in overrides if o.startswith("tiny.") and "," not in o]
+    build_demo_models(compose_conf([DEMO_OVERRIDE, *keep], conf_dir=root / "conf"), root)
+
+
 def run_demo(root: Path, extra: list[str]) -> int:
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
         log.error("%s: `dvc exp run` needs a git repository with at least one commit", root)
         return 2
+    demo_models(root)
     params = root / "params.yaml"
     saved = params.read_bytes()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -2,7 +2,9 @@
 
 Exactly what a person would type, `dvc exp run --queue -S ...` then `dvc queue start`, plus the
 waiting and a one-page comparison at the end. Stages whose params a sweep does not touch
-(prepare, caption, dataset) come from DVC's run cache after the first experiment.
+(prepare, caption, dataset) come from DVC's run cache after the first experiment. With the demo
+profile the tiny models are built in the workspace first; the queued copies load them from there
+(kshd.stages.resolve_models).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kshd.experiments.compare import build_comparison
+from kshd.experiments.demo import DEMO_OVERRIDE, demo_models
 from kshd.experiments.dvc import DvcError, dvc_executable, run_dvc
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,8 @@ def start_queue(root: Path, jobs: int) -> None:
 def run_sweep(root: Path, overrides: Sequence[str], jobs: int = 1, group: str | None = None) -> int:
     """Queue, start `jobs` workers, wait, then write the comparison page; 1 if any failed."""
     group = group or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    if DEMO_OVERRIDE in overrides:  # the stages never build models; queued copies load these
+        demo_models(root, overrides)
     names = queue(root, [*overrides, f"tracking.group={group}"])
     start_queue(root, jobs)
     final = wait(root, names)

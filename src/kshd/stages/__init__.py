@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from kshd.config import UserError, load_params
+from kshd.model_source import ModelSourceError, check_model_source
 
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
@@ -28,12 +31,45 @@ def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
     return cfg
 
 
-def ensure_tiny(cfg: DictConfig) -> None:
-    """The demo profile builds its tiny local models on first use (tiny.build)."""
-    if cfg.tiny.build:
-        from kshd.builders.tiny import build_tiny_models
+# The config keys naming a model folder or Hub id that a stage may load.
+MODEL_KEYS = ("model.pretrained", "caption.model", "evaluate.clip_model", "evaluate.dino_model")
 
-        build_tiny_models(cfg.tiny.dir, cfg.tiny.seed)
+
+def workspace_model(name: str) -> str:
+    """`name`, or the same relative folder in the workspace DVC names in `DVC_ROOT`: a queued
+    experiment runs in a temporary copy without git-ignored folders such as `models/tiny/`, so a
+    sweep loads the workspace's local models (as kshd.config.shared_path does for caches)."""
+    root = os.environ.get("DVC_ROOT")
+    path = Path(name).expanduser()
+    if not name or not root or path.is_absolute() or path.exists():
+        return name
+    there = Path(root) / path
+    return str(there) if there.is_dir() else name
+
+
+def resolve_models(cfg: DictConfig) -> None:
+    """Point every model key that names a relative folder missing here at the workspace's copy."""
+    for key in MODEL_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and (found := workspace_model(value)) != value:
+            OmegaConf.update(cfg, key, found)
+
+
+def require_model(cfg: DictConfig, key: str, marker: str = "config.json") -> None:
+    """The model under `key` is a usable folder, cached or reachable; else one line naming the
+    key and the way out. Stages never build models: `make demo` builds the demo's tiny ones."""
+    name = OmegaConf.select(cfg, key)
+    revision = cfg.model.revision if key == "model.pretrained" else None
+    try:
+        check_model_source(name, key, marker, revision)
+    except ModelSourceError:
+        tiny = Path(OmegaConf.select(cfg, "tiny.dir") or "models/tiny")
+        if not Path(name).exists() and Path(name).parent == tiny:
+            raise ModelSourceError(
+                f"{key}: {name} does not exist; run `make demo` (or `kshd tiny-models {tiny}`) "
+                "to build the demo's tiny models."
+            ) from None
+        raise
 
 
 def plain(cfg: DictConfig, keys: Sequence[str] | None = None) -> dict:

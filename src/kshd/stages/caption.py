@@ -17,7 +17,7 @@ from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json
 from kshd.schema import group
-from kshd.stages import ensure_tiny, entry, plain, stage_config
+from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
 
 def run(cfg: DictConfig) -> dict:
     """A caption per prepared drawing (reviewed, sidecar or BLIP-2) in info.csv; the report."""
+    resolve_models(cfg)
     settings, data = group(cfg, "caption"), group(cfg, "data")
     reports = Path(data.reports_dir)
     prepare = json.loads((reports / "prepare.json").read_text(encoding="utf-8"))
@@ -49,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
     prepared, info_csv = Path(data.prepared_dir), Path(data.info_csv)
     cache = CaptionCache(shared_path(data.cache_dir) / "captions.jsonl")
     if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items):
-        ensure_tiny(cfg)
+        require_model(cfg, "caption.model")
     overrides = read_overrides(Path(settings.overrides))
     outcome = assign_captions(items, prepared, overrides, settings, cache)
     rows = [

@@ -26,9 +26,9 @@ from kshd.evaluation.report import render
 from kshd.evaluation.sampling import EvalSettings
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
-from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline, model_identity
+from kshd.models import device_and_dtype, load_sd_pipeline, model_identity
 from kshd.schema import group
-from kshd.stages import ensure_tiny, entry, plain, stage_config
+from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,13 @@ def write_outputs(
 
 def run(cfg: DictConfig) -> dict:
     """The LoRA (and its checkpoints) against the base model: grids, metrics, the report."""
+    resolve_models(cfg)
     e = group(cfg, "evaluate")
     settings = EvalSettings.of(e, group(cfg, "caption").trigger_phrase)
-    ensure_tiny(cfg)
-    check_model_source(
-        cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
-    )
+    require_model(cfg, "model.pretrained", "model_index.json")
     for key in ("clip_model", "dino_model"):
         if getattr(e, key):
-            check_model_source(getattr(e, key), f"evaluate.{key}")
+            require_model(cfg, f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
     refs = None
     if e.clip_model:

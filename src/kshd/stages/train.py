@@ -18,9 +18,9 @@ from kshd.config import shared_path
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.lora import KohyaInfo, save_lora
-from kshd.models import check_model_source, model_identity
+from kshd.models import model_identity
 from kshd.schema import group
-from kshd.stages import ensure_tiny, entry, plain, stage_config
+from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import fingerprint
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, process_state, train_lora
@@ -105,11 +105,9 @@ def run(cfg: DictConfig) -> dict | None:
     on Ctrl-C or SIGTERM once a checkpoint is written."""
     from datasets import load_from_disk
 
+    resolve_models(cfg)
     s: TrainSettings = group(cfg, "train")
-    ensure_tiny(cfg)
-    check_model_source(
-        cfg.model.pretrained, "model.pretrained", "model_index.json", cfg.model.revision
-    )
+    require_model(cfg, "model.pretrained", "model_index.json")
     split = load_from_disk(cfg.data.dataset_dir)["train"]
     # the UNet is loaded by the trainer once the caches are filled (see load_components)
     components = load_components(
