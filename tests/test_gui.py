@@ -42,6 +42,52 @@ def _cfg(tiny_models, lora, outputs, port):
     )
 
 
+class _RecordingEngine:
+    """An engine that records the request it is given and draws nothing."""
+
+    def __init__(self, limits):
+        self.limits, self.notes, self.requests = limits, [], []
+
+    def generate(self, req, progress):
+        from types import SimpleNamespace
+
+        self.requests.append(req)
+        return SimpleNamespace(paths=[], seeds=[], infotexts=["drawn"])
+
+
+def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_models, tmp_path):
+    """The field list is written once (gui.TAB_FIELDS): the components' order, the handlers'
+    signatures (Gradio's API names) and the Request fields filled must agree, by position."""
+    import inspect
+
+    import gradio as gr
+
+    from kshd.drawing.gui import IMG2IMG_FIELDS, TAB_FIELDS, Handlers, build_ui
+    from kshd.drawing.settings import default_request, generate_settings
+
+    cfg = _cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
+    engine = _RecordingEngine(generate_settings(cfg).limits)
+    ui = build_ui(engine, default_request(cfg))
+    labels = {
+        "txt2img": ["Prompt", "Negative prompt", "Sampling method", "Sampling steps", "CFG scale",
+                    "Seed (-1 = random)", "Width", "Height", "Batch count", "Batch size",
+                    "LoRA strength", "Positive prefix", "Negative prefix"],
+    }  # fmt: skip
+    labels["img2img"] = ["Picture", "Denoising strength", "Resize mode", *labels["txt2img"]]
+    wired = {f.api_name: [c.label for c in f.inputs] for f in ui.fns.values() if f.api_name}
+    assert {k: wired[k] for k in labels} == labels
+    for name, fields in (("txt2img", TAB_FIELDS), ("img2img", IMG2IMG_FIELDS)):
+        handler = getattr(Handlers(engine), name)
+        assert list(inspect.signature(handler).parameters) == [*fields, "progress"]
+        values = [f"{field}-value" for field in fields]  # a distinct value per position
+        gallery, info, files = handler(*values, progress=lambda *a, **k: None)
+        assert (gallery, info, files) == ([], "drawn", [])
+        req = engine.requests[-1]
+        assert {f: getattr(req, f) for f in fields} == dict(zip(fields, values, strict=True))
+    with pytest.raises(gr.Error, match="image: upload a picture"):
+        Handlers(engine).img2img(None, *values[1:], progress=lambda *a, **k: None)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_models, random_lora, tmp_path_factory):
     from kshd.drawing.gui import serve

@@ -8,9 +8,12 @@ analytics; bad input is answered with a message in the page, never a stack trace
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import fields, make_dataclass
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -63,27 +66,24 @@ def Picture(**kwargs) -> gr.Image:  # noqa: N802
     return image
 
 
-@dataclass
-class Fields:
-    """The inputs of one tab, named as the Request fields they fill, in the order the handlers
-    take them (tests/test_generation.py holds the three in step)."""
+# The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
+# names them in the API (`/txt2img`, `/img2img`, for gradio_client): written once, here; Fields,
+# the input components' order and the handlers' signatures all follow these tuples.
+TAB_FIELDS = (
+    "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+    "batch_count", "batch_size", "lora_scale", "positive_prefix", "negative_prefix",
+)  # fmt: skip
+IMG2IMG_FIELDS = ("image", "strength", "resize_mode", *TAB_FIELDS)
+REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
 
-    prompt: gr.Textbox
-    negative_prompt: gr.Textbox
-    sampler: gr.Dropdown
-    steps: gr.Slider
-    cfg_scale: gr.Slider
-    seed: gr.Number
-    width: gr.Slider
-    height: gr.Slider
-    batch_count: gr.Slider
-    batch_size: gr.Slider
-    lora_scale: gr.Slider
-    positive_prefix: gr.Textbox
-    negative_prefix: gr.Textbox
-
-    def inputs(self) -> list:
-        return [getattr(self, f.name) for f in fields(self)]
+Fields = make_dataclass(
+    "Fields",
+    [(name, gr.components.Component) for name in TAB_FIELDS],
+    namespace={
+        "__doc__": "The input components of one tab, by the Request field they fill.",
+        "inputs": lambda self: [getattr(self, name) for name in TAB_FIELDS],
+    },
+)
 
 
 def _fields(tab: str, d: Request, limits: Limits) -> Fields:
@@ -130,6 +130,27 @@ def _outputs(tab: str):
     return gallery, info, files
 
 
+def request_handler(names: tuple[str, ...], draw: Callable[..., Any]) -> Callable[..., Any]:
+    """A method whose parameters are `self`, the Request fields `names` in order and Gradio's
+    progress, as an explicit signature (Gradio passes a tab's inputs by position and names the
+    API's parameters from it); `draw(self, values, progress)` gets the fields by name."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter("self", kind)]
+        + [inspect.Parameter(n, kind, annotation=REQUEST_TYPES[n]) for n in names]
+        + [inspect.Parameter("progress", kind, default=gr.Progress())]
+    )
+
+    def handler(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        return draw(values.pop("self"), values, values.pop("progress"))
+
+    handler.__signature__ = signature
+    return handler
+
+
 class Handlers:
     """The callbacks: build a Request, run the engine with progress, turn errors into messages."""
 
@@ -137,8 +158,9 @@ class Handlers:
         self.engine = engine
 
     def _run(self, values: dict, progress: gr.Progress):
-        """`values`: the handler's arguments by name, which are Request fields."""
-        values = {k: v for k, v in values.items() if k not in ("self", "progress")}
+        """`values`: the Request fields by name, as the tab's inputs gave them."""
+        if "image" in values and not values["image"]:
+            raise gr.Error("image: upload a picture to redraw", title="Cannot draw this")
         req = Request(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
         try:
@@ -150,24 +172,8 @@ class Handlers:
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths]
 
-    def txt2img(
-        self, prompt: str, negative_prompt: str, sampler: str, steps: float, cfg_scale: float,
-        seed: float, width: float, height: float, batch_count: float, batch_size: float,
-        lora_scale: float, positive_prefix: str, negative_prefix: str,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for progress)
-    ):  # fmt: skip
-        return self._run(dict(locals()), progress)
-
-    def img2img(
-        self, image: str | None, strength: float, resize_mode: str, prompt: str,
-        negative_prompt: str, sampler: str, steps: float, cfg_scale: float, seed: float,
-        width: float, height: float, batch_count: float, batch_size: float, lora_scale: float,
-        positive_prefix: str, negative_prefix: str,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008
-    ):  # fmt: skip
-        if not image:
-            raise gr.Error("image: upload a picture to redraw", title="Cannot draw this")
-        return self._run(dict(locals()), progress)
+    txt2img = request_handler(TAB_FIELDS, _run)
+    img2img = request_handler(IMG2IMG_FIELDS, _run)
 
 
 def _send_to_img2img(gallery, index):
@@ -209,9 +215,10 @@ def build_ui(engine: Engine, defaults: Request) -> gr.Blocks:
                 i_gallery, i_info, i_files = _outputs("img2img")
         selected = gr.State(0)
         t_go.click(handlers.txt2img, t.inputs(), [t_gallery, t_info, t_files], api_name="txt2img")
+        i_inputs = {"image": image, "strength": strength, "resize_mode": resize} | vars(i)
         i_go.click(
             handlers.img2img,
-            [image, strength, resize, *i.inputs()],
+            [i_inputs[name] for name in IMG2IMG_FIELDS],
             [i_gallery, i_info, i_files],
             api_name="img2img",
         )
