@@ -2,7 +2,7 @@
 
 DVC runs a queued experiment in a temporary copy (.dvc/tmp/exps/...) without the git-ignored
 cache and sets DVC_ROOT to the parent repository. Simulated here without DVC's queue (minutes):
-four experiments run the train and evaluate stages in-process in such copies.
+four experiments call the train and evaluate stages' `run(cfg)` in-process in such copies.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from kshd.config import shared_path
 
-from .stage_project import make_project, noise_drawings
+from .stage_project import noise_drawings, project_cfg
 
 SMALL_EVAL = [
     "evaluate.prompts=['drawn by KSH drawing style, a girl']",
@@ -48,14 +48,14 @@ def _experiment(root: Path, name: str, tiny_models: dict, overrides: list[str], 
     from kshd.stages import evaluate, train
 
     copy = root / ".dvc" / "tmp" / "exps" / name
-    model = copy / "models" / "sd"  # rebuilt per copy as the demo does: new place, new times
+    model = copy / "models" / "sd"  # a copy per experiment: new place, new times, same content
     shutil.copytree(tiny_models["sd"], model, copy_function=shutil.copy)
-    make_project(copy, tiny_models, [*SMALL_EVAL, *overrides, f"model.pretrained={model}"])
+    cfg = project_cfg(tiny_models, [*SMALL_EVAL, *overrides, f"model.pretrained={model}"])
     shutil.copytree(root / "data", copy / "data", ignore=shutil.ignore_patterns("cache"))
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(root))
-    train.main([])
-    evaluate.main([])
+    train.run(cfg)
+    evaluate.run(cfg)
     assert not (copy / "data" / "cache").exists()
     assert (copy / "reports" / "metrics.json").is_file()
 
@@ -64,12 +64,14 @@ def _experiment(root: Path, name: str, tiny_models: dict, overrides: list[str], 
 def test_a_sweep_of_four_encodes_each_drawing_once(tmp_path, tiny_models, monkeypatch):
     from kshd.stages import caption, dataset, prepare
 
-    root = make_project(tmp_path / "repo", tiny_models, SMALL_EVAL)
+    root = tmp_path / "repo"
+    (root / "raw").mkdir(parents=True)
     noise_drawings(root / "raw", 6)
     monkeypatch.chdir(root)
     monkeypatch.delenv("DVC_ROOT", raising=False)
+    cfg = project_cfg(tiny_models, SMALL_EVAL)
     for stage in (prepare, caption, dataset):
-        stage.main([])
+        stage.run(cfg)
     cache = root / "data" / "cache"
     grid = [(b, lr) for b in (1, 2) for lr in ("1e-2", "5e-3")]
     for i, (batch, lr) in enumerate(grid):
