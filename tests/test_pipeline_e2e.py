@@ -9,7 +9,7 @@ import pytest
 
 from kshd.training.checkpoints import complete_checkpoints
 
-from .helpers.dvc_repo import clone_of_this_checkout, run_ok
+from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, run_ok
 from .helpers.wandb_offline import find_offline_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -65,20 +65,21 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["num_images"] >= 1 and 0 < metrics["lora_pixel_delta"] < 1
     train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
-    assert train["steps"] == 16  # 8 train images / batch 2 * 4 epochs
+    steps = demo_steps(repo, batch_size=2, epochs=4)  # the demo's batch size and epochs
+    assert train["steps"] == steps
     validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
     assert validation == ["epoch-0002.png", "epoch-0004.png"]  # every 2 epochs in the demo
-    assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == [6, 12]
+    saved = list(range(6, steps + 1, 6))[-2:]  # every 6 steps, the newest 2 kept (the demo's)
+    assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == saved
     for key in ("clip_score", "style_similarity", "style_gain", "memorization", "diversity"):
         assert isinstance(metrics[key], float), key
     assert set(metrics["by_strength"]) == {"0.5", "1.0"}
     curve = (repo / "reports/checkpoints.csv").read_text().splitlines()
+    evaluated = sorted({*saved, steps})  # the kept checkpoints and the final LoRA
     assert curve[0].startswith("step,") and [r.split(",")[0] for r in curve[1:]] == [
-        "6",
-        "12",
-        "16",
+        str(s) for s in evaluated
     ]
-    assert metrics["best_checkpoint"]["step"] in (6, 12, 16)
+    assert metrics["best_checkpoint"]["step"] in evaluated
     shown = json.dumps(json.loads(run_ok(["dvc", "metrics", "show", "--json"], repo).stdout))
     assert "lora_pixel_delta" in shown and "style_gain" in shown
 
@@ -99,7 +100,7 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     train = next(r for r in runs if r.job_type == "train")
     assert train.name in names
     assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4
-    assert len([h for h in train.history if "train/loss" in h]) == 16
+    assert len([h for h in train.history if "train/loss" in h]) == demo_steps(repo, 2, 4)
     evaluate = next(r for r in runs if r.job_type == "evaluate")
     [logged] = [h for h in evaluate.history if "eval/samples/nrows" in h]
     assert logged["eval/samples/nrows"] == 2 * 4 * 2  # base and LoRA, 4 prompts, 2 seeds

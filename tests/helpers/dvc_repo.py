@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -54,3 +55,13 @@ def clone_of_this_checkout(dest: Path) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
         run_ok(cmd, dest)
     return dest
+
+
+def demo_steps(repo: Path, batch_size: int, epochs: int) -> int:
+    """A demo training's steps, from the train split on disk (`data/dataset`): batches of
+    `batch_size` per epoch (the demo uses no buckets and one process), so data/samples can be
+    redrawn without editing the tests."""
+    from datasets import load_from_disk
+
+    train = len(load_from_disk(str(repo / "data" / "dataset"))["train"])
+    return math.ceil(train / batch_size) * epochs
