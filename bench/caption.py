@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from kshd.builders.tiny import build_tiny_models
+from kshd.config import defaults
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions
 from kshd.data.captioning import CaptionSettings
@@ -52,7 +53,9 @@ def main() -> None:
     items = drawings(work / "img", args.images)
 
     def settings(batch: int) -> CaptionSettings:
-        return CaptionSettings(model=model, batch_size=batch, max_new_tokens=args.max_new_tokens)
+        return defaults(
+            "caption", model=model, batch_size=batch, max_new_tokens=args.max_new_tokens
+        )
 
     t1 = timed_run(items, work / "img", settings(1), work / "c1.jsonl")
     tn = timed_run(items, work / "img", settings(args.batch), work / "cn.jsonl")

@@ -65,12 +65,14 @@ def _peak_mb(device: str) -> float:
 
 def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: bool, root: Path):
     """One training run; returns its figures and the trained LoRA (prefixed keys, on the CPU)."""
+    from kshd.config import defaults
     from kshd.lora import adapter_tensors
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import TrainSettings, load_components
+    from kshd.training.settings import load_components
 
     _reset(device)
-    s = TrainSettings(
+    s = defaults(
+        "train",
         resolution=args.resolution,
         center_crop=True,
         batch_size=1,

@@ -89,16 +89,17 @@ def random_lora(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_models, sample_split, tmp_path_factory):
     """A LoRA trained for a few steps on the samples and saved in both formats."""
+    from kshd.config import defaults
     from kshd.lora import save_lora
     from kshd.training.loop import train_lora
-    from kshd.training.settings import TrainSettings, load_components
+    from kshd.training.settings import load_components
 
     from .helpers.lora_files import TRAIN_SETTINGS, tiny_info
 
     out = tmp_path_factory.mktemp("lora")
     c = load_components(str(tiny_models["sd"]))
     rows = []
-    result = train_lora(c, sample_split, TrainSettings(**TRAIN_SETTINGS), on_log=rows.append)
+    result = train_lora(c, sample_split, defaults("train", **TRAIN_SETTINGS), on_log=rows.append)
     info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(sample_split), seed=7)
     save_lora(out, c.unet, c.text_encoder, info)
     return out, result, rows

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kshd.config import defaults
 from kshd.data.captioning import write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
 from kshd.training.batches import BucketBatchSampler, make_buckets, pick_bucket
 from kshd.training.loop import train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
 
 
 def test_buckets_cover_aspects_within_the_pixel_budget():
@@ -64,7 +65,7 @@ def test_bucketed_training_caches_every_item_and_matches_live(tiny_models, mixed
         result = train_lora(
             load_components(str(tiny_models["sd"])),
             mixed_split,
-            TrainSettings(**base, cache_latents=cached),
+            defaults("train", **base, cache_latents=cached),
             cache_dir=tmp_path if cached else None,
         )
         losses[cached] = [h["loss"] for h in result.history]

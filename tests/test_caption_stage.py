@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from kshd.config import defaults
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
-from kshd.data.captioning import CaptionSettings, read_info_csv
+from kshd.data.captioning import read_info_csv
 
 from .helpers.events import stop_at
 from .stage_project import make_project, noise_drawings, run_stage, stage_env
@@ -29,7 +30,7 @@ def test_cache_ignores_a_torn_line_and_appends_after_it(tmp_path):
 
 def test_sources_in_order_and_blip2_not_loaded_when_nothing_is_left(tmp_path):
     (tmp_path / "b.txt").write_text("\ufeffa girl  reading\n", encoding="utf-8")
-    settings = CaptionSettings(model=str(tmp_path / "no-such-model"))
+    settings = defaults("caption", model=str(tmp_path / "no-such-model"))
     cache = CaptionCache(tmp_path / "c.jsonl")
     cache.add({f"{settings.fingerprint()}:d3": "cached caption"})
     items = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from kshd.config import defaults
 from kshd.data.captioning import (
     Captioner,
-    CaptionSettings,
     clean_caption,
     read_info_csv,
     with_trigger,
@@ -60,7 +60,7 @@ def test_info_csv_with_wrong_columns_names_the_problem(tmp_path):
 
 
 def test_tiny_blip2_captions_are_seeded_and_cleaned(tiny_models):
-    settings = CaptionSettings(model=str(tiny_models["blip2"]), max_new_tokens=8, batch_size=2)
+    settings = defaults("caption", model=str(tiny_models["blip2"]), max_new_tokens=8, batch_size=2)
     captioner = Captioner(settings)
     images = [Image.new("RGB", (48, 48), c) for c in ("white", "black", "red")]
     first = captioner.caption(images, seed=1)

@@ -11,7 +11,6 @@ import torch
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 from kshd.evaluation.evaluate import (
-    EvalSettings,
     base_cache_folder,
     sample,
     strip_trigger,
@@ -20,6 +19,8 @@ from kshd.evaluation.evaluate import (
 )
 from kshd.models import load_sd_pipeline
 from kshd.training.settings import load_components
+
+from .helpers.settings import eval_settings
 
 TRIGGER = "drawn by KSH drawing style"
 PREFIX = f"({TRIGGER} : 1.5), "
@@ -33,7 +34,7 @@ NEG_PREFIX = "(worst quality:1.4), blurry, "
 APP = dict(positive_prefix=PREFIX, negative_prefix=NEG_PREFIX, sampler="euler")
 
 
-def _settings(**kw) -> EvalSettings:
+def _settings(**kw):
     base = dict(
         prompts=(PROMPT,),
         negative_prompt=NEGATIVE,
@@ -43,7 +44,7 @@ def _settings(**kw) -> EvalSettings:
         resolution=64,
         **APP,
     )
-    return EvalSettings(**{**base, **kw})
+    return eval_settings(**{**base, **kw})
 
 
 def _app_image(sd: Path, lora: Path | None = None) -> np.ndarray:
@@ -107,10 +108,9 @@ def test_base_images_are_keyed_by_the_app_settings(tmp_path):
 
 
 def test_an_unknown_sampler_names_the_key():
-    from kshd.config import ConfigError
-    from kshd.training.settings import TrainSettings
+    from kshd.config import ConfigError, defaults
 
     with pytest.raises(ConfigError, match=r"evaluate\.sampler"):
         _settings(sampler="dpm_fast")
     with pytest.raises(ConfigError, match=r"train\.validation_sampler"):
-        TrainSettings(validation_sampler="dpm_fast").validate()
+        defaults("train", validation_sampler="dpm_fast")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ from PIL import Image
 from kshd.evaluation.evaluate import (
     HEADLINE,
     CheckpointCurve,
-    EvalSettings,
     Evaluation,
     References,
     evaluate,
@@ -23,6 +23,7 @@ from kshd.evaluation.evaluate import (
 )
 
 from .conftest import ROOT
+from .helpers.settings import QUICK_EVAL, eval_settings
 
 
 def _pipe(tiny_models):
@@ -59,12 +60,9 @@ def test_grid_and_difference():
 def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = EvalSettings(
+    s = eval_settings(
+        **{**QUICK_EVAL, "lora_scales": (scale,)},
         prompts=("drawn by KSH drawing style, a girl", "a boy, drawn by KSH drawing style"),
-        seeds=(0, 1),
-        num_inference_steps=2,
-        resolution=64,
-        lora_scales=(scale,),
         trigger_phrase="drawn by KSH drawing style",
     )
     result = _evaluate(pipe, lora_dir, s, tmp_path, tiny_models)
@@ -99,25 +97,24 @@ def test_select_checkpoints():
 
 
 def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
+    from kshd.config import defaults
     from kshd.lora import adapter_tensors, save_diffusers
     from kshd.training.checkpoints import complete_checkpoints
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import TrainSettings, load_components
+    from kshd.training.settings import load_components
 
     c = load_components(str(tiny_models["sd"]))
     train_lora(
         c,
         sample_split,
-        TrainSettings(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7),
+        defaults("train", resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7),
         ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp"),
     )
     save_diffusers(adapter_tensors(c.unet), tmp_path)
     pipe = _pipe(tiny_models)
-    s = EvalSettings(
+    s = eval_settings(
+        **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl",),
-        seeds=(0, 1),
-        num_inference_steps=2,
-        resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
     found = complete_checkpoints(tmp_path / "ckpt")
@@ -143,11 +140,9 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
     labels = []
     real = ev.sample
     monkeypatch.setattr(ev, "sample", lambda *a, **k: labels.append(a[4]) or real(*a, **k))
-    s = EvalSettings(
+    s = eval_settings(
+        **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl",),
-        seeds=(0, 1),
-        num_inference_steps=2,
-        resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
     folder = base_cache_folder(tmp_path / "cache", {"id": "tiny"}, s)
@@ -159,20 +154,16 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
         )
     assert labels.count("base") == 1 and len(list(folder.glob("*.png"))) == 2
     assert results[0] == results[1]
-    other = base_cache_folder(
-        tmp_path / "cache", {"id": "tiny"}, EvalSettings(**{**s.__dict__, "seeds": (0, 2)})
-    )
+    other = base_cache_folder(tmp_path / "cache", {"id": "tiny"}, replace(s, seeds=(0, 2)))
     assert other != folder  # other seeds, other images
 
 
 def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = EvalSettings(
+    s = eval_settings(
+        **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl", "a boy"),
-        seeds=(0, 1),
-        num_inference_steps=2,
-        resolution=64,
         trigger_phrase="drawn by KSH drawing style",
     )
     result = _evaluate(pipe, lora_dir, s, tmp_path, tiny_models)
@@ -192,12 +183,9 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = EvalSettings(
+    s = eval_settings(
+        **{**QUICK_EVAL, "lora_scales": (0.0, 1.0)},
         prompts=("drawn by KSH drawing style, a girl",),
-        seeds=(0, 1),
-        num_inference_steps=2,
-        resolution=64,
-        lora_scales=(0.0, 1.0),
     )
     metrics = _evaluate(
         pipe, lora_dir, s, tmp_path, tiny_models, dino=DinoEncoder(str(tiny_models["dino"]))
@@ -223,7 +211,7 @@ def test_scorer_embeds_each_image_set_once():
     from kshd.evaluation.evaluate import Scorer
 
     drawing = Image.new("RGB", (8, 8))
-    scorer = Scorer(Counting(), EvalSettings(prompts=("a",), seeds=(0, 1)), [], [drawing])
+    scorer = Scorer(Counting(), eval_settings(prompts=("a",), seeds=(0, 1)), [], [drawing])
     assert Counting.calls == 1  # no holdout: the training drawings serve as references too
     imgs = [[drawing, drawing]]
     scorer(imgs)

@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from kshd.config import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import lora_hash, parse_parameters, read_parameters, save_png
-from kshd.drawing.request import SAMPLERS, Limits, Request, RequestError
+from kshd.drawing.request import SAMPLERS, Request, RequestError
 from kshd.lora import KOHYA_FILE
 
-SMALL = dict(steps=3, width=64, height=64, sampler="euler")
+# drawn without the app's prefixes, so a plain diffusers pipeline can draw the same
+SMALL = dict(steps=3, width=64, height=64, sampler="euler", positive_prefix="", negative_prefix="")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def settings(tiny_models, random_lora, tmp_path_factory):
         lora=str(random_lora),
         outputs_dir=str(tmp_path_factory.mktemp("outputs")),
         device="cpu",
-        limits=Limits(max_upload_pixels=1_000_000, max_side=512),
+        limits=defaults("generate.limits", max_upload_pixels=1_000_000, max_side=512),
     )
 
 

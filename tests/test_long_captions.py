@@ -9,11 +9,12 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from kshd.config import defaults
 from kshd.prompts import CaptionChunker, encode_chunk_ids
 from kshd.training.batches import DrawingDataset, ItemOptions
 from kshd.training.latent_cache import TextSource
 from kshd.training.loop import train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
 
 TRIGGER = "drawn by KSH drawing style"
 BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)
@@ -87,7 +88,7 @@ def test_bad_max_token_length_names_the_key():
     from kshd.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.max_token_length"):
-        TrainSettings(max_token_length=100).validate()
+        defaults("train", max_token_length=100)
 
 
 def test_cached_text_equals_live_encoding(tok, tiny_models, tmp_path):
@@ -113,7 +114,7 @@ def test_training_cached_equals_live_and_reports_long_captions(tok, tiny_models,
     split = _split(texts, [(64, 64), (80, 64), (64, 64), (64, 80)])  # cached and live crops mix
 
     def train(**kw):
-        s = TrainSettings(**{**BASE, "max_token_length": 150, **kw})
+        s = defaults("train", **{**BASE, "max_token_length": 150, **kw})
         c = load_components(str(tiny_models["sd"]))
         return train_lora(c, split, s, cache_dir=tmp_path / "cache", keep_tag=TRIGGER)
 
@@ -146,7 +147,7 @@ def test_workers_never_run_the_vae_and_train_as_the_main_process(
 
     def run(workers: int):
         c = guarded(load_components(str(tiny_models["sd"])))
-        s = TrainSettings(**BASE, dataloader_num_workers=workers, center_crop=False)
+        s = defaults("train", **BASE, dataloader_num_workers=workers, center_crop=False)
         result = train_lora(c, sample_split, s, cache_dir=tmp_path)
         assert result.latents["live"] > 0  # some crops could not be cached
         return [h["loss"] for h in result.history], c

@@ -16,11 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 import kshd.training.loop as trainer
+from kshd.config import defaults
 from kshd.evaluation.evaluate import validation_images
 from kshd.training.loop import CheckpointPolicy, train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
 
 from .conftest import ROOT
+from .helpers.settings import PLAIN
 from .stage_project import make_project
 
 SMALL = dict(
@@ -69,9 +71,9 @@ def test_half_precision_trains_through_validation(precision, tiny_models, two, t
     drawn = []
 
     def validate(epoch, comp):
-        drawn.append(validation_images(comp, "a drawing", "", (0,), 2, 32))
+        drawn.append(validation_images(comp, "a drawing", "", (0,), 2, 32, **PLAIN))
 
-    s = TrainSettings(**SMALL, epochs=1, mixed_precision=precision, validation_epochs=1)
+    s = defaults("train", **SMALL, epochs=1, mixed_precision=precision, validation_epochs=1)
     result = train_lora(c, two, s, cache_dir=tmp_path, validate=validate)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     losses = torch.tensor([h["loss"] for h in result.history])
@@ -87,7 +89,7 @@ def test_half_precision_trains_through_validation(precision, tiny_models, two, t
 
 def _bf16_run(tiny_models, split, root, cache, monkeypatch=None):
     c = load_components(str(tiny_models["sd"]))
-    s = TrainSettings(**SMALL, epochs=2, mixed_precision="bf16")
+    s = defaults("train", **SMALL, epochs=2, mixed_precision="bf16")
     ckpt = CheckpointPolicy(root, 1, None, True, "bf16-run")
     if monkeypatch is None:
         return train_lora(c, split, s, ckpt=ckpt, cache_dir=cache)
@@ -126,7 +128,7 @@ def test_fp16_gradient_scaler_state_is_checkpointed_and_restored(
             scalers.append(self.scaler)
 
     monkeypatch.setattr(accelerate, "Accelerator", ScaledAccelerator)
-    s = TrainSettings(**SMALL, epochs=1, mixed_precision="fp16")
+    s = defaults("train", **SMALL, epochs=1, mixed_precision="fp16")
 
     def run(root, interrupt: bool):
         ckpt = CheckpointPolicy(root, 1, None, True, "fp16-run")

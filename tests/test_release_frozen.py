@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kshd.config import defaults
 from kshd.evaluation.evaluate import validation_images
 from kshd.training.loop import train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
+
+from .helpers.settings import PLAIN
 
 # center_crop: every sample is cacheable, so no step needs the VAE or the text encoder
 SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=3, center_crop=True)
@@ -28,9 +31,9 @@ def _train(tiny_models, split, cache_dir, release: bool):
 
     def validate(epoch, parts):
         assert not _on_meta(parts.vae) and not _on_meta(parts.text_encoder)
-        images.append(np.asarray(validation_images(parts, "a girl", "", (0,), 3, 64)[0]))
+        images.append(np.asarray(validation_images(parts, "a girl", "", (0,), 3, 64, **PLAIN)[0]))
 
-    s = TrainSettings(**SETTINGS, validation_epochs=1)
+    s = defaults("train", **SETTINGS, validation_epochs=1)
     result = train_lora(c, split, s, on_log=on_log, cache_dir=cache_dir, validate=validate)
     return c, result, seen, images
 
@@ -50,7 +53,7 @@ def test_cached_run_releases_the_vae_and_text_encoder(tiny_models, sample_split,
 def test_live_crops_keep_the_vae(tiny_models, sample_split, tmp_path):
     c = load_components(str(tiny_models["sd"]))
     seen = []
-    s = TrainSettings(**{**SETTINGS, "center_crop": False, "epochs": 1})
+    s = defaults("train", **{**SETTINGS, "center_crop": False, "epochs": 1})
     train_lora(c, sample_split, s, on_log=lambda row: seen.append(_on_meta(c.vae)),
                cache_dir=tmp_path / "cache")  # fmt: skip
     assert seen and not any(seen)  # random crops of non-square drawings are encoded live
@@ -63,7 +66,7 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
     import kshd.training.loop
     from kshd.lora import adapter_tensors
 
-    s = TrainSettings(**SETTINGS)
+    s = defaults("train", **SETTINGS)
     eager = load_components(str(tiny_models["sd"]))
     expected = train_lora(eager, sample_split, s, cache_dir=tmp_path / "cache")
     c = load_components(str(tiny_models["sd"]), unet=False)

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from kshd.config import ConfigError, compose_conf, defining, settings
-from kshd.data.captioning import CaptionSettings
-from kshd.drawing.request import Limits
-from kshd.schema import ProjectConfig, check, group
+from kshd.config import ConfigError, compose_conf, defaults, defining, settings
+from kshd.drawing.engine import EngineSettings
+from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
+from kshd.evaluation.sampling import EvalSettings
+from kshd.schema import ProjectConfig, check, group, stage_params
 from kshd.training.checkpoints import fingerprint
 from kshd.training.settings import TrainSettings
 
@@ -157,36 +158,67 @@ def test_a_bad_value_in_any_group_fails_at_load_in_one_line_naming_the_key(overr
     assert "\n" not in str(err.value)
 
 
-def test_groups_without_a_runtime_class_have_no_defaults_in_code():
-    """Their defaults live in conf/ only."""
-    for name, cls in typing.get_type_hints(ProjectConfig).items():
-        if not dataclasses.is_dataclass(cls) or cls in (TrainSettings, CaptionSettings):
-            continue
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name]):
-                continue  # generate.limits: Limits, checked below
-            assert f.default is dataclasses.MISSING, f"{name}.{f.name} has a default in code"
+def config_classes(cls: type = ProjectConfig) -> set[type]:
+    """Every dataclass of the schema, nested ones included."""
+    found = {cls}
+    for hint in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(hint):
+            found |= config_classes(hint)
+    return found
 
 
-@pytest.mark.parametrize(("name", "cls"), [("train", TrainSettings), ("caption", CaptionSettings)])
-def test_python_defaults_of_runtime_classes_equal_conf_or_are_off(name, cls):
-    """A library caller's `TrainSettings(epochs=1)` gets conf/'s values, or the feature off
-    (no validation sampling): never a third value."""
-    conf = group(compose_conf([], conf_dir=CONF), name)
-    for f in dataclasses.fields(cls):
-        default = f.default
-        if default is dataclasses.MISSING:
-            continue
-        assert default == getattr(conf, f.name) or default in ("", 0), f"{name}.{f.name}"
+@pytest.mark.parametrize(
+    "cls",
+    sorted(config_classes() | {EvalSettings}, key=lambda c: c.__name__),
+    ids=lambda c: c.__name__,
+)
+def test_no_config_field_has_a_default_in_code(cls):
+    """Defaults live in conf/ alone (kshd.config.defaults composes them)."""
+    with_default = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ]
+    assert with_default == [], f"{cls.__name__} has defaults in code: {with_default}"
 
 
-def test_limits_defaults_equal_conf():
-    conf = group(compose_conf([], conf_dir=CONF), "generate").limits
-    assert Limits() == conf
+def test_a_library_request_and_engine_take_their_defaults_from_conf():
+    """`Request("a girl")` and `EngineSettings(model)` fill what they leave out from conf/'s
+    generate group: its values, at one place, never a literal of their own."""
+    g = defaults("generate")
+    req = Request("a girl", steps=5)
+    assert req.steps == 5 and req.image is None
+    assert req.cfg_scale == g.guidance_scale and req.negative_prefix == g.negative_prefix
+    assert {n: getattr(req, n) for n in CONF_FIELDS if n != "steps"} == {
+        n: v for n, v in conf_request_values().items() if n != "steps"
+    }
+    for f in dataclasses.fields(Request):
+        if f.name not in ("prompt", "image"):  # required; None = text-to-image
+            assert f.default is FROM_CONF, f"Request.{f.name} has a default of its own"
+    engine = EngineSettings("some/model", device="cpu")
+    assert engine.device == "cpu" and engine.limits == g.limits
+    assert engine.outputs_dir == g.outputs_dir
+    assert Request("a", negative_prompt=None).negative_prompt is None  # validation refuses it
+
+
+def test_defaults_compose_conf_and_check_the_overrides():
+    s = defaults("train", epochs=3, target_modules=["to_q"])
+    assert s == dataclasses.replace(group(compose_conf([], conf_dir=CONF), "train"), epochs=3,
+                                    target_modules=("to_q",))  # fmt: skip
+    assert defaults("generate.limits", max_side=64).max_side == 64
+    assert defaults("train") is not defaults("train")  # a fresh value each call
+    with pytest.raises(ConfigError, match=r"^config key `train\.epohcs` is unknown"):
+        defaults("train", epohcs=3)
+    with pytest.raises(ConfigError, match=r"^config key `train\.epochs` = 'x' is not valid"):
+        defaults("train", epochs="x")
+    with pytest.raises(ConfigError, match=r"`train\.epochs` = 0 is not valid"):
+        defaults("train", epochs=0)  # validated like a key of conf/
+    with pytest.raises(ConfigError, match=r"config group `trian` is unknown"):
+        defaults("trian")
 
 
 def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
-    marked = set(TrainSettings().defining())
+    marked = set(defaults("train").defining())
     assert marked == {f.name for f in dataclasses.fields(TrainSettings)} - {
         "launcher", "checkpointing_steps", "checkpoints_total_limit", "resume",
         "dataloader_num_workers", "gradient_checkpointing", "validation_prompt",
@@ -194,14 +226,15 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
     }  # fmt: skip
     # the value before the marking: checkpoints of earlier runs still resume
-    assert fingerprint(settings=TrainSettings().defining()) == "cb6541ea5ad123159fc2"
-    changed = dataclasses.replace(TrainSettings(), validation_steps=3, resume=False)
-    assert changed.defining() == TrainSettings().defining()
-    assert dataclasses.replace(TrainSettings(), rank=8).defining() != TrainSettings().defining()
+    s = defaults("train")
+    assert fingerprint(settings=s.defining()) == "cb6541ea5ad123159fc2"
+    changed = dataclasses.replace(s, validation_steps=3, resume=False)
+    assert changed.defining() == s.defining()
+    assert dataclasses.replace(s, rank=8).defining() != s.defining()
 
 
 def test_the_caption_cache_key_hashes_the_marked_fields_as_before():
-    s = CaptionSettings()
+    s = defaults("caption")
     assert list(defining(s)) == [
         "model", "prompt", "do_sample", "temperature", "top_p", "repetition_penalty",
         "max_new_tokens", "seed",
@@ -211,3 +244,29 @@ def test_the_caption_cache_key_hashes_the_marked_fields_as_before():
     unchanged = dataclasses.replace(s, batch_size=1, trigger_phrase="x", trigger_position="start")
     assert unchanged.fingerprint() == s.fingerprint()
     assert dataclasses.replace(s, temperature=0.5).fingerprint() != s.fingerprint()
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+@pytest.mark.parametrize("stage", ["prepare", "caption", "dataset", "train", "evaluate"])
+def test_each_stage_s_dvc_params_are_the_keys_its_marks_name(stage):
+    """dvc.yaml lists exactly the keys that change the stage's outputs, as the fields' marks
+    (DEFINES_RESULT, changes(...)) say: no whole group, so a worker count reruns nothing."""
+    listed = dvc_stages()[stage].get("params", [])
+    assert sorted(listed) == sorted(stage_params(stage)), (
+        f"dvc.yaml {stage}.params: add {sorted(set(stage_params(stage)) - set(listed))}, "
+        f"remove {sorted(set(listed) - set(stage_params(stage)))}"
+    )
+
+
+def test_the_sweep_keys_rerun_training_and_runtime_keys_rerun_nothing():
+    train = set(stage_params("train"))
+    assert {"train.epochs", "train.batch_size", "train.learning_rate", "model.pretrained"} <= train
+    assert {"train.validation_prompt", "caption.trigger_phrase"} <= train  # its outputs change
+    runtime = {"train.dataloader_num_workers", "train.checkpointing_steps", "train.resume",
+               "train.gradient_checkpointing", "caption.batch_size", "train.launcher"}  # fmt: skip
+    every = {key for stage in dvc_stages() for key in stage_params(stage)}
+    assert not runtime & every
+    assert not {k for k in every if k.split(".")[0] in ("tracking", "generate", "tiny")}

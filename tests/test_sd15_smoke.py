@@ -12,11 +12,12 @@ import json
 import numpy as np
 import pytest
 
+from kshd.config import defaults
 from kshd.evaluation.sampling import validation_images
 from kshd.training.loop import train_lora
-from kshd.training.settings import TrainSettings
 
 from .conftest import ROOT
+from .helpers.settings import PLAIN
 
 
 @pytest.mark.slow
@@ -28,7 +29,8 @@ def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_pa
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models["sd"], subfolder="tokenizer")
     c = sd15_shaped_components(tokenizer, seed=0, text_layers=2)
     assert c.unet.config.cross_attention_dim == c.text_encoder.config.hidden_size == 768
-    s = TrainSettings(
+    s = defaults(
+        "train",
         resolution=64,
         center_crop=True,
         batch_size=1,
@@ -42,7 +44,7 @@ def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_pa
     lora = [p for n, p in c.unet.named_parameters() if "lora_B" in n]
     assert lora and any(p.abs().sum() > 0 for p in lora)  # B starts at zero: trained
     # drawn as validation draws (the app's prompt encoding and sampler) through SD 1.5's shapes
-    (image,) = validation_images(c, "drawn by KSH drawing style, a cat", "", (0,), 2, 64)
+    (image,) = validation_images(c, "drawn by KSH drawing style, a cat", "", (0,), 2, 64, **PLAIN)
     pixels = np.asarray(image, dtype=np.float32)
     assert image.size == (64, 64) and pixels.std() > 0  # NaN latents decode to one flat colour
 

@@ -14,8 +14,11 @@ from kshd.drawing.request import Request
 from kshd.lora import KOHYA_FILE
 
 from .helpers.lora_files import randomize_lora_b, tiny_info
+from .helpers.settings import eval_settings
 
-SMALL = dict(steps=3, width=64, height=64, sampler="euler", seed=7)
+SMALL = dict(
+    steps=3, width=64, height=64, sampler="euler", seed=7, positive_prefix="", negative_prefix=""
+)
 PROMPT = "an anime girl, drawn by KSH drawing style"
 
 
@@ -104,12 +107,19 @@ def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
 
 
 def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_path):
+    from kshd.config import defaults
     from kshd.lora import adapter_tensors
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import TrainSettings, load_components
+    from kshd.training.settings import load_components
 
-    s = TrainSettings(
-        resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=5, train_text_encoder=True
+    s = defaults(
+        "train",
+        resolution=64,
+        batch_size=2,
+        epochs=2,
+        learning_rate=1e-2,
+        seed=5,
+        train_text_encoder=True,
     )
 
     def run():
@@ -131,15 +141,15 @@ def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_pa
 
 def test_evaluation_scales_the_text_encoder_lora_as_the_app(tiny_models, te_lora, engine):
     """At a strength below 1 the evaluation's text encoder follows it too, as the app's merge."""
-    from kshd.evaluation.sampling import EvalSettings, sample, use_sampler
+    from kshd.evaluation.sampling import sample, use_sampler
     from kshd.models import load_sd_pipeline
 
     pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
     use_sampler(pipe, "euler")
     pipe.load_lora_weights(str(te_lora), use_safetensors=True)
-    s = EvalSettings(
+    s = eval_settings(
         prompts=(PROMPT,), negative_prompt="", seeds=(7,), num_inference_steps=3,
-        resolution=64, positive_prefix="", negative_prefix="", sampler="euler",
+        guidance_scale=7.5, resolution=64, positive_prefix="", negative_prefix="", sampler="euler",
     )  # fmt: skip
     app = dict(negative_prompt="", positive_prefix="", negative_prefix="", lora_scale=0.5)
     drawn = np.asarray(sample(pipe, [PROMPT], s, 0.5, "LoRA x0.5")[0][0]).astype(int)

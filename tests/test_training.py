@@ -7,9 +7,10 @@ import math
 import torch
 from safetensors import safe_open
 
+from kshd.config import defaults
 from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.training.loop import train_lora
-from kshd.training.settings import EpochSampler, TrainSettings, load_components, total_steps
+from kshd.training.settings import EpochSampler, load_components, total_steps
 
 from .helpers.lora_files import TRAIN_SETTINGS as SETTINGS
 
@@ -68,7 +69,7 @@ def test_same_seed_same_training(tiny_models, sample_split):
     losses = []
     for _ in range(2):
         c = load_components(str(tiny_models["sd"]))
-        s = TrainSettings(**{**SETTINGS, "epochs": 1})
+        s = defaults("train", **{**SETTINGS, "epochs": 1})
         losses.append([r["loss"] for r in train_lora(c, sample_split, s).history])
     assert losses[0] == losses[1]
 
@@ -85,6 +86,6 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 
 
 def test_max_train_steps_wins_over_epochs():
-    assert total_steps(TrainSettings(epochs=50), 100) == (5000, 50)
-    assert total_steps(TrainSettings(max_train_steps=120), 100) == (120, 2)
-    assert total_steps(TrainSettings(gradient_accumulation_steps=4, epochs=1), 10) == (3, 1)
+    assert total_steps(defaults("train", epochs=50), 100) == (5000, 50)
+    assert total_steps(defaults("train", max_train_steps=120), 100) == (120, 2)
+    assert total_steps(defaults("train", gradient_accumulation_steps=4, epochs=1), 10) == (3, 1)

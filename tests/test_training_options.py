@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from kshd.config import defaults
 from kshd.lora import KOHYA_FILE, adapter_tensors, save_lora
 from kshd.training.batches import caption_variant
 from kshd.training.loop import train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
 
 from .helpers.lora_files import TRIGGER, tiny_info
 
@@ -49,7 +50,7 @@ def test_text_encoder_lora_trains_saves_and_loads(tiny_models, sample_split, tmp
     from diffusers import StableDiffusionPipeline
 
     c = load_components(str(tiny_models["sd"]))
-    s = TrainSettings(**BASE, train_text_encoder=True, cache_latents=True)
+    s = defaults("train", **BASE, train_text_encoder=True, cache_latents=True)
     result = train_lora(c, sample_split, s, cache_dir=tmp_path / "cache")
     assert result.steps == 5
     state = adapter_tensors(c.unet, c.text_encoder)
@@ -72,17 +73,19 @@ def test_text_encoder_lora_trains_saves_and_loads(tiny_models, sample_split, tmp
 
 def test_min_snr_noise_offset_and_v_prediction_train(tiny_models, sample_split):
     c = load_components(str(tiny_models["sd"]))
-    s = TrainSettings(**BASE, snr_gamma=5.0, noise_offset=0.1, prediction_type="v_prediction")
+    s = defaults("train", **BASE, snr_gamma=5.0, noise_offset=0.1, prediction_type="v_prediction")
     result = train_lora(c, sample_split, s)
     assert c.noise_scheduler.config.prediction_type == "v_prediction"
     assert result.steps == 5 and all(math.isfinite(h["loss"]) for h in result.history)
-    plain = train_lora(load_components(str(tiny_models["sd"])), sample_split, TrainSettings(**BASE))
+    plain = train_lora(
+        load_components(str(tiny_models["sd"])), sample_split, defaults("train", **BASE)
+    )
     assert [h["loss"] for h in plain.history] != [h["loss"] for h in result.history]
 
 
 def test_gradient_checkpointing_and_workers_train_the_same(tiny_models, sample_split, tmp_path):
     def losses(**kw):
-        s = TrainSettings(**{**BASE, "epochs": 1, **kw})
+        s = defaults("train", **{**BASE, "epochs": 1, **kw})
         c = load_components(str(tiny_models["sd"]))
         return [h["loss"] for h in train_lora(c, sample_split, s, cache_dir=tmp_path).history]
 
@@ -100,4 +103,4 @@ def test_8bit_adam_without_bitsandbytes_says_what_to_install(tiny_models, sample
         pass
     c = load_components(str(tiny_models["sd"]))
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
-        train_lora(c, sample_split, TrainSettings(**BASE, use_8bit_adam=True))
+        train_lora(c, sample_split, defaults("train", **BASE, use_8bit_adam=True))

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import kshd.training.loop as trainer
+from kshd.config import defaults
 from kshd.training.checkpoints import complete_checkpoints
 from kshd.training.loop import CheckpointPolicy, NonFiniteLoss, train_lora
-from kshd.training.settings import TrainSettings, load_components
+from kshd.training.settings import load_components
 
 from .conftest import ROOT
 from .helpers.events import stop_at
@@ -28,7 +29,7 @@ def test_cached_and_live_inputs_train_the_same(tiny_models, sample_split, tmp_pa
         result = train_lora(
             c,
             sample_split,
-            TrainSettings(**BASE, cache_latents=cached),
+            defaults("train", **BASE, cache_latents=cached),
             cache_dir=tmp_path / "cache" if cached else None,
         )
         losses[cached] = [h["loss"] for h in result.history]
@@ -49,7 +50,7 @@ def test_cached_and_live_inputs_train_the_same(tiny_models, sample_split, tmp_pa
 def test_a_different_run_does_not_resume_anothers_checkpoints(tiny_models, sample_split, tmp_path):
     def run(fp: str, batch_size: int):
         c = load_components(str(tiny_models["sd"]))
-        s = TrainSettings(**{**BASE, "batch_size": batch_size})
+        s = defaults("train", **{**BASE, "batch_size": batch_size})
         return train_lora(c, sample_split, s, ckpt=CheckpointPolicy(tmp_path, 2, None, True, fp))
 
     first = run("bs2", 2)
@@ -82,7 +83,7 @@ def test_non_finite_loss_stops_naming_the_step_and_images(
         train_lora(
             c,
             sample_split,
-            TrainSettings(**BASE),
+            defaults("train", **BASE),
             ckpt=CheckpointPolicy(tmp_path, 2, None, True, "fp"),
         )
     [(step, path)] = complete_checkpoints(tmp_path)

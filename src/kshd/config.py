@@ -7,8 +7,10 @@ and the Compose API neither changes the working directory nor writes `outputs/` 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import logging
 import os
 import types
@@ -21,12 +23,36 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Marks a settings field whose value changes a stage's result (fingerprints, cache keys):
-# `field(metadata=DEFINES_RESULT)`. Fields without it change how, not what, is computed.
+# Marks a settings field whose value changes a stage's result (fingerprints, cache keys, and
+# the DVC params of the stage named like its group): `field(metadata=DEFINES_RESULT)`.
+# Fields without a mark change how, not what, is computed.
 DEFINES_RESULT = {"defines_result": True}
+# The DVC stages, each named like the config group that defines its result.
+STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
 
 PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
+# conf/ of the source tree this package runs from: where `defaults` reads when cwd has none
+SOURCE_CONF = Path(__file__).resolve().parents[2] / CONF_DIR
+
+
+def changes(*stages: str) -> dict:
+    """Marks a field that changes these stages' outputs (a DVC param of each) without being in
+    its group's fingerprint, e.g. validation images, or a key another group's stage reads."""
+    if set(stages) - set(STAGES):
+        raise ValueError(f"changes{stages}: each must be one of {STAGES}")
+    return {"stages": tuple(stages)}
+
+
+def defines_result(*also: str) -> dict:
+    """DEFINES_RESULT, and a DVC param of `also` stages besides its own group's."""
+    return {**DEFINES_RESULT, **changes(*also)}
+
+
+def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
+    """The stages whose outputs change with this field of `group` (its marks)."""
+    own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
+    return own + tuple(s for s in f.metadata.get("stages", ()) if s not in own)
 
 
 class UserError(Exception):
@@ -116,6 +142,34 @@ def _checked(cfg: DictConfig, source: str) -> DictConfig:
     OmegaConf.resolve(cfg)
     check(cfg, source)
     return cfg
+
+
+def defaults(group: str, conf_dir: str | Path | None = None, **overrides: Any):
+    """conf/'s settings for `group` (e.g. "train", "generate.limits"), `overrides` checked like
+    any key: the one way code, tests and benches get defaults, which live only in conf/.
+
+    conf/ is composed once per folder (the stages' compose; no torch import). `conf_dir`
+    defaults to ./conf, else the conf/ beside this package's source."""
+    from kshd.schema import ProjectConfig
+
+    if conf_dir is None:
+        conf_dir = project_root() / CONF_DIR
+        conf_dir = conf_dir if conf_dir.is_dir() else SOURCE_CONF
+    node: Any = copy.deepcopy(_composed(str(Path(conf_dir).resolve())))
+    cls: Any = ProjectConfig
+    for name in group.split("."):
+        hints = typing.get_type_hints(cls)
+        if name not in hints or not dataclasses.is_dataclass(hints[name]):
+            groups = ", ".join(n for n, h in hints.items() if dataclasses.is_dataclass(h))
+            raise ConfigError(f"config group `{group}` is unknown: expected one of {groups}.")
+        node, cls = node[name], hints[name]
+    return settings({**node, **overrides}, cls, group, f"{conf_dir} or the overrides")
+
+
+@functools.lru_cache(maxsize=4)
+def _composed(conf_dir: str) -> dict:
+    """conf/ composed and resolved, as plain values (cached: Hydra's compose takes ~0.2 s)."""
+    return OmegaConf.to_container(compose_conf([], conf_dir), resolve=True)
 
 
 def write_params(cfg: DictConfig, path: str | Path) -> None:

@@ -4,20 +4,31 @@
 runs it over every group right after `load_params` / `compose_conf`, so a bad value anywhere is
 one line naming the key before any stage loads a model. The classes are the settings the code
 uses (`TrainSettings`, `CaptionSettings`, `TrackingSettings`, `Limits` are re-exported where
-they are used). Defaults live in conf/: the groups here have none, except the runtime classes
-that library callers build by hand, whose defaults tests/test_schema.py holds equal to conf/'s.
-This module imports no stage's code, so every stage may check every group at load.
+they are used). Defaults live in conf/ only: no field has one here (tests/test_schema.py), and
+code gets them with `kshd.config.defaults(group, **overrides)`. The marks on the fields
+(DEFINES_RESULT, `changes(...)`) say which stages' outputs a key changes: `stage_params` derives
+each stage's DVC params from them. This module imports no stage's code, so every stage may check
+every group at load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import typing
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from kshd.config import DEFINES_RESULT, defining, require, settings
+from kshd.config import (
+    DEFINES_RESULT,
+    STAGES,
+    changes,
+    defining,
+    field_stages,
+    require,
+    settings,
+)
 from kshd.schema_train import TrainSettings
 from kshd.schema_values import (
     BEST_BY,
@@ -63,18 +74,18 @@ class TinySettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """`model`: the base SD 1.x model, a hub id or a local folder."""
+    """`model`: the base SD 1.x model, a hub id or a local folder (trained on, evaluated)."""
 
-    pretrained: str
-    revision: str | None
-    variant: str | None
+    pretrained: str = field(metadata=changes("train", "evaluate"))
+    revision: str | None = field(metadata=changes("train", "evaluate"))
+    variant: str | None = field(metadata=changes("train", "evaluate"))
 
 
 @dataclass(frozen=True)
 class DatasetSettings:
     """`dataset`: info.csv -> the on-disk dataset, and where `kshd push-dataset` uploads it."""
 
-    holdout_fraction: float
+    holdout_fraction: float = field(metadata=DEFINES_RESULT)
     hub_repo: str | None
     private: bool
 
@@ -87,11 +98,11 @@ class DatasetSettings:
 class PrepareSettings:
     """`prepare`: intake of the raw drawings (data.images.IntakeRules holds the last three)."""
 
-    resolution: int  # short side after resizing
-    upscale: bool
-    background: tuple[int, int, int]
-    min_side: int
-    max_pixels: int
+    resolution: int = field(metadata=DEFINES_RESULT)  # short side after resizing
+    upscale: bool = field(metadata=DEFINES_RESULT)
+    background: tuple[int, int, int] = field(metadata=DEFINES_RESULT)
+    min_side: int = field(metadata=DEFINES_RESULT)
+    max_pixels: int = field(metadata=DEFINES_RESULT)
 
     def validate(self) -> None:
         require(self.resolution >= 8, "prepare.resolution", self.resolution, "a number >= 8")
@@ -108,21 +119,21 @@ class PrepareSettings:
 class CaptionSettings:
     """The `caption` config group (conf/caption/), filled by `kshd.config.settings`.
 
-    The Python defaults (the original project's script) serve library callers and equal conf/'s
-    (tests/test_schema.py). DEFINES_RESULT marks what changes a caption: the cache key."""
+    DEFINES_RESULT marks what changes a caption: the cache key. The trigger is added after the
+    cache, so it is not in the key, but info.csv and every stage after it carry it."""
 
-    model: str = field(default="Salesforce/blip2-opt-2.7b", metadata=DEFINES_RESULT)
-    prompt: str = field(default="A painting of", metadata=DEFINES_RESULT)
-    do_sample: bool = field(default=True, metadata=DEFINES_RESULT)
-    temperature: float = field(default=0.8, metadata=DEFINES_RESULT)
-    top_p: float = field(default=0.9, metadata=DEFINES_RESULT)
-    repetition_penalty: float = field(default=1.2, metadata=DEFINES_RESULT)
-    max_new_tokens: int = field(default=40, metadata=DEFINES_RESULT)
-    batch_size: int = 8
-    seed: int = field(default=5508, metadata=DEFINES_RESULT)
-    trigger_phrase: str = "drawn by KSH drawing style"  # added after the cache, not in its key
-    trigger_position: str = "end"
-    overrides: str = "data/caption_overrides.csv"
+    model: str = field(metadata=DEFINES_RESULT)
+    prompt: str = field(metadata=DEFINES_RESULT)
+    do_sample: bool = field(metadata=DEFINES_RESULT)
+    temperature: float = field(metadata=DEFINES_RESULT)
+    top_p: float = field(metadata=DEFINES_RESULT)
+    repetition_penalty: float = field(metadata=DEFINES_RESULT)
+    max_new_tokens: int = field(metadata=DEFINES_RESULT)
+    batch_size: int
+    seed: int = field(metadata=DEFINES_RESULT)
+    trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
+    trigger_position: str = field(metadata=changes("caption"))
+    overrides: str  # a dvc.yaml dep by path: its content, not its name, changes the captions
 
     def fingerprint(self) -> str:
         """What changes a caption (not batch_size): the cache key's first half."""
@@ -219,40 +230,40 @@ class GenerateSettings:
 
 @dataclass(frozen=True)
 class Limits:
-    """`generate.limits`: bounds that keep one request from taking the server down.
+    """`generate.limits`: bounds that keep one request from taking the server down."""
 
-    The defaults serve an Engine built without config; they equal conf/'s (test_schema)."""
-
-    max_steps: int = 150
-    max_side: int = 2048
-    max_batch_count: int = 16
-    max_batch_size: int = 8
-    max_prompt_chars: int = 5000
-    max_upload_pixels: int = 50_000_000
-    max_upload_mb: int = 50  # the GUI's upload size limit
-    max_lora_scale: float = 2.0
+    max_steps: int
+    max_side: int
+    max_batch_count: int
+    max_batch_size: int
+    max_prompt_chars: int
+    max_upload_pixels: int
+    max_upload_mb: int  # the GUI's upload size limit
+    max_lora_scale: float
 
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.EvalSettings draws them)."""
+    """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.EvalSettings draws them).
 
-    prompts: tuple[str, ...]
-    positive_prefix: str
-    negative_prefix: str
-    sampler: str
-    negative_prompt: str
-    seeds: tuple[int, ...]
-    num_inference_steps: int
-    guidance_scale: float
-    resolution: int
-    lora_scales: tuple[float, ...]
-    clip_model: str | None
-    dino_model: str | None
-    checkpoints: bool
-    checkpoint_every: int
-    checkpoint_last: int | None
-    best_by: str
+    Every key changes the report (samples, metrics, the checkpoint curve, the best one)."""
+
+    prompts: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    positive_prefix: str = field(metadata=DEFINES_RESULT)
+    negative_prefix: str = field(metadata=DEFINES_RESULT)
+    sampler: str = field(metadata=DEFINES_RESULT)
+    negative_prompt: str = field(metadata=DEFINES_RESULT)
+    seeds: tuple[int, ...] = field(metadata=DEFINES_RESULT)
+    num_inference_steps: int = field(metadata=DEFINES_RESULT)
+    guidance_scale: float = field(metadata=DEFINES_RESULT)
+    resolution: int = field(metadata=DEFINES_RESULT)
+    lora_scales: tuple[float, ...] = field(metadata=DEFINES_RESULT)
+    clip_model: str | None = field(metadata=DEFINES_RESULT)
+    dino_model: str | None = field(metadata=DEFINES_RESULT)
+    checkpoints: bool = field(metadata=DEFINES_RESULT)
+    checkpoint_every: int = field(metadata=DEFINES_RESULT)
+    checkpoint_last: int | None = field(metadata=DEFINES_RESULT)
+    best_by: str = field(metadata=DEFINES_RESULT)
 
     def validate(self) -> None:
         """Named at config load, not after the whole evaluation ran."""
@@ -294,3 +305,24 @@ def check(cfg: DictConfig, source: str = "conf/") -> ProjectConfig:
 def group(cfg: DictConfig, name: str):
     """One group's settings object, e.g. `group(cfg, "train")` -> TrainSettings."""
     return settings(cfg[name], typing.get_type_hints(ProjectConfig)[name], name)
+
+
+def stage_params(stage: str) -> list[str]:
+    """The config keys whose change reruns `stage`: its dvc.yaml `params:`, read off the marks.
+
+    Paths are not among them: dvc.yaml interpolates them into deps and outs, whose content DVC
+    compares (and records the interpolated values itself)."""
+    if stage not in STAGES:
+        raise ValueError(f"{stage!r} is not a stage: expected one of {', '.join(STAGES)}")
+    return [key for key, group, f in _leaves(ProjectConfig) if stage in field_stages(group, f)]
+
+
+def _leaves(cls: type, prefix: str = "", group: str = ""):
+    """(dotted key, top-level group, field) of every leaf of a schema."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(hints[f.name], f"{key}.", group or f.name)
+        else:
+            yield key, group, f

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kshd.config import DEFINES_RESULT, defining, require
+from kshd.config import DEFINES_RESULT, changes, defining, require
 from kshd.schema_values import (
     MAX_TOKEN_LENGTHS,
     MIXED_PRECISIONS,
@@ -18,63 +18,59 @@ from kshd.schema_values import (
 class TrainSettings:
     """The `train` config group (conf/train/), filled by `kshd.config.settings`.
 
-    The config path takes every field from conf/. The Python defaults serve library callers
-    only: each equals conf/'s value, or is the feature's off value (no validation sampling),
-    which tests/test_schema.py checks. DEFINES_RESULT marks the fields in the resume
-    fingerprint; the rest change how, not what, is trained."""
+    No defaults in code: they live in conf/train/ (`kshd.config.defaults("train", ...)`).
+    DEFINES_RESULT marks the fields in the resume fingerprint (and the train stage's DVC
+    params); `changes("train")` marks the validation images' settings, which change the
+    stage's outputs but not the LoRA; the rest change how, not what, is trained."""
 
-    launcher: str = "python"  # the dvc.yaml command runs the stage under it
-    resolution: int = field(default=512, metadata=DEFINES_RESULT)
-    center_crop: bool = field(default=False, metadata=DEFINES_RESULT)
-    random_flip: bool = field(default=True, metadata=DEFINES_RESULT)
-    batch_size: int = field(default=1, metadata=DEFINES_RESULT)
-    epochs: int = field(default=50, metadata=DEFINES_RESULT)
-    max_train_steps: int | None = field(default=None, metadata=DEFINES_RESULT)
-    gradient_accumulation_steps: int = field(default=1, metadata=DEFINES_RESULT)
-    learning_rate: float = field(default=1e-4, metadata=DEFINES_RESULT)
-    lr_scheduler: str = field(default="cosine", metadata=DEFINES_RESULT)
-    lr_warmup_steps: int = field(default=0, metadata=DEFINES_RESULT)
-    adam_beta1: float = field(default=0.9, metadata=DEFINES_RESULT)
-    adam_beta2: float = field(default=0.999, metadata=DEFINES_RESULT)
-    adam_weight_decay: float = field(default=0.01, metadata=DEFINES_RESULT)
-    adam_epsilon: float = field(default=1e-8, metadata=DEFINES_RESULT)
-    use_8bit_adam: bool = field(default=False, metadata=DEFINES_RESULT)
-    max_grad_norm: float = field(default=1.0, metadata=DEFINES_RESULT)
-    rank: int = field(default=4, metadata=DEFINES_RESULT)
-    alpha: float = field(default=4, metadata=DEFINES_RESULT)
-    target_modules: tuple[str, ...] = field(
-        default=("to_k", "to_q", "to_v", "to_out.0"), metadata=DEFINES_RESULT
-    )
-    train_text_encoder: bool = field(default=False, metadata=DEFINES_RESULT)
-    text_encoder_target_modules: tuple[str, ...] = field(
-        default=("q_proj", "k_proj", "v_proj", "out_proj"), metadata=DEFINES_RESULT
-    )
-    mixed_precision: str = field(default="no", metadata=DEFINES_RESULT)
-    gradient_checkpointing: bool = False
-    allow_tf32: bool = field(default=False, metadata=DEFINES_RESULT)
-    snr_gamma: float | None = field(default=None, metadata=DEFINES_RESULT)
-    noise_offset: float = field(default=0.0, metadata=DEFINES_RESULT)
-    prediction_type: str | None = field(default=None, metadata=DEFINES_RESULT)
-    caption_dropout: float = field(default=0.0, metadata=DEFINES_RESULT)
-    shuffle_tags: bool = field(default=False, metadata=DEFINES_RESULT)
-    cache_latents: bool = field(default=True, metadata=DEFINES_RESULT)
-    max_token_length: int = field(default=75, metadata=DEFINES_RESULT)
-    buckets: bool = field(default=False, metadata=DEFINES_RESULT)
-    bucket_step: int = field(default=64, metadata=DEFINES_RESULT)
-    bucket_max_aspect: float = field(default=2.0, metadata=DEFINES_RESULT)
-    checkpointing_steps: int = 10000
-    checkpoints_total_limit: int | None = None
-    resume: bool = True
-    seed: int = field(default=5508, metadata=DEFINES_RESULT)
-    dataloader_num_workers: int = 0
-    validation_prompt: str = ""
-    validation_negative_prompt: str = ""
-    validation_positive_prefix: str = ""
-    validation_negative_prefix: str = ""
-    validation_sampler: str = ""
-    validation_epochs: int = 0
-    validation_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    validation_steps: int = 30
+    launcher: str  # the dvc.yaml command runs the stage under it
+    resolution: int = field(metadata=DEFINES_RESULT)
+    center_crop: bool = field(metadata=DEFINES_RESULT)
+    random_flip: bool = field(metadata=DEFINES_RESULT)
+    batch_size: int = field(metadata=DEFINES_RESULT)
+    epochs: int = field(metadata=DEFINES_RESULT)
+    max_train_steps: int | None = field(metadata=DEFINES_RESULT)
+    gradient_accumulation_steps: int = field(metadata=DEFINES_RESULT)
+    learning_rate: float = field(metadata=DEFINES_RESULT)
+    lr_scheduler: str = field(metadata=DEFINES_RESULT)
+    lr_warmup_steps: int = field(metadata=DEFINES_RESULT)
+    adam_beta1: float = field(metadata=DEFINES_RESULT)
+    adam_beta2: float = field(metadata=DEFINES_RESULT)
+    adam_weight_decay: float = field(metadata=DEFINES_RESULT)
+    adam_epsilon: float = field(metadata=DEFINES_RESULT)
+    use_8bit_adam: bool = field(metadata=DEFINES_RESULT)
+    max_grad_norm: float = field(metadata=DEFINES_RESULT)
+    rank: int = field(metadata=DEFINES_RESULT)
+    alpha: float = field(metadata=DEFINES_RESULT)
+    target_modules: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    train_text_encoder: bool = field(metadata=DEFINES_RESULT)
+    text_encoder_target_modules: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    mixed_precision: str = field(metadata=DEFINES_RESULT)
+    gradient_checkpointing: bool
+    allow_tf32: bool = field(metadata=DEFINES_RESULT)
+    snr_gamma: float | None = field(metadata=DEFINES_RESULT)
+    noise_offset: float = field(metadata=DEFINES_RESULT)
+    prediction_type: str | None = field(metadata=DEFINES_RESULT)
+    caption_dropout: float = field(metadata=DEFINES_RESULT)
+    shuffle_tags: bool = field(metadata=DEFINES_RESULT)
+    cache_latents: bool = field(metadata=DEFINES_RESULT)
+    max_token_length: int = field(metadata=DEFINES_RESULT)
+    buckets: bool = field(metadata=DEFINES_RESULT)
+    bucket_step: int = field(metadata=DEFINES_RESULT)
+    bucket_max_aspect: float = field(metadata=DEFINES_RESULT)
+    checkpointing_steps: int
+    checkpoints_total_limit: int | None
+    resume: bool
+    seed: int = field(metadata=DEFINES_RESULT)
+    dataloader_num_workers: int
+    validation_prompt: str = field(metadata=changes("train"))
+    validation_negative_prompt: str = field(metadata=changes("train"))
+    validation_positive_prefix: str = field(metadata=changes("train"))
+    validation_negative_prefix: str = field(metadata=changes("train"))
+    validation_sampler: str = field(metadata=changes("train"))
+    validation_epochs: int = field(metadata=changes("train"))
+    validation_seeds: tuple[int, ...] = field(metadata=changes("train"))
+    validation_steps: int = field(metadata=changes("train"))
 
     def defining(self) -> dict:
         """The settings that define the result (for the checkpoint fingerprint)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from PIL import Image
 from kshd import __version__
 from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
 from kshd.drawing.request import (
+    FROM_CONF,
     SAMPLERS,
     Limits,
     Request,
@@ -41,16 +42,33 @@ ADAPTER = "ksh"
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """What the engine loads and where it saves. A `generate` field left out (device to limits)
+    takes conf/'s value, so `EngineSettings("model")` works without the defaults in code;
+    `drawing.settings.engine_settings` fills every field from the composed config."""
+
     pretrained: str
-    revision: str | None = None
+    revision: str | None = None  # None: the model's main branch, not a default of conf/
     variant: str | None = None
     lora: str | None = None  # a LoRA folder (models/lora) or .safetensors file; None = base only
     embeddings: tuple[tuple[str, str], ...] = ()  # textual inversion: (name, .safetensors file)
-    device: str = "auto"  # auto | cpu | cuda | mps
-    attention_slicing: bool = False
-    vae_tiling: bool = False
-    outputs_dir: str = "outputs"
-    limits: Limits = field(default_factory=Limits)
+    device: str = FROM_CONF  # auto | cpu | cuda | mps
+    attention_slicing: bool = FROM_CONF
+    vae_tiling: bool = FROM_CONF
+    outputs_dir: str = FROM_CONF
+    limits: Limits = FROM_CONF
+
+    def __post_init__(self) -> None:
+        left = [n for n in ENGINE_CONF_FIELDS if getattr(self, n) is FROM_CONF]
+        if left:
+            from kshd.config import defaults
+
+            g = defaults("generate")
+            for name in left:
+                object.__setattr__(self, name, getattr(g, name))
+
+
+# The engine's fields that the `generate` group holds under the same names.
+ENGINE_CONF_FIELDS = ("device", "attention_slicing", "vae_tiling", "outputs_dir", "limits")
 
 
 @dataclass

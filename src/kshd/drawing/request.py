@@ -7,8 +7,9 @@ same mistake, naming the field and what it accepts.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -17,6 +18,20 @@ from kshd.schema import Limits
 from kshd.schema_values import RESIZE_MODES, SAMPLERS
 
 MAX_SEED = 2**32 - 1
+WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` padding
+
+
+class _FromConf:
+    """The default of a request or engine field: conf/'s `generate` value, filled when built
+    (an explicit None stays None, and validation names it)."""
+
+    def __repr__(self) -> str:
+        return "<conf/generate>"
+
+
+FROM_CONF: Any = _FromConf()
+# Request field <- generate key, where the names differ (A1111 calls CFG `cfg_scale`).
+REQUEST_KEYS = {"cfg_scale": "guidance_scale"}
 
 
 class RequestError(ValueError):
@@ -29,24 +44,35 @@ class RequestError(ValueError):
 
 @dataclass
 class Request:
-    """One text-to-image or image-to-image request (image set = image-to-image)."""
+    """One text-to-image or image-to-image request (image set = image-to-image).
+
+    A field left out takes conf/'s `generate` value, so `Request("a girl")` works for
+    library callers while the defaults live in conf/ alone; the app and the CLI fill every
+    field from their own config (`drawing.settings.default_request`)."""
 
     prompt: str
-    negative_prompt: str = ""
-    positive_prefix: str = ""
-    negative_prefix: str = ""
-    sampler: str = "dpmpp_2m_karras"
-    steps: int = 30
-    cfg_scale: float = 7.5
-    seed: int = -1
-    width: int = 512
-    height: int = 512
-    batch_count: int = 1
-    batch_size: int = 1
-    lora_scale: float = 1.0
-    image: str | Path | Image.Image | None = None
-    strength: float = 0.6
-    resize_mode: str = "crop"
+    negative_prompt: str = FROM_CONF
+    positive_prefix: str = FROM_CONF
+    negative_prefix: str = FROM_CONF
+    sampler: str = FROM_CONF
+    steps: int = FROM_CONF
+    cfg_scale: float = FROM_CONF
+    seed: int = FROM_CONF
+    width: int = FROM_CONF
+    height: int = FROM_CONF
+    batch_count: int = FROM_CONF
+    batch_size: int = FROM_CONF
+    lora_scale: float = FROM_CONF
+    image: str | Path | Image.Image | None = None  # None: text-to-image, not a default
+    strength: float = FROM_CONF
+    resize_mode: str = FROM_CONF
+
+    def __post_init__(self) -> None:
+        left = [name for name in CONF_FIELDS if getattr(self, name) is FROM_CONF]
+        if left:
+            conf = conf_request_values()
+            for name in left:
+                setattr(self, name, conf[name])
 
     @property
     def kind(self) -> str:
@@ -63,6 +89,18 @@ class Request:
     @property
     def count(self) -> int:
         return self.batch_count * self.batch_size
+
+
+# The request fields whose defaults come from the `generate` group (not the prompt or image).
+CONF_FIELDS = tuple(f.name for f in fields(Request) if f.name not in ("prompt", "image"))
+
+
+def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:
+    """conf/'s `generate` values by request field name (kshd.config.defaults, composed once)."""
+    from kshd.config import defaults
+
+    g = defaults("generate", conf_dir)
+    return {name: getattr(g, REQUEST_KEYS.get(name, name)) for name in CONF_FIELDS}
 
 
 def join_prefix(prefix: str, text: str) -> str:
@@ -131,7 +169,7 @@ def first_seed(seed: int) -> int:
 
 def input_picture(image: str | Path | Image.Image, limits: Limits) -> Image.Image:
     """The image-to-image input through prepare's intake rules: EXIF turned, alpha on white."""
-    rules = IntakeRules(min_side=8, max_pixels=limits.max_upload_pixels)
+    rules = IntakeRules(background=WHITE, min_side=8, max_pixels=limits.max_upload_pixels)
     if isinstance(image, Image.Image):
         if image.width * image.height > rules.max_pixels:
             raise RequestError("image", f"{image.width}x{image.height} is over the pixel limit")
@@ -148,5 +186,5 @@ def resize_input(img: Image.Image, width: int, height: int, mode: str) -> Image.
         return fit_within(img, width, height)
     lanczos = Image.Resampling.LANCZOS
     if mode == "fill":
-        return ImageOps.pad(img, (width, height), lanczos, color=(255, 255, 255))
+        return ImageOps.pad(img, (width, height), lanczos, color=WHITE)
     return img.resize((width, height), lanczos)

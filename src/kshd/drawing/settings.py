@@ -8,14 +8,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.drawing.engine import EngineSettings
-from kshd.drawing.request import Request
+from kshd.drawing.request import REQUEST_KEYS, Request
 from kshd.schema import GenerateSettings, ModelSettings
 
 log = logging.getLogger(__name__)
-
-
-# Request field <- generate key, where the names differ.
-REQUEST_KEYS = {"cfg_scale": "guidance_scale"}
 
 
 def generate_settings(cfg: DictConfig) -> GenerateSettings:

@@ -23,23 +23,30 @@ if TYPE_CHECKING:
     from kshd.schema import EvaluateSettings
 
 
+# Validation samples use diffusers' pipeline default CFG, as the reference training script does.
+VALIDATION_GUIDANCE = 7.5
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    """How evaluation draws; DEFINES_RESULT marks what the base model's images depend on."""
+    """How evaluation draws; DEFINES_RESULT marks what the base model's images depend on.
+
+    No defaults: `of` fills it from the `evaluate` group (`kshd.config.defaults("evaluate")`
+    outside a stage), `validation_images` from the training's validation settings."""
 
     prompts: tuple[str, ...] = field(metadata=DEFINES_RESULT)
-    negative_prompt: str = field(default="", metadata=DEFINES_RESULT)
-    seeds: tuple[int, ...] = field(default=(0,), metadata=DEFINES_RESULT)
-    num_inference_steps: int = field(default=30, metadata=DEFINES_RESULT)
-    guidance_scale: float = field(default=7.5, metadata=DEFINES_RESULT)
-    resolution: int = field(default=512, metadata=DEFINES_RESULT)
-    lora_scales: tuple[float, ...] = (1.0,)  # the last one is the headline
-    trigger_phrase: str = ""
+    negative_prompt: str = field(metadata=DEFINES_RESULT)
+    seeds: tuple[int, ...] = field(metadata=DEFINES_RESULT)
+    num_inference_steps: int = field(metadata=DEFINES_RESULT)
+    guidance_scale: float = field(metadata=DEFINES_RESULT)
+    resolution: int = field(metadata=DEFINES_RESULT)
+    lora_scales: tuple[float, ...]  # the last one is the headline
+    trigger_phrase: str
     # joined before each prompt as the app joins generate's
-    positive_prefix: str = field(default="", metadata=DEFINES_RESULT)
-    negative_prefix: str = field(default="", metadata=DEFINES_RESULT)
+    positive_prefix: str = field(metadata=DEFINES_RESULT)
+    negative_prefix: str = field(metadata=DEFINES_RESULT)
     # a key of drawing.request.SAMPLERS; "" = the pipeline's scheduler
-    sampler: str = field(default="", metadata=DEFINES_RESULT)
+    sampler: str = field(metadata=DEFINES_RESULT)
 
     def __post_init__(self) -> None:
         check_sampler(self.sampler, "evaluate.sampler")
@@ -138,10 +145,19 @@ def sample(
 
 
 def validation_images(
-    c, prompt: str, negative: str, seeds: tuple[int, ...], steps: int, resolution: int, **app
+    c,
+    prompt: str,
+    negative: str,
+    seeds: tuple[int, ...],
+    steps: int,
+    resolution: int,
+    *,
+    positive_prefix: str,
+    negative_prefix: str,
+    sampler: str,
 ) -> list[Image.Image]:
-    """Sample from the components being trained as the app would draw the prompt; `app` holds
-    EvalSettings' positive_prefix, negative_prefix and sampler (default: DPM-Solver++)."""
+    """Sample from the components being trained as the app would draw the prompt, with its
+    prefixes and sampler ("" = DPM-Solver++); the base is not drawn (no LoRA scale)."""
     from diffusers import DPMSolverMultistepScheduler
 
     from kshd.models import pipeline_from_parts
@@ -153,8 +169,13 @@ def validation_images(
         negative_prompt=negative,
         seeds=tuple(seeds),
         num_inference_steps=steps,
+        guidance_scale=VALIDATION_GUIDANCE,
         resolution=resolution,
-        **app,
+        lora_scales=(1.0,),
+        trigger_phrase="",
+        positive_prefix=positive_prefix,
+        negative_prefix=negative_prefix,
+        sampler=sampler,
     )
     use_sampler(pipe, s.sampler, c.noise_scheduler.config)
     with torch.no_grad():

@@ -1,0 +1,26 @@
+"""Settings for tests, built from conf/'s defaults (kshd.config.defaults) with what a test
+changes written out: no default hides in code."""
+
+from __future__ import annotations
+
+from kshd.config import defaults
+from kshd.evaluation.sampling import EvalSettings
+
+# Drawn without the app's prefixes and with the pipeline's own scheduler: tests that compare
+# against a plain diffusers pipeline, or do not care how the app words a prompt.
+PLAIN = dict(positive_prefix="", negative_prefix="", sampler="")
+# Small and quick: two seeds, two steps, 64 px, one LoRA strength, no negative prompt.
+QUICK_EVAL = dict(
+    seeds=(0, 1),
+    num_inference_steps=2,
+    resolution=64,
+    lora_scales=(1.0,),
+    negative_prompt="",
+    **PLAIN,
+)
+
+
+def eval_settings(trigger_phrase: str = "", **changes) -> EvalSettings:
+    """The `evaluate` group's drawing settings from conf/ with `changes` (checked as config
+    keys), as the evaluate stage builds them."""
+    return EvalSettings.of(defaults("evaluate", **changes), trigger_phrase)
