@@ -88,6 +88,12 @@ def project(root: Path, raw: Path, size: int, steps: int, cache_latents: bool) -
     )
     root.mkdir(parents=True, exist_ok=True)
     write_params(cfg, root / "params.yaml")
+    # The tiny models, as `make demo` builds them before `dvc repro` (stages only load them); in
+    # a child, so this process stays small and each stage's forked peak RSS is its own.
+    code = "import sys, pathlib; from kshd.experiments.demo import demo_models as m; "
+    code += "m(pathlib.Path(sys.argv[1]), sys.argv[2:])"
+    tiny = f"tiny.dir={root.parent / 'tiny'}"
+    subprocess.run([sys.executable, "-c", code, str(repo), tiny], check=True)
     return root
 
 
