@@ -98,6 +98,8 @@ def main() -> None:
             height=args.resolution,
             seed=0,
             sampler="euler",
+            positive_prefix="",  # the prompt alone, as measured before the conf/ defaults
+            negative_prefix="",
         )
         modes = {
             "no LoRA": (base, lambda e: None),

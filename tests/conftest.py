@@ -59,8 +59,10 @@ def sample_split(tmp_path_factory):
     from kshd.data.dataset import build_dataset, load_rows
     from kshd.data.intake import prepare_folder
 
+    from .helpers.settings import intake
+
     work = tmp_path_factory.mktemp("split")
-    report = prepare_folder(ROOT / "data" / "samples", work / "prepared", resolution=64)
+    report = prepare_folder(ROOT / "data" / "samples", work / "prepared", **intake(resolution=64))
     rows = [
         (f"prepared/{item['output']}", "a drawing, drawn by KSH drawing style")
         for item in report.images

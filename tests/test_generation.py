@@ -128,12 +128,15 @@ def test_png_parameters_round_trip(engine):
     req = Request(
         "a boy, (short hair:1.2)",
         negative_prompt="lowres",
-        positive_prefix="(drawn by KSH drawing style : 1.5), ",
-        negative_prefix="EasyNegative,",
         seed=42,
         cfg_scale=6.5,
         lora_scale=0.8,
-        **{**SMALL, "sampler": "dpmpp_2m_karras"},
+        **{
+            **SMALL,
+            "sampler": "dpmpp_2m_karras",
+            "positive_prefix": "(drawn by KSH drawing style : 1.5), ",
+            "negative_prefix": "EasyNegative,",
+        },
     )
     path = engine.generate(req).paths[0]
     info = parse_parameters(read_parameters(path))

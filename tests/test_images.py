@@ -10,7 +10,6 @@ from PIL import Image
 
 from kshd.data.images import (
     ImageRejected,
-    IntakeRules,
     flatten,
     load_image,
     resize_short_side,
@@ -19,17 +18,18 @@ from kshd.data.images import (
 from kshd.data.intake import EmptyInputError, prepare_folder
 
 from .conftest import ROOT
+from .helpers.settings import intake, intake_rules
 
 
 def test_transparent_pixels_become_the_background_not_black(tmp_path):
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black, as drawing apps save
     img.paste((200, 10, 10, 255), (0, 0, 20, 40))
     img.save(tmp_path / "a.png")
-    rgb = load_image(tmp_path / "a.png").image
+    rgb = load_image(tmp_path / "a.png", intake_rules()).image
     assert rgb.mode == "RGB"
     assert rgb.getpixel((30, 5)) == (255, 255, 255)
     assert rgb.getpixel((5, 5)) == (200, 10, 10)
-    grey = load_image(tmp_path / "a.png", IntakeRules(background=(128, 128, 128))).image
+    grey = load_image(tmp_path / "a.png", intake_rules(background=[128, 128, 128])).image
     assert grey.getpixel((30, 5)) == (128, 128, 128)
 
 
@@ -38,7 +38,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "r.jpg", exif=exif.tobytes())
-    assert load_image(tmp_path / "r.jpg").image.size == (40, 60)
+    assert load_image(tmp_path / "r.jpg", intake_rules()).image.size == (40, 60)
 
 
 def test_sixteen_bit_mid_grey_stays_mid_grey():
@@ -56,7 +56,7 @@ def test_sixteen_bit_mid_grey_stays_mid_grey():
 def test_bad_files_are_rejected_with_a_reason(tmp_path, content, reason):
     (tmp_path / "x.png").write_bytes(content)
     with pytest.raises(ImageRejected, match=reason):
-        load_image(tmp_path / "x.png")
+        load_image(tmp_path / "x.png", intake_rules())
 
 
 def test_truncated_and_tiny_and_huge_are_rejected(tmp_path):
@@ -64,12 +64,12 @@ def test_truncated_and_tiny_and_huge_are_rejected(tmp_path):
     data = (tmp_path / "t.png").read_bytes()
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageRejected, match="truncated or corrupt"):
-        load_image(tmp_path / "t.png")
+        load_image(tmp_path / "t.png", intake_rules())
     Image.new("RGB", (10, 10)).save(tmp_path / "s.png")
     with pytest.raises(ImageRejected, match="too small"):
-        load_image(tmp_path / "s.png")
+        load_image(tmp_path / "s.png", intake_rules())
     with pytest.raises(ImageRejected, match="too large"):
-        load_image(tmp_path / "s.png", IntakeRules(min_side=1, max_pixels=99))
+        load_image(tmp_path / "s.png", intake_rules(min_side=1, max_pixels=99))
 
 
 def test_resize_keeps_aspect_and_never_upscales_unless_asked():
@@ -93,7 +93,7 @@ def test_prepare_accounts_for_every_input(tmp_path):
     (raw / "copy.png").write_bytes((raw / "소녀_01.png").read_bytes())  # duplicate
     (raw / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (raw / "empty.jpg").write_bytes(b"")
-    report = prepare_folder(raw, tmp_path / "out", resolution=64)
+    report = prepare_folder(raw, tmp_path / "out", **intake(resolution=64))
     assert report.inputs == 13
     assert report.inputs == report.accepted + len(report.rejected) + report.duplicates
     assert (report.accepted, report.duplicates) == (10, 1)
@@ -108,7 +108,7 @@ def test_prepare_accounts_for_every_input(tmp_path):
 
 def test_empty_or_missing_raw_folder_is_a_clear_error(tmp_path):
     with pytest.raises(EmptyInputError, match="does not exist"):
-        prepare_folder(tmp_path / "nope", tmp_path / "out", resolution=64)
+        prepare_folder(tmp_path / "nope", tmp_path / "out", **intake(resolution=64))
     (tmp_path / "empty").mkdir()
     with pytest.raises(EmptyInputError, match="empty"):
-        prepare_folder(tmp_path / "empty", tmp_path / "out", resolution=64)
+        prepare_folder(tmp_path / "empty", tmp_path / "out", **intake(resolution=64))

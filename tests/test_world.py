@@ -28,9 +28,10 @@ from kshd.builders.world import (
 from kshd.builders.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
 from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask
-from kshd.data.images import IntakeRules
 from kshd.data.intake import prepare_folder
 from kshd.data.samples import SAMPLES, SEED, sample_character, write_samples
+
+from .helpers.settings import intake
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = range(10_000, 10_100)  # 100 characters, each drawn in both styles: 200 drawings
@@ -179,9 +180,8 @@ def test_bundled_samples_are_the_world_in_ksh_style(tmp_path):
 def test_bundled_samples_keep_the_demo_split_of_8_training_drawings(tmp_path, resolution):
     """Pipeline tests count steps from 8 training drawings (demo holdout 0.2 by content hash of
     the prepared images, at the demo's 128 px and test_mixed_precision's 32 px); SEED keeps it."""
-    report = prepare_folder(
-        ROOT / "data/samples", tmp_path, resolution=resolution, rules=IntakeRules(min_side=16)
-    )
+    rules = intake(resolution=resolution, min_side=16)
+    report = prepare_folder(ROOT / "data/samples", tmp_path, **rules)
     files = sorted(tmp_path.iterdir())
     digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     held = [f for f, h in zip(files, holdout_mask(digests, 0.2), strict=True) if h]

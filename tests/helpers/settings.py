@@ -4,6 +4,7 @@ changes written out: no default hides in code."""
 from __future__ import annotations
 
 from kshd.config import defaults
+from kshd.data.images import IntakeRules
 from kshd.evaluation.sampling import EvalSettings
 
 # Drawn without the app's prefixes and with the pipeline's own scheduler: tests that compare
@@ -24,3 +25,16 @@ def eval_settings(trigger_phrase: str = "", **changes) -> EvalSettings:
     """The `evaluate` group's drawing settings from conf/ with `changes` (checked as config
     keys), as the evaluate stage builds them."""
     return EvalSettings.of(defaults("evaluate", **changes), trigger_phrase)
+
+
+def intake_rules(**changes) -> IntakeRules:
+    """What an acceptable drawing is, from conf/'s `prepare` group with `changes`."""
+    p = defaults("prepare", **changes)
+    return IntakeRules(background=p.background, min_side=p.min_side, max_pixels=p.max_pixels)
+
+
+def intake(**changes) -> dict:
+    """prepare_folder's keyword arguments (resolution, upscale, rules) as the prepare stage
+    passes them, from conf/'s `prepare` group with `changes`."""
+    p = defaults("prepare", **changes)
+    return dict(resolution=p.resolution, upscale=p.upscale, rules=intake_rules(**changes))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kshd.data.images import IntakeRules
 from kshd.data.intake import prepare_folder
 
+from ..helpers.settings import intake
 from .corpus import ACCEPT, CASES, DUPLICATE, ORIENTED_CORNER, build_corpus
 
 
@@ -15,9 +15,7 @@ from .corpus import ACCEPT, CASES, DUPLICATE, ORIENTED_CORNER, build_corpus
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     expected = build_corpus(root / "raw")
-    report = prepare_folder(
-        root / "raw", root / "out", resolution=64, rules=IntakeRules(min_side=32)
-    )
+    report = prepare_folder(root / "raw", root / "out", **intake(resolution=64, min_side=32))
     return root, expected, report
 
 
@@ -88,6 +86,6 @@ def test_rerun_keeps_finished_outputs_and_drops_stale_ones(prepared, tmp_path):
     out = root / "out"
     stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     (out / "stale-0000000000.png").write_bytes(b"old")
-    again = prepare_folder(root / "raw", out, resolution=64, rules=IntakeRules(min_side=32))
+    again = prepare_folder(root / "raw", out, **intake(resolution=64, min_side=32))
     assert again.to_dict() == report.to_dict()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp

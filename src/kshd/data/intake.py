@@ -74,10 +74,12 @@ def prepare_folder(
     out_dir: str | Path,
     *,
     resolution: int,
-    upscale: bool = False,
-    rules: IntakeRules = IntakeRules(),
+    upscale: bool,
+    rules: IntakeRules,
 ) -> PrepareReport:
-    """Decode, clean and resize every drawing in raw_dir into out_dir as `<name>-<hash>.png`."""
+    """Decode, clean and resize every drawing in raw_dir into out_dir as `<name>-<hash>.png`.
+
+    The settings are conf/'s `prepare` group (the stage passes them; no defaults here)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     candidates, sidecars = list_inputs(raw_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
