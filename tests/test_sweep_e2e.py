@@ -6,6 +6,7 @@ repository, with offline wandb and secrets in the environment that must never be
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import subprocess
@@ -81,17 +82,25 @@ def test_four_experiments_with_the_swept_params(sweep):
     repo, names, _, env = sweep
     show = _show(repo)
     assert sorted(show) == sorted(names)
-    grid = set()
+    runs = {}
     for data in show.values():
         p = data["params"]["params.yaml"]["data"]["train"]
-        grid.add((p["batch_size"], p["epochs"]))
-        train = data["metrics"]["models/lora/metrics.json"]["data"]
-        assert (
-            train["epochs"] == p["epochs"] and train["steps"] == 8 * p["epochs"] // p["batch_size"]
-        )
+        runs[p["batch_size"], p["epochs"]] = data["metrics"]["models/lora/metrics.json"]["data"]
         assert isinstance(data["metrics"]["reports/metrics.json"]["data"]["style_gain"], float)
-    assert grid == GRID
+    assert set(runs) == GRID
+    assert {grid: train["epochs"] for grid, train in runs.items()} == {g: g[1] for g in GRID}
+    steps = {grid: train["steps"] for grid, train in runs.items()}
+    assert steps == _expected_steps(repo, steps[1, 1])
     assert states(repo, names) == dict.fromkeys(names, "success")
+
+
+def _expected_steps(repo: Path, train_images: int) -> dict[tuple[int, int], int]:
+    """Each (batch size, epochs)'s steps for a train split of `train_images` drawings. The split
+    lives in the queued copies only: batch 1 for 1 epoch took one step per drawing, which must
+    be the samples less the holdout (at least one)."""
+    samples = len(list((repo / "data" / "samples").glob("*.png")))
+    assert 1 <= train_images < samples
+    return {(b, e): math.ceil(train_images / b) * e for b, e in GRID}
 
 
 def test_one_wandb_run_per_experiment_and_stage_in_one_group(sweep):
@@ -103,15 +112,14 @@ def test_one_wandb_run_per_experiment_and_stage_in_one_group(sweep):
         mine = [r for r in runs if r.job_type == job]
         assert sorted(r.name for r in mine) == sorted(names), job
         assert {r.group for r in mine} == {group}
-    grid = set()
+    logged = {}
     for run in (r for r in runs if r.job_type == "train"):
         train = run.config["train"]
-        grid.add((train["batch_size"], train["epochs"]))
         assert run.config["caption"]["max_new_tokens"] == 12  # the full params
         losses = [h["train/loss"] for h in run.history if "train/loss" in h]
-        assert len(losses) == 8 * train["epochs"] // train["batch_size"]
+        logged[train["batch_size"], train["epochs"]] = len(losses)
         assert run.summary["train/final_loss"] == losses[-1]
-    assert grid == GRID
+    assert set(logged) == GRID and logged == _expected_steps(repo, logged[1, 1])
     for run in (r for r in runs if r.job_type == "evaluate"):
         assert isinstance(run.summary["eval/style_gain"], float)
 
