@@ -156,3 +156,17 @@ def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     resolve_models(cfg)
     assert cfg.model.pretrained == str(workspace / "models/tiny/sd")
     assert cfg.caption.model == NOWHERE
+
+
+def test_the_demo_builds_its_models_in_the_project_before_any_stage(tmp_path):
+    """`make demo` and `kshd sweep --demo` build the tiny models where the demo config names
+    them (tiny.dir, under the project), a sweep's comma lists left out of that config."""
+    import shutil
+
+    from kshd.experiments.demo import demo_models
+
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    demo_models(tmp_path, ["+experiment=demo", "train.epochs=1,2", "tiny.dir=built"])
+    for name, marker in (("sd", "model_index.json"), ("blip2", "config.json")):
+        check_model_source(str(tmp_path / "built" / name), name, marker)
+    assert not (tmp_path / "models").exists()
