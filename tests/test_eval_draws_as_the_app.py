@@ -47,11 +47,15 @@ def _settings(**kw):
     return eval_settings(**{**base, **kw})
 
 
-def _app_image(sd: Path, lora: Path | None = None) -> np.ndarray:
-    engine = Engine(EngineSettings(str(sd), lora=str(lora) if lora else None, device="cpu"))
+def _app_image(
+    sd: Path, lora: Path | None = None, negative: str = NEGATIVE, **engine: object
+) -> np.ndarray:
+    engine = Engine(
+        EngineSettings(str(sd), lora=str(lora) if lora else None, device="cpu", **engine)
+    )
     req = Request(
         prompt=PROMPT,
-        negative_prompt=NEGATIVE,
+        negative_prompt=negative,
         positive_prefix=PREFIX,
         negative_prefix=NEG_PREFIX,
         sampler="euler",
@@ -114,3 +118,30 @@ def test_an_unknown_sampler_names_the_key():
         _settings(sampler="dpm_fast")
     with pytest.raises(ConfigError, match=r"train\.validation_sampler"):
         defaults("train", validation_sampler="dpm_fast")
+
+
+def test_evaluation_draws_with_the_apps_textual_inversions(tiny_models, tmp_path, caplog):
+    """`generate.embeddings` are loaded for evaluation as `kshd generate` loads them: an
+    EasyNegative in the negative prompt is its vectors in both, not three words."""
+    from safetensors.torch import save_file
+
+    from kshd.stages.evaluate import app_encoder
+
+    pipe = _pipe(tiny_models["sd"])
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    ti = tmp_path / "EasyNegative.safetensors"
+    vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(3)) * 5
+    save_file({"emb_params": vectors}, str(ti))
+    negative = "EasyNegative, lowres"
+    s = _settings(negative_prompt=negative)
+    as_words = np.asarray(sample(pipe, [PROMPT], s, None, "base")[0][0], dtype=np.int16)
+
+    missing = str(tmp_path / "absent.safetensors")
+    encoder, identity = app_encoder(pipe, {"EasyNegative": str(ti), "Absent": missing})
+    assert encoder.vectors == {"EasyNegative": 2}
+    assert list(identity) == ["EasyNegative"]  # the base images' cache key holds the file
+    assert "absent.safetensors not found" in caplog.text
+    drawn = np.asarray(sample(pipe, [PROMPT], s, None, "base", encoder)[0][0], dtype=np.int16)
+    app = _app_image(tiny_models["sd"], negative=negative, embeddings=(("EasyNegative", str(ti)),))
+    assert np.array_equal(drawn, app)
+    assert np.abs(drawn - as_words).mean() > 0.1  # the embedding changed the picture

@@ -7,6 +7,8 @@ loaded through the same code as Anything V5 and BLIP-2.
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from kshd.model_source import ModelSourceError, check_model_source  # noqa: F401
 WHOLE_FILE_LIMIT = 1 << 20
 SAMPLE_WINDOWS = 16
 WINDOW = 64 << 10
+log = logging.getLogger(__name__)
 
 
 def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtype]:
@@ -50,6 +53,35 @@ def load_sd_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_embeddings(pipe, embeddings: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
+    """The textual inversions `{name: .safetensors file}` into the pipeline's tokenizer and text
+    encoder, as the app and the evaluation both draw with them: ({name: vectors}, a note for
+    each name whose file is missing, which then reads as plain text)."""
+    vectors, notes = {}, []
+    for name, file in embeddings.items():
+        if not Path(file).is_file():
+            notes.append(
+                f"textual-inversion embedding {name!r}: {file} not found, so {name!r} is read "
+                "as plain text; put the .safetensors file there to use it"
+            )
+            continue
+        before = len(pipe.tokenizer)
+        pipe.load_textual_inversion(file, token=name, use_safetensors=True)
+        vectors[name] = len(pipe.tokenizer) - before
+        log.info("embedding %s: %d vectors from %s", name, vectors[name], file)
+    return vectors, notes
+
+
+def embeddings_identity(embeddings: Mapping[str, str]) -> dict[str, str]:
+    """{name: sha256 of its file} for the files that exist: images drawn with an embedding
+    depend on its vectors (A1111 hashes them the same way)."""
+    return {
+        name: hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+        for name, file in sorted(embeddings.items())
+        if Path(file).is_file()
+    }
 
 
 def pipeline_from_parts(vae, text_encoder, tokenizer, unet, scheduler):

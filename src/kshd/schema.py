@@ -208,7 +208,7 @@ class GenerateSettings:
     strength: float
     resize_mode: str
     outputs_dir: str
-    embeddings: dict[str, str] | None
+    embeddings: dict[str, str] | None = field(metadata=changes("evaluate"))
     device: str
     attention_slicing: bool
     vae_tiling: bool

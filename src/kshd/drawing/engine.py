@@ -147,18 +147,11 @@ class Engine:
 
     def _embeddings(self) -> dict[str, int]:
         """Load the listed textual inversions; a name whose file is missing is said once."""
-        vectors = {}
-        for name, file in self.settings.embeddings:
-            if not Path(file).is_file():
-                self._note(
-                    f"textual-inversion embedding {name!r}: {file} not found, so {name!r} is read "
-                    "as plain text; put the .safetensors file there to use it"
-                )
-                continue
-            before = len(self.txt2img.tokenizer)
-            self.txt2img.load_textual_inversion(file, token=name, use_safetensors=True)
-            vectors[name] = len(self.txt2img.tokenizer) - before
-            log.info("embedding %s: %d vectors from %s", name, vectors[name], file)
+        from kshd.models import load_embeddings
+
+        vectors, notes = load_embeddings(self.txt2img, dict(self.settings.embeddings))
+        for note in notes:
+            self._note(note)
         return vectors
 
     def _lora_layers(self):

@@ -72,14 +72,14 @@ def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
     return root / f"eval-base-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 
-def cached_base(pipe, s: EvalSettings, folder: Path | None) -> Images:
+def cached_base(pipe, s: EvalSettings, folder: Path | None, prompt_encoder=None) -> Images:
     """The base model's images, drawn once per (model, prompts, seeds, settings) and kept as PNG
     (lossless, so the metrics are the same whether they came from the cache or not)."""
     names = [[f"p{i:03d}-s{seed}.png" for seed in s.seeds] for i in range(len(s.prompts))]
     if folder and all((folder / n).is_file() for row in names for n in row):
         log.info("base-model images from the cache %s", folder)
         return [[Image.open(folder / n).convert("RGB") for n in row] for row in names]
-    base = sample(pipe, s.prompts, s, None, "base")
+    base = sample(pipe, s.prompts, s, None, "base", prompt_encoder)
     if folder:
         from kshd.fileio import atomic_path
 
@@ -92,18 +92,22 @@ def cached_base(pipe, s: EvalSettings, folder: Path | None) -> Images:
 
 
 def generate_samples(
-    pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None
+    pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None, prompt_encoder=None
 ) -> Samples:
+    """`prompt_encoder`: the app's PromptEncoder with its textual inversions (None: plain)."""
     from kshd.drawing.request import join_prefix
 
     use_sampler(pipe, s.sampler)
-    base = cached_base(pipe, s, base_cache)
+    base = cached_base(pipe, s, base_cache, prompt_encoder)
     pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
-    lora = {scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}") for scale in s.lora_scales}
+    lora = {
+        scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}", prompt_encoder)
+        for scale in s.lora_scales
+    }
     # without the trigger anywhere: neither in the prompt nor in the (weighted) prefix
     plain = [strip_trigger(join_prefix(s.positive_prefix, p), s.trigger_phrase) for p in s.prompts]
     no_trigger = sample(
-        pipe, plain, replace(s, positive_prefix=""), s.lora_scales[-1], "no trigger"
+        pipe, plain, replace(s, positive_prefix=""), s.lora_scales[-1], "no trigger", prompt_encoder
     )
     return Samples(base, lora, no_trigger)
 
@@ -228,7 +232,12 @@ def select_checkpoints(
 
 
 def checkpoint_curve(
-    pipe, checkpoints: list[tuple[int, Path]], s: EvalSettings, scorer: Scorer, base_style: float
+    pipe,
+    checkpoints: list[tuple[int, Path]],
+    s: EvalSettings,
+    scorer: Scorer,
+    base_style: float,
+    prompt_encoder=None,
 ) -> list[dict]:
     """The headline metrics of each checkpoint's LoRA, at the headline strength."""
     from safetensors.torch import load_file
@@ -239,7 +248,8 @@ def checkpoint_curve(
     for step, path in checkpoints:
         pipe.unload_lora_weights()
         pipe.load_lora_weights(diffusers_state(load_file(str(path / "lora.safetensors"))))
-        values = scorer(sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}"))
+        images = sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}", prompt_encoder)
+        values = scorer(images)
         rows.append({"step": step, **values, "style_gain": values["style_similarity"] - base_style})
     return rows
 
@@ -280,12 +290,14 @@ def evaluate(
     refs: References | None = None,
     history: CheckpointCurve | None = None,
     base_cache: Path | None = None,
+    prompt_encoder=None,
 ) -> Evaluation:
     """Sample base and LoRA at fixed seeds, save grids, measure style and prompt-following;
     with checkpoints, the same for each, and the best one by `history.best_by`.
 
-    Without `refs` only the pixel change is measured (no embedder is loaded)."""
-    samples = generate_samples(pipe, lora_dir, s, base_cache)
+    Without `refs` only the pixel change is measured (no embedder is loaded). `prompt_encoder`: the
+    app's PromptEncoder with the textual inversions of `generate.embeddings` loaded."""
+    samples = generate_samples(pipe, lora_dir, s, base_cache, prompt_encoder)
     save_grids(samples, s, out_dir)
     head = samples.lora[s.lora_scales[-1]]
     metrics = {
@@ -300,7 +312,12 @@ def evaluate(
         metrics |= score(samples, s, scorer)
         out.table = table_rows(samples, s, scorer)
         curve = checkpoint_curve(
-            pipe, list(history.checkpoints), s, scorer, metrics["style_similarity_base"]
+            pipe,
+            list(history.checkpoints),
+            s,
+            scorer,
+            metrics["style_similarity_base"],
+            prompt_encoder,
         )
         final = {"step": history.final_step, **{k: metrics[k] for k in HEADLINE}}
         out.curve = [r for r in curve if r["step"] != history.final_step] + [final]

@@ -26,7 +26,14 @@ from kshd.evaluation.report import render
 from kshd.evaluation.sampling import EvalSettings
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
-from kshd.models import device_and_dtype, load_sd_pipeline, model_identity
+from kshd.models import (
+    device_and_dtype,
+    embeddings_identity,
+    load_embeddings,
+    load_sd_pipeline,
+    model_identity,
+)
+from kshd.prompts import PromptEncoder
 from kshd.schema import group
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
@@ -67,6 +74,17 @@ def load_pipeline(cfg: DictConfig):
     return load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype), device
 
 
+def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder, dict]:
+    """The app's prompt encoder with `generate.embeddings` loaded as `kshd generate` loads them
+    (an EasyNegative in a prompt is its vectors, not words), and their identity for the cache."""
+    embeddings = dict(embeddings or {})
+    vectors, notes = load_embeddings(pipe, embeddings)
+    for note in notes:
+        log.warning("generate.embeddings: %s", note)
+    identity = embeddings_identity({k: v for k, v in embeddings.items() if k in vectors})
+    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, vectors), identity
+
+
 def write_outputs(
     cfg: DictConfig, settings: EvalSettings, metrics: dict, curve: list, table: list[dict]
 ) -> None:
@@ -104,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
         if getattr(e, key):
             require_model(cfg, f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
+    prompt_encoder, embeddings = app_encoder(pipe, group(cfg, "generate").embeddings)
     refs = None
     if e.clip_model:
         encoder = ClipEncoder(e.clip_model, device)
@@ -115,14 +134,13 @@ def run(cfg: DictConfig) -> dict:
     checkpoints = (
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
-    base_cache = base_cache_folder(
-        shared_path(cfg.data.cache_dir),
-        model_identity(cfg.model.pretrained, cfg.model.revision),
-        settings,
-    )
+    model = model_identity(cfg.model.pretrained, cfg.model.revision)
+    if embeddings:  # the base images depend on them (keys without any stay as they were)
+        model |= {"embeddings": embeddings}
+    base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)
     out = Path(cfg.output.reports_dir)
     history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by)
-    result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache)
+    result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
     write_outputs(cfg, settings, result.metrics, result.curve, result.table)
     return result.metrics
 
