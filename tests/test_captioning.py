@@ -29,11 +29,11 @@ def test_clean_caption(raw, expected):
 
 
 def test_trigger_phrase_is_appended_as_the_original_project_did():
-    assert (
-        with_trigger("a girl", "drawn by KSH drawing style") == "a girl, drawn by KSH drawing style"
-    )
+    t = "drawn by KSH drawing style"
+    assert with_trigger("a girl", t, "end") == "a girl, drawn by KSH drawing style"
     assert with_trigger("a girl", "T", "start") == "T, a girl"
-    assert with_trigger("", "T") == "T"
+    assert with_trigger("", "T", "end") == with_trigger("", "T", "start") == "T"
+    assert with_trigger("a girl", "", "start") == "a girl"
     with pytest.raises(ValueError, match="trigger_position"):
         with_trigger("a", "T", "middle")
 

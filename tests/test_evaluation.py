@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from kshd.config import defaults
 from kshd.evaluation.evaluate import (
     HEADLINE,
     CheckpointCurve,
@@ -44,8 +45,16 @@ def _evaluate(
 
     drawings = _drawings()
     refs = References(ClipEncoder(str(tiny_models["clip"])), drawings[:3], drawings[3:], dino)
-    curve = CheckpointCurve(list(checkpoints), final_step, "style_gain")
+    curve = CheckpointCurve(list(checkpoints), final_step, defaults("evaluate").best_by)
     return evaluate(pipe, lora_dir, s, out, refs, curve, base_cache)
+
+
+def test_scoring_without_a_curve_names_what_is_missing(tmp_path):
+    """best_by has no default in code: scoring against references needs the caller's curve."""
+    refs = References(encoder=None)
+    with pytest.raises(ValueError, match="evaluate.best_by") as err:
+        evaluate(None, tmp_path, eval_settings(**QUICK_EVAL), tmp_path, refs, None)
+    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())
 
 
 def test_grid_and_difference():

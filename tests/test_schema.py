@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import typing
 from dataclasses import dataclass
 
@@ -12,9 +13,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from kshd.builders.world import write_world
 from kshd.config import ConfigError, compose_conf, defaults, defining, settings
+from kshd.data.captioning import with_trigger
+from kshd.data.images import IntakeRules, load_image
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
+from kshd.evaluation.evaluate import CheckpointCurve
 from kshd.evaluation.sampling import EvalSettings
 from kshd.schema import ProjectConfig, check, group, stage_params
 from kshd.training.checkpoints import fingerprint
@@ -169,7 +174,9 @@ def config_classes(cls: type = ProjectConfig) -> set[type]:
 
 @pytest.mark.parametrize(
     "cls",
-    sorted(config_classes() | {EvalSettings}, key=lambda c: c.__name__),
+    sorted(
+        config_classes() | {EvalSettings, IntakeRules, CheckpointCurve}, key=lambda c: c.__name__
+    ),
     ids=lambda c: c.__name__,
 )
 def test_no_config_field_has_a_default_in_code(cls):
@@ -180,6 +187,22 @@ def test_no_config_field_has_a_default_in_code(cls):
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     ]
     assert with_default == [], f"{cls.__name__} has defaults in code: {with_default}"
+
+
+@pytest.mark.parametrize(
+    ("function", "argument", "expected"),
+    [
+        (load_image, "rules", inspect.Parameter.empty),
+        (with_trigger, "position", inspect.Parameter.empty),
+        (write_world, "trigger", None),  # None: conf's caption.trigger_phrase, read when called
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_library_functions_take_conf_values_from_their_caller(function, argument, expected):
+    """A conf/ value (prepare's rules, caption.trigger_position, caption.trigger_phrase) is not
+    copied into a default argument."""
+    default = inspect.signature(function).parameters[argument].default
+    assert default is expected, f"{function.__name__}({argument}={default!r})"
 
 
 def test_a_library_request_and_engine_take_their_defaults_from_conf():

@@ -26,6 +26,7 @@ from kshd.builders.world import (
     drawings,
 )
 from kshd.builders.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
+from kshd.config import defaults
 from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask
 from kshd.data.intake import prepare_folder
@@ -153,6 +154,16 @@ def test_cli_writes_prepared_images_and_info_csv(tmp_path):
         img = Image.open(tmp_path / "k" / name)
         assert img.size == (128, 128) and judge_style(img) == "ksh"
     assert all(judge_style(Image.open(tmp_path / "p" / name)) == "plain" for name, _ in plain)
+
+
+def test_world_captions_put_the_trigger_where_the_caption_stage_does(tmp_path):
+    """The position is conf's caption.trigger_position (one source for the stage and the world)."""
+    assert defaults("caption").trigger_position == "end"
+    info = world.write_world(tmp_path / "k", 3, "ksh", 64, first_seed=5, trigger="T")
+    expected = [f"{character(s).caption()}, T" for s in (5, 6, 7)]
+    assert [r[1] for r in read_info_csv(info)] == expected
+    info = world.write_world(tmp_path / "p", 2, "plain", 64, trigger="T")
+    assert [r[1] for r in read_info_csv(info)] == [character(s).caption() for s in (0, 1)]
 
 
 def test_bad_style_is_a_clear_error():

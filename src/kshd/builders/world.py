@@ -308,11 +308,16 @@ def write_world(
     style: str,
     size: int = 256,
     first_seed: int = 0,
-    trigger: str = "drawn by KSH drawing style",
+    trigger: str | None = None,
 ) -> Path:
     """n drawings as out_dir/prepared/<seed>.png and out_dir/info.csv (the caption stage's
-    format; KSH captions end with the trigger phrase as the caption stage adds it)."""
+    format). KSH captions carry the trigger phrase where the caption stage puts it: conf's
+    `caption.trigger_position`, and `caption.trigger_phrase` unless `trigger` is given."""
+    from kshd.config import defaults
     from kshd.data.captioning import with_trigger, write_info_csv
+
+    conf = defaults("caption")
+    trigger = conf.trigger_phrase if trigger is None else trigger
 
     out = Path(out_dir)
     (out / "prepared").mkdir(parents=True, exist_ok=True)
@@ -321,7 +326,9 @@ def write_world(
     for seed, (img, caption, _, _) in zip(seeds, drawings(seeds, style, (size, size)), strict=True):
         name = f"prepared/{style}-{seed:06d}.png"
         img.save(out / name, format="PNG")
-        rows.append((name, with_trigger(caption, trigger) if style == "ksh" else caption))
+        if style == "ksh":
+            caption = with_trigger(caption, trigger, conf.trigger_position)
+        rows.append((name, caption))
     write_info_csv(out / "info.csv", rows)
     rate = n / max(time.perf_counter() - start, 1e-9)
     log.info(
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--style", choices=STYLES, default="ksh")
     p.add_argument("--size", type=int, default=256, help="width and height in pixels")
     p.add_argument("--seed", type=int, default=0, help="first seed; drawing i uses seed+i")
-    p.add_argument("--trigger", default="drawn by KSH drawing style", help="KSH captions' end")
+    p.add_argument("--trigger", help="KSH captions' trigger phrase (conf's caption.trigger_phrase)")
     args = p.parse_args(argv)
     if args.n < 1 or args.size < 32:
         p.error("-n must be at least 1 and --size at least 32")

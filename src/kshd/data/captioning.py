@@ -36,8 +36,9 @@ def clean_caption(raw: str, prompt: str) -> str:
     return text.strip(" ,.;:")
 
 
-def with_trigger(caption: str, trigger: str, position: str = "end") -> str:
-    """Add the trigger phrase as the original project did: `<caption>, <trigger>`."""
+def with_trigger(caption: str, trigger: str, position: str) -> str:
+    """Add the trigger phrase at `position` (conf's `caption.trigger_position`; "end" is the
+    original project's `<caption>, <trigger>`)."""
     if not trigger:
         return caption
     if not caption:

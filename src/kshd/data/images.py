@@ -30,11 +30,14 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class IntakeRules:
-    """What an acceptable drawing is and how it is normalised."""
+    """What an acceptable drawing is and how it is normalised.
 
-    background: tuple[int, int, int] = (255, 255, 255)
-    min_side: int = 32
-    max_pixels: int = 100_000_000
+    No defaults: the prepare stage fills it from conf/'s `prepare` group, the app from
+    `generate.limits`."""
+
+    background: tuple[int, int, int]
+    min_side: int
+    max_pixels: int
 
 
 @dataclass
@@ -115,7 +118,7 @@ def _decode(path: Path, rules: IntakeRules) -> LoadedImage:
             return LoadedImage(flatten(img, rules.background), animated)
 
 
-def load_image(path: str | Path, rules: IntakeRules = IntakeRules()) -> LoadedImage:
+def load_image(path: str | Path, rules: IntakeRules) -> LoadedImage:
     """Open, check and normalise one file; ImageRejected says why in words a person reads."""
     path = Path(path)
     _check_file(path)

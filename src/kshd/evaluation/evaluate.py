@@ -268,11 +268,12 @@ class References:
 @dataclass(frozen=True)
 class CheckpointCurve:
     """The training's checkpoints to score as a curve, the step of the final LoRA (the same step
-    is the same LoRA, scored once), and the metric that picks the best."""
+    is the same LoRA, scored once), and the metric that picks the best (`evaluate.best_by`;
+    no default here, conf/ holds it)."""
 
-    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
-    final_step: int | None = None
-    best_by: str = "style_gain"
+    checkpoints: list[tuple[int, Path]]
+    final_step: int | None
+    best_by: str
 
 
 @dataclass
@@ -296,7 +297,13 @@ def evaluate(
     with checkpoints, the same for each, and the best one by `history.best_by`.
 
     Without `refs` only the pixel change is measured (no embedder is loaded). `prompt_encoder`: the
-    app's PromptEncoder with the textual inversions of `generate.embeddings` loaded."""
+    app's PromptEncoder with the textual inversions of `generate.embeddings` loaded. With `refs`,
+    `history` is required: it names the metric that picks the best (conf's `evaluate.best_by`)."""
+    if refs is not None and history is None:
+        raise ValueError(
+            "evaluate: scoring against refs needs history=CheckpointCurve(checkpoints, final_step, "
+            "best_by) with best_by from conf's evaluate.best_by"
+        )
     samples = generate_samples(pipe, lora_dir, s, base_cache, prompt_encoder)
     save_grids(samples, s, out_dir)
     head = samples.lora[s.lora_scales[-1]]
@@ -307,7 +314,6 @@ def evaluate(
     }
     out = Evaluation(metrics, [], [])
     if refs is not None:
-        history = history or CheckpointCurve()
         scorer = Scorer(refs.encoder, s, refs.holdout, refs.train, refs.dino)
         metrics |= score(samples, s, scorer)
         out.table = table_rows(samples, s, scorer)
