@@ -11,14 +11,18 @@ ratios measured in one run; absolute seconds on a shared machine mean little.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+WARMUP_STEPS = 2
 
 
 def build_sd15_shaped(out: Path) -> None:
@@ -41,12 +45,14 @@ def worker(args: argparse.Namespace) -> None:
     """One training run in this process; prints its figures as JSON."""
     from datasets import load_from_disk
 
+    from kshd.config import defaults
     from kshd.training.loop import train_lora
-    from kshd.training.settings import TrainSettings, load_components, peak_rss_mb
+    from kshd.training.settings import load_components, peak_rss_mb
 
     split = load_from_disk(args.dataset)["train"]
     c = load_components(args.model, unet=False)  # as the train stage loads them
-    s = TrainSettings(
+    s = defaults(
+        "train",
         resolution=args.resolution,
         batch_size=1,
         max_train_steps=args.steps,
@@ -54,11 +60,65 @@ def worker(args: argparse.Namespace) -> None:
         learning_rate=1e-4,
         seed=1,
     )
+    ends: list[float] = []  # when each optimizer step ended
+    warmup = min(WARMUP_STEPS, args.steps - 2)  # the first steps allocate; steady state after
+    profile = cProfile.Profile()
+
+    def on_log(row: dict) -> None:
+        ends.append(time.perf_counter())
+        if len(ends) == warmup + 1:
+            profile.enable()
+
     start = time.perf_counter()
-    result = train_lora(c, split, s, cache_dir=Path(args.cache) if args.mode != "live" else None)
+    train_lora(
+        c,
+        split,
+        s,
+        on_log=on_log,
+        cache_dir=Path(args.cache) if args.mode != "live" else None,
+        give_back=False,  # as the train stage: only the LoRA is saved afterwards
+    )
+    profile.disable()
     total = time.perf_counter() - start
-    steady = result.history[-1]["images_per_s"]
-    print(json.dumps({"images_per_s": steady, "total_s": total, "peak_rss_mb": peak_rss_mb()}))
+    steady = ends[-1] - ends[warmup]
+    figures = {"images_per_s": (len(ends) - 1 - warmup) / steady, "total_s": total}
+    figures |= {"peak_rss_mb": peak_rss_mb(), "phases": phase_shares(profile, steady)}
+    print(json.dumps(figures))
+
+
+# Where a steady step's time goes: (file suffix, function) of the calls that make each phase.
+PHASES = {
+    "inputs": [
+        ("kshd/training/settings.py", "batch_inputs"),
+        ("kshd/training/batches.py", "encode_live"),
+        ("data/dataloader.py", "__next__"),
+    ],
+    "forward": [("kshd/training/settings.py", "diffusion_loss")],
+    "backward": [("torch/_tensor.py", "backward")],
+    "optimizer": [
+        ("accelerate/optimizer.py", "step"),
+        ("accelerate/optimizer.py", "zero_grad"),
+        ("accelerate/accelerator.py", "clip_grad_norm_"),
+        ("accelerate/scheduler.py", "step"),
+    ],
+    "logging": [("kshd/training/loop.py", "_record"), ("accelerate/accelerator.py", "gather")],
+}
+
+
+def phase_shares(profile: cProfile.Profile, steady_s: float) -> dict[str, float]:
+    """Each phase's share of the steady steps' wall time (cProfile's cumulative times); the
+    rest is what no phase names."""
+    stats = pstats.Stats(profile).stats  # (file, line, function) -> (..., cumulative, callers)
+    shares = {}
+    for phase, calls in PHASES.items():
+        cum = sum(
+            v[3]
+            for (file, _, fn), v in stats.items()
+            if any(file.endswith(suffix) and fn == name for suffix, name in calls)
+        )
+        shares[phase] = cum / steady_s
+    shares["other"] = max(0.0, 1 - sum(shares.values()))
+    return shares
 
 
 def run_mode(model: str, data: Path, cache: Path, mode: str, args) -> dict:
@@ -90,6 +150,7 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--images", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker", action="store_true")
     p.add_argument("--model"), p.add_argument("--dataset"), p.add_argument("--cache")
     p.add_argument("--mode", choices=["live", "cold", "warm"])
@@ -108,23 +169,39 @@ def main() -> None:
             build_sd15_shaped(work / "sd15")
             model = str(work / "sd15")
         cache = work / f"cache-{name}"
-        r = {mode: run_mode(model, data, cache, mode, args) for mode in ("live", "cold", "warm")}
-        print(
-            f"\n{name} at {args.resolution} px, batch 1, {args.steps} steps, {args.images} images"
-        )
-        for mode, label in [
-            ("live", "reference loop (VAE + text encoder each step)"),
-            ("cold", "cached, first run (cache filled in this run)"),
-            ("warm", "cached, rerun (cache reused)"),
-        ]:
-            m = r[mode]
+        r = {"cold": [run_mode(model, data, cache, "cold", args)], "live": [], "warm": []}
+        for _ in range(args.rounds):  # alternating, so a load change hits both modes alike
+            for mode in ("live", "warm"):
+                r[mode].append(run_mode(model, data, cache, mode, args))
+        report(name, r, args)
+
+
+def report(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    print(
+        f"\n{name} at {args.resolution} px, batch 1, {args.steps} steps "
+        f"(steady state after {WARMUP_STEPS}), {args.images} images, {args.rounds} rounds"
+    )
+    for mode, label in [
+        ("live", "reference loop (VAE + text encoder each step)"),
+        ("cold", "cached, first run (cache filled in this run)"),
+        ("warm", "cached, rerun (cache reused)"),
+    ]:
+        for m in r[mode]:
             print(
-                f"  {label:48s} {m['images_per_s']:7.2f} img/s  run {m['total_s']:6.1f} s  "
+                f"  {label:48s} {m['images_per_s']:7.3f} img/s  run {m['total_s']:6.1f} s  "
                 f"peak RSS {m['peak_rss_mb']:7.0f} MB"
             )
-        speed = r["warm"]["images_per_s"] / r["live"]["images_per_s"]
-        rss = r["warm"]["peak_rss_mb"] / r["live"]["peak_rss_mb"]
-        print(f"  training speed-up with the cache: {speed:.2f}x; peak RSS cached/live: {rss:.2f}")
+    for mode in ("live", "warm"):
+        phases = r[mode][-1]["phases"]
+        print(f"  {mode} step: " + ", ".join(f"{k} {v:.0%}" for k, v in phases.items()))
+    pairs = list(zip(r["warm"], r["live"], strict=True))
+    speed = sorted(w["images_per_s"] / li["images_per_s"] for w, li in pairs)
+    rss = sorted(w["peak_rss_mb"] / li["peak_rss_mb"] for w, li in pairs)
+    print(
+        f"  training speed-up with the cache, per round: {', '.join(f'{x:.2f}x' for x in speed)}"
+        f" (median {speed[len(speed) // 2]:.2f}x)"
+    )
+    print(f"  peak RSS cached/live, per round: {', '.join(f'{x:.2f}' for x in rss)}")
 
 
 if __name__ == "__main__":

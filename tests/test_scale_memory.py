@@ -80,3 +80,22 @@ def test_memorization_embeds_the_training_drawings_in_batches_from_disk(tmp_path
     emb = encoder.images(train)
     assert emb.shape[0] == n and counting.calls == n // 4
     assert counting.peak <= 2 * 4, f"{counting.peak} decoded images alive at once for {n}"
+
+
+def test_the_reported_peak_is_the_process_own_not_its_parents():
+    """A stage or bench worker started by a large process (DVC, a bench, this test runner)
+    reports its own peak memory: getrusage's ru_maxrss would report the parent's at fork."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1500 << 20)
+    ballast[:: 1 << 12] = b"\1" * len(range(0, len(ballast), 1 << 12))  # 1.5 GB resident here
+    code = (
+        "import resource; from kshd.training.settings import peak_rss_mb; "
+        "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = map(float, out.stdout.split())
+    assert inherited > 1500  # the kernel's figure carries this process's ballast over exec
+    assert own < 1000  # the child imported torch, nothing of the parent's
+    del ballast

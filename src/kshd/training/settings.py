@@ -220,6 +220,16 @@ def diffusion_loss(
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory (MB). Linux's VmHWM, not getrusage's ru_maxrss:
+    ru_maxrss keeps the parent's resident size at fork across exec, so a stage started by a
+    large process would report the parent's memory as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
