@@ -74,8 +74,8 @@ def test_truncated_and_tiny_and_huge_are_rejected(tmp_path):
 
 def test_resize_keeps_aspect_and_never_upscales_unless_asked():
     img = Image.new("RGB", (200, 100))
-    assert resize_short_side(img, 50).size == (100, 50)
-    assert resize_short_side(img, 400).size == (200, 100)
+    assert resize_short_side(img, 50, upscale=False).size == (100, 50)
+    assert resize_short_side(img, 400, upscale=False).size == (200, 100)
     assert resize_short_side(img, 400, upscale=True).size == (800, 400)
 
 

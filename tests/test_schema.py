@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kshd.builders.world import write_world
 from kshd.config import ConfigError, compose_conf, defaults, defining, settings
 from kshd.data.captioning import with_trigger
-from kshd.data.images import IntakeRules, load_image
+from kshd.data.images import IntakeRules, load_image, resize_short_side
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
 from kshd.evaluation.evaluate import CheckpointCurve
@@ -193,14 +193,15 @@ def test_no_config_field_has_a_default_in_code(cls):
     ("function", "argument", "expected"),
     [
         (load_image, "rules", inspect.Parameter.empty),
+        (resize_short_side, "upscale", inspect.Parameter.empty),
         (with_trigger, "position", inspect.Parameter.empty),
         (write_world, "trigger", None),  # None: conf's caption.trigger_phrase, read when called
     ],
     ids=lambda x: getattr(x, "__name__", None),
 )
 def test_library_functions_take_conf_values_from_their_caller(function, argument, expected):
-    """A conf/ value (prepare's rules, caption.trigger_position, caption.trigger_phrase) is not
-    copied into a default argument."""
+    """A conf/ value (prepare's rules and upscale, caption.trigger_position and trigger_phrase)
+    is not copied into a default argument."""
     default = inspect.signature(function).parameters[argument].default
     assert default is expected, f"{function.__name__}({argument}={default!r})"
 

@@ -138,7 +138,7 @@ def load_image(path: str | Path, rules: IntakeRules) -> LoadedImage:
     return loaded
 
 
-def resize_short_side(img: Image.Image, side: int, upscale: bool = False) -> Image.Image:
+def resize_short_side(img: Image.Image, side: int, upscale: bool) -> Image.Image:
     """Resize so the short side is `side`, keeping aspect (Lanczos); only enlarge if asked."""
     short = min(img.size)
     if short == side or (short < side and not upscale):
