@@ -22,6 +22,7 @@ from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_v
 from kshd.evaluation.evaluate import CheckpointCurve
 from kshd.evaluation.sampling import EvalSettings
 from kshd.schema import ProjectConfig, check, group, stage_params
+from kshd.training.batches import ItemOptions, make_buckets
 from kshd.training.checkpoints import fingerprint
 from kshd.training.settings import TrainSettings
 
@@ -175,7 +176,8 @@ def config_classes(cls: type = ProjectConfig) -> set[type]:
 @pytest.mark.parametrize(
     "cls",
     sorted(
-        config_classes() | {EvalSettings, IntakeRules, CheckpointCurve}, key=lambda c: c.__name__
+        config_classes() | {EvalSettings, IntakeRules, CheckpointCurve, ItemOptions},
+        key=lambda c: c.__name__,
     ),
     ids=lambda c: c.__name__,
 )
@@ -195,6 +197,8 @@ def test_no_config_field_has_a_default_in_code(cls):
         (load_image, "rules", inspect.Parameter.empty),
         (resize_short_side, "upscale", inspect.Parameter.empty),
         (with_trigger, "position", inspect.Parameter.empty),
+        (make_buckets, "step", inspect.Parameter.empty),
+        (make_buckets, "max_aspect", inspect.Parameter.empty),
         (write_world, "trigger", None),  # None: conf's caption.trigger_phrase, read when called
     ],
     ids=lambda x: getattr(x, "__name__", None),

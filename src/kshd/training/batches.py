@@ -13,12 +13,16 @@ import io
 import logging
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from kshd.prompts import CaptionChunker
+
+if TYPE_CHECKING:
+    from kshd.schema_train import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def resized_size(size: tuple[int, int], target: int | tuple[int, int]) -> tuple[
     return max(tw, round(w * scale)), max(th, round(h * scale))
 
 
-def make_buckets(resolution: int, step: int = 64, max_aspect: float = 2.0) -> list[tuple[int, int]]:
+def make_buckets(resolution: int, step: int, max_aspect: float) -> list[tuple[int, int]]:
     """kohya-style buckets: sides in multiples of `step`, area at most resolution**2."""
     buckets = {(resolution, resolution)}
     w = step
@@ -116,15 +120,35 @@ def caption_variant(text: str, keep: str, dropout: float, shuffle: bool, rng: ra
 
 @dataclass(frozen=True)
 class ItemOptions:
+    """How a drawing becomes a training item: train.* settings, no defaults of their own."""
+
     resolution: int
     center_crop: bool
     random_flip: bool
     seed: int
-    caption_dropout: float = 0.0
-    shuffle_tags: bool = False
-    keep_tag: str = ""
-    buckets: tuple[tuple[int, int], ...] = ()  # aspect-ratio buckets; () = square crops
-    max_token_length: int = 75  # caption tokens: 75, 150 or 225 (kohya's), in 75-token chunks
+    caption_dropout: float
+    shuffle_tags: bool
+    keep_tag: str  # the tag kept in place (and whole) when shuffling or cutting: the trigger
+    buckets: tuple[tuple[int, int], ...]  # aspect-ratio buckets; () = square crops
+    max_token_length: int  # caption tokens: 75, 150 or 225 (kohya's), in 75-token chunks
+
+    @classmethod
+    def of(cls, s: TrainSettings, keep_tag: str) -> ItemOptions:
+        """From the train group's settings; buckets when `train.buckets`."""
+        buckets = (
+            make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect) if s.buckets else ()
+        )
+        return cls(
+            s.resolution,
+            s.center_crop,
+            s.random_flip,
+            s.seed,
+            s.caption_dropout,
+            s.shuffle_tags,
+            keep_tag,
+            tuple(buckets),
+            s.max_token_length,
+        )
 
 
 class DrawingDataset(torch.utils.data.Dataset):

@@ -15,7 +15,6 @@ from kshd.training.batches import (
     DrawingDataset,
     ItemOptions,
     collate,
-    make_buckets,
 )
 from kshd.training.settings import (
     Components,
@@ -63,20 +62,7 @@ def build_dataset(
     from kshd.prompts import CaptionChunker
     from kshd.training.latent_cache import LatentSource, TextSource, module_fingerprint
 
-    buckets = (
-        tuple(make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect)) if s.buckets else ()
-    )
-    opts = ItemOptions(
-        s.resolution,
-        s.center_crop,
-        s.random_flip,
-        s.seed,
-        s.caption_dropout,
-        s.shuffle_tags,
-        keep_tag,
-        buckets,
-        s.max_token_length,
-    )
+    opts = ItemOptions.of(s, keep_tag)
 
     if not (s.cache_latents and cache_dir):
         log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
