@@ -137,7 +137,7 @@ def test_a_stage_never_builds_the_demo_models_and_says_how_to(
 
 def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     """A queued experiment's temporary copy lacks git-ignored model folders: a relative one
-    missing there resolves in the workspace DVC names in DVC_ROOT; hub ids stay as they are."""
+    missing there is linked to the workspace's (DVC_ROOT); hub ids stay as they are."""
     from omegaconf import OmegaConf
 
     from kshd.stages import resolve_models
@@ -152,9 +152,16 @@ def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     resolve_models(cfg)
     assert cfg.model.pretrained == "models/tiny/sd"  # a hand run: the working dir
+    assert not (copy / "models").exists()
     monkeypatch.setenv("DVC_ROOT", str(workspace))
+    (workspace / "models/tiny/sd/config.json").write_text("{}")
     resolve_models(cfg)
-    assert cfg.model.pretrained == str(workspace / "models/tiny/sd")
+    resolve_models(cfg)  # the next stage of the same copy
+    # the key keeps its value (the caption cache key and the LoRA metadata name it), the
+    # folder it names is the workspace's
+    assert cfg.model.pretrained == "models/tiny/sd"
+    assert (copy / "models/tiny/sd/config.json").read_text() == "{}"
+    assert (copy / "models/tiny/sd").resolve() == (workspace / "models/tiny/sd").resolve()
     assert cfg.caption.model == NOWHERE
 
 

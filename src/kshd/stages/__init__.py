@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -48,11 +49,18 @@ def workspace_model(name: str) -> str:
 
 
 def resolve_models(cfg: DictConfig) -> None:
-    """Point every model key that names a relative folder missing here at the workspace's copy."""
+    """Link each model key's relative folder that is missing here to the workspace's copy. The
+    config keeps its value, so fingerprints, cache keys and the LoRA's metadata are those of a
+    workspace run (a rewritten absolute path would miss the shared caption cache)."""
     for key in MODEL_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and (found := workspace_model(value)) != value:
-            OmegaConf.update(cfg, key, found)
+            link = Path(value).expanduser()
+            link.parent.mkdir(parents=True, exist_ok=True)
+            # a git-ignored link in a temporary copy, never part of the experiment; the next
+            # stage of the same copy finds it there
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(found, target_is_directory=True)
 
 
 def require_model(cfg: DictConfig, key: str, marker: str = "config.json") -> None:
