@@ -23,7 +23,7 @@ from kshd.training.settings import load_components
 
 from .conftest import ROOT
 from .helpers.settings import PLAIN
-from .stage_project import make_project
+from .stage_project import make_project, project_cfg
 
 SMALL = dict(
     resolution=32,
@@ -162,15 +162,14 @@ def test_bf16_end_to_end_train_validate_resume_evaluate_generate(
     bf16 += ["batch_size=4", "checkpointing_steps=1", "validation_epochs=1", "validation_steps=2"]
     small = ["prompts=['drawn by KSH drawing style, a cat']", "seeds=[0]", "num_inference_steps=2"]
     small += ["lora_scales=[1.0]", "checkpoint_last=1"]
-    root = make_project(
-        tmp_path / "p",
-        tiny_models,
-        [f"data.raw_dir={ROOT / 'data/samples'}", *(f"train.{kv}" for kv in bf16)]
-        + [f"evaluate.{kv}" for kv in small],
-    )
+    overrides = [f"data.raw_dir={ROOT / 'data/samples'}", *(f"train.{kv}" for kv in bf16)]
+    overrides += [f"evaluate.{kv}" for kv in small]
+    root = make_project(tmp_path / "p", tiny_models, overrides)
     monkeypatch.chdir(root)
+    cfg = project_cfg(tiny_models, overrides)
     for stage in (prepare, caption, dataset):
-        stage.main([])
+        stage.run(cfg)
+    # training through its entry point: Ctrl-C exits 130 with a checkpoint, a rerun resumes
     ctrl_c_after(monkeypatch, 1)
     with pytest.raises(SystemExit) as stopped:
         train.main([])
@@ -182,7 +181,7 @@ def test_bf16_end_to_end_train_validate_resume_evaluate_generate(
     lora = load_file(str(root / "models/lora/pytorch_lora_weights.safetensors"))
     assert {v.dtype for v in lora.values()} == {torch.float32}
     assert all(torch.isfinite(v).all() for v in lora.values())
-    evaluate.main([])
+    evaluate.run(cfg)
     scores = json.loads((root / "reports/metrics.json").read_text())
     assert scores["lora_pixel_delta"] > 0 and -1 <= scores["style_gain"] <= 1
     out = root / "drawn"
