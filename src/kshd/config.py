@@ -44,11 +44,6 @@ def changes(*stages: str) -> dict:
     return {"stages": tuple(stages)}
 
 
-def defines_result(*also: str) -> dict:
-    """DEFINES_RESULT, and a DVC param of `also` stages besides its own group's."""
-    return {**DEFINES_RESULT, **changes(*also)}
-
-
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()

@@ -75,12 +75,11 @@ def load_embeddings(pipe, embeddings: Mapping[str, str]) -> tuple[dict[str, int]
 
 
 def embeddings_identity(embeddings: Mapping[str, str]) -> dict[str, str]:
-    """{name: sha256 of its file} for the files that exist: images drawn with an embedding
-    depend on its vectors (A1111 hashes them the same way)."""
+    """{name: sha256 of its file} of the loaded embeddings: images drawn with one depend on
+    its vectors (A1111 hashes them the same way)."""
     return {
         name: hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
         for name, file in sorted(embeddings.items())
-        if Path(file).is_file()
     }
 
 

@@ -26,6 +26,7 @@ from kshd.drawing.request import (
     SAMPLERS,
     Limits,
     Request,
+    fill_from_conf,
     first_seed,
     input_picture,
     resize_input,
@@ -58,17 +59,7 @@ class EngineSettings:
     limits: Limits = FROM_CONF
 
     def __post_init__(self) -> None:
-        left = [n for n in ENGINE_CONF_FIELDS if getattr(self, n) is FROM_CONF]
-        if left:
-            from kshd.config import defaults
-
-            g = defaults("generate")
-            for name in left:
-                object.__setattr__(self, name, getattr(g, name))
-
-
-# The engine's fields that the `generate` group holds under the same names.
-ENGINE_CONF_FIELDS = ("device", "attention_slicing", "vae_tiling", "outputs_dir", "limits")
+        fill_from_conf(self)
 
 
 @dataclass

@@ -68,11 +68,7 @@ class Request:
     resize_mode: str = FROM_CONF
 
     def __post_init__(self) -> None:
-        left = [name for name in CONF_FIELDS if getattr(self, name) is FROM_CONF]
-        if left:
-            conf = conf_request_values()
-            for name in left:
-                setattr(self, name, conf[name])
+        fill_from_conf(self)
 
     @property
     def kind(self) -> str:
@@ -91,8 +87,20 @@ class Request:
         return self.batch_count * self.batch_size
 
 
+def fill_from_conf(obj: Any) -> None:
+    """Each field of the dataclass `obj` left at FROM_CONF takes conf/'s `generate` value
+    (frozen ones too): one place for Request's and EngineSettings' defaults."""
+    left = [f.name for f in fields(obj) if getattr(obj, f.name) is FROM_CONF]
+    if left:
+        from kshd.config import defaults
+
+        g = defaults("generate")
+        for name in left:
+            object.__setattr__(obj, name, getattr(g, REQUEST_KEYS.get(name, name)))
+
+
 # The request fields whose defaults come from the `generate` group (not the prompt or image).
-CONF_FIELDS = tuple(f.name for f in fields(Request) if f.name not in ("prompt", "image"))
+CONF_FIELDS = tuple(f.name for f in fields(Request) if f.default is FROM_CONF)
 
 
 def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:

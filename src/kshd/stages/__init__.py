@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kshd.config import UserError, load_params
+from kshd.config import UserError, load_params, shared_path
 from kshd.model_source import ModelSourceError, check_model_source
 
 
@@ -38,13 +37,12 @@ MODEL_KEYS = ("model.pretrained", "caption.model", "evaluate.clip_model", "evalu
 
 def workspace_model(name: str) -> str:
     """`name`, or the same relative folder in the workspace DVC names in `DVC_ROOT`: a queued
-    experiment runs in a temporary copy without git-ignored folders such as `models/tiny/`, so a
-    sweep loads the workspace's local models (as kshd.config.shared_path does for caches)."""
-    root = os.environ.get("DVC_ROOT")
+    experiment runs in a temporary copy without git-ignored folders such as `models/tiny/`
+    (kshd.config.shared_path, as for the caches)."""
     path = Path(name).expanduser()
-    if not name or not root or path.is_absolute() or path.exists():
+    if not name or path.is_absolute() or path.exists():
         return name
-    there = Path(root) / path
+    there = shared_path(path)  # DVC_ROOT's, else here (where it is missing)
     return str(there) if there.is_dir() else name
 
 

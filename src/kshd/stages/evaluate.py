@@ -81,7 +81,7 @@ def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder,
     vectors, notes = load_embeddings(pipe, embeddings)
     for note in notes:
         log.warning("generate.embeddings: %s", note)
-    identity = embeddings_identity({k: v for k, v in embeddings.items() if k in vectors})
+    identity = embeddings_identity({name: embeddings[name] for name in vectors})
     return PromptEncoder(pipe.tokenizer, pipe.text_encoder, vectors), identity
 
 
