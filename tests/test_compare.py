@@ -156,3 +156,25 @@ def test_compare_without_experiments_says_how_to_make_some(tmp_path, caplog):
     assert stop.value.code == 2
     assert "no finished experiment to compare" in caplog.text and "dvc queue start" in caplog.text
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_query_that_meets_a_half_written_queue_file_is_asked_again(tmp_path, monkeypatch):
+    """`dvc queue status` can read a file the queue's worker is writing and stop with "unexpected
+    error"; a sweep's read-only query asks again instead of ending (CI saw it once)."""
+    import kshd.experiments.dvc as dvc
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "dvc"
+    fake.write_text(
+        "#!/bin/sh\necho x >> " + str(calls) + "\n"
+        'if [ "$(wc -l < ' + str(calls) + ')" -lt 2 ]; then\n'
+        '  echo "ERROR: unexpected error - Expecting value: line 1 column 1" >&2; exit 255\n'
+        "fi\necho queued\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(dvc, "dvc_executable", lambda: str(fake))
+    assert dvc.run_dvc(tmp_path, ["queue", "status"], timeout=60, tries=3) == "queued\n"
+    assert calls.read_text().count("x") == 2
+    calls.unlink()
+    with pytest.raises(dvc.DvcError, match="unexpected error"):  # a command is not retried
+        dvc.run_dvc(tmp_path, ["queue", "status"])

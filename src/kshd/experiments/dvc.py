@@ -25,10 +25,12 @@ def dvc_executable() -> str:
 
 
 def run_dvc(root: Path, args: Sequence[str], timeout: float | None = None, tries: int = 1) -> str:
-    """Run `dvc args` in `root`; with `timeout`, a read that hangs is tried again, `tries` times.
+    """Run `dvc args` in `root`; a read-only query (`tries` > 1) that hangs past `timeout` or
+    stops on DVC's "unexpected error" is tried again, `tries` times.
 
     pygit2 1.21's BlobIO can deadlock (libgit2/pygit2#1488) while `dvc exp show` reads
-    experiments' metrics from git: a read-only query must not hang a sweep forever.
+    experiments' metrics from git, and `dvc queue status` can read a file the queue's worker is
+    writing ("unexpected error - Expecting value"): a query must not end a sweep for either.
     """
     cmd = [dvc_executable(), *args]
     for attempt in range(1, tries + 1):
@@ -41,10 +43,13 @@ def run_dvc(root: Path, args: Sequence[str], timeout: float | None = None, tries
                 "`dvc %s` hung for %ss (try %d of %d)", " ".join(args), timeout, attempt, tries
             )
             continue
-        if proc.returncode:
-            raise DvcError(f"`dvc {' '.join(args)}` in {root} failed: {proc.stderr.strip()}")
-        return proc.stdout
-    raise DvcError(f"`dvc {' '.join(args)}` in {root} hung {tries} times; try it by hand")
+        if not proc.returncode:
+            return proc.stdout
+        error = f"`dvc {' '.join(args)}` in {root} failed: {proc.stderr.strip()}"
+        if attempt == tries or "unexpected error" not in proc.stderr:
+            raise DvcError(error)
+        log.warning("%s (try %d of %d)", error.splitlines()[0], attempt, tries)
+    raise DvcError(f"`dvc {' '.join(args)}` in {root} failed {tries} times; try it by hand")
 
 
 def exp_show(root: Path) -> list:
