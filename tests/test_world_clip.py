@@ -77,7 +77,6 @@ def test_captions_with_and_without_the_trigger():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WORLD_CLIP.is_dir(), reason="models/world/clip not built")
 def test_judge_on_200_held_out_drawings_clean_and_blurred_noisy():
     """Measured 2026-11-29 on the folder built by `python -m kshd.builders.world_clip
     models/world/clip --seed 0` (500 steps): style 200/200 and hair 200/200, clean and blurred
@@ -95,7 +94,6 @@ def test_judge_on_200_held_out_drawings_clean_and_blurred_noisy():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WORLD_CLIP.is_dir(), reason="models/world/clip not built")
 def test_clip_score_prefers_the_right_caption_and_style_similarity_the_right_style():
     """What the evaluate stage reads, on 40 held-out characters. Measured: clip_score of KSH
     drawings with their own caption 0.59, with a neighbour's -0.15 (plain drawings: 0.95, the
