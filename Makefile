@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo sweep compare gui test test-fast lint format samples world clean-demo gpu-check
+.PHONY: help setup demo sweep compare gui test test-fast lint format samples world world-models clean-demo gpu-check
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@
 
-demo: setup ## build tiny local models, run the five stages on the bundled samples (no GPU/network)
+demo: setup ## the five stages on the bundled samples over the demo world's base model (no GPU/network)
 	$(RUN) $(PY) -m kshd.experiments.demo
 
 sweep: setup ## a 4-experiment DVC queue sweep of the demo (batch 1,2 x epochs 1,2), then compare
@@ -51,8 +51,11 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-samples: setup ## redraw data/samples/ (deterministic)
-	$(RUN) $(PY) -m kshd.data.samples data/samples
+samples: setup ## redraw data/samples/ and their captions, data/sample_captions.csv (deterministic)
+	$(RUN) $(PY) -m kshd.data.samples data/samples data/sample_captions.csv
+
+world-models: setup ## retrain the demo world's committed models (models/world: SD base + CLIP, ~30 min on 2 cores)
+	$(RUN) $(PY) -m kshd.builders.pretrain_world models/world --seed 0
 
 world: setup ## draw 200 drawings of the demo world in each style into data/world/ (deterministic)
 	$(RUN) $(PY) -m kshd.builders.world data/world/ksh -n 200 --style ksh

@@ -54,7 +54,9 @@ def test_defaults_are_the_original_projects_run():
 def test_demo_profile_is_tiny_and_offline():
     cfg = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
     assert cfg.data.raw_dir == "data/samples" and cfg.tiny.build
-    assert cfg.model.pretrained == "models/tiny/sd" and cfg.caption.model == "models/tiny/blip2"
+    assert cfg.model.pretrained == "models/world/sd" and cfg.caption.model == "models/tiny/blip2"
+    assert cfg.evaluate.clip_model == "models/world/clip"
+    assert cfg.caption.overrides == "data/sample_captions.csv"
     assert cfg.train.resolution == 128 and cfg.prepare.resolution == 128  # interpolation resolved
 
 

@@ -36,7 +36,9 @@ def test_info_csv_has_one_row_per_sample_with_the_trigger_phrase(demo):
     report = json.loads((repo / "data/reports/prepare.json").read_text(encoding="utf-8"))
     assert report["inputs"] == report["accepted"] == 10 and report["rejected"] == []
     captions = json.loads((repo / "data/reports/captions.json").read_text(encoding="utf-8"))
-    assert captions["captions"] == 10 and captions["sources"]["blip2_new"] == 10
+    # the samples' reviewed captions (data/sample_captions.csv): the tiny BLIP-2 captions none
+    assert captions["captions"] == 10 and captions["sources"]["override"] == 10
+    assert captions["captioned_now"] == 0 and captions["unmatched_overrides"] == []
 
 
 def test_dataset_loads_with_the_same_rows(demo):
@@ -54,7 +56,7 @@ def test_lora_loads_into_the_pipeline(demo):
     from diffusers import StableDiffusionPipeline
 
     repo, _ = demo
-    pipe = StableDiffusionPipeline.from_pretrained(repo / "models/tiny/sd", safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(repo / "models/world/sd", safety_checker=None)
     pipe.load_lora_weights(str(repo / "models" / "lora"))
     assert pipe.get_list_adapters()["unet"]
     assert (repo / "models/lora/ksh_drawing_style.safetensors").stat().st_size > 0

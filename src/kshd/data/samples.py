@@ -3,7 +3,10 @@
 Each sample is a character of kshd.builders.world drawn in the KSH style (bold lines, two-tone
 shading, big eyes with thick eyeliner for girls, smaller eyes with thin lines for boys). Like
 the artist's real files, most are RGBA PNGs on a transparent ground, several have Korean names,
-and two have odd sizes. `python -m kshd.data.samples data/samples` redraws them.
+and two have odd sizes. Their captions, as the artist reviewed them (the world's attributes in the
+original project's prompt words), are in `data/sample_captions.csv`, the demo's caption overrides:
+the demo's tiny BLIP-2 has random weights and would caption noise.
+`python -m kshd.data.samples data/samples data/sample_captions.csv` redraws both.
 """
 
 from __future__ import annotations
@@ -83,6 +86,20 @@ def write_samples(out_dir: str | Path, seed: int = SEED) -> list[Path]:
     return paths
 
 
+def write_sample_captions(path: str | Path, seed: int = SEED) -> Path:
+    """Each sample's caption (its character's attributes) as an `image,text` overrides file; a
+    transparent ground says white, the colour `prepare` flattens it onto."""
+    from kshd.data.captioning import write_info_csv
+
+    rows = []
+    for i, sample in enumerate(SAMPLES):
+        c = sample_character(sample, seed + i)
+        c = dataclasses.replace(c, background="white") if sample.transparent else c
+        rows.append((sample.name, c.caption()))
+    write_info_csv(Path(path), rows)
+    return Path(path)
+
+
 def noise_drawings(root: Path, n: int, size: int) -> Path:
     """n incompressible noise PNGs under root/prepared and their info.csv (benches and memory
     tests: sizes that do not shrink with PNG compression); returns the info.csv."""
@@ -103,3 +120,4 @@ def noise_drawings(root: Path, n: int, size: int) -> Path:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     write_samples(sys.argv[1] if len(sys.argv) > 1 else "data/samples")
+    write_sample_captions(sys.argv[2] if len(sys.argv) > 2 else "data/sample_captions.csv")

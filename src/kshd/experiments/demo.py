@@ -1,8 +1,10 @@
-"""`make demo`: the five stages on the bundled samples with tiny local models, as a DVC experiment.
+"""`make demo`: the five stages on the bundled samples, as a DVC experiment, offline.
 
-It builds the tiny models first (the stages never build models, so editing a builder reruns no
-stage), then runs `dvc exp run -S +experiment=demo` in this workspace, so the results stay here
-to look at (and in `dvc exp show`), then puts back the committed `params.yaml` (the real setup),
+The base model and the evaluation's CLIP are the demo world's, pretrained here and committed
+(`models/world/`, kshd.builders.pretrain_world); the tiny random BLIP-2 is built first (the stages
+never build models, so editing a builder reruns no stage). Then it runs
+`dvc exp run -S +experiment=demo` in this workspace, so the results stay here to look at (and in
+`dvc exp show`), then puts back the committed `params.yaml` (the real setup),
 so that a following `dvc repro` trains for real and `git status` shows no edited config.
 """
 
