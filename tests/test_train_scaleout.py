@@ -17,36 +17,23 @@ from .stage_project import make_project, run_stage
 pytestmark = pytest.mark.slow
 
 
+def accelerate_train(root: Path, with_output: bool = False):
+    """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "models/lora/metrics.json").read_text())
+    return (metrics, proc) if with_output else metrics
+
+
 def test_two_process_ddp_training(tiny_models, tmp_path):
     root = make_project(tmp_path / "p", tiny_models, [f"data.raw_dir={ROOT / 'data/samples'}"])
     for stage in ("prepare", "caption", "dataset"):
         run_stage(root, stage)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
-    proc = subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "kshd.stages.train",
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((root / "models/lora/metrics.json").read_text())
+    metrics, proc = accelerate_train(root, with_output=True)
     # 8 training drawings, batch 2 on each of 2 processes: 2 steps an epoch, 4 epochs
     assert metrics["steps"] == 8 and metrics["epochs"] == 4
     assert proc.stderr.count("__main__: train: {") == 1  # outputs written by one process

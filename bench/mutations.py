@@ -1,0 +1,115 @@
+"""Break training or drawing on purpose and show the learning test notices (issue 15).
+
+Each mutation trains the demo's LoRA on the samples over the world's base (as tests/test_learning
+does) with one defect, draws the same held-out characters, and prints what the judges say next to
+the test's thresholds. A mutation the test would not catch prints CAUGHT no.
+
+    python bench/mutations.py                 # all, ~1 min each on 2 CPU cores
+    python bench/mutations.py latent_scale    # one
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kshd.config import defaults  # noqa: E402
+from kshd.lora import save_lora  # noqa: E402
+from kshd.training.loop import train_lora  # noqa: E402
+from kshd.training.settings import load_components  # noqa: E402
+from tests.helpers import learning  # noqa: E402
+from tests.helpers.lora_files import tiny_info  # noqa: E402
+from tests.test_learning import BASE_MAX_KSH, LORA_MIN_GAIN, LORA_MIN_HAIR  # noqa: E402
+
+log = logging.getLogger("mutations")
+
+
+def _no_mutation(c, changes):
+    return c, changes
+
+
+def _latent_scale(c, changes):
+    """Latents trained without the VAE's scaling factor (x1 instead of 1/std)."""
+    c.vae.register_to_config(scaling_factor=1.0)
+    return c, changes
+
+
+def _prediction_type(c, changes):
+    """The LoRA trained to predict v while the base (and the app) predict the noise."""
+    return c, {**changes, "prediction_type": "v_prediction"}
+
+
+BEFORE_TRAINING: dict[str, Callable] = {
+    "none": _no_mutation,
+    "latent_scale": _latent_scale,
+    "prediction_type": _prediction_type,
+}
+
+
+def _shrink_lora(unet) -> None:
+    """A LoRA saved at a tenth of its trained scale (lora_B x 0.1)."""
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.1)
+
+
+def run(name: str, work: Path, base_ksh: float) -> dict:
+    split = learning.sample_split(work / "data")
+    c = load_components(str(learning.WORLD_SD))
+    c, changes = BEFORE_TRAINING.get(name, _no_mutation)(c, {})
+    result = train_lora(
+        c, split, defaults("train", **{**learning.LEARN, **changes}), cache_dir=work / "cache"
+    )
+    if name == "lora_scale":
+        _shrink_lora(c.unet)
+    info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(split), seed=7)
+    save_lora(work / "lora", c.unet, c.text_encoder, info)
+    engine = learning.world_engine(work / "lora")
+    if name == "lora_not_applied":
+        engine.set_lora_scale = lambda scale: engine.txt2img.disable_lora()
+    lora = learning.judge_drawings(engine, lora_scale=1.0)
+    caught = lora.ksh < base_ksh + LORA_MIN_GAIN or lora.hair < LORA_MIN_HAIR
+    learning.contact_sheet([lora.images], work.parent / f"{name}.png")
+    return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "caught": caught}
+
+
+MUTATIONS = ["none", "latent_scale", "lora_scale", "prediction_type", "lora_not_applied"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=MUTATIONS, choices=MUTATIONS)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="mutations-")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = learning.judge_drawings(learning.world_engine(None), lora_scale=1.0)
+    log.info("base: %s (the test wants base KSH <= %.0f%%)", base, 100 * BASE_MAX_KSH)
+    log.info(
+        "caught: LoRA KSH < base + %.1f%% or hair < %.0f%%",
+        100 * LORA_MIN_GAIN,
+        100 * LORA_MIN_HAIR,
+    )
+    for name in args.names:
+        r = run(name, args.out / name, base.ksh)
+        log.info(
+            "%-18s KSH %4.0f%%  hair %4.0f%%  CAUGHT %s",
+            name,
+            100 * r["ksh"],
+            100 * r["hair"],
+            "yes" if r["caught"] else "no",
+        )
+    log.info("contact sheets in %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
