@@ -1,12 +1,17 @@
-"""Training teaches the style (issue 15): a LoRA trained on the bundled KSH samples over the
-world's plain base makes the app draw KSH-style characters, judged from the pixels alone.
+"""Training changes what the app draws (issue 15): a LoRA trained on the bundled KSH samples over
+the world's plain base, judged from the pixels alone.
+
+What is proven so far is less than the issue asks: at the demo's settings (lr 1e-2, 16 steps)
+the LoRA darkens lines but also leaves dark blotches that the ink judge counts as KSH, and the
+world CLIP's style_gain is negative (-0.23 in the demo). So these tests catch a LoRA that changes
+nothing (not trained, not applied, saved at the wrong scale) or erases the content; a test that
+the KSH traits themselves are learned (>= 80% vs <= 20%) is still open.
 
 Each test trains the demo's run (8-10 drawings, batch 2, 4 epochs, lr 1e-2, 128 px) and draws
 eight held-out characters at two seeds with the app's engine, base and LoRA, same prompts and
 seeds. The judges (kshd.builders.world_judges) are validated on ground truth in test_world.py.
-Thresholds come from measured runs with a margin, stated at each constant. Broken on purpose
-(latent scaling factor, LoRA scale, prediction type), each of these tests fails: see the closing
-note of issue 15 for the figures.
+Thresholds come from measured runs with a margin, stated at each constant. bench/mutations.py breaks
+training or drawing on purpose and reports which breakages these bounds notice.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def _learn(work: Path, **changes) -> Path:
         pytest.param({"mixed_precision": "bf16"}, id="bf16-cached"),
     ],
 )
-def test_the_lora_draws_the_ksh_style_and_keeps_the_content(tmp_path, base, changes):
+def test_the_lora_moves_the_drawings_toward_ksh_ink_and_keeps_hair(tmp_path, base, changes):
     engine = world_engine(_learn(tmp_path, **changes))
     lora = judge_drawings(engine, lora_scale=1.0)
     contact_sheet([base.images, lora.images], tmp_path / "base-vs-lora.png")
