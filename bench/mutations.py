@@ -88,7 +88,7 @@ MUTATIONS = ["none", "latent_scale", "lora_scale", "prediction_type", "lora_not_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=MUTATIONS, choices=MUTATIONS)
+    parser.add_argument("names", nargs="*", choices=[*MUTATIONS, []], help="default: all")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="mutations-")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -99,7 +99,7 @@ def main() -> None:
         100 * LORA_MIN_GAIN,
         100 * LORA_MIN_HAIR,
     )
-    for name in args.names:
+    for name in args.names or MUTATIONS:
         r = run(name, args.out / name, base.ksh)
         log.info(
             "%-18s KSH %4.0f%%  hair %4.0f%%  CAUGHT %s",
