@@ -50,8 +50,12 @@ def test_sources_in_order_and_blip2_not_loaded_when_nothing_is_left(tmp_path):
 
 @pytest.fixture
 def project(tmp_path, tiny_models):
+    # the real setup's overrides file (the demo profile points at the samples' captions)
+    overrides = ["caption.overrides=data/caption_overrides.csv"]
     root = make_project(
-        tmp_path / "p", tiny_models, ["caption.batch_size=1", "caption.max_new_tokens=24"]
+        tmp_path / "p",
+        tiny_models,
+        ["caption.batch_size=1", "caption.max_new_tokens=24", *overrides],
     )
     noise_drawings(root / "raw", 40)
     run_stage(root, "prepare")
