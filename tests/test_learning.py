@@ -70,46 +70,45 @@ def _learn(work: Path, **changes) -> Path:
     return work / "lora"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "changes",
-    [
-        pytest.param({}, id="fp32-cached"),
-        pytest.param({"cache_latents": False}, id="fp32-live"),
-        pytest.param({"mixed_precision": "bf16"}, id="bf16-cached"),
-    ],
-)
-def test_the_lora_moves_the_drawings_toward_ksh_ink_and_keeps_hair(tmp_path, base, changes):
-    engine = world_engine(_learn(tmp_path, **changes))
-    lora = judge_drawings(engine, lora_scale=1.0)
-    contact_sheet([base.images, lora.images], tmp_path / "base-vs-lora.png")
+def _assert_learned(base: Verdict, lora: Verdict) -> None:
     assert base.ksh <= BASE_MAX_KSH, f"base {base}"
     assert lora.ksh >= base.ksh + LORA_MIN_GAIN, f"base {base}; LoRA {lora}"
     assert lora.hair >= LORA_MIN_HAIR, f"base {base}; LoRA {lora}"
 
 
 @pytest.mark.slow
-def test_strength_zero_is_the_base_and_half_is_in_between(tmp_path, base):
-    """At strength 0 the app draws the base's very pixels; at 0.5 less of the style than at 1."""
+def test_the_demo_run_moves_toward_ksh_ink_and_strength_scales_it(tmp_path, base):
+    """fp32 with cached inputs (the demo's run): more ink than the base, hair kept; at strength 0
+    the app draws the base's very pixels, at 0.5 no more of the style than at 1."""
     engine = world_engine(_learn(tmp_path))
+    full = judge_drawings(engine, lora_scale=1.0)
+    contact_sheet([base.images, full.images], tmp_path / "base-vs-lora.png")
+    _assert_learned(base, full)
     zero = judge_drawings(engine, lora_scale=0.0)
     for a, b in zip(zero.images, base.images, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
-    full = judge_drawings(engine, lora_scale=1.0)
     half = judge_drawings(engine, lora_scale=0.5)
-    assert base.ksh <= half.ksh <= full.ksh and half.ksh < full.ksh or full.ksh == 1.0, (
-        base,
-        half,
-        full,
-    )
+    assert base.ksh <= half.ksh <= full.ksh, (base, half, full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"cache_latents": False}, id="fp32-live"),
+        pytest.param({"mixed_precision": "bf16"}, id="bf16-cached"),
+    ],
+)
+def test_other_input_paths_and_precisions_learn_too(tmp_path, base, changes):
+    lora = judge_drawings(world_engine(_learn(tmp_path, **changes)), lora_scale=1.0)
+    _assert_learned(base, lora)
 
 
 @pytest.mark.slow
 def test_two_ddp_processes_learn_the_style_too(tiny_models, tmp_path, base):
     """The train stage under `accelerate launch` with 2 CPU processes (DDP over gloo) on the demo's
     samples and captions: twice the images a step, so 8 epochs give the 16 steps of one process."""
-    from .stage_project import make_project, run_stage
-    from .test_train_scaleout import accelerate_train
+    from .stage_project import accelerate_train, make_project, run_stage
 
     root = make_project(
         tmp_path / "p",
@@ -127,5 +126,4 @@ def test_two_ddp_processes_learn_the_style_too(tiny_models, tmp_path, base):
     metrics = accelerate_train(root)
     assert metrics["steps"] == 16
     lora = judge_drawings(world_engine(root / "models/lora"), lora_scale=1.0)
-    assert lora.ksh >= base.ksh + LORA_MIN_GAIN, f"base {base}; LoRA {lora}"
-    assert lora.hair >= LORA_MIN_HAIR, f"base {base}; LoRA {lora}"
+    _assert_learned(base, lora)

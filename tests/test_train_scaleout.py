@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from .conftest import ROOT
-from .stage_project import make_project, run_stage
+from .stage_project import accelerate_train, make_project, run_stage
 
 pytestmark = pytest.mark.slow
-
-
-def accelerate_train(root: Path, with_output: bool = False):
-    """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((root / "models/lora/metrics.json").read_text())
-    return (metrics, proc) if with_output else metrics
 
 
 def test_two_process_ddp_training(tiny_models, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from kshd.builders import world
 from kshd.builders.world import (
@@ -25,6 +25,7 @@ from kshd.builders.world import (
     draw,
     drawings,
 )
+from kshd.builders.world_clip import blurred_noisy
 from kshd.builders.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
 from kshd.config import defaults
 from kshd.data.captioning import read_info_csv
@@ -42,13 +43,6 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _blurred_noisy(img: Image.Image, seed: int) -> Image.Image:
-    """What a generator's output looks like next to a drawing: soft edges and pixel noise."""
-    arr = np.asarray(img.filter(ImageFilter.GaussianBlur(1)), np.float32)
-    arr = arr + np.random.default_rng(seed).normal(0, 6, arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 def test_style_and_hair_judges_on_200_held_out_drawings():
@@ -79,7 +73,7 @@ def test_judges_survive_blur_and_noise(size):
     for style in ("plain", "ksh"):
         for seed in HELD_OUT[:50]:
             c = character(seed)
-            img = _blurred_noisy(draw(c, style, (size, size)), seed)
+            img = blurred_noisy(draw(c, style, (size, size)), seed)
             right["style"] += judge_style(img) == style
             right["hair"] += judge_hair(img) == c.hair
     assert right["style"] >= 90 and right["hair"] >= 90, right

@@ -16,14 +16,13 @@ from kshd.builders.world import HAIR, character, draw
 from kshd.builders.world_clip import (
     HELD_OUT,
     WorldClipJudge,
+    blurred_noisy,
     main,
     plain_caption,
     train_world_clip,
     trigger_caption,
 )
 from kshd.evaluation.metrics import ClipEncoder, clip_score, style_similarity
-
-from .test_world import _blurred_noisy
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD_CLIP = ROOT / "models/world/clip"
@@ -77,7 +76,7 @@ def test_captions_with_and_without_the_trigger():
 
 
 @pytest.mark.slow
-def test_judge_on_200_held_out_drawings_clean_and_blurred_noisy():
+def test_judge_on_200_held_out_drawings_clean_andblurred_noisy():
     """Measured 2026-11-29 on the folder built by `python -m kshd.builders.world_clip
     models/world/clip --seed 0` (500 steps): style 200/200 and hair 200/200, clean and blurred
     + noisy (tests/test_world's degradation); an earlier 500-step run (other augmentation
@@ -87,7 +86,7 @@ def test_judge_on_200_held_out_drawings_clean_and_blurred_noisy():
     judge = WorldClipJudge(WORLD_CLIP)
     assert _tensors_dtypes(WORLD_CLIP / "model.safetensors") == {"F16"}
     assert (WORLD_CLIP / "model.safetensors").stat().st_size <= MAX_BYTES
-    for degrade in (None, _blurred_noisy):
+    for degrade in (None, blurred_noisy):
         acc = judge.accuracy(HELD_OUT, degrade)
         assert acc["style"] >= 0.9 and acc["hair"] >= 0.9, (degrade, acc)
         assert acc["style_no_caption"] >= 0.9, acc

@@ -3,20 +3,23 @@ the script still runs, and the base draws plain-style characters that follow the
 
 from __future__ import annotations
 
-import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from kshd.builders import pretrain_world
 from kshd.training.settings import load_components
 
-from .helpers.learning import WORLD_SD, judge_drawings, world_engine
+from .helpers.learning import judge_drawings, world_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = ROOT / "models/world"
+BASE_MAX_KSH = 0.25
+BASE_MIN_HAIR = 0.45
 MANIFEST = json.loads((WORLD / pretrain_world.MANIFEST).read_text(encoding="utf-8"))
 
 
@@ -31,7 +34,7 @@ def test_committed_weights_are_what_the_manifest_says():
     assert pretrain_world.weight_hashes(WORLD) == MANIFEST["weights_sha256"]
     assert len(MANIFEST["weights_sha256"]) == 4  # unet, vae, text encoder; CLIP
     assert pretrain_world.scripts_hash() == MANIFEST["scripts_sha256"]
-    assert MANIFEST["budget"] == pretrain_world.asdict(pretrain_world.FULL)
+    assert MANIFEST["budget"] == asdict(pretrain_world.FULL)
     total = sum(p.stat().st_size for p in WORLD.rglob("*.safetensors"))
     assert total < 12_000_000, total  # measured 11.1 MB: the issue's "at most ~10 MB"
     assert all(_dtypes(p) == {"F16"} for p in WORLD.rglob("*.safetensors"))
@@ -54,10 +57,10 @@ def test_a_few_steps_of_each_part_write_a_loadable_world(tmp_path):
     manifest lists every weight file."""
     assert pretrain_world.main([str(tmp_path / "w"), "--smoke", "--seed", "3"]) == 0
     manifest = json.loads((tmp_path / "w" / pretrain_world.MANIFEST).read_text(encoding="utf-8"))
-    assert manifest["budget"] == pretrain_world.asdict(pretrain_world.SMOKE)
+    assert manifest["budget"] == asdict(pretrain_world.SMOKE)
     assert manifest["weights_sha256"] == pretrain_world.weight_hashes(tmp_path / "w")
     c = load_components(str(tmp_path / "w/sd"))
-    assert {p.dtype for p in c.unet.parameters()} == {pretrain_world.torch.float32}
+    assert {p.dtype for p in c.unet.parameters()} == {torch.float32}
     assert c.vae.config.scaling_factor == pytest.approx(1 / manifest["vae"]["latent_std"], rel=1e-4)
     assert not (tmp_path / "w/sd/tokenizer/tokenizer.json").exists()
     ids = c.tokenizer("a photo of a cat").input_ids
@@ -75,22 +78,12 @@ def test_a_few_steps_of_each_part_write_a_loadable_world(tmp_path):
     assert again["vae"]["loss"] == manifest["vae"]["loss"]
 
 
-def test_the_loaded_base_is_the_committed_one():
-    """What the demo loads is the committed file, bit for bit (sha256 of the folder's UNet)."""
-    unet = WORLD_SD / "unet/diffusion_pytorch_model.safetensors"
-    digest = hashlib.sha256(unet.read_bytes()).hexdigest()
-    assert MANIFEST["weights_sha256"]["sd/unet/diffusion_pytorch_model.safetensors"] == digest
-
-
 @pytest.mark.slow
 def test_the_base_draws_plain_characters_that_follow_the_prompt():
     """Eight held-out characters at two seeds each, prompted with the trigger phrase as the
     evaluation prompts are: the base knows no KSH style and follows hair colour.
-    Measured (committed weights): see BASE_* below."""
+    Measured on the committed weights: judged KSH in 2 of 16 (dark smudges), hair right in 10
+    of 16 (chance: 1 in 6); the bounds leave a drawing's margin on each side."""
     verdict = judge_drawings(world_engine(None), lora_scale=1.0)
     assert verdict.ksh <= BASE_MAX_KSH, verdict
     assert verdict.hair >= BASE_MIN_HAIR, verdict
-
-
-BASE_MAX_KSH = 0.25
-BASE_MIN_HAIR = 0.45

@@ -19,11 +19,11 @@ from kshd.data.intake import prepare_folder
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
+from .lora_files import TRIGGER
 from .settings import intake
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD_SD = ROOT / "models/world/sd"
-TRIGGER = "drawn by KSH drawing style"
 RESOLUTION = 128
 # Held-out characters (the judges' held-out seeds): none is a sample or in the pretraining data.
 JUDGED = [character(s) for s in range(10_000, 10_008)]
