@@ -47,7 +47,7 @@ def _random_lora(model: Path, out: Path, rank: int) -> Path:
             if "lora_B" in name:
                 param.normal_(0, 0.01)
     out.mkdir(parents=True, exist_ok=True)
-    return save_diffusers(adapter_tensors(unet), out)
+    return save_diffusers(adapter_tensors(unet), out, strength=1.0)  # alpha = rank
 
 
 def _unfused(engine) -> None:

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             log.info("%s", figures)
             first = first or (precision, lora)
     rows.append(resume_once(model, split, args, device, *first, work))
-    save_diffusers(first[1], work)
+    save_diffusers(first[1], work, strength=1.0)  # the defaults' alpha = rank
     rows += draw_runs(model, work, args, device)
     report(rows, device, args)
     if args.json:

@@ -45,7 +45,10 @@ def _evaluate(
 
     drawings = _drawings()
     refs = References(ClipEncoder(str(tiny_models["clip"])), drawings[:3], drawings[3:], dino)
-    curve = CheckpointCurve(list(checkpoints), final_step, defaults("evaluate").best_by)
+    train = defaults("train")
+    curve = CheckpointCurve(
+        list(checkpoints), final_step, defaults("evaluate").best_by, train.alpha / train.rank
+    )
     return evaluate(pipe, lora_dir, s, out, refs, curve, base_cache)
 
 
@@ -119,7 +122,7 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
         defaults("train", resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7),
         ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp"),
     )
-    save_diffusers(adapter_tensors(c.unet), tmp_path)
+    save_diffusers(adapter_tensors(c.unet), tmp_path, strength=1.0)  # alpha = rank
     pipe = _pipe(tiny_models)
     s = eval_settings(
         **QUICK_EVAL,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from safetensors import safe_open
 
 WRITE = """
@@ -36,3 +38,59 @@ def test_kohya_file_is_byte_identical_across_processes(tmp_path):
         assert meta["ss_key_7"] == "value 7" and meta["ss_network_dim"] == "4"
         names = list(f.keys())  # noqa: SIM118 (a safe_open handle is not a dict)
     assert any(k.endswith(".alpha") for k in names)
+
+
+# kohya's LoCon set: every linear layer of the transformer blocks and the ResNet 3x3 convs
+LOCON = ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+LOCON += ["conv1", "conv2"]
+ATTENTION = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+def _adapted(unet) -> set[str]:
+    return {n for n, m in unet.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)}
+
+
+def _eps(unet, sd_dir: Path) -> torch.Tensor:
+    """The UNet's prediction on a fixed noisy latent and text state."""
+    from diffusers import UNet2DConditionModel
+
+    cfg = UNet2DConditionModel.load_config(sd_dir / "unet")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg["in_channels"], 8, 8, generator=g)
+    text = torch.randn(1, 7, cfg["cross_attention_dim"], generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), text).sample
+
+
+@pytest.mark.parametrize(
+    ("targets", "rank", "alpha"),
+    [
+        pytest.param(ATTENTION, 4, 4, id="attention"),
+        pytest.param(LOCON, 4, 4, id="locon"),
+        pytest.param(LOCON, 4, 1, id="locon-alpha-1"),
+    ],
+)
+def test_both_files_load_every_trained_layer_at_its_strength(
+    tiny_models, tmp_path, targets, rank, alpha
+):
+    """What diffusers' load_lora_weights reads from either file computes what was trained: every
+    adapted layer (attention, feed-forward, projections, ResNet convs) at alpha / rank. A diffusers
+    file with attention keys in the old naming beside peft-named conv keys once loaded only the
+    convs; one without alpha loaded an alpha-1 LoRA at 4x its strength."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, save_lora
+
+    from .helpers.lora_files import randomize_lora_b, tiny_info
+
+    sd = tiny_models["sd"]
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    add_lora(unet, rank=rank, alpha=alpha, target_modules=targets)
+    randomize_lora_b(unet, seed=1, scale=0.3)
+    save_lora(tmp_path, unet, None, tiny_info(rank=rank, alpha=alpha))
+    trained = _eps(unet, sd)
+    for name in (DIFFUSERS_FILE, KOHYA_FILE):
+        pipe = StableDiffusionPipeline.from_pretrained(sd, safety_checker=None)
+        pipe.load_lora_weights(str(tmp_path / name))
+        assert _adapted(pipe.unet) == _adapted(unet), name
+        assert torch.allclose(_eps(pipe.unet, sd), trained, atol=1e-4), name

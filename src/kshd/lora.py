@@ -56,26 +56,28 @@ def adapter_tensors(unet, text_encoder=None) -> dict[str, torch.Tensor]:
     return out
 
 
-def diffusers_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Prefixed peft keys (a checkpoint's lora.safetensors) -> what load_lora_weights takes."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+def diffusers_state(state: dict[str, torch.Tensor], strength: float) -> dict[str, torch.Tensor]:
+    """Prefixed peft keys (a checkpoint's lora.safetensors) -> what load_lora_weights takes.
 
-    tensors = {}
-    for prefix in ("unet.", "text_encoder."):
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if part:
-            converted = convert_state_dict_to_diffusers(part)
-            tensors |= {f"{prefix}{k}": v for k, v in converted.items()}
-    return tensors
+    The keys stay in peft's naming: diffusers' `convert_state_dict_to_diffusers` renames only
+    attention layers, and a file mixing its names with peft's (a LoRA on convs or feed-forward
+    layers too) loads only the peft-named half. `strength` (alpha / rank) is folded into
+    `lora_B`, since load_lora_weights reads no alpha from such a file and would apply alpha = rank.
+    """
+    return {
+        k: v * strength if ".lora_B." in k else v
+        for k, v in state.items()
+        if k.startswith(("unet.", "text_encoder."))
+    }
 
 
-def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path) -> Path:
-    """`pipe.load_lora_weights(out_dir)` loads this."""
+def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path, strength: float) -> Path:
+    """`pipe.load_lora_weights(out_dir)` loads this (`strength`: alpha / rank)."""
     from safetensors.torch import save_file
 
     target = out_dir / DIFFUSERS_FILE
     with atomic_path(target) as tmp:
-        save_file(diffusers_state(state), str(tmp), metadata={"format": "pt"})
+        save_file(diffusers_state(state, strength), str(tmp), metadata={"format": "pt"})
     return target
 
 
@@ -181,7 +183,7 @@ def save_lora(out_dir: Path, unet, text_encoder, info: KohyaInfo) -> tuple[Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = adapter_tensors(unet, text_encoder)
-    diffusers_file = save_diffusers(state, out_dir)
+    diffusers_file = save_diffusers(state, out_dir, info.alpha / info.rank)
     kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info))
     log.info("LoRA saved: %s, %s", diffusers_file, kohya_file)
     return diffusers_file, kohya_file

@@ -78,10 +78,10 @@ def test_checkpoint_write_fails_cleanly_and_earlier_checkpoints_stay(tmp_path):
 
 
 def test_lora_file_from_safetensors_keeps_the_previous_one(tmp_path):
-    first = save_diffusers(_state_peft(1.0), tmp_path)
+    first = save_diffusers(_state_peft(1.0), tmp_path, strength=1.0)
     before = first.read_bytes()
     with disk_full_after(4_000), pytest.raises(WriteError, match="previous version is unchanged"):
-        save_diffusers(_state_peft(2.0), tmp_path)
+        save_diffusers(_state_peft(2.0), tmp_path, strength=1.0)
     assert first.read_bytes() == before and _leftovers(tmp_path) == []
 
 

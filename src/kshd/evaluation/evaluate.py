@@ -237,9 +237,11 @@ def checkpoint_curve(
     s: EvalSettings,
     scorer: Scorer,
     base_style: float,
+    strength: float,
     prompt_encoder=None,
 ) -> list[dict]:
-    """The headline metrics of each checkpoint's LoRA, at the headline strength."""
+    """The headline metrics of each checkpoint's LoRA (its alpha / rank `strength`), at the
+    headline LoRA scale."""
     from safetensors.torch import load_file
 
     from kshd.lora import diffusers_state
@@ -247,7 +249,8 @@ def checkpoint_curve(
     rows = []
     for step, path in checkpoints:
         pipe.unload_lora_weights()
-        pipe.load_lora_weights(diffusers_state(load_file(str(path / "lora.safetensors"))))
+        state = load_file(str(path / "lora.safetensors"))
+        pipe.load_lora_weights(diffusers_state(state, strength))
         images = sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}", prompt_encoder)
         values = scorer(images)
         rows.append({"step": step, **values, "style_gain": values["style_similarity"] - base_style})
@@ -274,6 +277,7 @@ class CheckpointCurve:
     checkpoints: list[tuple[int, Path]]
     final_step: int | None
     best_by: str
+    strength: float  # the training's alpha / rank: a checkpoint's file holds raw peft weights
 
 
 @dataclass
@@ -302,7 +306,7 @@ def evaluate(
     if refs is not None and history is None:
         raise ValueError(
             "evaluate: scoring against refs needs history=CheckpointCurve(checkpoints, final_step, "
-            "best_by) with best_by from conf's evaluate.best_by"
+            "best_by, strength) with best_by from conf's evaluate.best_by"
         )
     samples = generate_samples(pipe, lora_dir, s, base_cache, prompt_encoder)
     save_grids(samples, s, out_dir)
@@ -323,6 +327,7 @@ def evaluate(
             s,
             scorer,
             metrics["style_similarity_base"],
+            history.strength,
             prompt_encoder,
         )
         final = {"step": history.final_step, **{k: metrics[k] for k in HEADLINE}}

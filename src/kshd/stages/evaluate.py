@@ -139,7 +139,8 @@ def run(cfg: DictConfig) -> dict:
         model |= {"embeddings": embeddings}
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)
     out = Path(cfg.output.reports_dir)
-    history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by)
+    strength = cfg.train.alpha / cfg.train.rank  # the run whose checkpoints these are
+    history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by, strength)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
     write_outputs(cfg, settings, result.metrics, result.curve, result.table)
     return result.metrics
