@@ -23,6 +23,21 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+# Tests of the stages' mechanics on the tiny random models train the demo profile's run made
+# quick: 16 steps of an attention-only rank-4 LoRA, as the demo trained before it had a world
+# to learn (tests/test_learning.py trains the demo's own settings on the world's models).
+QUICK_TRAIN = [
+    "train.epochs=4",
+    "train.learning_rate=1e-2",
+    "train.rank=4",
+    "train.alpha=4",
+    "train.target_modules=[to_k,to_q,to_v,to_out.0]",
+    "train.checkpointing_steps=6",
+    "train.checkpoints_total_limit=2",
+    "train.validation_epochs=2",
+]
+
+
 @pytest.fixture
 def demo_cfg(tmp_path, tiny_models):
     """The demo profile composed from conf/ as DVC does, every path moved into tmp_path (the
@@ -39,6 +54,7 @@ def demo_cfg(tmp_path, tiny_models):
             f"evaluate.clip_model={tiny_models['clip']}",
             "tiny.build=false",
             "tracking.mode=disabled",
+            *QUICK_TRAIN,
         ],
         conf_dir=ROOT / "conf",
     )

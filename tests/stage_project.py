@@ -15,12 +15,15 @@ from PIL import Image
 
 from kshd.config import compose_conf, write_params
 
-from .conftest import ROOT
+from .conftest import QUICK_TRAIN, ROOT
 
 
-def project_cfg(tiny_models: dict[str, Path], overrides: list[str] = ()) -> DictConfig:
+def project_cfg(
+    tiny_models: dict[str, Path], overrides: list[str] = (), quick: bool = True
+) -> DictConfig:
     """The demo profile on `raw/` with the session's tiny models, tracking off, paths relative
-    to the project folder: what make_project writes, for calling a stage's `run(cfg)` there."""
+    to the project folder: what make_project writes, for calling a stage's `run(cfg)` there.
+    `quick`: its training cut to QUICK_TRAIN (the stages' mechanics, not learning)."""
     return compose_conf(
         [
             "+experiment=demo",
@@ -30,15 +33,18 @@ def project_cfg(tiny_models: dict[str, Path], overrides: list[str] = ()) -> Dict
             f"evaluate.clip_model={tiny_models['clip']}",
             "tiny.build=false",
             "tracking.mode=disabled",
+            *(QUICK_TRAIN if quick else []),
             *overrides,
         ],
         conf_dir=ROOT / "conf",
     )
 
 
-def make_project(root: Path, tiny_models: dict[str, Path], overrides: list[str] = ()) -> Path:
+def make_project(
+    root: Path, tiny_models: dict[str, Path], overrides: list[str] = (), quick: bool = True
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    write_params(project_cfg(tiny_models, overrides), root / "params.yaml")
+    write_params(project_cfg(tiny_models, overrides, quick), root / "params.yaml")
     (root / "raw").mkdir(exist_ok=True)
     return root
 
@@ -87,6 +93,7 @@ def accelerate_train(root: Path, with_output: bool = False):
     """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
+    env["OMP_NUM_THREADS"] = "1"  # a thread per process: two each on 2 cores run ~6x slower
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

@@ -1,21 +1,18 @@
-"""Training changes what the app draws (issue 15): a LoRA trained on the bundled KSH samples over
-the world's plain base, judged from the pixels alone.
+"""Training teaches the style (issue 15): a LoRA trained with the demo profile's settings on the
+bundled KSH samples over the world's plain base, judged from the pixels alone.
 
-What is proven so far is less than the issue asks: at the demo's settings (lr 1e-2, 16 steps)
-the LoRA darkens lines but also leaves dark blotches that the ink judge counts as KSH, and the
-world CLIP's style_gain is negative (-0.23 in the demo). So these tests catch a LoRA that changes
-nothing (not trained, not applied, saved at the wrong scale) or erases the content; a test that
-the KSH traits themselves are learned (>= 80% vs <= 20%) is still open.
-
-Each test trains the demo's run (8-10 drawings, batch 2, 4 epochs, lr 1e-2, 128 px) and draws
-eight held-out characters at two seeds with the app's engine, base and LoRA, same prompts and
-seeds. The judges (kshd.builders.world_judges) are validated on ground truth in test_world.py.
-Thresholds come from measured runs with a margin, stated at each constant. bench/mutations.py breaks
-training or drawing on purpose and reports which breakages these bounds notice.
+Each test trains the demo's run (a LoCon LoRA, rank 16, lr 3e-3, batch 2, 50 epochs, 128 px; here
+on all ten samples: 250 steps) and draws eight held-out characters at two seeds with the app's
+engine, base and LoRA, same prompts and seeds. The judges (kshd.builders.world_judges) are
+validated on ground truth in test_world.py: the style judge by the share of ink (KSH's bold black
+lines), the hair judge by the colour above the eyes. Thresholds come from measured runs with a
+margin, stated at each constant. bench/mutations.py breaks training or drawing on purpose and
+reports which breakages these bounds notice.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +37,17 @@ from .helpers.lora_files import tiny_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Measured on the committed world (2026-11-29, fp32, cached inputs): the base's drawings are
-# judged KSH in 2 of 16, the LoRA's in 6 (one process) to 9 (two, DDP) of 16; hair colour right
-# in 10 of 16 for the base and 6 to 9 for the LoRA (chance: 1 in 6). The issue's goal (>= 80% vs
-# <= 20%) is not reached yet; these bounds catch a LoRA that changes nothing or erases content.
-BASE_MAX_KSH = 0.25
-LORA_MIN_GAIN = 0.125  # the LoRA judged KSH in at least 2 more of the 16 drawings than the base
-LORA_MIN_HAIR = 0.3
+log = logging.getLogger(__name__)
+
+# Measured on the committed world (2026-11-30): the base's drawings are judged KSH in 2 of 16,
+# with the prompt's hair colour in 10 of 16 (chance: 1 in 6). The LoRA's: KSH in 14 of 16 with one
+# process (fp32 or bf16, cached or live inputs alike), 12 of 16 with two DDP processes (fp32
+# cached, or bf16 live); hair in 10 and 9 of 16. The issue's example (>= 80%) holds for one
+# process only; the bound leaves DDP one drawing of margin. An attention-only rank-4 LoRA (the
+# demo's settings before) reached 6 of 16, and with dark blotches.
+BASE_MAX_KSH = 0.2
+LORA_MIN_KSH = 0.65  # at least 11 of 16
+LORA_MIN_HAIR = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +66,22 @@ def _learn(work: Path, **changes) -> Path:
         result = train_lora(c, split, s, cache_dir=cache)
     finally:
         AcceleratorState._reset_state()
-    info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(split), seed=7)
+    info = tiny_info(
+        rank=s.rank,
+        alpha=s.alpha,
+        steps=result.steps,
+        epochs=result.epochs,
+        num_images=len(split),
+        seed=7,
+    )
     save_lora(work / "lora", c.unet, c.text_encoder, info)
     return work / "lora"
 
 
 def _assert_learned(base: Verdict, lora: Verdict) -> None:
+    log.info("base %s; LoRA %s", base, lora)
     assert base.ksh <= BASE_MAX_KSH, f"base {base}"
-    assert lora.ksh >= base.ksh + LORA_MIN_GAIN, f"base {base}; LoRA {lora}"
+    assert lora.ksh >= LORA_MIN_KSH, f"base {base}; LoRA {lora}"
     assert lora.hair >= LORA_MIN_HAIR, f"base {base}; LoRA {lora}"
 
 
@@ -92,22 +101,12 @@ def test_the_demo_run_moves_toward_ksh_ink_and_strength_scales_it(tmp_path, base
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "changes",
-    [
-        pytest.param({"cache_latents": False}, id="fp32-live"),
-        pytest.param({"mixed_precision": "bf16"}, id="bf16-cached"),
-    ],
-)
-def test_other_input_paths_and_precisions_learn_too(tmp_path, base, changes):
-    lora = judge_drawings(world_engine(_learn(tmp_path, **changes)), lora_scale=1.0)
-    _assert_learned(base, lora)
-
-
-@pytest.mark.slow
-def test_two_ddp_processes_learn_the_style_too(tiny_models, tmp_path, base):
-    """The train stage under `accelerate launch` with 2 CPU processes (DDP over gloo) on the demo's
-    samples and captions: twice the images a step, so 8 epochs give the 16 steps of one process."""
+def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_path, base):
+    """The other paths in one run (three trainings would cost the suite 5 more minutes): the train
+    stage under `accelerate launch` with 2 CPU processes (DDP over gloo), bf16 autocast, latents
+    and text states computed live each step, on the demo's samples, captions and settings. Twice
+    the images a step, so twice the epochs give the steps of one process (8 training drawings
+    after the demo's holdout)."""
     from .stage_project import accelerate_train, make_project, run_stage
 
     root = make_project(
@@ -117,13 +116,18 @@ def test_two_ddp_processes_learn_the_style_too(tiny_models, tmp_path, base):
             f"data.raw_dir={ROOT / 'data/samples'}",
             f"caption.overrides={ROOT / 'data/sample_captions.csv'}",
             f"model.pretrained={WORLD_SD}",
-            "train.epochs=8",
+            f"train.epochs={2 * LEARN['epochs']}",
             "train.validation_epochs=0",
+            "train.checkpointing_steps=1000",
+            "train.mixed_precision=bf16",
+            "train.cache_latents=false",
         ],
+        quick=False,
     )
     for stage in ("prepare", "caption", "dataset"):
         run_stage(root, stage)
     metrics = accelerate_train(root)
-    assert metrics["steps"] == 16
+    assert metrics["latents"] == {}, metrics["latents"]  # live: no latent was cached
+    assert metrics["steps"] == 8 // 2 * LEARN["epochs"]  # 8 drawings, batches of 2 per process
     lora = judge_drawings(world_engine(root / "models/lora"), lora_scale=1.0)
     _assert_learned(base, lora)

@@ -7,10 +7,14 @@ import sys
 
 import pytest
 
+from kshd.config import compose_conf
 from kshd.training.checkpoints import complete_checkpoints
 
+from .conftest import ROOT
 from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, run_ok
 from .helpers.wandb_offline import find_offline_runs
+
+DEMO = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")  # what `make demo` runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 TRIGGER = "drawn by KSH drawing style"
@@ -67,11 +71,14 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["num_images"] >= 1 and 0 < metrics["lora_pixel_delta"] < 1
     train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
-    steps = demo_steps(repo, batch_size=2, epochs=4)  # the demo's batch size and epochs
+    t = DEMO.train
+    steps = demo_steps(repo, batch_size=t.batch_size, epochs=t.epochs)
     assert train["steps"] == steps
     validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
-    assert validation == ["epoch-0002.png", "epoch-0004.png"]  # every 2 epochs in the demo
-    saved = list(range(6, steps + 1, 6))[-2:]  # every 6 steps, the newest 2 kept (the demo's)
+    every = t.validation_epochs
+    assert validation == [f"epoch-{e:04d}.png" for e in range(every, t.epochs + 1, every)]
+    saved = list(range(t.checkpointing_steps, steps + 1, t.checkpointing_steps))
+    saved = saved[-t.checkpoints_total_limit :]  # the newest ones kept
     assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == saved
     for key in ("clip_score", "style_similarity", "style_gain", "memorization", "diversity"):
         assert isinstance(metrics[key], float), key
@@ -101,8 +108,11 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     assert len({r.name for r in runs}) == 1  # all named after the one experiment
     train = next(r for r in runs if r.job_type == "train")
     assert train.name in names
-    assert train.config["train"]["batch_size"] == 2 and train.config["train"]["epochs"] == 4
-    assert len([h for h in train.history if "train/loss" in h]) == demo_steps(repo, 2, 4)
+    t = DEMO.train
+    assert train.config["train"]["batch_size"] == t.batch_size
+    assert train.config["train"]["epochs"] == t.epochs
+    steps = demo_steps(repo, t.batch_size, t.epochs)
+    assert len([h for h in train.history if "train/loss" in h]) == steps
     evaluate = next(r for r in runs if r.job_type == "evaluate")
     [logged] = [h for h in evaluate.history if "eval/samples/nrows" in h]
     assert logged["eval/samples/nrows"] == 2 * 4 * 2  # base and LoRA, 4 prompts, 2 seeds

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kshd.builders.world import character
 from kshd.builders.world_judges import judge_hair, judge_style
-from kshd.config import defaults
+from kshd.config import compose_conf, defaults
 from kshd.data.caption_sources import read_overrides
 from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
@@ -28,8 +28,19 @@ RESOLUTION = 128
 # Held-out characters (the judges' held-out seeds): none is a sample or in the pretraining data.
 JUDGED = [character(s) for s in range(10_000, 10_008)]
 SEEDS = (0, 1)
-# The demo's LoRA run on the eight training samples (the demo's holdout left out as there).
-LEARN = dict(resolution=RESOLUTION, batch_size=2, epochs=4, learning_rate=1e-2, seed=7)
+# The demo profile's LoRA run (conf/experiment/demo.yaml: LoCon, rank 16, lr 3e-3, batch 2, 50
+# epochs), here on all ten samples (no holdout: 250 steps).
+_T = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf").train
+LEARN = dict(
+    resolution=_T.resolution,
+    batch_size=_T.batch_size,
+    epochs=_T.epochs,
+    learning_rate=_T.learning_rate,
+    rank=_T.rank,
+    alpha=_T.alpha,
+    target_modules=list(_T.target_modules),
+    seed=7,
+)
 # The app's drawing at the demo's size and steps, prompted as the demo profile does (no prefixes:
 # the world's CLIP text tower knows the trigger phrase at a caption's end, and no negative words).
 DRAW = dict(
