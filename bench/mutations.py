@@ -28,7 +28,12 @@ from kshd.training.loop import train_lora  # noqa: E402
 from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 from tests.helpers.lora_files import tiny_info  # noqa: E402
-from tests.test_learning import BASE_MAX_KSH, LORA_MIN_HAIR, LORA_MIN_KSH  # noqa: E402
+from tests.test_learning import (  # noqa: E402
+    BASE_MAX_KSH,
+    LATENT_STD,
+    LORA_MIN_HAIR,
+    LORA_MIN_KSH,
+)
 
 log = logging.getLogger("mutations")
 
@@ -113,9 +118,11 @@ def run(name: str, work: Path) -> dict:
     if name == "lora_not_applied":
         engine.set_lora_scale = lambda scale: engine.txt2img.disable_lora()
     lora = learning.judge_drawings(engine, lora_scale=1.0)
-    caught = lora.ksh < LORA_MIN_KSH or lora.hair < LORA_MIN_HAIR
+    std = result.latent_std
+    drawn = lora.ksh < LORA_MIN_KSH or lora.hair < LORA_MIN_HAIR
+    caught = drawn or not LATENT_STD[0] <= std <= LATENT_STD[1]
     learning.contact_sheet([lora.images], work.parent / f"{name}.png")
-    return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "caught": caught}
+    return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "std": std, "caught": caught}
 
 
 MUTATIONS = ["none", "latent_scale", "lora_scale", "prediction_type", "text_layer"]
@@ -131,17 +138,19 @@ def main() -> None:
     base = learning.judge_drawings(learning.world_engine(None), lora_scale=1.0)
     log.info("base: %s (the test wants base KSH <= %.0f%%)", base, 100 * BASE_MAX_KSH)
     log.info(
-        "caught: LoRA KSH < %.0f%% or hair < %.0f%%",
+        "caught: LoRA KSH < %.0f%% or hair < %.0f%% or latent std outside %s",
         100 * LORA_MIN_KSH,
         100 * LORA_MIN_HAIR,
+        LATENT_STD,
     )
     for name in args.names or MUTATIONS:
         r = run(name, args.out / name)
         log.info(
-            "%-18s KSH %4.0f%%  hair %4.0f%%  CAUGHT %s",
+            "%-18s KSH %4.0f%%  hair %4.0f%%  latent std %.2f  CAUGHT %s",
             name,
             100 * r["ksh"],
             100 * r["hair"],
+            r["std"],
             "yes" if r["caught"] else "no",
         )
     log.info("contact sheets in %s", args.out)

@@ -89,3 +89,27 @@ def test_max_train_steps_wins_over_epochs():
     assert total_steps(defaults("train", epochs=50), 100) == (5000, 50)
     assert total_steps(defaults("train", max_train_steps=120), 100) == (120, 2)
     assert total_steps(defaults("train", gradient_accumulation_steps=4, epochs=1), 10) == (3, 1)
+
+
+def test_latent_std_is_recorded_and_a_wrong_scaling_factor_warned(
+    tiny_models, sample_split, caplog
+):
+    """metrics.json's latent_std: the scaled training latents' std, which SD's scaling factor
+    makes about 1; a factor 10x too big (or one left out) shows, with a warning naming the key.
+    The tiny VAE has random weights and SD's factor (std 0.2): calibrated here first, as SD's
+    0.18215 was measured."""
+
+    def std_with(factor: float) -> tuple[float, bool]:
+        c = load_components(str(tiny_models["sd"]))
+        c.vae.register_to_config(scaling_factor=factor)
+        caplog.clear()
+        s = defaults("train", **{**SETTINGS, "max_train_steps": 1, "cache_latents": False})
+        return train_lora(c, sample_split, s).latent_std, "check the VAE's scaling_factor" in (
+            caplog.text
+        )
+
+    raw, _ = std_with(1.0)
+    calibrated, warned = std_with(1.0 / raw)
+    assert math.isclose(calibrated, 1.0, rel_tol=1e-3) and not warned
+    wrong, warned = std_with(10.0 / raw)
+    assert math.isclose(wrong, 10.0, rel_tol=1e-3) and warned

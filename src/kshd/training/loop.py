@@ -76,6 +76,7 @@ class _Run:
     epochs: int
     batches_per_epoch: int
     released: bool = False  # the VAE and text encoder left memory (all inputs cached)
+    latent_std: float | None = None  # of the first batch's scaled latents (see TrainResult)
 
 
 ValidateFn = Callable[[int, Components], None]
@@ -193,11 +194,28 @@ def _start(run: _Run, c: Components, ckpt: CheckpointPolicy | None) -> TrainResu
     return _restore(run, c, path) if path else TrainResult()
 
 
+def _checked_latent_std(latents: torch.Tensor, scaling_factor: float) -> float:
+    """The std of the latents the UNet trains on. The VAE's scaling factor exists to make it about
+    1 (SD's 0.18215 was measured so); far from 1, the factor is wrong or was not applied, and the
+    LoRA learns at the wrong noise level. Warned once, recorded in metrics.json."""
+    std = latents.float().std().item()
+    if not 0.5 <= std <= 2.0:
+        log.warning(
+            "training latents have std %.2f (expected about 1): check the VAE's scaling_factor "
+            "(%s) for this base model",
+            std,
+            scaling_factor,
+        )
+    return std
+
+
 def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: int) -> float:
     """Forward, NaN guard, backward, and (at accumulation boundaries) the optimizer step."""
     acc = run.accelerator
     with acc.accumulate(run.unet):
         latents, hidden = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
+        if run.latent_std is None:
+            run.latent_std = _checked_latent_std(latents, c.vae.config.scaling_factor)
         loss = diffusion_loss(c, latents, hidden, run.unet, s)
         if not torch.isfinite(loss).all():
             names = [run.data.names[int(i)] for i in batch["index"]]
@@ -246,6 +264,7 @@ def train_lora(
         _loop(run, c, s, p, bar, on_log, ckpt, validate, stop)
     bar.close()
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
+    result.latent_std = run.latent_std
     c.unet = acc.unwrap_model(run.unet)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
     if run.released and give_back:  # the caller gets complete components back

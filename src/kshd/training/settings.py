@@ -27,6 +27,7 @@ class TrainResult:
     resumed_from: str | None = None
     latents: dict = field(default_factory=dict)
     captions: dict = field(default_factory=dict)  # captions cut at train.max_token_length
+    latent_std: float | None = None  # the first trained batch's scaled latents: about 1 if right
 
     @property
     def steps(self) -> int:
@@ -47,6 +48,7 @@ class TrainResult:
             "seconds": round(self.seconds, 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "resumed_from": self.resumed_from,
+            "latent_std": None if self.latent_std is None else round(self.latent_std, 4),
         }
 
 
