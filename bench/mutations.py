@@ -23,11 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kshd.config import defaults  # noqa: E402
-from kshd.lora import save_lora  # noqa: E402
 from kshd.training.loop import train_lora  # noqa: E402
 from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
-from tests.helpers.lora_files import tiny_info  # noqa: E402
 from tests.test_learning import (  # noqa: E402
     BASE_MAX_KSH,
     LATENT_STD,
@@ -104,16 +102,7 @@ def run(name: str, work: Path) -> dict:
     c, result = _train(name, split, work)
     if name == "lora_scale":
         _shrink_lora(c.unet)
-    s = learning.LEARN
-    info = tiny_info(
-        rank=s["rank"],
-        alpha=s["alpha"],
-        steps=result.steps,
-        epochs=result.epochs,
-        num_images=len(split),
-        seed=7,
-    )
-    save_lora(work / "lora", c.unet, c.text_encoder, info)
+    learning.save_learned(work / "lora", c, result, len(split))
     engine = learning.world_engine(work / "lora")
     if name == "lora_not_applied":
         engine.set_lora_scale = lambda scale: engine.txt2img.disable_lora()

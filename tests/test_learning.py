@@ -20,7 +20,6 @@ import pytest
 from accelerate.state import AcceleratorState
 
 from kshd.config import defaults
-from kshd.lora import save_lora
 from kshd.training.loop import train_lora
 from kshd.training.settings import load_components
 
@@ -31,9 +30,9 @@ from .helpers.learning import (
     contact_sheet,
     judge_drawings,
     sample_split,
+    save_learned,
     world_engine,
 )
-from .helpers.lora_files import tiny_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,16 +70,7 @@ def _learn(work: Path, **changes) -> tuple[Path, float]:
         result = train_lora(c, split, s, cache_dir=cache)
     finally:
         AcceleratorState._reset_state()
-    info = tiny_info(
-        rank=s.rank,
-        alpha=s.alpha,
-        steps=result.steps,
-        epochs=result.epochs,
-        num_images=len(split),
-        seed=7,
-    )
-    save_lora(work / "lora", c.unet, c.text_encoder, info)
-    return work / "lora", result.latent_std
+    return save_learned(work / "lora", c, result, len(split)), result.latent_std
 
 
 def _assert_learned(base: Verdict, lora: Verdict) -> None:

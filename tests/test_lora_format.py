@@ -67,6 +67,7 @@ def _eps(unet, sd_dir: Path) -> torch.Tensor:
     [
         pytest.param(ATTENTION, 4, 4, id="attention"),
         pytest.param(LOCON, 4, 4, id="locon"),
+        pytest.param(ATTENTION, 4, 1, id="attention-alpha-1"),
         pytest.param(LOCON, 4, 1, id="locon-alpha-1"),
     ],
 )

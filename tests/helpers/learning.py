@@ -19,7 +19,7 @@ from kshd.data.intake import prepare_folder
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
-from .lora_files import TRIGGER
+from .lora_files import TRIGGER, tiny_info
 from .settings import intake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +95,22 @@ def judge_drawings(engine: Engine, lora_scale: float, trigger: bool = True) -> V
             ksh += judge_style(img) == "ksh"
             hair += judge_hair(img) == c.hair
     return Verdict(images, ksh / len(images), hair / len(images))
+
+
+def save_learned(out: Path, c, result, num_images: int) -> Path:
+    """A LEARN run's LoRA saved as the train stage saves it (both files, its rank and alpha)."""
+    from kshd.lora import save_lora
+
+    info = tiny_info(
+        rank=LEARN["rank"],
+        alpha=LEARN["alpha"],
+        steps=result.steps,
+        epochs=result.epochs,
+        num_images=num_images,
+        seed=LEARN["seed"],
+    )
+    save_lora(out, c.unet, c.text_encoder, info)
+    return out
 
 
 def world_engine(lora: Path | None) -> Engine:
