@@ -38,6 +38,11 @@ QUICK_TRAIN = [
 ]
 
 
+def quick_dvc_params(*swept: str) -> list[str]:
+    """QUICK_TRAIN as `dvc exp run -S` arguments, leaving out the keys a test sets itself."""
+    return [a for o in QUICK_TRAIN if o.split("=")[0] not in swept for a in ("-S", o)]
+
+
 @pytest.fixture
 def demo_cfg(tmp_path, tiny_models):
     """The demo profile composed from conf/ as DVC does, every path moved into tmp_path (the

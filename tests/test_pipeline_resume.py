@@ -10,11 +10,16 @@ import pytest
 
 from kshd.experiments.demo import demo_models
 
+from .conftest import quick_dvc_params
 from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, dvc_env, run_ok
 from .helpers.events import Child
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-LONG = ["-S", "+experiment=demo", "-S", "train.epochs=12", "-S", "train.checkpointing_steps=4"]
+# The demo made quick (its mechanics, not its learning), 12 epochs, a checkpoint every 4 steps.
+LONG = [
+    *("-S", "+experiment=demo", "-S", "train.epochs=12", "-S", "train.checkpointing_steps=4"),
+    *quick_dvc_params("train.epochs", "train.checkpointing_steps"),
+]
 
 
 @pytest.fixture(scope="module")
