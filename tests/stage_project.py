@@ -31,6 +31,7 @@ def project_cfg(
             f"caption.model={tiny_models['blip2']}",
             f"model.pretrained={tiny_models['sd']}",
             f"evaluate.clip_model={tiny_models['clip']}",
+            f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
             "tiny.build=false",
             "tracking.mode=disabled",
             *(QUICK_TRAIN if quick else []),

@@ -193,3 +193,21 @@ def test_bundled_samples_keep_the_demo_split_of_8_training_drawings(tmp_path, re
     assert report.accepted == 10 and len(held) == 2
     if resolution == 128:  # the two odd sizes stay in training, as before
         assert all(Image.open(f).size[0] == Image.open(f).size[1] for f in held)
+
+
+def test_the_demo_s_style_references_are_what_make_samples_draws(tmp_path):
+    """data/style_refs/ (evaluate.style_references in the demo profile): the Makefile's own
+    command, run here, draws the same files, pixel for pixel; all KSH, none a sample's character."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
+    [line] = [ln for ln in makefile if "kshd.builders.world data/style_refs" in ln]
+    args = line.split("kshd.builders.world ", 1)[1].split()
+    assert args[0] == "data/style_refs"
+    assert world.main([str(tmp_path / "refs"), *args[1:]]) == 0
+    fresh = sorted((tmp_path / "refs").iterdir())
+    bundled = sorted((ROOT / "data/style_refs").iterdir())
+    assert [p.name for p in fresh] == [p.name for p in bundled] and len(bundled) == 64
+    for new, old in zip(fresh, bundled, strict=True):
+        assert np.array_equal(np.asarray(Image.open(new)), np.asarray(Image.open(old))), old.name
+    assert all(judge_style(Image.open(p)) == "ksh" for p in bundled)
+    seeds = {int(p.stem.split("-")[1]) for p in bundled}
+    assert not seeds & {SEED + i for i in range(len(SAMPLES))}

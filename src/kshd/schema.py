@@ -96,13 +96,14 @@ class DatasetSettings:
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """`prepare`: intake of the raw drawings (data.images.IntakeRules holds the last three)."""
+    """`prepare`: intake of the raw drawings (data.images.IntakeRules holds the last three; the
+    evaluate stage decodes a folder of style references with them too)."""
 
     resolution: int = field(metadata=DEFINES_RESULT)  # short side after resizing
     upscale: bool = field(metadata=DEFINES_RESULT)
-    background: tuple[int, int, int] = field(metadata=DEFINES_RESULT)
-    min_side: int = field(metadata=DEFINES_RESULT)
-    max_pixels: int = field(metadata=DEFINES_RESULT)
+    background: tuple[int, int, int] = field(metadata=DEFINES_RESULT | changes("evaluate"))
+    min_side: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
+    max_pixels: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
 
     def validate(self) -> None:
         require(self.resolution >= 8, "prepare.resolution", self.resolution, "a number >= 8")
@@ -260,6 +261,7 @@ class EvaluateSettings:
     lora_scales: tuple[float, ...] = field(metadata=DEFINES_RESULT)
     clip_model: str | None = field(metadata=DEFINES_RESULT)
     dino_model: str | None = field(metadata=DEFINES_RESULT)
+    style_references: str = field(metadata=DEFINES_RESULT)
     checkpoints: bool = field(metadata=DEFINES_RESULT)
     checkpoint_every: int = field(metadata=DEFINES_RESULT)
     checkpoint_last: int | None = field(metadata=DEFINES_RESULT)

@@ -28,6 +28,11 @@ CASES = [
         ["model.pretrained", "/no/such/model", "Hugging Face id"],
     ),
     ("evaluate", ["model.pretrained=./models/missing"], ["model.pretrained", "no such folder"]),
+    (
+        "evaluate",
+        ["evaluate.style_references=./no/refs"],
+        ["evaluate.style_references", "no/refs", "not a folder"],
+    ),
     ("prepare", [], ["raw", "no drawings"]),
     ("dataset", [], ["info.csv", "header `image,text`"]),
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.config import shared_path
+from kshd.data.images import IntakeRules
 from kshd.evaluation.evaluate import (
     HEADLINE,
     CheckpointCurve,
@@ -22,6 +23,7 @@ from kshd.evaluation.evaluate import (
     select_checkpoints,
 )
 from kshd.evaluation.metrics import ClipEncoder, DinoEncoder, LazyImages
+from kshd.evaluation.references import FolderImages, folder_references, is_dataset
 from kshd.evaluation.report import render
 from kshd.evaluation.sampling import EvalSettings
 from kshd.experiments.tracking import start_run
@@ -65,6 +67,28 @@ def dataset_images(dataset_dir: str) -> tuple[LazyImages, LazyImages]:
 
     ds = load_from_disk(dataset_dir)
     return LazyImages(ds["holdout"]), LazyImages(ds["train"])
+
+
+def reference_folder(cfg: DictConfig) -> FolderImages | None:
+    """`evaluate.style_references` when it is a folder of drawings (checked now, so a wrong one
+    fails before any model loads), decoded with the prepare stage's rules; None for a dataset."""
+    path = Path(cfg.evaluate.style_references)
+    if path.resolve() == Path(cfg.data.dataset_dir).resolve() or is_dataset(path):
+        return None
+    p = group(cfg, "prepare")
+    return folder_references(path, IntakeRules(p.background, p.min_side, p.max_pixels))
+
+
+def reference_images(cfg: DictConfig, folder: FolderImages | None) -> tuple[Sequence, LazyImages]:
+    """(style references, training drawings): the folder's drawings, or the held-out split of
+    the dataset folder `evaluate.style_references` names (by default the training's own)."""
+    holdout, train = dataset_images(cfg.data.dataset_dir)
+    if folder is not None:
+        return folder, train
+    path = Path(cfg.evaluate.style_references)
+    if path.resolve() == Path(cfg.data.dataset_dir).resolve():
+        return holdout, train
+    return dataset_images(str(path))[0], train
 
 
 def load_pipeline(cfg: DictConfig):
@@ -114,8 +138,9 @@ def write_outputs(
 
 def run(cfg: DictConfig) -> dict:
     """The LoRA (and its checkpoints) against the base model: grids, metrics, the report."""
-    resolve_models(cfg)
     e = group(cfg, "evaluate")
+    folder = reference_folder(cfg) if e.clip_model else None
+    resolve_models(cfg)
     settings = EvalSettings.of(e, group(cfg, "caption").trigger_phrase)
     require_model(cfg, "model.pretrained", "model_index.json")
     for key in ("clip_model", "dino_model"):
@@ -127,8 +152,7 @@ def run(cfg: DictConfig) -> dict:
     if e.clip_model:
         encoder = ClipEncoder(e.clip_model, device)
         dino = DinoEncoder(e.dino_model, device) if e.dino_model else None
-        holdout, train = dataset_images(cfg.data.dataset_dir)
-        refs = References(encoder, holdout, train, dino)
+        refs = References(encoder, *reference_images(cfg, folder), dino)
     lora_dir = Path(cfg.output.lora_dir)
     found = complete_checkpoints(Path(cfg.output.checkpoints_dir))
     checkpoints = (
