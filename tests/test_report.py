@@ -30,3 +30,25 @@ def test_page_marks_the_best_checkpoint_and_escapes_prompts(tmp_path):
     )
     assert '<tr class="best"><td>10</td>' in page and '<tr class=""><td>5</td>' in page
     assert 'src="grids/prompt-00.png"' in page and "&lt;b&gt;girl&lt;/b&gt; &amp; boy" in page
+
+
+def test_the_readme_grid_is_the_demo_s_grids_side_by_side(tmp_path):
+    """docs/demo-grid.png (make readme-grid): each grid pasted as drawn, 10 px apart."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from kshd.experiments.readme_grid import main
+
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (32, 64), colour).save(grids / f"prompt-{i:02d}.png")
+    out = tmp_path / "docs" / "demo-grid.png"
+    assert main(["--grids", str(grids), "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out).convert("RGB"), int)
+    assert sheet.shape == (64, 32 + 10 + 32, 3)
+    assert np.abs(sheet[:, :32] - (200, 30, 30)).max() <= 4
+    assert (sheet[:, 32:42] == 255).all() and np.abs(sheet[:, 42:] - (30, 30, 200)).max() <= 4
+    with pytest.raises(FileNotFoundError, match="make demo"):
+        main(["--grids", str(tmp_path / "none"), "--out", str(out)])

@@ -30,7 +30,8 @@ JUDGED = [character(s) for s in range(10_000, 10_008)]
 SEEDS = (0, 1)
 # The demo profile's LoRA run (conf/experiment/demo.yaml: LoCon, rank 16, lr 3e-3, batch 2, 50
 # epochs), here on all ten samples (no holdout: 250 steps).
-_T = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf").train
+_DEMO = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
+_T = _DEMO.train
 LEARN = dict(
     resolution=_T.resolution,
     batch_size=_T.batch_size,
@@ -50,6 +51,7 @@ DRAW = dict(
     width=RESOLUTION,
     height=RESOLUTION,
     steps=12,
+    sampler=_DEMO.generate.sampler,
     batch_count=1,
     batch_size=1,
 )
