@@ -28,9 +28,11 @@ from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 from tests.test_learning import (  # noqa: E402
     BASE_MAX_KSH,
+    FIRST_LOSS_MAX,
     LATENT_STD,
     LORA_MIN_HAIR,
     LORA_MIN_KSH,
+    first_loss,
 )
 
 log = logging.getLogger("mutations")
@@ -107,11 +109,13 @@ def run(name: str, work: Path) -> dict:
     if name == "lora_not_applied":
         engine.set_lora_scale = lambda scale: engine.txt2img.disable_lora()
     lora = learning.judge_drawings(engine, lora_scale=1.0)
-    std = result.latent_std
+    std, loss = result.latent_std, first_loss([h["loss"] for h in result.history])
     drawn = lora.ksh < LORA_MIN_KSH or lora.hair < LORA_MIN_HAIR
-    caught = drawn or not LATENT_STD[0] <= std <= LATENT_STD[1]
+    caught = drawn or not LATENT_STD[0] <= std <= LATENT_STD[1] or loss > FIRST_LOSS_MAX
     learning.contact_sheet([lora.images], work.parent / f"{name}.png")
-    return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "std": std, "caught": caught}
+    return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "std": std, "loss": loss} | {
+        "caught": caught
+    }
 
 
 MUTATIONS = ["none", "latent_scale", "lora_scale", "prediction_type", "text_layer"]
@@ -127,19 +131,21 @@ def main() -> None:
     base = learning.judge_drawings(learning.world_engine(None), lora_scale=1.0)
     log.info("base: %s (the test wants base KSH <= %.0f%%)", base, 100 * BASE_MAX_KSH)
     log.info(
-        "caught: LoRA KSH < %.0f%% or hair < %.0f%% or latent std outside %s",
+        "caught: LoRA KSH < %.0f%% or hair < %.0f%% or latent std outside %s or first loss > %s",
         100 * LORA_MIN_KSH,
         100 * LORA_MIN_HAIR,
         LATENT_STD,
+        FIRST_LOSS_MAX,
     )
     for name in args.names or MUTATIONS:
         r = run(name, args.out / name)
         log.info(
-            "%-18s KSH %4.0f%%  hair %4.0f%%  latent std %.2f  CAUGHT %s",
+            "%-18s KSH %4.0f%%  hair %4.0f%%  latent std %.2f  first loss %.2f  CAUGHT %s",
             name,
             100 * r["ksh"],
             100 * r["hair"],
             r["std"],
+            r["loss"],
             "yes" if r["caught"] else "no",
         )
     log.info("contact sheets in %s", args.out)
