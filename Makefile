@@ -56,7 +56,7 @@ format: setup ## apply ruff fixes and formatting
 
 samples: setup ## redraw data/samples/, their captions and data/style_refs/ (the demo's, deterministic)
 	$(RUN) $(PY) -m kshd.data.samples data/samples data/sample_captions.csv
-	$(RUN) $(PY) -m kshd.builders.world data/style_refs --references -n 64 --size 128 --seed 10100
+	$(RUN) $(PY) -m kshd.builders.world_refs data/style_refs -n 64 --size 128 --seed 10100
 
 world-models: setup ## retrain the demo world's committed models (models/world: SD base + CLIP, ~30 min on 2 cores)
 	$(RUN) $(PY) -m kshd.builders.pretrain_world models/world --seed 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.builders import world
+from kshd.builders import world, world_refs
 from kshd.builders.world import (
     BACKGROUNDS,
     CLOTHES,
@@ -199,10 +199,10 @@ def test_the_demo_s_style_references_are_what_make_samples_draws(tmp_path):
     """data/style_refs/ (evaluate.style_references in the demo profile): the Makefile's own
     command, run here, draws the same files, pixel for pixel; all KSH, none a sample's character."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
-    [line] = [ln for ln in makefile if "kshd.builders.world data/style_refs" in ln]
-    args = line.split("kshd.builders.world ", 1)[1].split()
+    [line] = [ln for ln in makefile if "kshd.builders.world_refs data/style_refs" in ln]
+    args = line.split("kshd.builders.world_refs ", 1)[1].split()
     assert args[0] == "data/style_refs"
-    assert world.main([str(tmp_path / "refs"), *args[1:]]) == 0
+    assert world_refs.main([str(tmp_path / "refs"), *args[1:]]) == 0
     fresh = sorted((tmp_path / "refs").iterdir())
     bundled = sorted((ROOT / "data/style_refs").iterdir())
     assert [p.name for p in fresh] == [p.name for p in bundled] and len(bundled) == 64

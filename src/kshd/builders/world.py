@@ -337,19 +337,6 @@ def write_world(
     return out / "info.csv"
 
 
-def write_references(out_dir: str | Path, n: int, style: str, size: int, first_seed: int) -> Path:
-    """n drawings as out_dir/<style>-<seed>.png, nothing else: a style reference folder for
-    `evaluate.style_references` (the demo's: many characters, so that style_similarity measures
-    the style rather than which few characters happen to be held out)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = range(first_seed, first_seed + n)
-    for seed, (img, *_) in zip(seeds, drawings(seeds, style, (size, size)), strict=True):
-        img.save(out / f"{style}-{seed:06d}.png", format="PNG")
-    log.info("wrote %d %s reference drawings (%d px) to %s", n, style, size, out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m kshd.builders.world OUT -n N --style ksh`: a dataset of the world."""
     p = argparse.ArgumentParser(prog="python -m kshd.builders.world", description=__doc__)
@@ -359,17 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="width and height in pixels")
     p.add_argument("--seed", type=int, default=0, help="first seed; drawing i uses seed+i")
     p.add_argument("--trigger", help="KSH captions' trigger phrase (conf's caption.trigger_phrase)")
-    p.add_argument(
-        "--references", action="store_true", help="only the PNGs, flat (a style reference folder)"
-    )
     args = p.parse_args(argv)
     if args.n < 1 or args.size < 32:
         p.error("-n must be at least 1 and --size at least 32")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.references:
-        write_references(args.out, args.n, args.style, args.size, args.seed)
-    else:
-        write_world(args.out, args.n, args.style, args.size, args.seed, args.trigger)
+    write_world(args.out, args.n, args.style, args.size, args.seed, args.trigger)
     return 0
 
 

@@ -1,0 +1,49 @@
+"""Style reference drawings of the demo world: a flat folder of PNGs, nothing else.
+
+`make samples` writes the demo's `data/style_refs/` with it (its `evaluate.style_references`):
+many characters in the KSH style, so that `style_similarity` measures the style rather than which
+few characters happen to be held out. Apart from kshd.builders.world, whose bytes the world
+models' manifest hashes: this file decides no weights.
+
+    python -m kshd.builders.world_refs OUT -n 64 --size 128 --seed 10100 [--style ksh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from kshd.builders.world import STYLES, drawings
+
+log = logging.getLogger(__name__)
+
+
+def write_references(out_dir: str | Path, n: int, style: str, size: int, first_seed: int) -> Path:
+    """n drawings of seeds first_seed.. as out_dir/<style>-<seed>.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = range(first_seed, first_seed + n)
+    for seed, (img, *_) in zip(seeds, drawings(seeds, style, (size, size)), strict=True):
+        img.save(out / f"{style}-{seed:06d}.png", format="PNG")
+    log.info("wrote %d %s reference drawings (%d px) to %s", n, style, size, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kshd.builders.world_refs", description=__doc__)
+    p.add_argument("out", help="folder to write <style>-<seed>.png into")
+    p.add_argument("-n", type=int, default=64, help="number of drawings (default 64)")
+    p.add_argument("--style", choices=STYLES, default="ksh")
+    p.add_argument("--size", type=int, default=128, help="width and height in pixels")
+    p.add_argument("--seed", type=int, default=10_100, help="first seed; drawing i uses seed+i")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.size < 32:
+        p.error("-n must be at least 1 and --size at least 32")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    write_references(args.out, args.n, args.style, args.size, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
