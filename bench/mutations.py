@@ -86,7 +86,8 @@ def _shrink_lora(unet) -> None:
 
 
 def _train(name: str, split, work: Path):
-    """The demo's run with the mutation `name` applied before training (undone after)."""
+    """The demo's run with the mutation `name` applied before training (undone after): its
+    components, its TrainResult and the captions whose cached text states are not the app's."""
     from kshd.training import latent_cache, settings
 
     saved = latent_cache.encode_chunk_ids, settings.encode_chunk_ids
@@ -94,14 +95,15 @@ def _train(name: str, split, work: Path):
     try:
         c, changes = BEFORE_TRAINING.get(name, _no_mutation)(c, {})
         s = defaults("train", **{**learning.LEARN, **changes})
-        return c, train_lora(c, split, s, cache_dir=work / "cache")
+        result = train_lora(c, split, s, cache_dir=work / "cache")
     finally:
         latent_cache.encode_chunk_ids, settings.encode_chunk_ids = saved
+    return c, result, learning.unlike_the_app(c, work / "cache", split["text"])
 
 
 def run(name: str, work: Path) -> dict:
     split = learning.sample_split(work / "data")
-    c, result = _train(name, split, work)
+    c, result, text_unlike = _train(name, split, work)
     if name == "lora_scale":
         _shrink_lora(c.unet)
     learning.save_learned(work / "lora", c, result, len(split))
@@ -112,9 +114,11 @@ def run(name: str, work: Path) -> dict:
     std, loss = result.latent_std, first_loss([h["loss"] for h in result.history])
     drawn = lora.ksh < LORA_MIN_KSH or lora.hair < LORA_MIN_HAIR
     caught = drawn or not LATENT_STD[0] <= std <= LATENT_STD[1] or loss > FIRST_LOSS_MAX
+    caught = caught or bool(text_unlike)
     learning.contact_sheet([lora.images], work.parent / f"{name}.png")
     return {"mutation": name, "ksh": lora.ksh, "hair": lora.hair, "std": std, "loss": loss} | {
-        "caught": caught
+        "text_unlike": len(text_unlike),
+        "caught": caught,
     }
 
 
@@ -131,7 +135,8 @@ def main() -> None:
     base = learning.judge_drawings(learning.world_engine(None), lora_scale=1.0)
     log.info("base: %s (the test wants base KSH <= %.0f%%)", base, 100 * BASE_MAX_KSH)
     log.info(
-        "caught: LoRA KSH < %.0f%% or hair < %.0f%% or latent std outside %s or first loss > %s",
+        "caught: LoRA KSH < %.0f%% or hair < %.0f%% or latent std outside %s or first loss > %s"
+        " or a cached text state unlike the app's",
         100 * LORA_MIN_KSH,
         100 * LORA_MIN_HAIR,
         LATENT_STD,
@@ -140,12 +145,14 @@ def main() -> None:
     for name in args.names or MUTATIONS:
         r = run(name, args.out / name)
         log.info(
-            "%-18s KSH %4.0f%%  hair %4.0f%%  latent std %.2f  first loss %.2f  CAUGHT %s",
+            "%-18s KSH %4.0f%%  hair %4.0f%%  latent std %.2f  first loss %.2f  "
+            "text unlike the app %d  CAUGHT %s",
             name,
             100 * r["ksh"],
             100 * r["hair"],
             r["std"],
             r["loss"],
+            r["text_unlike"],
             "yes" if r["caught"] else "no",
         )
     log.info("contact sheets in %s", args.out)

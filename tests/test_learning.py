@@ -32,6 +32,7 @@ from .helpers.learning import (
     judge_drawings,
     sample_split,
     save_learned,
+    unlike_the_app,
     world_engine,
 )
 
@@ -82,6 +83,8 @@ def _learn(work: Path, **changes) -> tuple[Path, float, float]:
         result = train_lora(c, split, s, cache_dir=cache)
     finally:
         AcceleratorState._reset_state()
+    if cache:  # text states from another CLIP layer barely show in the drawings: caught here
+        assert not unlike_the_app(c, cache, split["text"]), unlike_the_app(c, cache, split["text"])
     lora = save_learned(work / "lora", c, result, len(split))
     return lora, result.latent_std, first_loss([h["loss"] for h in result.history])
 

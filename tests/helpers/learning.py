@@ -128,3 +128,22 @@ def contact_sheet(rows: list[list[Image.Image]], path: Path) -> Path:
             sheet.paste(img.convert("RGB"), (x * w, y * h))
     sheet.save(path)
     return path
+
+
+def unlike_the_app(c, cache: Path, captions: list[str]) -> list[str]:
+    """The captions whose cached text states (what a cached run trained on) are not what the
+    app draws with for the same caption (kshd.prompts.PromptEncoder); [] when all match. Text
+    states from another CLIP layer barely show in this world's drawings (bench/mutations.py)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from kshd.prompts import PromptEncoder
+
+    cached = [load_file(str(p))["hidden"] for p in sorted(cache.glob("text-*/*.safetensors"))]
+    app, unlike = PromptEncoder(c.tokenizer, c.text_encoder), []
+    for caption in sorted(set(captions)):
+        with torch.no_grad():
+            drawn = app.encode(caption)[0].float().cpu()
+        if not any(t.shape == drawn.shape and torch.allclose(t, drawn, atol=1e-4) for t in cached):
+            unlike.append(caption)
+    return unlike
