@@ -22,10 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kshd.config import defaults  # noqa: E402
-from kshd.training.loop import train_lora  # noqa: E402
 from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
+from tests.helpers.learning import WORLD_SD  # noqa: E402
 from tests.test_learning import (  # noqa: E402
     BASE_MAX_KSH,
     FIRST_LOSS_MAX,
@@ -91,11 +90,9 @@ def _train(name: str, split, work: Path):
     from kshd.training import latent_cache, settings
 
     saved = latent_cache.encode_chunk_ids, settings.encode_chunk_ids
-    c = load_components(str(learning.WORLD_SD))
     try:
-        c, changes = BEFORE_TRAINING.get(name, _no_mutation)(c, {})
-        s = defaults("train", **{**learning.LEARN, **changes})
-        result = train_lora(c, split, s, cache_dir=work / "cache")
+        c, changes = BEFORE_TRAINING.get(name, _no_mutation)(load_components(str(WORLD_SD)), {})
+        c, result = learning.learn(split, work, c, **changes)
     finally:
         latent_cache.encode_chunk_ids, settings.encode_chunk_ids = saved
     return c, result, learning.unlike_the_app(c, work / "cache", split["text"])

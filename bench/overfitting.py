@@ -24,10 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kshd.builders.world_judges import judge_style  # noqa: E402
-from kshd.config import compose_conf, defaults  # noqa: E402
+from kshd.config import compose_conf  # noqa: E402
 from kshd.evaluation.metrics import ClipEncoder, memorization, style_similarity  # noqa: E402
-from kshd.training.loop import train_lora  # noqa: E402
-from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 
 log = logging.getLogger("overfitting")
@@ -66,9 +64,7 @@ def main() -> None:
         )
     ]
     for epochs in args.epochs:
-        c = load_components(str(learning.WORLD_SD))
-        s = defaults("train", **{**learning.LEARN, "epochs": epochs})
-        result = train_lora(c, split, s, cache_dir=args.out / "cache")
+        c, result = learning.learn(split, args.out, epochs=epochs)
         lora = learning.save_learned(args.out / f"e{epochs}", c, result, len(split))
         drawn = learning.judge_drawings(learning.world_engine(lora), lora_scale=1.0)
         rows.append((f"{result.steps} steps", scores(encoder, drawn.images, trained, refs)))

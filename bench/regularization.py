@@ -23,18 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from accelerate.state import AcceleratorState  # noqa: E402
-
 from kshd.builders.world import character, draw  # noqa: E402
-from kshd.config import defaults  # noqa: E402
-from kshd.data.caption_sources import read_overrides  # noqa: E402
-from kshd.data.captioning import with_trigger, write_info_csv  # noqa: E402
-from kshd.data.dataset import build_dataset, load_rows  # noqa: E402
-from kshd.data.intake import prepare_folder  # noqa: E402
-from kshd.training.loop import train_lora  # noqa: E402
-from kshd.training.settings import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
-from tests.helpers.settings import intake  # noqa: E402
 
 log = logging.getLogger("regularization")
 REG_FIRST_SEED = 50_000  # away from the samples', the judges', the references' and the pool's
@@ -43,21 +33,13 @@ REG_FIRST_SEED = 50_000  # away from the samples', the judges', the references' 
 def split_with_plain(work: Path, n_reg: int):
     """The samples with the trigger (as test_learning trains them) and n_reg plain drawings
     captioned without it, as one `datasets` train split."""
-    report = prepare_folder(
-        ROOT / "data/samples", work / "prepared", **intake(resolution=learning.RESOLUTION)
-    )
-    captions = read_overrides(ROOT / "data/sample_captions.csv")
-    rows = [
-        (f"prepared/{i['output']}", with_trigger(captions[i["file"]], learning.TRIGGER, "end"))
-        for i in report.images
-    ]
     (work / "reg").mkdir(parents=True, exist_ok=True)
+    extra = []
     for seed in range(REG_FIRST_SEED, REG_FIRST_SEED + n_reg):
         c = character(seed)
         draw(c, "plain", (learning.RESOLUTION,) * 2).save(work / "reg" / f"{seed}.png")
-        rows.append((f"reg/{seed}.png", c.caption()))
-    write_info_csv(work / "info.csv", rows)
-    return build_dataset(load_rows(work / "info.csv"), holdout_fraction=0.0)["train"]
+        extra.append((f"reg/{seed}.png", c.caption()))
+    return learning.sample_split(work, extra)
 
 
 def main() -> None:
@@ -72,10 +54,7 @@ def main() -> None:
         split = split_with_plain(work, n_reg)
         steps = learning.LEARN["epochs"] * math.ceil(10 / learning.LEARN["batch_size"])
         epochs = max(1, round(steps / math.ceil(len(split) / learning.LEARN["batch_size"])))
-        c = load_components(str(learning.WORLD_SD))
-        AcceleratorState._reset_state()
-        s = defaults("train", **{**learning.LEARN, "epochs": epochs})
-        result = train_lora(c, split, s, cache_dir=work / "cache")
+        c, result = learning.learn(split, work, epochs=epochs)
         lora = learning.save_learned(work / "lora", c, result, len(split))
         engine = learning.world_engine(lora)
         with_t, without = (learning.judge_drawings(engine, 1.0, trigger=t) for t in (True, False))

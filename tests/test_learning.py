@@ -18,11 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from accelerate.state import AcceleratorState
-
-from kshd.config import defaults
-from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 from .helpers.learning import (
     LEARN,
@@ -30,6 +25,7 @@ from .helpers.learning import (
     Verdict,
     contact_sheet,
     judge_drawings,
+    learn,
     sample_split,
     save_learned,
     unlike_the_app,
@@ -75,16 +71,10 @@ def _learn(work: Path, **changes) -> tuple[Path, float, float]:
     """The demo's LoRA run with `changes`; the LoRA folder (both file formats), latent_std and
     the first steps' mean loss."""
     split = sample_split(work / "data")
-    c = load_components(str(WORLD_SD))
-    s = defaults("train", **{**LEARN, **changes})
-    cache = work / "cache" if s.cache_latents else None
-    AcceleratorState._reset_state()  # each run's Accelerator takes its own mixed precision
-    try:
-        result = train_lora(c, split, s, cache_dir=cache)
-    finally:
-        AcceleratorState._reset_state()
-    if cache:  # text states from another CLIP layer barely show in the drawings: caught here
-        assert not unlike_the_app(c, cache, split["text"]), unlike_the_app(c, cache, split["text"])
+    c, result = learn(split, work, **changes)
+    if (work / "cache").is_dir():  # text states from another CLIP layer: caught here
+        unlike = unlike_the_app(c, work / "cache", split["text"])
+        assert not unlike, unlike
     lora = save_learned(work / "lora", c, result, len(split))
     return lora, result.latent_std, first_loss([h["loss"] for h in result.history])
 

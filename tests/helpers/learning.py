@@ -57,9 +57,10 @@ DRAW = dict(
 )
 
 
-def sample_split(work: Path):
+def sample_split(work: Path, extra: list[tuple[str, str]] = ()):
     """The bundled samples at 128 px with their reviewed captions and the trigger phrase, as the
-    caption stage writes them, as a `datasets` split."""
+    caption stage writes them, as a `datasets` split; `extra`: more (path under work, caption)
+    rows, taken as they are."""
     report = prepare_folder(
         ROOT / "data/samples", work / "prepared", **intake(resolution=RESOLUTION)
     )
@@ -69,7 +70,7 @@ def sample_split(work: Path):
         (f"prepared/{i['output']}", with_trigger(captions[i["file"]], TRIGGER, position))
         for i in report.images
     ]
-    write_info_csv(work / "info.csv", rows)
+    write_info_csv(work / "info.csv", [*rows, *extra])
     return build_dataset(load_rows(work / "info.csv"), holdout_fraction=0.0)["train"]
 
 
@@ -97,6 +98,24 @@ def judge_drawings(engine: Engine, lora_scale: float, trigger: bool = True) -> V
             ksh += judge_style(img) == "ksh"
             hair += judge_hair(img) == c.hair
     return Verdict(images, ksh / len(images), hair / len(images))
+
+
+def learn(split, work: Path, c=None, **changes):
+    """The demo's LoRA run (LEARN with `changes`) on `split`, latents and text cached under
+    work/cache when the settings cache; `c`: components to train (loaded from the world's base
+    if None). Returns (components, TrainResult)."""
+    from accelerate.state import AcceleratorState
+
+    from kshd.training.loop import train_lora
+    from kshd.training.settings import load_components
+
+    c = c or load_components(str(WORLD_SD))
+    s = defaults("train", **{**LEARN, **changes})
+    AcceleratorState._reset_state()  # each run's Accelerator takes its own mixed precision
+    try:
+        return c, train_lora(c, split, s, cache_dir=work / "cache" if s.cache_latents else None)
+    finally:
+        AcceleratorState._reset_state()
 
 
 def save_learned(out: Path, c, result, num_images: int) -> Path:

@@ -53,14 +53,20 @@ class PrepareReport:
         }
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under folder, at any depth, hidden files and folders aside, in walk order."""
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return files
+
+
 def list_inputs(raw_dir: Path) -> tuple[list[Path], list[Path]]:
     """All visible files under raw_dir, split into image candidates and caption sidecars (.txt)."""
     if not raw_dir.is_dir():
         raise EmptyInputError(f"{raw_dir}: the raw drawings folder does not exist")
-    files: list[Path] = []
-    for root, dirs, names in os.walk(raw_dir, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    files = visible_files(raw_dir)
     stems = {f.with_suffix("") for f in files if f.suffix.lower() != ".txt"}
     sidecars = [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems]
     candidates = [f for f in files if f not in set(sidecars)]

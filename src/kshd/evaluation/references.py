@@ -9,12 +9,12 @@ characters were held out than about the style.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from kshd.config import InputError
 from kshd.data.images import IMAGE_SUFFIXES, ImageRejected, IntakeRules, load_image
+from kshd.data.intake import visible_files
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,19 @@ def is_dataset(path: Path) -> bool:
 
 
 def folder_references(folder: str | Path, rules: IntakeRules) -> FolderImages:
-    """Every drawing under `folder` (hidden files aside), each checked once; whatever is not a
-    usable drawing is named in a warning with its reason, so no file is silently dropped."""
+    """Every drawing under `folder` (hidden files aside, as the prepare stage lists its inputs),
+    each decoded once now, so a bad folder fails before any model loads (and again when
+    embedded: holding them all would grow with the folder); whatever is not a usable drawing is
+    named in a warning with its reason, so no file is silently dropped."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(
             f"{KEY}: {root} is not a folder; give a folder of drawings, or the dataset folder "
             "(data.dataset_dir) to use its held-out split"
         )
-    files: list[Path] = []
-    for here, dirs, names in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(here) / n for n in sorted(names) if not n.startswith(".")]
+    files = sorted(visible_files(root))
     accepted = []
-    for path in sorted(files):
+    for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             log.warning("%s: %s left out: not an image file", KEY, path)
             continue
