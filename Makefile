@@ -54,9 +54,10 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-samples: setup ## redraw data/samples/, their captions and data/style_refs/ (the demo's, deterministic)
+samples: setup ## redraw data/samples/, their captions, data/style_refs/ and data/sample_reg/ (the demo's)
 	$(RUN) $(PY) -m kshd.data.samples data/samples data/sample_captions.csv
 	$(RUN) $(PY) -m kshd.builders.world_refs data/style_refs -n 64 --size 128 --seed 10100
+	$(RUN) $(PY) -m kshd.builders.world_refs data/sample_reg -n 10 --size 128 --seed 50000 --style plain --captions
 
 world-models: setup ## retrain the demo world's committed models (models/world: SD base + CLIP, ~30 min on 2 cores)
 	$(RUN) $(PY) -m kshd.builders.pretrain_world models/world --seed 0

@@ -92,7 +92,8 @@ def _train(name: str, split, work: Path):
     saved = latent_cache.encode_chunk_ids, settings.encode_chunk_ids
     try:
         c, changes = BEFORE_TRAINING.get(name, _no_mutation)(load_components(str(WORLD_SD)), {})
-        c, result = learning.learn(split, work, c, **changes)
+        reg = learning.reg_split(work / "data")
+        c, result = learning.learn(split, work, c, reg, **changes)
     finally:
         latent_cache.encode_chunk_ids, settings.encode_chunk_ids = saved
     return c, result, learning.unlike_the_app(c, work / "cache", split["text"])

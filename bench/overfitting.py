@@ -5,7 +5,7 @@ does) for each number of epochs given, draws the held-out characters, and prints
 `memorization` (the nearest training drawing's CLIP cosine, as `evaluate` reports it),
 `style_similarity` against the demo's 64 style references, and the ink judge's KSH share.
 
-    python bench/overfitting.py              # 50 and 200 epochs (250 and 1,000 steps), ~8 min
+    python bench/overfitting.py              # 25 and 100 epochs (250 and 1,000 steps), ~8 min
     python bench/overfitting.py 25 50 100
 """
 
@@ -43,7 +43,7 @@ def scores(encoder: ClipEncoder, images: list[Image.Image], trained, refs) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("epochs", nargs="*", type=int, default=[50, 200])
+    parser.add_argument("epochs", nargs="*", type=int, default=[25, 100])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="overfit-")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -64,7 +64,8 @@ def main() -> None:
         )
     ]
     for epochs in args.epochs:
-        c, result = learning.learn(split, args.out, epochs=epochs)
+        reg = learning.reg_split(args.out / "data")
+        c, result = learning.learn(split, args.out, reg=reg, epochs=epochs)
         lora = learning.save_learned(args.out / f"e{epochs}", c, result, len(split))
         drawn = learning.judge_drawings(learning.world_engine(lora), lora_scale=1.0)
         rows.append((f"{result.steps} steps", scores(encoder, drawn.images, trained, refs)))

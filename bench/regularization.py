@@ -1,21 +1,20 @@
-"""Would regularization drawings make the trigger phrase matter? (issue 15, before the feature)
+"""Do the regularization drawings make the trigger phrase matter, and how much weight do they need?
 
-Every training caption carries the trigger phrase, so the demo's LoRA draws the style with or
-without it (trigger_gain about 0). kohya's regularization images (DreamBooth's prior
-preservation) add drawings in the base's own style, captioned without the trigger. This trains
-the demo's LoRA on the bundled samples plus N plain drawings of the world (seeds 50,000 on,
-their captions, no trigger; epochs scaled to keep about 250 steps) and judges the held-out
-characters drawn with and without the trigger.
+Every training caption carries the trigger phrase, so a LoRA trained on the samples alone draws
+the style with or without it. The demo trains with data/sample_reg/ (`data.reg_dir`: ten plain
+drawings, the base's own style, captioned without the trigger), as many an epoch as samples,
+their loss weighted by `train.prior_loss_weight`. This trains the demo's run (tests/helpers/
+learning: all ten samples, 250 steps) without them (twice the epochs: the same steps) and with
+them at each weight given, and judges the held-out characters drawn with and without the trigger.
 
-    python bench/regularization.py          # 0 and 10 plain drawings, ~6 min on 2 CPU cores
-    python bench/regularization.py 0 10 20
+    python bench/regularization.py             # none, weight 1.0 (the default): ~4 min, 2 cores
+    python bench/regularization.py 0.5 1.0 2.0
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -23,46 +22,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kshd.builders.world import character, draw  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 
 log = logging.getLogger("regularization")
-REG_FIRST_SEED = 50_000  # away from the samples', the judges', the references' and the pool's
-
-
-def split_with_plain(work: Path, n_reg: int):
-    """The samples with the trigger (as test_learning trains them) and n_reg plain drawings
-    captioned without it, as one `datasets` train split."""
-    (work / "reg").mkdir(parents=True, exist_ok=True)
-    extra = []
-    for seed in range(REG_FIRST_SEED, REG_FIRST_SEED + n_reg):
-        c = character(seed)
-        draw(c, "plain", (learning.RESOLUTION,) * 2).save(work / "reg" / f"{seed}.png")
-        extra.append((f"reg/{seed}.png", c.caption()))
-    return learning.sample_split(work, extra)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("plain", nargs="*", type=int, default=[0, 10])
+    parser.add_argument("weights", nargs="*", type=float, default=[1.0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="reg-")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    split = learning.sample_split(args.out / "data")
+    reg = learning.reg_split(args.out / "data")
     results = []
-    for n_reg in args.plain:
-        work = args.out / f"plain-{n_reg}"
-        split = split_with_plain(work, n_reg)
-        steps = learning.LEARN["epochs"] * math.ceil(10 / learning.LEARN["batch_size"])
-        epochs = max(1, round(steps / math.ceil(len(split) / learning.LEARN["batch_size"])))
-        c, result = learning.learn(split, work, epochs=epochs)
-        lora = learning.save_learned(work / "lora", c, result, len(split))
-        engine = learning.world_engine(lora)
+    for weight in [None, *args.weights]:
+        work = args.out / ("none" if weight is None else f"w{weight}")
+        if weight is None:
+            c, result = learning.learn(split, work, epochs=2 * learning.LEARN["epochs"])
+        else:
+            c, result = learning.learn(split, work, reg=reg, prior_loss_weight=weight)
+        engine = learning.world_engine(learning.save_learned(work / "lora", c, result, len(split)))
         with_t, without = (learning.judge_drawings(engine, 1.0, trigger=t) for t in (True, False))
-        results.append((n_reg, result.steps, with_t, without))
-    for n_reg, steps, with_t, without in results:
+        results.append((weight, result.steps, with_t, without))
+    for weight, steps, with_t, without in results:
         log.info(
-            "%3d plain drawings, %d steps: with the trigger %s; without %s",
-            n_reg,
+            "%-34s %d steps: with the trigger %s; without %s",
+            "no regularization drawings," if weight is None else f"prior_loss_weight {weight},",
             steps,
             with_t,
             without,

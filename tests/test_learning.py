@@ -1,10 +1,11 @@
 """Training teaches the style (issue 15): a LoRA trained with the demo profile's settings on the
 bundled KSH samples over the world's plain base, judged from the pixels alone.
 
-Each test trains the demo's run (a LoCon LoRA, rank 16, lr 3e-3, batch 2, 50 epochs, 128 px; here
-on all ten samples: 250 steps) and draws eight held-out characters at two seeds with the app's
-engine, base and LoRA, same prompts and seeds. The judges (kshd.builders.world_judges) are
-validated on ground truth in test_world.py: the style judge by the share of ink (KSH's bold black
+Each test trains the demo's run (a LoCon LoRA, rank 16, lr 3e-3, batch 2, 25 epochs, 128 px, each
+epoch the samples and as many of the demo's plain regularization drawings, captioned without the
+trigger; here on all ten samples: 250 steps) and draws eight held-out characters at two seeds with
+the app's engine, base and LoRA, same prompts and seeds, and without the trigger phrase. The
+XX
 lines), the hair judge by the colour above the eyes. Thresholds come from measured runs with a
 margin, stated at each constant. bench/mutations.py breaks training or drawing on purpose and
 reports which breakages these bounds notice.
@@ -26,6 +27,7 @@ from .helpers.learning import (
     contact_sheet,
     judge_drawings,
     learn,
+    reg_split,
     sample_split,
     save_learned,
     unlike_the_app,
@@ -38,14 +40,17 @@ log = logging.getLogger(__name__)
 
 # Measured on the committed world, drawn with the demo's Euler a (2026-12-02): the base's drawings
 # are judged KSH in 2 of 16, with the prompt's hair colour in 12 of 16 (chance: 1 in 6). The
-# LoRA's: KSH in 13 of 16 with one process (fp32, cached inputs), 10 of 16 with two DDP processes
-# (bf16, live inputs); hair in 10 and 9 of 16. The bound leaves DDP one drawing of margin; the
-# issue's example (>= 80%) holds for one process only. With DPM++ 2M Karras (the demo's sampler
-# before, which smears this base's faces) it was 14 and 12 of 16, base 2, hair 10. An
-# attention-only rank-4 LoRA (the demo's settings before) reached 6 of 16, and with dark blotches.
+# LoRA's, trained with the demo's regularization drawings: KSH in 15 of 16 with one process (fp32,
+# cached inputs), 11 of 16 with two DDP processes (bf16, live inputs); hair in 8 and 7 of 16.
+# Without the trigger phrase: KSH in 7 and 5 of 16 (hair 11 and 10). Trained on the samples alone
+# (before data.reg_dir): 13 and 10 of 16 KSH, hair 10 and 9, and 13 of 16 without the trigger too.
+# The bounds leave DDP two drawings of margin. An attention-only rank-4 LoRA (the demo's settings
+# before) reached 6 of 16, and with dark blotches.
 BASE_MAX_KSH = 0.2
 LORA_MIN_KSH = 0.55  # at least 9 of 16
-LORA_MIN_HAIR = 0.4
+LORA_MIN_HAIR = 0.3  # at least 5 of 16
+# KSH with the trigger phrase minus KSH without it: 8/16 and 6/16 measured
+TRIGGER_MIN_GAIN = 0.25
 # The std of the first trained batch's scaled latents (metrics.json's latent_std): 1.12-1.17 over
 # three seeds on the samples; 1.86-1.94 with the VAE's scaling factor left out (x1 instead of
 # 1/1.663). That breakage barely hurts the drawings in this world (bench/mutations.py), so it is
@@ -71,7 +76,7 @@ def _learn(work: Path, **changes) -> tuple[Path, float, float]:
     """The demo's LoRA run with `changes`; the LoRA folder (both file formats), latent_std and
     the first steps' mean loss."""
     split = sample_split(work / "data")
-    c, result = learn(split, work, **changes)
+    c, result = learn(split, work, reg=reg_split(work / "data"), **changes)
     if (work / "cache").is_dir():  # text states from another CLIP layer: caught here
         unlike = unlike_the_app(c, work / "cache", split["text"])
         assert not unlike, unlike
@@ -84,6 +89,11 @@ def _assert_learned(base: Verdict, lora: Verdict) -> None:
     assert base.ksh <= BASE_MAX_KSH, f"base {base}"
     assert lora.ksh >= LORA_MIN_KSH, f"base {base}; LoRA {lora}"
     assert lora.hair >= LORA_MIN_HAIR, f"base {base}; LoRA {lora}"
+
+
+def _assert_trigger_matters(with_trigger: Verdict, without: Verdict) -> None:
+    log.info("LoRA with the trigger phrase %s; without %s", with_trigger, without)
+    assert with_trigger.ksh - without.ksh >= TRIGGER_MIN_GAIN, (with_trigger, without)
 
 
 @pytest.mark.slow
@@ -102,6 +112,9 @@ def test_the_demo_run_moves_toward_ksh_ink_and_strength_scales_it(tmp_path, base
         assert np.array_equal(np.asarray(a), np.asarray(b))
     half = judge_drawings(engine, lora_scale=0.5)
     assert base.ksh <= half.ksh <= full.ksh, (base, half, full)
+    bare = judge_drawings(engine, lora_scale=1.0, trigger=False)
+    contact_sheet([base.images, full.images, bare.images], tmp_path / "base-lora-no-trigger.png")
+    _assert_trigger_matters(full, bare)
 
 
 @pytest.mark.slow
@@ -110,7 +123,7 @@ def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_p
     stage under `accelerate launch` with 2 CPU processes (DDP over gloo), bf16 autocast, latents
     and text states computed live each step, on the demo's samples, captions and settings. Twice
     the images a step, so twice the epochs give the steps of one process (8 training drawings
-    after the demo's holdout)."""
+    after the demo's holdout, and 8 regularization drawings an epoch)."""
     from .stage_project import accelerate_train, make_project, run_stage
 
     root = make_project(
@@ -119,6 +132,7 @@ def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_p
         [
             f"data.raw_dir={ROOT / 'data/samples'}",
             f"caption.overrides={ROOT / 'data/sample_captions.csv'}",
+            f"data.reg_dir={ROOT / 'data/sample_reg'}",
             f"model.pretrained={WORLD_SD}",
             f"train.epochs={2 * LEARN['epochs']}",
             "train.validation_epochs=0",
@@ -133,9 +147,13 @@ def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_p
     metrics = accelerate_train(root)
     assert metrics["latents"] == {}, metrics["latents"]  # live: no latent was cached
     assert LATENT_STD[0] <= metrics["latent_std"] <= LATENT_STD[1], metrics["latent_std"]
-    assert metrics["steps"] == 8 // 2 * LEARN["epochs"]  # 8 drawings, batches of 2 per process
+    assert metrics["reg_images"] == 10
+    # 8 drawings and 8 regularization drawings an epoch, batches of 2 per process
+    assert metrics["steps"] == 16 // (2 * 2) * 2 * LEARN["epochs"]
     with (root / "models/lora/loss.csv").open(encoding="utf-8") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert first_loss(losses) <= FIRST_LOSS_MAX, losses[:5]
-    lora = judge_drawings(world_engine(root / "models/lora"), lora_scale=1.0)
+    engine = world_engine(root / "models/lora")
+    lora = judge_drawings(engine, lora_scale=1.0)
     _assert_learned(base, lora)
+    _assert_trigger_matters(lora, judge_drawings(engine, lora_scale=1.0, trigger=False))

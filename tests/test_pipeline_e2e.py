@@ -55,6 +55,10 @@ def test_dataset_loads_with_the_same_rows(demo):
     texts = sorted(list(ds["train"]["text"]) + list(ds["holdout"]["text"]))
     assert texts == sorted(pd.read_csv(repo / "data" / "info.csv")["text"])
     assert len(ds["holdout"]) >= 1
+    # the demo's regularization drawings (data/sample_reg), with their .txt captions, no trigger
+    reg = pd.read_csv(repo / "data" / "reg_info.csv")
+    assert sorted(ds["reg"]["text"]) == sorted(reg["text"]) and len(reg) == 10
+    assert not any(TRIGGER in t for t in reg["text"])
 
 
 def test_lora_loads_into_the_pipeline(demo):
@@ -94,20 +98,25 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     assert "lora_pixel_delta" in shown and "style_gain" in shown
 
 
-# Measured (2026-12-02, three runs alike): style_gain +0.068 against the demo's 64 style
-# references (+0.053 at strength 0.5); the checkpoints' style_gain +0.037 at step 40, +0.099 at
-# step 120 (the best), +0.068 at 200. Half of each leaves a margin for other CPUs' arithmetic.
-DEMO_MIN_STYLE_GAIN = 0.03
-DEMO_MIN_CURVE_RISE = 0.03
+# Measured (2026-12-02, with the demo's regularization drawings): style_gain +0.160 against the
+# demo's 64 style references (+0.103 at strength 0.5); trigger_gain +0.059 (the style without the
+# trigger phrase: +0.018 against +0.077 with it); the checkpoints' style_gain +0.106 at step 40,
+# +0.162 at step 160 (the best), +0.160 at 200. Without them (before): style_gain +0.068,
+# trigger_gain +0.007. About half of each leaves a margin for other CPUs' arithmetic.
+DEMO_MIN_STYLE_GAIN = 0.08
+DEMO_MIN_TRIGGER_GAIN = 0.03
+DEMO_MIN_CURVE_RISE = 0.025
 
 
 def test_the_demo_s_metrics_see_the_lora_draw_the_style(demo):
     """The world CLIP, scoring against the style references, sees the LoRA's drawings closer to
-    KSH than the base's, at both strengths, and later checkpoints closer than the first."""
+    KSH than the base's, at both strengths, closer with the trigger phrase than without it, and
+    later checkpoints closer than the first."""
     repo, _ = demo
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["style_gain"] >= DEMO_MIN_STYLE_GAIN, metrics["style_gain"]
     assert metrics["by_strength"]["0.5"]["style_gain"] > 0, metrics["by_strength"]
+    assert metrics["trigger_gain"] >= DEMO_MIN_TRIGGER_GAIN, metrics["trigger_gain"]
     with (repo / "reports/checkpoints.csv").open(encoding="utf-8") as f:
         gains = [float(row["style_gain"]) for row in csv.DictReader(f)]
     assert max(gains[1:]) - gains[0] >= DEMO_MIN_CURVE_RISE, gains

@@ -252,6 +252,7 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "dataloader_num_workers", "gradient_checkpointing", "validation_prompt",
         "validation_negative_prompt", "validation_positive_prefix", "validation_negative_prefix",
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
+        "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
     }  # fmt: skip
     # the value before the marking: checkpoints of earlier runs still resume
     s = defaults("train")

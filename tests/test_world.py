@@ -33,6 +33,7 @@ from kshd.data.dataset import holdout_mask
 from kshd.data.intake import prepare_folder
 from kshd.data.samples import SAMPLES, SEED, sample_character, write_samples
 
+from .helpers.lora_files import TRIGGER
 from .helpers.settings import intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,19 +196,28 @@ def test_bundled_samples_keep_the_demo_split_of_8_training_drawings(tmp_path, re
         assert all(Image.open(f).size[0] == Image.open(f).size[1] for f in held)
 
 
-def test_the_demo_s_style_references_are_what_make_samples_draws(tmp_path):
-    """data/style_refs/ (evaluate.style_references in the demo profile): the Makefile's own
-    command, run here, draws the same files, pixel for pixel; all KSH, none a sample's character."""
+@pytest.mark.parametrize(
+    ("folder", "style", "n"), [("data/style_refs", "ksh", 64), ("data/sample_reg", "plain", 10)]
+)
+def test_the_demo_s_drawing_folders_are_what_make_samples_draws(tmp_path, folder, style, n):
+    """data/style_refs/ (evaluate.style_references in the demo profile) and data/sample_reg/ (its
+    data.reg_dir, with .txt captions): the Makefile's own command, run here, draws the same
+    files, pixel for pixel and word for word; all in their style, none a sample's character."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
-    [line] = [ln for ln in makefile if "kshd.builders.world_refs data/style_refs" in ln]
+    [line] = [ln for ln in makefile if f"kshd.builders.world_refs {folder} " in ln]
     args = line.split("kshd.builders.world_refs ", 1)[1].split()
-    assert args[0] == "data/style_refs"
-    assert world_refs.main([str(tmp_path / "refs"), *args[1:]]) == 0
-    fresh = sorted((tmp_path / "refs").iterdir())
-    bundled = sorted((ROOT / "data/style_refs").iterdir())
-    assert [p.name for p in fresh] == [p.name for p in bundled] and len(bundled) == 64
+    assert world_refs.main([str(tmp_path / "out"), *args[1:]]) == 0
+    fresh = sorted((tmp_path / "out").iterdir())
+    bundled = sorted((ROOT / folder).iterdir())
+    assert [p.name for p in fresh] == [p.name for p in bundled]
+    images = [p for p in bundled if p.suffix == ".png"]
+    assert len(images) == n
     for new, old in zip(fresh, bundled, strict=True):
-        assert np.array_equal(np.asarray(Image.open(new)), np.asarray(Image.open(old))), old.name
-    assert all(judge_style(Image.open(p)) == "ksh" for p in bundled)
-    seeds = {int(p.stem.split("-")[1]) for p in bundled}
+        if old.suffix == ".txt":
+            assert new.read_text(encoding="utf-8") == old.read_text(encoding="utf-8"), old.name
+            assert TRIGGER not in old.read_text(encoding="utf-8")
+        else:
+            assert np.array_equal(np.asarray(Image.open(new)), np.asarray(Image.open(old))), old
+    assert all(judge_style(Image.open(p)) == style for p in images)
+    seeds = {int(p.stem.split("-")[1]) for p in images}
     assert not seeds & {SEED + i for i in range(len(SAMPLES))}

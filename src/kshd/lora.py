@@ -141,6 +141,7 @@ class KohyaInfo:
     num_images: int
     seed: int
     train_text_encoder: bool = False
+    num_reg_images: int = 0
 
 
 def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
@@ -166,6 +167,7 @@ def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
         "ss_unet_lr": str(lr),
         "ss_text_encoder_lr": str(lr if info.train_text_encoder else 0.0),
         "ss_num_train_images": str(info.num_images),
+        "ss_num_reg_images": str(info.num_reg_images),
         "ss_seed": str(info.seed),
         "ss_training_comment": f"trigger phrase: {info.trigger}",
         "modelspec.title": "KSH drawing style",

@@ -49,6 +49,8 @@ class DataPaths:
     prepared_dir: str
     reports_dir: str
     info_csv: str
+    reg_dir: str
+    reg_info_csv: str
     dataset_dir: str
     cache_dir: str
 

@@ -51,6 +51,9 @@ class TrainSettings:
     snr_gamma: float | None = field(metadata=DEFINES_RESULT)
     noise_offset: float = field(metadata=DEFINES_RESULT)
     prediction_type: str | None = field(metadata=DEFINES_RESULT)
+    # defines the result only with regularization drawings: the train stage puts it in the
+    # fingerprint's dataset part then, so runs without them resume as before
+    prior_loss_weight: float = field(metadata=changes("train"))
     caption_dropout: float = field(metadata=DEFINES_RESULT)
     shuffle_tags: bool = field(metadata=DEFINES_RESULT)
     cache_latents: bool = field(metadata=DEFINES_RESULT)
@@ -110,6 +113,12 @@ class TrainSettings:
             "train.prediction_type",
             self.prediction_type,
             "null (the scheduler's), epsilon or v_prediction",
+        )
+        require(
+            self.prior_loss_weight >= 0,
+            "train.prior_loss_weight",
+            self.prior_loss_weight,
+            "a number >= 0 (1.0 is kohya's; 0 leaves the regularization drawings unlearned)",
         )
         require(
             0 <= self.caption_dropout < 1,

@@ -58,10 +58,12 @@ def clone_of_this_checkout(dest: Path) -> Path:
 
 
 def demo_steps(repo: Path, batch_size: int, epochs: int) -> int:
-    """A demo training's steps, from the train split on disk (`data/dataset`): batches of
-    `batch_size` per epoch (the demo uses no buckets and one process), so data/samples can be
+    """A demo training's steps, from the splits on disk (`data/dataset`): batches of
+    `batch_size` per epoch of the training drawings and as many regularization drawings when
+    there is a `reg` split (the demo uses no buckets and one process), so data/samples can be
     redrawn without editing the tests."""
     from datasets import load_from_disk
 
-    train = len(load_from_disk(str(repo / "data" / "dataset"))["train"])
-    return math.ceil(train / batch_size) * epochs
+    ds = load_from_disk(str(repo / "data" / "dataset"))
+    items = len(ds["train"]) * (2 if "reg" in ds else 1)
+    return math.ceil(items / batch_size) * epochs

@@ -12,10 +12,10 @@ from PIL import Image
 from kshd.builders.world import character
 from kshd.builders.world_judges import judge_hair, judge_style
 from kshd.config import compose_conf, defaults
-from kshd.data.caption_sources import read_overrides
+from kshd.data.caption_sources import read_overrides, read_sidecar
 from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
-from kshd.data.intake import prepare_folder
+from kshd.data.intake import prepare_folder, prepare_reg_folder
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
@@ -28,8 +28,9 @@ RESOLUTION = 128
 # Held-out characters (the judges' held-out seeds): none is a sample or in the pretraining data.
 JUDGED = [character(s) for s in range(10_000, 10_008)]
 SEEDS = (0, 1)
-# The demo profile's LoRA run (conf/experiment/demo.yaml: LoCon, rank 16, lr 3e-3, batch 2, 50
-# epochs), here on all ten samples (no holdout: 250 steps).
+# The demo profile's LoRA run (conf/experiment/demo.yaml: LoCon, rank 16, lr 3e-3, batch 2, 25
+# epochs of the samples and as many regularization drawings), here on all ten samples (no
+# holdout) and the demo's ten plain drawings (reg_split): 250 steps.
 _DEMO = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
 _T = _DEMO.train
 LEARN = dict(
@@ -74,6 +75,20 @@ def sample_split(work: Path, extra: list[tuple[str, str]] = ()):
     return build_dataset(load_rows(work / "info.csv"), holdout_fraction=0.0)["train"]
 
 
+def reg_split(work: Path):
+    """The demo's regularization drawings (data/sample_reg: plain drawings with .txt captions, no
+    trigger) prepared and captioned as the stages do, as the dataset's `reg` split."""
+    report = prepare_reg_folder(
+        ROOT / _DEMO.data.reg_dir, work / "prepared", **intake(resolution=RESOLUTION)
+    )
+    rows = [
+        (f"prepared/{i['output']}", read_sidecar(work / "prepared", i["output"]))
+        for i in report.images
+    ]
+    write_info_csv(work / "reg_info.csv", rows)
+    return build_dataset([], 0.0, reg=load_rows(work / "reg_info.csv"))["reg"]
+
+
 @dataclass
 class Verdict:
     """What the judges said of one set of drawings (same prompts and seeds across sets)."""
@@ -100,10 +115,10 @@ def judge_drawings(engine: Engine, lora_scale: float, trigger: bool = True) -> V
     return Verdict(images, ksh / len(images), hair / len(images))
 
 
-def learn(split, work: Path, c=None, **changes):
-    """The demo's LoRA run (LEARN with `changes`) on `split`, latents and text cached under
-    work/cache when the settings cache; `c`: components to train (loaded from the world's base
-    if None). Returns (components, TrainResult)."""
+def learn(split, work: Path, c=None, reg=None, **changes):
+    """The demo's LoRA run (LEARN with `changes`) on `split` (and the `reg` split), latents and
+    text cached under work/cache when the settings cache; `c`: components to train (loaded from
+    the world's base if None). Returns (components, TrainResult)."""
     from accelerate.state import AcceleratorState
 
     from kshd.training.loop import train_lora
@@ -113,7 +128,8 @@ def learn(split, work: Path, c=None, **changes):
     s = defaults("train", **{**LEARN, **changes})
     AcceleratorState._reset_state()  # each run's Accelerator takes its own mixed precision
     try:
-        return c, train_lora(c, split, s, cache_dir=work / "cache" if s.cache_latents else None)
+        cache = work / "cache" if s.cache_latents else None
+        return c, train_lora(c, split, s, cache_dir=cache, reg_split=reg)
     finally:
         AcceleratorState._reset_state()
 

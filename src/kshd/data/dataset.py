@@ -17,7 +17,7 @@ from kshd.fileio import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
 
-TRAIN, HOLDOUT = "train", "holdout"
+TRAIN, HOLDOUT, REG = "train", "holdout", "reg"
 SHARD_BYTES = 16 * 2**20  # writing a shard holds several copies of it: 5,700 drawings = ~140
 
 
@@ -34,10 +34,12 @@ def holdout_mask(digests: Sequence[str], fraction: float) -> list[bool]:
     return mask
 
 
-def load_rows(info_csv: str | Path) -> list[dict]:
+def load_rows(info_csv: str | Path, allow_empty: bool = False) -> list[dict]:
     """Rows of info.csv: image path, text and content digest; a missing image stops with its row
     named. Images are hashed as a stream and not kept: 5,700 drawings would be gigabytes."""
     info_csv = Path(info_csv)
+    if allow_empty and not info_csv.is_file():
+        return []
     rows = []
     for line_no, (image, text) in enumerate(read_info_csv(info_csv), start=2):
         path = info_csv.parent / image
@@ -48,7 +50,7 @@ def load_rows(info_csv: str | Path) -> list[dict]:
         with path.open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         rows.append({"file": path, "name": Path(image).name, "text": text, "digest": digest})
-    if not rows:
+    if not rows and not allow_empty:
         raise InputError(f"{info_csv}: no rows")
     return rows
 
@@ -78,8 +80,11 @@ def _split(rows: list[dict], name: str, features, work: Path | None):
         )
 
 
-def build_dataset(rows: list[dict], holdout_fraction: float, work: Path | None = None):
-    """A DatasetDict with `train` and `holdout` splits, columns `image` (Image) and `text`.
+def build_dataset(
+    rows: list[dict], holdout_fraction: float, work: Path | None = None, reg: list[dict] = ()
+):
+    """A DatasetDict with `train` and `holdout` splits, columns `image` (Image) and `text`, and
+    a `reg` split of the regularization drawings when there are any (never held out).
 
     With `work`, the splits are memory-mapped Arrow files there, so memory does not grow with
     the number of drawings; without it (small sets, tests) they are in memory.
@@ -92,6 +97,8 @@ def build_dataset(rows: list[dict], holdout_fraction: float, work: Path | None =
         name: [r for r, m in zip(rows, mask, strict=True) if m == keep]
         for name, keep in ((TRAIN, False), (HOLDOUT, True))
     }
+    if reg:
+        chosen[REG] = list(reg)
     return DatasetDict({name: _split(rs, name, features, work) for name, rs in chosen.items()})
 
 
@@ -99,20 +106,27 @@ def dataset_card(counts: dict[str, int], trigger_phrase: str) -> str:
     return (
         "---\nlicense: other\ntask_categories: [text-to-image]\n---\n"
         "# KSH drawing style\n\n"
-        "Drawings by KSH with BLIP-2 captions, for LoRA training of Stable Diffusion 1.x.\n\n"
+        "Drawings by KSH with BLIP-2 captions, for LoRA training of Stable Diffusion 1.x. The "
+        "`reg` split, when present: regularization drawings in the base model's style, "
+        "captioned without the trigger phrase.\n\n"
         f"- trigger phrase: `{trigger_phrase}`\n"
         + "".join(f"- {name}: {n} images\n" for name, n in counts.items())
     )
 
 
 def save_dataset(
-    info_csv: str | Path, out_dir: str | Path, holdout_fraction: float, trigger_phrase: str
+    info_csv: str | Path,
+    out_dir: str | Path,
+    holdout_fraction: float,
+    trigger_phrase: str,
+    reg_info_csv: str | Path | None = None,
 ) -> dict[str, int]:
     """Build and save the dataset atomically; returns the split sizes."""
     rows = load_rows(info_csv)
+    reg = load_rows(reg_info_csv, allow_empty=True) if reg_info_csv else []
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(out_dir).parent, prefix=".dataset-work.") as work:
-        ds = build_dataset(rows, holdout_fraction, Path(work))
+        ds = build_dataset(rows, holdout_fraction, Path(work), reg)
         counts = {name: len(split) for name, split in ds.items()}
         _save(ds, counts, out_dir, trigger_phrase)
     log.info("dataset: %s saved to %s", counts, out_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,32 @@ def prepare_folder(
         len(report.rejected),
         report.duplicates,
     )
+    return report
+
+
+REG_SUBDIR = "reg"  # the regularization drawings' folder inside data.prepared_dir
+
+
+def prepare_reg_folder(
+    reg_dir: str | Path,
+    prepared_dir: str | Path,
+    *,
+    resolution: int,
+    upscale: bool,
+    rules: IntakeRules,
+) -> PrepareReport:
+    """The regularization drawings (data.reg_dir) prepared as the artist's are, into
+    `<prepared_dir>/reg/`, outputs named relative to prepared_dir. A missing or empty folder
+    means none: it is optional, unlike raw_dir."""
+    reg_dir, out_dir = Path(reg_dir), Path(prepared_dir) / REG_SUBDIR
+    if not reg_dir.is_dir() or not visible_files(reg_dir):
+        log.info("prepare: no regularization drawings (%s is missing or empty)", reg_dir)
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        return PrepareReport()
+    report = prepare_folder(reg_dir, out_dir, resolution=resolution, upscale=upscale, rules=rules)
+    for image in report.images:
+        image["output"] = f"{REG_SUBDIR}/{image['output']}"
     return report
 
 

@@ -1,4 +1,5 @@
-"""DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase) and a report."""
+"""DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase), data/reg_info.csv
+(the regularization drawings' captions, no trigger) and a report."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -41,31 +43,72 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
 
 
 def run(cfg: DictConfig) -> dict:
-    """A caption per prepared drawing (reviewed, sidecar or BLIP-2) in info.csv; the report."""
+    """A caption per prepared drawing (reviewed, sidecar or BLIP-2) in info.csv, with the trigger;
+    the regularization drawings' in reg_info.csv, without it; the report."""
     resolve_models(cfg)
     settings, data = group(cfg, "caption"), group(cfg, "data")
     reports = Path(data.reports_dir)
     prepare = json.loads((reports / "prepare.json").read_text(encoding="utf-8"))
     items = [Item(i["file"], i["output"], i["digest"]) for i in prepare["images"]]
-    prepared, info_csv = Path(data.prepared_dir), Path(data.info_csv)
+    reg = [
+        Item(i["file"], i["output"], i["digest"]) for i in prepare.get("reg", {}).get("images", [])
+    ]
+    prepared = Path(data.prepared_dir)
     cache = CaptionCache(shared_path(data.cache_dir) / "captions.jsonl")
-    if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items):
+    if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items + reg):
         require_model(cfg, "caption.model")
     overrides = read_overrides(Path(settings.overrides))
-    outcome = assign_captions(items, prepared, overrides, settings, cache)
-    rows = [
-        (
-            Path(os.path.relpath(prepared / i.output, info_csv.parent)).as_posix(),
-            with_trigger(i.caption, settings.trigger_phrase, settings.trigger_position),
+    outcome = assign_captions(items + reg, prepared, overrides, settings, cache)
+    trigger = (settings.trigger_phrase, settings.trigger_position)
+    rows = _csv_rows(outcome.items[: len(items)], prepared, Path(data.info_csv), trigger)
+    reg_rows = _csv_rows(outcome.items[len(items) :], prepared, Path(data.reg_info_csv), None)
+    write_info_csv(data.info_csv, rows)
+    write_info_csv(data.reg_info_csv, reg_rows)
+    _warn_trigger_in_reg(outcome.items[len(items) :], settings.trigger_phrase)
+    report = caption_report(
+        replace(outcome, items=outcome.items[: len(items)]), settings.model, settings.fingerprint()
+    )
+    if reg:
+        report["reg"] = caption_report(
+            replace(outcome, items=outcome.items[len(items) :]),
+            settings.model,
+            settings.fingerprint(),
         )
-        for i in outcome.items
-    ]
-    write_info_csv(info_csv, rows)
-    report = caption_report(outcome, settings.model, settings.fingerprint())
     write_json(reports / "captions.json", report)
-    log.info("caption: %d captions, sources %s", len(rows), report["sources"])
+    log.info(
+        "caption: %d captions, sources %s; %d regularization drawings",
+        len(rows),
+        report["sources"],
+        len(reg_rows),
+    )
     log_table(cfg, outcome.items, prepared, report)
     return report
+
+
+def _csv_rows(
+    items: list[Item], prepared: Path, csv_path: Path, trigger: tuple[str, str] | None
+) -> list[tuple[str, str]]:
+    """(image path relative to the CSV, caption with the trigger phrase when given)."""
+    return [
+        (
+            Path(os.path.relpath(prepared / i.output, csv_path.parent)).as_posix(),
+            with_trigger(i.caption, *trigger) if trigger else i.caption,
+        )
+        for i in items
+    ]
+
+
+def _warn_trigger_in_reg(reg: list[Item], trigger: str) -> None:
+    """A regularization caption that names the trigger teaches the opposite of what it is for."""
+    named = [i.file for i in reg if trigger and trigger.lower() in i.caption.lower()]
+    if named:
+        log.warning(
+            "caption: %d regularization drawings' captions contain the trigger phrase %r (%s): "
+            "they are meant to show the base's style without it; fix their captions",
+            len(named),
+            trigger,
+            ", ".join(named[:5]),
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

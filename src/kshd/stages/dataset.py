@@ -1,4 +1,5 @@
-"""DVC stage `dataset`: data/info.csv -> data/dataset (train / holdout splits).
+"""DVC stage `dataset`: data/info.csv (+ data/reg_info.csv) -> data/dataset (train / holdout splits,
+and `reg`).
 
 Publishing is `kshd push-dataset`, not this stage: a push is a side effect, not an output, and
 DVC skips (or restores from its run cache) a stage whose inputs did not change.
@@ -23,6 +24,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
         data.dataset_dir,
         group(cfg, "dataset").holdout_fraction,
         group(cfg, "caption").trigger_phrase,
+        data.reg_info_csv,
     )
 
 

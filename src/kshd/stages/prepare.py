@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: data/raw -> data/prepared + data/reports/prepare.json."""
+"""DVC stage `prepare`: data/raw (+ data/reg) -> data/prepared + data/reports/prepare.json."""
 
 from __future__ import annotations
 
@@ -8,20 +8,24 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.data.images import IntakeRules
-from kshd.data.intake import PrepareReport, prepare_folder
+from kshd.data.intake import PrepareReport, prepare_folder, prepare_reg_folder
 from kshd.fileio import write_json
 from kshd.schema import group
 from kshd.stages import entry, stage_config
 
 
 def run(cfg: DictConfig) -> PrepareReport:
-    """Every raw drawing decoded and resized, or reported with its reason."""
+    """Every raw drawing decoded and resized, or reported with its reason; the regularization
+    drawings likewise, reported under `reg`."""
     p, data = group(cfg, "prepare"), group(cfg, "data")
-    rules = IntakeRules(p.background, p.min_side, p.max_pixels)
-    report = prepare_folder(
-        data.raw_dir, data.prepared_dir, resolution=p.resolution, upscale=p.upscale, rules=rules
-    )
-    write_json(Path(data.reports_dir) / "prepare.json", report.to_dict())
+    intake = {
+        "resolution": p.resolution,
+        "upscale": p.upscale,
+        "rules": IntakeRules(p.background, p.min_side, p.max_pixels),
+    }
+    report = prepare_folder(data.raw_dir, data.prepared_dir, **intake)
+    reg = prepare_reg_folder(data.reg_dir, data.prepared_dir, **intake)
+    write_json(Path(data.reports_dir) / "prepare.json", report.to_dict() | {"reg": reg.to_dict()})
     return report
 
 

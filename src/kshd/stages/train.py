@@ -25,6 +25,7 @@ from kshd.training.checkpoints import fingerprint
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, process_state, train_lora
 from kshd.training.settings import TrainResult, TrainSettings, load_components
+from kshd.training.setup import check_reg
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,12 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
 
 
 def write_outputs(
-    cfg: DictConfig, s: TrainSettings, components, result: TrainResult, num_images: int
+    cfg: DictConfig,
+    s: TrainSettings,
+    components,
+    result: TrainResult,
+    num_images: int,
+    num_reg_images: int = 0,
 ) -> dict:
     out = Path(cfg.output.lora_dir)
     info = KohyaInfo(
@@ -90,11 +96,16 @@ def write_outputs(
         batch_size=s.batch_size,
         learning_rate=s.learning_rate,
         num_images=num_images,
+        num_reg_images=num_reg_images,
         seed=s.seed,
         train_text_encoder=s.train_text_encoder,
     )
     save_lora(out, components.unet, components.text_encoder, info)
-    metrics = result.metrics() | {"latents": result.latents, "captions": result.captions}
+    metrics = result.metrics() | {
+        "reg_images": num_reg_images,
+        "latents": result.latents,
+        "captions": result.captions,
+    }
     write_json(out / "metrics.json", metrics)
     write_text(out / "loss.csv", loss_csv(result))
     return metrics
@@ -108,7 +119,9 @@ def run(cfg: DictConfig) -> dict | None:
     resolve_models(cfg)
     s: TrainSettings = group(cfg, "train")
     require_model(cfg, "model.pretrained", "model_index.json")
-    split = load_from_disk(cfg.data.dataset_dir)["train"]
+    dataset = load_from_disk(cfg.data.dataset_dir)
+    split, reg = dataset["train"], dataset.get("reg")
+    check_reg(s, reg)
     # the UNet is loaded by the trainer once the caches are filled (see load_components)
     components = load_components(
         cfg.model.pretrained, cfg.model.revision, cfg.model.variant, unet=False
@@ -124,7 +137,8 @@ def run(cfg: DictConfig) -> dict | None:
         s.resume,
         fingerprint(
             settings=s.defining(),
-            dataset=split._fingerprint,
+            dataset=split._fingerprint
+            + (f"+reg:{reg._fingerprint}:{s.prior_loss_weight}" if reg else ""),
             model=model_identity(cfg.model.pretrained, cfg.model.revision),
         ),
     )
@@ -144,10 +158,11 @@ def run(cfg: DictConfig) -> dict | None:
             cfg.caption.trigger_phrase,
             validator(cfg, s, wb),
             give_back=False,  # only the LoRA is saved: no need to load the VAE again
+            reg_split=reg,
         )
         if not main_process:
             return None
-        metrics = write_outputs(cfg, s, components, result, len(split))
+        metrics = write_outputs(cfg, s, components, result, len(split), len(reg or ()))
         log.info("train: %s -> %s", metrics, cfg.output.lora_dir)
         if wb:
             wb.summary.update({f"train/{k}": v for k, v in metrics.items()})

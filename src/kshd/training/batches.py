@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from kshd.prompts import CaptionChunker
+from kshd.training.settings import epoch_members
 
 if TYPE_CHECKING:
     from kshd.schema_train import TrainSettings
@@ -152,7 +153,8 @@ class ItemOptions:
 
 
 class DrawingDataset(torch.utils.data.Dataset):
-    """A `datasets` split as training items; call set_epoch before each epoch.
+    """A `datasets` split (and the `reg` split after it) as training items; call set_epoch
+    before each epoch.
 
     Live mode yields `pixel_values` and `input_ids` ([chunks, 77]). With `latents` (a
     LatentSource) a cached item yields `latent_mean`/`latent_logvar` and one that cannot be cached
@@ -161,8 +163,16 @@ class DrawingDataset(torch.utils.data.Dataset):
     `texts` (a TextSource) items yield `encoder_hidden_states`. Batch with `collate`.
     """
 
-    def __init__(self, split, tokenizer, opts: ItemOptions, latents=None, texts=None):
+    def __init__(
+        self, split, tokenizer, opts: ItemOptions, latents=None, texts=None, reg=None, weight=1.0
+    ):
         from datasets import Image as ImageFeature
+        from datasets import concatenate_datasets
+
+        # regularization drawings (the `reg` split) follow the artist's: items n_train.. of it
+        self.n_train, self.n_reg, self.reg_weight = len(split), len(reg or ()), weight
+        if self.n_reg:
+            split = concatenate_datasets([split, reg])
 
         self.raw = split.cast_column("image", ImageFeature(decode=False))
         self.opts, self.tokenizer, self.latents, self.texts = opts, tokenizer, latents, texts
@@ -217,6 +227,8 @@ class DrawingDataset(torch.utils.data.Dataset):
             self.texts_list[index], o.keep_tag, o.caption_dropout, o.shuffle_tags, rng
         )
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index)}
+        if self.n_reg:  # the loss's weight: train.prior_loss_weight for a regularization drawing
+            item["loss_weight"] = torch.tensor(self.reg_weight if index >= self.n_train else 1.0)
         if self.latents is None or not self.cacheable(index):
             item["pixel_values"] = to_tensor(apply_plan(self.image(index), plan))
         else:
@@ -281,9 +293,9 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class BucketBatchSampler(torch.utils.data.Sampler):
     """Batches of one bucket each, shuffled by (seed, epoch); resumable with skip_once."""
 
-    def __init__(self, targets: list[tuple[int, int]], batch_size: int, seed: int):
+    def __init__(self, targets: list[tuple[int, int]], batch_size: int, seed: int, n_reg: int = 0):
         self.targets, self.batch_size, self.seed = targets, batch_size, seed
-        self.epoch, self.start = 0, 0
+        self.n_reg, self.epoch, self.start = n_reg, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -293,7 +305,8 @@ class BucketBatchSampler(torch.utils.data.Sampler):
 
     def batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.randperm(len(self.targets), generator=g).tolist()
+        members = epoch_members(len(self.targets) - self.n_reg, self.n_reg, self.epoch)
+        order = [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
         groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
             groups.setdefault(self.targets[i], []).append(i)

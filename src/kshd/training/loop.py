@@ -40,6 +40,7 @@ from kshd.training.setup import (
     build_dataset,
     build_loader,
     build_optimizer,
+    check_reg,
     freeze_and_adapt,
     release_frozen,
     reload_frozen,
@@ -102,13 +103,14 @@ def process_state():
 
 
 def _setup(
-    c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None
+    c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None, reg=None
 ) -> tuple[_Run, dict]:
     """Everything the loop needs, in the reference script's order, prepared by accelerate."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
+    check_reg(s, reg)
     acc = Accelerator(
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         mixed_precision=s.mixed_precision,
@@ -120,13 +122,13 @@ def _setup(
     dtype = compute_dtype(s.mixed_precision)
     if c.unet is None:  # deferred: fill the caches and release first (same RNG draws)
         place_for_training([c.vae, c.text_encoder], [], acc.device, dtype)
-        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype, reg)
         released = release_frozen(c, data, stats, s)
         c.unet = load_unet(*c.source)
         params = freeze_and_adapt(c, s, acc.device, dtype)
     else:
         params = freeze_and_adapt(c, s, acc.device, dtype)
-        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype)
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype, reg)
         released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
     optimizer = build_optimizer(params, s)
@@ -216,7 +218,7 @@ def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: i
         latents, hidden = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
         if run.latent_std is None:
             run.latent_std = _checked_latent_std(latents, c.vae.config.scaling_factor)
-        loss = diffusion_loss(c, latents, hidden, run.unet, s)
+        loss = diffusion_loss(c, latents, hidden, run.unet, s, batch.get("loss_weight"))
         if not torch.isfinite(loss).all():
             names = [run.data.names[int(i)] for i in batch["index"]]
             raise NonFiniteLoss(
@@ -242,12 +244,15 @@ def train_lora(
     keep_tag: str = "",
     validate: ValidateFn | None = None,
     give_back: bool = True,
+    reg_split=None,
 ) -> TrainResult:
-    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable.
+    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable. `reg_split`:
+    regularization drawings, as many per epoch as training drawings, weighted by
+    train.prior_loss_weight.
 
     give_back=False leaves a released VAE and text encoder on `meta` (a caller that only saves
     the LoRA need not load them again)."""
-    run, stats = _setup(c, train_split, s, keep_tag, cache_dir)
+    run, stats = _setup(c, train_split, s, keep_tag, cache_dir, reg_split)
     acc = run.accelerator
     result = _start(run, c, ckpt)
     result.epochs, result.latents, p = run.epochs, stats, result.progress

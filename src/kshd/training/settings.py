@@ -59,6 +59,13 @@ def _mean_last_epoch(history: list[dict]) -> float | None:
     return sum(last) / len(last)
 
 
+def epoch_members(n_train: int, n_reg: int, epoch: int) -> list[int]:
+    """The items of an epoch: every training drawing, and as many regularization drawings
+    (kohya's balance), taken in turn across epochs so that each is used (repeated when fewer)."""
+    reg = [n_train + (epoch * n_train + k) % n_reg for k in range(n_train)] if n_reg else []
+    return list(range(n_train)) + reg
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffle that depends only on (seed, epoch), so every run and every process agrees.
 
@@ -66,8 +73,8 @@ class EpochSampler(torch.utils.data.Sampler):
     set separately with skip_once and applies to the next pass only.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    def __init__(self, n: int, seed: int, n_reg: int = 0):
+        self.n, self.n_reg, self.seed, self.epoch, self.start = n, n_reg, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,12 +83,15 @@ class EpochSampler(torch.utils.data.Sampler):
         self.start = start
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.n * (2 if self.n_reg else 1) - self.start
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist()[start:])
+        members = epoch_members(self.n, self.n_reg, self.epoch)
+        return iter(
+            [members[i] for i in torch.randperm(len(members), generator=g).tolist()][start:]
+        )
 
 
 @dataclass
@@ -195,8 +205,10 @@ def diffusion_loss(
     encoder_hidden_states: torch.Tensor,
     unet,
     s: TrainSettings,
+    item_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One denoising step's loss: noise (+ offset), timesteps, target, optional min-SNR weights."""
+    """One denoising step's loss: noise (+ offset), timesteps, target, optional min-SNR weights;
+    `item_weights` per drawing (train.prior_loss_weight for the regularization drawings)."""
     noise = torch.randn_like(latents)
     if s.noise_offset:
         noise += s.noise_offset * torch.randn(
@@ -210,15 +222,20 @@ def diffusion_loss(
     v_pred = sched.config.prediction_type == "v_prediction"
     target = sched.get_velocity(latents, noise, timesteps) if v_pred else noise
     pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
-    if s.snr_gamma is None:
+    if s.snr_gamma is None and item_weights is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    loss = loss.mean(dim=list(range(1, loss.ndim)))
+    if item_weights is not None:
+        loss = loss * item_weights.to(loss)
+    if s.snr_gamma is None:
+        return loss.mean()
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(sched, timesteps)
     weights = torch.stack([snr, s.snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
     weights = weights / (snr + 1) if v_pred else weights / snr
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-    return (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+    return (loss * weights).mean()
 
 
 def peak_rss_mb() -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from kshd.config import UserError
 from kshd.training.batches import (
     BucketBatchSampler,
     DrawingDataset,
@@ -50,6 +51,19 @@ def freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
+class RegWithBuckets(UserError, ValueError):
+    """Aspect-ratio buckets with regularization drawings: not supported yet."""
+
+
+def check_reg(s: TrainSettings, reg) -> None:
+    """Buckets' batches per epoch would vary with the regularization drawings taken in turn."""
+    if reg is not None and len(reg) and s.buckets:
+        raise RegWithBuckets(
+            "train.buckets=true with regularization drawings (data.reg_dir) is not supported: "
+            "set train.buckets=false, or empty data.reg_dir"
+        )
+
+
 def build_dataset(
     c: Components,
     split,
@@ -58,6 +72,7 @@ def build_dataset(
     cache_dir: Path | None,
     accelerator,
     dtype,
+    reg=None,
 ) -> tuple[DrawingDataset, dict]:
     from kshd.prompts import CaptionChunker
     from kshd.training.latent_cache import LatentSource, TextSource, module_fingerprint
@@ -66,7 +81,7 @@ def build_dataset(
 
     if not (s.cache_latents and cache_dir):
         log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
-        return DrawingDataset(split, c.tokenizer, opts), {}
+        return DrawingDataset(split, c.tokenizer, opts, reg=reg, weight=s.prior_loss_weight), {}
     device = accelerator.device
     latents = LatentSource(
         c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, dtype
@@ -79,7 +94,7 @@ def build_dataset(
             cache_dir / f"text-{module_fingerprint(c.text_encoder)}",
             device,
         )
-    data = DrawingDataset(split, c.tokenizer, opts, latents, texts)
+    data = DrawingDataset(split, c.tokenizer, opts, latents, texts, reg, s.prior_loss_weight)
     with accelerator.main_process_first():
         stats = latents.precompute(data)
         if texts:
@@ -114,12 +129,12 @@ def build_loader(data: DrawingDataset, s: TrainSettings, processes: int):
         "generator": torch.Generator().manual_seed(s.seed),
     }
     if s.buckets:
-        sampler = BucketBatchSampler(data.targets, s.batch_size, s.seed)
+        sampler = BucketBatchSampler(data.targets, s.batch_size, s.seed, data.n_reg)
         loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, **common)
         return sampler, loader, math.ceil(len(sampler.batches()) / processes)
-    sampler = EpochSampler(len(data), s.seed)
+    sampler = EpochSampler(data.n_train, s.seed, data.n_reg)
     loader = torch.utils.data.DataLoader(data, batch_size=s.batch_size, sampler=sampler, **common)
-    return sampler, loader, math.ceil(len(data) / s.batch_size / processes)
+    return sampler, loader, math.ceil(len(sampler) / s.batch_size / processes)
 
 
 def release_frozen(c: Components, data: DrawingDataset, stats: dict, s: TrainSettings) -> bool:
