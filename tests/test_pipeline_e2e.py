@@ -81,7 +81,8 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     assert train["steps"] == steps
     validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
     every = t.validation_epochs
-    assert validation == [f"epoch-{e:04d}.png" for e in range(every, t.epochs + 1, every)]
+    epochs = sorted({*range(every, t.epochs + 1, every), t.epochs})  # and after the last one
+    assert validation == [f"epoch-{e:04d}.png" for e in epochs]
     saved = list(range(t.checkpointing_steps, steps + 1, t.checkpointing_steps))
     saved = saved[-t.checkpoints_total_limit :]  # the newest ones kept
     assert [s for s, _ in complete_checkpoints(repo / "models/checkpoints")] == saved
@@ -149,7 +150,8 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     assert isinstance(logged["eval/style_gain"], float)
     caption = next(r for r in runs if r.job_type == "caption")
     [row] = [h for h in caption.history if "caption/table/_type" in h]
-    assert row["caption/table/_type"] == "table-file" and row["caption/table/nrows"] == 10
+    # the 10 samples and the 10 regularization drawings, each with its caption
+    assert row["caption/table/_type"] == "table-file" and row["caption/table/nrows"] == 20
     table = json.loads((caption.path.parent / "files" / row["caption/table/path"]).read_text())
     assert table["columns"] == ["image", "file", "caption", "source"] and len(table["data"]) == 10
     assert row["caption/table/_latest_artifact_path"].startswith("wandb-client-artifact://")

@@ -96,13 +96,14 @@ def test_four_experiments_with_the_swept_params(sweep):
     assert states(repo, names) == dict.fromkeys(names, "success")
 
 
-def _expected_steps(repo: Path, train_images: int) -> dict[tuple[int, int], int]:
-    """Each (batch size, epochs)'s steps for a train split of `train_images` drawings. The split
-    lives in the queued copies only: batch 1 for 1 epoch took one step per drawing, which must
-    be the samples less the holdout (at least one)."""
+def _expected_steps(repo: Path, epoch_items: int) -> dict[tuple[int, int], int]:
+    """Each (batch size, epochs)'s steps for epochs of `epoch_items` drawings. The split lives
+    in the queued copies only: batch 1 for 1 epoch took one step per drawing, which must be the
+    samples less the holdout (at least one), and as many of the demo's regularization drawings."""
     samples = len(list((repo / "data" / "samples").glob("*.png")))
-    assert 1 <= train_images < samples
-    return {(b, e): math.ceil(train_images / b) * e for b, e in GRID}
+    assert (repo / "data" / "sample_reg").is_dir()  # the demo's data.reg_dir
+    assert epoch_items % 2 == 0 and 1 <= epoch_items // 2 < samples
+    return {(b, e): math.ceil(epoch_items / b) * e for b, e in GRID}
 
 
 def test_one_wandb_run_per_experiment_and_stage_in_one_group(sweep):
