@@ -134,3 +134,15 @@ def trained(tiny_models, sample_split, tmp_path_factory):
     info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(sample_split), seed=7)
     save_lora(out, c.unet, c.text_encoder, info)
     return out, result, rows
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (never `playwright install`), one per test module."""
+    from .browser import ARGS, CHROMIUM
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

@@ -285,15 +285,16 @@ def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
 
     from kshd.cli import build_parser
     from kshd.drawing.commands import request_changes
-    from kshd.drawing.gui import Fields, Handlers
+    from kshd.drawing.gui_actions import Handlers
+    from kshd.drawing.gui_parts import TAB_FIELDS, Fields
     from kshd.drawing.request import Request
     from kshd.drawing.settings import REQUEST_KEYS
 
-    names = [f.name for f in fields(Fields)]
+    names = list(TAB_FIELDS)
     request = [f.name for f in fields(Request)]
-    assert set(names) <= set(request) and "cfg_scale" in names
-    txt2img = list(inspect.signature(Handlers.txt2img).parameters)[1:-1]
-    img2img = list(inspect.signature(Handlers.img2img).parameters)[1:-1]
+    assert set(f.name for f in fields(Fields)) <= set(request) and "cfg_scale" in names
+    txt2img = list(inspect.signature(Handlers.txt2img).parameters)[1:-2]
+    img2img = list(inspect.signature(Handlers.img2img).parameters)[1:-2]
     assert txt2img == names and img2img == ["image", "strength", "resize_mode", *names]
     args = build_parser().parse_args(["img2img", "--prompt", "p", "--image", "i.png", "--cfg", "3"])
     changes = request_changes(args)

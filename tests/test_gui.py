@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import re
-import socket
 
 import pytest
 from PIL import Image
 
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 
-from .browser import ARGS, CHROMIUM
-from .conftest import ROOT
+from .helpers.studio import (
+    free_port,
+    gui_cfg,
+    open_page,
+    record,
+    recorded,
+    wait_for_images,
+    watch_progress,
+)
 
 pytestmark = pytest.mark.slow
-STEPS = 12  # long enough on the tiny model (~0.3 s a step at 128 px) to watch the progress
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cfg(tiny_models, lora, outputs, port):
-    from kshd.config import compose_conf
-
-    return compose_conf(
-        [
-            "+experiment=demo",
-            f"model.pretrained={tiny_models['sd']}",
-            f"generate.lora={lora}",
-            f"generate.outputs_dir={outputs}",
-            f"generate.gui.port={port}",
-            f"generate.steps={STEPS}",
-            "generate.negative_prefix=''",
-            "generate.device=cpu",
-            "generate.limits.max_upload_pixels=4000000",
-        ],
-        conf_dir=ROOT / "conf",
-    )
 
 
 class _RecordingEngine:
@@ -47,8 +27,9 @@ class _RecordingEngine:
 
     def __init__(self, limits):
         self.limits, self.notes, self.requests = limits, [], []
+        self.model_name, self.lora_name, self.lora_hash = "tiny", None, None
 
-    def generate(self, req, progress):
+    def generate(self, req, progress, owner=None):
         from types import SimpleNamespace
 
         self.requests.append(req)
@@ -62,10 +43,12 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
 
     import gradio as gr
 
-    from kshd.drawing.gui import IMG2IMG_FIELDS, TAB_FIELDS, Handlers, build_ui
+    from kshd.drawing.gui import build_ui
+    from kshd.drawing.gui_actions import Handlers
+    from kshd.drawing.gui_parts import IMG2IMG_FIELDS, TAB_FIELDS
     from kshd.drawing.settings import default_request, generate_settings
 
-    cfg = _cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
+    cfg = gui_cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
     engine = _RecordingEngine(generate_settings(cfg).limits)
     ui = build_ui(engine, default_request(cfg))
     labels = {
@@ -78,13 +61,13 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
     assert {k: wired[k] for k in labels} == labels
     for name, fields in (("txt2img", TAB_FIELDS), ("img2img", IMG2IMG_FIELDS)):
         handler = getattr(Handlers(engine), name)
-        assert list(inspect.signature(handler).parameters) == [*fields, "progress"]
+        assert list(inspect.signature(handler).parameters) == [*fields, "progress", "request"]
         values = [f"{field}-value" for field in fields]  # a distinct value per position
-        gallery, info, files = handler(*values, progress=lambda *a, **k: None)
-        assert (gallery, info, files) == ([], "drawn", [])
+        gallery, info, files, drawn = handler(*values, progress=lambda *a, **k: None)
+        assert (gallery, info, files, drawn) == ([], "drawn", [], [])
         req = engine.requests[-1]
         assert {f: getattr(req, f) for f in fields} == dict(zip(fields, values, strict=True))
-    with pytest.raises(gr.Error, match="image: upload a picture"):
+    with pytest.raises(gr.Error, match="Picture: upload a picture"):
         Handlers(engine).img2img(None, *values[1:], progress=lambda *a, **k: None)
 
 
@@ -93,8 +76,8 @@ def server(tiny_models, random_lora, tmp_path_factory):
     from kshd.drawing.gui import serve
 
     outputs = tmp_path_factory.mktemp("gui_outputs")
-    port = _free_port()
-    ui, engine = serve(_cfg(tiny_models, random_lora, outputs, port), block=False)
+    port = free_port()
+    ui, engine = serve(gui_cfg(tiny_models, random_lora, outputs, port), block=False)
     yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "ui": ui}
     with engine.lock:  # no drawing may be cut off by the end of the tests
         ui.close()
@@ -188,8 +171,8 @@ def test_auth_from_the_environment(tiny_models, random_lora, tmp_path):
 
     from kshd.drawing.gui import serve
 
-    port = _free_port()
-    cfg = _cfg(tiny_models, random_lora, tmp_path, port)
+    port = free_port()
+    cfg = gui_cfg(tiny_models, random_lora, tmp_path, port)
     ui, engine = serve(cfg, auth="artist:s3cret", block=False)
     try:
         with pytest.raises(Exception):  # noqa: B017 (gradio_client raises different types)
@@ -205,75 +188,21 @@ def test_auth_from_the_environment(tiny_models, random_lora, tmp_path):
 # --- in the browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def _open(browser, server):
-    page = browser.new_page()
-    failed = []
-    # the event stream of a finished job is closed by the page: not a failure
-    page.on("requestfailed", lambda r: "/queue/data" in r.url or failed.append(r.url))
-    page.on("response", lambda r: r.status < 400 or failed.append(f"{r.status} {r.url}"))
-    page.goto(server["url"])
-    page.wait_for_selector("#txt2img-prompt textarea")
-    return page, failed
-
-
-def _wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
-    page.wait_for_selector(f"#{tab}-gallery img", timeout=timeout * 1000)
-    return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
-
-
-_RECORD = """tab => {
-  const seen = [];
-  (window.__seen = window.__seen || {})[tab] = seen;
-  new MutationObserver(() => {  // the tab's gallery may not be rendered yet: watch the page
-    const box = document.querySelector('#' + tab + '-gallery');
-    if (box) seen.push(box.innerText);
-  }).observe(document.body, {subtree: true, childList: true, characterData: true});
-}"""
-
-
-def _record(page, tab: str) -> None:
-    """Record every text the tab's gallery shows from now on (progress, queue position).
-
-    A MutationObserver sees each change the page renders, so no short-lived text is missed by
-    polling at the wrong moment, however slow the machine.
-    """
-    page.evaluate(_RECORD, tab)
-
-
-def _recorded(page, tab: str) -> str:
-    return "\n".join(page.evaluate("tab => window.__seen[tab]", tab))
-
-
-def _watch_progress(page, tab: str) -> list[str]:
-    """Step counts the page showed while drawing, once the image has appeared."""
-    _wait_for_images(page, tab)
-    return re.findall(rf"\d+/{STEPS} steps", _recorded(page, tab))
-
-
 def test_browser_txt2img_shows_progress_and_the_image(browser, server):
-    page, failed = _open(browser, server)
+    page, failed = open_page(browser, server)
     page.fill("#txt2img-prompt textarea", "an anime girl, (blonde hair:1.2)")
-    _record(page, "txt2img")
+    record(page, "txt2img")
     page.click("#txt2img-generate")
-    seen = _watch_progress(page, "txt2img")
+    seen = watch_progress(page, "txt2img")
     assert len(set(seen)) >= 2, f"progress with step counts expected, saw {seen}"
-    assert _wait_for_images(page, "txt2img") == [128]
+    assert wait_for_images(page, "txt2img") == [128]
     seed = re.search(r"Seed: (\d+)", page.input_value("#txt2img-info textarea")).group(1)
     assert f"seed {seed}" in page.inner_text("#txt2img-gallery")
     assert not failed
 
 
 def test_browser_error_is_shown_in_the_page(browser, server):
-    page, _ = _open(browser, server)
+    page, _ = open_page(browser, server)
     page.fill("#txt2img-prompt textarea", "a girl")
     page.fill("#txt2img-seed input", "-5")
     page.click("#txt2img-generate")
@@ -282,31 +211,31 @@ def test_browser_error_is_shown_in_the_page(browser, server):
 
 
 def test_browser_two_tabs_queue_and_both_finish(browser, server):
-    first, _ = _open(browser, server)
-    second, _ = _open(browser, server)
+    first, _ = open_page(browser, server)
+    second, _ = open_page(browser, server)
     for page in (first, second):
         page.fill("#txt2img-prompt textarea", "a girl in a park")
-    _record(second, "txt2img")
+    record(second, "txt2img")
     first.click("#txt2img-generate")
     second.click("#txt2img-generate")
-    assert _wait_for_images(second, "txt2img") == [128]
-    shown = _recorded(second, "txt2img")
+    assert wait_for_images(second, "txt2img") == [128]
+    shown = recorded(second, "txt2img")
     assert "queue" in shown, f"the second tab waits in the queue while the first draws: {shown!r}"
-    assert _wait_for_images(first, "txt2img") == [128]
+    assert wait_for_images(first, "txt2img") == [128]
 
 
 def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
-    page, failed = _open(browser, server)
+    page, failed = open_page(browser, server)
     page.fill("#txt2img-prompt textarea", "a boy")
     page.click("#txt2img-generate")
-    _wait_for_images(page, "txt2img")
-    page.click("#send-to-img2img")
+    wait_for_images(page, "txt2img")
+    page.click("#txt2img-send-to-img2img")
     page.wait_for_selector("#img2img-image img", timeout=30_000)
     page.fill("#img2img-prompt textarea", "a boy, redrawn")
-    _record(page, "img2img")
+    record(page, "img2img")
     page.click("#img2img-generate")
-    seen = _watch_progress(page, "img2img")
-    assert seen and _wait_for_images(page, "img2img") == [128]
+    seen = watch_progress(page, "img2img")
+    assert seen and wait_for_images(page, "img2img") == [128]
     assert "Denoising strength: 0.6" in page.input_value("#img2img-info textarea")
     # a fresh upload: a photo-like JPEG from disk
     photo = tmp_path / "photo.jpg"
@@ -320,6 +249,9 @@ def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
         arg=old_src,
         timeout=30_000,
     )
+    # the send carried the seed too: a new one, so that the parameters differ
+    page.click("#img2img-random-seed")
+    page.wait_for_function("() => document.querySelector('#img2img-seed input').value === '-1'")
     page.click("#img2img-generate")
     page.wait_for_function(
         "old => { const v = document.querySelector('#img2img-info textarea').value;"
@@ -327,5 +259,5 @@ def test_browser_send_to_img2img_and_upload(browser, server, tmp_path):
         arg=before,
         timeout=90_000,
     )
-    assert _wait_for_images(page, "img2img") == [128]
+    assert wait_for_images(page, "img2img") == [128]
     assert not failed

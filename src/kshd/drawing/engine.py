@@ -68,6 +68,14 @@ class Generated:
     seeds: list[int]
     infotexts: list[str]
     paths: list[Path]
+    stopped: str | None = None  # "interrupt" or "skip" when the user stopped part of it
+
+
+class _Stop(Exception):
+    """Raised from the step callback: the batch in progress is dropped without a VAE decode."""
+
+
+INTERRUPT, SKIP = "interrupt", "skip"
 
 
 def lora_files(path: str | Path) -> tuple[Path, str, Path]:
@@ -123,6 +131,20 @@ class Engine:
         self._scale: float | None = None  # strength fused into the UNet (None: not fused)
         self._originals: dict[str, torch.Tensor] = {}
         self.lock = threading.Lock()
+        self._owner: str | None = None  # who the job in progress belongs to (a GUI session)
+        self._stop: str | None = None  # INTERRUPT or SKIP, asked for the job in progress
+        self._stopped: str | None = None  # what stopped a batch of the job in progress
+
+    def stop(self, how: str, owner: str | None = None) -> bool:
+        """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
+        SKIP: drop the batch in progress, go on with the next) at its next step. Only the job of
+        `owner` when given; False when there is no such job."""
+        if how not in (INTERRUPT, SKIP):
+            raise ValueError(f"stop: {how!r} is not {INTERRUPT!r} or {SKIP!r}")
+        if not self.lock.locked() or (owner is not None and owner != self._owner):
+            return False
+        self._stop = how
+        return True
 
     def _note(self, message: str) -> None:
         log.warning("%s", message)
@@ -212,10 +234,12 @@ class Engine:
         progress: Progress | None = None,
         save: bool = True,
         folder: str | Path | None = None,
+        owner: str | None = None,
     ) -> Generated:
         """Draw `req.batch_count` batches of `req.batch_size`; save each PNG with its parameters.
 
-        PNGs go to `folder`, or by default to `<outputs_dir>/<txt2img|img2img>/<date>/`.
+        PNGs go to `folder`, or by default to `<outputs_dir>/<txt2img|img2img>/<date>/`. `owner`
+        names the job for `stop`; a stopped job returns the batches it finished.
         """
         req = validate(req, self.limits)
         picture = None
@@ -225,28 +249,41 @@ class Engine:
         start = first_seed(req.seed)
         seeds = [(start + i) % (2**32) for i in range(req.count)]
         with self.lock:
-            images = self._draw(req, picture, seeds, progress or (lambda done, total: None))
+            self._owner, self._stop, self._stopped = owner, None, None
+            try:
+                images, seeds = self._draw(req, picture, seeds, progress or (lambda d, t: None))
+            finally:
+                stopped, self._owner, self._stop = self._stopped, None, None
         infotexts = [self.infotext(req, s) for s in seeds]
         paths = []
         if save:
             folder = folder or Path(self.settings.outputs_dir) / req.kind / date.today().isoformat()
             items = zip(images, infotexts, seeds, strict=True)
             paths = [save_png(im, text, folder, seed) for im, text, seed in items]
-        return Generated(images, seeds, infotexts, paths)
+        return Generated(images, seeds, infotexts, paths, stopped)
 
-    def _draw(self, req: Request, picture, seeds: list[int], progress: Progress):
+    def _draw(
+        self, req: Request, picture, seeds: list[int], progress: Progress
+    ) -> tuple[list[Image.Image], list[int]]:
+        """The images and their seeds; a batch stopped by `stop` is left out."""
         self.set_lora_scale(req.lora_scale)
         if picture is not None and int(req.steps * req.strength) == 0:
             progress(1, 1)  # strength 0: no denoising step, the picture comes back as it is
-            return [picture.copy() for _ in seeds]
+            return [picture.copy() for _ in seeds], seeds
         pipe = self.txt2img if picture is None else self.img2img
         pipe.scheduler = self._scheduler(req.sampler)
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
         images: list[Image.Image] = []
+        kept: list[int] = []
         for b in range(req.batch_count):
+            if self._stop == INTERRUPT:
+                break
+            self._stop = None  # a skip stops one batch
             batch = seeds[b * req.batch_size : (b + 1) * req.batch_size]
 
             def step_end(p, i, t, kwargs, b=b):
+                if self._stop:
+                    raise _Stop
                 per_batch = p.num_timesteps
                 progress(b * per_batch + i + 1, req.batch_count * per_batch)
                 return kwargs
@@ -256,13 +293,18 @@ class Engine:
                 if picture is None
                 else {"image": picture, "strength": req.strength}
             )
-            images += pipe(
-                prompt_embeds=pos.repeat(len(batch), 1, 1),
-                negative_prompt_embeds=neg.repeat(len(batch), 1, 1),
-                num_inference_steps=req.steps,
-                guidance_scale=req.cfg_scale,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
-                callback_on_step_end=step_end,
-                **shape,
-            ).images
-        return images
+            try:
+                images += pipe(
+                    prompt_embeds=pos.repeat(len(batch), 1, 1),
+                    negative_prompt_embeds=neg.repeat(len(batch), 1, 1),
+                    num_inference_steps=req.steps,
+                    guidance_scale=req.cfg_scale,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
+                    callback_on_step_end=step_end,
+                    **shape,
+                ).images
+                kept += batch
+            except _Stop:
+                self._stopped = self._stop if self._stopped != INTERRUPT else INTERRUPT
+                log.info("%s: batch %d of %d dropped", self._stop, b + 1, req.batch_count)
+        return images, kept

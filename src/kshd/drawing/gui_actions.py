@@ -1,0 +1,169 @@
+"""What the studio's buttons do: draw (with progress, as one job of the queue), stop, and move
+pictures and parameters between the tabs. Errors a user can fix come back as messages naming the
+field by its label and are logged as one line; anything else keeps its traceback."""
+
+from __future__ import annotations
+
+import html
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import gradio as gr
+
+from kshd.drawing.engine import INTERRUPT, SKIP, Engine
+from kshd.drawing.gui_parts import IMG2IMG_FIELDS, REQUEST_TYPES, TAB_FIELDS
+from kshd.drawing.request import Request, RequestError, join_prefix
+
+log = logging.getLogger(__name__)
+CANNOT = "Cannot draw this"
+
+
+def request_handler(names: tuple[str, ...], draw: Callable[..., Any]) -> Callable[..., Any]:
+    """A method whose parameters are `self`, the Request fields `names` in order, Gradio's
+    progress and request, as an explicit signature (Gradio passes a tab's inputs by position and
+    names the API's parameters from it; the request, by its annotation, is not an API input);
+    `draw(self, values, progress, request)` gets the fields by name."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter("self", kind)]
+        + [inspect.Parameter(n, kind, annotation=REQUEST_TYPES[n]) for n in names]
+        + [inspect.Parameter("progress", kind, default=gr.Progress())]
+        + [inspect.Parameter("request", kind, default=None, annotation=gr.Request)]
+    )
+
+    def handler(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        self, progress, request = values.pop("self"), values.pop("progress"), values.pop("request")
+        return draw(self, values, progress, request)
+
+    handler.__signature__ = signature
+    # Gradio finds the request parameter by its type hint, read from __annotations__
+    handler.__annotations__ = {
+        p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty
+    }
+    return handler
+
+
+def session(request: gr.Request | None) -> str | None:
+    """The browser tab (or API client) a job belongs to: Interrupt stops only its own."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+class Handlers:
+    """The callbacks: build a Request, run the engine with progress, turn errors into messages."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None):
+        """`values`: the Request fields by name, as the tab's inputs gave them."""
+        if "image" in values and not values["image"]:
+            log.info("refused: no picture to redraw")
+            raise gr.Error("Picture: upload a picture to redraw", title=CANNOT)
+        req = Request(**values)
+        progress((0, req.steps), desc="waiting for the model", unit="steps")
+        try:
+            result = self.engine.generate(
+                req,
+                lambda done, total: progress((done, total), desc="drawing", unit="steps"),
+                owner=session(request),
+            )
+        except RequestError as exc:
+            log.info("refused: %s", exc)  # the user's to fix: one line, no traceback
+            raise gr.Error(str(exc), title=CANNOT) from exc
+        gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
+        drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
+        return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
+
+    txt2img = request_handler(TAB_FIELDS, _run)
+    img2img = request_handler(IMG2IMG_FIELDS, _run)
+
+    def interrupt(self, request: gr.Request) -> str:
+        """Stop this page's job at its next step, keeping the images it finished."""
+        return self._stop(INTERRUPT, request)
+
+    def skip(self, request: gr.Request) -> str:
+        """Drop the batch this page's job is drawing and go on with the next."""
+        return self._stop(SKIP, request)
+
+    def _stop(self, how: str, request: gr.Request | None) -> str:
+        done = self.engine.stop(how, owner=session(request))
+        return f"{how}: asked" if done else f"{how}: nothing of yours is drawing"
+
+
+def busy() -> tuple:
+    """While a job of this page runs: Generate off, Interrupt and Skip on."""
+    started = time.monotonic()
+    return (
+        gr.Button(interactive=False, value="Generating…"),
+        gr.Button(interactive=True),
+        gr.Button(interactive=True),
+        started,
+    )
+
+
+def idle(started: float | None, drawn: list[dict]) -> tuple:
+    """After the job (or its error): Generate back, and what was drawn in how long."""
+    took = time.monotonic() - started if started else 0.0
+    n = len(drawn or [])
+    said = f"{n} image{'s' * (n != 1)} in {took:.1f} s" if n else ""
+    return gr.Button(interactive=True, value="Generate"), gr.Button(interactive=False), \
+        gr.Button(interactive=False), said  # fmt: skip
+
+
+def effective_prompts(prefix: str, prompt: str, negative_prefix: str, negative: str) -> str:
+    """What the model is given, the prefixes included: one line (the prefixes' word counts) that
+    opens to both prompts in full."""
+    counts = f"{len(prefix.split())} and {len(negative_prefix.split())} words of prefixes"
+    full, neg = join_prefix(prefix, prompt), join_prefix(negative_prefix, negative)
+    return (
+        f"<details><summary>Drawn as ({counts})</summary>\n\n"
+        f"**Prompt:** {html.escape(full) or '(empty)'}\n\n"
+        f"**Negative:** {html.escape(neg) or '(empty)'}\n\n</details>"
+    )
+
+
+def _pick(drawn: list[dict], selected: int | None) -> dict:
+    if not drawn:
+        raise gr.Error("no image yet: generate one first", title="Nothing to send")
+    index = selected or 0
+    return drawn[index] if 0 <= index < len(drawn) else drawn[0]
+
+
+def reuse_seed(drawn: list[dict], selected: int | None) -> int:
+    """♻: the seed of the selected image (the first when none is selected)."""
+    return _pick(drawn, selected)["seed"]
+
+
+def sender(names: tuple[str, ...], picture: bool, target: str) -> Callable[..., tuple]:
+    """A send button's function: the selected image (when the target takes a picture) and every
+    parameter it was drawn with, into the target tab's fields `names`, and that tab shown."""
+
+    def send(drawn: list[dict], selected: int | None, gallery) -> tuple:
+        chosen = _pick(drawn, selected)
+        values = [chosen[n] for n in names if n not in ("image", "strength", "resize_mode")]
+        if not picture:
+            return (*values, gr.Tabs(selected=target))
+        path = _gallery_path(gallery, selected)
+        kept = ("strength", "resize_mode")  # a loopback keeps them; from text-to-image, the tab's
+        keep = [chosen[n] if chosen.get("image") else gr.skip() for n in kept]
+        return (path, *keep, *values, gr.Tabs(selected=target))
+
+    return send
+
+
+def _gallery_path(gallery, selected: int | None) -> str:
+    index = selected or 0
+    item = gallery[index] if gallery and 0 <= index < len(gallery) else gallery[0]
+    path = item[0] if isinstance(item, list | tuple) else item
+    return getattr(path, "path", path)
+
+
+def swap(width: int, height: int) -> tuple[int, int]:
+    return height, width

@@ -1,0 +1,248 @@
+"""The studio's components, laid out as AUTOMATIC1111 lays them out: prompts across the top with
+Generate, Interrupt and Skip beside them; settings on the left; the gallery, its parameters and the
+send buttons on the right, so what a click changes is on screen at 1366x768."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, make_dataclass
+
+import gradio as gr
+
+from kshd.drawing.request import SAMPLERS, Limits, Request
+
+# Gradio checks slider bounds and decodes uploads before a handler runs, with messages that do
+# not name the field (or a stack trace for a file that is not an image). The two instance-level
+# wrappers below fix that; subclassing a component would make Gradio write a .pyi file into
+# this package at import time.
+
+
+def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 (used like the component it makes)
+    """A gr.Slider whose out-of-range error names the field (API clients can send any number)."""
+    slider = gr.Slider(*args, **kwargs)
+    check = slider.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except (gr.Error, TypeError, ValueError) as exc:
+            raise gr.Error(
+                f"{slider.label}: {payload!r} must be a number from {slider.minimum:g} to "
+                f"{slider.maximum:g}",
+                title="Cannot draw this",
+            ) from exc
+
+    slider.preprocess = preprocess
+    return slider
+
+
+def Picture(**kwargs) -> gr.Image:  # noqa: N802
+    """A gr.Image whose upload reaches the handler as a path, undecoded: the engine's intake
+    checks it and says what is wrong."""
+    image = gr.Image(type="filepath", **kwargs)
+
+    def preprocess(payload) -> str | None:
+        if payload is None:
+            return None
+        return payload["path"] if isinstance(payload, dict) else payload.path
+
+    image.preprocess = preprocess
+    return image
+
+
+# The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
+# names them in the API (`/txt2img`, `/img2img`, for gradio_client): written once, here; Fields,
+# the input components' order and the handlers' signatures all follow these tuples.
+TAB_FIELDS = (
+    "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+    "batch_count", "batch_size", "lora_scale", "positive_prefix", "negative_prefix",
+)  # fmt: skip
+PICTURE_FIELDS = ("image", "strength", "resize_mode")
+IMG2IMG_FIELDS = (*PICTURE_FIELDS, *TAB_FIELDS)
+REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
+# Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
+SIZE_PRESETS = ((512, 512), (512, 768), (768, 512))
+
+Fields = make_dataclass(
+    "Fields",
+    [(name, gr.components.Component) for name in IMG2IMG_FIELDS],
+    namespace={
+        "__doc__": "The input components of one tab, by the Request field they fill.",
+        "inputs": lambda self, names=TAB_FIELDS: [getattr(self, n) for n in names],
+    },
+)
+
+
+@dataclass
+class Tab:
+    """One tab's components: its inputs (`fields`), its buttons and its outputs."""
+
+    name: str
+    fields: Fields
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    status: gr.Markdown
+    effective: gr.Markdown
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    swap: gr.Button
+    presets: list[gr.Button]
+    gallery: gr.Gallery
+    info: gr.Textbox
+    files: gr.File
+    sends: dict[str, gr.Button]  # target ("txt2img", "img2img") -> its button
+    drawn: gr.State  # the requests of the gallery's images, one per image, for send and reuse
+    selected: gr.State  # the gallery's selected index
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return IMG2IMG_FIELDS if self.name == "img2img" else TAB_FIELDS
+
+    def inputs(self) -> list[gr.components.Component]:
+        return self.fields.inputs(self.names)
+
+    def buttons(self) -> list[gr.Button]:
+        return [self.generate, self.interrupt, self.skip]
+
+
+def _prompts(tab: str, d: Request) -> tuple[gr.Textbox, gr.Textbox]:
+    prompt = gr.Textbox(
+        label="Prompt", lines=3, elem_id=f"{tab}-prompt", value=d.prompt,
+        placeholder="Prompt (Ctrl+Enter to generate)",
+    )  # fmt: skip
+    negative = gr.Textbox(
+        label="Negative prompt", lines=2, value=d.negative_prompt, elem_id=f"{tab}-negative"
+    )
+    return prompt, negative
+
+
+def _actions(tab: str) -> tuple[gr.Button, gr.Button, gr.Button, gr.Markdown]:
+    generate = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{tab}-generate")
+    with gr.Row():
+        interrupt = gr.Button("Interrupt", interactive=False, elem_id=f"{tab}-interrupt")
+        skip = gr.Button("Skip", interactive=False, elem_id=f"{tab}-skip")
+    status = gr.Markdown("", elem_id=f"{tab}-status", elem_classes=["status"])
+    return generate, interrupt, skip, status
+
+
+def _picture(tab: str, d: Request) -> dict[str, gr.components.Component]:
+    image = Picture(label="Picture", elem_id=f"{tab}-image", height=240)
+    strength = Slider(0, 1, d.strength, step=0.01, label="Denoising strength",
+                      elem_id=f"{tab}-strength")  # fmt: skip
+    resize = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode, label="Resize mode",
+                      elem_id=f"{tab}-resize")  # fmt: skip
+    return {"image": image, "strength": strength, "resize_mode": resize}
+
+
+def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
+    """The settings column: (inputs by field, the size and seed buttons by name)."""
+    c: dict[str, gr.components.Component] = {}
+    b: dict = {}
+    with gr.Row():
+        c["sampler"] = gr.Dropdown(
+            [(label, key) for key, (label, _, _) in SAMPLERS.items()],
+            value=d.sampler, label="Sampling method", elem_id=f"{tab}-sampler",
+        )  # fmt: skip
+        c["steps"] = Slider(1, limits.max_steps, d.steps, step=1, label="Sampling steps",
+                            elem_id=f"{tab}-steps")  # fmt: skip
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=6, min_width=200):
+            c["width"] = Slider(64, limits.max_side, d.width, step=8, label="Width",
+                                elem_id=f"{tab}-width")  # fmt: skip
+            c["height"] = Slider(64, limits.max_side, d.height, step=8, label="Height",
+                                 elem_id=f"{tab}-height")  # fmt: skip
+        with gr.Column(scale=1, min_width=70):
+            b["swap"] = gr.Button("⇅", size="sm", elem_id=f"{tab}-swap")
+            b["presets"] = [
+                gr.Button(f"{w}×{h}", size="sm", elem_id=f"{tab}-size-{w}x{h}")
+                for w, h in SIZE_PRESETS
+                if w <= limits.max_side and h <= limits.max_side
+            ]
+    with gr.Row():
+        c["batch_count"] = Slider(1, limits.max_batch_count, d.batch_count, step=1,
+                                  label="Batch count", elem_id=f"{tab}-batch-count")  # fmt: skip
+        c["batch_size"] = Slider(1, limits.max_batch_size, d.batch_size, step=1,
+                                 label="Batch size", elem_id=f"{tab}-batch-size")  # fmt: skip
+    c["cfg_scale"] = Slider(1, 30, d.cfg_scale, step=0.5, label="CFG scale",
+                            elem_id=f"{tab}-cfg")  # fmt: skip
+    with gr.Row(equal_height=True):
+        c["seed"] = gr.Number(d.seed, precision=0, label="Seed (-1 = random)",
+                              elem_id=f"{tab}-seed", scale=4)  # fmt: skip
+        b["random_seed"] = gr.Button("🎲", size="sm", scale=0, min_width=44,
+                                     elem_id=f"{tab}-random-seed")  # fmt: skip
+        b["reuse_seed"] = gr.Button("♻", size="sm", scale=0, min_width=44,
+                                    elem_id=f"{tab}-reuse-seed")  # fmt: skip
+    m = limits.max_lora_scale
+    c["lora_scale"] = Slider(-m, m, d.lora_scale, step=0.05, label="LoRA strength",
+                             elem_id=f"{tab}-lora-scale")  # fmt: skip
+    return c, b
+
+
+def _results(tab: str, sends: tuple[str, ...]) -> tuple:
+    gallery = gr.Gallery(
+        label="Images", elem_id=f"{tab}-gallery", columns=4, height=270, interactive=False,
+        object_fit="scale-down", preview=False, elem_classes=["studio-gallery"],
+        buttons=["download", "download_all", "fullscreen"],
+    )  # fmt: skip
+    with gr.Row():
+        labels = {"img2img": "Send to image-to-image", "txt2img": "Send to text-to-image",
+                  "loopback": "Loopback"}  # fmt: skip
+        buttons = {t: gr.Button(labels[t], size="sm", elem_id=f"{tab}-send-to-{t}") for t in sends}
+    info = gr.Textbox(label="Generation parameters", lines=3, elem_id=f"{tab}-info")
+    with gr.Accordion("PNG files (with parameters)", open=False):
+        files = gr.File(label="PNG files", file_count="multiple", elem_id=f"{tab}-files")
+    return gallery, buttons, info, files
+
+
+def build_tab(tab: str, d: Request, limits: Limits) -> Tab:
+    """One tab (inside a gr.Tab): prompts and actions on top, settings left, results right."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            prompt, negative = _prompts(tab, d)
+        with gr.Column(scale=1, min_width=200):
+            generate, interrupt, skip, status = _actions(tab)
+            effective = gr.Markdown(elem_id=f"{tab}-effective", elem_classes=["effective"])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            picture = _picture(tab, d) if tab == "img2img" else dict.fromkeys(PICTURE_FIELDS)
+            c, b = _settings(tab, d, limits)
+            with gr.Accordion("Prompt prefixes (added before your prompts)", open=False,
+                              elem_id=f"{tab}-prefixes"):  # fmt: skip
+                c["positive_prefix"] = gr.Textbox(label="Positive prefix", value=d.positive_prefix,
+                                                  elem_id=f"{tab}-positive-prefix")  # fmt: skip
+                c["negative_prefix"] = gr.Textbox(label="Negative prefix", lines=3,
+                                                  value=d.negative_prefix,
+                                                  elem_id=f"{tab}-negative-prefix")  # fmt: skip
+        with gr.Column(scale=1):
+            sends = ("txt2img", "loopback") if tab == "img2img" else ("img2img",)
+            gallery, buttons, info, files = _results(tab, sends)
+    f = Fields(prompt=prompt, negative_prompt=negative, **picture, **c)
+    return Tab(
+        tab, f, generate, interrupt, skip, status, effective, b["random_seed"], b["reuse_seed"],
+        b["swap"], b["presets"], gallery, info, files, buttons, gr.State([]), gr.State(0),
+    )  # fmt: skip
+
+
+# Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
+PAGE_JS = """() => {
+  document.addEventListener('keydown', (e) => {
+    if (!(e.ctrlKey || e.metaKey) || e.key !== 'Enter') return;
+    const go = [...document.querySelectorAll('button[id$="-generate"]')]
+      .find((b) => b.offsetParent !== null && !b.disabled);
+    if (go) { e.preventDefault(); go.click(); }
+  });
+}"""
+
+# Images whole and at their real size when small (Gradio stretches a lone image to a square the
+# gallery's width, scrolled, and crops with `cover`).
+PAGE_CSS = """
+.studio-gallery .grid-wrap { padding-top: 2.2em; }
+.studio-gallery .thumbnail-item { aspect-ratio: auto; width: auto; height: auto; min-width: 180px;
+  flex-direction: column; }
+.studio-gallery .caption-label { position: static; max-width: none; }
+.studio-gallery .thumbnail-item img { width: auto; height: auto; max-width: 100%; max-height: 220px;
+  object-fit: scale-down; }
+.status { min-height: 2.5em; font-size: 0.9em; }
+.effective { font-size: 0.85em; color: var(--body-text-color-subdued); }
+#model-bar { font-size: 0.9em; }
+"""

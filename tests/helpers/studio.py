@@ -1,0 +1,83 @@
+"""The studio (kshd gui) under test: a config for the tiny model, a free port, and the page in
+Debian's Chromium, with a record of everything a gallery showed (progress, queue position)."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+from ..conftest import ROOT
+
+STEPS = 12  # long enough on the tiny model (~0.3 s a step at 128 px) to watch the progress
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gui_cfg(tiny_models, lora, outputs, port):
+    from kshd.config import compose_conf
+
+    return compose_conf(
+        [
+            "+experiment=demo",
+            f"model.pretrained={tiny_models['sd']}",
+            f"generate.lora={lora}",
+            f"generate.outputs_dir={outputs}",
+            f"generate.gui.port={port}",
+            f"generate.steps={STEPS}",
+            "generate.negative_prefix=''",
+            "generate.device=cpu",
+            "generate.limits.max_upload_pixels=4000000",
+        ],
+        conf_dir=ROOT / "conf",
+    )
+
+
+def open_page(browser, server, size: tuple[int, int] = (1366, 768)):
+    """The studio in a new page of `size` (a laptop's screen, as the issue measured), with the
+    list of requests that failed."""
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    failed = []
+    # the event stream of a finished job is closed by the page: not a failure
+    page.on("requestfailed", lambda r: "/queue/data" in r.url or failed.append(r.url))
+    page.on("response", lambda r: r.status < 400 or failed.append(f"{r.status} {r.url}"))
+    page.goto(server["url"])
+    page.wait_for_selector("#txt2img-prompt textarea")
+    return page, failed
+
+
+def wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
+    page.wait_for_selector(f"#{tab}-gallery img", timeout=timeout * 1000)
+    return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
+
+
+_RECORD = """tab => {
+  const seen = [];
+  (window.__seen = window.__seen || {})[tab] = seen;
+  new MutationObserver(() => {  // the tab's gallery may not be rendered yet: watch the page
+    const box = document.querySelector('#' + tab + '-gallery');
+    if (box) seen.push(box.innerText);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def record(page, tab: str) -> None:
+    """Record every text the tab's gallery shows from now on (progress, queue position).
+
+    A MutationObserver sees each change the page renders, so no short-lived text is missed by
+    polling at the wrong moment, however slow the machine.
+    """
+    page.evaluate(_RECORD, tab)
+
+
+def recorded(page, tab: str) -> str:
+    return "\n".join(page.evaluate("tab => window.__seen[tab]", tab))
+
+
+def watch_progress(page, tab: str) -> list[str]:
+    """Step counts the page showed while drawing, once the image has appeared."""
+    wait_for_images(page, tab)
+    return re.findall(rf"\d+/{STEPS} steps", recorded(page, tab))
