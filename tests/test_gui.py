@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -27,11 +28,10 @@ class _RecordingEngine:
 
     def __init__(self, limits):
         self.limits, self.notes, self.requests = limits, [], []
-        self.model_name, self.lora_name, self.lora_hash = "tiny", None, None
+        self.model_name, self.lora_name, self.lora_hash, self.lora_path = "tiny", None, None, None
+        self.settings = SimpleNamespace(pretrained="tiny", outputs_dir="outputs")
 
     def generate(self, req, progress, owner=None):
-        from types import SimpleNamespace
-
         self.requests.append(req)
         return SimpleNamespace(paths=[], seeds=[], infotexts=["drawn"])
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 import re
 import threading
 
+import numpy as np
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from safetensors.torch import load_file, save_file
+
+from kshd.lora import DIFFUSERS_FILE
 
 from .helpers.studio import STEPS, free_port, gui_cfg, open_page, wait_for_images
 
@@ -21,9 +27,16 @@ def server(tiny_models, random_lora, tmp_path_factory):
     from kshd.drawing.gui import serve
 
     outputs = tmp_path_factory.mktemp("studio_outputs")
+    checkpoint = outputs / "checkpoints" / "checkpoint-8"  # the random LoRA's weights, raw
+    checkpoint.mkdir(parents=True)
+    save_file(load_file(str(random_lora / DIFFUSERS_FILE)), str(checkpoint / "lora.safetensors"))
+    (checkpoint / "state.json").write_text("{}", encoding="utf-8")
+    (outputs / "metrics.json").write_text('{"best_checkpoint": {"step": 8}}', encoding="utf-8")
     port = free_port()
     ui, engine = serve(gui_cfg(tiny_models, random_lora, outputs, port), block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine}
+    base = str(tiny_models["sd"])
+    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine,
+           "lora": random_lora, "checkpoint": checkpoint, "base": base}  # fmt: skip
     with engine.lock:
         ui.close()
 
@@ -172,14 +185,18 @@ def test_client_interrupt_and_skip_endpoints(server, monkeypatch):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/txt2img", "/img2img", "/txt2img_interrupt", "/txt2img_skip"} <= names
     assert client.predict(api_name="/txt2img_interrupt") == "interrupt: nothing of yours is drawing"
-    engine, drawing = server["engine"], threading.Event()
+    engine, drawing, asked = server["engine"], threading.Event(), threading.Event()
     generate = engine.generate
 
-    def signalling(req, progress=None, **kw):  # says when the second batch is being drawn
+    def signalling(req, progress=None, **kw):
+        """Says when the second batch's first step is drawn, and holds it until Skip was asked:
+        the skip lands in that batch, however fast the machine."""
+
         def seen(done, total):
             progress(done, total)
-            if done > req.steps:
+            if done == req.steps + 1:
                 drawing.set()
+                assert asked.wait(60)
 
         return generate(req, seen, **kw)
 
@@ -188,5 +205,137 @@ def test_client_interrupt_and_skip_endpoints(server, monkeypatch):
                         batch_size=1, api_name="/txt2img")  # fmt: skip
     assert drawing.wait(60)
     assert client.predict(api_name="/txt2img_skip") == "skip: asked"
+    asked.set()
     gallery, info, _ = job.result(timeout=120)
     assert [g["caption"] for g in gallery] == ["seed 9", "seed 11"]  # the second one skipped
+
+
+def test_client_switches_the_lora_and_the_parameters_say_so(server):
+    from gradio_client import Client
+
+    client = Client(server["url"], verbose=False)
+    base, lora, checkpoint = server["base"], str(server["lora"]), str(server["checkpoint"])
+
+    def draw() -> tuple[np.ndarray, str]:
+        gallery, info, _ = client.predict(prompt="a girl", seed=5, steps=3, width=64, height=64,
+                                          batch_size=1, api_name="/txt2img")  # fmt: skip
+        return np.asarray(Image.open(gallery[0]["image"]), dtype=np.int16), info
+
+    with_lora, info = draw()
+    assert 'Lora hashes: "lora' not in info and "Lora hashes" in info
+    try:
+        assert "LoRA: none" in client.predict(base, "", api_name="/set_model")
+        alone, info = draw()
+        assert "Lora hashes" not in info and np.abs(alone - with_lora).max() > 0
+        said = client.predict(base, checkpoint, api_name="/set_model")
+        assert "checkpoint-8" in said
+        again, info = draw()
+        assert 'Lora hashes: "checkpoint-8: ' in info and np.array_equal(again, with_lora)
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match="no-such.safetensors is not in the list of choices"):
+            client.predict(base, "/no-such.safetensors", api_name="/set_model")
+    finally:
+        client.predict(base, lora, api_name="/set_model")
+
+
+def test_the_lora_chooser_lists_checkpoints_and_refreshes(browser, server):
+    page, _ = open_page(browser, server, VIEW)
+    assert "LoRA:" in page.inner_text("#model-status")
+    added = server["outputs"] / "loras" / "watercolor.safetensors"
+    added.parent.mkdir(exist_ok=True)
+    added.write_bytes((server["lora"] / DIFFUSERS_FILE).read_bytes())
+    page.click("#lora-refresh")
+    page.click("#lora-choice input")
+    names = page.eval_on_selector_all("[role=option]", "els => els.map(e => e.innerText.trim())")
+    assert "checkpoint 8 (best)" in names and "watercolor" in names, names
+    try:
+        page.get_by_role("option", name="checkpoint 8 (best)").click()
+        page.wait_for_function(
+            "() => document.querySelector('#model-status').innerText.includes('checkpoint-8')",
+            timeout=60_000,
+        )
+    finally:
+        server["engine"].set_lora(str(server["lora"]))
+
+
+def _newest(outputs, seed: int):
+    return max(outputs.glob(f"txt2img/*/*-{seed}.png"), key=lambda p: p.stat().st_mtime)
+
+
+def test_png_info_round_trip_and_an_a1111_file(browser, server, tmp_path):
+    page, _ = open_page(browser, server, VIEW)
+    page.fill("#txt2img-prompt textarea", "a girl with a hat")
+    for field, value in (("#txt2img-seed input", "777"), ("#txt2img-steps input[type=number]", "4"),
+                         ("#txt2img-width input[type=number]", "64"),
+                         ("#txt2img-height input[type=number]", "64")):  # fmt: skip
+        page.fill(field, value)
+        page.press(field, "Tab")
+    page.click("#txt2img-generate")
+    wait_for_images(page, "txt2img")
+    page.wait_for_selector("#txt2img-generate:not([disabled])", timeout=60_000)
+    drawn = _value(page, "#txt2img-info")
+    page.fill("#txt2img-prompt textarea", "something else")
+    page.fill("#txt2img-seed input", "1")
+    page.click("button[role=tab]:has-text('PNG Info')")
+    page.set_input_files("#pnginfo-image input[type=file]", str(_newest(server["outputs"], 777)))
+    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea').value")
+    assert page.input_value("#pnginfo-text textarea") == drawn
+    page.click("#pnginfo-send-to-txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img-seed input').value === '777'")
+    assert page.input_value("#txt2img-prompt textarea") == "a girl with a hat"
+    shown = page.get_attribute("#txt2img-gallery img", "src")
+    page.click("#txt2img-generate")  # drawn again from the file's parameters: the same text
+    page.wait_for_function(
+        "old => document.querySelector('#txt2img-gallery img')?.src !== old"
+        " && !document.querySelector('#txt2img-generate').disabled",
+        arg=shown,
+        timeout=60_000,
+    )
+    assert len(list(server["outputs"].glob("txt2img/*/*-777.png"))) == 2
+    assert _value(page, "#txt2img-info") == drawn
+    a1111 = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Clip skip: 2")
+    Image.new("RGB", (64, 64)).save(a1111, pnginfo=info)
+    page.click("button[role=tab]:has-text('PNG Info')")
+    page.set_input_files("#pnginfo-image input[type=file]", str(a1111))
+    page.wait_for_selector("#pnginfo-note >> text=Not used here: Clip skip", timeout=30_000)
+
+
+def test_history_lists_earlier_drawings_newest_first_and_sends_them(browser, server):
+    from gradio_client import Client
+
+    client = Client(server["url"], verbose=False)
+    client.predict(prompt="a boy at the sea", seed=4321, steps=3, width=64, height=64,
+                   batch_size=1, api_name="/txt2img")  # fmt: skip
+    page, _ = open_page(browser, server, VIEW)
+    page.click("button[role=tab]:has-text('History')")
+    page.wait_for_selector("#history-gallery img", timeout=30_000)
+    captions = page.eval_on_selector_all(
+        "#history-gallery .caption-label", "els => els.map(e => e.innerText)"
+    )
+    assert captions[0].endswith("seed 4321"), captions[:3]  # the newest first
+    assert "page 1 of" in page.inner_text("#history-where")
+    page.click("#history-gallery img >> nth=0")
+    page.wait_for_function(
+        "() => document.querySelector('#history-text textarea').value.includes('Seed: 4321')"
+    )
+    page.click("#history-send-to-img2img")
+    page.wait_for_selector("#img2img-image img", timeout=30_000)
+    assert page.input_value("#img2img-prompt textarea") == "a boy at the sea"
+    assert page.input_value("#img2img-seed input") == "4321"
+
+
+def test_client_png_info_endpoint(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"], verbose=False)
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/png_info", "/set_model", "/img2img_interrupt", "/img2img_skip"} <= names
+    text = "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, Clip skip: 2"
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png", pnginfo=info)
+    said = client.predict(handle_file(str(tmp_path / "a.png")), api_name="/png_info")
+    assert tuple(said) == (text, "Not used here: Clip skip.")

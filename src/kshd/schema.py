@@ -181,11 +181,16 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class GuiSettings:
-    """`generate.gui`: where `kshd gui` listens and how many requests may wait."""
+    """`generate.gui`: where `kshd gui` listens, how many requests may wait, and which LoRAs
+    and base models its model bar offers."""
 
     host: str
     port: int
     queue_size: int
+    lora_dirs: tuple[str, ...]
+    checkpoints_dir: str | None
+    eval_metrics: str | None
+    models: tuple[str, ...]
 
 
 @dataclass(frozen=True)

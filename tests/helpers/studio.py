@@ -17,7 +17,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gui_cfg(tiny_models, lora, outputs, port):
+def gui_cfg(tiny_models, lora, outputs, port, *overrides: str):
     from kshd.config import compose_conf
 
     return compose_conf(
@@ -31,6 +31,11 @@ def gui_cfg(tiny_models, lora, outputs, port):
             "generate.negative_prefix=''",
             "generate.device=cpu",
             "generate.limits.max_upload_pixels=4000000",
+            # nothing of this checkout's own runs in the model bar's LoRA list
+            f"generate.gui.checkpoints_dir={outputs}/checkpoints",
+            f"generate.gui.eval_metrics={outputs}/metrics.json",
+            f"generate.gui.lora_dirs=[{outputs}/loras]",
+            *overrides,
         ],
         conf_dir=ROOT / "conf",
     )

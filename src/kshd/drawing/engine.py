@@ -124,7 +124,7 @@ class Engine:
         self.img2img.set_progress_bar_config(disable=True)
         self._base_scheduler = pipe.scheduler.config
         self.model_name = Path(settings.pretrained.rstrip("/")).name
-        self.lora_name = self.lora_hash = None
+        self.lora_name = self.lora_hash = self.lora_path = None
         if settings.lora:
             self._load_lora(settings.lora)
         self.encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, self._embeddings())
@@ -150,13 +150,41 @@ class Engine:
         log.warning("%s", message)
         self.notes.append(message)
 
-    def _load_lora(self, path: str) -> None:
-        load, self.lora_name, hashed = lora_files(path)
-        self.txt2img.load_lora_weights(
-            str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
-        )
-        self.lora_hash = lora_hash(hashed)
+    def _load_lora(self, path: str, checkpoint_strength: float | None = None) -> None:
+        """A LoRA folder or file; or a training checkpoint (raw peft weights, scaled by the
+        run's alpha / rank, `checkpoint_strength`)."""
+        from kshd.drawing.catalog import is_checkpoint
+
+        if is_checkpoint(path):
+            from safetensors.torch import load_file
+
+            from kshd.lora import diffusers_state
+
+            if checkpoint_strength is None:
+                raise ValueError(f"{path}: a training checkpoint needs the run's alpha / rank")
+            load = Path(path) / "lora.safetensors"
+            state = diffusers_state(load_file(str(load)), checkpoint_strength)
+            self.txt2img.load_lora_weights(state, adapter_name=ADAPTER)
+            self.lora_name, hashed = Path(path).name, load
+        else:
+            load, self.lora_name, hashed = lora_files(path)
+            self.txt2img.load_lora_weights(
+                str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
+            )
+        self.lora_hash, self.lora_path = lora_hash(hashed), str(path)
         log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
+
+    def set_lora(self, path: str | None, checkpoint_strength: float | None = None) -> None:
+        """Another LoRA (None: the base model alone), between jobs: the base weights come back
+        exactly before the new one is loaded; the base model is not reloaded."""
+        with self.lock:
+            if self.lora_name is not None:
+                self._restore_base()
+                self.txt2img.unload_lora_weights()
+                self.lora_name = self.lora_hash = self.lora_path = None
+                self._originals, self._scale = {}, None
+            if path:
+                self._load_lora(path, checkpoint_strength)
 
     def _embeddings(self) -> dict[str, int]:
         """Load the listed textual inversions; a name whose file is missing is said once."""
@@ -191,10 +219,7 @@ class Engine:
             self._originals = {
                 n: m.get_base_layer().weight.detach().to("cpu", copy=True) for n, m in layers
             }
-        for name, module in layers:
-            if module.merged:
-                module.unmerge()
-                module.get_base_layer().weight.copy_(self._originals[name])
+        self._restore_base()
         if scale == 0.0:
             self.txt2img.disable_lora()
         else:
@@ -203,6 +228,14 @@ class Engine:
                 module.set_scale(ADAPTER, scale)
                 module.merge(adapter_names=[ADAPTER])
         self._scale = scale
+
+    @torch.no_grad()
+    def _restore_base(self) -> None:
+        """Unmerge every merged LoRA layer and put the saved base weights back, exactly."""
+        for name, module in self._lora_layers():
+            if module.merged:
+                module.unmerge()
+                module.get_base_layer().weight.copy_(self._originals[name])
 
     def _scheduler(self, key: str):
         import diffusers

@@ -9,6 +9,7 @@ analytics; bad input is answered with a message in the page, never a stack trace
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 
@@ -17,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from kshd.drawing.catalog import NONE, LoraCatalog  # noqa: E402
 from kshd.drawing.engine import Engine  # noqa: E402
 from kshd.drawing.gui_actions import (  # noqa: E402
     Handlers,
@@ -27,6 +29,7 @@ from kshd.drawing.gui_actions import (  # noqa: E402
     sender,
     swap,
 )
+from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_parts import (  # noqa: E402
     PAGE_CSS,
     PAGE_JS,
@@ -41,15 +44,39 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _model_bar(engine: Engine) -> None:
-    """The base model and LoRA in use, always on screen, and the engine's notes, once, small."""
-    lora = (
-        f"**{engine.lora_name}** ({engine.lora_hash})" if engine.lora_name else "none (base only)"
-    )
+def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]) -> None:
+    """The base model and LoRA in use, always on screen, each a chooser (the LoRAs refreshed by
+    🔄); the engine's notes under them, once, small. A switch is a job of the queue."""
+    engine = handlers.engine
+    with gr.Row(elem_id="model-bar", equal_height=True):
+        base = gr.Dropdown(
+            models, value=engine.settings.pretrained, label="Base model", allow_custom_value=True,
+            elem_id="base-model", scale=3,
+        )  # fmt: skip
+        lora = gr.Dropdown(
+            catalog.choices(), value=engine.lora_path or NONE, label="LoRA", elem_id="lora-choice",
+            scale=3,
+        )  # fmt: skip
+        refresh = gr.Button("Refresh", elem_id="lora-refresh", scale=0, min_width=70, size="sm")
+        with gr.Column(scale=4):
+            status = gr.Markdown(model_status(engine), elem_id="model-status")
+    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    refresh.click(lambda: gr.Dropdown(choices=catalog.choices()), None, lora, **private)
+    # "/set_model" for scripts; both choosers run it as a job of the drawing queue
+    lora.input(handlers.set_model, [base, lora], status, api_name="set_model",
+               concurrency_id="engine")  # fmt: skip
+    base.input(handlers.set_model, [base, lora], status, api_visibility="private",
+               concurrency_id="engine")  # fmt: skip
+
+
+def model_status(engine: Engine) -> str:
+    lora = f"**{engine.lora_name}** ({engine.lora_hash})" if engine.lora_name else "none"
     text = f"Model: **{engine.model_name}** · LoRA: {lora}"
-    if engine.notes:
-        text += "".join(f"<br><small>Note: {n}</small>" for n in engine.notes)
-    gr.Markdown(text, elem_id="model-bar")
+    if not engine.notes:
+        return text
+    n = len(engine.notes)
+    said = "".join(f"<li>{html.escape(note)}</li>" for note in engine.notes)
+    return f"{text}<details><summary>{n} note{'s' * (n > 1)}</summary><ul>{said}</ul></details>"
 
 
 def _wire_tab(tab: Tab, handlers: Handlers, tabs: gr.Tabs, targets: dict[str, Tab]) -> None:
@@ -66,6 +93,7 @@ def _wire_tab(tab: Tab, handlers: Handlers, tabs: gr.Tabs, targets: dict[str, Ta
         [tab.gallery, tab.info, tab.files, tab.drawn],
         api_name=tab.name,
         show_progress_on=[tab.status, tab.gallery],
+        concurrency_id="engine",  # one queue with the model switches
     )
     job.then(idle, [started, tab.drawn], [*tab.buttons(), tab.status], queue=False,
              api_visibility="private")  # fmt: skip
@@ -99,15 +127,27 @@ def _selected_index(evt: gr.SelectData) -> int:
     return evt.index
 
 
-def build_ui(engine: Engine, defaults: Request) -> gr.Blocks:
-    handlers = Handlers(engine)
+def build_ui(
+    engine: Engine,
+    defaults: Request,
+    catalog: LoraCatalog | None = None,
+    models: list[str] = (),
+    checkpoint_strength: float | None = None,
+) -> gr.Blocks:
+    handlers = Handlers(engine, checkpoint_strength, model_status)
+    catalog = catalog or LoraCatalog(engine.lora_path, None, None)
+    models = list(dict.fromkeys([engine.settings.pretrained, *models]))
     with gr.Blocks(title="KSH Drawing AI", analytics_enabled=False) as ui:
-        _model_bar(engine)
+        _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
             built = {}
             for name, label in (("txt2img", "Text to image"), ("img2img", "Image to image")):
                 with gr.Tab(label, id=name):
                     built[name] = build_tab(name, defaults, engine.limits)
+            with gr.Tab("PNG Info", id="pnginfo"):
+                build_pnginfo(built, tabs)
+            with gr.Tab("History", id="history") as history:
+                build_history(engine.settings.outputs_dir, built, tabs, history)
         for tab in built.values():
             _wire_tab(tab, handlers, tabs, built)
             f = tab.fields
@@ -132,7 +172,7 @@ def serve(
     auth: str | None = None, block: bool = True,
 ) -> tuple[gr.Blocks, Engine]:  # fmt: skip
     """Load the engine and start the server (with `block=False` it returns at once, for tests)."""
-    from kshd.drawing.settings import default_request, engine_settings
+    from kshd.drawing.settings import default_request, engine_settings, generate_settings
 
     g = cfg.generate
     host = host or g.gui.host
@@ -140,7 +180,10 @@ def serve(
     if host not in LOOPBACK and credentials is None:
         log.warning("serving on %s without a password: set KSHD_GUI_AUTH=user:password", host)
     engine = Engine(engine_settings(cfg, lora))
-    ui = build_ui(engine, default_request(cfg))
+    gui = generate_settings(cfg).gui
+    catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
+    strength = cfg.train.alpha / cfg.train.rank  # the checkpoints hold the run's raw weights
+    ui = build_ui(engine, default_request(cfg), catalog, list(gui.models), strength)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
     ui.launch(
         server_name=host,

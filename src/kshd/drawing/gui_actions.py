@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from kshd.config import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine
 from kshd.drawing.gui_parts import IMG2IMG_FIELDS, REQUEST_TYPES, TAB_FIELDS
 from kshd.drawing.request import Request, RequestError, join_prefix
@@ -58,8 +59,33 @@ def session(request: gr.Request | None) -> str | None:
 class Handlers:
     """The callbacks: build a Request, run the engine with progress, turn errors into messages."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(
+        self,
+        engine: Engine,
+        checkpoint_strength: float | None = None,
+        describe: Callable[[Engine], str] = lambda e: "",
+    ):
+        self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
+
+    def set_model(self, base: str, lora: str, request: gr.Request = None) -> str:
+        """Switch the base model and / or the LoRA, reloading only what changed; says what is
+        in use. A model that cannot load leaves the one in use."""
+        from dataclasses import replace
+
+        engine, lora = self.engine, lora or None
+        try:
+            if base != engine.settings.pretrained:
+                with engine.lock:  # the job in progress finishes first
+                    fresh = Engine(replace(engine.settings, pretrained=base, lora=None))
+                self.engine = engine = fresh
+            if lora != engine.lora_path:
+                engine.set_lora(lora, self.checkpoint_strength)
+        except (UserError, OSError, ValueError) as exc:
+            label = "Base model" if base != engine.settings.pretrained else "LoRA"
+            log.info("refused: %s: %s", label, exc)
+            raise gr.Error(f"{label}: {exc}", title="Cannot switch") from exc
+        log.info("in use: base %s, LoRA %s", base, lora)
+        return self.describe(engine)
 
     def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None):
         """`values`: the Request fields by name, as the tab's inputs gave them."""

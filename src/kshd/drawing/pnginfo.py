@@ -105,3 +105,55 @@ def save_png(image: Image.Image, text: str, folder: str | Path, seed: int) -> Pa
 def _next_number(folder: Path) -> int:
     numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
     return max(numbers, default=-1) + 1
+
+
+LORA_TAG = re.compile(r"\s*<lora:([^:>]+):(-?[\d.]+)>")
+# A1111 keys -> Request fields (numbers as the fields take them)
+_NUMBERS = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
+            "Denoising strength": ("strength", float)}  # fmt: skip
+_KNOWN = {*_NUMBERS, "Prompt", "Negative prompt", "Sampler", "Size", "Model", "Lora hashes",
+          "Version", "Model hash"}  # fmt: skip
+
+
+def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
+    """(prefix, prompt) that join back to `full` as the app joins them (request.join_prefix):
+    the tab's prefix kept when `full` starts with it, else none, so the drawn prompt is the
+    text's."""
+    p = prefix.strip()
+    if not p:
+        return prefix, full
+    head = f"{p} " if p.endswith(",") else f"{p}, "
+    if full.startswith(head):
+        return prefix, full[len(head) :]
+    return (prefix, "") if full == p else ("", full)
+
+
+def request_fields(text: str, positive_prefix: str, negative_prefix: str) -> tuple[dict, list[str]]:
+    """The Request fields an A1111 `parameters` text (ours or A1111's) gives, for a tab with
+    these prefixes, and the keys the app cannot use (reported, never silently dropped). The
+    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one."""
+    from kshd.drawing.request import RequestError, sampler_key
+
+    params = parse_parameters(text)
+    tags = LORA_TAG.findall(params["Prompt"])
+    full = LORA_TAG.sub("", params["Prompt"]).strip()
+    out: dict[str, object] = {"lora_scale": float(tags[-1][1]) if tags else 0.0}
+    out["positive_prefix"], out["prompt"] = _unprefixed(full, positive_prefix)
+    out["negative_prefix"], out["negative_prompt"] = _unprefixed(
+        params["Negative prompt"], negative_prefix
+    )
+    unused = [k for k in params if k not in _KNOWN]
+    for key, (field, kind) in _NUMBERS.items():
+        if key in params:
+            try:
+                out[field] = kind(float(params[key])) if kind is int else kind(params[key])
+            except ValueError:
+                unused.append(key)
+    if "Size" in params and (m := re.fullmatch(r"(\d+)x(\d+)", params["Size"])):
+        out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+    if "Sampler" in params:
+        try:
+            out["sampler"] = sampler_key(params["Sampler"])
+        except RequestError:
+            unused.append("Sampler")
+    return out, unused

@@ -1,0 +1,58 @@
+"""The LoRAs the studio offers: the trained one, the training's checkpoints (the one the
+evaluation chose marked "best"), and every `.safetensors` in the configured LoRA folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from kshd.training.checkpoints import complete_checkpoints
+
+log = logging.getLogger(__name__)
+NONE = ""  # the chooser's value for "no LoRA"
+
+
+@dataclass(frozen=True)
+class LoraCatalog:
+    """Where LoRAs are found (conf/'s `generate.lora`, `output.*`, `generate.gui.lora_dirs`)."""
+
+    trained: str | None  # the trained LoRA folder (models/lora)
+    checkpoints_dir: str | None  # models/checkpoints: checkpoint-<step>/lora.safetensors
+    eval_metrics: str | None  # reports/metrics.json: its best_checkpoint is marked
+    lora_dirs: tuple[str, ...] = ()  # folders of .safetensors LoRAs (A1111's models/Lora)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, value) for a dropdown, "None" first; value = the path to load."""
+        out = [("None (the base model alone)", NONE)]
+        if self.trained and Path(self.trained).exists():
+            out.append((f"{Path(self.trained).name} (trained)", str(self.trained)))
+        best = self._best_step()
+        for step, path in complete_checkpoints(Path(self.checkpoints_dir or "/nonexistent")):
+            if (path / "lora.safetensors").is_file():
+                mark = " (best)" if step == best else ""
+                out.append((f"checkpoint {step}{mark}", str(path)))
+        for folder in self.lora_dirs:
+            for file in sorted(Path(folder).glob("**/*.safetensors")):
+                out.append((file.stem, str(file)))
+        return out
+
+    def _best_step(self) -> int | None:
+        path = Path(self.eval_metrics or "/nonexistent")
+        if not path.is_file():
+            return None
+        try:
+            best = json.loads(path.read_text(encoding="utf-8")).get("best_checkpoint") or {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s): no checkpoint marked best", path, exc)
+            return None
+        return best.get("step")
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A training checkpoint folder: raw peft weights that need the run's alpha / rank."""
+    path = Path(path)
+    return (
+        path.is_dir() and (path / "lora.safetensors").is_file() and (path / "state.json").is_file()
+    )

@@ -1,0 +1,86 @@
+"""Choosing another LoRA without a restart (issue 16): what the studio offers (the trained LoRA,
+the checkpoints with the evaluation's best marked, LoRA folders), and `Engine.set_lora` swapping
+it with the base weights restored exactly in between."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from kshd.config import defaults
+from kshd.drawing.catalog import NONE, LoraCatalog
+from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.request import Request
+from kshd.lora import DIFFUSERS_FILE
+
+DRAW = dict(steps=3, width=64, height=64, sampler="euler", seed=3, positive_prefix="",
+            negative_prefix="")  # fmt: skip
+
+
+def _checkpoint(root: Path, step: int, lora: Path) -> Path:
+    """A training checkpoint's LoRA: raw peft tensors. The random_lora fixture's rank equals its
+    alpha (strength 1), so its diffusers file holds exactly the raw tensors."""
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    raw = load_file(str(lora / DIFFUSERS_FILE))
+    save_file(raw, str(folder / "lora.safetensors"))
+    (folder / "state.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def _pixels(engine: Engine) -> tuple[np.ndarray, str]:
+    out = engine.generate(Request("a girl", **DRAW), save=False)
+    return np.asarray(out.images[0], dtype=np.int16), out.infotexts[0]
+
+
+def test_the_catalog_lists_trained_checkpoints_best_and_folders(tmp_path, tiny_models, random_lora):
+    checkpoints = tmp_path / "checkpoints"
+    for step in (40, 80):
+        _checkpoint(checkpoints, step, random_lora)
+    (checkpoints / "checkpoint-120.tmp").mkdir()  # a half-written one is not offered
+    loras = tmp_path / "loras" / "styles"
+    loras.mkdir(parents=True)
+    (loras / "watercolor.safetensors").write_bytes(b"")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"best_checkpoint": {"step": 80}}), encoding="utf-8")
+    catalog = LoraCatalog(
+        str(random_lora), str(checkpoints), str(metrics), (str(tmp_path / "loras"),)
+    )
+    assert catalog.choices() == [
+        ("None (the base model alone)", NONE),
+        (f"{random_lora.name} (trained)", str(random_lora)),
+        ("checkpoint 40", str(checkpoints / "checkpoint-40")),
+        ("checkpoint 80 (best)", str(checkpoints / "checkpoint-80")),
+        ("watercolor", str(loras / "watercolor.safetensors")),
+    ]
+    nothing = LoraCatalog(str(tmp_path / "no-lora"), None, None)
+    assert nothing.choices() == [("None (the base model alone)", NONE)]
+
+
+def test_set_lora_swaps_without_reloading_the_base(tmp_path, tiny_models, random_lora):
+    limits = defaults("generate.limits")
+    settings = EngineSettings(str(tiny_models["sd"]), lora=str(random_lora), device="cpu",
+                              outputs_dir=str(tmp_path), limits=limits)  # fmt: skip
+    engine = Engine(settings)
+    base_pixels, _ = _pixels(Engine(EngineSettings(**{**settings.__dict__, "lora": None})))
+    unet = engine.txt2img.unet
+    with_lora, info = _pixels(engine)
+    assert "Lora hashes" in info and np.abs(with_lora - base_pixels).max() > 0
+    engine.set_lora(None)
+    alone, info = _pixels(engine)
+    assert np.array_equal(alone, base_pixels) and "Lora hashes" not in info
+    checkpoint = _checkpoint(tmp_path / "checkpoints", 8, random_lora)
+    with pytest.raises(ValueError, match="alpha / rank"):
+        engine.set_lora(str(checkpoint))
+    engine.set_lora(str(checkpoint), checkpoint_strength=4 / 4)
+    from_checkpoint, info = _pixels(engine)
+    assert "<lora:checkpoint-8:1>" in info and 'Lora hashes: "checkpoint-8: ' in info
+    assert np.array_equal(from_checkpoint, with_lora)  # the same weights, another file
+    engine.set_lora(str(random_lora))
+    again, _ = _pixels(engine)
+    assert np.array_equal(again, with_lora)
+    assert engine.txt2img.unet is unet and engine.img2img.unet is unet  # the base stayed
