@@ -135,7 +135,8 @@ def test_client_img2img(client, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"steps": 0}, "Sampling steps: 0 must be a number from 1 to 150"),
+        ({"steps": 0}, "steps: 0 must be a whole number from 1 to 150"),
+        ({"steps": 151}, "Sampling steps: 151 must be a number from 0 to 150"),
         ({"width": 100}, "width: 100 is not a multiple of 8"),
         ({"seed": -7}, "seed: -7 must be a whole number"),
         ({"sampler": "no such sampler"}, "no such sampler"),
@@ -206,7 +207,9 @@ def test_browser_error_is_shown_in_the_page(browser, server):
     page.fill("#txt2img-prompt textarea", "a girl")
     page.fill("#txt2img-seed input", "-5")
     page.click("#txt2img-generate")
-    page.wait_for_selector("text=seed: -5 must be a whole number", timeout=30_000)
+    page.wait_for_selector(  # beside the field, by its label
+        "#txt2img-seed >> text=Seed (-1 = random): -5 must be a whole number", timeout=30_000
+    )
     assert not page.query_selector("#txt2img-gallery img")
 
 

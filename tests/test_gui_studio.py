@@ -339,3 +339,38 @@ def test_client_png_info_endpoint(server, tmp_path):
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png", pnginfo=info)
     said = client.predict(handle_file(str(tmp_path / "a.png")), api_name="/png_info")
     assert tuple(said) == (text, "Not used here: Clip skip.")
+
+
+def test_errors_stand_beside_their_fields_until_a_field_changes(browser, server, tmp_path, capfd):
+    page, _ = open_page(browser, server, VIEW)
+    page.fill("#txt2img-prompt textarea", "a girl")
+    steps = "#txt2img-steps input[type=number]"
+    page.fill(steps, "0")
+    page.press(steps, "Tab")
+    page.click("#txt2img-generate")
+    said = "Sampling steps: 0 must be a whole number from 1 to 150"
+    page.wait_for_selector(f"#txt2img-steps >> text={said}", timeout=30_000)
+    assert page.input_value(steps) == "0"  # never silently changed
+    assert page.is_enabled("#txt2img-generate") and not page.query_selector("#txt2img-gallery img")
+    page.fill("#txt2img-width input[type=number]", "100")
+    page.press("#txt2img-width input[type=number]", "Tab")
+    page.wait_for_selector(f"#txt2img-steps >> text={said}", state="detached", timeout=30_000)
+    page.fill(steps, "0")
+    page.press(steps, "Tab")
+    page.click("#txt2img-generate")  # both named at once
+    page.wait_for_selector(
+        "#txt2img-width >> text=Width: 100 is not a multiple of 8 (e.g. 96)", timeout=30_000
+    )
+    assert said in page.inner_text("#txt2img-steps")
+    page.fill(steps, "5")  # a field changed: the messages go until Generate checks again
+    page.press(steps, "Tab")
+    page.wait_for_selector(f"#txt2img-steps >> text={said}", state="detached", timeout=30_000)
+    # a picture is checked when it is uploaded, not at Generate
+    page.click("button[role=tab]:has-text('Image to image')")
+    fake = tmp_path / "notes.png"
+    fake.write_text("<!doctype html><html>not a picture</html>")
+    page.set_input_files("#img2img-image input[type=file]", str(fake))
+    page.wait_for_selector("text=Picture: ", timeout=30_000)  # at once, not at Generate
+    assert "not an image" in page.inner_text("body")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err  # a user's mistake is one log line, not a stack trace

@@ -29,6 +29,7 @@ from kshd.drawing.gui_actions import (  # noqa: E402
     sender,
     swap,
 )
+from kshd.drawing.gui_checks import request_check, wire_checks  # noqa: E402
 from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_parts import (  # noqa: E402
     PAGE_CSS,
@@ -79,15 +80,25 @@ def model_status(engine: Engine) -> str:
     return f"{text}<details><summary>{n} note{'s' * (n > 1)}</summary><ul>{said}</ul></details>"
 
 
-def _wire_tab(tab: Tab, handlers: Handlers, tabs: gr.Tabs, targets: dict[str, Tab]) -> None:
-    """The events of one tab: generate (locked while it runs), stop, seeds, sizes, sends."""
+def _wire_tab(
+    tab: Tab, handlers: Handlers, tabs: gr.Tabs, targets: dict[str, Tab], defaults: Request
+) -> None:
+    """The events of one tab: generate (checked, locked while it runs), stop, seeds, sizes,
+    sends, and each field's own check."""
+    limits = handlers.engine.limits
+    wire_checks(tab, limits)
     started = gr.State(None)
     draw = getattr(handlers, tab.name)
     # "multiple": a click as the button comes back belongs to the next job, not to this chain
     # (Gradio's "once" would drop it); the button itself is locked while the job runs
-    job = tab.generate.click(busy, None, [*tab.buttons(), started], queue=False,
-                             api_visibility="private", trigger_mode="multiple")  # fmt: skip
-    job = job.then(
+    # the page's own path: every field checked first (errors beside their fields), then the job;
+    # scripts call the drawing handler itself (`/txt2img`), which checks the same again
+    job = tab.generate.click(
+        lambda *values: busy(), tab.inputs(), [*tab.buttons(), started],
+        validator=request_check(tab, defaults, limits), concurrency_limit=None,
+        api_visibility="private", trigger_mode="multiple", show_progress="hidden",
+    )  # fmt: skip
+    job = job.success(
         draw,
         tab.inputs(),
         [tab.gallery, tab.info, tab.files, tab.drawn],
@@ -149,7 +160,7 @@ def build_ui(
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history)
         for tab in built.values():
-            _wire_tab(tab, handlers, tabs, built)
+            _wire_tab(tab, handlers, tabs, built, defaults)
             f = tab.fields
             ui.load(effective_prompts,
                     [f.positive_prefix, f.prompt, f.negative_prefix, f.negative_prompt],

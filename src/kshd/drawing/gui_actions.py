@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"
 
 
+def user_error(message: str, title: str = CANNOT) -> gr.Error:
+    """A mistake the user can fix: shown until closed, logged by the caller as one line (Gradio
+    would print a traceback for it)."""
+    return gr.Error(message, title=title, duration=None, print_exception=False)
+
+
 def request_handler(names: tuple[str, ...], draw: Callable[..., Any]) -> Callable[..., Any]:
     """A method whose parameters are `self`, the Request fields `names` in order, Gradio's
     progress and request, as an explicit signature (Gradio passes a tab's inputs by position and
@@ -83,7 +89,7 @@ class Handlers:
         except (UserError, OSError, ValueError) as exc:
             label = "Base model" if base != engine.settings.pretrained else "LoRA"
             log.info("refused: %s: %s", label, exc)
-            raise gr.Error(f"{label}: {exc}", title="Cannot switch") from exc
+            raise user_error(f"{label}: {exc}", title="Cannot switch") from exc
         log.info("in use: base %s, LoRA %s", base, lora)
         return self.describe(engine)
 
@@ -91,7 +97,7 @@ class Handlers:
         """`values`: the Request fields by name, as the tab's inputs gave them."""
         if "image" in values and not values["image"]:
             log.info("refused: no picture to redraw")
-            raise gr.Error("Picture: upload a picture to redraw", title=CANNOT)
+            raise user_error("Picture: upload a picture to redraw")
         req = Request(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
         try:
@@ -102,7 +108,7 @@ class Handlers:
             )
         except RequestError as exc:
             log.info("refused: %s", exc)  # the user's to fix: one line, no traceback
-            raise gr.Error(str(exc), title=CANNOT) from exc
+            raise user_error(str(exc)) from exc
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
         drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
@@ -157,7 +163,7 @@ def effective_prompts(prefix: str, prompt: str, negative_prefix: str, negative: 
 
 def _pick(drawn: list[dict], selected: int | None) -> dict:
     if not drawn:
-        raise gr.Error("no image yet: generate one first", title="Nothing to send")
+        raise user_error("no image yet: generate one first", title="Nothing to send")
     index = selected or 0
     return drawn[index] if 0 <= index < len(drawn) else drawn[0]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from kshd.drawing.gui_actions import user_error
 from kshd.drawing.gui_parts import TAB_FIELDS, Picture, Tab
 from kshd.drawing.pnginfo import read_parameters, request_fields
 
@@ -26,7 +27,7 @@ def png_info(path: str | None) -> tuple[str, str]:
         text = read_parameters(path)
     except OSError as exc:
         log.info("refused: PNG file: %s", exc)
-        raise gr.Error(f"PNG file: cannot read it ({exc})", title="Not a picture") from exc
+        raise user_error(f"PNG file: cannot read it ({exc})", title="Not a picture") from exc
     if not text:
         return "", "This picture holds no generation parameters (A1111's `parameters` chunk)."
     _, unused = request_fields(text, "", "")
@@ -39,8 +40,8 @@ def send_parameters(target: Tab, tabs: gr.Tabs) -> Callable[..., tuple]:
 
     def send(text: str, picture: str | None, positive_prefix: str, negative_prefix: str):
         if not text:
-            raise gr.Error("no parameters to send: open a PNG written by the app or A1111",
-                           title="Nothing to send")  # fmt: skip
+            raise user_error("no parameters to send: open a PNG written by the app or A1111",
+                             title="Nothing to send")  # fmt: skip
         fields, _ = request_fields(text, positive_prefix, negative_prefix)
         values = [fields.get(name, gr.skip()) for name in TAB_FIELDS]
         head = [picture] if target.name == "img2img" else []

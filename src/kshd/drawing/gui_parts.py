@@ -10,6 +10,8 @@ import gradio as gr
 
 from kshd.drawing.request import SAMPLERS, Limits, Request
 
+# The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
+# it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
 # Gradio checks slider bounds and decodes uploads before a handler runs, with messages that do
 # not name the field (or a stack trace for a file that is not an image). The two instance-level
 # wrappers below fix that; subclassing a component would make Gradio write a .pyi file into
@@ -29,6 +31,7 @@ def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 (used like the component
                 f"{slider.label}: {payload!r} must be a number from {slider.minimum:g} to "
                 f"{slider.maximum:g}",
                 title="Cannot draw this",
+                print_exception=False,
             ) from exc
 
     slider.preprocess = preprocess
@@ -143,13 +146,13 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
             [(label, key) for key, (label, _, _) in SAMPLERS.items()],
             value=d.sampler, label="Sampling method", elem_id=f"{tab}-sampler",
         )  # fmt: skip
-        c["steps"] = Slider(1, limits.max_steps, d.steps, step=1, label="Sampling steps",
+        c["steps"] = Slider(0, limits.max_steps, d.steps, step=1, label="Sampling steps",
                             elem_id=f"{tab}-steps")  # fmt: skip
     with gr.Row(equal_height=True):
         with gr.Column(scale=6, min_width=200):
-            c["width"] = Slider(64, limits.max_side, d.width, step=8, label="Width",
+            c["width"] = Slider(0, limits.max_side, d.width, step=8, label="Width",
                                 elem_id=f"{tab}-width")  # fmt: skip
-            c["height"] = Slider(64, limits.max_side, d.height, step=8, label="Height",
+            c["height"] = Slider(0, limits.max_side, d.height, step=8, label="Height",
                                  elem_id=f"{tab}-height")  # fmt: skip
         with gr.Column(scale=1, min_width=70):
             b["swap"] = gr.Button("⇅", size="sm", elem_id=f"{tab}-swap")
@@ -159,11 +162,11 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
                 if w <= limits.max_side and h <= limits.max_side
             ]
     with gr.Row():
-        c["batch_count"] = Slider(1, limits.max_batch_count, d.batch_count, step=1,
+        c["batch_count"] = Slider(0, limits.max_batch_count, d.batch_count, step=1,
                                   label="Batch count", elem_id=f"{tab}-batch-count")  # fmt: skip
-        c["batch_size"] = Slider(1, limits.max_batch_size, d.batch_size, step=1,
+        c["batch_size"] = Slider(0, limits.max_batch_size, d.batch_size, step=1,
                                  label="Batch size", elem_id=f"{tab}-batch-size")  # fmt: skip
-    c["cfg_scale"] = Slider(1, 30, d.cfg_scale, step=0.5, label="CFG scale",
+    c["cfg_scale"] = Slider(0, 30, d.cfg_scale, step=0.5, label="CFG scale",
                             elem_id=f"{tab}-cfg")  # fmt: skip
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(d.seed, precision=0, label="Seed (-1 = random)",
