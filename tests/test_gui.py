@@ -218,12 +218,13 @@ def test_browser_two_tabs_queue_and_both_finish(browser, server):
     second, _ = open_page(browser, server)
     for page in (first, second):
         page.fill("#txt2img-prompt textarea", "a girl in a park")
-    record(second, "txt2img")
+    record(second, "txt2img", "status")  # beside its Generate button
     first.click("#txt2img-generate")
     second.click("#txt2img-generate")
     assert wait_for_images(second, "txt2img") == [128]
     shown = recorded(second, "txt2img")
     assert "queue" in shown, f"the second tab waits in the queue while the first draws: {shown!r}"
+    assert re.search(r"\d+/\d+ steps", shown), shown  # then its progress, in the same place
     assert wait_for_images(first, "txt2img") == [128]
 
 

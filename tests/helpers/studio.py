@@ -59,23 +59,24 @@ def wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
     return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
 
 
-_RECORD = """tab => {
+_RECORD = """([tab, part]) => {
   const seen = [];
   (window.__seen = window.__seen || {})[tab] = seen;
   new MutationObserver(() => {  // the tab's gallery may not be rendered yet: watch the page
-    const box = document.querySelector('#' + tab + '-gallery');
+    const box = document.querySelector('#' + tab + '-' + part);
     if (box) seen.push(box.innerText);
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
 
 
-def record(page, tab: str) -> None:
-    """Record every text the tab's gallery shows from now on (progress, queue position).
+def record(page, tab: str, part: str = "gallery") -> None:
+    """Record every text the tab's `part` (its gallery, or the status beside Generate) shows
+    from now on (progress, queue position).
 
     A MutationObserver sees each change the page renders, so no short-lived text is missed by
     polling at the wrong moment, however slow the machine.
     """
-    page.evaluate(_RECORD, tab)
+    page.evaluate(_RECORD, [tab, part])
 
 
 def recorded(page, tab: str) -> str:
