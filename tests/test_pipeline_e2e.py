@@ -153,7 +153,7 @@ def test_one_offline_wandb_run_per_tracked_stage_named_after_the_experiment(demo
     # the 10 samples and the 10 regularization drawings, each with its caption
     assert row["caption/table/_type"] == "table-file" and row["caption/table/nrows"] == 20
     table = json.loads((caption.path.parent / "files" / row["caption/table/path"]).read_text())
-    assert table["columns"] == ["image", "file", "caption", "source"] and len(table["data"]) == 10
+    assert table["columns"] == ["image", "file", "caption", "source"] and len(table["data"]) == 20
     assert row["caption/table/_latest_artifact_path"].startswith("wandb-client-artifact://")
 
 
