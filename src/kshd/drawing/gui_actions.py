@@ -152,10 +152,10 @@ def idle(started: float | None, drawn: list[dict]) -> tuple:
 def effective_prompts(prefix: str, prompt: str, negative_prefix: str, negative: str) -> str:
     """What the model is given, the prefixes included: one line (the prefixes' word counts) that
     opens to both prompts in full."""
-    counts = f"{len(prefix.split())} and {len(negative_prefix.split())} words of prefixes"
+    counts = f"prefixes: {len(prefix.split())} and {len(negative_prefix.split())} words"
     full, neg = join_prefix(prefix, prompt), join_prefix(negative_prefix, negative)
     return (
-        f"<details><summary>Drawn as ({counts})</summary>\n\n"
+        f"<details><summary>Prompts as drawn ({counts})</summary>\n\n"
         f"**Prompt:** {html.escape(full) or '(empty)'}\n\n"
         f"**Negative:** {html.escape(neg) or '(empty)'}\n\n</details>"
     )
