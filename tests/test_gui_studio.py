@@ -374,3 +374,33 @@ def test_errors_stand_beside_their_fields_until_a_field_changes(browser, server,
     assert "not an image" in page.inner_text("body")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err  # a user's mistake is one log line, not a stack trace
+
+
+def test_client_switches_the_base_model_and_refuses_one_that_cannot_load(server):
+    """Another base (the world's, another model folder) draws another image; a folder that is
+    no model is refused by its label and leaves the one in use."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from .helpers.learning import WORLD_SD
+
+    client = Client(server["url"], verbose=False)
+    base, lora = server["base"], str(server["lora"])
+
+    def draw() -> np.ndarray:
+        gallery, _, _ = client.predict(prompt="a girl", seed=5, steps=3, width=64, height=64,
+                                       batch_size=1, lora_scale=0, api_name="/txt2img")  # fmt: skip
+        return np.asarray(Image.open(gallery[0]["image"]), dtype=np.int16)
+
+    tiny = draw()
+    try:
+        said = client.predict(str(WORLD_SD), "", api_name="/set_model")
+        assert "LoRA: none" in said
+        world = draw()
+        assert np.abs(world - tiny).mean() > 10  # another model drew it
+        with pytest.raises(AppError, match="Base model: "):
+            client.predict("/no/such/model", "", api_name="/set_model")
+        assert np.array_equal(draw(), world)  # the world's base is still the one drawing
+    finally:
+        client.predict(base, lora, api_name="/set_model")
+    assert np.array_equal(draw(), tiny)  # and back
