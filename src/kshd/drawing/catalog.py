@@ -29,7 +29,8 @@ class LoraCatalog:
         if self.trained and Path(self.trained).exists():
             out.append((f"{Path(self.trained).name} (trained)", str(self.trained)))
         best = self._best_step()
-        for step, path in complete_checkpoints(Path(self.checkpoints_dir or "/nonexistent")):
+        found = complete_checkpoints(Path(self.checkpoints_dir)) if self.checkpoints_dir else []
+        for step, path in found:
             if (path / "lora.safetensors").is_file():
                 mark = " (best)" if step == best else ""
                 out.append((f"checkpoint {step}{mark}", str(path)))
@@ -39,9 +40,9 @@ class LoraCatalog:
         return out
 
     def _best_step(self) -> int | None:
-        path = Path(self.eval_metrics or "/nonexistent")
-        if not path.is_file():
+        if not self.eval_metrics or not Path(self.eval_metrics).is_file():
             return None
+        path = Path(self.eval_metrics)
         try:
             best = json.loads(path.read_text(encoding="utf-8")).get("best_checkpoint") or {}
         except (OSError, ValueError) as exc:
