@@ -136,7 +136,7 @@ def test_client_img2img(client, tmp_path):
     ("change", "message"),
     [
         ({"steps": 0}, "steps: 0 must be a whole number from 1 to 150"),
-        ({"steps": 151}, "Sampling steps: 151 must be a number from 0 to 150"),
+        ({"steps": 151}, "steps: 151 must be a whole number from 1 to 150"),  # not 0 to 150
         ({"width": 100}, "width: 100 is not a multiple of 8"),
         ({"seed": -7}, "seed: -7 must be a whole number"),
         ({"sampler": "no such sampler"}, "no such sampler"),
@@ -163,7 +163,7 @@ def test_client_bad_uploads(client, tmp_path):
     for path, message in ((text, "not an image"), (huge, "too large")):
         with pytest.raises(AppError, match=message):
             client.predict(image=handle_file(str(path)), prompt="a", api_name="/img2img")
-    with pytest.raises(AppError, match="Denoising strength: 2"):
+    with pytest.raises(AppError, match="strength: 2.0 must be a number from 0 to 1"):
         client.predict(image=handle_file(str(huge)), strength=2, api_name="/img2img")
 
 

@@ -5,6 +5,7 @@ Ctrl+Enter generates; and the new endpoints through gradio_client."""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
@@ -14,6 +15,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file, save_file
 
+from kshd.drawing.gui_parts import TAB_FIELDS
 from kshd.lora import DIFFUSERS_FILE
 
 from .helpers.studio import STEPS, free_port, gui_cfg, open_page, wait_for_images
@@ -36,7 +38,7 @@ def server(tiny_models, random_lora, tmp_path_factory):
     ui, engine = serve(gui_cfg(tiny_models, random_lora, outputs, port), block=False)
     base = str(tiny_models["sd"])
     yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine,
-           "lora": random_lora, "checkpoint": checkpoint, "base": base}  # fmt: skip
+           "lora": random_lora, "checkpoint": checkpoint, "base": base, "ui": ui}  # fmt: skip
     with engine.lock:
         ui.close()
 
@@ -210,8 +212,70 @@ def test_client_interrupt_and_skip_endpoints(server, monkeypatch):
     assert [g["caption"] for g in gallery] == ["seed 9", "seed 11"]  # the second one skipped
 
 
-def test_client_switches_the_lora_and_the_parameters_say_so(server):
+def test_the_queue_estimate_follows_the_work_queued_ahead(server, monkeypatch):
+    """Two jobs wait behind one held at its third step: each is told the rest of that job plus
+    the work queued up to it at the measured pace, so the one with twice the steps waits twice
+    as long for its own part (Gradio's mean of earlier jobs gives both the same)."""
     from gradio_client import Client
+
+    from kshd.drawing.pace import work
+
+    client = Client(server["url"], verbose=False)
+    engine, queue = server["engine"], server["ui"]._queue
+    held, release = threading.Event(), threading.Event()
+    told = {4: threading.Event(), 8: threading.Event()}  # a queued job's estimate was sent
+    generate, estimates = engine.generate, {}
+
+    def holding(req, progress=None, **kw):
+        def seen(done, total):
+            progress(done, total)
+            if req.steps == 6 and done == 3:
+                held.set()
+                assert release.wait(60)
+
+        return generate(req, seen, **kw)
+
+    send = queue.send_message
+
+    def recording(event, message):
+        send(event, message)  # rewritten by the studio's estimate on the way
+        data = event.data.data if event.data is not None else None
+        if message.msg == "estimation" and message.rank is not None and data:
+            steps = data[TAB_FIELDS.index("steps")]
+            estimates[steps] = message.rank_eta
+            if steps in told:
+                told[steps].set()
+
+    monkeypatch.setattr(engine, "generate", holding)
+    monkeypatch.setattr(queue, "send_message", recording)
+    common = {"prompt": "a girl", "seed": 1, "width": 64, "height": 64, "batch_count": 1,
+              "batch_size": 1, "api_name": "/txt2img"}  # fmt: skip
+    first = client.submit(steps=6, **common)
+    try:
+        assert held.wait(60)
+        jobs = []
+        for steps in (4, 8):  # in this order in the queue
+            jobs.append(client.submit(steps=steps, **common))
+            assert told[steps].wait(60)
+        pace = engine.pace
+        left, unit = pace.seconds_left(), pace.seconds(work(1, 1, 64, 64))
+        assert left > 0 and unit > 0 and math.isclose(left, 3 * unit)  # 3 of 6 steps left
+        assert math.isclose(estimates[4], left + 4 * unit)
+        assert math.isclose(estimates[8], left + 12 * unit)  # behind the 4-step job
+    finally:
+        release.set()
+    first.result(timeout=120)
+    for job in jobs:
+        job.result(timeout=120)
+
+
+def test_client_switches_the_lora_and_the_parameters_say_so(server, tmp_path):
+    """Checkpoint, none, a file typed in that the list does not hold; a missing one is refused
+    by the field's label and leaves the LoRA in use."""
+    import shutil
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     client = Client(server["url"], verbose=False)
     base, lora, checkpoint = server["base"], str(server["lora"]), str(server["checkpoint"])
@@ -231,10 +295,16 @@ def test_client_switches_the_lora_and_the_parameters_say_so(server):
         assert "checkpoint-8" in said
         again, info = draw()
         assert 'Lora hashes: "checkpoint-8: ' in info and np.array_equal(again, with_lora)
-        from gradio_client.exceptions import AppError
-
-        with pytest.raises(AppError, match="no-such.safetensors is not in the list of choices"):
+        refused = "LoRA: /no-such.safetensors: a LoRA must be an existing .safetensors file"
+        with pytest.raises(AppError, match=refused + ".*in use: checkpoint-8"):
             client.predict(base, "/no-such.safetensors", api_name="/set_model")
+        still, info = draw()
+        assert 'Lora hashes: "checkpoint-8: ' in info and np.array_equal(still, with_lora)
+        mine = tmp_path / "mine.safetensors"  # in no folder of the list
+        shutil.copy(server["lora"] / DIFFUSERS_FILE, mine)
+        assert "**mine**" in client.predict(base, str(mine), api_name="/set_model")
+        typed, info = draw()
+        assert 'Lora hashes: "mine: ' in info and np.array_equal(typed, with_lora)
     finally:
         client.predict(base, lora, api_name="/set_model")
 
@@ -341,37 +411,47 @@ def test_client_png_info_endpoint(server, tmp_path):
     assert tuple(said) == (text, "Not used here: Clip skip.")
 
 
-def test_errors_stand_beside_their_fields_until_a_field_changes(browser, server, tmp_path, capfd):
+def _type(page, selector: str, value: str) -> None:
+    page.fill(selector, value)
+    page.press(selector, "Tab")  # the box loses focus, as a user's tab or click away
+
+
+def test_errors_stand_beside_their_fields_until_that_field_changes(
+    browser, server, tmp_path, capfd
+):
     page, _ = open_page(browser, server, VIEW)
     page.fill("#txt2img-prompt textarea", "a girl")
-    steps = "#txt2img-steps input[type=number]"
-    page.fill(steps, "0")
-    page.press(steps, "Tab")
-    page.click("#txt2img-generate")
+    steps, width = "#txt2img-steps input[type=number]", "#txt2img-width input[type=number]"
+    _type(page, steps, "0")
+    _type(page, width, "100")
+    page.click("#txt2img-generate")  # both named at once, beside their fields, by their labels
     said = "Sampling steps: 0 must be a whole number from 1 to 150"
-    page.wait_for_selector(f"#txt2img-steps >> text={said}", timeout=30_000)
+    page.wait_for_selector(f"#txt2img-steps.field-error >> text={said}", timeout=30_000)
+    wide = "Width: 100 is not a multiple of 8 (e.g. 96)"
+    page.wait_for_selector(f"#txt2img-width.field-error >> text={wide}", timeout=30_000)
     assert page.input_value(steps) == "0"  # never silently changed
     assert page.is_enabled("#txt2img-generate") and not page.query_selector("#txt2img-gallery img")
-    page.fill("#txt2img-width input[type=number]", "100")
-    page.press("#txt2img-width input[type=number]", "Tab")
-    page.wait_for_selector(f"#txt2img-steps >> text={said}", state="detached", timeout=30_000)
-    page.fill(steps, "0")
-    page.press(steps, "Tab")
-    page.click("#txt2img-generate")  # both named at once
-    page.wait_for_selector(
-        "#txt2img-width >> text=Width: 100 is not a multiple of 8 (e.g. 96)", timeout=30_000
+    page.click("#txt2img-random-seed")  # another event of the page: the messages stay
+    page.fill("#txt2img-prompt textarea", "a girl, smiling")
+    page.wait_for_function(
+        "document.querySelector('#txt2img-effective').textContent.includes('smiling')"
     )
-    assert said in page.inner_text("#txt2img-steps")
-    page.fill(steps, "5")  # a field changed: the messages go until Generate checks again
-    page.press(steps, "Tab")
+    _type(page, steps, "5")  # the field changed: its message goes, the other's stays
     page.wait_for_selector(f"#txt2img-steps >> text={said}", state="detached", timeout=30_000)
+    assert wide in page.inner_text("#txt2img-width")
+    assert not page.query_selector("#txt2img-steps.field-error")
+    # a number beyond the slider is clamped by the browser as the box loses focus: said so
+    _type(page, steps, "200")
+    clamped = "Sampling steps: 200 must be a whole number from 1 to 150; the box was set to 150"
+    page.wait_for_selector(f"#txt2img-steps.field-error >> text={clamped}", timeout=30_000)
+    assert page.input_value(steps) == "150"
     # a picture is checked when it is uploaded, not at Generate
     page.click("button[role=tab]:has-text('Image to image')")
     fake = tmp_path / "notes.png"
     fake.write_text("<!doctype html><html>not a picture</html>")
     page.set_input_files("#img2img-image input[type=file]", str(fake))
-    page.wait_for_selector("text=Picture: ", timeout=30_000)  # at once, not at Generate
-    assert "not an image" in page.inner_text("body")
+    page.wait_for_selector("#img2img-image.field-error >> text=Picture: notes.png", timeout=30_000)
+    assert "not an image" in page.inner_text("#img2img-image")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err  # a user's mistake is one log line, not a stack trace
 

@@ -84,3 +84,12 @@ def test_set_lora_swaps_without_reloading_the_base(tmp_path, tiny_models, random
     again, _ = _pixels(engine)
     assert np.array_equal(again, with_lora)
     assert engine.txt2img.unet is unet and engine.img2img.unet is unet  # the base stayed
+    missing = tmp_path / "gone.safetensors"
+    with pytest.raises(FileNotFoundError, match="gone.safetensors"):
+        engine.set_lora(str(missing))  # refused before the LoRA in use is touched
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="broken.safetensors: not a LoRA this model can load"):
+        engine.set_lora(str(broken))  # fails while loading: the one in use is put back
+    kept, info = _pixels(engine)
+    assert np.array_equal(kept, with_lora) and engine.lora_path == str(random_lora)

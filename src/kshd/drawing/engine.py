@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from kshd import __version__
+from kshd.drawing.pace import MEGA, Pace, work
 from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
 from kshd.drawing.request import (
     FROM_CONF,
@@ -92,6 +93,10 @@ def lora_files(path: str | Path) -> tuple[Path, str, Path]:
     return path, path.stem, path
 
 
+def _strength(req: Request) -> float:
+    return req.strength if req.image is not None else 1.0
+
+
 def _device(name: str) -> tuple[torch.device, torch.dtype]:
     if name == "auto":
         return device_and_dtype()
@@ -134,6 +139,7 @@ class Engine:
         self._owner: str | None = None  # who the job in progress belongs to (a GUI session)
         self._stop: str | None = None  # INTERRUPT or SKIP, asked for the job in progress
         self._stopped: str | None = None  # what stopped a batch of the job in progress
+        self.pace = Pace()  # seconds per step-image-megapixel, for the queue's estimate
 
     def stop(self, how: str, owner: str | None = None) -> bool:
         """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
@@ -176,15 +182,34 @@ class Engine:
 
     def set_lora(self, path: str | None, checkpoint_strength: float | None = None) -> None:
         """Another LoRA (None: the base model alone), between jobs: the base weights come back
-        exactly before the new one is loaded; the base model is not reloaded."""
+        exactly before the new one is loaded; the base model is not reloaded. One that cannot
+        load leaves the one in use (a missing file is refused before it is touched)."""
+        from kshd.drawing.catalog import is_checkpoint
+
         with self.lock:
-            if self.lora_name is not None:
-                self._restore_base()
-                self.txt2img.unload_lora_weights()
-                self.lora_name = self.lora_hash = self.lora_path = None
-                self._originals, self._scale = {}, None
-            if path:
+            if path and not is_checkpoint(path):
+                lora_files(path)
+            previous = self.lora_path
+            self._unload_lora()
+            if not path:
+                return
+            try:
                 self._load_lora(path, checkpoint_strength)
+            except Exception as exc:
+                self.txt2img.unload_lora_weights()  # whatever part of it was attached
+                self.lora_name = self.lora_hash = self.lora_path = None
+                if previous:
+                    self._load_lora(previous, checkpoint_strength)
+                if isinstance(exc, ValueError | OSError):
+                    raise
+                raise ValueError(f"{path}: not a LoRA this model can load ({exc})") from exc
+
+    def _unload_lora(self) -> None:
+        if self.lora_name is not None:
+            self._restore_base()
+            self.txt2img.unload_lora_weights()
+            self.lora_name = self.lora_hash = self.lora_path = None
+            self._originals, self._scale = {}, None
 
     def _embeddings(self) -> dict[str, int]:
         """Load the listed textual inversions; a name whose file is missing is said once."""
@@ -283,10 +308,12 @@ class Engine:
         seeds = [(start + i) % (2**32) for i in range(req.count)]
         with self.lock:
             self._owner, self._stop, self._stopped = owner, None, None
+            self.pace.start(work(req.steps, req.count, req.width, req.height, _strength(req)))
             try:
                 images, seeds = self._draw(req, picture, seeds, progress or (lambda d, t: None))
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
+                self.pace.finish()
         infotexts = [self.infotext(req, s) for s in seeds]
         paths = []
         if save:
@@ -308,16 +335,19 @@ class Engine:
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
         images: list[Image.Image] = []
         kept: list[int] = []
+        pixels = req.width * req.height
         for b in range(req.batch_count):
             if self._stop == INTERRUPT:
                 break
             self._stop = None  # a skip stops one batch
             batch = seeds[b * req.batch_size : (b + 1) * req.batch_size]
+            unit = len(batch) * pixels / MEGA  # a step's work: images x megapixels
 
-            def step_end(p, i, t, kwargs, b=b):
+            def step_end(p, i, t, kwargs, b=b, unit=unit):
                 if self._stop:
                     raise _Stop
                 per_batch = p.num_timesteps
+                self.pace.step(b * per_batch + i + 1, per_batch, unit)
                 progress(b * per_batch + i + 1, req.batch_count * per_batch)
                 return kwargs
 

@@ -32,6 +32,7 @@ from kshd.drawing.gui_actions import (  # noqa: E402
 from kshd.drawing.gui_checks import request_check, wire_checks  # noqa: E402
 from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_parts import (  # noqa: E402
+    IMG2IMG_FIELDS,
     PAGE_CSS,
     PAGE_JS,
     SIZE_PRESETS,
@@ -39,6 +40,7 @@ from kshd.drawing.gui_parts import (  # noqa: E402
     Tab,
     build_tab,
 )
+from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]) -> N
         )  # fmt: skip
         lora = gr.Dropdown(
             catalog.choices(), value=engine.lora_path or NONE, label="LoRA", elem_id="lora-choice",
-            scale=3,
+            scale=3, allow_custom_value=True,  # a .safetensors path typed in; checked on switch
         )  # fmt: skip
         refresh = gr.Button("Refresh", elem_id="lora-refresh", scale=0, min_width=70, size="sm")
         with gr.Column(scale=4):
@@ -86,7 +88,7 @@ def _wire_tab(
     """The events of one tab: generate (checked, locked while it runs), stop, seeds, sizes,
     sends, and each field's own check."""
     limits = handlers.engine.limits
-    wire_checks(tab, limits)
+    wire_checks(tab, defaults, limits)
     started = gr.State(None)
     draw = getattr(handlers, tab.name)
     # "multiple": a click as the button comes back belongs to the next job, not to this chain
@@ -143,9 +145,9 @@ def build_ui(
     defaults: Request,
     catalog: LoraCatalog | None = None,
     models: list[str] = (),
-    checkpoint_strength: float | None = None,
+    handlers: Handlers | None = None,
 ) -> gr.Blocks:
-    handlers = Handlers(engine, checkpoint_strength, model_status)
+    handlers = handlers or Handlers(engine, None, model_status)
     catalog = catalog or LoraCatalog(engine.lora_path, None, None)
     models = list(dict.fromkeys([engine.settings.pretrained, *models]))
     with gr.Blocks(title="KSH Drawing AI", analytics_enabled=False) as ui:
@@ -194,8 +196,11 @@ def serve(
     gui = generate_settings(cfg).gui
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # the checkpoints hold the run's raw weights
-    ui = build_ui(engine, default_request(cfg), catalog, list(gui.models), strength)
+    handlers = Handlers(engine, strength, model_status)
+    ui = build_ui(engine, default_request(cfg), catalog, list(gui.models), handlers)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
+    drawings = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS}
+    estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
     ui.launch(
         server_name=host,
         server_port=port or g.gui.port,

@@ -87,9 +87,12 @@ class Handlers:
             if lora != engine.lora_path:
                 engine.set_lora(lora, self.checkpoint_strength)
         except (UserError, OSError, ValueError) as exc:
-            label = "Base model" if base != engine.settings.pretrained else "LoRA"
-            log.info("refused: %s: %s", label, exc)
-            raise user_error(f"{label}: {exc}", title="Cannot switch") from exc
+            said = f"Base model: {exc}"
+            if base == engine.settings.pretrained:  # the base loaded: it was the LoRA
+                said = (f"LoRA: {exc}; pick one of the list (Refresh reads the folders again); "
+                        f"in use: {engine.lora_name or 'none'}")  # fmt: skip
+            log.info("refused: %s", said)
+            raise user_error(said, title="Cannot switch") from exc
         log.info("in use: base %s, LoRA %s", base, lora)
         return self.describe(engine)
 

@@ -8,48 +8,19 @@ from dataclasses import dataclass, fields, make_dataclass
 
 import gradio as gr
 
+from kshd.drawing.gui_components import FieldSlider, PicturePath
 from kshd.drawing.request import SAMPLERS, Limits, Request
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
-# Gradio checks slider bounds and decodes uploads before a handler runs, with messages that do
-# not name the field (or a stack trace for a file that is not an image). The two instance-level
-# wrappers below fix that; subclassing a component would make Gradio write a .pyi file into
-# this package at import time.
 
 
-def Slider(*args, **kwargs) -> gr.Slider:  # noqa: N802 (used like the component it makes)
-    """A gr.Slider whose out-of-range error names the field (API clients can send any number)."""
-    slider = gr.Slider(*args, **kwargs)
-    check = slider.preprocess
-
-    def preprocess(payload):
-        try:
-            return check(payload)
-        except (gr.Error, TypeError, ValueError) as exc:
-            raise gr.Error(
-                f"{slider.label}: {payload!r} must be a number from {slider.minimum:g} to "
-                f"{slider.maximum:g}",
-                title="Cannot draw this",
-                print_exception=False,
-            ) from exc
-
-    slider.preprocess = preprocess
-    return slider
+def Slider(*args, **kwargs) -> FieldSlider:  # noqa: N802 (used like the component it makes)
+    return FieldSlider(*args, **kwargs)
 
 
-def Picture(**kwargs) -> gr.Image:  # noqa: N802
-    """A gr.Image whose upload reaches the handler as a path, undecoded: the engine's intake
-    checks it and says what is wrong."""
-    image = gr.Image(type="filepath", **kwargs)
-
-    def preprocess(payload) -> str | None:
-        if payload is None:
-            return None
-        return payload["path"] if isinstance(payload, dict) else payload.path
-
-    image.preprocess = preprocess
-    return image
+def Picture(**kwargs) -> PicturePath:  # noqa: N802
+    return PicturePath(type="filepath", **kwargs)
 
 
 # The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
@@ -226,8 +197,17 @@ def build_tab(tab: str, d: Request, limits: Limits) -> Tab:
     )  # fmt: skip
 
 
-# Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111.
+# Ctrl+Enter (Cmd+Enter) clicks the Generate button of the tab on screen, as in A1111. What is
+# typed into a slider's number box is recorded as the box loses focus, before Gradio's own blur
+# handler clamps it to the slider's range (read by the slider's change event, `gui_checks`).
 PAGE_JS = """() => {
+  window.kshdTyped = {};
+  document.addEventListener('blur', (e) => {
+    const box = e.target;
+    if (!(box instanceof HTMLInputElement) || box.type !== 'number') return;
+    const block = box.closest('.block[id]');
+    if (block) window.kshdTyped[block.id] = box.value;
+  }, true);
   document.addEventListener('keydown', (e) => {
     if (!(e.ctrlKey || e.metaKey) || e.key !== 'Enter') return;
     const go = [...document.querySelectorAll('button[id$="-generate"]')]
@@ -248,4 +228,6 @@ PAGE_CSS = """
 .status { min-height: 2.5em; font-size: 0.9em; }
 .effective { font-size: 0.85em; color: var(--body-text-color-subdued); }
 #model-bar { font-size: 0.9em; }
+.field-error [data-testid="block-info"], .field-error .info-text,
+.field-error [data-testid="block-label"] { color: var(--error-text-color, #b91c1c); }
 """

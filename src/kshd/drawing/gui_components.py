@@ -1,0 +1,46 @@
+"""Two Gradio components whose values reach the handlers as sent, so the request's own checks
+say what is wrong, naming the field by its label.
+
+Gradio refuses a slider value out of range, and decodes an upload, before any handler runs, in
+words of its own (or with a stack trace for a file that is not an image). They are subclasses,
+not wrappers of an instance: once an event updates a component's properties (a message in its
+info line), Gradio serves that page a new instance of the component's class. Gradio writes a
+`.pyi` stub beside the module of any component class as it is defined; it is committed
+(`gui_components.pyi`), so importing the studio writes nothing.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+
+class FieldSlider(gr.Slider):
+    """A slider whose number arrives unchecked (a number beyond its range, typed before the
+    browser clamps it, or sent by a script), for the request's check to name."""
+
+    is_template = True  # drawn by the page as the component it extends (Gradio's convention)
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        try:
+            return gr.Number.round_to_precision(float(payload), self.precision)
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(
+                f"{self.label}: {payload!r} must be a number from {self.minimum:g} to "
+                f"{self.maximum:g}",
+                title="Cannot draw this",
+                print_exception=False,
+            ) from exc
+
+
+class PicturePath(gr.Image):
+    """An image upload that arrives as its path, undecoded (make it with type="filepath"): the
+    engine's intake checks it and says what is wrong."""
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        return payload["path"] if isinstance(payload, dict) else payload.path
