@@ -162,9 +162,10 @@ PATHS = "../../../../etc/passwd"
 ABUSE = [
     # (endpoint change, words of the error, or None: it must draw and only inside outputs)
     ({"prompt": "x" * 10_000}, "prompt: 10000 characters"),
-    ({"steps": -5}, "Sampling steps"),
-    ({"steps": 10**9}, "Sampling steps"),
-    ({"width": 10**6}, "Width"),
+    # named as the API names them (the page says "Sampling steps", beside the field)
+    ({"steps": -5}, "steps: -5 must be a whole number from 1 to 150"),
+    ({"steps": 10**9}, "steps: 1000000000 must be a whole number"),
+    ({"width": 10**6}, "width: 1000000 must be a whole number from 64 to 2048"),
     ({"sampler": PATHS}, "passwd"),
     (
         {
