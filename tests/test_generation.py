@@ -277,6 +277,10 @@ def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp
     assert "`generate.resize_mode` = 'squash'" in line and "crop, fill, stretch" in line
 
 
+CONTROL_FIELDS = ("control_type", "preprocessor", "control_weight", "guidance_start",
+                  "guidance_end", "control_mode")  # fmt: skip
+
+
 def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
     """Gradio passes a tab's inputs by position: the handlers' parameters must be the Fields,
     in order, and every one a Request field (one name for CFG: cfg_scale)."""
@@ -287,8 +291,7 @@ def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
     from kshd.drawing.commands import request_changes
     from kshd.drawing.gui_actions import Handlers
     from kshd.drawing.gui_parts import TAB_FIELDS, Fields
-    from kshd.drawing.request import Request
-    from kshd.drawing.settings import REQUEST_KEYS
+    from kshd.drawing.request import REQUEST_KEYS, Request
 
     names = list(TAB_FIELDS)
     request = [f.name for f in fields(Request)]
@@ -300,4 +303,12 @@ def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
     changes = request_changes(args)
     assert set(changes) == set(request) - {"prompt"}
     assert (changes["cfg_scale"], changes["image"], changes["steps"]) == (3.0, "i.png", None)
-    assert REQUEST_KEYS == {"cfg_scale": "guidance_scale"}  # the config's one other name
+    assert REQUEST_KEYS["cfg_scale"] == "guidance_scale"  # the config's one other name
+    assert {k: v for k, v in REQUEST_KEYS.items() if k != "cfg_scale"} == {
+        f: f"control.{f.removeprefix('control_')}" for f in CONTROL_FIELDS
+    }  # and the ControlNet unit's, under generate.control
+    args = build_parser().parse_args(["sketch", "--prompt", "p", "--image", "s.png",
+                                      "--control", "canny", "--init", "i.png"])  # fmt: skip
+    changes = request_changes(args)
+    assert (changes["control_image"], changes["control_type"], changes["image"]) == (
+        "s.png", "canny", "i.png")  # fmt: skip

@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 
@@ -73,3 +74,33 @@ def test_bad_values_and_missing_files_fail_with_a_message(tmp_path, tiny_models,
     )  # fmt: skip
     assert run.returncode == 2 and "missing.safetensors" in run.stderr
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_sketch_draws_with_the_controlnet_and_writes_its_control_image(
+    tmp_path, tiny_models, random_lora
+):
+    sketch = tmp_path / "sketch.png"
+    img = Image.new("RGB", (96, 96), "white")
+    ImageDraw.Draw(img).ellipse((16, 12, 80, 84), outline="black", width=3)
+    img.save(sketch)
+    out, lines = tmp_path / "out", tmp_path / "lines.png"
+    controls = [f"generate.control.models.lineart={tiny_models['controlnet']}",
+                "generate.control.type=lineart"]  # fmt: skip
+    run = _kshd(
+        "sketch", "--image", str(sketch), "--prompt", "a girl", "--seed", "2", "--steps", "2",
+        "--width", "64", "--height", "64", "--preprocessor", "invert", "--control-weight", "0.8",
+        "--out", str(out), "--control-out", str(lines), *controls,
+        tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    unit = parse_parameters(read_parameters(out / "00000-2.png"))["ControlNet 0"]
+    assert unit.startswith("Module: invert, Model: controlnet [") and "Weight: 0.8" in unit
+    drawn = np.asarray(Image.open(lines).convert("L"))
+    assert drawn.shape == (64, 64) and drawn[0, 0] == 0 and (drawn == 255).sum() > 50  # lines
+    assert "sketch: 100%" in run.stderr
+    # a control type whose ControlNet is neither here nor reachable: one line, the way out
+    run = _kshd("sketch", "--image", str(sketch), "--prompt", "a girl", "--control", "canny",
+                "--steps", "2", tiny_models=tiny_models, lora=random_lora)  # fmt: skip
+    assert run.returncode == 2
+    assert "control_type: config key `generate.control.models.canny`" in run.stderr
+    assert "Traceback" not in run.stderr

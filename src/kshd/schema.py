@@ -32,7 +32,9 @@ from kshd.config import (
 from kshd.schema_train import TrainSettings
 from kshd.schema_values import (
     BEST_BY,
+    CONTROL_MODES,
     DEVICES,
+    PREPROCESSORS,
     RESIZE_MODES,
     SAMPLERS,
     TRACKING_MODES,
@@ -194,6 +196,27 @@ class GuiSettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """`generate.control`: the ControlNets by control type, and a request's unit defaults."""
+
+    models: dict[str, str]
+    type: str
+    preprocessor: str
+    weight: float
+    guidance_start: float
+    guidance_end: float
+    mode: str
+
+    def validate(self) -> None:
+        types = ", ".join(self.models)
+        require(self.type in self.models, "generate.control.type", self.type, types)
+        require(self.mode in CONTROL_MODES, "generate.control.mode", self.mode,
+                ", ".join(CONTROL_MODES))  # fmt: skip
+        require(self.preprocessor in PREPROCESSORS, "generate.control.preprocessor",
+                self.preprocessor, ", ".join(PREPROCESSORS))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class GenerateSettings:
     """The `generate` group: no defaults here, they live in conf/generate/.
 
@@ -222,6 +245,7 @@ class GenerateSettings:
     vae_tiling: bool
     limits: Limits
     gui: GuiSettings
+    control: ControlSettings
 
     def validate(self) -> None:
         """Named at config load, before the model loads (a request's own check follows)."""

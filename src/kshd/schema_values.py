@@ -25,6 +25,10 @@ SAMPLERS: dict[str, tuple[str, str, dict]] = {
     "unipc": ("UniPC", "UniPCMultistepScheduler", {}),
 }
 RESIZE_MODES = ("crop", "fill", "stretch")  # image-to-image input
+# ControlNet: how the prompt and the control are balanced (A1111's Control Mode), and the
+# preprocessors (drawing.control_images; "auto": the control type's usual one)
+CONTROL_MODES = ("balanced", "prompt", "control")
+PREPROCESSORS = ("auto", "lineart_standard", "invert", "scribble_xdog", "canny", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULERS = (
     "linear",

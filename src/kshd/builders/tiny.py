@@ -22,6 +22,7 @@ TINY_SD = "sd"
 TINY_BLIP2 = "blip2"
 TINY_CLIP = "clip"
 TINY_DINO = "dino"
+TINY_CONTROLNET = "controlnet"
 # One tiny vision transformer: CLIP's image tower and the DINO stand-in.
 TINY_VIT = dict(
     hidden_size=32,
@@ -99,6 +100,29 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
     text_encoder = _tiny_text_encoder(len(tokenizer), seed)
     save_sd_pipeline(out_dir, unet, vae, text_encoder, tokenizer)
     write_clip_bpe_files(out_dir / "tokenizer")  # the files SD 1.x's tokenizer folder holds
+
+
+def build_controlnet_for(sd_dir: Path, out_dir: Path, seed: int) -> None:
+    """A ControlNet for the SD folder's UNet (`ControlNetModel.from_unet`: its encoder copied),
+    with random instead of zero output convolutions, so that it changes what is drawn as a
+    trained one does; saved with `save_pretrained` (safetensors)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", use_safetensors=True)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    generator = torch.Generator().manual_seed(seed)
+    zero = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks,
+            net.controlnet_mid_block]  # fmt: skip
+    with torch.no_grad():
+        for conv in zero:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
+    net.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_tiny_controlnet(out_dir: Path, seed: int) -> None:
+    """The tiny SD's ControlNet (its SD folder built alongside, from the same seed)."""
+    sd = out_dir.parent / TINY_SD
+    build_controlnet_for(sd, out_dir, seed)
 
 
 def build_tiny_blip2(out_dir: Path, seed: int) -> None:
@@ -208,6 +232,7 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         TINY_BLIP2: build_tiny_blip2,
         TINY_CLIP: build_tiny_clip,
         TINY_DINO: build_tiny_dino,
+        TINY_CONTROLNET: build_tiny_controlnet,  # after the SD whose UNet it copies
     }
     paths = {}
     for name, build in builders.items():

@@ -9,6 +9,7 @@ import os
 from tqdm import tqdm
 
 from kshd.drawing.request import SAMPLERS, RequestError
+from kshd.schema_values import CONTROL_MODES, PREPROCESSORS
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,40 @@ def add_commands(sub) -> None:
     p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
     p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
     p.set_defaults(func=draw)
+    _sketch_command(sub)
     p = sub.add_parser("gui", help="the web GUI (Gradio) on 127.0.0.1")
     p.add_argument("--host", help="default generate.gui.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default generate.gui.port (7860)")
     p.add_argument("--lora", help="a LoRA folder or .safetensors file (default generate.lora)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. +experiment=demo")
     p.set_defaults(func=gui)
+
+
+def _sketch_command(sub) -> None:
+    """`kshd sketch`: a sketch's lines kept by a ControlNet, drawn in the LoRA's style; with
+    --init, a picture redrawn as well (image-to-image with the control)."""
+    p = sub.add_parser("sketch", help="redraw a sketch in KSH style (ControlNet)")
+    _drawing_options(p)
+    p.add_argument("--image", dest="control_image", required=True, help="the sketch")
+    p.add_argument(
+        "--control",
+        dest="control_type",
+        help="a key of generate.control.models (default generate.control.type)",
+    )
+    p.add_argument(
+        "--preprocessor",
+        choices=PREPROCESSORS,
+        help="how its lines are found (default generate.control.preprocessor)",
+    )
+    p.add_argument("--control-weight", type=float)
+    p.add_argument("--guidance-start", type=float, help="from this part of the steps, 0..1")
+    p.add_argument("--guidance-end", type=float, help="until this part of the steps, 0..1")
+    p.add_argument("--control-mode", choices=CONTROL_MODES)
+    p.add_argument("--init", dest="image", help="a picture to redraw, guided by the sketch")
+    p.add_argument("--strength", type=float, help="denoising strength of --init, in [0, 1]")
+    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
+    p.add_argument("--control-out", help="also write the control image (the lines used) here")
+    p.set_defaults(func=draw)  # fmt: skip
 
 
 def request_changes(args: argparse.Namespace) -> dict:
@@ -105,6 +134,9 @@ def draw(args: argparse.Namespace) -> int:
                 bar.update(done - bar.n)
 
             result = engine.generate(req, progress, folder=args.out)
+        if getattr(args, "control_out", None):
+            engine.control_preview(req).save(args.control_out)
+            log.info("%s  the control image", args.control_out)
     except (RequestError, FileNotFoundError) as exc:
         log.error("kshd %s: %s", args.command, exc)
         return 2

@@ -15,11 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from kshd import __version__
+from kshd.drawing.control import (
+    ControlNets,
+    control_call,
+    sketch_control,
+    soft_injection,
+    unit_infotext,
+)
 from kshd.drawing.pace import MEGA, Pace, work
 from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
 from kshd.drawing.request import (
@@ -58,9 +66,11 @@ class EngineSettings:
     vae_tiling: bool = FROM_CONF
     outputs_dir: str = FROM_CONF
     limits: Limits = FROM_CONF
+    # ControlNets: {control type: hub id or folder}, loaded when a request first names the type
+    control_models: dict[str, str] = FROM_CONF
 
     def __post_init__(self) -> None:
-        fill_from_conf(self)
+        fill_from_conf(self, {"control_models": "control.models"})
 
 
 @dataclass
@@ -140,6 +150,7 @@ class Engine:
         self._stop: str | None = None  # INTERRUPT or SKIP, asked for the job in progress
         self._stopped: str | None = None  # what stopped a batch of the job in progress
         self.pace = Pace()  # seconds per step-image-megapixel, for the queue's estimate
+        self.controls = ControlNets(dict(settings.control_models), pipe, self.device, dtype)
 
     def stop(self, how: str, owner: str | None = None) -> bool:
         """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
@@ -268,7 +279,8 @@ class Engine:
         _, cls, options = SAMPLERS[key]
         return getattr(diffusers, cls).from_config(self._base_scheduler, **options)
 
-    def infotext(self, req: Request, seed: int) -> str:
+    def infotext(self, req: Request, seed: int, unit: str | None = None) -> str:
+        """A1111's `parameters` of one image (`unit`: its ControlNet unit, `unit_infotext`)."""
         prompt = req.full_prompt
         lora = self.lora_name is not None and req.lora_scale != 0
         if lora:
@@ -280,7 +292,8 @@ class Engine:
             "Seed": seed,
             "Size": f"{req.width}x{req.height}",
             "Model": self.model_name,
-            "Denoising strength": f"{req.strength:g}" if req.kind == "img2img" else None,
+            "Denoising strength": f"{req.strength:g}" if req.image is not None else None,
+            "ControlNet 0": unit,
             "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
             "Version": f"kshd {__version__}",
         }
@@ -300,21 +313,26 @@ class Engine:
         names the job for `stop`; a stopped job returns the batches it finished.
         """
         req = validate(req, self.limits)
-        picture = None
+        picture = control = unit = None
         if req.image is not None:
             picture = input_picture(req.image, self.limits)
             picture = resize_input(picture, req.width, req.height, req.resize_mode)
+        if req.control_image is not None:
+            control, preprocessor = sketch_control(req, self.limits)
+            unit = unit_infotext(req, preprocessor, self.controls.pipelines(req.control_type)[2])
         start = first_seed(req.seed)
         seeds = [(start + i) % (2**32) for i in range(req.count)]
         with self.lock:
             self._owner, self._stop, self._stopped = owner, None, None
             self.pace.start(work(req.steps, req.count, req.width, req.height, _strength(req)))
             try:
-                images, seeds = self._draw(req, picture, seeds, progress or (lambda d, t: None))
+                images, seeds = self._draw(
+                    req, picture, control, seeds, progress or (lambda d, t: None)
+                )
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
                 self.pace.finish()
-        infotexts = [self.infotext(req, s) for s in seeds]
+        infotexts = [self.infotext(req, s, unit) for s in seeds]
         paths = []
         if save:
             folder = folder or Path(self.settings.outputs_dir) / req.kind / date.today().isoformat()
@@ -322,17 +340,37 @@ class Engine:
             paths = [save_png(im, text, folder, seed) for im, text, seed in items]
         return Generated(images, seeds, infotexts, paths, stopped)
 
+    def control_preview(self, req: Request) -> Image.Image:
+        """The control image a sketch request draws from (the lines its preprocessor found)."""
+        return sketch_control(validate(req, self.limits), self.limits)[0]
+
+    def _pipeline(self, req: Request, picture, control) -> tuple[Any, dict]:
+        """The pipeline of a request and its own arguments (size, picture, ControlNet unit)."""
+        if control is not None:
+            txt2img, img2img, _ = self.controls.pipelines(req.control_type)
+            return txt2img if picture is None else img2img, control_call(req, control, picture)
+        if picture is None:
+            return self.txt2img, {"width": req.width, "height": req.height}
+        return self.img2img, {"image": picture, "strength": req.strength}
+
     def _draw(
-        self, req: Request, picture, seeds: list[int], progress: Progress
+        self, req: Request, picture, control, seeds: list[int], progress: Progress
     ) -> tuple[list[Image.Image], list[int]]:
         """The images and their seeds; a batch stopped by `stop` is left out."""
         self.set_lora_scale(req.lora_scale)
         if picture is not None and int(req.steps * req.strength) == 0:
             progress(1, 1)  # strength 0: no denoising step, the picture comes back as it is
             return [picture.copy() for _ in seeds], seeds
-        pipe = self.txt2img if picture is None else self.img2img
+        pipe, call = self._pipeline(req, picture, control)
         pipe.scheduler = self._scheduler(req.sampler)
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
+        call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}
+        prompt_soft = control is not None and req.control_mode == "prompt"
+        with soft_injection(getattr(pipe, "controlnet", None), prompt_soft):
+            return self._batches(req, pipe, call, (pos, neg), seeds, progress)
+
+    def _batches(self, req: Request, pipe, call: dict, embeds, seeds: list[int], progress):
+        """Draw the request's batches with `pipe(**call)`; Interrupt and Skip end them."""
         images: list[Image.Image] = []
         kept: list[int] = []
         pixels = req.width * req.height
@@ -351,20 +389,13 @@ class Engine:
                 progress(b * per_batch + i + 1, req.batch_count * per_batch)
                 return kwargs
 
-            shape = (
-                {"width": req.width, "height": req.height}
-                if picture is None
-                else {"image": picture, "strength": req.strength}
-            )
             try:
                 images += pipe(
-                    prompt_embeds=pos.repeat(len(batch), 1, 1),
-                    negative_prompt_embeds=neg.repeat(len(batch), 1, 1),
-                    num_inference_steps=req.steps,
-                    guidance_scale=req.cfg_scale,
+                    prompt_embeds=embeds[0].repeat(len(batch), 1, 1),
+                    negative_prompt_embeds=embeds[1].repeat(len(batch), 1, 1),
                     generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
                     callback_on_step_end=step_end,
-                    **shape,
+                    **call,
                 ).images
                 kept += batch
             except _Stop:

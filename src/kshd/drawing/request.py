@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 from kshd.schema import Limits
-from kshd.schema_values import RESIZE_MODES, SAMPLERS
+from kshd.schema_values import CONTROL_MODES, PREPROCESSORS, RESIZE_MODES, SAMPLERS
 
 MAX_SEED = 2**32 - 1
 WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` padding
@@ -30,8 +30,27 @@ class _FromConf:
 
 
 FROM_CONF: Any = _FromConf()
-# Request field <- generate key, where the names differ (A1111 calls CFG `cfg_scale`).
-REQUEST_KEYS = {"cfg_scale": "guidance_scale"}
+# Request field <- generate key, where the names differ (A1111 calls CFG `cfg_scale`); the
+# ControlNet unit's defaults are under `generate.control`.
+REQUEST_KEYS = {
+    "cfg_scale": "guidance_scale",
+    "control_type": "control.type",
+    "preprocessor": "control.preprocessor",
+    "control_weight": "control.weight",
+    "guidance_start": "control.guidance_start",
+    "guidance_end": "control.guidance_end",
+    "control_mode": "control.mode",
+}
+MAX_CONTROL_WEIGHT = 2.0  # A1111's slider
+
+
+def conf_value(g: Any, field: str, keys: dict[str, str] = REQUEST_KEYS) -> Any:
+    """A field's value in the `generate` settings, its key in `keys` where the names differ
+    (dotted keys walked); AttributeError when it has none."""
+    value = g
+    for part in keys.get(field, field).split("."):
+        value = getattr(value, part)
+    return value
 
 
 class RequestError(ValueError):
@@ -44,7 +63,8 @@ class RequestError(ValueError):
 
 @dataclass
 class Request:
-    """One text-to-image or image-to-image request (image set = image-to-image).
+    """One text-to-image or image-to-image request (image set = image-to-image), guided by a
+    ControlNet when `control_image` is set (a sketch; its lines are found by `preprocessor`).
 
     A field left out takes conf/'s `generate` value, so `Request("a girl")` works for
     library callers while the defaults live in conf/ alone; the app and the CLI fill every
@@ -66,12 +86,21 @@ class Request:
     image: str | Path | Image.Image | None = None  # None: text-to-image, not a default
     strength: float = FROM_CONF
     resize_mode: str = FROM_CONF
+    control_image: str | Path | Image.Image | None = None  # None: no ControlNet, not a default
+    control_type: str = FROM_CONF
+    preprocessor: str = FROM_CONF
+    control_weight: float = FROM_CONF
+    guidance_start: float = FROM_CONF
+    guidance_end: float = FROM_CONF
+    control_mode: str = FROM_CONF
 
     def __post_init__(self) -> None:
         fill_from_conf(self)
 
     @property
     def kind(self) -> str:
+        if self.control_image is not None:
+            return "sketch"
         return "txt2img" if self.image is None else "img2img"
 
     @property
@@ -87,16 +116,17 @@ class Request:
         return self.batch_count * self.batch_size
 
 
-def fill_from_conf(obj: Any) -> None:
+def fill_from_conf(obj: Any, keys: dict[str, str] = REQUEST_KEYS) -> None:
     """Each field of the dataclass `obj` left at FROM_CONF takes conf/'s `generate` value
-    (frozen ones too): one place for Request's and EngineSettings' defaults."""
+    (frozen ones too; `keys`: its key where the names differ): one place for Request's and
+    EngineSettings' defaults."""
     left = [f.name for f in fields(obj) if getattr(obj, f.name) is FROM_CONF]
     if left:
         from kshd.config import defaults
 
         g = defaults("generate")
         for name in left:
-            object.__setattr__(obj, name, getattr(g, REQUEST_KEYS.get(name, name)))
+            object.__setattr__(obj, name, conf_value(g, name, keys))
 
 
 # The request fields whose defaults come from the `generate` group (not the prompt or image).
@@ -108,7 +138,7 @@ def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:
     from kshd.config import defaults
 
     g = defaults("generate", conf_dir)
-    return {name: getattr(g, REQUEST_KEYS.get(name, name)) for name in CONF_FIELDS}
+    return {name: conf_value(g, name) for name in CONF_FIELDS}
 
 
 def join_prefix(prefix: str, text: str) -> str:
@@ -167,7 +197,24 @@ def validate(req: Request, limits: Limits) -> Request:
     req.strength = _number("strength", req.strength, 0.0, 1.0)
     if req.resize_mode not in RESIZE_MODES:
         raise RequestError("resize_mode", f"{req.resize_mode!r}; choose one of {RESIZE_MODES}")
+    if req.control_image is not None:
+        _validate_control(req)
     return req
+
+
+def _validate_control(req: Request) -> None:
+    """The ControlNet unit's settings (whether the control type has a model, the engine says)."""
+    req.control_weight = _number("control_weight", req.control_weight, 0.0, MAX_CONTROL_WEIGHT)
+    req.guidance_start = _number("guidance_start", req.guidance_start, 0.0, 1.0)
+    req.guidance_end = _number("guidance_end", req.guidance_end, 0.0, 1.0)
+    if req.guidance_end < req.guidance_start:
+        raise RequestError(
+            "guidance_end", f"{req.guidance_end:g} is before guidance_start {req.guidance_start:g}"
+        )
+    if req.control_mode not in CONTROL_MODES:
+        raise RequestError("control_mode", f"{req.control_mode!r}; choose one of {CONTROL_MODES}")
+    if req.preprocessor not in PREPROCESSORS:
+        raise RequestError("preprocessor", f"{req.preprocessor!r}; choose one of {PREPROCESSORS}")
 
 
 def first_seed(seed: int) -> int:

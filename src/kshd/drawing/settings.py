@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kshd.drawing.engine import EngineSettings
-from kshd.drawing.request import REQUEST_KEYS, Request
+from kshd.drawing.request import Request, conf_value
 from kshd.schema import GenerateSettings, ModelSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def engine_settings(cfg: DictConfig, lora: str | None = None) -> EngineSettings:
         vae_tiling=g.vae_tiling,
         outputs_dir=g.outputs_dir,
         limits=g.limits,
+        control_models=dict(g.control.models),
     )
 
 
@@ -53,11 +54,12 @@ def default_request(cfg: DictConfig, prompt: str = "", **changes) -> Request:
     from dataclasses import fields
 
     g = generate_settings(cfg)
-    values = {
-        f.name: getattr(g, REQUEST_KEYS.get(f.name, f.name))
-        for f in fields(Request)
-        if hasattr(g, REQUEST_KEYS.get(f.name, f.name))
-    }
+    values = {}
+    for f in fields(Request):
+        try:
+            values[f.name] = conf_value(g, f.name)
+        except AttributeError:
+            continue  # the prompt and the pictures: not settings
     req = Request(**{**values, "prompt": prompt})
     for key, value in changes.items():
         if value is not None:

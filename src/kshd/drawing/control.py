@@ -1,0 +1,163 @@
+"""ControlNet in the engine: a sketch's lines guide the drawing (the project's final goal, a
+sketch redrawn in KSH's style), as A1111's ControlNet extension does.
+
+Each control type's ControlNet is loaded when a request first names it and shares the loaded base
+model and its merged LoRA with the other pipelines (`from_pipe`), so a sketch is drawn with the
+same weights as text-to-image. A1111's control modes: `balanced`; `prompt` ("My prompt is more
+important": the control's residuals weighted 0.825^k from the deepest, its soft injection); and
+`control` ("ControlNet is more important": the control on the conditional half of CFG only,
+diffusers' guess mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from kshd.drawing.control_images import control_image, preprocessor_for
+from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
+
+log = logging.getLogger(__name__)
+CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
+SOFT = 0.825  # A1111's soft injection: residual k from the deepest weighted 0.825^k
+MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+         "control": "ControlNet is more important"}  # fmt: skip
+RESIZE = {"crop": "Crop and Resize", "fill": "Resize and Fill", "stretch": "Just Resize"}
+
+
+def sketch_control(req: Request, limits: Limits) -> tuple[Image.Image, str]:
+    """The control image of a request's sketch, at the drawing's size, and its preprocessor."""
+    if req.control_image is None:
+        raise RequestError("control_image", "upload a sketch")
+    try:
+        sketch = input_picture(req.control_image, limits)
+    except RequestError as exc:  # said of the sketch, not of the picture to redraw
+        raise RequestError("control_image", str(exc).partition(": ")[2]) from exc
+    try:
+        name = preprocessor_for(req.control_type, req.preprocessor)
+    except ValueError as exc:
+        raise RequestError("preprocessor", str(exc)) from exc
+    fitted = resize_input(sketch, req.width, req.height, req.resize_mode)
+    return control_image(fitted, name), name
+
+
+def _short_hash(source: str) -> str | None:
+    """A1111's short model hash (the first 8 hex digits of the file's sha256), when the file is
+    on this machine: a folder, or the local Hugging Face cache."""
+    file = Path(source) / CONTROLNET_FILE
+    if not file.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, CONTROLNET_FILE)
+        file = Path(cached) if isinstance(cached, str) else None
+    if file is None:
+        return None
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:8]
+
+
+class ControlNets:
+    """The configured ControlNets (control type -> hub id or folder), each loaded once."""
+
+    def __init__(self, models: dict[str, str], base: Any, device: torch.device, dtype):
+        self.models, self.base, self.device, self.dtype = models, base, device, dtype
+        self._pipes: dict[str, tuple[Any, Any, str]] = {}
+
+    def pipelines(self, control_type: str) -> tuple[Any, Any, str]:
+        """(text-to-image, image-to-image) ControlNet pipelines of the type, and the model's
+        name as A1111 writes it (`control_v11p_sd15_canny [d14c016b]`)."""
+        if control_type not in self._pipes:
+            self._pipes[control_type] = self._load(control_type)
+        return self._pipes[control_type]
+
+    def _load(self, control_type: str) -> tuple[Any, Any, str]:
+        from diffusers import (
+            ControlNetModel,
+            StableDiffusionControlNetImg2ImgPipeline,
+            StableDiffusionControlNetPipeline,
+        )
+
+        from kshd.model_source import ModelSourceError, check_model_source
+
+        if control_type not in self.models:
+            known = ", ".join(self.models) or "none"
+            raise RequestError("control_type", f"{control_type!r} has no ControlNet in "
+                               f"generate.control.models (configured: {known})")  # fmt: skip
+        source = self.models[control_type]
+        key = f"generate.control.models.{control_type}"
+        try:
+            check_model_source(source, key)
+        except ModelSourceError as exc:
+            raise RequestError("control_type", str(exc)) from exc
+        net = ControlNetModel.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+        if self.device.type != "cpu":
+            net.to(self.device)
+        txt2img = StableDiffusionControlNetPipeline.from_pipe(self.base, controlnet=net)
+        img2img = StableDiffusionControlNetImg2ImgPipeline.from_pipe(self.base, controlnet=net)
+        for pipe in (txt2img, img2img):
+            pipe.set_progress_bar_config(disable=True)
+        short = _short_hash(source)
+        name = Path(source.rstrip("/")).name + (f" [{short}]" if short else "")
+        log.info("ControlNet %s for %s from %s", name, control_type, source)
+        return txt2img, img2img, name
+
+
+def control_call(req: Request, control: Image.Image, picture: Image.Image | None) -> dict:
+    """The ControlNet pipeline's arguments of a request (with or without an init picture)."""
+    unit = {
+        "controlnet_conditioning_scale": req.control_weight,
+        "control_guidance_start": req.guidance_start,
+        "control_guidance_end": req.guidance_end,
+        "guess_mode": req.control_mode == "control",
+    }
+    if picture is None:
+        return {"image": control, "width": req.width, "height": req.height, **unit}
+    return {"image": picture, "control_image": control, "strength": req.strength, **unit}
+
+
+@contextmanager
+def soft_injection(net: torch.nn.Module | None, on: bool) -> Iterator[None]:
+    """While on, the ControlNet's residuals are weighted 0.825^k, k counted from the deepest
+    (the middle block's is k = 0), as A1111's "My prompt is more important"."""
+    if net is None or not on:
+        yield
+        return
+    forward = net.forward
+
+    def soft(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        down, mid = (out[0], out[1]) if isinstance(out, tuple) else (
+            out.down_block_res_samples, out.mid_block_res_sample)  # fmt: skip
+        n = len(down)
+        down = [d * SOFT ** (n - i) for i, d in enumerate(down)]
+        return (down, mid)
+
+    net.forward = soft
+    try:
+        yield
+    finally:
+        del net.forward  # the class's own again
+
+
+def unit_infotext(req: Request, preprocessor: str, model: str) -> str:
+    """The ControlNet unit in A1111's `parameters` (`ControlNet 0: "Module: ..., ..."`)."""
+    parts = {
+        "Module": preprocessor,
+        "Model": model,
+        "Weight": f"{req.control_weight:g}",
+        "Resize Mode": RESIZE[req.resize_mode],
+        "Guidance Start": f"{req.guidance_start:g}",
+        "Guidance End": f"{req.guidance_end:g}",
+        "Control Mode": MODES[req.control_mode],
+    }
+    return ", ".join(f"{k}: {v}" for k, v in parts.items())
