@@ -30,6 +30,7 @@ class _RecordingEngine:
         self.limits, self.notes, self.requests = limits, [], []
         self.model_name, self.lora_name, self.lora_hash, self.lora_path = "tiny", None, None, None
         self.settings = SimpleNamespace(pretrained="tiny", outputs_dir="outputs")
+        self.controls = SimpleNamespace(models={"lineart_anime": "some/controlnet"})
 
     def generate(self, req, progress, owner=None):
         self.requests.append(req)
@@ -45,7 +46,7 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
 
     from kshd.drawing.gui import build_ui
     from kshd.drawing.gui_actions import Handlers
-    from kshd.drawing.gui_parts import IMG2IMG_FIELDS, TAB_FIELDS
+    from kshd.drawing.gui_parts import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
     from kshd.drawing.settings import default_request, generate_settings
 
     cfg = gui_cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
@@ -57,9 +58,13 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
                     "LoRA strength", "Positive prefix", "Negative prefix"],
     }  # fmt: skip
     labels["img2img"] = ["Picture", "Denoising strength", "Resize mode", *labels["txt2img"]]
+    labels["sketch"] = ["Sketch", "Control type", "Preprocessor", "Control weight",
+                        "Starting control step", "Ending control step", "Control mode",
+                        "Resize mode", *labels["txt2img"]]  # fmt: skip
     wired = {f.api_name: [c.label for c in f.inputs] for f in ui.fns.values() if f.api_name}
     assert {k: wired[k] for k in labels} == labels
-    for name, fields in (("txt2img", TAB_FIELDS), ("img2img", IMG2IMG_FIELDS)):
+    for name, fields in (("txt2img", TAB_FIELDS), ("img2img", IMG2IMG_FIELDS),
+                         ("sketch", SKETCH_FIELDS)):  # fmt: skip
         handler = getattr(Handlers(engine), name)
         assert list(inspect.signature(handler).parameters) == [*fields, "progress", "request"]
         values = [f"{field}-value" for field in fields]  # a distinct value per position
@@ -67,8 +72,10 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
         assert (gallery, info, files, drawn) == ([], "drawn", [], [])
         req = engine.requests[-1]
         assert {f: getattr(req, f) for f in fields} == dict(zip(fields, values, strict=True))
+    with pytest.raises(gr.Error, match="Sketch: upload or draw a sketch"):
+        Handlers(engine).sketch(None, *values[1:], progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match="Picture: upload a picture"):
-        Handlers(engine).img2img(None, *values[1:], progress=lambda *a, **k: None)
+        Handlers(engine).img2img(None, *IMG2IMG_FIELDS[1:], progress=lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,11 @@ from kshd.drawing.gui_actions import (  # noqa: E402
 from kshd.drawing.gui_checks import request_check, wire_checks  # noqa: E402
 from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_parts import (  # noqa: E402
-    IMG2IMG_FIELDS,
     PAGE_CSS,
     PAGE_JS,
     SIZE_PRESETS,
     TAB_FIELDS,
+    TAB_NAMES,
     Tab,
     build_tab,
 )
@@ -124,6 +124,11 @@ def _wire_tab(
     for text in texts:
         text.change(effective_prompts, texts, tab.effective, **private)
     tab.gallery.select(_selected_index, None, tab.selected, **private)
+    if tab.preview is not None:  # the lines the ControlNet will follow, before drawing
+        shown = [f.control_image, f.control_type, f.preprocessor, f.width, f.height,
+                 f.resize_mode]  # fmt: skip
+        gr.on([c.change for c in shown], handlers.control_preview, shown, tab.preview,
+              trigger_mode="always_last", **private)  # fmt: skip
     for target, button in tab.sends.items():
         into = targets["img2img" if target == "loopback" else target]
         picture = into.name == "img2img"
@@ -154,9 +159,11 @@ def build_ui(
         _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
             built = {}
-            for name, label in (("txt2img", "Text to image"), ("img2img", "Image to image")):
+            types = list(engine.controls.models)
+            for name, label in (("txt2img", "Text to image"), ("img2img", "Image to image"),
+                                ("sketch", "Sketch to style")):  # fmt: skip
                 with gr.Tab(label, id=name):
-                    built[name] = build_tab(name, defaults, engine.limits)
+                    built[name] = build_tab(name, defaults, engine.limits, types)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo(built, tabs)
             with gr.Tab("History", id="history") as history:
@@ -199,7 +206,7 @@ def serve(
     handlers = Handlers(engine, strength, model_status)
     ui = build_ui(engine, default_request(cfg), catalog, list(gui.models), handlers)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
-    drawings = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS}
+    drawings = dict(TAB_NAMES)
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
     ui.launch(
         server_name=host,

@@ -16,7 +16,7 @@ import gradio as gr
 
 from kshd.config import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine
-from kshd.drawing.gui_parts import IMG2IMG_FIELDS, REQUEST_TYPES, TAB_FIELDS
+from kshd.drawing.gui_parts import IMG2IMG_FIELDS, REQUEST_TYPES, SKETCH_FIELDS, TAB_FIELDS
 from kshd.drawing.request import Request, RequestError, join_prefix
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ class Handlers:
         if "image" in values and not values["image"]:
             log.info("refused: no picture to redraw")
             raise user_error("Picture: upload a picture to redraw")
+        if "control_image" in values and not values["control_image"]:
+            log.info("refused: no sketch")
+            raise user_error("Sketch: upload or draw a sketch")
         req = Request(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
         try:
@@ -118,6 +121,24 @@ class Handlers:
 
     txt2img = request_handler(TAB_FIELDS, _run)
     img2img = request_handler(IMG2IMG_FIELDS, _run)
+    sketch = request_handler(SKETCH_FIELDS, _run)
+
+    def control_preview(
+        self, sketch: str | None, control_type: str, preprocessor: str, width: float,
+        height: float, resize_mode: str,
+    ):  # fmt: skip
+        """The lines the ControlNet will follow, shown before drawing (None: nothing to show;
+        what is wrong is said beside its field at Generate)."""
+        if not sketch:
+            return None
+        try:
+            req = Request("", control_image=sketch, control_type=control_type,
+                          preprocessor=preprocessor, width=int(width), height=int(height),
+                          resize_mode=resize_mode)  # fmt: skip
+            return self.engine.control_preview(req)
+        except (RequestError, TypeError, ValueError) as exc:
+            log.info("no preview: %s", exc)
+            return None
 
     def interrupt(self, request: gr.Request) -> str:
         """Stop this page's job at its next step, keeping the images it finished."""

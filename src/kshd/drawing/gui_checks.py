@@ -20,11 +20,13 @@ from dataclasses import asdict
 
 import gradio as gr
 
-from kshd.drawing.gui_parts import Tab
+from kshd.drawing.gui_parts import CONTROL_FIELDS, Tab
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, validate
 
 log = logging.getLogger(__name__)
 ERROR_CLASS = "field-error"
+NOTHING = {"image": "upload a picture to redraw", "control_image": "upload or draw a sketch"}
+PICTURES = (gr.Image, gr.ImageEditor)  # their message goes into their label (no info line)
 # Each slider's change event reads what was typed into its number box before the browser
 # clamped it (recorded by PAGE_JS) and hands it to the handler through a hidden carrier input.
 _TYPED_JS = """(value, _) => {{
@@ -34,14 +36,19 @@ _TYPED_JS = """(value, _) => {{
 }}"""
 
 
-def _error(req: Request, limits: Limits, picture: bool) -> RequestError | None:
-    """The first thing wrong with the request (the picture's content too), or None."""
+def _error(req: Request, limits: Limits, picture: str | None) -> RequestError | None:
+    """The first thing wrong with the request, and with the content of its `picture` field
+    ("image" or "control_image"), or None."""
     try:
         validate(req, limits)
         if picture:
-            if not req.image:
-                raise RequestError("image", "upload a picture to redraw")
-            input_picture(req.image, limits)
+            value = getattr(req, picture)
+            if not value:
+                raise RequestError(picture, NOTHING[picture])
+            try:
+                input_picture(value, limits)
+            except RequestError as exc:  # said of this field
+                raise RequestError(picture, str(exc).partition(": ")[2]) from exc
     except RequestError as exc:
         return exc
     return None
@@ -57,10 +64,13 @@ def field_messages(tab: Tab, defaults: Request, limits: Limits) -> Callable[...,
     """Each input's message ("" when fine), each field checked on its own (the others at their
     defaults), so every bad field is named at once."""
     labels = {n: c.label for n, c in zip(tab.names, tab.inputs(), strict=True)}
-    base = {**asdict(defaults), "image": None}
+    base = {**asdict(defaults), "image": None, "control_image": None}
 
     def one(name: str, value) -> str:
-        exc = _error(Request(**{**base, name: value}), limits, picture=name == "image")
+        # a ControlNet setting is checked as part of a sketch's request
+        sketch = {"control_image": "sketch"} if name in CONTROL_FIELDS else {}
+        req = Request(**{**base, **sketch, name: value})
+        exc = _error(req, limits, picture=name if name in NOTHING else None)
         return _said(exc, labels) if exc is not None and exc.field == name else ""
 
     def messages(*values) -> list[str]:
@@ -75,7 +85,7 @@ def _mark(component: gr.components.Component, message: str) -> dict:
     empty message puts the field's own help text back."""
     classes = [c for c in component.elem_classes or [] if c != ERROR_CLASS]
     classes += [ERROR_CLASS] if message else []
-    if isinstance(component, gr.Image):
+    if isinstance(component, PICTURES):
         return gr.update(label=message or component.label, elem_classes=classes)
     return gr.update(info=message or component.info or "", elem_classes=classes)
 
@@ -127,7 +137,7 @@ def _field_check(name: str, component, one: Callable[[str, object], str]) -> Cal
     """A changed field's help back; a new picture checked as it arrives (none is no error)."""
 
     def check(value) -> dict:
-        return _said_on(component, one(name, value) if name == "image" and value else "")
+        return _said_on(component, one(name, value) if name in NOTHING and value else "")
 
     return check
 

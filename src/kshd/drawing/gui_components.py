@@ -44,3 +44,21 @@ class PicturePath(gr.Image):
         if payload is None:
             return None
         return payload["path"] if isinstance(payload, dict) else payload.path
+
+
+class SketchPath(gr.ImageEditor):
+    """A sketch uploaded or drawn on the canvas (make it with type="filepath"): its composite
+    as a path (the background alone from an API caller that sends no composite), or None when
+    nothing was uploaded or drawn."""
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | None:
+        try:
+            value = super().preprocess(payload)
+        except (OSError, ValueError) as exc:
+            raise gr.Error(f"{self.label}: not a picture ({exc})", title="Cannot draw this",
+                           print_exception=False) from exc  # fmt: skip
+        if value is None or (value["background"] is None and not value["layers"]):
+            return None
+        return value["composite"] or value["background"]

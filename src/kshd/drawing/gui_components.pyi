@@ -55,3 +55,26 @@ class PicturePath(gr.Image):
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component
+
+
+class SketchPath(gr.ImageEditor):
+    """A sketch uploaded or drawn on the canvas (make it with type="filepath"): its composite
+    as a path (the background alone from an API caller that sends no composite), or None when
+    nothing was uploaded or drawn."""
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | None:
+        try:
+            value = super().preprocess(payload)
+        except (OSError, ValueError) as exc:
+            raise gr.Error(f"{self.label}: not a picture ({exc})", title="Cannot draw this",
+                           print_exception=False) from exc  # fmt: skip
+        if value is None or (value["background"] is None and not value["layers"]):
+            return None
+        return value["composite"] or value["background"]
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component

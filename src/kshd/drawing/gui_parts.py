@@ -8,8 +8,10 @@ from dataclasses import dataclass, fields, make_dataclass
 
 import gradio as gr
 
-from kshd.drawing.gui_components import FieldSlider, PicturePath
-from kshd.drawing.request import SAMPLERS, Limits, Request
+from kshd.drawing.control import MODES
+from kshd.drawing.gui_components import FieldSlider, PicturePath, SketchPath
+from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
+from kshd.schema_values import PREPROCESSORS
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
@@ -32,13 +34,18 @@ TAB_FIELDS = (
 )  # fmt: skip
 PICTURE_FIELDS = ("image", "strength", "resize_mode")
 IMG2IMG_FIELDS = (*PICTURE_FIELDS, *TAB_FIELDS)
+CONTROL_FIELDS = ("control_image", "control_type", "preprocessor", "control_weight",
+                  "guidance_start", "guidance_end", "control_mode")  # fmt: skip
+SKETCH_FIELDS = (*CONTROL_FIELDS, "resize_mode", *TAB_FIELDS)
+# each drawing tab's fields, in the order of its inputs and of its endpoint's parameters
+TAB_NAMES = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS, "sketch": SKETCH_FIELDS}
 REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
 # Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
 SIZE_PRESETS = ((512, 512), (512, 768), (768, 512))
 
 Fields = make_dataclass(
     "Fields",
-    [(name, gr.components.Component) for name in IMG2IMG_FIELDS],
+    [(name, gr.components.Component) for name in (*IMG2IMG_FIELDS, *CONTROL_FIELDS)],
     namespace={
         "__doc__": "The input components of one tab, by the Request field they fill.",
         "inputs": lambda self, names=TAB_FIELDS: [getattr(self, n) for n in names],
@@ -67,10 +74,11 @@ class Tab:
     sends: dict[str, gr.Button]  # target ("txt2img", "img2img") -> its button
     drawn: gr.State  # the requests of the gallery's images, one per image, for send and reuse
     selected: gr.State  # the gallery's selected index
+    preview: gr.Image | None = None  # the sketch tab's control image, shown before drawing
 
     @property
     def names(self) -> tuple[str, ...]:
-        return IMG2IMG_FIELDS if self.name == "img2img" else TAB_FIELDS
+        return TAB_NAMES[self.name]
 
     def inputs(self) -> list[gr.components.Component]:
         return self.fields.inputs(self.names)
@@ -106,6 +114,44 @@ def _picture(tab: str, d: Request) -> dict[str, gr.components.Component]:
     resize = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode, label="Resize mode",
                       elem_id=f"{tab}-resize")  # fmt: skip
     return {"image": image, "strength": strength, "resize_mode": resize}
+
+
+def _control(tab: str, d: Request, types: list[str]) -> tuple[dict, gr.Image]:
+    """The sketch (uploaded or drawn), the lines the ControlNet will follow, and the unit's
+    settings as A1111's ControlNet extension names them."""
+    with gr.Row(equal_height=True):
+        sketch = SketchPath(
+            label="Sketch", type="filepath", elem_id=f"{tab}-sketch", height=260,
+            sources=["upload", "clipboard"], canvas_size=(512, 512),
+            brush=gr.Brush(colors=["#000000"], default_color="#000000", default_size=3),
+        )  # fmt: skip
+        preview = gr.Image(label="Lines it follows", interactive=False, height=260,
+                           elem_id=f"{tab}-control-preview")  # fmt: skip
+    c: dict[str, gr.components.Component] = {"control_image": sketch}
+    with gr.Row():
+        c["control_type"] = gr.Dropdown(
+            types, value=d.control_type, label="Control type", elem_id=f"{tab}-control-type"
+        )
+        c["preprocessor"] = gr.Dropdown(
+            list(PREPROCESSORS), value=d.preprocessor, label="Preprocessor",
+            elem_id=f"{tab}-preprocessor",
+        )  # fmt: skip
+    with gr.Row():
+        for name, label, top, step in (
+            ("control_weight", "Control weight", MAX_CONTROL_WEIGHT, 0.05),
+            ("guidance_start", "Starting control step", 1, 0.01),
+            ("guidance_end", "Ending control step", 1, 0.01),
+        ):
+            c[name] = Slider(0, top, getattr(d, name), step=step, label=label,
+                             elem_id=f"{tab}-{name.replace('_', '-')}")  # fmt: skip
+    with gr.Row():
+        c["control_mode"] = gr.Radio(
+            [(label, key) for key, label in MODES.items()], value=d.control_mode,
+            label="Control mode", elem_id=f"{tab}-control-mode",
+        )  # fmt: skip
+        c["resize_mode"] = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode,
+                                    label="Resize mode", elem_id=f"{tab}-resize")  # fmt: skip
+    return c, preview
 
 
 def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
@@ -168,7 +214,7 @@ def _results(tab: str, sends: tuple[str, ...]) -> tuple:
     return gallery, buttons, info, files
 
 
-def build_tab(tab: str, d: Request, limits: Limits) -> Tab:
+def build_tab(tab: str, d: Request, limits: Limits, control_types: list[str] = ()) -> Tab:
     """One tab (inside a gr.Tab): prompts and actions on top, settings left, results right."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -179,6 +225,10 @@ def build_tab(tab: str, d: Request, limits: Limits) -> Tab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             picture = _picture(tab, d) if tab == "img2img" else dict.fromkeys(PICTURE_FIELDS)
+            control, preview = dict.fromkeys(CONTROL_FIELDS), None
+            if tab == "sketch":
+                control, preview = _control(tab, d, list(control_types))
+                picture = {"image": None, "strength": None}  # the resize mode is the control's
             c, b = _settings(tab, d, limits)
             with gr.Accordion("Prompt prefixes (added before your prompts)", open=False,
                               elem_id=f"{tab}-prefixes"):  # fmt: skip
@@ -188,12 +238,15 @@ def build_tab(tab: str, d: Request, limits: Limits) -> Tab:
                                                   value=d.negative_prefix,
                                                   elem_id=f"{tab}-negative-prefix")  # fmt: skip
         with gr.Column(scale=1):
-            sends = ("txt2img", "loopback") if tab == "img2img" else ("img2img",)
+            sends = {"img2img": ("txt2img", "loopback"), "sketch": ("img2img", "txt2img")}.get(
+                tab, ("img2img",)
+            )
             gallery, buttons, info, files = _results(tab, sends)
-    f = Fields(prompt=prompt, negative_prompt=negative, **picture, **c)
+    f = Fields(prompt=prompt, negative_prompt=negative, **picture, **control, **c)
     return Tab(
         tab, f, generate, interrupt, skip, status, effective, b["random_seed"], b["reuse_seed"],
         b["swap"], b["presets"], gallery, info, files, buttons, gr.State([]), gr.State(0),
+        preview,
     )  # fmt: skip
 
 

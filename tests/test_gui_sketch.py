@@ -1,0 +1,108 @@
+"""The studio's third way to draw (issue 17): the Sketch to style tab in Debian's Chromium
+(upload or draw a sketch, see the lines the ControlNet will follow, draw, send on) and its
+`/sketch` endpoint through gradio_client, on the tiny SD and its tiny ControlNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from kshd.drawing.pnginfo import parse_parameters, read_parameters
+
+from .helpers.studio import free_port, gui_cfg, open_page, wait_for_images
+
+pytestmark = pytest.mark.slow
+VIEW = (1366, 768)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, random_lora, tmp_path_factory):
+    from kshd.drawing.gui import serve
+
+    outputs = tmp_path_factory.mktemp("sketch_outputs")
+    port = free_port()
+    cfg = gui_cfg(tiny_models, random_lora, outputs, port,
+                  f"generate.control.models.lineart={tiny_models['controlnet']}",
+                  "generate.control.type=lineart", "generate.width=64", "generate.height=64",
+                  "generate.steps=4")  # fmt: skip
+    ui, engine = serve(cfg, block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine}
+    with engine.lock:
+        ui.close()
+
+
+@pytest.fixture(scope="module")
+def sketch(tmp_path_factory) -> str:
+    img = Image.new("RGB", (96, 96), "white")
+    ImageDraw.Draw(img).ellipse((16, 12, 80, 84), outline="black", width=3)
+    path = tmp_path_factory.mktemp("sketch") / "face.png"
+    img.save(path)
+    return str(path)
+
+
+def test_client_sketch_endpoint_draws_with_the_controlnet(server, sketch):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server["url"], verbose=False)
+    assert "/sketch" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    drawn = {"background": handle_file(sketch), "layers": [], "composite": None}  # the editor's
+    gallery, info, files = client.predict(
+        control_image=drawn, prompt="a girl", seed=3, preprocessor="invert",
+        control_weight=0.9, api_name="/sketch",
+    )  # fmt: skip
+    assert len(gallery) == 1 and "ControlNet 0: " in info
+    unit = parse_parameters(read_parameters(files[0]))["ControlNet 0"]
+    assert unit.startswith("Module: invert, Model: controlnet [") and "Weight: 0.9" in unit
+    with pytest.raises(AppError, match="guidance_end: 0.1 is before guidance_start 0.5"):
+        client.predict(control_image=drawn, prompt="a", guidance_start=0.5,
+                       guidance_end=0.1, api_name="/sketch")  # fmt: skip
+
+
+def test_the_sketch_tab_shows_the_lines_then_draws_and_sends(browser, server, sketch):
+    page, failed = open_page(browser, server, VIEW)
+    page.click("button[role=tab]:has-text('Sketch to style')")
+    page.wait_for_selector("#sketch-sketch canvas")  # the editor is ready for a picture
+    page.set_input_files("#sketch-sketch input[type=file]", sketch)
+    page.wait_for_selector("#sketch-control-preview img", timeout=60_000)  # before drawing
+    page.fill("#sketch-prompt textarea", "a girl")
+    page.click("#sketch-generate")
+    assert wait_for_images(page, "sketch") == [64]
+    assert "ControlNet 0: " in page.input_value("#sketch-info textarea")
+    page.click("#sketch-send-to-img2img")
+    page.wait_for_selector("#img2img-image img", timeout=30_000)
+    assert page.input_value("#img2img-prompt textarea") == "a girl"
+    assert not failed
+
+
+def test_a_sketch_drawn_on_the_canvas_is_drawn_from(browser, server):
+    page, _ = open_page(browser, server, VIEW)
+    page.click("button[role=tab]:has-text('Sketch to style')")
+    page.click("#sketch-sketch button[aria-label=Brush]")  # the draw tool, as the box says
+    canvas = page.wait_for_selector("#sketch-sketch canvas")
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 40, y - 40)
+    page.mouse.down()
+    for dx, dy in ((40, -40), (40, 40), (-40, 40), (-40, -40)):  # a square, stroke by stroke
+        page.mouse.move(x + dx, y + dy, steps=8)
+    page.mouse.up()
+    preview = page.wait_for_selector("#sketch-control-preview img", timeout=60_000)
+    lines = _fetched(preview.get_attribute("src"), server["url"])
+    assert lines.shape == (64, 64) and lines[0, 0] == 0 and (lines > 63).sum() > 20  # the square
+    page.fill("#sketch-prompt textarea", "a girl")
+    page.click("#sketch-generate")
+    assert wait_for_images(page, "sketch") == [64]
+    assert "ControlNet 0: " in page.input_value("#sketch-info textarea")
+
+
+def _fetched(src: str, url: str) -> np.ndarray:
+    """An image the page shows, fetched from the server as the browser did, in grey levels."""
+    import io
+    from urllib.parse import urljoin
+
+    import httpx
+
+    body = httpx.get(urljoin(url, src), timeout=30).content
+    return np.asarray(Image.open(io.BytesIO(body)).convert("L"))
