@@ -167,8 +167,9 @@ def test_size_presets_swap_and_ctrl_enter(browser, server):
     page.click("#txt2img-prefixes button")  # the accordion opens
     page.fill("#txt2img-positive-prefix textarea", "masterpiece, best quality,")
     page.fill("#txt2img-prompt textarea", "a girl")
-    page.wait_for_function(
-        "() => document.querySelector('#txt2img-effective').innerText.includes('3 and')"
+    page.wait_for_function(  # both changes drawn (closed, the full prompts are in the text)
+        "() => document.querySelector('#txt2img-effective').textContent"
+        ".includes('masterpiece, best quality, a girl')"
     )
     page.click("#txt2img-effective summary")
     assert "masterpiece, best quality, a girl" in page.inner_text("#txt2img-effective")

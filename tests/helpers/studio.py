@@ -55,7 +55,14 @@ def open_page(browser, server, size: tuple[int, int] = (1366, 768)):
 
 
 def wait_for_images(page, tab: str, timeout: float = 90) -> list[int]:
-    page.wait_for_selector(f"#{tab}-gallery img", timeout=timeout * 1000)
+    """The widths of the tab's gallery images, once every one of them has loaded (an <img>
+    is in the page before its file has arrived)."""
+    page.wait_for_function(
+        """tab => { const shown = [...document.querySelectorAll('#' + tab + '-gallery img')];
+          return shown.length > 0 && shown.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=tab,
+        timeout=timeout * 1000,
+    )
     return page.eval_on_selector_all(f"#{tab}-gallery img", "els => els.map(e => e.naturalWidth)")
 
 
