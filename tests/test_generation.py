@@ -277,6 +277,7 @@ def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp
     assert "`generate.resize_mode` = 'squash'" in line and "crop, fill, stretch" in line
 
 
+INPAINT_FIELDS = ("mask_blur", "inpaint_area", "inpaint_padding")
 CONTROL_FIELDS = ("control_type", "preprocessor", "control_weight", "guidance_start",
                   "guidance_end", "control_mode")  # fmt: skip
 
@@ -305,8 +306,9 @@ def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
     assert (changes["cfg_scale"], changes["image"], changes["steps"]) == (3.0, "i.png", None)
     assert REQUEST_KEYS["cfg_scale"] == "guidance_scale"  # the config's one other name
     assert {k: v for k, v in REQUEST_KEYS.items() if k != "cfg_scale"} == {
-        f: f"control.{f.removeprefix('control_')}" for f in CONTROL_FIELDS
-    }  # and the ControlNet unit's, under generate.control
+        **{f: f"control.{f.removeprefix('control_')}" for f in CONTROL_FIELDS},
+        **{f: f"inpaint.{f.removeprefix('inpaint_')}" for f in INPAINT_FIELDS},
+    }  # and the ControlNet unit's and the inpainting's, under generate.control and .inpaint
     args = build_parser().parse_args(["sketch", "--prompt", "p", "--image", "s.png",
                                       "--control", "canny", "--init", "i.png"])  # fmt: skip
     changes = request_changes(args)

@@ -104,3 +104,27 @@ def test_sketch_draws_with_the_controlnet_and_writes_its_control_image(
     assert run.returncode == 2
     assert "control_type: config key `generate.control.models.canny`" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_inpaint_redraws_the_mask_and_keeps_the_rest(tmp_path, tiny_models, random_lora):
+    picture, mask, out = tmp_path / "picture.png", tmp_path / "mask.png", tmp_path / "out"
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(picture)
+    white = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(white).rectangle((16, 16, 47, 47), fill=255)
+    white.save(mask)
+    run = _kshd(
+        "inpaint", "--image", str(picture), "--mask", str(mask), "--prompt", "a girl",
+        "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--strength", "1",
+        "--mask-blur", "0", "--out", str(out), tiny_models=tiny_models, lora=random_lora,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    drawn = np.asarray(Image.open(out / "00000-5.png").convert("RGB"))
+    assert np.array_equal(drawn[:16], pixels[:16]) and np.array_equal(drawn[:, 48:], pixels[:, 48:])
+    assert (drawn[16:48, 16:48] != pixels[16:48, 16:48]).any()
+    params = parse_parameters(read_parameters(out / "00000-5.png"))
+    assert params["Mask blur"] == "0" and params["Inpaint area"] == "Whole picture"
+    assert "inpaint: 100%" in run.stderr
+    run = _kshd("inpaint", "--image", str(picture), "--mask", str(tmp_path / "none.png"),
+                "--prompt", "a", tiny_models=tiny_models, lora=random_lora)  # fmt: skip
+    assert run.returncode == 2 and "mask: none.png: " in run.stderr

@@ -34,6 +34,7 @@ from kshd.schema_values import (
     BEST_BY,
     CONTROL_MODES,
     DEVICES,
+    INPAINT_AREAS,
     PREPROCESSORS,
     RESIZE_MODES,
     SAMPLERS,
@@ -217,6 +218,21 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class InpaintSettings:
+    """`generate.inpaint`: a request's inpainting defaults (A1111's)."""
+
+    mask_blur: int
+    area: str
+    padding: int
+
+    def validate(self) -> None:
+        require(self.area in INPAINT_AREAS, "generate.inpaint.area", self.area,
+                ", ".join(INPAINT_AREAS))  # fmt: skip
+        require(self.mask_blur >= 0, "generate.inpaint.mask_blur", self.mask_blur, "a number >= 0")
+        require(self.padding >= 0, "generate.inpaint.padding", self.padding, "a number >= 0")
+
+
+@dataclass(frozen=True)
 class GenerateSettings:
     """The `generate` group: no defaults here, they live in conf/generate/.
 
@@ -246,6 +262,7 @@ class GenerateSettings:
     limits: Limits
     gui: GuiSettings
     control: ControlSettings
+    inpaint: InpaintSettings
 
     def validate(self) -> None:
         """Named at config load, before the model loads (a request's own check follows)."""

@@ -29,6 +29,7 @@ RESIZE_MODES = ("crop", "fill", "stretch")  # image-to-image input
 # preprocessors (drawing.control_images; "auto": the control type's usual one)
 CONTROL_MODES = ("balanced", "prompt", "control")
 PREPROCESSORS = ("auto", "lineart_standard", "invert", "scribble_xdog", "canny", "none")
+INPAINT_AREAS = ("whole", "only_masked")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULERS = (
     "linear",

@@ -82,7 +82,7 @@ def test_metrics_refuse_a_pickled_clip(tiny_models, tmp_path):
 
 
 def test_a_lora_folder_with_only_a_pickle_is_refused(tmp_path):
-    from kshd.drawing.engine import lora_files
+    from kshd.drawing.lora_slot import lora_files
 
     _plant(tmp_path, "pytorch_lora_weights.bin", tmp_path / "UNPICKLED")
     with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):

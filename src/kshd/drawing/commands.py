@@ -9,7 +9,7 @@ import os
 from tqdm import tqdm
 
 from kshd.drawing.request import SAMPLERS, RequestError
-from kshd.schema_values import CONTROL_MODES, PREPROCESSORS
+from kshd.schema_values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def add_commands(sub) -> None:
     p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
     p.set_defaults(func=draw)
     _sketch_command(sub)
+    _inpaint_command(sub)
     p = sub.add_parser("gui", help="the web GUI (Gradio) on 127.0.0.1")
     p.add_argument("--host", help="default generate.gui.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default generate.gui.port (7860)")
@@ -77,6 +78,28 @@ def _sketch_command(sub) -> None:
     p.add_argument("--strength", type=float, help="denoising strength of --init, in [0, 1]")
     p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
     p.add_argument("--control-out", help="also write the control image (the lines used) here")
+    p.set_defaults(func=draw)  # fmt: skip
+
+
+def _inpaint_command(sub) -> None:
+    """`kshd inpaint`: redraw the masked part of a picture (white in the mask), keep the rest."""
+    p = sub.add_parser("inpaint", help="redraw the masked part of a picture in KSH style")
+    _drawing_options(p)
+    p.add_argument("--image", required=True, help="the picture")
+    p.add_argument(
+        "--mask",
+        required=True,
+        help="white = redraw (or the opaque strokes of a transparent image)",
+    )
+    p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
+    p.add_argument("--mask-blur", type=int, help="feather in pixels (default generate.inpaint)")
+    p.add_argument(
+        "--inpaint-area",
+        choices=INPAINT_AREAS,
+        help="only_masked: the mask's region drawn at the full size",
+    )
+    p.add_argument("--inpaint-padding", type=int, help="only_masked: pixels of context")
+    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
     p.set_defaults(func=draw)  # fmt: skip
 
 

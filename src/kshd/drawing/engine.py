@@ -28,8 +28,10 @@ from kshd.drawing.control import (
     soft_injection,
     unit_infotext,
 )
+from kshd.drawing.inpaint import inpaint_call, inpaint_inputs, inpaint_params, paste_back
+from kshd.drawing.lora_slot import LoraSwitching
 from kshd.drawing.pace import MEGA, Pace, work
-from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
+from kshd.drawing.pnginfo import format_parameters, save_png
 from kshd.drawing.request import (
     FROM_CONF,
     SAMPLERS,
@@ -41,13 +43,11 @@ from kshd.drawing.request import (
     resize_input,
     validate,
 )
-from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline
 from kshd.prompts import PromptEncoder
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
-ADAPTER = "ksh"
 
 
 @dataclass(frozen=True)
@@ -82,25 +82,22 @@ class Generated:
     stopped: str | None = None  # "interrupt" or "skip" when the user stopped part of it
 
 
+@dataclass
+class Inputs:
+    """What a request draws from: the picture (image-to-image, inpainting), the inpainting's
+    blurred mask, the ControlNet's control image and its unit's PNG parameters."""
+
+    picture: Image.Image | None = None
+    mask: Image.Image | None = None
+    control: Image.Image | None = None
+    unit: str | None = None
+
+
 class _Stop(Exception):
     """Raised from the step callback: the batch in progress is dropped without a VAE decode."""
 
 
 INTERRUPT, SKIP = "interrupt", "skip"
-
-
-def lora_files(path: str | Path) -> tuple[Path, str, Path]:
-    """(file to load, name for A1111, file to hash) of a LoRA folder or file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / DIFFUSERS_FILE).is_file() and not (path / KOHYA_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {DIFFUSERS_FILE} or {KOHYA_FILE} in the folder")
-        load = path / DIFFUSERS_FILE if (path / DIFFUSERS_FILE).is_file() else path / KOHYA_FILE
-        named = path / KOHYA_FILE if (path / KOHYA_FILE).is_file() else load
-        return load, named.stem, named
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise FileNotFoundError(f"{path}: a LoRA must be an existing .safetensors file or folder")
-    return path, path.stem, path
 
 
 def _strength(req: Request) -> float:
@@ -114,7 +111,7 @@ def _device(name: str) -> tuple[torch.device, torch.dtype]:
     return device, torch.float32 if device.type == "cpu" else torch.float16
 
 
-class Engine:
+class Engine(LoraSwitching):
     """Loads once, draws many times; one request at a time (a lock guards the model)."""
 
     def __init__(self, settings: EngineSettings):
@@ -151,6 +148,7 @@ class Engine:
         self._stopped: str | None = None  # what stopped a batch of the job in progress
         self.pace = Pace()  # seconds per step-image-megapixel, for the queue's estimate
         self.controls = ControlNets(dict(settings.control_models), pipe, self.device, dtype)
+        self._inpaint = None  # the inpainting pipeline, made when first asked for
 
     def stop(self, how: str, owner: str | None = None) -> bool:
         """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
@@ -167,61 +165,6 @@ class Engine:
         log.warning("%s", message)
         self.notes.append(message)
 
-    def _load_lora(self, path: str, checkpoint_strength: float | None = None) -> None:
-        """A LoRA folder or file; or a training checkpoint (raw peft weights, scaled by the
-        run's alpha / rank, `checkpoint_strength`)."""
-        from kshd.drawing.catalog import is_checkpoint
-
-        if is_checkpoint(path):
-            from safetensors.torch import load_file
-
-            from kshd.lora import diffusers_state
-
-            if checkpoint_strength is None:
-                raise ValueError(f"{path}: a training checkpoint needs the run's alpha / rank")
-            load = Path(path) / "lora.safetensors"
-            state = diffusers_state(load_file(str(load)), checkpoint_strength)
-            self.txt2img.load_lora_weights(state, adapter_name=ADAPTER)
-            self.lora_name, hashed = Path(path).name, load
-        else:
-            load, self.lora_name, hashed = lora_files(path)
-            self.txt2img.load_lora_weights(
-                str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
-            )
-        self.lora_hash, self.lora_path = lora_hash(hashed), str(path)
-        log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
-
-    def set_lora(self, path: str | None, checkpoint_strength: float | None = None) -> None:
-        """Another LoRA (None: the base model alone), between jobs: the base weights come back
-        exactly before the new one is loaded; the base model is not reloaded. One that cannot
-        load leaves the one in use (a missing file is refused before it is touched)."""
-        from kshd.drawing.catalog import is_checkpoint
-
-        with self.lock:
-            if path and not is_checkpoint(path):
-                lora_files(path)
-            previous = self.lora_path
-            self._unload_lora()
-            if not path:
-                return
-            try:
-                self._load_lora(path, checkpoint_strength)
-            except Exception as exc:
-                self.txt2img.unload_lora_weights()  # whatever part of it was attached
-                self.lora_name = self.lora_hash = self.lora_path = None
-                if previous:
-                    self._load_lora(previous, checkpoint_strength)
-                if isinstance(exc, ValueError | OSError):
-                    raise
-                raise ValueError(f"{path}: not a LoRA this model can load ({exc})") from exc
-
-    def _unload_lora(self) -> None:
-        if self.lora_name is not None:
-            self._restore_base()
-            self.txt2img.unload_lora_weights()
-            self.lora_name = self.lora_hash = self.lora_path = None
-            self._originals, self._scale = {}, None
-
     def _embeddings(self) -> dict[str, int]:
         """Load the listed textual inversions; a name whose file is missing is said once."""
         from kshd.models import load_embeddings
@@ -230,48 +173,6 @@ class Engine:
         for note in notes:
             self._note(note)
         return vectors
-
-    def _lora_layers(self):
-        """The LoRA layers of the UNet and of the text encoder: one strength merges both."""
-        from peft.tuners.lora import LoraLayer
-
-        for part in ("unet", "text_encoder"):
-            for name, module in getattr(self.txt2img, part).named_modules():
-                if isinstance(module, LoraLayer):
-                    yield f"{part}.{name}", module
-
-    @torch.no_grad()
-    def set_lora_scale(self, scale: float) -> None:
-        """Merge the LoRA into the UNet and text encoder at `scale`; a new scale restores the base.
-
-        peft's own unmerge subtracts the delta again, which leaves float rounding behind, and
-        diffusers' `fuse_lora(lora_scale=)` multiplies into the adapter's scaling for good; so the
-        base weights are kept (on the CPU) and the scale is set absolutely per layer.
-        """
-        if self.lora_name is None or scale == self._scale:
-            return
-        layers = list(self._lora_layers())
-        if not self._originals:
-            self._originals = {
-                n: m.get_base_layer().weight.detach().to("cpu", copy=True) for n, m in layers
-            }
-        self._restore_base()
-        if scale == 0.0:
-            self.txt2img.disable_lora()
-        else:
-            self.txt2img.enable_lora()
-            for _, module in layers:
-                module.set_scale(ADAPTER, scale)
-                module.merge(adapter_names=[ADAPTER])
-        self._scale = scale
-
-    @torch.no_grad()
-    def _restore_base(self) -> None:
-        """Unmerge every merged LoRA layer and put the saved base weights back, exactly."""
-        for name, module in self._lora_layers():
-            if module.merged:
-                module.unmerge()
-                module.get_base_layer().weight.copy_(self._originals[name])
 
     def _scheduler(self, key: str):
         import diffusers
@@ -293,6 +194,7 @@ class Engine:
             "Size": f"{req.width}x{req.height}",
             "Model": self.model_name,
             "Denoising strength": f"{req.strength:g}" if req.image is not None else None,
+            **(inpaint_params(req) if req.mask is not None else {}),
             "ControlNet 0": unit,
             "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
             "Version": f"kshd {__version__}",
@@ -313,26 +215,20 @@ class Engine:
         names the job for `stop`; a stopped job returns the batches it finished.
         """
         req = validate(req, self.limits)
-        picture = control = unit = None
-        if req.image is not None:
-            picture = input_picture(req.image, self.limits)
-            picture = resize_input(picture, req.width, req.height, req.resize_mode)
-        if req.control_image is not None:
-            control, preprocessor = sketch_control(req, self.limits)
-            unit = unit_infotext(req, preprocessor, self.controls.pipelines(req.control_type)[2])
+        given = self._inputs(req)
         start = first_seed(req.seed)
         seeds = [(start + i) % (2**32) for i in range(req.count)]
         with self.lock:
             self._owner, self._stop, self._stopped = owner, None, None
             self.pace.start(work(req.steps, req.count, req.width, req.height, _strength(req)))
             try:
-                images, seeds = self._draw(
-                    req, picture, control, seeds, progress or (lambda d, t: None)
-                )
+                images, seeds = self._draw(req, given, seeds, progress or (lambda d, t: None))
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
                 self.pace.finish()
-        infotexts = [self.infotext(req, s, unit) for s in seeds]
+        if given.mask is not None:  # the picture's own pixels outside the (blurred) mask
+            images = [paste_back(im, given.picture, given.mask) for im in images]
+        infotexts = [self.infotext(req, s, given.unit) for s in seeds]
         paths = []
         if save:
             folder = folder or Path(self.settings.outputs_dir) / req.kind / date.today().isoformat()
@@ -344,8 +240,30 @@ class Engine:
         """The control image a sketch request draws from (the lines its preprocessor found)."""
         return sketch_control(validate(req, self.limits), self.limits)[0]
 
-    def _pipeline(self, req: Request, picture, control) -> tuple[Any, dict]:
+    def _inputs(self, req: Request) -> Inputs:
+        """The pictures a request draws from, read and fitted before the model is taken."""
+        if req.mask is not None:
+            return Inputs(*inpaint_inputs(req, self.limits))
+        given = Inputs()
+        if req.image is not None:
+            picture = input_picture(req.image, self.limits)
+            given.picture = resize_input(picture, req.width, req.height, req.resize_mode)
+        if req.control_image is not None:
+            given.control, preprocessor = sketch_control(req, self.limits)
+            model = self.controls.pipelines(req.control_type)[2]
+            given.unit = unit_infotext(req, preprocessor, model)
+        return given
+
+    def _pipeline(self, req: Request, given: Inputs) -> tuple[Any, dict]:
         """The pipeline of a request and its own arguments (size, picture, ControlNet unit)."""
+        picture, control = given.picture, given.control
+        if given.mask is not None:
+            if self._inpaint is None:
+                from diffusers import StableDiffusionInpaintPipeline
+
+                self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.txt2img)
+                self._inpaint.set_progress_bar_config(disable=True)
+            return self._inpaint, inpaint_call(req, picture, given.mask)
         if control is not None:
             txt2img, img2img, _ = self.controls.pipelines(req.control_type)
             return txt2img if picture is None else img2img, control_call(req, control, picture)
@@ -354,14 +272,15 @@ class Engine:
         return self.img2img, {"image": picture, "strength": req.strength}
 
     def _draw(
-        self, req: Request, picture, control, seeds: list[int], progress: Progress
+        self, req: Request, given: Inputs, seeds: list[int], progress: Progress
     ) -> tuple[list[Image.Image], list[int]]:
         """The images and their seeds; a batch stopped by `stop` is left out."""
         self.set_lora_scale(req.lora_scale)
+        picture, control = given.picture, given.control
         if picture is not None and int(req.steps * req.strength) == 0:
             progress(1, 1)  # strength 0: no denoising step, the picture comes back as it is
             return [picture.copy() for _ in seeds], seeds
-        pipe, call = self._pipeline(req, picture, control)
+        pipe, call = self._pipeline(req, given)
         pipe.scheduler = self._scheduler(req.sampler)
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
         call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}

@@ -15,7 +15,13 @@ from PIL import Image, ImageOps
 
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 from kshd.schema import Limits
-from kshd.schema_values import CONTROL_MODES, PREPROCESSORS, RESIZE_MODES, SAMPLERS
+from kshd.schema_values import (
+    CONTROL_MODES,
+    INPAINT_AREAS,
+    PREPROCESSORS,
+    RESIZE_MODES,
+    SAMPLERS,
+)
 
 MAX_SEED = 2**32 - 1
 WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` padding
@@ -40,6 +46,9 @@ REQUEST_KEYS = {
     "guidance_start": "control.guidance_start",
     "guidance_end": "control.guidance_end",
     "control_mode": "control.mode",
+    "mask_blur": "inpaint.mask_blur",
+    "inpaint_area": "inpaint.area",
+    "inpaint_padding": "inpaint.padding",
 }
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider
 
@@ -93,6 +102,10 @@ class Request:
     guidance_start: float = FROM_CONF
     guidance_end: float = FROM_CONF
     control_mode: str = FROM_CONF
+    mask: str | Path | Image.Image | None = None  # white = redraw; None: no inpainting
+    mask_blur: int = FROM_CONF
+    inpaint_area: str = FROM_CONF
+    inpaint_padding: int = FROM_CONF
 
     def __post_init__(self) -> None:
         fill_from_conf(self)
@@ -101,6 +114,8 @@ class Request:
     def kind(self) -> str:
         if self.control_image is not None:
             return "sketch"
+        if self.mask is not None:
+            return "inpaint"
         return "txt2img" if self.image is None else "img2img"
 
     @property
@@ -199,7 +214,20 @@ def validate(req: Request, limits: Limits) -> Request:
         raise RequestError("resize_mode", f"{req.resize_mode!r}; choose one of {RESIZE_MODES}")
     if req.control_image is not None:
         _validate_control(req)
+    if req.mask is not None:
+        _validate_inpaint(req)
     return req
+
+
+def _validate_inpaint(req: Request) -> None:
+    if req.image is None:
+        raise RequestError("image", "inpainting needs the picture the mask is drawn on")
+    if req.control_image is not None:
+        raise RequestError("mask", "inpainting with a ControlNet is not supported yet")
+    req.mask_blur = _whole("mask_blur", req.mask_blur, 0, 64)
+    req.inpaint_padding = _whole("inpaint_padding", req.inpaint_padding, 0, 256)
+    if req.inpaint_area not in INPAINT_AREAS:
+        raise RequestError("inpaint_area", f"{req.inpaint_area!r}; choose one of {INPAINT_AREAS}")
 
 
 def _validate_control(req: Request) -> None:
