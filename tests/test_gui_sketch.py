@@ -1,6 +1,7 @@
-"""The studio's third way to draw (issue 17): the Sketch to style tab in Debian's Chromium
-(upload or draw a sketch, see the lines the ControlNet will follow, draw, send on) and its
-`/sketch` endpoint through gradio_client, on the tiny SD and its tiny ControlNet."""
+"""The studio's third way to draw and inpainting (issue 17): the Sketch to style tab in Debian's
+Chromium (upload or draw a sketch, see the lines the ControlNet will follow, draw, send on), the
+Inpaint tab of Image to image (brush the part to redraw), and their `/sketch` and `/inpaint`
+endpoints through gradio_client, on the tiny SD and its tiny ControlNet."""
 
 from __future__ import annotations
 
@@ -106,3 +107,62 @@ def _fetched(src: str, url: str) -> np.ndarray:
 
     body = httpx.get(urljoin(url, src), timeout=30).content
     return np.asarray(Image.open(io.BytesIO(body)).convert("L"))
+
+
+def _noise(path, side: int = 128) -> np.ndarray:
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels.astype(np.int16)
+
+
+def test_client_inpaint_endpoint_keeps_what_is_not_masked(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server["url"], verbose=False)
+    pixels = _noise(tmp_path / "picture.png", 64)
+    strokes = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # a brush layer: strokes on nothing
+    ImageDraw.Draw(strokes).ellipse((20, 20, 44, 44), fill=(255, 42, 109, 255))
+    strokes.save(tmp_path / "strokes.png")
+    layers = [handle_file(str(tmp_path / "strokes.png"))]
+    brushed = {"background": handle_file(str(tmp_path / "picture.png")), "layers": layers,
+               "composite": None}  # fmt: skip
+    gallery, info, _ = client.predict(image=brushed, prompt="a girl", seed=2, strength=1,
+                                      mask_blur=0, api_name="/inpaint")  # fmt: skip
+    drawn = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"), dtype=np.int16)
+    outside = np.asarray(strokes.getchannel("A")) == 0
+    assert np.array_equal(drawn[outside], pixels[outside]) and "Inpaint area: " in info
+    assert np.abs(drawn[~outside] - pixels[~outside]).mean() > 20
+    bare = {**brushed, "layers": []}
+    with pytest.raises(AppError, match="Picture: brush the part to redraw"):
+        client.predict(image=bare, prompt="a", api_name="/inpaint")
+
+
+def test_inpaint_in_the_browser_redraws_the_brushed_part(browser, server, tmp_path):
+    pixels = _noise(tmp_path / "picture.png")
+    page, failed = open_page(browser, server, VIEW)
+    page.click("button[role=tab]:has-text('Image to image')")
+    page.click("button[role=tab]:has-text('Inpaint')")
+    page.wait_for_selector("#inpaint-image canvas")
+    page.set_input_files("#inpaint-image input[type=file]", str(tmp_path / "picture.png"))
+    page.fill("#inpaint-prompt textarea", "a girl")
+    page.click("#inpaint-generate")  # nothing brushed yet: said beside the picture
+    page.wait_for_selector("#inpaint-image.field-error >> text=brush the part", timeout=30_000)
+    page.click("#inpaint-image button[aria-label=Brush]")
+    box = page.wait_for_selector("#inpaint-image canvas").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.45, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.55, y, steps=6)
+    page.mouse.up()
+    page.click("#inpaint-generate")
+    assert wait_for_images(page, "inpaint") == [64]
+    assert "Inpaint area: Whole picture" in page.input_value("#inpaint-info textarea")
+    refused = [f for f in failed if f.startswith("422 ") and "/queue/join" in f]
+    assert len(refused) == 1 and len(failed) == 1  # the validator's answer to the first click
+    newest = max(server["outputs"].rglob("inpaint/*/*.png"), key=lambda p: p.stat().st_mtime)
+    drawn = np.asarray(Image.open(newest).convert("RGB"), dtype=np.int16)
+    fitted = np.asarray(Image.fromarray(pixels.astype(np.uint8)).resize((64, 64), Image.LANCZOS),
+                        dtype=np.int16)  # fmt: skip
+    assert np.array_equal(drawn[:8, :8], fitted[:8, :8])  # a corner, far from the stroke
+    assert np.abs(drawn[28:36, 28:36] - fitted[28:36, 28:36]).mean() > 10  # the stroke's middle

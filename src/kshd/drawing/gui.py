@@ -83,10 +83,12 @@ def model_status(engine: Engine) -> str:
 
 
 def _wire_tab(
-    tab: Tab, handlers: Handlers, tabs: gr.Tabs, targets: dict[str, Tab], defaults: Request
-) -> None:
+    tab: Tab, handlers: Handlers, tabs: tuple[gr.Tabs, gr.Tabs], targets: dict[str, Tab],
+    defaults: Request,
+) -> None:  # fmt: skip
     """The events of one tab: generate (checked, locked while it runs), stop, seeds, sizes,
-    sends, and each field's own check."""
+    sends, and each field's own check. `tabs`: the page's tabs and image-to-image's own."""
+    tabs, modes = tabs
     limits = handlers.engine.limits
     wire_checks(tab, defaults, limits)
     started = gr.State(None)
@@ -133,12 +135,14 @@ def _wire_tab(
         into = targets["img2img" if target == "loopback" else target]
         picture = into.name == "img2img"
         outputs = into.inputs() if picture else into.fields.inputs(TAB_FIELDS)
-        button.click(
+        sent = button.click(
             sender(into.names, picture, into.name),
             [tab.drawn, tab.selected, tab.gallery],
             [*outputs, tabs],
             **private,
         )
+        if picture:  # image-to-image's own tab, not its Inpaint one
+            sent.then(lambda: gr.Tabs(selected="img2img-redraw"), None, modes, **private)
 
 
 def _selected_index(evt: gr.SelectData) -> int:
@@ -159,17 +163,22 @@ def build_ui(
         _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
             built = {}
-            types = list(engine.controls.models)
-            for name, label in (("txt2img", "Text to image"), ("img2img", "Image to image"),
-                                ("sketch", "Sketch to style")):  # fmt: skip
-                with gr.Tab(label, id=name):
-                    built[name] = build_tab(name, defaults, engine.limits, types)
+            types, limits = list(engine.controls.models), engine.limits
+            with gr.Tab("Text to image", id="txt2img"):
+                built["txt2img"] = build_tab("txt2img", defaults, limits)
+            with gr.Tab("Image to image", id="img2img"), gr.Tabs(elem_id="img2img-modes") as modes:
+                with gr.Tab("Redraw", id="img2img-redraw"):
+                    built["img2img"] = build_tab("img2img", defaults, limits)
+                with gr.Tab("Inpaint", id="inpaint", elem_id="inpaint-tab"):
+                    built["inpaint"] = build_tab("inpaint", defaults, limits)
+            with gr.Tab("Sketch to style", id="sketch"):
+                built["sketch"] = build_tab("sketch", defaults, limits, types)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo(built, tabs)
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history)
         for tab in built.values():
-            _wire_tab(tab, handlers, tabs, built, defaults)
+            _wire_tab(tab, handlers, (tabs, modes), built, defaults)
             f = tab.fields
             ui.load(effective_prompts,
                     [f.positive_prefix, f.prompt, f.negative_prefix, f.negative_prompt],

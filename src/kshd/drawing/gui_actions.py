@@ -16,7 +16,13 @@ import gradio as gr
 
 from kshd.config import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine
-from kshd.drawing.gui_parts import IMG2IMG_FIELDS, REQUEST_TYPES, SKETCH_FIELDS, TAB_FIELDS
+from kshd.drawing.gui_parts import (
+    IMG2IMG_FIELDS,
+    INPAINT_FIELDS,
+    REQUEST_TYPES,
+    SKETCH_FIELDS,
+    TAB_FIELDS,
+)
 from kshd.drawing.request import Request, RequestError, join_prefix
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,12 @@ class Handlers:
 
     def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None):
         """`values`: the Request fields by name, as the tab's inputs gave them."""
+        if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
+            brushed = values.pop("image")
+            values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
+            if values["image"] is not None and values["mask"] is None:
+                log.info("refused: nothing brushed")
+                raise user_error("Picture: brush the part to redraw")
         if "image" in values and not values["image"]:
             log.info("refused: no picture to redraw")
             raise user_error("Picture: upload a picture to redraw")
@@ -122,6 +134,7 @@ class Handlers:
     txt2img = request_handler(TAB_FIELDS, _run)
     img2img = request_handler(IMG2IMG_FIELDS, _run)
     sketch = request_handler(SKETCH_FIELDS, _run)
+    inpaint = request_handler(INPAINT_FIELDS, _run)
 
     def control_preview(
         self, sketch: str | None, control_type: str, preprocessor: str, width: float,

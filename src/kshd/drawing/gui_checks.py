@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import gradio as gr
 
-from kshd.drawing.gui_parts import CONTROL_FIELDS, Tab
+from kshd.drawing.gui_parts import CONTROL_FIELDS, MASK_FIELDS, Tab
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, validate
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,13 @@ def field_messages(tab: Tab, defaults: Request, limits: Limits) -> Callable[...,
     base = {**asdict(defaults), "image": None, "control_image": None}
 
     def one(name: str, value) -> str:
-        # a ControlNet setting is checked as part of a sketch's request
+        if isinstance(value, dict):  # inpainting's picture with the part to redraw brushed on
+            if value.get("image") is not None and value.get("mask") is None:
+                return f"{labels[name]}: brush the part to redraw"
+            value = value.get("image")
+        # a ControlNet or inpainting setting is checked as part of such a request
         sketch = {"control_image": "sketch"} if name in CONTROL_FIELDS else {}
+        sketch |= {"image": "picture", "mask": "mask"} if name in MASK_FIELDS else {}
         req = Request(**{**base, **sketch, name: value})
         exc = _error(req, limits, picture=name if name in NOTHING else None)
         return _said(exc, labels) if exc is not None and exc.field == name else ""

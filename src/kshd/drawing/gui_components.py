@@ -12,6 +12,7 @@ info line), Gradio serves that page a new instance of the component's class. Gra
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
 
 class FieldSlider(gr.Slider):
@@ -62,3 +63,26 @@ class SketchPath(gr.ImageEditor):
         if value is None or (value["background"] is None and not value["layers"]):
             return None
         return value["composite"] or value["background"]
+
+
+class MaskedPicture(gr.ImageEditor):
+    """A picture with the part to redraw brushed on it (make it with type="pil"): {"image": the
+    picture, "mask": its strokes as one transparent image (None when nothing is brushed)}."""
+
+    is_template = True
+
+    def preprocess(self, payload) -> dict | None:
+        try:
+            value = super().preprocess(payload)
+        except (OSError, ValueError) as exc:
+            raise gr.Error(f"{self.label}: not a picture ({exc})", title="Cannot draw this",
+                           print_exception=False) from exc  # fmt: skip
+        if value is None or value["background"] is None:
+            return None
+        strokes = None
+        for layer in value["layers"] or []:
+            layer = layer.convert("RGBA")
+            if layer.getchannel("A").getbbox() is None:
+                continue  # an empty layer
+            strokes = layer if strokes is None else Image.alpha_composite(strokes, layer)
+        return {"image": value["background"].convert("RGB"), "mask": strokes}

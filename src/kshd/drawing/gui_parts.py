@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, make_dataclass
 import gradio as gr
 
 from kshd.drawing.control import MODES
-from kshd.drawing.gui_components import FieldSlider, PicturePath, SketchPath
+from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
 from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
 from kshd.schema_values import PREPROCESSORS
 
@@ -37,15 +37,19 @@ IMG2IMG_FIELDS = (*PICTURE_FIELDS, *TAB_FIELDS)
 CONTROL_FIELDS = ("control_image", "control_type", "preprocessor", "control_weight",
                   "guidance_start", "guidance_end", "control_mode")  # fmt: skip
 SKETCH_FIELDS = (*CONTROL_FIELDS, "resize_mode", *TAB_FIELDS)
+# inpainting: "image" is the picture with its mask brushed on it (MaskedPicture)
+MASK_FIELDS = ("mask_blur", "inpaint_area", "inpaint_padding")
+INPAINT_FIELDS = ("image", *MASK_FIELDS, "strength", "resize_mode", *TAB_FIELDS)
 # each drawing tab's fields, in the order of its inputs and of its endpoint's parameters
-TAB_NAMES = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS, "sketch": SKETCH_FIELDS}
+TAB_NAMES = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS, "sketch": SKETCH_FIELDS,
+             "inpaint": INPAINT_FIELDS}  # fmt: skip
 REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
 # Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
 SIZE_PRESETS = ((512, 512), (512, 768), (768, 512))
 
 Fields = make_dataclass(
     "Fields",
-    [(name, gr.components.Component) for name in (*IMG2IMG_FIELDS, *CONTROL_FIELDS)],
+    [(name, gr.components.Component) for name in (*IMG2IMG_FIELDS, *CONTROL_FIELDS, *MASK_FIELDS)],
     namespace={
         "__doc__": "The input components of one tab, by the Request field they fill.",
         "inputs": lambda self, names=TAB_FIELDS: [getattr(self, n) for n in names],
@@ -107,13 +111,37 @@ def _actions(tab: str) -> tuple[gr.Button, gr.Button, gr.Button, gr.Markdown]:
     return generate, interrupt, skip, status
 
 
-def _picture(tab: str, d: Request) -> dict[str, gr.components.Component]:
-    image = Picture(label="Picture", elem_id=f"{tab}-image", height=240)
+def _picture(tab: str, d: Request, image=None) -> dict[str, gr.components.Component]:
+    """The picture (`image`, or an upload box), the denoising strength and the resize mode."""
+    image = image or Picture(label="Picture", elem_id=f"{tab}-image", height=240)
     strength = Slider(0, 1, d.strength, step=0.01, label="Denoising strength",
                       elem_id=f"{tab}-strength")  # fmt: skip
     resize = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode, label="Resize mode",
                       elem_id=f"{tab}-resize")  # fmt: skip
     return {"image": image, "strength": strength, "resize_mode": resize}
+
+
+def _inpaint(tab: str, d: Request) -> dict[str, gr.components.Component]:
+    """The picture with the part to redraw brushed on it, and A1111's inpainting settings."""
+    gr.Markdown("Upload a picture, pick the brush and paint over the part to redraw.",
+                elem_classes=["effective"])  # fmt: skip
+    brushed = MaskedPicture(
+        label="Picture", type="pil", elem_id=f"{tab}-image",
+        height=300, sources=["upload", "clipboard"], transforms=(), layers=False,
+        brush=gr.Brush(colors=["#ff2a6d"], default_color="#ff2a6d", default_size=24),
+    )  # fmt: skip
+    picture = _picture(tab, d, brushed)
+    with gr.Row():
+        picture["mask_blur"] = Slider(0, 64, d.mask_blur, step=1, label="Mask blur",
+                                      elem_id=f"{tab}-mask-blur")  # fmt: skip
+        picture["inpaint_padding"] = Slider(0, 256, d.inpaint_padding, step=4,
+                                            label="Only masked padding, pixels",
+                                            elem_id=f"{tab}-padding")  # fmt: skip
+    picture["inpaint_area"] = gr.Radio(
+        [("Whole picture", "whole"), ("Only masked", "only_masked")], value=d.inpaint_area,
+        label="Inpaint area", elem_id=f"{tab}-area",
+    )  # fmt: skip
+    return picture
 
 
 def _control(tab: str, d: Request, types: list[str]) -> tuple[dict, gr.Image]:
@@ -224,11 +252,15 @@ def build_tab(tab: str, d: Request, limits: Limits, control_types: list[str] = (
             effective = gr.Markdown(elem_id=f"{tab}-effective", elem_classes=["effective"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            picture = _picture(tab, d) if tab == "img2img" else dict.fromkeys(PICTURE_FIELDS)
+            picture = dict.fromkeys((*PICTURE_FIELDS, *MASK_FIELDS))  # what the tab has not
             control, preview = dict.fromkeys(CONTROL_FIELDS), None
-            if tab == "sketch":
+            if tab == "img2img":
+                picture |= _picture(tab, d)
+            elif tab == "inpaint":
+                picture |= _inpaint(tab, d)
+            elif tab == "sketch":  # its resize mode is the control's
                 control, preview = _control(tab, d, list(control_types))
-                picture = {"image": None, "strength": None}  # the resize mode is the control's
+                picture.pop("resize_mode")
             c, b = _settings(tab, d, limits)
             with gr.Accordion("Prompt prefixes (added before your prompts)", open=False,
                               elem_id=f"{tab}-prefixes"):  # fmt: skip
@@ -238,9 +270,8 @@ def build_tab(tab: str, d: Request, limits: Limits, control_types: list[str] = (
                                                   value=d.negative_prefix,
                                                   elem_id=f"{tab}-negative-prefix")  # fmt: skip
         with gr.Column(scale=1):
-            sends = {"img2img": ("txt2img", "loopback"), "sketch": ("img2img", "txt2img")}.get(
-                tab, ("img2img",)
-            )
+            sends = {"img2img": ("txt2img", "loopback"), "sketch": ("img2img", "txt2img"),
+                     "inpaint": ("img2img", "txt2img")}.get(tab, ("img2img",))  # fmt: skip
             gallery, buttons, info, files = _results(tab, sends)
     f = Fields(prompt=prompt, negative_prompt=negative, **picture, **control, **c)
     return Tab(
