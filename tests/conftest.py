@@ -40,7 +40,8 @@ QUICK_TRAIN = [
 
 # DVC tests of the stages' mechanics evaluate quickly too: one seed, 4 sampling steps, no
 # checkpoint curve (the final LoRA's row only); test_pipeline_e2e evaluates as the demo does.
-QUICK_EVAL = ["evaluate.seeds=[0]", "evaluate.num_inference_steps=4", "evaluate.checkpoints=false"]
+QUICK_EVAL = ["evaluate.seeds=[0]", "evaluate.num_inference_steps=4", "evaluate.checkpoints=false",
+              "evaluate.sketch.drawings=2"]  # fmt: skip
 
 
 def quick_dvc_params(*swept: str) -> list[str]:
@@ -64,6 +65,8 @@ def demo_cfg(tmp_path, tiny_models):
             f"caption.model={tiny_models['blip2']}",
             f"model.pretrained={tiny_models['sd']}",
             f"evaluate.clip_model={tiny_models['clip']}",
+            f"generate.control.models.lineart={tiny_models['controlnet']}",
+            f"generate.control.models.lineart_anime={tiny_models['controlnet']}",
             f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
             "tiny.build=false",
             "tracking.mode=disabled",

@@ -31,6 +31,8 @@ def project_cfg(
             f"caption.model={tiny_models['blip2']}",
             f"model.pretrained={tiny_models['sd']}",
             f"evaluate.clip_model={tiny_models['clip']}",
+            f"generate.control.models.lineart={tiny_models['controlnet']}",
+            f"generate.control.models.lineart_anime={tiny_models['controlnet']}",
             f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
             "tiny.build=false",
             "tracking.mode=disabled",

@@ -170,3 +170,7 @@ def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
     reports = Path(demo_cfg.output.reports_dir)
     assert json.loads((reports / "metrics.json").read_text(encoding="utf-8")) == scores
     assert set(HEADLINE) <= set(scores) and (reports / "index.html").is_file()
+    sketch = {"sketch_structure", "sketch_structure_base", "sketch_style", "sketch_style_gain"}
+    assert sketch <= set(scores) and scores["sketch_drawings"] == demo_cfg.evaluate.sketch.drawings
+    assert len(list((reports / "sketch").glob("sketch-*.png"))) == scores["sketch_drawings"]
+    assert "Sketch to style" in (reports / "index.html").read_text(encoding="utf-8")

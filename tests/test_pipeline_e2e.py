@@ -178,8 +178,9 @@ def test_report_page_opens_offline_in_a_real_browser(demo):
     page = repo / "reports" / "index.html"
     seen = visit(page.as_uri())
     assert seen.failed == [] and seen.broken_images == []
-    assert seen.images == 4  # one grid per evaluation prompt
+    assert seen.images == 4 + 4  # one grid per evaluation prompt, one row per sketch redrawn
     assert seen.svgs == 5  # a curve per headline metric
     assert "style_gain" in seen.text and "best checkpoint: step" in seen.text
+    assert "Sketch to style" in seen.text and "sketch_structure" in seen.text
     body = page.read_text(encoding="utf-8").replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "http://" not in body and "https://" not in body  # nothing to fetch

@@ -292,6 +292,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SketchEvalSettings:
+    """`evaluate.sketch`: sketch to style measured (evaluation.sketch): the ControlNet, how the
+    held-out drawings' lines are found, the prompt they are redrawn with, how many."""
+
+    controlnet: str | None  # hub id or folder; null: no sketch section
+    preprocessor: str
+    weight: float
+    prompt: str
+    drawings: int
+
+    def validate(self) -> None:
+        names = [p for p in PREPROCESSORS if p != "auto"]
+        require(self.preprocessor in names, "evaluate.sketch.preprocessor", self.preprocessor,
+                ", ".join(names))  # fmt: skip
+        require(self.drawings >= 1, "evaluate.sketch.drawings", self.drawings, "a number >= 1")
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.EvalSettings draws them).
 
@@ -314,6 +332,7 @@ class EvaluateSettings:
     checkpoint_every: int = field(metadata=DEFINES_RESULT)
     checkpoint_last: int | None = field(metadata=DEFINES_RESULT)
     best_by: str = field(metadata=DEFINES_RESULT)
+    sketch: SketchEvalSettings = field(metadata=DEFINES_RESULT)
 
     def validate(self) -> None:
         """Named at config load, not after the whole evaluation ran."""

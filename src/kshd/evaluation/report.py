@@ -57,6 +57,33 @@ def svg_chart(rows: list[dict], key: str, width: int = 260, height: int = 150) -
     )
 
 
+SKETCH_CAPTION = "line art | base | LoRA | the drawing"
+SKETCH_KEYS = ("sketch_structure", "sketch_style")
+
+
+def _sketch(metrics: dict, sketches: list[Path], page_dir: Path) -> str:
+    """The sketch-to-style section: its numbers, then one row per held-out drawing."""
+    if not sketches:
+        return ""
+    rows = "".join(
+        f"<tr><th>{k}</th><td>{_fmt(metrics.get(k))}</td><td>{_fmt(metrics.get(f'{k}_base', ''))}"
+        "</td></tr>"
+        for k in SKETCH_KEYS
+    )
+    figures = "".join(
+        f'<figure><img src="{html.escape(g.relative_to(page_dir).as_posix())}" '
+        f'alt="sketch {i}"><figcaption>{SKETCH_CAPTION}</figcaption></figure>'
+        for i, g in enumerate(sketches)
+    )
+    return (
+        "<h2>Sketch to style</h2><p>Each held-out drawing's line art redrawn through the "
+        "ControlNet: the lines kept (<code>sketch_structure</code>, 1 = all of them and no "
+        "others) and the style (<code>sketch_style</code>, against the other drawings); style "
+        f"gain {_fmt(metrics.get('sketch_style_gain', ''))}.</p>"
+        f"<table><tr><th>metric</th><th>LoRA</th><th>base model</th></tr>{rows}</table>{figures}"
+    )
+
+
 def render(
     metrics: dict,
     curve: list[dict],
@@ -64,8 +91,9 @@ def render(
     prompts: list[str],
     row_labels: list[str],
     page_dir: Path,
+    sketches: list[Path] = (),
 ) -> str:
-    """The page as a string; `grids` are linked relative to `page_dir`."""
+    """The page as a string; `grids` (and the sketch rows) are linked relative to `page_dir`."""
     head_rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{_fmt(metrics.get(k))}</td>"
         f"<td>{_fmt(metrics.get(f'{k}_base', ''))}</td></tr>"
@@ -97,5 +125,6 @@ by {_fmt(metrics.get("best_checkpoint", {}).get("by", ""))}</p>
 <h2>Checkpoints</h2><div class="charts">{charts}</div>
 <table><tr><th>step</th>{"".join(f"<th>{k}</th>" for k in HEADLINE)}</tr>{curve_rows}</table>
 <h2>Samples</h2>{figures}
+{_sketch(metrics, list(sketches), page_dir)}
 </body></html>
 """

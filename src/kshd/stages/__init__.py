@@ -32,7 +32,8 @@ def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
 
 
 # The config keys naming a model folder or Hub id that a stage may load.
-MODEL_KEYS = ("model.pretrained", "caption.model", "evaluate.clip_model", "evaluate.dino_model")
+MODEL_KEYS = ("model.pretrained", "caption.model", "evaluate.clip_model", "evaluate.dino_model",
+              "evaluate.sketch.controlnet")  # fmt: skip
 
 
 def workspace_model(name: str) -> str:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kshd.config import shared_path
 from kshd.data.images import IntakeRules
@@ -24,8 +24,9 @@ from kshd.evaluation.evaluate import (
 )
 from kshd.evaluation.metrics import ClipEncoder, DinoEncoder, LazyImages
 from kshd.evaluation.references import FolderImages, folder_references, is_dataset
-from kshd.evaluation.report import render
+from kshd.evaluation.report import SKETCH_CAPTION, render
 from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sketch import sketch_section
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.models import (
@@ -116,10 +117,10 @@ def write_outputs(
     write_json(out / "metrics.json", metrics)
     write_text(out / "checkpoints.csv", curve_csv(curve))
     grids = sorted((out / "grids").glob("prompt-*.png"))
-    write_text(
-        out / "index.html",
-        render(metrics, curve, grids, list(settings.prompts), grid_row_labels(settings), out),
-    )
+    sketches = sorted((out / "sketch").glob("sketch-*.png")) if "sketch_drawings" in metrics else []
+    labels = grid_row_labels(settings)
+    page = render(metrics, curve, grids, list(settings.prompts), labels, out, sketches)
+    write_text(out / "index.html", page)
     wb = start_run(group(cfg, "tracking"), "evaluate", plain(cfg))
     if wb:
         import wandb
@@ -130,6 +131,7 @@ def write_outputs(
             {f"eval/{k}": v for k, v in metrics.items()}
             | {
                 "eval/grids": [wandb.Image(str(g), caption=g.stem) for g in grids],
+                "eval/sketch": [wandb.Image(str(g), caption=SKETCH_CAPTION) for g in sketches],
                 "eval/samples": wandb.Table(columns=columns, data=rows),
             }
         )
@@ -143,8 +145,8 @@ def run(cfg: DictConfig) -> dict:
     resolve_models(cfg)
     settings = EvalSettings.of(e, group(cfg, "caption").trigger_phrase)
     require_model(cfg, "model.pretrained", "model_index.json")
-    for key in ("clip_model", "dino_model"):
-        if getattr(e, key):
+    for key in ("clip_model", "dino_model", "sketch.controlnet"):
+        if OmegaConf.select(cfg, f"evaluate.{key}"):
             require_model(cfg, f"evaluate.{key}")
     pipe, device = load_pipeline(cfg)
     prompt_encoder, embeddings = app_encoder(pipe, group(cfg, "generate").embeddings)
@@ -166,6 +168,10 @@ def run(cfg: DictConfig) -> dict:
     strength = cfg.train.alpha / cfg.train.rank  # the run whose checkpoints these are
     history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by, strength)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
+    if refs is not None:  # the final goal: the held-out drawings' line art redrawn
+        drawings = refs.holdout or refs.train
+        result.metrics |= sketch_section(pipe, lora_dir, e.sketch, settings, drawings,
+                                         prompt_encoder, refs.encoder.images, out)  # fmt: skip
     write_outputs(cfg, settings, result.metrics, result.curve, result.table)
     return result.metrics
 
