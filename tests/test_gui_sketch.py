@@ -166,3 +166,29 @@ def test_inpaint_in_the_browser_redraws_the_brushed_part(browser, server, tmp_pa
                         dtype=np.int16)  # fmt: skip
     assert np.array_equal(drawn[:8, :8], fitted[:8, :8])  # a corner, far from the stroke
     assert np.abs(drawn[28:36, 28:36] - fitted[28:36, 28:36]).mean() > 10  # the stroke's middle
+
+
+def test_png_info_sends_a_sketchs_unit_back_to_the_sketch_tab(browser, server, sketch):
+    """A PNG the sketch tab wrote, read in PNG Info: its ControlNet unit is no 'not used' key,
+    and its settings go back into the Sketch to style tab's fields."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"], verbose=False)
+    drawn = {"background": handle_file(sketch), "layers": [], "composite": None}
+    unit = {"control_weight": 0.65, "guidance_end": 0.8, "control_mode": "control"}
+    _, _, files = client.predict(control_image=drawn, prompt="a girl", seed=4, **unit,
+                                 api_name="/sketch")  # fmt: skip
+    page, _ = open_page(browser, server, VIEW)
+    page.click("button[role=tab]:has-text('PNG Info')")
+    page.set_input_files("#pnginfo-image input[type=file]", files[0])
+    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea').value"
+                           ".includes('ControlNet 0')")  # fmt: skip
+    assert "Not used here" not in page.inner_text("#pnginfo-note")
+    page.click("#pnginfo-send-to-sketch")
+    page.wait_for_function("() => document.querySelector('#sketch-control-weight input"
+                           "[type=number]').value === '0.65'")  # fmt: skip
+    assert page.input_value("#sketch-guidance-end input[type=number]") == "0.8"
+    assert page.is_checked("#sketch-control-mode input[value=control]") or page.is_checked(
+        "#sketch-control-mode label:has-text('ControlNet is more important') input"
+    )
+    assert page.input_value("#sketch-prompt textarea") == "a girl"

@@ -30,6 +30,11 @@ RESIZE_MODES = ("crop", "fill", "stretch")  # image-to-image input
 CONTROL_MODES = ("balanced", "prompt", "control")
 PREPROCESSORS = ("auto", "lineart_standard", "invert", "scribble_xdog", "canny", "none")
 INPAINT_AREAS = ("whole", "only_masked")
+# how A1111 writes them in the PNG parameters (its ControlNet unit, its inpainting keys)
+CONTROL_MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                       "control": "ControlNet is more important"}  # fmt: skip
+RESIZE_LABELS = {"crop": "Crop and Resize", "fill": "Resize and Fill", "stretch": "Just Resize"}
+INPAINT_AREA_LABELS = {"whole": "Whole picture", "only_masked": "Only masked"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULERS = (
     "linear",

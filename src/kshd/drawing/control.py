@@ -23,13 +23,12 @@ from PIL import Image
 
 from kshd.drawing.control_images import control_image, preprocessor_for
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
+from kshd.schema_values import CONTROL_MODE_LABELS, RESIZE_LABELS
 
 log = logging.getLogger(__name__)
 CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
 SOFT = 0.825  # A1111's soft injection: residual k from the deepest weighted 0.825^k
-MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
-         "control": "ControlNet is more important"}  # fmt: skip
-RESIZE = {"crop": "Crop and Resize", "fill": "Resize and Fill", "stretch": "Just Resize"}
+MODES, RESIZE = CONTROL_MODE_LABELS, RESIZE_LABELS
 
 
 def sketch_control(req: Request, limits: Limits) -> tuple[Image.Image, str]:

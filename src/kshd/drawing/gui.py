@@ -174,9 +174,10 @@ def build_ui(
             with gr.Tab("Sketch to style", id="sketch"):
                 built["sketch"] = build_tab("sketch", defaults, limits, types)
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo(built, tabs)
+                build_pnginfo(built, tabs, engine.controls.models)
             with gr.Tab("History", id="history") as history:
-                build_history(engine.settings.outputs_dir, built, tabs, history)
+                build_history(engine.settings.outputs_dir, built, tabs, history,
+                              engine.controls.models)  # fmt: skip
         for tab in built.values():
             _wire_tab(tab, handlers, (tabs, modes), built, defaults)
             f = tab.fields

@@ -4,6 +4,7 @@ to a drawing tab with every parameter it names."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -12,15 +13,16 @@ from pathlib import Path
 import gradio as gr
 
 from kshd.drawing.gui_actions import user_error
-from kshd.drawing.gui_parts import TAB_FIELDS, Picture, Tab
+from kshd.drawing.gui_parts import Picture, Tab
 from kshd.drawing.pnginfo import read_parameters, request_fields
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 24  # History: drawings a page
 
 
-def png_info(path: str | None) -> tuple[str, str]:
-    """(the `parameters` text, a note: what the file lacks, or the keys the app cannot use)."""
+def png_info(path: str | None, control_models: dict | None = None) -> tuple[str, str]:
+    """(the `parameters` text, a note: what the file lacks, or the keys the app cannot use;
+    a ControlNet unit's model is looked up among `control_models`)."""
     if not path:
         return "", ""
     try:
@@ -30,11 +32,19 @@ def png_info(path: str | None) -> tuple[str, str]:
         raise user_error(f"PNG file: cannot read it ({exc})", title="Not a picture") from exc
     if not text:
         return "", "This picture holds no generation parameters (A1111's `parameters` chunk)."
-    _, unused = request_fields(text, "", "")
+    _, unused = request_fields(text, "", "", control_models)
     return text, f"Not used here: {', '.join(unused)}." if unused else ""
 
 
-def send_parameters(target: Tab, tabs: gr.Tabs) -> Callable[..., tuple]:
+PICTURES = ("image", "control_image")  # a tab's pictures: the PNG is sent as img2img's only
+
+
+def _sent(target: Tab) -> list[str]:
+    """The fields of `target` a text's parameters may fill."""
+    return [n for n in target.names if n not in PICTURES]
+
+
+def send_parameters(target: Tab, tabs: gr.Tabs, control_models: dict) -> Callable[..., tuple]:
     """A send button's function: the text's parameters into `target`'s fields (the picture
     too, for image-to-image); a field the text does not name is left as it is."""
 
@@ -42,8 +52,8 @@ def send_parameters(target: Tab, tabs: gr.Tabs) -> Callable[..., tuple]:
         if not text:
             raise user_error("no parameters to send: open a PNG written by the app or A1111",
                              title="Nothing to send")  # fmt: skip
-        fields, _ = request_fields(text, positive_prefix, negative_prefix)
-        values = [fields.get(name, gr.skip()) for name in TAB_FIELDS]
+        fields, _ = request_fields(text, positive_prefix, negative_prefix, control_models)
+        values = [fields.get(name, gr.skip()) for name in _sent(target)]
         head = [picture] if target.name == "img2img" else []
         return (*head, *values, gr.Tabs(selected=target.name))
 
@@ -53,10 +63,10 @@ def send_parameters(target: Tab, tabs: gr.Tabs) -> Callable[..., tuple]:
 def _targets(target: Tab) -> list:
     f = target.fields
     head = [f.image] if target.name == "img2img" else []
-    return [*head, *f.inputs(TAB_FIELDS)]
+    return [*head, *f.inputs(_sent(target))]
 
 
-def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs) -> None:
+def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs, control_models: dict) -> None:
     """PNG Info (inside a gr.Tab): drop a PNG, read its parameters, send them on."""
     with gr.Row(equal_height=False):
         with gr.Column():
@@ -65,8 +75,9 @@ def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs) -> None:
             text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo-text")
             note = gr.Markdown(elem_id="pnginfo-note")
             buttons = _send_buttons("pnginfo")
-    png.change(png_info, png, [text, note], api_name="png_info")
-    _wire_sends(buttons, text, png, tabs_by_name, tabs)
+    read = functools.partial(png_info, control_models=control_models)
+    png.change(read, png, [text, note], api_name="png_info")
+    _wire_sends(buttons, text, png, tabs_by_name, tabs, control_models)
 
 
 def _send_buttons(prefix: str) -> dict[str, gr.Button]:
@@ -74,16 +85,18 @@ def _send_buttons(prefix: str) -> dict[str, gr.Button]:
         return {
             name: gr.Button(label, size="sm", elem_id=f"{prefix}-send-to-{name}")
             for name, label in (("txt2img", "Send to text-to-image"),
-                                ("img2img", "Send to image-to-image"))
+                                ("img2img", "Send to image-to-image"),
+                                ("sketch", "Send to sketch to style"))
         }  # fmt: skip
 
 
-def _wire_sends(buttons: dict, text, picture, tabs_by_name: dict[str, Tab], tabs) -> None:
+def _wire_sends(buttons: dict, text, picture, tabs_by_name: dict[str, Tab], tabs,
+                control_models: dict) -> None:  # fmt: skip
     for name, button in buttons.items():
         target = tabs_by_name[name]
         f = target.fields
         button.click(
-            send_parameters(target, tabs),
+            send_parameters(target, tabs, control_models),
             [text, picture, f.positive_prefix, f.negative_prefix],
             [*_targets(target), tabs],
             queue=False,
@@ -111,7 +124,8 @@ def _caption(path: Path) -> str:
     return f"{path.parent.parent.name} · {when} · seed {seed}"
 
 
-def build_history(outputs_dir: str, tabs_by_name: dict[str, Tab], tabs: gr.Tabs, tab: gr.Tab):
+def build_history(outputs_dir: str, tabs_by_name: dict[str, Tab], tabs: gr.Tabs, tab: gr.Tab,
+                  control_models: dict):  # fmt: skip
     """History (inside a gr.Tab): earlier drawings, paged, each with its parameters."""
     with gr.Row(equal_height=True):
         refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh", scale=0)
@@ -137,4 +151,4 @@ def build_history(outputs_dir: str, tabs_by_name: dict[str, Tab], tabs: gr.Tabs,
         return path, read_parameters(path) or ""
 
     gallery.select(select, paths, [chosen, text], queue=False, api_visibility="private")
-    _wire_sends(buttons, text, chosen, tabs_by_name, tabs)
+    _wire_sends(buttons, text, chosen, tabs_by_name, tabs, control_models)

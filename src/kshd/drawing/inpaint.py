@@ -17,8 +17,9 @@ from PIL import Image, ImageFilter, ImageOps
 
 from kshd.data.images import ImageRejected, IntakeRules, load_image
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
+from kshd.schema_values import INPAINT_AREA_LABELS
 
-AREAS = {"whole": "Whole picture", "only_masked": "Only masked"}  # A1111's words
+AREAS = INPAINT_AREA_LABELS  # A1111's words
 
 
 def _mask(value, size: tuple[int, int], limits: Limits) -> Image.Image:
