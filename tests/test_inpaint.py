@@ -111,3 +111,37 @@ def test_bad_masks_are_named(engine, tmp_path):
     with pytest.raises(RequestError, match="^inpaint_area: 'edges'"):
         engine.generate(Request("a", **DRAW, image=picture, mask=str(tmp_path / "black.png"),
                                 inpaint_area="edges"))  # fmt: skip
+
+
+def test_a_configured_9_channel_inpainting_model_draws_with_the_lora(
+    tiny_models, random_lora, tmp_path
+):
+    """`generate.inpaint.model`: the inpainting model's UNet takes the mask and the masked
+    picture (9 channels), the LoRA is loaded into it and follows its strength; the unmasked
+    pixels are still the picture's. A 4-channel model there is refused by its key."""
+    size, box = (64, 64), (20, 20, 43, 43)
+    pixels = _picture(size, tmp_path / "picture.png")
+    _mask(size, box, tmp_path / "mask.png")
+    settings = dict(device="cpu", outputs_dir=str(tmp_path), limits=defaults("generate.limits"),
+                    lora=str(random_lora))  # fmt: skip
+    inpainting = str(tiny_models["sd-inpaint"])
+    engine = Engine(EngineSettings(str(tiny_models["sd"]), inpaint_model=inpainting, **settings))
+    req = dict(image=str(tmp_path / "picture.png"), mask=str(tmp_path / "mask.png"), mask_blur=0)
+
+    def draw(lora_scale: float) -> np.ndarray:
+        out = engine.generate(Request("a girl", **{**DRAW, "lora_scale": lora_scale}, **req),
+                              save=False)  # fmt: skip
+        return np.asarray(out.images[0], dtype=np.int16)
+
+    with_lora, without = draw(1.0), draw(0.0)
+    assert engine._inpaint.unet.config.in_channels == 9
+    assert engine._inpaint.unet is not engine.txt2img.unet
+    outside = np.ones(size, bool)
+    outside[20:44, 20:44] = False
+    assert np.array_equal(with_lora[outside], pixels[outside])
+    assert np.abs(with_lora[~outside] - without[~outside]).mean() > 1  # the LoRA is in it
+    assert np.array_equal(draw(1.0), with_lora)
+    plain = Engine(EngineSettings(str(tiny_models["sd"]), inpaint_model=str(tiny_models["sd"]),
+                                  **settings))  # fmt: skip
+    with pytest.raises(RequestError, match=r"generate\.inpaint\.model` = .* 4-channel UNet"):
+        plain.generate(Request("a", **DRAW, **req), save=False)

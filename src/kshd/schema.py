@@ -219,8 +219,9 @@ class ControlSettings:
 
 @dataclass(frozen=True)
 class InpaintSettings:
-    """`generate.inpaint`: a request's inpainting defaults (A1111's)."""
+    """`generate.inpaint`: the inpainting model, and a request's inpainting defaults (A1111's)."""
 
+    model: str | None
     mask_blur: int
     area: str
     padding: int

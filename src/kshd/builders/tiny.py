@@ -23,6 +23,7 @@ TINY_BLIP2 = "blip2"
 TINY_CLIP = "clip"
 TINY_DINO = "dino"
 TINY_CONTROLNET = "controlnet"
+TINY_INPAINT = "sd-inpaint"
 # One tiny vision transformer: CLIP's image tower and the DINO stand-in.
 TINY_VIT = dict(
     hidden_size=32,
@@ -77,8 +78,9 @@ def _tiny_vae():
     )
 
 
-def build_tiny_sd(out_dir: Path, seed: int) -> None:
-    """A tiny Stable Diffusion 1.x pipeline with CLIP's real tokenizer, saved to out_dir."""
+def build_tiny_sd(out_dir: Path, seed: int, in_channels: int = 4) -> None:
+    """A tiny Stable Diffusion 1.x pipeline with CLIP's real tokenizer, saved to out_dir (with
+    `in_channels=9`, an inpainting model's UNet: latents, mask and masked picture)."""
     from diffusers import UNet2DConditionModel
 
     from kshd.builders.clip_bpe import clip_bpe_tokenizer, write_clip_bpe_files
@@ -88,7 +90,7 @@ def build_tiny_sd(out_dir: Path, seed: int) -> None:
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=TINY_SD_RESOLUTION // 8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -129,6 +131,11 @@ def build_base_controlnet(target: Path, sd_dir: Path, seed: int) -> Path:
             build_controlnet_for(Path(sd_dir), tmp, seed)
             (tmp / TINY_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
     return target
+
+
+def build_tiny_inpaint(out_dir: Path, seed: int) -> None:
+    """A tiny 9-channel inpainting SD (SD 1.5 inpainting's shape), saved like the tiny SD."""
+    build_tiny_sd(out_dir, seed, in_channels=9)
 
 
 def build_tiny_controlnet(out_dir: Path, seed: int) -> None:
@@ -245,6 +252,7 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         TINY_CLIP: build_tiny_clip,
         TINY_DINO: build_tiny_dino,
         TINY_CONTROLNET: build_tiny_controlnet,  # after the SD whose UNet it copies
+        TINY_INPAINT: build_tiny_inpaint,
     }
     paths = {}
     for name, build in builders.items():

@@ -28,7 +28,13 @@ from kshd.drawing.control import (
     soft_injection,
     unit_infotext,
 )
-from kshd.drawing.inpaint import inpaint_call, inpaint_inputs, inpaint_params, paste_back
+from kshd.drawing.inpaint import (
+    inpaint_call,
+    inpaint_inputs,
+    inpaint_params,
+    inpaint_pipeline,
+    paste_back,
+)
 from kshd.drawing.lora_slot import LoraSwitching
 from kshd.drawing.pace import MEGA, Pace, work
 from kshd.drawing.pnginfo import format_parameters, save_png
@@ -68,9 +74,10 @@ class EngineSettings:
     limits: Limits = FROM_CONF
     # ControlNets: {control type: hub id or folder}, loaded when a request first names the type
     control_models: dict[str, str] = FROM_CONF
+    inpaint_model: str | None = FROM_CONF  # a 9-channel inpainting SD; None: the base, blended
 
     def __post_init__(self) -> None:
-        fill_from_conf(self, {"control_models": "control.models"})
+        fill_from_conf(self, {"control_models": "control.models", "inpaint_model": "inpaint.model"})
 
 
 @dataclass
@@ -160,6 +167,9 @@ class Engine(LoraSwitching):
             return False
         self._stop = how
         return True
+
+    def _lora_changed(self) -> None:
+        self._inpaint = None  # a separate inpainting UNet holds the LoRA of its own
 
     def _note(self, message: str) -> None:
         log.warning("%s", message)
@@ -259,11 +269,12 @@ class Engine(LoraSwitching):
         picture, control = given.picture, given.control
         if given.mask is not None:
             if self._inpaint is None:
-                from diffusers import StableDiffusionInpaintPipeline
-
-                self._inpaint = StableDiffusionInpaintPipeline.from_pipe(self.txt2img)
-                self._inpaint.set_progress_bar_config(disable=True)
-            return self._inpaint, inpaint_call(req, picture, given.mask)
+                self._inpaint = inpaint_pipeline(self.txt2img, self.settings.inpaint_model,
+                                                 self._lora_state())  # fmt: skip
+            call = inpaint_call(req, picture, given.mask)
+            if self.settings.inpaint_model and self.lora_name:  # its own UNet: LoRA unmerged
+                call["cross_attention_kwargs"] = {"scale": req.lora_scale}
+            return self._inpaint, call
         if control is not None:
             txt2img, img2img, _ = self.controls.pipelines(req.control_type)
             return txt2img if picture is None else img2img, control_call(req, control, picture)

@@ -88,3 +88,35 @@ def inpaint_params(req: Request) -> dict[str, object]:
         "Inpaint area": AREAS[req.inpaint_area],
         "Masked area padding": req.inpaint_padding if only else None,
     }
+
+
+def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
+    """The inpainting pipeline: the base model's own components (its UNet blended at each
+    step, A1111's way for regular models), or with `model`, a 9-channel inpainting model's UNet
+    in place of the base's (`generate.inpaint.model`), the LoRA loaded into it unmerged."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from kshd.model_source import ModelSourceError, check_model_source
+
+    if not model:
+        pipe = StableDiffusionInpaintPipeline.from_pipe(base)
+    else:
+        try:
+            check_model_source(model, "generate.inpaint.model", "model_index.json")
+        except ModelSourceError as exc:
+            raise RequestError("mask", str(exc)) from exc
+        unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet", use_safetensors=True, dtype=base.unet.dtype
+        ).to(base.unet.device)
+        if unet.config.in_channels != 9:
+            channels = unet.config.in_channels
+            raise RequestError(
+                "mask", f"config key `generate.inpaint.model` = {model!r} has a {channels}-channel "
+                "UNet, not an inpainting model's 9; set it to null to inpaint with the base model",
+            )  # fmt: skip
+        pipe = StableDiffusionInpaintPipeline.from_pipe(base, unet=unet)
+        if lora_state:
+            unet_part = {k: v for k, v in lora_state.items() if k.startswith("unet.")}
+            unet.load_lora_adapter(unet_part, prefix="unet", adapter_name="ksh")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

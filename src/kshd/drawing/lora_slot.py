@@ -55,7 +55,33 @@ class LoraSwitching:
                 str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
             )
         self.lora_hash, self.lora_path = lora_hash(hashed), str(path)
+        self._lora_strength = checkpoint_strength
+        self._lora_changed()
         log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
+
+    def _lora_changed(self) -> None:
+        """Called after each LoRA change (the engine drops what holds the old one)."""
+
+    def _lora_state(self) -> dict | None:
+        """The loaded LoRA's tensors in diffusers' format (None without one): for a pipeline
+        with a UNet of its own."""
+        from safetensors.torch import load_file
+
+        from kshd.drawing.catalog import is_checkpoint
+        from kshd.lora import diffusers_state
+
+        if self.lora_path is None:
+            return None
+        if is_checkpoint(self.lora_path):
+            raw = load_file(str(Path(self.lora_path) / "lora.safetensors"))
+            return diffusers_state(raw, self._lora_strength)
+        from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+
+        load, _, _ = lora_files(self.lora_path)
+        state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(
+            str(load.parent), weight_name=load.name, use_safetensors=True
+        )
+        return state
 
     def set_lora(self, path: str | None, checkpoint_strength: float | None = None) -> None:
         """Another LoRA (None: the base model alone), between jobs: the base weights come back
@@ -87,6 +113,7 @@ class LoraSwitching:
             self.txt2img.unload_lora_weights()
             self.lora_name = self.lora_hash = self.lora_path = None
             self._originals, self._scale = {}, None
+            self._lora_changed()
 
     def _lora_layers(self):
         """The LoRA layers of the UNet and of the text encoder: one strength merges both."""

@@ -46,6 +46,7 @@ def engine_settings(cfg: DictConfig, lora: str | None = None) -> EngineSettings:
         outputs_dir=g.outputs_dir,
         limits=g.limits,
         control_models=dict(g.control.models),
+        inpaint_model=g.inpaint.model,
     )
 
 
