@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: help setup demo screenshots readme-grid sweep compare gui test test-fast lint format samples world world-models clean-demo gpu-check
+.PHONY: help setup demo screenshots readme-grid sweep compare gui test test-fast lint format samples world world-models world-controlnet clean-demo gpu-check
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 demo: setup ## the five stages on the bundled samples over the demo world's base model (no GPU/network)
 	$(RUN) $(PY) -m kshd.experiments.demo
 
-screenshots: setup ## docs/studio-*.png: the GUI's two drawing tabs at 1366x768 (after make demo; Chromium)
+screenshots: setup ## docs/studio-*.png: the GUI's drawing tabs at 1366x768 (after make demo; Chromium)
 	$(RUN) $(PY) -m kshd.experiments.screenshots --lora models/lora --out docs
 
 readme-grid: setup ## docs/demo-grid.png (the README's picture) from the grids of the last make demo
@@ -64,6 +64,9 @@ samples: setup ## redraw data/samples/, their captions, data/style_refs/ and dat
 
 world-models: setup ## retrain the demo world's committed models (models/world: SD base + CLIP, ~30 min on 2 cores)
 	$(RUN) $(PY) -m kshd.builders.pretrain_world models/world --seed 0
+
+world-controlnet: setup ## retrain the demo world's committed line-art ControlNet (models/world-controlnet, ~10 min)
+	$(RUN) $(PY) -m kshd.builders.world_controlnet models/world/sd models/world-controlnet --seed 0
 
 world: setup ## draw 200 drawings of the demo world in each style into data/world/ (deterministic)
 	$(RUN) $(PY) -m kshd.builders.world data/world/ksh -n 200 --style ksh

@@ -181,12 +181,12 @@ def test_png_info_sends_a_sketchs_unit_back_to_the_sketch_tab(browser, server, s
     page, _ = open_page(browser, server, VIEW)
     page.click("button[role=tab]:has-text('PNG Info')")
     page.set_input_files("#pnginfo-image input[type=file]", files[0])
-    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea').value"
-                           ".includes('ControlNet 0')")  # fmt: skip
+    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea')?.value"
+                           "?.includes('ControlNet 0')")  # fmt: skip
     assert "Not used here" not in page.inner_text("#pnginfo-note")
     page.click("#pnginfo-send-to-sketch")
     page.wait_for_function("() => document.querySelector('#sketch-control-weight input"
-                           "[type=number]').value === '0.65'")  # fmt: skip
+                           "[type=number]')?.value === '0.65'")  # fmt: skip
     assert page.input_value("#sketch-guidance-end input[type=number]") == "0.8"
     assert page.is_checked("#sketch-control-mode input[value=control]") or page.is_checked(
         "#sketch-control-mode label:has-text('ControlNet is more important') input"

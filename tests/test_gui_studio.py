@@ -129,14 +129,14 @@ def test_send_carries_the_picture_and_every_parameter_and_seeds_have_buttons(bro
         assert page.input_value(field) == value, name
     # 🎲 and ♻ (on the image-to-image tab's own result)
     page.click("#img2img-random-seed")
-    page.wait_for_function("() => document.querySelector('#img2img-seed input').value === '-1'")
+    page.wait_for_function("() => document.querySelector('#img2img-seed input')?.value === '-1'")
     page.click("#img2img-generate")
     wait_for_images(page, "img2img")
     page.wait_for_selector("#img2img-generate:not([disabled])", timeout=60_000)
     drawn = re.search(r"Seed: (\d+)", _value(page, "#img2img-info")).group(1)
     page.click("#img2img-reuse-seed")
     page.wait_for_function(
-        "s => document.querySelector('#img2img-seed input').value === s", arg=drawn
+        "s => document.querySelector('#img2img-seed input')?.value === s", arg=drawn
     )
     # loopback: the result becomes the picture; send to text-to-image carries the parameters
     before = page.get_attribute("#img2img-image img", "src")
@@ -146,7 +146,7 @@ def test_send_carries_the_picture_and_every_parameter_and_seeds_have_buttons(bro
     )
     page.click("#img2img-send-to-txt2img")
     page.wait_for_function(
-        "s => document.querySelector('#txt2img-seed input').value === s", arg=drawn
+        "s => document.querySelector('#txt2img-seed input')?.value === s", arg=drawn
     )
     assert page.input_value("#txt2img-height input[type=number]") == "96"
 
@@ -155,12 +155,12 @@ def test_size_presets_swap_and_ctrl_enter(browser, server):
     page, _ = open_page(browser, server, VIEW)
     page.click("#txt2img-size-512x768")
     page.wait_for_function(
-        "() => document.querySelector('#txt2img-height input[type=number]').value === '768'"
+        "() => document.querySelector('#txt2img-height input[type=number]')?.value === '768'"
     )
     assert page.input_value("#txt2img-width input[type=number]") == "512"
     page.click("#txt2img-swap")
     page.wait_for_function(
-        "() => document.querySelector('#txt2img-width input[type=number]').value === '768'"
+        "() => document.querySelector('#txt2img-width input[type=number]')?.value === '768'"
     )
     assert page.input_value("#txt2img-height input[type=number]") == "512"
     page.click("#txt2img-size-512x512")
@@ -168,7 +168,7 @@ def test_size_presets_swap_and_ctrl_enter(browser, server):
     page.fill("#txt2img-positive-prefix textarea", "masterpiece, best quality,")
     page.fill("#txt2img-prompt textarea", "a girl")
     page.wait_for_function(  # both changes drawn (closed, the full prompts are in the text)
-        "() => document.querySelector('#txt2img-effective').textContent"
+        "() => document.querySelector('#txt2img-effective')?.textContent"
         ".includes('masterpiece, best quality, a girl')"
     )
     page.click("#txt2img-effective summary")
@@ -323,7 +323,7 @@ def test_the_lora_chooser_lists_checkpoints_and_refreshes(browser, server):
     try:
         page.get_by_role("option", name="checkpoint 8 (best)").click()
         page.wait_for_function(
-            "() => document.querySelector('#model-status').innerText.includes('checkpoint-8')",
+            "() => document.querySelector('#model-status')?.innerText.includes('checkpoint-8')",
             timeout=60_000,
         )
     finally:
@@ -350,10 +350,10 @@ def test_png_info_round_trip_and_an_a1111_file(browser, server, tmp_path):
     page.fill("#txt2img-seed input", "1")
     page.click("button[role=tab]:has-text('PNG Info')")
     page.set_input_files("#pnginfo-image input[type=file]", str(_newest(server["outputs"], 777)))
-    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea').value")
+    page.wait_for_function("() => document.querySelector('#pnginfo-text textarea')?.value")
     assert page.input_value("#pnginfo-text textarea") == drawn
     page.click("#pnginfo-send-to-txt2img")
-    page.wait_for_function("() => document.querySelector('#txt2img-seed input').value === '777'")
+    page.wait_for_function("() => document.querySelector('#txt2img-seed input')?.value === '777'")
     assert page.input_value("#txt2img-prompt textarea") == "a girl with a hat"
     shown = page.get_attribute("#txt2img-gallery img", "src")
     page.click("#txt2img-generate")  # drawn again from the file's parameters: the same text
@@ -390,7 +390,7 @@ def test_history_lists_earlier_drawings_newest_first_and_sends_them(browser, ser
     assert "page 1 of" in page.inner_text("#history-where")
     page.click("#history-gallery img >> nth=0")
     page.wait_for_function(
-        "() => document.querySelector('#history-text textarea').value.includes('Seed: 4321')"
+        "() => document.querySelector('#history-text textarea')?.value.includes('Seed: 4321')"
     )
     page.click("#history-send-to-img2img")
     page.wait_for_selector("#img2img-image img", timeout=30_000)
@@ -435,7 +435,7 @@ def test_errors_stand_beside_their_fields_until_that_field_changes(
     page.click("#txt2img-random-seed")  # another event of the page: the messages stay
     page.fill("#txt2img-prompt textarea", "a girl, smiling")
     page.wait_for_function(
-        "document.querySelector('#txt2img-effective').textContent.includes('smiling')"
+        "document.querySelector('#txt2img-effective')?.textContent.includes('smiling')"
     )
     _type(page, steps, "5")  # the field changed: its message goes, the other's stays
     page.wait_for_selector(f"#txt2img-steps >> text={said}", state="detached", timeout=30_000)

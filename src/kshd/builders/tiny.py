@@ -121,18 +121,6 @@ def build_controlnet_for(sd_dir: Path, out_dir: Path, seed: int) -> None:
     net.save_pretrained(out_dir, safe_serialization=True)
 
 
-def build_base_controlnet(target: Path, sd_dir: Path, seed: int) -> Path:
-    """A ControlNet for the SD folder's UNet at `target` (`build_controlnet_for`), unless the
-    one there was built from the same base and seed."""
-    manifest = {**_tiny_manifest("controlnet", seed), "base": str(Path(sd_dir).resolve())}
-    if not _is_current(target, manifest):
-        log.info("building a ControlNet for %s in %s (seed %d)", sd_dir, target, seed)
-        with atomic_dir(target) as tmp:
-            build_controlnet_for(Path(sd_dir), tmp, seed)
-            (tmp / TINY_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
-    return target
-
-
 def build_tiny_inpaint(out_dir: Path, seed: int) -> None:
     """A tiny 9-channel inpainting SD (SD 1.5 inpainting's shape), saved like the tiny SD."""
     build_tiny_sd(out_dir, seed, in_channels=9)

@@ -41,8 +41,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("img2img", help="redraw a picture in KSH style")
     _drawing_options(p)
     p.add_argument("--image", required=True, help="the picture to redraw (any image format)")
-    p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
-    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
+    _picture_options(p)
     p.set_defaults(func=draw)
     _sketch_command(sub)
     _inpaint_command(sub)
@@ -52,6 +51,12 @@ def add_commands(sub) -> None:
     p.add_argument("--lora", help="a LoRA folder or .safetensors file (default generate.lora)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. +experiment=demo")
     p.set_defaults(func=gui)
+
+
+def _picture_options(p: argparse.ArgumentParser, what: str = "") -> None:
+    """How a picture is redrawn: its denoising strength and how it is fitted to the size."""
+    p.add_argument("--strength", type=float, help=f"denoising strength{what} in [0, 1]")
+    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
 
 
 def _sketch_command(sub) -> None:
@@ -75,8 +80,7 @@ def _sketch_command(sub) -> None:
     p.add_argument("--guidance-end", type=float, help="until this part of the steps, 0..1")
     p.add_argument("--control-mode", choices=CONTROL_MODES)
     p.add_argument("--init", dest="image", help="a picture to redraw, guided by the sketch")
-    p.add_argument("--strength", type=float, help="denoising strength of --init, in [0, 1]")
-    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
+    _picture_options(p, " of --init")
     p.add_argument("--control-out", help="also write the control image (the lines used) here")
     p.set_defaults(func=draw)  # fmt: skip
 
@@ -91,7 +95,6 @@ def _inpaint_command(sub) -> None:
         required=True,
         help="white = redraw (or the opaque strokes of a transparent image)",
     )
-    p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
     p.add_argument("--mask-blur", type=int, help="feather in pixels (default generate.inpaint)")
     p.add_argument(
         "--inpaint-area",
@@ -99,8 +102,8 @@ def _inpaint_command(sub) -> None:
         help="only_masked: the mask's region drawn at the full size",
     )
     p.add_argument("--inpaint-padding", type=int, help="only_masked: pixels of context")
-    p.add_argument("--resize-mode", choices=["crop", "fill", "stretch"])
-    p.set_defaults(func=draw)  # fmt: skip
+    _picture_options(p)
+    p.set_defaults(func=draw)
 
 
 def request_changes(args: argparse.Namespace) -> dict:

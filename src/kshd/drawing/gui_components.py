@@ -47,6 +47,15 @@ class PicturePath(gr.Image):
         return payload["path"] if isinstance(payload, dict) else payload.path
 
 
+def _edited(editor: gr.ImageEditor, payload) -> dict | None:
+    """Gradio's own reading of an image editor's value, a file that is no picture named."""
+    try:
+        return gr.ImageEditor.preprocess(editor, payload)
+    except (OSError, ValueError) as exc:
+        raise gr.Error(f"{editor.label}: not a picture ({exc})", title="Cannot draw this",
+                       print_exception=False) from exc  # fmt: skip
+
+
 class SketchPath(gr.ImageEditor):
     """A sketch uploaded or drawn on the canvas (make it with type="filepath"): its composite
     as a path (the background alone from an API caller that sends no composite), or None when
@@ -55,11 +64,7 @@ class SketchPath(gr.ImageEditor):
     is_template = True
 
     def preprocess(self, payload) -> str | None:
-        try:
-            value = super().preprocess(payload)
-        except (OSError, ValueError) as exc:
-            raise gr.Error(f"{self.label}: not a picture ({exc})", title="Cannot draw this",
-                           print_exception=False) from exc  # fmt: skip
+        value = _edited(self, payload)
         if value is None or (value["background"] is None and not value["layers"]):
             return None
         return value["composite"] or value["background"]
@@ -72,11 +77,7 @@ class MaskedPicture(gr.ImageEditor):
     is_template = True
 
     def preprocess(self, payload) -> dict | None:
-        try:
-            value = super().preprocess(payload)
-        except (OSError, ValueError) as exc:
-            raise gr.Error(f"{self.label}: not a picture ({exc})", title="Cannot draw this",
-                           print_exception=False) from exc  # fmt: skip
+        value = _edited(self, payload)
         if value is None or value["background"] is None:
             return None
         strokes = None

@@ -28,21 +28,14 @@ log = logging.getLogger("kshd.experiments.demo")
 DEMO_OVERRIDE = "+experiment=demo"
 
 
-WORLD_CONTROLNET = "world-controlnet"  # conf/experiment/demo.yaml names it
-
-
 def build_demo_models(cfg: DictConfig, root: Path = Path()) -> None:
     """The demo profile's tiny local models (`tiny.build`, in `tiny.dir` under `root`), built or
     brought up to date before DVC or the app runs: stages only check that the folders exist."""
     if cfg.tiny.build:
-        from kshd.builders.tiny import build_base_controlnet, build_tiny_models
+        from kshd.builders.tiny import build_tiny_models
 
         for name, path in build_tiny_models(root / cfg.tiny.dir, cfg.tiny.seed).items():
             log.info("tiny %s model: %s", name, path)
-        base = root / cfg.model.pretrained
-        if (base / "model_index.json").is_file():  # the world's base: its (untrained) ControlNet
-            target = root / cfg.tiny.dir / WORLD_CONTROLNET
-            log.info("ControlNet: %s", build_base_controlnet(target, base, cfg.tiny.seed))
 
 
 def demo_models(root: Path, overrides: Sequence[str] = ()) -> None:

@@ -1,5 +1,6 @@
-"""docs/studio-txt2img.png and docs/studio-img2img.png: the studio at 1366x768 as a user sees it
-after drawing, with the demo's world model and the LoRA of the last `make demo`.
+"""docs/studio-txt2img.png, docs/studio-img2img.png and docs/studio-sketch.png: the studio at
+1366x768 as a user sees it after drawing, with the demo's world model, its line-art ControlNet and
+the LoRA of the last `make demo`.
 
 Drives the real GUI in Debian's Chromium through Playwright (the test extras), as the GUI tests
 do; `fonts-noto-color-emoji` draws the seed buttons' 🎲 and ♻.
@@ -37,6 +38,26 @@ def _settled(page, tab: str) -> None:
     page.wait_for_function("() => window.scrollY === 0")
 
 
+def _sketch(page, path: Path) -> None:
+    """A held-out character's lines as a user's sketch (black on white), drawn in four."""
+    from PIL import ImageOps
+
+    from kshd.builders.world import character, draw
+    from kshd.drawing.control_images import control_image
+
+    lines = control_image(draw(character(10_007), "plain", (128, 128)), "lineart_standard")
+    ImageOps.invert(lines.point(lambda v: 255 if v >= 64 else 0)).save(path)
+    page.click("button[role=tab]:has-text('Sketch to style')")
+    page.wait_for_selector("#sketch-sketch canvas")
+    page.set_input_files("#sketch-sketch input[type=file]", str(path))
+    page.wait_for_selector("#sketch-control-preview img", timeout=60_000)
+    page.fill("#sketch-prompt textarea", PROMPT)
+    page.fill("#sketch-batch-size input[type=number]", "4")
+    page.press("#sketch-batch-size input[type=number]", "Tab")
+    page.click("#sketch-generate")
+    _settled(page, "sketch")
+
+
 def shoot(lora: str, out: Path) -> list[Path]:
     """Draw four in text-to-image, send the first to image-to-image and redraw it; a screenshot
     of each tab."""
@@ -51,7 +72,7 @@ def shoot(lora: str, out: Path) -> list[Path]:
          f"generate.gui.port={port}", "generate.device=cpu"],
     )  # fmt: skip
     ui, engine = serve(cfg, block=False)
-    shots = [out / "studio-txt2img.png", out / "studio-img2img.png"]
+    shots = [out / "studio-txt2img.png", out / "studio-img2img.png", out / "studio-sketch.png"]
     try:
         with sync_playwright() as p:
             chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -70,6 +91,8 @@ def shoot(lora: str, out: Path) -> list[Path]:
             page.click("#img2img-generate")
             _settled(page, "img2img")
             page.screenshot(path=str(shots[1]))
+            _sketch(page, Path(outputs) / "sketch.png")
+            page.screenshot(path=str(shots[2]))
             browser.close()
     finally:
         with engine.lock:
