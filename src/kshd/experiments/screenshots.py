@@ -39,19 +39,21 @@ def _settled(page, tab: str) -> None:
 
 
 def _sketch(page, path: Path) -> None:
-    """A held-out character's lines as a user's sketch (black on white), drawn in four."""
+    """A held-out character's lines as a user's sketch (black on white), drawn in four with
+    its own description, as a user describes what they sketched."""
     from PIL import ImageOps
 
     from kshd.builders.world import character, draw
     from kshd.drawing.control_images import control_image
 
-    lines = control_image(draw(character(10_007), "plain", (128, 128)), "lineart_standard")
+    who = character(10_007)
+    lines = control_image(draw(who, "plain", (128, 128)), "lineart_standard")
     ImageOps.invert(lines.point(lambda v: 255 if v >= 64 else 0)).save(path)
     page.click("button[role=tab]:has-text('Sketch to style')")
     page.wait_for_selector("#sketch-sketch canvas")
     page.set_input_files("#sketch-sketch input[type=file]", str(path))
     page.wait_for_selector("#sketch-control-preview img", timeout=60_000)
-    page.fill("#sketch-prompt textarea", PROMPT)
+    page.fill("#sketch-prompt textarea", f"{who.caption()}, drawn by KSH drawing style")
     page.fill("#sketch-batch-size input[type=number]", "4")
     page.press("#sketch-batch-size input[type=number]", "Tab")
     page.click("#sketch-generate")
