@@ -7,6 +7,7 @@ loaded through the same code as Anything V5 and BLIP-2.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,22 @@ def embeddings_identity(embeddings: Mapping[str, str]) -> dict[str, str]:
         name: hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
         for name, file in sorted(embeddings.items())
     }
+
+
+SD1, SDXL = "sd1", "sdxl"
+
+
+def model_family(source: str | Path, revision: str | None = None) -> str:
+    """`sdxl` or `sd1`, read from the model itself, never typed twice: a second text encoder in
+    its `model_index.json` (a local folder, or the hub's copy in the local cache / fetched)."""
+    path = Path(source).expanduser()
+    index = path / "model_index.json"
+    if not index.is_file():
+        from huggingface_hub import hf_hub_download
+
+        index = Path(hf_hub_download(str(source), "model_index.json", revision=revision))
+    components = json.loads(index.read_text(encoding="utf-8"))
+    return SDXL if components.get("text_encoder_2") else SD1
 
 
 def pipeline_from_parts(vae, text_encoder, tokenizer, unet, scheduler):

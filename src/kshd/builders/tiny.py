@@ -24,6 +24,7 @@ TINY_CLIP = "clip"
 TINY_DINO = "dino"
 TINY_CONTROLNET = "controlnet"
 TINY_INPAINT = "sd-inpaint"
+TINY_SDXL = "sdxl"
 # One tiny vision transformer: CLIP's image tower and the DINO stand-in.
 TINY_VIT = dict(
     hidden_size=32,
@@ -119,6 +120,12 @@ def build_controlnet_for(sd_dir: Path, out_dir: Path, seed: int) -> None:
         for conv in zero:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
     net.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _build_tiny_sdxl(out_dir: Path, seed: int) -> None:
+    from kshd.builders.tiny_sdxl import build_tiny_sdxl
+
+    build_tiny_sdxl(out_dir, seed)
 
 
 def build_tiny_inpaint(out_dir: Path, seed: int) -> None:
@@ -241,6 +248,7 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         TINY_DINO: build_tiny_dino,
         TINY_CONTROLNET: build_tiny_controlnet,  # after the SD whose UNet it copies
         TINY_INPAINT: build_tiny_inpaint,
+        TINY_SDXL: _build_tiny_sdxl,
     }
     paths = {}
     for name, build in builders.items():
