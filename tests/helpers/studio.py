@@ -41,6 +41,28 @@ def gui_cfg(tiny_models, lora, outputs, port, *overrides: str):
     )
 
 
+def studio_server(tiny_models, random_lora, outputs):
+    """The studio on the tiny SD with the random LoRA, a training checkpoint of it (marked best
+    by a metrics file) in `outputs`: yields what the tests reach (url, engine, ui, paths)."""
+    from safetensors.torch import load_file, save_file
+
+    from kshd.drawing.gui import serve
+    from kshd.lora import DIFFUSERS_FILE
+
+    checkpoint = outputs / "checkpoints" / "checkpoint-8"  # the random LoRA's weights, raw
+    checkpoint.mkdir(parents=True)
+    save_file(load_file(str(random_lora / DIFFUSERS_FILE)), str(checkpoint / "lora.safetensors"))
+    (checkpoint / "state.json").write_text("{}", encoding="utf-8")
+    (outputs / "metrics.json").write_text('{"best_checkpoint": {"step": 8}}', encoding="utf-8")
+    port = free_port()
+    ui, engine = serve(gui_cfg(tiny_models, random_lora, outputs, port), block=False)
+    base = str(tiny_models["sd"])
+    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine,
+           "lora": random_lora, "checkpoint": checkpoint, "base": base, "ui": ui}  # fmt: skip
+    with engine.lock:
+        ui.close()
+
+
 def open_page(browser, server, size: tuple[int, int] = (1366, 768)):
     """The studio in a new page of `size` (a laptop's screen, as the issue measured), with the
     list of requests that failed."""
