@@ -22,6 +22,9 @@ def test_same_seed_gives_identical_weights(tmp_path, tiny_models):
         ("blip2", "model.safetensors"),
         ("clip", "model.safetensors"),
         ("dino", "model.safetensors"),
+        ("controlnet", "diffusion_pytorch_model.safetensors"),
+        ("sd-inpaint", "unet/diffusion_pytorch_model.safetensors"),
+        ("sdxl", "text_encoder_2/model.safetensors"),
     ]:
         a, b = load_file(tiny_models[name] / rel), load_file(again[name] / rel)
         assert a.keys() == b.keys()
@@ -33,7 +36,8 @@ def test_building_is_idempotent_and_leaves_no_temp_folders(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     build_tiny_models(tmp_path, seed=1)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blip2", "clip", "dino", "sd"]
+    names = ["blip2", "clip", "controlnet", "dino", "sd", "sd-inpaint", "sdxl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 def test_weights_are_safetensors_only(tiny_models):
