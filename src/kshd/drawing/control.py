@@ -28,7 +28,6 @@ from kshd.schema_values import CONTROL_MODE_LABELS, RESIZE_LABELS
 log = logging.getLogger(__name__)
 CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
 SOFT = 0.825  # A1111's soft injection: residual k from the deepest weighted 0.825^k
-MODES, RESIZE = CONTROL_MODE_LABELS, RESIZE_LABELS
 
 
 def sketch_control(req: Request, limits: Limits) -> tuple[Image.Image, str]:
@@ -154,9 +153,9 @@ def unit_infotext(req: Request, preprocessor: str, model: str) -> str:
         "Module": preprocessor,
         "Model": model,
         "Weight": f"{req.control_weight:g}",
-        "Resize Mode": RESIZE[req.resize_mode],
+        "Resize Mode": RESIZE_LABELS[req.resize_mode],
         "Guidance Start": f"{req.guidance_start:g}",
         "Guidance End": f"{req.guidance_end:g}",
-        "Control Mode": MODES[req.control_mode],
+        "Control Mode": CONTROL_MODE_LABELS[req.control_mode],
     }
     return ", ".join(f"{k}: {v}" for k, v in parts.items())

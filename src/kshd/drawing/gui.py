@@ -83,12 +83,12 @@ def model_status(engine: Engine) -> str:
 
 
 def _wire_tab(
-    tab: Tab, handlers: Handlers, tabs: tuple[gr.Tabs, gr.Tabs], targets: dict[str, Tab],
+    tab: Tab, handlers: Handlers, page_tabs: tuple[gr.Tabs, gr.Tabs], targets: dict[str, Tab],
     defaults: Request,
 ) -> None:  # fmt: skip
     """The events of one tab: generate (checked, locked while it runs), stop, seeds, sizes,
     sends, and each field's own check. `tabs`: the page's tabs and image-to-image's own."""
-    tabs, modes = tabs
+    tabs, modes = page_tabs
     limits = handlers.engine.limits
     wire_checks(tab, defaults, limits)
     started = gr.State(None)

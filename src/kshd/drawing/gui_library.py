@@ -13,7 +13,8 @@ from pathlib import Path
 import gradio as gr
 
 from kshd.drawing.gui_actions import user_error
-from kshd.drawing.gui_parts import Picture, Tab
+from kshd.drawing.gui_components import PicturePath
+from kshd.drawing.gui_parts import Tab
 from kshd.drawing.pnginfo import read_parameters, request_fields
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs, control_models: d
     """PNG Info (inside a gr.Tab): drop a PNG, read its parameters, send them on."""
     with gr.Row(equal_height=False):
         with gr.Column():
-            png = Picture(label="PNG file", elem_id="pnginfo-image", height=360)
+            png = PicturePath(
+                type="filepath", label="PNG file", elem_id="pnginfo-image", height=360
+            )
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo-text")
             note = gr.Markdown(elem_id="pnginfo-note")

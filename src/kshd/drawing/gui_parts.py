@@ -8,21 +8,12 @@ from dataclasses import dataclass, fields, make_dataclass
 
 import gradio as gr
 
-from kshd.drawing.control import MODES
 from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
 from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
-from kshd.schema_values import PREPROCESSORS
+from kshd.schema_values import CONTROL_MODE_LABELS, PREPROCESSORS
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
-
-
-def Slider(*args, **kwargs) -> FieldSlider:  # noqa: N802 (used like the component it makes)
-    return FieldSlider(*args, **kwargs)
-
-
-def Picture(**kwargs) -> PicturePath:  # noqa: N802
-    return PicturePath(type="filepath", **kwargs)
 
 
 # The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
@@ -113,8 +104,10 @@ def _actions(tab: str) -> tuple[gr.Button, gr.Button, gr.Button, gr.Markdown]:
 
 def _picture(tab: str, d: Request, image=None) -> dict[str, gr.components.Component]:
     """The picture (`image`, or an upload box), the denoising strength and the resize mode."""
-    image = image or Picture(label="Picture", elem_id=f"{tab}-image", height=240)
-    strength = Slider(0, 1, d.strength, step=0.01, label="Denoising strength",
+    image = image or PicturePath(
+        type="filepath", label="Picture", elem_id=f"{tab}-image", height=240
+    )
+    strength = FieldSlider(0, 1, d.strength, step=0.01, label="Denoising strength",
                       elem_id=f"{tab}-strength")  # fmt: skip
     resize = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode, label="Resize mode",
                       elem_id=f"{tab}-resize")  # fmt: skip
@@ -132,9 +125,9 @@ def _inpaint(tab: str, d: Request) -> dict[str, gr.components.Component]:
     )  # fmt: skip
     picture = _picture(tab, d, brushed)
     with gr.Row():
-        picture["mask_blur"] = Slider(0, 64, d.mask_blur, step=1, label="Mask blur",
+        picture["mask_blur"] = FieldSlider(0, 64, d.mask_blur, step=1, label="Mask blur",
                                       elem_id=f"{tab}-mask-blur")  # fmt: skip
-        picture["inpaint_padding"] = Slider(0, 256, d.inpaint_padding, step=4,
+        picture["inpaint_padding"] = FieldSlider(0, 256, d.inpaint_padding, step=4,
                                             label="Only masked padding, pixels",
                                             elem_id=f"{tab}-padding")  # fmt: skip
     picture["inpaint_area"] = gr.Radio(
@@ -170,11 +163,11 @@ def _control(tab: str, d: Request, types: list[str]) -> tuple[dict, gr.Image]:
             ("guidance_start", "Starting control step", 1, 0.01),
             ("guidance_end", "Ending control step", 1, 0.01),
         ):
-            c[name] = Slider(0, top, getattr(d, name), step=step, label=label,
+            c[name] = FieldSlider(0, top, getattr(d, name), step=step, label=label,
                              elem_id=f"{tab}-{name.replace('_', '-')}")  # fmt: skip
     with gr.Row():
         c["control_mode"] = gr.Radio(
-            [(label, key) for key, label in MODES.items()], value=d.control_mode,
+            [(label, key) for key, label in CONTROL_MODE_LABELS.items()], value=d.control_mode,
             label="Control mode", elem_id=f"{tab}-control-mode",
         )  # fmt: skip
         c["resize_mode"] = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode,
@@ -191,13 +184,13 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
             [(label, key) for key, (label, _, _) in SAMPLERS.items()],
             value=d.sampler, label="Sampling method", elem_id=f"{tab}-sampler",
         )  # fmt: skip
-        c["steps"] = Slider(0, limits.max_steps, d.steps, step=1, label="Sampling steps",
+        c["steps"] = FieldSlider(0, limits.max_steps, d.steps, step=1, label="Sampling steps",
                             elem_id=f"{tab}-steps")  # fmt: skip
     with gr.Row(equal_height=True):
         with gr.Column(scale=6, min_width=200):
-            c["width"] = Slider(0, limits.max_side, d.width, step=8, label="Width",
+            c["width"] = FieldSlider(0, limits.max_side, d.width, step=8, label="Width",
                                 elem_id=f"{tab}-width")  # fmt: skip
-            c["height"] = Slider(0, limits.max_side, d.height, step=8, label="Height",
+            c["height"] = FieldSlider(0, limits.max_side, d.height, step=8, label="Height",
                                  elem_id=f"{tab}-height")  # fmt: skip
         with gr.Column(scale=1, min_width=70):
             b["swap"] = gr.Button("⇅", size="sm", elem_id=f"{tab}-swap")
@@ -207,11 +200,11 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
                 if w <= limits.max_side and h <= limits.max_side
             ]
     with gr.Row():
-        c["batch_count"] = Slider(0, limits.max_batch_count, d.batch_count, step=1,
+        c["batch_count"] = FieldSlider(0, limits.max_batch_count, d.batch_count, step=1,
                                   label="Batch count", elem_id=f"{tab}-batch-count")  # fmt: skip
-        c["batch_size"] = Slider(0, limits.max_batch_size, d.batch_size, step=1,
+        c["batch_size"] = FieldSlider(0, limits.max_batch_size, d.batch_size, step=1,
                                  label="Batch size", elem_id=f"{tab}-batch-size")  # fmt: skip
-    c["cfg_scale"] = Slider(0, 30, d.cfg_scale, step=0.5, label="CFG scale",
+    c["cfg_scale"] = FieldSlider(0, 30, d.cfg_scale, step=0.5, label="CFG scale",
                             elem_id=f"{tab}-cfg")  # fmt: skip
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(d.seed, precision=0, label="Seed (-1 = random)",
@@ -221,7 +214,7 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
         b["reuse_seed"] = gr.Button("♻", size="sm", scale=0, min_width=44,
                                     elem_id=f"{tab}-reuse-seed")  # fmt: skip
     m = limits.max_lora_scale
-    c["lora_scale"] = Slider(-m, m, d.lora_scale, step=0.05, label="LoRA strength",
+    c["lora_scale"] = FieldSlider(-m, m, d.lora_scale, step=0.05, label="LoRA strength",
                              elem_id=f"{tab}-lora-scale")  # fmt: skip
     return c, b
 

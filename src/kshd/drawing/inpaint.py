@@ -19,8 +19,6 @@ from kshd.data.images import ImageRejected, IntakeRules, load_image
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
 from kshd.schema_values import INPAINT_AREA_LABELS
 
-AREAS = INPAINT_AREA_LABELS  # A1111's words
-
 
 def _mask(value, size: tuple[int, int], limits: Limits) -> Image.Image:
     """The mask as 0/255 grey levels at `size`: white = redraw. A mask with transparency
@@ -85,7 +83,7 @@ def inpaint_params(req: Request) -> dict[str, object]:
     only = req.inpaint_area == "only_masked"
     return {
         "Mask blur": req.mask_blur,
-        "Inpaint area": AREAS[req.inpaint_area],
+        "Inpaint area": INPAINT_AREA_LABELS[req.inpaint_area],
         "Masked area padding": req.inpaint_padding if only else None,
     }
 

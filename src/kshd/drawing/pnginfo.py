@@ -190,7 +190,9 @@ def request_fields(
             out["sampler"] = sampler_key(params["Sampler"])
         except RequestError:
             unused.append("Sampler")
-    areas = {"Whole picture": "whole", "Only masked": "only_masked"}
+    from kshd.schema_values import INPAINT_AREA_LABELS
+
+    areas = {label: key for key, label in INPAINT_AREA_LABELS.items()}
     if params.get("Inpaint area") in areas:
         out["inpaint_area"] = areas[params["Inpaint area"]]
     if "ControlNet 0" in params:

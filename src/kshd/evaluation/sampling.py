@@ -97,7 +97,7 @@ def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, to
     )
 
 
-def _scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float | None):
+def scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float | None):
     """The prompt pair with a text-encoder LoRA at the strength asked, as the app merges it
     (cross_attention_kwargs reaches the UNet alone)."""
     from diffusers.utils import scale_lora_layers, unscale_lora_layers
@@ -127,7 +127,7 @@ def sample(
     out = []
     bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
     for prompt in prompts:
-        pos, neg = _scaled_pair(pipe, encoder, prompt, s, lora_scale)
+        pos, neg = scaled_pair(pipe, encoder, prompt, s, lora_scale)
         result = pipe(
             prompt_embeds=pos.repeat(len(s.seeds), 1, 1),
             negative_prompt_embeds=neg.repeat(len(s.seeds), 1, 1),

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kshd.data.images import fit_within
 from kshd.drawing.control_images import control_image
-from kshd.evaluation.sampling import EvalSettings, _scaled_pair, use_sampler
+from kshd.evaluation.sampling import EvalSettings, scaled_pair, use_sampler
 from kshd.schema import SketchEvalSettings as SketchEval
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def redraw_sketches(
     for target, scale in ((rows.base, None), (rows.lora, s.lora_scales[-1])):
         if scale is None:
             pipe.disable_lora()
-        pos, neg = _scaled_pair(pipe, encoder, prompt, s, scale)
+        pos, neg = scaled_pair(pipe, encoder, prompt, s, scale)
         kwargs = {} if scale is None else {"cross_attention_kwargs": {"scale": scale}}
         for control in lines:
             target += cpipe(
