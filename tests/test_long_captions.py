@@ -96,14 +96,19 @@ def test_cached_text_equals_live_encoding(tok, tiny_models, tmp_path):
     te = CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder").eval()
     chunker = CaptionChunker(tok, 150, TRIGGER)
     texts = [_caption(tok, 90), "a drawing, " + TRIGGER]
-    source = TextSource(te, chunker, tmp_path, torch.device("cpu"))
+
+    def encode(ids):
+        return {"encoder_hidden_states": encode_chunk_ids(te, ids["input_ids"])}
+
+    source = TextSource(encode, [chunker], tmp_path, torch.device("cpu"))
     source.precompute(texts)
     with torch.no_grad():
         live = encode_chunk_ids(te, torch.stack([chunker(t).ids for t in texts]))
     for text, expected in zip(texts, live, strict=True):
-        assert source.get(text).shape == (154, te.config.hidden_size)
-        torch.testing.assert_close(source.get(text), expected, rtol=1e-5, atol=1e-5)
-    other = TextSource(te, CaptionChunker(tok, 225, TRIGGER), tmp_path, torch.device("cpu"))
+        cached = source.get(text)["encoder_hidden_states"]
+        assert cached.shape == (154, te.config.hidden_size)
+        torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    other = TextSource(encode, [CaptionChunker(tok, 225, TRIGGER)], tmp_path, torch.device("cpu"))
     assert other._path(texts[0]) != source._path(texts[0])  # the key holds max_token_length
     # read from disk per item, not held: 5,700 captions x 225 tokens would be ~4 GB in memory
     assert source.memo == {}

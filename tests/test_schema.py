@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import re
 import typing
 from dataclasses import dataclass
 
@@ -58,9 +59,11 @@ def conf_file_keys(path) -> set[str]:
     """The keys one file of conf/ sets, placed where Hydra puts them."""
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     values.pop("defaults", None)
-    group_dir = path.parent.name
-    global_package = "# @package _global_" in path.read_text(encoding="utf-8")
-    prefix = "" if path.parent == CONF or global_package else f"{group_dir}."
+    package = re.search(r"^# @package (\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
+    if package:  # Hydra's package header: _global_ (the root) or a group such as train
+        prefix = "" if package[1] == "_global_" else f"{package[1]}."
+    else:
+        prefix = "" if path.parent == CONF else f"{path.parent.name}."
     return yaml_keys(values, prefix, schema_keys(ProjectConfig))
 
 
@@ -78,7 +81,8 @@ def test_every_composed_key_is_a_field_and_every_field_a_key(overrides):
 )
 def test_every_key_of_every_conf_file_maps_to_a_field(path):
     keys = conf_file_keys(path)
-    assert keys, f"{path} sets no keys"
+    deliberately_empty = path.read_text(encoding="utf-8").rstrip().endswith("{}")
+    assert keys or deliberately_empty, f"{path} sets no keys"
     assert keys <= schema_keys(ProjectConfig), keys - schema_keys(ProjectConfig)
 
 

@@ -48,11 +48,13 @@ def lora_state_dict(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def adapter_tensors(unet, text_encoder=None) -> dict[str, torch.Tensor]:
-    """Both adapters, keys prefixed `unet.` / `text_encoder.` as diffusers and kohya expect."""
+def adapter_tensors(unet, text_encoder=None, text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """Every adapter, keys prefixed `unet.` / `text_encoder.` (/ SDXL's `text_encoder_2.`) as
+    diffusers and kohya expect."""
     out = {f"unet.{k}": v for k, v in lora_state_dict(unet).items()} if unet is not None else {}
-    if text_encoder is not None and getattr(text_encoder, "peft_config", None):
-        out |= {f"text_encoder.{k}": v for k, v in lora_state_dict(text_encoder).items()}
+    for prefix, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+        if encoder is not None and getattr(encoder, "peft_config", None):
+            out |= {f"{prefix}.{k}": v for k, v in lora_state_dict(encoder).items()}
     return out
 
 
@@ -67,7 +69,7 @@ def diffusers_state(state: dict[str, torch.Tensor], strength: float) -> dict[str
     return {
         k: v * strength if ".lora_B." in k else v
         for k, v in state.items()
-        if k.startswith(("unet.", "text_encoder."))
+        if k.startswith(("unet.", "text_encoder.", "text_encoder_2."))
     }
 
 
@@ -82,15 +84,18 @@ def save_diffusers(state: dict[str, torch.Tensor], out_dir: Path, strength: floa
 
 
 def save_kohya(
-    state: dict[str, torch.Tensor], out_dir: Path, alpha: float, metadata: dict[str, object]
+    state: dict[str, torch.Tensor],
+    out_dir: Path,
+    alpha: float,
+    metadata: dict[str, object],
+    sdxl: bool = False,
 ) -> Path:
     """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder."""
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save
 
-    kohya = {
-        _sd1_text_encoder_name(k): v for k, v in convert_state_dict_to_kohya(dict(state)).items()
-    }
+    rename = _sdxl_text_encoder_name if sdxl else _sd1_text_encoder_name
+    kohya = {rename(k): v for k, v in convert_state_dict_to_kohya(dict(state)).items()}
     for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
         kohya[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(alpha))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
@@ -125,6 +130,14 @@ def _sd1_text_encoder_name(key: str) -> str:
     return "lora_te_" + (rest if rest.startswith("text_model_") else f"text_model_{rest}")
 
 
+def _sdxl_text_encoder_name(key: str) -> str:
+    """SDXL kohya files name the encoders' keys `lora_te1_text_model_...`/`lora_te2_...`."""
+    for prefix in ("lora_te1_", "lora_te2_"):
+        if key.startswith(prefix) and not key.startswith(f"{prefix}text_model_"):
+            return f"{prefix}text_model_{key[len(prefix) :]}"
+    return key
+
+
 @dataclass(frozen=True)
 class KohyaInfo:
     """What a trained LoRA records about its training in the kohya file's `ss_*` fields."""
@@ -142,6 +155,7 @@ class KohyaInfo:
     seed: int
     train_text_encoder: bool = False
     num_reg_images: int = 0
+    sdxl: bool = False  # an SDXL base: kohya's SDXL names and ss_base_model_version
 
 
 def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
@@ -155,7 +169,7 @@ def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(info.rank),
         "ss_network_alpha": str(info.alpha),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if info.sdxl else "sd_v1",
         "ss_sd_model_name": info.base_model,
         "ss_resolution": f"({info.resolution}, {info.resolution})",
         "ss_tag_frequency": {"ksh": {info.trigger: info.num_images}},
@@ -171,21 +185,26 @@ def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
         "ss_seed": str(info.seed),
         "ss_training_comment": f"trigger phrase: {info.trigger}",
         "modelspec.title": "KSH drawing style",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": (
+            "stable-diffusion-xl-v1-base/lora" if info.sdxl else "stable-diffusion-v1/lora"
+        ),
     }
 
 
-def save_lora(out_dir: Path, unet, text_encoder, info: KohyaInfo) -> tuple[Path, Path]:
+def save_lora(
+    out_dir: Path, unet, text_encoder, info: KohyaInfo, text_encoder_2=None
+) -> tuple[Path, Path]:
     """Both files of a trained LoRA: diffusers' `pytorch_lora_weights.safetensors` and the kohya
     `ksh_drawing_style.safetensors` with its `ss_*` metadata.
 
     The one save sequence of the project (stage, tests, fixtures), so every LoRA folder holds the
-    same two files made the same way. `text_encoder` counts only if it carries an adapter.
+    same two files made the same way. A text encoder (SDXL's second too) counts only if it
+    carries an adapter.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = adapter_tensors(unet, text_encoder)
+    state = adapter_tensors(unet, text_encoder, text_encoder_2)
     diffusers_file = save_diffusers(state, out_dir, info.alpha / info.rank)
-    kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info))
+    kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info), info.sdxl)
     log.info("LoRA saved: %s, %s", diffusers_file, kohya_file)
     return diffusers_file, kohya_file

@@ -36,20 +36,25 @@ def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtyp
 
 def load_sd_pipeline(
     pretrained: str, revision: str | None, variant: str | None, device: torch.device,
-    dtype: torch.dtype,
+    dtype: torch.dtype, prediction_type: str | None = None, zero_terminal_snr: bool = False,
 ):  # fmt: skip
-    """A Stable Diffusion 1.x pipeline from safetensors weights, no safety checker, quiet."""
-    from diffusers import StableDiffusionPipeline
+    """A Stable Diffusion 1.x or SDXL pipeline (the family read from the model) from
+    safetensors weights, no safety checker, quiet; its scheduler on the model's own schedule
+    (`model.prediction_type`, `model.zero_terminal_snr`: the samplers are built from it)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        pretrained,
-        revision=revision,
-        variant=variant,
-        dtype=dtype,
-        use_safetensors=True,
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    kw = {"revision": revision, "variant": variant, "dtype": dtype, "use_safetensors": True}
+    if model_family(pretrained, revision) == SDXL:
+        pipe = StableDiffusionXLPipeline.from_pretrained(pretrained, **kw)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            pretrained, safety_checker=None, requires_safety_checker=False, **kw
+        )
+    schedule = {"prediction_type": prediction_type} if prediction_type else {}
+    if zero_terminal_snr:  # its last step starts from pure noise (Lin et al. 2023)
+        schedule |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    if schedule:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **schedule)
     if device.type != "cpu":  # already there; .to() would only warn about dtypes
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -100,21 +105,23 @@ def model_family(source: str | Path, revision: str | None = None) -> str:
     return SDXL if components.get("text_encoder_2") else SD1
 
 
-def pipeline_from_parts(vae, text_encoder, tokenizer, unet, scheduler):
-    """An SD 1.x pipeline around parts already in memory (being trained, or just built): no
-    safety checker, quiet, nothing copied."""
-    from diffusers import StableDiffusionPipeline
+def pipeline_from_parts(
+    vae, text_encoder, tokenizer, unet, scheduler, text_encoder_2=None, tokenizer_2=None
+):  # fmt: skip
+    """An SD 1.x pipeline (SDXL's with a second text encoder) around parts already in memory
+    (being trained, or just built): no safety checker, quiet, nothing copied."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                 scheduler=scheduler)  # fmt: skip
+    if text_encoder_2 is not None:
+        pipe = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

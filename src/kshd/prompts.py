@@ -172,6 +172,34 @@ def encode_chunk_ids(text_encoder, ids: torch.Tensor) -> torch.Tensor:
     return hidden.reshape(b, k * n, hidden.shape[-1])
 
 
+def encode_chunk_ids_sdxl(
+    text_encoder, text_encoder_2, ids: torch.Tensor, ids_2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text conditioning, as its pipeline and kohya build it, per 77-token chunk: both
+    encoders' penultimate hidden states side by side ([batch, 77 * chunks, 768 + 1280]) and the
+    second's pooled projection of the first chunk ([batch, 1280]: the UNet's `text_embeds`)."""
+    b, k, n = ids.shape
+    first = text_encoder(ids.reshape(b * k, n), output_hidden_states=True)
+    second = text_encoder_2(ids_2.reshape(b * k, n), output_hidden_states=True)
+    hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+    pooled = second.text_embeds.reshape(b, k, -1)[:, 0]
+    return hidden.reshape(b, k * n, hidden.shape[-1]), pooled
+
+
+def weighted(z: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+    """A chunk's CLIP output [1, 77, width] with its tokens' weights applied, A1111's way."""
+    weights = [1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights))
+    if all(w == 1.0 for w in weights):
+        return z
+    mean = z.mean()
+    z = z * torch.tensor(weights, device=z.device, dtype=z.dtype)[None, :, None]
+    new_mean = z.mean()
+    # A1111 restores the mean; a mean near zero (e.g. an untrained layer norm) has no scale
+    if min(mean.abs(), new_mean.abs()) > 1e-3 * z.abs().mean():
+        z = z * (mean / new_mean)
+    return z
+
+
 class PromptEncoder:
     """CLIP embeddings of A1111-syntax prompts of any length: [1, 77 * chunks, width]."""
 
@@ -198,18 +226,8 @@ class PromptEncoder:
 
     def _encode_chunk(self, chunk: Chunk) -> torch.Tensor:
         ids = chunk_input_ids(self.tokenizer, chunk)
-        weights = [1.0, *chunk.weights] + [1.0] * (CHUNK + 1 - len(chunk.weights))
-        device = self.text_encoder.device
-        z = self.text_encoder(torch.tensor([ids], device=device))[0]
-        if all(w == 1.0 for w in weights):
-            return z
-        mean = z.mean()
-        z = z * torch.tensor(weights, device=device, dtype=z.dtype)[None, :, None]
-        new_mean = z.mean()
-        # A1111 restores the mean; a mean near zero (e.g. an untrained layer norm) has no scale
-        if min(mean.abs(), new_mean.abs()) > 1e-3 * z.abs().mean():
-            z = z * (mean / new_mean)
-        return z
+        z = self.text_encoder(torch.tensor([ids], device=self.text_encoder.device))[0]
+        return weighted(z, chunk)
 
     @torch.no_grad()
     def _encode_chunks(self, chunks: list[Chunk], min_chunks: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from kshd.config import (
     require,
     settings,
 )
+from kshd.schema_model import ModelSettings
 from kshd.schema_train import TrainSettings
 from kshd.schema_values import (
     BEST_BY,
@@ -75,15 +76,6 @@ class TinySettings:
     build: bool
     dir: str
     seed: int
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """`model`: the base SD 1.x model, a hub id or a local folder (trained on, evaluated)."""
-
-    pretrained: str = field(metadata=changes("train", "evaluate"))
-    revision: str | None = field(metadata=changes("train", "evaluate"))
-    variant: str | None = field(metadata=changes("train", "evaluate"))
 
 
 @dataclass(frozen=True)
@@ -260,6 +252,7 @@ class GenerateSettings:
     device: str
     attention_slicing: bool
     vae_tiling: bool
+    guidance_rescale: float
     limits: Limits
     gui: GuiSettings
     control: ControlSettings

@@ -49,8 +49,15 @@ from kshd.drawing.request import (
     resize_input,
     validate,
 )
-from kshd.models import check_model_source, device_and_dtype, load_sd_pipeline
-from kshd.prompts import PromptEncoder
+from kshd.models import (
+    SD1,
+    SDXL,
+    check_model_source,
+    device_and_dtype,
+    load_sd_pipeline,
+    model_identity,
+)
+from kshd.prompts_xl import pipe_embeds, prompt_encoder
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
@@ -75,6 +82,11 @@ class EngineSettings:
     # ControlNets: {control type: hub id or folder}, loaded when a request first names the type
     control_models: dict[str, str] = FROM_CONF
     inpaint_model: str | None = FROM_CONF  # a 9-channel inpainting SD; None: the base, blended
+    # the model's own schedule (model.prediction_type / zero_terminal_snr; None, False: as its
+    # scheduler config says), and rescaled CFG for a zero-terminal-SNR base
+    prediction_type: str | None = None
+    zero_terminal_snr: bool = False
+    guidance_rescale: float = FROM_CONF
 
     def __post_init__(self) -> None:
         fill_from_conf(self, {"control_models": "control.models", "inpaint_model": "inpaint.model"})
@@ -122,7 +134,7 @@ class Engine(LoraSwitching):
     """Loads once, draws many times; one request at a time (a lock guards the model)."""
 
     def __init__(self, settings: EngineSettings):
-        from diffusers import StableDiffusionImg2ImgPipeline
+        from diffusers import AutoPipelineForImage2Image
 
         check_model_source(
             settings.pretrained, "model.pretrained", "model_index.json", settings.revision
@@ -132,21 +144,26 @@ class Engine(LoraSwitching):
         self.notes: list[str] = []  # said once to the user (log, GUI)
         self.device, dtype = _device(settings.device)
         pipe = load_sd_pipeline(
-            settings.pretrained, settings.revision, settings.variant, self.device, dtype
-        )
+            settings.pretrained, settings.revision, settings.variant, self.device, dtype,
+            settings.prediction_type, settings.zero_terminal_snr,
+        )  # fmt: skip
+        self.family = SDXL if getattr(pipe, "text_encoder_2", None) is not None else SD1
         if settings.attention_slicing:
             pipe.enable_attention_slicing()
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
         self.txt2img = pipe
-        self.img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)  # SD 1.x's or SDXL's
         self.img2img.set_progress_bar_config(disable=True)
         self._base_scheduler = pipe.scheduler.config
         self.model_name = Path(settings.pretrained.rstrip("/")).name
+        # A1111's "Model hash": 10 hex digits of the weights (a local folder's content digest)
+        identity = model_identity(settings.pretrained, settings.revision)
+        self.model_hash = identity["content"][:10] if "content" in identity else None
         self.lora_name = self.lora_hash = self.lora_path = None
         if settings.lora:
             self._load_lora(settings.lora)
-        self.encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, self._embeddings())
+        self.encoder = prompt_encoder(pipe, self._embeddings())
         self._scale: float | None = None  # strength fused into the UNet (None: not fused)
         self._originals: dict[str, torch.Tensor] = {}
         self.lock = threading.Lock()
@@ -179,7 +196,12 @@ class Engine(LoraSwitching):
         """Load the listed textual inversions; a name whose file is missing is said once."""
         from kshd.models import load_embeddings
 
-        vectors, notes = load_embeddings(self.txt2img, dict(self.settings.embeddings))
+        embeddings = dict(self.settings.embeddings)
+        if embeddings and self.family == SDXL:
+            self._note(f"textual-inversion embeddings {', '.join(embeddings)}: SD 1.x ones are not "
+                       "loaded into an SDXL base, so they are read as plain text")  # fmt: skip
+            return {}
+        vectors, notes = load_embeddings(self.txt2img, embeddings)
         for note in notes:
             self._note(note)
         return vectors
@@ -202,7 +224,9 @@ class Engine(LoraSwitching):
             "CFG scale": f"{req.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{req.width}x{req.height}",
+            "Model hash": self.model_hash,
             "Model": self.model_name,
+            "Model family": self.family,
             "Denoising strength": f"{req.strength:g}" if req.image is not None else None,
             **(inpaint_params(req) if req.mask is not None else {}),
             "ControlNet 0": unit,
@@ -252,6 +276,11 @@ class Engine(LoraSwitching):
 
     def _inputs(self, req: Request) -> Inputs:
         """The pictures a request draws from, read and fitted before the model is taken."""
+        if self.family == SDXL and (req.mask is not None or req.control_image is not None):
+            raise ValueError(
+                "inpainting and sketch to style need SD 1.x models here: this base is SDXL "
+                "(its ControlNets and inpainting come later); use text or image to image"
+            )
         if req.mask is not None:
             return Inputs(*inpaint_inputs(req, self.limits))
         given = Inputs()
@@ -295,6 +324,8 @@ class Engine(LoraSwitching):
         pipe.scheduler = self._scheduler(req.sampler)
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
         call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}
+        if self.settings.zero_terminal_snr and self.settings.guidance_rescale:
+            call["guidance_rescale"] = self.settings.guidance_rescale
         prompt_soft = control is not None and req.control_mode == "prompt"
         with soft_injection(getattr(pipe, "controlnet", None), prompt_soft):
             return self._batches(req, pipe, call, (pos, neg), seeds, progress)
@@ -321,8 +352,7 @@ class Engine(LoraSwitching):
 
             try:
                 images += pipe(
-                    prompt_embeds=embeds[0].repeat(len(batch), 1, 1),
-                    negative_prompt_embeds=embeds[1].repeat(len(batch), 1, 1),
+                    **pipe_embeds(*embeds, len(batch)),
                     generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
                     callback_on_step_end=step_end,
                     **call,

@@ -75,10 +75,8 @@ class LoraSwitching:
         if is_checkpoint(self.lora_path):
             raw = load_file(str(Path(self.lora_path) / "lora.safetensors"))
             return diffusers_state(raw, self._lora_strength)
-        from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
-
         load, _, _ = lora_files(self.lora_path)
-        state, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(
+        state, *_ = type(self.txt2img).lora_state_dict(  # SD 1.x's or SDXL's reader
             str(load.parent), weight_name=load.name, use_safetensors=True
         )
         return state
@@ -116,11 +114,14 @@ class LoraSwitching:
             self._lora_changed()
 
     def _lora_layers(self):
-        """The LoRA layers of the UNet and of the text encoder: one strength merges both."""
+        """The LoRA layers of the UNet and of the text encoders: one strength merges all."""
         from peft.tuners.lora import LoraLayer
 
-        for part in ("unet", "text_encoder"):
-            for name, module in getattr(self.txt2img, part).named_modules():
+        for part in ("unet", "text_encoder", "text_encoder_2"):
+            model = getattr(self.txt2img, part, None)
+            if model is None:
+                continue
+            for name, module in model.named_modules():
                 if isinstance(module, LoraLayer):
                     yield f"{part}.{name}", module
 

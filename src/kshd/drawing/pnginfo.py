@@ -113,7 +113,7 @@ _NUMBERS = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": 
             "Denoising strength": ("strength", float)}  # fmt: skip
 _NUMBERS |= {"Mask blur": ("mask_blur", int), "Masked area padding": ("inpaint_padding", int)}
 _KNOWN = {*_NUMBERS, "Prompt", "Negative prompt", "Sampler", "Size", "Model", "Lora hashes",
-          "Version", "Model hash", "Inpaint area", "ControlNet 0"}  # fmt: skip
+          "Version", "Model hash", "Model family", "Inpaint area", "ControlNet 0"}  # fmt: skip
 
 
 def _unprefixed(full: str, prefix: str) -> tuple[str, str]:

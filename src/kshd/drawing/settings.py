@@ -47,6 +47,9 @@ def engine_settings(cfg: DictConfig, lora: str | None = None) -> EngineSettings:
         limits=g.limits,
         control_models=dict(g.control.models),
         inpaint_model=g.inpaint.model,
+        prediction_type=m.prediction_type,
+        zero_terminal_snr=m.zero_terminal_snr,
+        guidance_rescale=g.guidance_rescale,
     )
 
 

@@ -104,11 +104,14 @@ def scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float |
 
     if lora_scale is None:
         return prompt_pair(encoder, prompt, s)
-    scale_lora_layers(pipe.text_encoder, lora_scale)
+    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
+    for encoder_model in encoders:
+        scale_lora_layers(encoder_model, lora_scale)
     try:
         return prompt_pair(encoder, prompt, s)
     finally:
-        unscale_lora_layers(pipe.text_encoder, lora_scale)
+        for encoder_model in encoders:
+            unscale_lora_layers(encoder_model, lora_scale)
 
 
 def sample(
@@ -120,17 +123,16 @@ def sample(
     encoder=None,
 ) -> Images:
     """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
-    from kshd.prompts import PromptEncoder
+    from kshd.prompts_xl import pipe_embeds, prompt_encoder
 
-    encoder = encoder or PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    encoder = encoder or prompt_encoder(pipe)
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     out = []
     bar = tqdm(total=len(prompts) * len(s.seeds), desc=label, unit="img")
     for prompt in prompts:
         pos, neg = scaled_pair(pipe, encoder, prompt, s, lora_scale)
         result = pipe(
-            prompt_embeds=pos.repeat(len(s.seeds), 1, 1),
-            negative_prompt_embeds=neg.repeat(len(s.seeds), 1, 1),
+            **pipe_embeds(pos, neg, len(s.seeds)),
             num_inference_steps=s.num_inference_steps,
             guidance_scale=s.guidance_scale,
             height=s.resolution,
@@ -163,7 +165,9 @@ def validation_images(
     from kshd.models import pipeline_from_parts
 
     scheduler = DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config)
-    pipe = pipeline_from_parts(c.vae, c.text_encoder, c.tokenizer, c.unet, scheduler)
+    pipe = pipeline_from_parts(
+        c.vae, c.text_encoder, c.tokenizer, c.unet, scheduler, c.text_encoder_2, c.tokenizer_2
+    )
     s = EvalSettings(
         prompts=(prompt,),
         negative_prompt=negative,

@@ -30,13 +30,16 @@ from kshd.evaluation.sketch import sketch_section
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.models import (
+    SDXL,
     device_and_dtype,
     embeddings_identity,
     load_embeddings,
     load_sd_pipeline,
+    model_family,
     model_identity,
 )
 from kshd.prompts import PromptEncoder
+from kshd.prompts_xl import prompt_encoder as family_encoder
 from kshd.schema import group
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
@@ -95,19 +98,28 @@ def reference_images(cfg: DictConfig, folder: FolderImages | None) -> tuple[Sequ
 def load_pipeline(cfg: DictConfig):
     """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
     device, dtype = device_and_dtype()
-    m = cfg.model
-    return load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype), device
+    m = group(cfg, "model")
+    pipe = load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype,
+                            m.prediction_type, m.zero_terminal_snr)  # fmt: skip
+    return pipe, device
 
 
 def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder, dict]:
     """The app's prompt encoder with `generate.embeddings` loaded as `kshd generate` loads them
     (an EasyNegative in a prompt is its vectors, not words), and their identity for the cache."""
     embeddings = dict(embeddings or {})
+    if embeddings and getattr(pipe, "text_encoder_2", None) is not None:
+        log.warning(
+            "generate.embeddings: SD 1.x textual inversions are not loaded into an SDXL base (%s "
+            "read as words); set generate.embeddings=null",
+            ", ".join(embeddings),
+        )
+        embeddings = {}
     vectors, notes = load_embeddings(pipe, embeddings)
     for note in notes:
         log.warning("generate.embeddings: %s", note)
     identity = embeddings_identity({name: embeddings[name] for name in vectors})
-    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, vectors), identity
+    return family_encoder(pipe, vectors), identity
 
 
 def write_outputs(
@@ -161,6 +173,7 @@ def run(cfg: DictConfig) -> dict:
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
     model = model_identity(cfg.model.pretrained, cfg.model.revision)
+    model |= group(cfg, "model").schedule_identity()
     if embeddings:  # the base images depend on them (keys without any stay as they were)
         model |= {"embeddings": embeddings}
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)
@@ -168,7 +181,11 @@ def run(cfg: DictConfig) -> dict:
     strength = cfg.train.alpha / cfg.train.rank  # the run whose checkpoints these are
     history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by, strength)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
-    if refs is not None:  # the final goal: the held-out drawings' line art redrawn
+    result.metrics["model_family"] = model_family(cfg.model.pretrained, cfg.model.revision)
+    if result.metrics["model_family"] == SDXL and e.sketch.controlnet:
+        log.warning("evaluate.sketch: skipped, the ControlNets here are SD 1.x ones and the base "
+                    "is SDXL; set evaluate.sketch.controlnet=null")  # fmt: skip
+    elif refs is not None:  # the final goal: the held-out drawings' line art redrawn
         drawings = refs.holdout or refs.train
         result.metrics |= sketch_section(pipe, lora_dir, e.sketch, settings, drawings,
                                          prompt_encoder, refs.encoder.images, out)  # fmt: skip

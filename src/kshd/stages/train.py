@@ -99,8 +99,9 @@ def write_outputs(
         num_reg_images=num_reg_images,
         seed=s.seed,
         train_text_encoder=s.train_text_encoder,
+        sdxl=components.text_encoder_2 is not None,
     )
-    save_lora(out, components.unet, components.text_encoder, info)
+    save_lora(out, components.unet, components.text_encoder, info, components.text_encoder_2)
     metrics = result.metrics() | {
         "reg_images": num_reg_images,
         "latents": result.latents,
@@ -123,9 +124,11 @@ def run(cfg: DictConfig) -> dict | None:
     split, reg = dataset["train"], dataset.get("reg")
     check_reg(s, reg)
     # the UNet is loaded by the trainer once the caches are filled (see load_components)
+    m = group(cfg, "model")
     components = load_components(
-        cfg.model.pretrained, cfg.model.revision, cfg.model.variant, unet=False
-    )
+        m.pretrained, m.revision, m.variant, False, m.prediction_type, m.zero_terminal_snr,
+        m.no_half_vae,
+    )  # fmt: skip
     main_process = process_state().is_main_process
     wb = start_run(group(cfg, "tracking"), "train", plain(cfg)) if main_process else None
     checkpoints = Path(cfg.output.checkpoints_dir)
@@ -139,7 +142,7 @@ def run(cfg: DictConfig) -> dict | None:
             settings=s.defining(),
             dataset=split._fingerprint
             + (f"+reg:{reg._fingerprint}:{s.prior_loss_weight}" if reg else ""),
-            model=model_identity(cfg.model.pretrained, cfg.model.revision),
+            model=model_identity(m.pretrained, m.revision) | m.schedule_identity(),
         ),
     )
     on_log = (

@@ -106,6 +106,24 @@ def apply_plan(img: Image.Image, plan: Plan, flip: bool | None = None) -> Image.
     return img
 
 
+def size_condition(size: tuple[int, int], plan: Plan) -> torch.Tensor:
+    """SDXL's six size numbers (`add_time_ids`) for a drawing of `size` (w, h) cut by `plan`:
+    the original (h, w), the crop's top-left in the resized drawing (mirrored when flipped, so
+    it names the same pixels) and the target (h, w), as diffusers' and kohya's SDXL scripts."""
+    tw, th = plan.size
+    rw, _ = resized_size(size, (tw, th))
+    left = rw - plan.left - tw if plan.flip else plan.left
+    return torch.tensor([size[1], size[0], plan.top, left, th, tw], dtype=torch.float32)
+
+
+ID_KEYS = ("input_ids", "input_ids_2")  # one per tokenizer: SD 1.x's CLIP, SDXL's two
+
+
+def caption_ids(chunkers: list[CaptionChunker], text: str) -> dict[str, torch.Tensor]:
+    """A caption's ids ([chunks, 77]) for each text encoder, cut the same way for all."""
+    return {key: chunker(text).ids for key, chunker in zip(ID_KEYS, chunkers, strict=False)}
+
+
 def caption_variant(text: str, keep: str, dropout: float, shuffle: bool, rng: random.Random) -> str:
     """Caption dropout and tag shuffling (kohya's), keeping the trigger phrase in place."""
     if dropout and rng.random() < dropout:
@@ -156,15 +174,17 @@ class DrawingDataset(torch.utils.data.Dataset):
     """A `datasets` split (and the `reg` split after it) as training items; call set_epoch
     before each epoch.
 
-    Live mode yields `pixel_values` and `input_ids` ([chunks, 77]). With `latents` (a
-    LatentSource) a cached item yields `latent_mean`/`latent_logvar` and one that cannot be cached
-    its `pixel_values`, which `encode_live` turns into latents in the main process once the batch
-    arrives: DataLoader workers only decode and crop, they never touch the accelerator. With
-    `texts` (a TextSource) items yield `encoder_hidden_states`. Batch with `collate`.
+    Live mode yields `pixel_values` and `input_ids` ([chunks, 77]; SDXL's second tokenizer's
+    as `input_ids_2`). With `latents` (a LatentSource) a cached item yields
+    `latent_mean`/`latent_logvar` and one that cannot be cached its `pixel_values`, which
+    `encode_live` turns into latents in the main process once the batch arrives: DataLoader
+    workers only decode and crop, they never touch the accelerator. With `texts` (a TextSource)
+    items yield `encoder_hidden_states` (and SDXL's `text_embeds`). With two tokenizers (SDXL)
+    every item has its `time_ids` (size_condition). Batch with `collate`.
     """
 
     def __init__(
-        self, split, tokenizer, opts: ItemOptions, latents=None, texts=None, reg=None, weight=1.0
+        self, split, tokenizers, opts: ItemOptions, latents=None, texts=None, reg=None, weight=1.0
     ):
         from datasets import Image as ImageFeature
         from datasets import concatenate_datasets
@@ -175,8 +195,12 @@ class DrawingDataset(torch.utils.data.Dataset):
             split = concatenate_datasets([split, reg])
 
         self.raw = split.cast_column("image", ImageFeature(decode=False))
-        self.opts, self.tokenizer, self.latents, self.texts = opts, tokenizer, latents, texts
-        self.chunker = CaptionChunker(tokenizer, opts.max_token_length, opts.keep_tag)
+        tokenizers = tokenizers if isinstance(tokenizers, list | tuple) else [tokenizers]
+        self.opts, self.latents, self.texts = opts, latents, texts
+        self.chunkers = [
+            CaptionChunker(t, opts.max_token_length, opts.keep_tag) for t in tokenizers
+        ]
+        self.chunker, self.sdxl = self.chunkers[0], len(tokenizers) > 1
         self.texts_list = list(split["text"])
         self.names, self.sizes, self.digests = [], [], []
         for row in self.raw["image"]:
@@ -233,10 +257,9 @@ class DrawingDataset(torch.utils.data.Dataset):
             item["pixel_values"] = to_tensor(apply_plan(self.image(index), plan))
         else:
             item["latent_mean"], item["latent_logvar"] = self.latents.get(self, index, plan)
-        if self.texts is None:
-            item["input_ids"] = self.chunker(text).ids
-        else:
-            item["encoder_hidden_states"] = self.texts.get(text)
+        item |= caption_ids(self.chunkers, text) if self.texts is None else self.texts.get(text)
+        if self.sdxl:
+            item["time_ids"] = size_condition(self.sizes[index], plan)
         return item
 
     def encode_live(self, batch: dict) -> dict:

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from kshd.fileio import atomic_path
-from kshd.prompts import CHUNK, CaptionChunker, encode_chunk_ids
-from kshd.training.batches import Plan, apply_plan, augment_plan, to_tensor
+from kshd.prompts import CHUNK, CaptionChunker
+from kshd.training.batches import Plan, apply_plan, augment_plan, caption_ids, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 class LatentSource:
     """The VAE's latent distribution per item: from disk when cacheable, else encoded live."""
 
-    def __init__(self, vae, folder: Path, device: torch.device, dtype: torch.dtype):
-        self.vae, self.folder, self.device, self.dtype = vae, folder, device, dtype
+    def __init__(self, vae, folder: Path, device: torch.device):
+        self.vae, self.folder, self.device = vae, folder, device  # encodes in the VAE's dtype
 
     def _path(self, digest: str, target: tuple[int, int]) -> Path:
         return self.folder / f"{digest[:32]}-{target[0]}x{target[1]}.safetensors"
@@ -49,7 +49,7 @@ class LatentSource:
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar) on the CPU in fp32, as cached; called in the main process only."""
-        dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.logvar.float().cpu()
 
     def precompute(self, ds) -> dict[str, int]:
@@ -86,41 +86,52 @@ class LatentSource:
 
 
 class TextSource:
-    """Text-encoder outputs per caption, computed once (frozen text encoder only).
+    """Text-encoder outputs per caption, computed once (frozen text encoders only).
 
-    Captions go through the same CaptionChunker as live training (train.max_token_length, the
+    Captions go through the same CaptionChunkers as live training (train.max_token_length, the
     trigger phrase kept), so cached and live training see the same embeddings; the key holds
-    the chunking settings with the text.
+    the chunking settings with the text, the folder the encoders' weights. `encode` maps caption
+    ids to the UNet's conditioning (training.settings.encode_caption_ids): SD 1.x's hidden states,
+    SDXL's both encoders' and the pooled `text_embeds`, all cached.
     """
 
-    def __init__(self, text_encoder, chunker: CaptionChunker, folder: Path, device: torch.device):
-        self.encoder, self.chunker, self.folder, self.device = text_encoder, chunker, folder, device
-        self.memo: dict[str, torch.Tensor] = {}
+    FILE_KEYS = {"encoder_hidden_states": "hidden", "text_embeds": "pooled"}
+
+    def __init__(self, encode, chunkers: list[CaptionChunker], folder: Path, device: torch.device):
+        self.encode, self.chunkers, self.folder, self.device = encode, chunkers, folder, device
+        self.memo: dict[str, dict[str, torch.Tensor]] = {}
 
     def _path(self, text: str) -> Path:
-        key = f"{self.chunker.max_chunks * CHUNK}\0{self.chunker.keep}\0{text}"
+        first = self.chunkers[0]
+        key = f"{first.max_chunks * CHUNK}\0{first.keep}\0{text}"
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
     @torch.no_grad()
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        ids = torch.stack([self.chunker(text).ids for text in texts])
-        return encode_chunk_ids(self.encoder, ids.to(self.device)).float().cpu()
+    def _encode(self, texts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """One {file key: tensor} per text, on the CPU in fp32."""
+        items = [caption_ids(self.chunkers, text) for text in texts]
+        ids = {k: torch.stack([i[k] for i in items]).to(self.device) for k in items[0]}
+        out = {self.FILE_KEYS[k]: v.float().cpu() for k, v in self.encode(ids).items()}
+        return [{k: v[i] for k, v in out.items()} for i in range(len(texts))]
 
     def precompute(self, texts: list[str], batch_size: int = 16) -> None:
         unique = sorted(set(texts))
         todo = [t for t in unique if not self._path(t).exists()]
         for i in tqdm(range(0, len(todo), batch_size), desc="cache text", disable=not todo):
             chunk = todo[i : i + batch_size]
-            for text, hidden in zip(chunk, self._encode(chunk), strict=True):
+            for text, tensors in zip(chunk, self._encode(chunk), strict=True):
                 with atomic_path(self._path(text)) as tmp:
-                    save_file({"hidden": hidden.contiguous()}, str(tmp))
+                    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
-    def get(self, text: str) -> torch.Tensor:
-        """Read per item like the latents: held in memory, 5,700 captions of 225 tokens would
-        take ~4 GB. Only a variant that was never cached (the empty dropout caption) is kept."""
+    def get(self, text: str) -> dict[str, torch.Tensor]:
+        """An item's conditioning by batch key. Read per item like the latents: held in memory,
+        5,700 captions of 225 tokens would take ~4 GB. Only a variant that was never cached (the
+        empty dropout caption) is kept."""
         path = self._path(text)
         if path.exists():
-            return load_file(str(path))["hidden"]
-        if text not in self.memo:
-            self.memo[text] = self._encode([text])[0]
-        return self.memo[text]
+            tensors = load_file(str(path))
+        else:
+            if text not in self.memo:
+                self.memo[text] = self._encode([text])[0]
+            tensors = self.memo[text]
+        return {key: tensors[name] for key, name in self.FILE_KEYS.items() if name in tensors}

@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from kshd.training.setup import (
     freeze_and_adapt,
     release_frozen,
     reload_frozen,
+    vae_fp32,
 )
 
 log = logging.getLogger(__name__)
@@ -121,14 +122,14 @@ def _setup(
     set_seed(s.seed)
     dtype = compute_dtype(s.mixed_precision)
     if c.unet is None:  # deferred: fill the caches and release first (same RNG draws)
-        place_for_training([c.vae, c.text_encoder], [], acc.device, dtype)
-        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype, reg)
+        place_for_training([c.vae, *c.text_encoders], [], acc.device, dtype, vae_fp32(c))
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
         c.unet = load_unet(*c.source)
         params = freeze_and_adapt(c, s, acc.device, dtype)
     else:
         params = freeze_and_adapt(c, s, acc.device, dtype)
-        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, dtype, reg)
+        data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
     optimizer = build_optimizer(params, s)
@@ -142,6 +143,8 @@ def _setup(
     unet, optimizer, loader, lr_scheduler = acc.prepare(c.unet, optimizer, loader, lr_scheduler)
     if s.train_text_encoder:
         c.text_encoder = acc.prepare(c.text_encoder)
+        if c.text_encoder_2 is not None:
+            c.text_encoder_2 = acc.prepare(c.text_encoder_2)
     return _Run(
         acc,
         unet,
@@ -163,14 +166,17 @@ def _lora_tensors(run: _Run, c: Components) -> dict[str, torch.Tensor]:
     from kshd.lora import adapter_tensors
 
     unwrap = run.accelerator.unwrap_model
-    return adapter_tensors(unwrap(run.unet), unwrap(c.text_encoder))
+    second = unwrap(c.text_encoder_2) if c.text_encoder_2 is not None else None
+    return adapter_tensors(unwrap(run.unet), unwrap(c.text_encoder), second)
 
 
 def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
     from peft import set_peft_model_state_dict
 
     loaded = load_checkpoint(path)  # also restores every RNG
-    for prefix, module in (("unet.", run.unet), ("text_encoder.", c.text_encoder)):
+    parts = (("unet.", run.unet), ("text_encoder.", c.text_encoder))
+    parts += (("text_encoder_2.", c.text_encoder_2),) if c.text_encoder_2 is not None else ()
+    for prefix, module in parts:
         part = {k[len(prefix) :]: v for k, v in loaded.lora.items() if k.startswith(prefix)}
         if part:
             set_peft_model_state_dict(run.accelerator.unwrap_model(module), part)
@@ -215,10 +221,11 @@ def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: i
     """Forward, NaN guard, backward, and (at accumulation boundaries) the optimizer step."""
     acc = run.accelerator
     with acc.accumulate(run.unet):
-        latents, hidden = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
+        inputs = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
+        latents, hidden, added = inputs
         if run.latent_std is None:
             run.latent_std = _checked_latent_std(latents, c.vae.config.scaling_factor)
-        loss = diffusion_loss(c, latents, hidden, run.unet, s, batch.get("loss_weight"))
+        loss = diffusion_loss(c, latents, hidden, run.unet, s, batch.get("loss_weight"), added)
         if not torch.isfinite(loss).all():
             names = [run.data.names[int(i)] for i in batch["index"]]
             raise NonFiniteLoss(
@@ -272,8 +279,15 @@ def train_lora(
     result.latent_std = run.latent_std
     c.unet = acc.unwrap_model(run.unet)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
+    if c.text_encoder_2 is not None:
+        c.text_encoder_2 = acc.unwrap_model(c.text_encoder_2)
     if run.released and give_back:  # the caller gets complete components back
-        c.text_encoder, c.vae = reload_frozen(c, acc.device, run.dtype)
+        fresh = reload_frozen(c, acc.device, run.dtype)
+        c.text_encoder, c.text_encoder_2, c.vae = (
+            fresh.text_encoder,
+            fresh.text_encoder_2,
+            fresh.vae,
+        )
     acc.wait_for_everyone()
     return result
 
@@ -367,12 +381,11 @@ def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> Non
     rng = torch.get_rng_state()
     unet = run.accelerator.unwrap_model(run.unet)
     unet.eval()
-    text_encoder, vae = c.text_encoder, c.vae
-    if run.released:  # brought back for this validation only
-        text_encoder, vae = reload_frozen(c, run.accelerator.device, run.dtype)
+    # the VAE and text encoders brought back for this validation only when released
+    parts = reload_frozen(c, run.accelerator.device, run.dtype) if run.released else c
     try:  # under autocast as in diffusers' script: the prepared UNet returns fp32
         with run.accelerator.autocast():
-            validate(epoch, Components(c.tokenizer, text_encoder, vae, unet, c.noise_scheduler))
+            validate(epoch, replace(parts, unet=unet))
     finally:
         torch.set_rng_state(rng)
         unet.train()

@@ -1,4 +1,5 @@
-"""LoRA training of an SD 1.x UNet: the loop of diffusers' train_text_to_image_lora.py."""
+"""LoRA training of an SD 1.x or SDXL UNet: the loops of diffusers' train_text_to_image_lora.py
+and train_text_to_image_lora_sdxl.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kshd.prompts import encode_chunk_ids
+from kshd.prompts import encode_chunk_ids, encode_chunk_ids_sdxl
 from kshd.schema_train import TrainSettings
 from kshd.training.checkpoints import Progress
 
@@ -103,27 +104,59 @@ class Components:
     noise_scheduler: object
     # (pretrained, revision, variant): where a released VAE and text encoder are reloaded from
     source: tuple[str, str | None, str | None] | None = None
+    # SDXL's second tokenizer and text encoder (with projection); None for SD 1.x
+    tokenizer_2: object = None
+    text_encoder_2: torch.nn.Module | None = None
+    vae_fp32: bool = False  # model.no_half_vae: the VAE stays fp32 under fp16/bf16
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 else [])
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.text_encoder_2 else [])
 
 
 def load_components(
-    pretrained: str, revision: str | None = None, variant: str | None = None, unet: bool = True
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    unet: bool = True,
+    prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
+    no_half_vae: bool = False,
 ) -> Components:
-    """The five SD parts through from_pretrained, as the reference script loads them.
+    """The parts of an SD 1.x or SDXL model (its family read from the model) through
+    from_pretrained, as the reference scripts load them; the noise schedule as the model was
+    trained (`model.prediction_type`, `model.zero_terminal_snr`: a single-file base cannot say).
 
     unet=False leaves the UNet to the trainer, which loads it once the caches are filled and
-    the VAE and text encoder are released, so the three are never in memory together."""
+    the VAE and text encoders are released, so they are never in memory together."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
     kw = {"revision": revision}
-    text_encoder, vae = load_frozen(pretrained, revision, variant)
+    encoders, vae = load_frozen(pretrained, revision, variant)
+    tokenizers = [
+        CLIPTokenizer.from_pretrained(pretrained, subfolder=folder, **kw)
+        for folder in ("tokenizer", "tokenizer_2")[: len(encoders)]
+    ]
+    schedule = {"prediction_type": prediction_type} if prediction_type else {}
+    if zero_terminal_snr:
+        schedule["rescale_betas_zero_snr"] = True
     return Components(
-        tokenizer=CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", **kw),
-        text_encoder=text_encoder,
+        tokenizer=tokenizers[0],
+        text_encoder=encoders[0],
         vae=vae,
         unet=load_unet(pretrained, revision, variant) if unet else None,
-        noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kw),
+        noise_scheduler=DDPMScheduler.from_pretrained(
+            pretrained, subfolder="scheduler", **kw, **schedule
+        ),
         source=(pretrained, revision, variant),
+        tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
+        text_encoder_2=encoders[1] if len(encoders) > 1 else None,
+        vae_fp32=no_half_vae,
     )
 
 
@@ -137,15 +170,22 @@ def load_unet(pretrained: str, revision: str | None, variant: str | None):
 
 
 def load_frozen(pretrained: str, revision: str | None, variant: str | None) -> tuple:
-    """(text encoder, VAE): loaded with the rest, and again for validation once released."""
+    """((text encoder[, SDXL's second]), VAE): loaded with the rest, and again for validation
+    once released."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from kshd.models import SDXL, model_family
 
     kw = {"revision": revision, "variant": variant, "use_safetensors": True}
-    return (
-        CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kw),
-        AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kw),
-    )
+    encoders = (CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kw),)
+    if model_family(pretrained, revision) == SDXL:
+        encoders += (
+            CLIPTextModelWithProjection.from_pretrained(
+                pretrained, subfolder="text_encoder_2", **kw
+            ),
+        )
+    return encoders, AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kw)
 
 
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -157,23 +197,42 @@ def compute_dtype(mixed_precision: str) -> torch.dtype:
 
 
 def place_for_training(
-    modules: list[torch.nn.Module], trainable: list[torch.nn.Module], device, dtype: torch.dtype
+    modules: list[torch.nn.Module],
+    trainable: list[torch.nn.Module],
+    device,
+    dtype: torch.dtype,
+    keep_fp32: tuple[torch.nn.Module, ...] = (),
 ) -> None:
     """Frozen weights in the compute dtype, trainable (LoRA) weights in fp32, as diffusers'
     train_text_to_image_lora.py does: the whole pipeline shares one dtype, so validation's VAE
-    decode sees the UNet's dtype, while small LoRA updates do not vanish in half precision."""
+    decode sees the UNet's dtype, while small LoRA updates do not vanish in half precision.
+    `keep_fp32`: modules that stay fp32 whatever the dtype (SDXL's VAE, `model.no_half_vae`)."""
     from diffusers.training_utils import cast_training_params
 
     cast = {} if dtype == torch.float32 else {"dtype": dtype}  # the VAE warns on a no-op cast
     for module in modules:
         if next(module.parameters()).device.type != "meta":  # a released module stays so
-            module.to(device, **cast)
+            module.to(device, **({} if any(module is m for m in keep_fp32) else cast))
     if cast:
         cast_training_params(trainable, dtype=torch.float32)
 
 
-def batch_inputs(c: Components, batch: dict, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, encoder hidden states): sampled from the cached distribution or encoded live.
+def encode_caption_ids(c: Components, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Caption ids ({"input_ids"[, "input_ids_2"]}, [batch, chunks, 77]) -> the UNet's text
+    conditioning: `encoder_hidden_states`, and SDXL's pooled `text_embeds`."""
+    if c.text_encoder_2 is None:
+        return {"encoder_hidden_states": encode_chunk_ids(c.text_encoder, ids["input_ids"])}
+    hidden, pooled = encode_chunk_ids_sdxl(
+        c.text_encoder, c.text_encoder_2, ids["input_ids"], ids["input_ids_2"]
+    )
+    return {"encoder_hidden_states": hidden, "text_embeds": pooled}
+
+
+def batch_inputs(
+    c: Components, batch: dict, device, dtype
+) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """(latents, encoder hidden states, SDXL's added conditions or None): sampled from the cached
+    distribution or encoded live.
 
     Both paths draw the latent sample from the global RNG exactly as AutoencoderKL's
     `latent_dist.sample()` does, so cached and live training see the same noise.
@@ -185,18 +244,26 @@ def batch_inputs(c: Components, batch: dict, device, dtype) -> tuple[torch.Tenso
         std = torch.exp(0.5 * batch["latent_logvar"].to(device, dtype))
         latents = mean + std * randn_tensor(mean.shape, device=device, dtype=dtype)
     else:
-        with torch.no_grad():
-            latents = c.vae.encode(batch["pixel_values"].to(device, dtype)).latent_dist.sample()
+        with torch.no_grad():  # in the VAE's own dtype (fp32 with model.no_half_vae)
+            pixels = batch["pixel_values"].to(device, c.vae.dtype)
+            latents = c.vae.encode(pixels).latent_dist.sample().to(dtype)
     # Contiguous: the VAE returns channels-last strides, and randn_like (the noise) follows
     # strides, so without this the same RNG draws would land in other places per path.
     latents = (latents * c.vae.config.scaling_factor).contiguous()
     if "encoder_hidden_states" in batch:
-        return latents, batch["encoder_hidden_states"].to(device, dtype)
-    ids = batch["input_ids"].to(device)  # [batch, chunks, 77]: see prompts.CaptionChunker
-    if c.text_encoder.training:  # text-encoder LoRA: gradients flow
-        return latents, encode_chunk_ids(c.text_encoder, ids)
-    with torch.no_grad():
-        return latents, encode_chunk_ids(c.text_encoder, ids)
+        text = batch
+    else:
+        ids = {k: batch[k].to(device) for k in ("input_ids", "input_ids_2") if k in batch}
+        with torch.set_grad_enabled(c.text_encoder.training):  # text-encoder LoRA: gradients
+            text = encode_caption_ids(c, ids)
+    hidden = text["encoder_hidden_states"].to(device, dtype)
+    if "time_ids" not in batch:
+        return latents, hidden, None
+    added = {
+        "text_embeds": text["text_embeds"].to(device, dtype),
+        "time_ids": batch["time_ids"].to(device, dtype),
+    }
+    return latents, hidden, added
 
 
 def diffusion_loss(
@@ -206,9 +273,11 @@ def diffusion_loss(
     unet,
     s: TrainSettings,
     item_weights: torch.Tensor | None = None,
+    added_cond: dict | None = None,
 ) -> torch.Tensor:
     """One denoising step's loss: noise (+ offset), timesteps, target, optional min-SNR weights;
-    `item_weights` per drawing (train.prior_loss_weight for the regularization drawings)."""
+    `item_weights` per drawing (train.prior_loss_weight for the regularization drawings);
+    `added_cond`: SDXL's pooled text and size conditioning."""
     noise = torch.randn_like(latents)
     if s.noise_offset:
         noise += s.noise_offset * torch.randn(
@@ -221,7 +290,9 @@ def diffusion_loss(
     noisy = sched.add_noise(latents, noise, timesteps)
     v_pred = sched.config.prediction_type == "v_prediction"
     target = sched.get_velocity(latents, noise, timesteps) if v_pred else noise
-    pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    pred = unet(
+        noisy, timesteps, encoder_hidden_states, added_cond_kwargs=added_cond, return_dict=False
+    )[0]
     if s.snr_gamma is None and item_weights is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     loss = F.mse_loss(pred.float(), target.float(), reduction="none")

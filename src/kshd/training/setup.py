@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from kshd.training.settings import (
     Components,
     EpochSampler,
     TrainSettings,
+    encode_caption_ids,
     load_frozen,
     place_for_training,
 )
@@ -28,27 +30,51 @@ from kshd.training.settings import (
 log = logging.getLogger(__name__)
 
 
-def freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
-    """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoder) in fp32."""
-    from kshd.lora import add_lora
-
+def prediction_type(c: Components, s: TrainSettings) -> None:
+    """The target the LoRA learns: train.prediction_type, else the base's (load_components set
+    model.prediction_type on the schedule). A zero-terminal-SNR schedule has no epsilon target."""
     if s.prediction_type:
         c.noise_scheduler.register_to_config(prediction_type=s.prediction_type)
+    config = c.noise_scheduler.config
+    if (
+        getattr(config, "rescale_betas_zero_snr", False)
+        and config.prediction_type != "v_prediction"
+    ):
+        raise UserError(
+            f"train.prediction_type={config.prediction_type} with model.zero_terminal_snr=true: "
+            "at zero terminal SNR only v_prediction can be learned; drop train.prediction_type "
+            "(the model's v_prediction is used)"
+        )
+
+
+def freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
+    """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoders) in fp32."""
+    from kshd.lora import add_lora
+
+    prediction_type(c, s)
     c.vae.requires_grad_(False)
-    c.text_encoder.requires_grad_(False)
+    for encoder in c.text_encoders:
+        encoder.requires_grad_(False)
+        encoder.eval()
     add_lora(c.unet, s.rank, s.alpha, s.target_modules)
-    if s.train_text_encoder:
-        add_lora(c.text_encoder, s.rank, s.alpha, s.text_encoder_target_modules)
-        c.text_encoder.train()
-    else:
-        c.text_encoder.eval()
-    modules = [c.unet, c.text_encoder] if s.train_text_encoder else [c.unet]
-    place_for_training([c.vae, c.text_encoder, c.unet], modules, device, dtype)
+    if s.train_text_encoder:  # both of SDXL's, as kohya trains them
+        for encoder in c.text_encoders:
+            add_lora(encoder, s.rank, s.alpha, s.text_encoder_target_modules)
+            encoder.train()
+    modules = [c.unet, *c.text_encoders] if s.train_text_encoder else [c.unet]
+    place_for_training(
+        [c.vae, *c.text_encoders, c.unet], modules, device, dtype, keep_fp32=vae_fp32(c)
+    )
     if s.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if s.train_text_encoder:
-            c.text_encoder.gradient_checkpointing_enable()
+            for encoder in c.text_encoders:
+                encoder.gradient_checkpointing_enable()
     return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def vae_fp32(c: Components) -> tuple:
+    return (c.vae,) if c.vae_fp32 else ()
 
 
 class RegWithBuckets(UserError, ValueError):
@@ -71,7 +97,6 @@ def build_dataset(
     keep_tag: str,
     cache_dir: Path | None,
     accelerator,
-    dtype,
     reg=None,
 ) -> tuple[DrawingDataset, dict]:
     from kshd.prompts import CaptionChunker
@@ -79,22 +104,26 @@ def build_dataset(
 
     opts = ItemOptions.of(s, keep_tag)
 
+    tokenizers = c.tokenizers
     if not (s.cache_latents and cache_dir):
-        log.info("inputs: VAE and text encoder run every step (train.cache_latents=false)")
-        return DrawingDataset(split, c.tokenizer, opts, reg=reg, weight=s.prior_loss_weight), {}
+        log.info("inputs: VAE and text encoders run every step (train.cache_latents=false)")
+        return DrawingDataset(split, tokenizers, opts, reg=reg, weight=s.prior_loss_weight), {}
     device = accelerator.device
     latents = LatentSource(
-        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, dtype
+        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device
     )
     texts = None
-    if not (s.shuffle_tags or s.train_text_encoder):
+    if s.shuffle_tags or s.train_text_encoder:
+        why = "train.shuffle_tags" if s.shuffle_tags else "train.train_text_encoder"
+        log.info("inputs: captions encoded every step (%s=true changes them each step)", why)
+    else:
         texts = TextSource(
-            c.text_encoder,
-            CaptionChunker(c.tokenizer, s.max_token_length, keep_tag),
-            cache_dir / f"text-{module_fingerprint(c.text_encoder)}",
+            lambda ids: encode_caption_ids(c, ids),
+            [CaptionChunker(t, s.max_token_length, keep_tag) for t in tokenizers],
+            cache_dir / "-".join(["text", *(module_fingerprint(e) for e in c.text_encoders)]),
             device,
         )
-    data = DrawingDataset(split, c.tokenizer, opts, latents, texts, reg, s.prior_loss_weight)
+    data = DrawingDataset(split, tokenizers, opts, latents, texts, reg, s.prior_loss_weight)
     with accelerator.main_process_first():
         stats = latents.precompute(data)
         if texts:
@@ -142,19 +171,20 @@ def release_frozen(c: Components, data: DrawingDataset, stats: dict, s: TrainSet
     so they leave the device and the process (weights to `meta`) until validation reloads them."""
     if c.source is None or s.train_text_encoder or data.texts is None or stats.get("live", 1):
         return False
-    c.vae.to("meta")
-    c.text_encoder.to("meta")
+    for module in (c.vae, *c.text_encoders):
+        module.to("meta")
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    log.info("inputs: all cached; the VAE and the text encoder are released until validation")
+    log.info("inputs: all cached; the VAE and the text encoders are released until validation")
     return True
 
 
-def reload_frozen(c: Components, device, dtype: torch.dtype) -> tuple:
-    """(text encoder, VAE) from c.source, frozen and placed as training placed them."""
-    text_encoder, vae = load_frozen(*c.source)
-    for module in (text_encoder, vae):
+def reload_frozen(c: Components, device, dtype: torch.dtype) -> Components:
+    """c with its text encoders and VAE loaded again from c.source, frozen and placed as
+    training placed them (the UNet and the rest shared with c)."""
+    encoders, vae = load_frozen(*c.source)
+    for module in (*encoders, vae):
         module.requires_grad_(False).eval()
-    place_for_training([text_encoder, vae], [], device, dtype)
-    return text_encoder, vae
+    place_for_training([*encoders, vae], [], device, dtype, keep_fp32=(vae,) if c.vae_fp32 else ())
+    return replace(c, text_encoder=encoders[0], vae=vae, text_encoder_2=(encoders + (None,))[1])
