@@ -84,6 +84,9 @@ def _sketch(metrics: dict, sketches: list[Path], page_dir: Path) -> str:
     )
 
 
+FAMILIES = {"sd1": "SD 1.x", "sdxl": "SDXL"}
+
+
 def render(
     metrics: dict,
     curve: list[dict],
@@ -117,6 +120,7 @@ def render(
 <html lang="en"><head><meta charset="utf-8"><title>KSH Drawing AI — evaluation</title>
 <style>{STYLE}</style></head><body>
 <h1>KSH drawing style — evaluation</h1>
+<p class="family">base model family: {FAMILIES.get(metrics.get("model_family"), "?")}</p>
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>LoRA</th><th>base model</th></tr>{head_rows}</table>
 <p>style gain: {_fmt(metrics.get("style_gain", ""))}; trigger gain:
