@@ -70,6 +70,17 @@ def test_only_finished_evaluated_experiments_are_compared():
     assert differing(exps) == ["train.epochs"]
 
 
+def test_an_sd1_and_an_sdxl_run_compare_with_their_family_shown():
+    runs = [_exp("anything", "success", 10, 0.2), _exp("xl", "success", 10, 0.3)]
+    show = [{"rev": "base", "name": "main", "data": {}, "experiments": runs}]
+    for exp, family in zip(show[0]["experiments"], ("sd1", "sdxl"), strict=True):
+        exp["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["model_family"] = family
+    exps = experiments_from_show(show, FILES)
+    assert [e.params["model.family"] for e in exps] == ["sd1", "sdxl"]
+    assert differing(exps) == ["model.family"]  # a column of the page
+    assert "model_family" not in exps[0].metrics  # a name, not a number to plot
+
+
 def test_unknown_experiment_names_are_reported_with_the_known_ones():
     exps = experiments_from_show(SHOW, FILES)
     assert [e.name for e in select(exps, ["done-b"])] == ["done-b"]

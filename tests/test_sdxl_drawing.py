@@ -152,3 +152,32 @@ def test_validation_images_draw_the_sdxl_being_trained(tiny_models):
                                negative_prefix="", sampler="euler_a")  # fmt: skip
     assert [im.size for im in images] == [(64, 64), (64, 64)]
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_the_studio_offers_the_family_s_sizes():
+    import gradio as gr
+
+    from kshd.drawing.gui import preset_size
+    from kshd.drawing.gui_parts import build_tab
+
+    limits = defaults("generate.limits")
+    with gr.Blocks():
+        sdxl = build_tab("txt2img", Request("x"), limits, family="sdxl")
+        sd1 = build_tab("img2img", Request("x"), limits)
+    assert [preset_size(b.value) for b in sdxl.presets] == [(1024, 1024), (832, 1216), (1216, 832)]
+    assert [preset_size(b.value) for b in sd1.presets] == [(512, 512), (512, 768), (768, 512)]
+
+
+def test_a_base_switch_leaves_the_configured_schedule_with_its_own_model():
+    from types import SimpleNamespace
+
+    from kshd.drawing.gui_actions import Handlers
+
+    vpred = EngineSettings("Laxhar/noobai-XL-Vpred-1.0", lora="models/lora",
+                           prediction_type="v_prediction", zero_terminal_snr=True)  # fmt: skip
+    handlers = Handlers(SimpleNamespace(settings=vpred))
+    other = handlers._base_settings("models/world/sd")
+    assert other.pretrained == "models/world/sd" and other.lora is None
+    assert other.prediction_type is None and not other.zero_terminal_snr
+    back = handlers._base_settings(vpred.pretrained)
+    assert back.prediction_type == "v_prediction" and back.zero_terminal_snr

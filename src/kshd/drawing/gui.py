@@ -34,7 +34,6 @@ from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_parts import (  # noqa: E402
     PAGE_CSS,
     PAGE_JS,
-    SIZE_PRESETS,
     TAB_FIELDS,
     TAB_NAMES,
     Tab,
@@ -70,6 +69,11 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]) -> N
                concurrency_id="engine")  # fmt: skip
     base.input(handlers.set_model, [base, lora], status, api_visibility="private",
                concurrency_id="engine")  # fmt: skip
+
+
+def preset_size(label: str) -> tuple[int, int]:
+    width, height = label.split("×")
+    return int(width), int(height)
 
 
 def model_status(engine: Engine) -> str:
@@ -120,8 +124,8 @@ def _wire_tab(
     tab.random_seed.click(lambda: -1, None, f.seed, **private)
     tab.reuse_seed.click(reuse_seed, [tab.drawn, tab.selected], f.seed, **private)
     tab.swap.click(swap, [f.width, f.height], [f.width, f.height], **private)
-    for button, (w, h) in zip(tab.presets, SIZE_PRESETS, strict=False):
-        button.click(lambda w=w, h=h: (w, h), None, [f.width, f.height], **private)
+    for button in tab.presets:  # "832×1216": the size it sets
+        button.click(preset_size, button, [f.width, f.height], **private)
     texts = [f.positive_prefix, f.prompt, f.negative_prefix, f.negative_prompt]
     for text in texts:
         text.change(effective_prompts, texts, tab.effective, **private)
@@ -164,15 +168,16 @@ def build_ui(
         with gr.Tabs() as tabs:
             built = {}
             types, limits = list(engine.controls.models), engine.limits
+            family = engine.family  # the size presets of its family
             with gr.Tab("Text to image", id="txt2img"):
-                built["txt2img"] = build_tab("txt2img", defaults, limits)
+                built["txt2img"] = build_tab("txt2img", defaults, limits, family=family)
             with gr.Tab("Image to image", id="img2img"), gr.Tabs(elem_id="img2img-modes") as modes:
                 with gr.Tab("Redraw", id="img2img-redraw"):
-                    built["img2img"] = build_tab("img2img", defaults, limits)
+                    built["img2img"] = build_tab("img2img", defaults, limits, family=family)
                 with gr.Tab("Inpaint", id="inpaint", elem_id="inpaint-tab"):
-                    built["inpaint"] = build_tab("inpaint", defaults, limits)
+                    built["inpaint"] = build_tab("inpaint", defaults, limits, family=family)
             with gr.Tab("Sketch to style", id="sketch"):
-                built["sketch"] = build_tab("sketch", defaults, limits, types)
+                built["sketch"] = build_tab("sketch", defaults, limits, types, family)
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo(built, tabs, engine.controls.models)
             with gr.Tab("History", id="history") as history:

@@ -78,17 +78,26 @@ class Handlers:
         describe: Callable[[Engine], str] = lambda e: "",
     ):
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
+        self.configured = engine.settings  # model.* of the config belong to its own base
+
+    def _base_settings(self, base: str):
+        """Engine settings for `base`: the configured model's own schedule (model.prediction_type,
+        zero_terminal_snr) stays with it; another base draws on its scheduler config's."""
+        from dataclasses import replace
+
+        if base == self.configured.pretrained:
+            return replace(self.configured, lora=None)
+        return replace(self.configured, pretrained=base, revision=None, variant=None, lora=None,
+                       prediction_type=None, zero_terminal_snr=False)  # fmt: skip
 
     def set_model(self, base: str, lora: str, request: gr.Request = None) -> str:
         """Switch the base model and / or the LoRA, reloading only what changed; says what is
         in use. A model that cannot load leaves the one in use."""
-        from dataclasses import replace
-
         engine, lora = self.engine, lora or None
         try:
             if base != engine.settings.pretrained:
                 with engine.lock:  # the job in progress finishes first
-                    fresh = Engine(replace(engine.settings, pretrained=base, lora=None))
+                    fresh = Engine(self._base_settings(base))
                 self.engine = engine = fresh
             if lora != engine.lora_path:
                 engine.set_lora(lora, self.checkpoint_strength)

@@ -36,7 +36,11 @@ TAB_NAMES = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS, "sketch": SKETCH_
              "inpaint": INPAINT_FIELDS}  # fmt: skip
 REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
 # Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
-SIZE_PRESETS = ((512, 512), (512, 768), (768, 512))
+# the sizes each family was trained at: SD 1.x's 512 px, SDXL's 1 megapixel buckets
+SIZE_PRESETS = {
+    "sd1": ((512, 512), (512, 768), (768, 512)),
+    "sdxl": ((1024, 1024), (832, 1216), (1216, 832)),
+}
 
 Fields = make_dataclass(
     "Fields",
@@ -175,7 +179,7 @@ def _control(tab: str, d: Request, types: list[str]) -> tuple[dict, gr.Image]:
     return c, preview
 
 
-def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
+def _settings(tab: str, d: Request, limits: Limits, family: str) -> tuple[dict, dict]:
     """The settings column: (inputs by field, the size and seed buttons by name)."""
     c: dict[str, gr.components.Component] = {}
     b: dict = {}
@@ -196,7 +200,7 @@ def _settings(tab: str, d: Request, limits: Limits) -> tuple[dict, dict]:
             b["swap"] = gr.Button("⇅", size="sm", elem_id=f"{tab}-swap")
             b["presets"] = [
                 gr.Button(f"{w}×{h}", size="sm", elem_id=f"{tab}-size-{w}x{h}")
-                for w, h in SIZE_PRESETS
+                for w, h in SIZE_PRESETS[family]
                 if w <= limits.max_side and h <= limits.max_side
             ]
     with gr.Row():
@@ -235,7 +239,9 @@ def _results(tab: str, sends: tuple[str, ...]) -> tuple:
     return gallery, buttons, info, files
 
 
-def build_tab(tab: str, d: Request, limits: Limits, control_types: list[str] = ()) -> Tab:
+def build_tab(
+    tab: str, d: Request, limits: Limits, control_types: list[str] = (), family: str = "sd1"
+) -> Tab:
     """One tab (inside a gr.Tab): prompts and actions on top, settings left, results right."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
@@ -254,7 +260,7 @@ def build_tab(tab: str, d: Request, limits: Limits, control_types: list[str] = (
             elif tab == "sketch":  # its resize mode is the control's
                 control, preview = _control(tab, d, list(control_types))
                 picture.pop("resize_mode")
-            c, b = _settings(tab, d, limits)
+            c, b = _settings(tab, d, limits, family)
             with gr.Accordion("Prompt prefixes (added before your prompts)", open=False,
                               elem_id=f"{tab}-prefixes"):  # fmt: skip
                 c["positive_prefix"] = gr.Textbox(label="Positive prefix", value=d.positive_prefix,

@@ -70,6 +70,8 @@ def _experiment(name: str, rev: str, data: Mapping, files: Mapping[str, str]) ->
         numbers |= _numbers(found[path] or {}, prefix)
     best = evaluation.get("best_checkpoint") or {}
     params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
+    if "model_family" in evaluation:  # read from the model by the evaluation, not a param
+        params["model.family"] = evaluation["model_family"]
     return Experiment(name, rev, params, numbers, best)
 
 
