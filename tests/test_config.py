@@ -174,3 +174,17 @@ def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
     assert sketch <= set(scores) and scores["sketch_drawings"] == demo_cfg.evaluate.sketch.drawings
     assert len(list((reports / "sketch").glob("sketch-*.png"))) == scores["sketch_drawings"]
     assert "Sketch to style" in (reports / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
+    """`kshd gui +experiment=demo` (make gui) and `model=` presets by hand: a group whose file
+    overrides another group (the demo picks model=world) composes from conf/ like DVC."""
+    from kshd.config import load_params
+
+    assert load_params(["+experiment=demo"]).model.pretrained == "models/world/sd"
+    tiny = load_params(["+experiment=demo", "model=tiny_sdxl", "generate.steps=5"])
+    assert tiny.model.pretrained == "models/tiny/sdxl" and tiny.generate.steps == 5
+    vpred = load_params(["+experiment=sdxl", "model=noobai_xl_vpred", "memory=gpu_12gb"])
+    assert vpred.model.prediction_type == "v_prediction" and vpred.model.zero_terminal_snr
+    assert vpred.train.resolution == 1024 and vpred.train.use_8bit_adam
+    assert load_params(["train.epochs=3"]).train.epochs == 3  # keys apply to params.yaml

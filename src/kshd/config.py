@@ -99,11 +99,22 @@ def load_params(overrides: Sequence[str] = (), params_file: str | Path | None = 
         )
     overrides = list(overrides)
     conf = path.resolve().parent / CONF_DIR
-    if conf.is_dir():  # so that `+experiment=demo` finds conf/experiment/demo.yaml
+    if conf.is_dir() and any(_group_choice(o, conf) for o in overrides):
+        # `+experiment=demo`, `model=noobai_xl`: a config group chosen (whose files may override
+        # other groups, as the demo picks model=world) needs conf/'s defaults list, which
+        # params.yaml, composed already, has not: composed from conf/ as `dvc exp run -S` does
+        return compose_conf(overrides, conf)
+    if conf.is_dir():  # so that a `+key=value` of conf/ resolves
         overrides.insert(0, f"hydra.searchpath=[file://{conf}]")
     with initialize_config_dir(config_dir=str(path.resolve().parent), version_base=None):
         cfg = _compose(compose, path.stem, overrides)
     return _checked(cfg, f"{path.name} (regenerate it from conf/ with `kshd compose-params`)")
+
+
+def _group_choice(override: str, conf: Path) -> bool:
+    """`model=world`, `+experiment=demo`: the override names a config group of conf/."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "." not in key and (conf / key).is_dir()
 
 
 def compose_conf(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -> DictConfig:
