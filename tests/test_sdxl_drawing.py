@@ -142,6 +142,9 @@ def test_a_zero_terminal_snr_base_draws_on_its_own_schedule(settings):
     assert config.timestep_spacing == "trailing"  # the first step starts from pure noise
     img = _pixels(vpred, seed=2)
     assert np.isfinite(img).all() and img.std() > 0
+    # rescaled CFG is applied to such a base: without it the same seed draws otherwise
+    vpred.settings = replace(vpred.settings, guidance_rescale=0.0)
+    assert not np.array_equal(_pixels(vpred, seed=2), img)
 
 
 def test_validation_images_draw_the_sdxl_being_trained(tiny_models):
