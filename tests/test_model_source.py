@@ -163,6 +163,13 @@ def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     assert (copy / "models/tiny/sd/config.json").read_text() == "{}"
     assert (copy / "models/tiny/sd").resolve() == (workspace / "models/tiny/sd").resolve()
     assert cfg.caption.model == NOWHERE
+    # a single-file base and the folder of its configs, linked the same way
+    (workspace / "models/base.safetensors").write_bytes(b"weights")
+    file = OmegaConf.create({"model": {"pretrained": "models/base.safetensors",
+                                       "single_file_config": "models/tiny/sd"}})  # fmt: skip
+    resolve_models(file)
+    assert (copy / "models/base.safetensors").read_bytes() == b"weights"
+    assert file.model.pretrained == "models/base.safetensors"
 
 
 def test_the_demo_builds_its_models_in_the_project_before_any_stage(tmp_path):

@@ -74,7 +74,7 @@ def test_prompts_go_through_both_encoders_as_sdxls_pipeline_encodes_them(tiny_mo
     encoder = PromptEncoderXL([pipe.tokenizer, pipe.tokenizer_2],
                               [pipe.text_encoder, pipe.text_encoder_2])  # fmt: skip
     pos, neg = encoder.encode_pair("an anime girl, green eyes", "lowres")
-    assert isinstance(pos, XLEmbeds) and pos.hidden.shape == (1, 77, 64)
+    assert isinstance(pos, XLEmbeds) and pos.hidden.shape == (1, 77, 80)
     theirs = pipe.encode_prompt("an anime girl, green eyes", negative_prompt="lowres",
                                 device="cpu", do_classifier_free_guidance=True)  # fmt: skip
     for ours, expected in zip((pos.hidden, neg.hidden, pos.pooled, neg.pooled), theirs,

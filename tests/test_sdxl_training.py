@@ -74,7 +74,7 @@ def test_cached_and_live_sdxl_training_see_the_same_inputs(tiny_models, tmp_path
     assert len(texts) == 4
     with safe_open(texts[0], "pt") as f:
         assert set(f.keys()) == {"hidden", "pooled"}
-        assert f.get_tensor("hidden").shape == (77, 64) and f.get_tensor("pooled").shape == (32,)
+        assert f.get_tensor("hidden").shape == (77, 80) and f.get_tensor("pooled").shape == (32,)
 
 
 def test_a_vpred_zero_terminal_snr_base_trains_on_its_own_schedule(tiny_models, tmp_path):

@@ -156,6 +156,7 @@ class KohyaInfo:
     train_text_encoder: bool = False
     num_reg_images: int = 0
     sdxl: bool = False  # an SDXL base: kohya's SDXL names and ss_base_model_version
+    base_model_hash: str | None = None  # a single-file base's sha256, by which Civitai finds it
 
 
 def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
@@ -171,6 +172,7 @@ def kohya_metadata(info: KohyaInfo) -> dict[str, object]:
         "ss_network_alpha": str(info.alpha),
         "ss_base_model_version": "sdxl_base_v1-0" if info.sdxl else "sd_v1",
         "ss_sd_model_name": info.base_model,
+        **({"ss_new_sd_model_hash": info.base_model_hash} if info.base_model_hash else {}),
         "ss_resolution": f"({info.resolution}, {info.resolution})",
         "ss_tag_frequency": {"ksh": {info.trigger: info.num_images}},
         "ss_output_name": Path(KOHYA_FILE).stem,

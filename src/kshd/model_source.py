@@ -19,6 +19,8 @@ WAYS_OUT = (
     "Hub (unset HF_HUB_OFFLINE), or +experiment=demo for the tiny offline models."
 )
 PROBE_TIMEOUT_S = 10.0
+# single-file checkpoints (kshd.single_file reads the .safetensors; the others are refused)
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 class ModelSourceError(UserError, FileNotFoundError):
@@ -82,6 +84,16 @@ def check_model_source(
     pipeline, `config.json` for a transformers model).
     """
     path = Path(name).expanduser()
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if marker != "model_index.json":  # only a whole SD pipeline comes as one file
+            raise ModelSourceError(f"config key `{key}` = {name!r}: give a folder or Hub id, "
+                                   "not a single file.")  # fmt: skip
+        if not path.is_file():
+            raise ModelSourceError(
+                f"config key `{key}` = {name!r}: no such file. Give an existing .safetensors "
+                "checkpoint, a local folder or a Hugging Face id."
+            )
+        return  # read and checked by kshd.single_file when loaded
     if path.is_dir():
         if not (path / marker).is_file():
             raise ModelSourceError(

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from kshd.model_source import ModelSourceError, check_model_source  # noqa: F401 (re-exported)
+from kshd.single_file import SD1, SDXL, is_single_file, read_checkpoint
 
 # A local model folder's identity reads each small file whole and, of each larger one (the
 # weights), its size, its first MiB (a safetensors header: tensor names, shapes, offsets) and
@@ -37,14 +38,22 @@ def device_and_dtype(prefer_half: bool = True) -> tuple[torch.device, torch.dtyp
 def load_sd_pipeline(
     pretrained: str, revision: str | None, variant: str | None, device: torch.device,
     dtype: torch.dtype, prediction_type: str | None = None, zero_terminal_snr: bool = False,
+    single_file_config: str | None = None,
 ):  # fmt: skip
     """A Stable Diffusion 1.x or SDXL pipeline (the family read from the model) from
-    safetensors weights, no safety checker, quiet; its scheduler on the model's own schedule
-    (`model.prediction_type`, `model.zero_terminal_snr`: the samplers are built from it)."""
+    safetensors weights, a folder, Hub id or single file; no safety checker, quiet; its
+    scheduler on the model's own schedule (`model.prediction_type`, `model.zero_terminal_snr`:
+    the samplers are built from it)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from kshd.single_file import check_single_file, load_pipeline
+
     kw = {"revision": revision, "variant": variant, "dtype": dtype, "use_safetensors": True}
-    if model_family(pretrained, revision) == SDXL:
+    if is_single_file(pretrained):
+        info = check_single_file(pretrained, single_file_config, prediction_type,
+                                 zero_terminal_snr)  # fmt: skip
+        pipe = load_pipeline(pretrained, single_file_config, info.family, dtype)
+    elif model_family(pretrained, revision) == SDXL:
         pipe = StableDiffusionXLPipeline.from_pretrained(pretrained, **kw)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -89,13 +98,13 @@ def embeddings_identity(embeddings: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-SD1, SDXL = "sd1", "sdxl"
-
-
 def model_family(source: str | Path, revision: str | None = None) -> str:
     """`sdxl` or `sd1`, read from the model itself, never typed twice: a second text encoder in
-    its `model_index.json` (a local folder, or the hub's copy in the local cache / fetched)."""
+    its `model_index.json` (a local folder, or the hub's copy in the local cache / fetched) or
+    in a single file's weights."""
     path = Path(source).expanduser()
+    if is_single_file(path):
+        return read_checkpoint(path).family
     index = path / "model_index.json"
     if not index.is_file():
         from huggingface_hub import hf_hub_download
@@ -127,9 +136,12 @@ def pipeline_from_parts(
 
 
 def model_identity(pretrained: str, revision: str | None) -> dict:
-    """A hub id and revision, or a local folder's content digest: the same model copied or
-    moved elsewhere keeps its identity (a checkpoint resumes), a changed file changes it."""
-    folder = Path(pretrained)
+    """A hub id and revision, or a local folder's (or single file's) content digest: the same
+    model copied or moved elsewhere keeps its identity (a checkpoint resumes), a changed file
+    changes it."""
+    folder = Path(pretrained).expanduser()
+    if folder.is_file():
+        return {"content": hashlib.sha256(_file_fingerprint(folder)).hexdigest(), "files": 1}
     if not folder.is_dir():
         return {"id": pretrained, "revision": revision}
     digest = hashlib.sha256()
@@ -142,6 +154,18 @@ def model_identity(pretrained: str, revision: str | None) -> dict:
         digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
         digest.update(_file_fingerprint(path))
     return {"content": digest.hexdigest(), "files": len(files)}
+
+
+def file_sha256(path: Path) -> str:
+    """A single file's whole sha256 (kohya's `ss_new_sd_model_hash`; seconds for 7 GB)."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def a1111_hash(path: Path) -> str:
+    """A single file's "Model hash" as A1111 writes it and Civitai looks it up: the first 10 hex
+    digits of its sha256."""
+    return file_sha256(path)[:10]
 
 
 def _file_fingerprint(path: Path) -> bytes:

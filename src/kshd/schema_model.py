@@ -10,12 +10,14 @@ from kshd.schema_values import PREDICTION_TYPES
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """`model`: the base model, SD 1.x or SDXL (read from the model), a hub id or a local folder
-    (trained on, evaluated), and what it predicts (conf/model/ presets say it for each base)."""
+    """`model`: the base model, SD 1.x or SDXL (read from the model), a hub id, a local folder
+    or one .safetensors file (trained on, evaluated), and what it predicts (conf/model/ presets
+    say it for each base; a single file cannot)."""
 
     pretrained: str = field(metadata=changes("train", "evaluate"))
     revision: str | None = field(metadata=changes("train", "evaluate"))
     variant: str | None = field(metadata=changes("train", "evaluate"))
+    single_file_config: str | None = field(metadata=changes("train", "evaluate"))
     prediction_type: str | None = field(metadata=changes("train", "evaluate"))
     zero_terminal_snr: bool = field(metadata=changes("train", "evaluate"))
     no_half_vae: bool = field(metadata=changes("train", "evaluate"))

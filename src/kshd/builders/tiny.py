@@ -25,6 +25,7 @@ TINY_DINO = "dino"
 TINY_CONTROLNET = "controlnet"
 TINY_INPAINT = "sd-inpaint"
 TINY_SDXL = "sdxl"
+TINY_SINGLE_FILES = "single-file"  # the tiny SD and SDXL each as one .safetensors (LDM names)
 # One tiny vision transformer: CLIP's image tower and the DINO stand-in.
 TINY_VIT = dict(
     hidden_size=32,
@@ -49,7 +50,7 @@ TINY_CLIP_TEXT = dict(
 # The tiny SD's native size (the UNet's sample_size times the VAE's 8): its pipelines' default.
 TINY_SD_RESOLUTION = 128
 # Bump when a tiny builder changes what it writes: folders built by another version are rebuilt.
-TINY_BUILDER_VERSION = 2
+TINY_BUILDER_VERSION = 3
 TINY_MANIFEST = "kshd-tiny.json"
 
 
@@ -126,6 +127,14 @@ def _build_tiny_sdxl(out_dir: Path, seed: int) -> None:
     from kshd.builders.tiny_sdxl import build_tiny_sdxl
 
     build_tiny_sdxl(out_dir, seed)
+
+
+def build_tiny_single_files(out_dir: Path, seed: int) -> None:
+    """The tiny SD and SDXL (built alongside) as the single files users download."""
+    from kshd.builders.single_file import write_single_file
+
+    for name in (TINY_SD, TINY_SDXL):
+        write_single_file(out_dir.parent / name, out_dir / f"{name}.safetensors")
 
 
 def build_tiny_inpaint(out_dir: Path, seed: int) -> None:
@@ -249,6 +258,7 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         TINY_CONTROLNET: build_tiny_controlnet,  # after the SD whose UNet it copies
         TINY_INPAINT: build_tiny_inpaint,
         TINY_SDXL: _build_tiny_sdxl,
+        TINY_SINGLE_FILES: build_tiny_single_files,  # after the folders it converts
     }
     paths = {}
     for name, build in builders.items():
@@ -259,4 +269,6 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
                 build(tmp, seed)
                 (tmp / TINY_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
         paths[name] = target
+    for name in (TINY_SD, TINY_SDXL):
+        paths[f"{name}-file"] = root / TINY_SINGLE_FILES / f"{name}.safetensors"
     return paths

@@ -2,7 +2,8 @@
 
 Two CLIP text encoders over CLIP's real tokenizer (the second with a projection, whose pooled
 output is SDXL's `text_embeds`), their hidden states concatenated for the UNet's cross-attention
-(32 + 32 = 64 wide, SDXL's 768 + 1280), and a UNet conditioned on the pooled text and the six
+(32 + 48 = 80 wide, SDXL's 768 + 1280: unequal, as diffusers' single-file loader tells the two
+apart by width), and a UNet conditioned on the pooled text and the six
 size numbers (`addition_embed_type="text_time"`), as diffusers' own SDXL tests build it. Saved
 with `save_pretrained` and loaded back through `from_pretrained`, like the tiny SD 1.x.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 TIME_EMBED = 8  # addition_time_embed_dim: each of the six size numbers' embedding width
-TEXT_WIDTH = 32  # each text encoder's width (and the second's projection)
+TEXT_WIDTH = 32  # the first text encoder's width (and the second's projection)
+TEXT_WIDTH_2 = 48  # the second's
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler: SD 1.5's betas, Euler, leading spacing
 SDXL_SCHEDULE = dict(
     beta_start=0.00085,
@@ -43,7 +45,7 @@ def _tiny_sdxl_unet(sample_size: int):
         addition_time_embed_dim=TIME_EMBED,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH,
-        cross_attention_dim=2 * TEXT_WIDTH,
+        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2,
     )
 
 
@@ -65,7 +67,8 @@ def build_tiny_sdxl(out_dir: Path, seed: int) -> None:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**config))
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=32))
+    config_2 = config | {"hidden_size": TEXT_WIDTH_2, "intermediate_size": 53}
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config_2, projection_dim=32))
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE),

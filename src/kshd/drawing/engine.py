@@ -52,8 +52,10 @@ from kshd.drawing.request import (
 from kshd.models import (
     SD1,
     SDXL,
+    a1111_hash,
     check_model_source,
     device_and_dtype,
+    is_single_file,
     load_sd_pipeline,
     model_identity,
 )
@@ -72,6 +74,7 @@ class EngineSettings:
     pretrained: str
     revision: str | None = None  # None: the model's main branch, not a default of conf/
     variant: str | None = None
+    single_file_config: str | None = None  # a .safetensors base's configs (model.*)
     lora: str | None = None  # a LoRA folder (models/lora) or .safetensors file; None = base only
     embeddings: tuple[tuple[str, str], ...] = ()  # textual inversion: (name, .safetensors file)
     device: str = FROM_CONF  # auto | cpu | cuda | mps
@@ -130,6 +133,16 @@ def _device(name: str) -> tuple[torch.device, torch.dtype]:
     return device, torch.float32 if device.type == "cpu" else torch.float16
 
 
+def _model_name_and_hash(settings: EngineSettings) -> tuple[str, str | None]:
+    """A1111's "Model" and "Model hash": a single file's stem and its sha256 (what Civitai
+    looks a base up by), a folder's name and content digest, a Hub id's last part and none."""
+    path = Path(settings.pretrained.rstrip("/")).expanduser()
+    if is_single_file(path):
+        return path.stem, a1111_hash(path)
+    identity = model_identity(settings.pretrained, settings.revision)
+    return path.name, identity["content"][:10] if "content" in identity else None
+
+
 class Engine(LoraSwitching):
     """Loads once, draws many times; one request at a time (a lock guards the model)."""
 
@@ -145,7 +158,7 @@ class Engine(LoraSwitching):
         self.device, dtype = _device(settings.device)
         pipe = load_sd_pipeline(
             settings.pretrained, settings.revision, settings.variant, self.device, dtype,
-            settings.prediction_type, settings.zero_terminal_snr,
+            settings.prediction_type, settings.zero_terminal_snr, settings.single_file_config,
         )  # fmt: skip
         self.family = SDXL if getattr(pipe, "text_encoder_2", None) is not None else SD1
         if settings.attention_slicing:
@@ -156,10 +169,7 @@ class Engine(LoraSwitching):
         self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)  # SD 1.x's or SDXL's
         self.img2img.set_progress_bar_config(disable=True)
         self._base_scheduler = pipe.scheduler.config
-        self.model_name = Path(settings.pretrained.rstrip("/")).name
-        # A1111's "Model hash": 10 hex digits of the weights (a local folder's content digest)
-        identity = model_identity(settings.pretrained, settings.revision)
-        self.model_hash = identity["content"][:10] if "content" in identity else None
+        self.model_name, self.model_hash = _model_name_and_hash(settings)
         self.lora_name = self.lora_hash = self.lora_path = None
         if settings.lora:
             self._load_lora(settings.lora)

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from kshd.config import UserError
-from kshd.drawing.engine import INTERRUPT, SKIP, Engine
+from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_parts import (
     IMG2IMG_FIELDS,
     INPAINT_FIELDS,
@@ -24,6 +24,8 @@ from kshd.drawing.gui_parts import (
     TAB_FIELDS,
 )
 from kshd.drawing.request import Request, RequestError, join_prefix
+from kshd.models import model_family
+from kshd.single_file import is_single_file, read_checkpoint
 
 log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"
@@ -68,6 +70,19 @@ def session(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
+def single_file_settings(s: EngineSettings) -> EngineSettings:
+    """A single-file base chosen in the app draws as its markers say (`v_pred`, `ztsnr`; the
+    app has no config to say it), read with the configured configs when of its family."""
+    from dataclasses import replace
+
+    info = read_checkpoint(s.pretrained, "Base model")
+    config = s.single_file_config
+    if config and model_family(config) != info.family:
+        config = None  # diffusers' own for the file's family
+    return replace(s, single_file_config=config, zero_terminal_snr=info.ztsnr,
+                   prediction_type="v_prediction" if info.v_pred else None)  # fmt: skip
+
+
 class Handlers:
     """The callbacks: build a Request, run the engine with progress, turn errors into messages."""
 
@@ -87,8 +102,9 @@ class Handlers:
 
         if base == self.configured.pretrained:
             return replace(self.configured, lora=None)
-        return replace(self.configured, pretrained=base, revision=None, variant=None, lora=None,
-                       prediction_type=None, zero_terminal_snr=False)  # fmt: skip
+        plain = replace(self.configured, pretrained=base, revision=None, variant=None, lora=None,
+                        prediction_type=None, zero_terminal_snr=False)  # fmt: skip
+        return single_file_settings(plain) if is_single_file(base) else plain
 
     def set_model(self, base: str, lora: str, request: gr.Request = None) -> str:
         """Switch the base model and / or the LoRA, reloading only what changed; says what is

@@ -38,6 +38,7 @@ def engine_settings(cfg: DictConfig, lora: str | None = None) -> EngineSettings:
         pretrained=m.pretrained,
         revision=m.revision,
         variant=m.variant,
+        single_file_config=m.single_file_config,
         lora=chosen or None,
         embeddings=tuple((str(k), str(v)) for k, v in (g.embeddings or {}).items()),
         device=g.device,

@@ -31,9 +31,15 @@ def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
     return cfg
 
 
-# The config keys naming a model folder or Hub id that a stage may load.
-MODEL_KEYS = ("model.pretrained", "caption.model", "evaluate.clip_model", "evaluate.dino_model",
-              "evaluate.sketch.controlnet")  # fmt: skip
+# The config keys naming a model folder, Hub id or single file that a stage may load.
+MODEL_KEYS = (
+    "model.pretrained",
+    "model.single_file_config",
+    "caption.model",
+    "evaluate.clip_model",
+    "evaluate.dino_model",
+    "evaluate.sketch.controlnet",
+)
 
 
 def workspace_model(name: str) -> str:
@@ -44,7 +50,7 @@ def workspace_model(name: str) -> str:
     if not name or path.is_absolute() or path.exists():
         return name
     there = shared_path(path)  # DVC_ROOT's, else here (where it is missing)
-    return str(there) if there.is_dir() else name
+    return str(there) if there.exists() else name  # a folder or a single .safetensors
 
 
 def resolve_models(cfg: DictConfig) -> None:
@@ -59,7 +65,7 @@ def resolve_models(cfg: DictConfig) -> None:
             # a git-ignored link in a temporary copy, never part of the experiment; the next
             # stage of the same copy finds it there
             with contextlib.suppress(FileExistsError):
-                link.symlink_to(found, target_is_directory=True)
+                link.symlink_to(found, target_is_directory=Path(found).is_dir())
 
 
 def require_model(cfg: DictConfig, key: str, marker: str = "config.json") -> None:

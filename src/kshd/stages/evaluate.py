@@ -100,7 +100,8 @@ def load_pipeline(cfg: DictConfig):
     device, dtype = device_and_dtype()
     m = group(cfg, "model")
     pipe = load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype,
-                            m.prediction_type, m.zero_terminal_snr)  # fmt: skip
+                            m.prediction_type, m.zero_terminal_snr,
+                            m.single_file_config)  # fmt: skip
     return pipe, device
 
 

@@ -18,7 +18,7 @@ from kshd.config import shared_path
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.lora import KohyaInfo, save_lora
-from kshd.models import model_identity
+from kshd.models import file_sha256, is_single_file, model_identity
 from kshd.schema import group
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import fingerprint
@@ -88,7 +88,7 @@ def write_outputs(
     info = KohyaInfo(
         rank=s.rank,
         alpha=s.alpha,
-        base_model=cfg.model.pretrained,
+        **_base_model(cfg.model.pretrained),
         resolution=s.resolution,
         trigger=cfg.caption.trigger_phrase,
         steps=result.steps,
@@ -112,6 +112,13 @@ def write_outputs(
     return metrics
 
 
+def _base_model(pretrained: str) -> dict:
+    """kohya's record of the base: a local file's name and sha256, else the id or folder."""
+    if is_single_file(pretrained) and Path(pretrained).is_file():
+        return {"base_model": Path(pretrained).name, "base_model_hash": file_sha256(pretrained)}
+    return {"base_model": pretrained}
+
+
 def run(cfg: DictConfig) -> dict | None:
     """data/dataset -> models/lora; the metrics (None off the main process). Raises Interrupted
     on Ctrl-C or SIGTERM once a checkpoint is written."""
@@ -127,7 +134,7 @@ def run(cfg: DictConfig) -> dict | None:
     m = group(cfg, "model")
     components = load_components(
         m.pretrained, m.revision, m.variant, False, m.prediction_type, m.zero_terminal_snr,
-        m.no_half_vae,
+        m.no_half_vae, m.single_file_config,
     )  # fmt: skip
     main_process = process_state().is_main_process
     wb = start_run(group(cfg, "tracking"), "train", plain(cfg)) if main_process else None

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from kshd.prompts import encode_chunk_ids, encode_chunk_ids_sdxl
 from kshd.schema_train import TrainSettings
+from kshd.single_file import check_single_file, config_source, is_single_file, read_checkpoint
+from kshd.single_file import load_pipeline as single_file_pipeline
+from kshd.single_file import load_unet as single_file_unet
 from kshd.training.checkpoints import Progress
 
 log = logging.getLogger(__name__)
@@ -102,8 +105,9 @@ class Components:
     vae: torch.nn.Module
     unet: torch.nn.Module
     noise_scheduler: object
-    # (pretrained, revision, variant): where a released VAE and text encoder are reloaded from
-    source: tuple[str, str | None, str | None] | None = None
+    # (pretrained, revision, variant, single_file_config): where a released VAE and text
+    # encoder are reloaded from
+    source: tuple[str, str | None, str | None, str | None] | None = None
     # SDXL's second tokenizer and text encoder (with projection); None for SD 1.x
     tokenizer_2: object = None
     text_encoder_2: torch.nn.Module | None = None
@@ -126,22 +130,33 @@ def load_components(
     prediction_type: str | None = None,
     zero_terminal_snr: bool = False,
     no_half_vae: bool = False,
+    single_file_config: str | None = None,
 ) -> Components:
     """The parts of an SD 1.x or SDXL model (its family read from the model) through
-    from_pretrained, as the reference scripts load them; the noise schedule as the model was
-    trained (`model.prediction_type`, `model.zero_terminal_snr`: a single-file base cannot say).
+    from_pretrained, as the reference scripts load them (or from_single_file for one
+    .safetensors); the noise schedule as the model was trained (`model.prediction_type`,
+    `model.zero_terminal_snr`: a single-file base cannot say).
 
     unet=False leaves the UNet to the trainer, which loads it once the caches are filled and
     the VAE and text encoders are released, so they are never in memory together."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    kw = {"revision": revision}
-    encoders, vae = load_frozen(pretrained, revision, variant)
-    tokenizers = [
-        CLIPTokenizer.from_pretrained(pretrained, subfolder=folder, **kw)
-        for folder in ("tokenizer", "tokenizer_2")[: len(encoders)]
-    ]
+    source = (pretrained, revision, variant, single_file_config)
+    if is_single_file(pretrained):
+        info = check_single_file(pretrained, single_file_config, prediction_type,
+                                 zero_terminal_snr)  # fmt: skip
+        pipe = _frozen_of_file(pretrained, single_file_config)
+        encoders, vae = _encoders(pipe), pipe.vae
+        tokenizers = [pipe.tokenizer, getattr(pipe, "tokenizer_2", None)][: len(encoders)]
+        sched = (config_source(info.family, single_file_config), {})
+    else:
+        encoders, vae = load_frozen(*source)
+        tokenizers = [
+            CLIPTokenizer.from_pretrained(pretrained, subfolder=folder, revision=revision)
+            for folder in ("tokenizer", "tokenizer_2")[: len(encoders)]
+        ]
+        sched = (pretrained, {"revision": revision})
     schedule = {"prediction_type": prediction_type} if prediction_type else {}
     if zero_terminal_snr:
         schedule["rescale_betas_zero_snr"] = True
@@ -149,27 +164,33 @@ def load_components(
         tokenizer=tokenizers[0],
         text_encoder=encoders[0],
         vae=vae,
-        unet=load_unet(pretrained, revision, variant) if unet else None,
+        unet=load_unet(*source) if unet else None,
         noise_scheduler=DDPMScheduler.from_pretrained(
-            pretrained, subfolder="scheduler", **kw, **schedule
+            sched[0], subfolder="scheduler", **sched[1], **schedule
         ),
-        source=(pretrained, revision, variant),
+        source=source,
         tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
         text_encoder_2=encoders[1] if len(encoders) > 1 else None,
         vae_fp32=no_half_vae,
     )
 
 
-def load_unet(pretrained: str, revision: str | None, variant: str | None):
+def load_unet(
+    pretrained: str, revision: str | None, variant: str | None, config: str | None = None
+):  # fmt: skip
     """The UNet alone (safetensors only: never unpickle a downloaded file)."""
     from diffusers import UNet2DConditionModel
 
+    if is_single_file(pretrained):
+        return single_file_unet(pretrained, config, read_checkpoint(pretrained).family)
     return UNet2DConditionModel.from_pretrained(
         pretrained, subfolder="unet", revision=revision, variant=variant, use_safetensors=True
     )
 
 
-def load_frozen(pretrained: str, revision: str | None, variant: str | None) -> tuple:
+def load_frozen(
+    pretrained: str, revision: str | None, variant: str | None, config: str | None = None
+) -> tuple:
     """((text encoder[, SDXL's second]), VAE): loaded with the rest, and again for validation
     once released."""
     from diffusers import AutoencoderKL
@@ -177,6 +198,9 @@ def load_frozen(pretrained: str, revision: str | None, variant: str | None) -> t
 
     from kshd.models import SDXL, model_family
 
+    if is_single_file(pretrained):
+        pipe = _frozen_of_file(pretrained, config)
+        return _encoders(pipe), pipe.vae
     kw = {"revision": revision, "variant": variant, "use_safetensors": True}
     encoders = (CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kw),)
     if model_family(pretrained, revision) == SDXL:
@@ -186,6 +210,17 @@ def load_frozen(pretrained: str, revision: str | None, variant: str | None) -> t
             ),
         )
     return encoders, AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kw)
+
+
+def _frozen_of_file(path: str, config: str | None):
+    """A single file's pipeline without its UNet, in fp32 as from_pretrained gives (the files
+    are mostly fp16; the trainer casts the frozen parts to the compute dtype itself)."""
+    family = read_checkpoint(path).family
+    return single_file_pipeline(path, config, family, torch.float32, unet=None)
+
+
+def _encoders(pipe) -> tuple:
+    return tuple(e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e)
 
 
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
