@@ -109,6 +109,11 @@ def test_the_sdxl_lora_saves_for_diffusers_and_kohya_and_both_draw_the_same(tiny
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     for prefix in ("lora_unet_", "lora_te1_text_model_", "lora_te2_text_model_"):
         assert any(k.startswith(prefix) and k.endswith(".lora_down.weight") for k in keys)
+    # the UNet under its original (SGM) block names, as kohya's sdxl_train_network.py and A1111
+    unet = {k for k in keys if k.startswith("lora_unet_")}
+    sgm = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+    assert all(k.startswith(sgm) for k in unet), sorted(unet)[:3]
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in unet
     with safe_open(tmp_path / "lora" / DIFFUSERS_FILE, "pt") as f:
         assert any(k.startswith("text_encoder_2.") for k in f.keys())  # noqa: SIM118
 

@@ -221,8 +221,8 @@ def test_the_stages_train_and_evaluate_on_a_single_file_base(tiny_models, tmp_pa
 
     file = tiny_models["sd-file"]
     root = tmp_path / "project"
-    ready_to_train(root, tiny_models, [f"model.pretrained={file}",
-                                       f"model.single_file_config={tiny_models['sd']}"])  # fmt: skip
+    args = [f"model.pretrained={file}", f"model.single_file_config={tiny_models['sd']}"]
+    ready_to_train(root, tiny_models, args)
     run_stage(root, "train")
     run_stage(root, "evaluate")
     train = json.loads((root / "models/lora/metrics.json").read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +89,16 @@ def save_kohya(
     alpha: float,
     metadata: dict[str, object],
     sdxl: bool = False,
+    unet_config: Mapping | None = None,
 ) -> Path:
-    """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder."""
+    """kohya-format keys with `.alpha` and `ss_*` metadata, for an A1111/ComfyUI Lora folder.
+    An SDXL UNet's keys take the original (SGM) block names, `lora_unet_input_blocks_4_1_...`,
+    as kohya's sdxl_train_network.py writes them (A1111, ComfyUI and diffusers read them)."""
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save
 
+    if sdxl and unet_config is not None:
+        state = sgm_unet_keys(state, unet_config)
     rename = _sdxl_text_encoder_name if sdxl else _sd1_text_encoder_name
     kohya = {rename(k): v for k, v in convert_state_dict_to_kohya(dict(state)).items()}
     for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
@@ -103,6 +108,20 @@ def save_kohya(
     with atomic_path(target) as tmp:
         tmp.write_bytes(canonical_safetensors(save(kohya, metadata=meta)))
     return target
+
+
+def sgm_unet_keys(state: Mapping[str, torch.Tensor], unet_config: Mapping) -> dict:
+    """`unet.<diffusers module>.lora_*` keys renamed to the module's SGM (LDM) name."""
+    from kshd.ldm_names import ldm_unet_name, unet_prefixes
+
+    prefixes = unet_prefixes(unet_config)
+    out = {}
+    for key, value in state.items():
+        if key.startswith("unet."):
+            module, _, lora = key.removeprefix("unet.").partition(".lora_")
+            key = f"unet.{ldm_unet_name(module, prefixes)}.lora_{lora}"
+        out[key] = value
+    return out
 
 
 def canonical_safetensors(data: bytes) -> bytes:
@@ -207,6 +226,7 @@ def save_lora(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = adapter_tensors(unet, text_encoder, text_encoder_2)
     diffusers_file = save_diffusers(state, out_dir, info.alpha / info.rank)
-    kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info), info.sdxl)
+    kohya_file = save_kohya(state, out_dir, info.alpha, kohya_metadata(info), info.sdxl,
+                            getattr(unet, "config", None))  # fmt: skip
     log.info("LoRA saved: %s, %s", diffusers_file, kohya_file)
     return diffusers_file, kohya_file
