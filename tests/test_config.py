@@ -187,4 +187,7 @@ def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
     vpred = load_params(["+experiment=sdxl", "model=noobai_xl_vpred", "memory=gpu_12gb"])
     assert vpred.model.prediction_type == "v_prediction" and vpred.model.zero_terminal_snr
     assert vpred.train.resolution == 1024 and vpred.train.use_8bit_adam
+    # SDXL ControlNets for the app's sketch to style and the evaluation's sketch section
+    assert vpred.evaluate.sketch.controlnet == vpred.generate.control.models.lineart_anime
+    assert all("sdxl" in v.lower() for v in vpred.generate.control.models.values())
     assert load_params(["train.epochs=3"]).train.epochs == 3  # keys apply to params.yaml

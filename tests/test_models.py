@@ -36,7 +36,8 @@ def test_building_is_idempotent_and_leaves_no_temp_folders(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     build_tiny_models(tmp_path, seed=1)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
-    names = ["blip2", "clip", "controlnet", "dino", "sd", "sd-inpaint", "sdxl", "single-file"]
+    names = ["blip2", "clip", "controlnet", "dino", "sd", "sd-inpaint", "sdxl", "sdxl-controlnet",
+             "single-file"]  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from kshd.config import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import parse_parameters
-from kshd.drawing.request import Request
+from kshd.drawing.request import Request, RequestError
 from kshd.lora import KohyaInfo, save_lora
 from kshd.prompts_xl import PromptEncoderXL, XLEmbeds
 from kshd.training.loop import train_lora
@@ -126,12 +126,49 @@ def test_sdxl_png_parameters_name_the_family_and_the_hash(engine, tmp_path):
     assert Image.open(done.paths[0]).size == (64, 64)
 
 
-def test_sdxl_image_to_image_draws_and_unsupported_modes_say_so(engine):
+def test_sdxl_image_to_image_draws(engine):
     picture = Image.new("RGB", (64, 64), (200, 120, 40))
     out = _pixels(engine, seed=1, image=picture, strength=0.6)
     assert out.shape == (1, 64, 64, 3) and out.std() > 0
-    with pytest.raises(ValueError, match="SDXL"):
-        _pixels(engine, seed=1, control_image=picture)
+
+
+def _sketch() -> Image.Image:
+    sketch = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(sketch).ellipse((12, 8, 52, 56), outline="black", width=3)
+    return sketch
+
+
+def test_sketch_to_style_draws_with_an_sdxl_controlnet(settings, tiny_models):
+    """The final goal on SDXL: a sketch guides the drawing through an SDXL ControlNet (its
+    unit in the PNG parameters); an SD 1.x ControlNet on an SDXL base is refused in one line."""
+    nets = {"lineart": str(tiny_models["sdxl-controlnet"]), "canny": str(tiny_models["controlnet"])}
+    engine = Engine(replace(settings, control_models=nets))
+    plain = _pixels(engine, seed=3)
+    sketch = dict(seed=3, control_image=_sketch(), control_type="lineart", preprocessor="invert")
+    guided = _pixels(engine, **sketch)
+    assert np.abs(guided.astype(int) - plain).mean() > 1  # the lines change the drawing
+    assert np.array_equal(_pixels(engine, **sketch, control_weight=0.0), plain)  # weight 0: none
+    done = engine.generate(Request("an anime girl", **SMALL, **sketch), save=False)
+    assert "Model: sdxl-controlnet" in done.infotexts[0]
+    with pytest.raises(RequestError, match=r"generate\.control\.models\.canny.* is an SD 1\.x "
+                       r"model and the base is SDXL") as err:  # fmt: skip
+        _pixels(engine, seed=3, control_image=_sketch(), control_type="canny")
+    assert "\n" not in str(err.value)
+
+
+def test_sdxl_inpainting_keeps_what_lies_outside_the_mask(engine, tmp_path):
+    """The base's own UNet blended at each step (A1111's way for a regular model), on SDXL."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "picture.png")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 43, 43), fill=255)
+    mask.save(tmp_path / "mask.png")
+    out = _pixels(engine, seed=2, image=str(tmp_path / "picture.png"),
+                  mask=str(tmp_path / "mask.png"), mask_blur=0)[0].astype(int)  # fmt: skip
+    inside = np.asarray(mask) == 255
+    assert np.array_equal(out[~inside], pixels[~inside])  # untouched, exactly
+    assert np.abs(out[inside] - pixels[inside]).mean() > 20  # redrawn
 
 
 def test_a_zero_terminal_snr_base_draws_on_its_own_schedule(settings):

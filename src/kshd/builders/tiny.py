@@ -25,6 +25,7 @@ TINY_DINO = "dino"
 TINY_CONTROLNET = "controlnet"
 TINY_INPAINT = "sd-inpaint"
 TINY_SDXL = "sdxl"
+TINY_SDXL_CONTROLNET = "sdxl-controlnet"  # the tiny SDXL's ControlNet (its UNet's encoder)
 TINY_SINGLE_FILES = "single-file"  # the tiny SD and SDXL each as one .safetensors (LDM names)
 # One tiny vision transformer: CLIP's image tower and the DINO stand-in.
 TINY_VIT = dict(
@@ -127,6 +128,11 @@ def _build_tiny_sdxl(out_dir: Path, seed: int) -> None:
     from kshd.builders.tiny_sdxl import build_tiny_sdxl
 
     build_tiny_sdxl(out_dir, seed)
+
+
+def build_tiny_sdxl_controlnet(out_dir: Path, seed: int) -> None:
+    """The tiny SDXL's ControlNet (from_unet keeps its text_time conditioning)."""
+    build_controlnet_for(out_dir.parent / TINY_SDXL, out_dir, seed)
 
 
 def build_tiny_single_files(out_dir: Path, seed: int) -> None:
@@ -258,6 +264,7 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         TINY_CONTROLNET: build_tiny_controlnet,  # after the SD whose UNet it copies
         TINY_INPAINT: build_tiny_inpaint,
         TINY_SDXL: _build_tiny_sdxl,
+        TINY_SDXL_CONTROLNET: build_tiny_sdxl_controlnet,
         TINY_SINGLE_FILES: build_tiny_single_files,  # after the folders it converts
     }
     paths = {}

@@ -79,11 +79,7 @@ class ControlNets:
         return self._pipes[control_type]
 
     def _load(self, control_type: str) -> tuple[Any, Any, str]:
-        from diffusers import (
-            ControlNetModel,
-            StableDiffusionControlNetImg2ImgPipeline,
-            StableDiffusionControlNetPipeline,
-        )
+        from diffusers import ControlNetModel
 
         from kshd.model_source import ModelSourceError, check_model_source
 
@@ -98,16 +94,42 @@ class ControlNets:
         except ModelSourceError as exc:
             raise RequestError("control_type", str(exc)) from exc
         net = ControlNetModel.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+        check_family(net, self.base, f"config key `{key}` = {source!r}", "control_type")
         if self.device.type != "cpu":
             net.to(self.device)
-        txt2img = StableDiffusionControlNetPipeline.from_pipe(self.base, controlnet=net)
-        img2img = StableDiffusionControlNetImg2ImgPipeline.from_pipe(self.base, controlnet=net)
+        txt2img_class, img2img_class = controlnet_pipelines(self.base)
+        txt2img = txt2img_class.from_pipe(self.base, controlnet=net)
+        img2img = img2img_class.from_pipe(self.base, controlnet=net)
         for pipe in (txt2img, img2img):
             pipe.set_progress_bar_config(disable=True)
         short = _short_hash(source)
         name = Path(source.rstrip("/")).name + (f" [{short}]" if short else "")
         log.info("ControlNet %s for %s from %s", name, control_type, source)
         return txt2img, img2img, name
+
+
+def is_sdxl(model) -> bool:
+    """An SDXL UNet or ControlNet (conditioned on pooled text and sizes), or an SDXL pipeline."""
+    unet = getattr(model, "unet", model)
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
+def check_family(model, base, what: str, field: str) -> None:
+    """A ControlNet or inpainting UNet made for the base's family, else one line saying so."""
+    if is_sdxl(model) != is_sdxl(base):
+        families = ("SDXL", "SD 1.x") if is_sdxl(model) else ("SD 1.x", "SDXL")
+        raise RequestError(field, f"{what} is an {families[0]} model and the base is "
+                           f"{families[1]}: name one made for {families[1]} "
+                           "(+experiment=sdxl sets SDXL ControlNets)")  # fmt: skip
+
+
+def controlnet_pipelines(base) -> tuple[type, type]:
+    """The (text-to-image, image-to-image) ControlNet pipeline classes of the base's family."""
+    import diffusers
+
+    xl = "XL" if is_sdxl(base) else ""
+    return (getattr(diffusers, f"StableDiffusion{xl}ControlNetPipeline"),
+            getattr(diffusers, f"StableDiffusion{xl}ControlNetImg2ImgPipeline"))  # fmt: skip
 
 
 def control_call(req: Request, control: Image.Image, picture: Image.Image | None) -> dict:

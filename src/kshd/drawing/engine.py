@@ -286,11 +286,6 @@ class Engine(LoraSwitching):
 
     def _inputs(self, req: Request) -> Inputs:
         """The pictures a request draws from, read and fitted before the model is taken."""
-        if self.family == SDXL and (req.mask is not None or req.control_image is not None):
-            raise ValueError(
-                "inpainting and sketch to style need SD 1.x models here: this base is SDXL "
-                "(its ControlNets and inpainting come later); use text or image to image"
-            )
         if req.mask is not None:
             return Inputs(*inpaint_inputs(req, self.limits))
         given = Inputs()

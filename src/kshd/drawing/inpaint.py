@@ -92,12 +92,15 @@ def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
     """The inpainting pipeline: the base model's own components (its UNet blended at each
     step, A1111's way for regular models), or with `model`, a 9-channel inpainting model's UNet
     in place of the base's (`generate.inpaint.model`), the LoRA loaded into it unmerged."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    import diffusers
+    from diffusers import UNet2DConditionModel
 
+    from kshd.drawing.control import check_family, is_sdxl
     from kshd.model_source import ModelSourceError, check_model_source
 
+    pipeline = getattr(diffusers, f"StableDiffusion{'XL' if is_sdxl(base) else ''}InpaintPipeline")
     if not model:
-        pipe = StableDiffusionInpaintPipeline.from_pipe(base)
+        pipe = pipeline.from_pipe(base)
     else:
         try:
             check_model_source(model, "generate.inpaint.model", "model_index.json")
@@ -112,7 +115,8 @@ def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
                 "mask", f"config key `generate.inpaint.model` = {model!r} has a {channels}-channel "
                 "UNet, not an inpainting model's 9; set it to null to inpaint with the base model",
             )  # fmt: skip
-        pipe = StableDiffusionInpaintPipeline.from_pipe(base, unet=unet)
+        check_family(unet, base, f"config key `generate.inpaint.model` = {model!r}", "mask")
+        pipe = pipeline.from_pipe(base, unet=unet)
         if lora_state:
             unet_part = {k: v for k, v in lora_state.items() if k.startswith("unet.")}
             unet.load_lora_adapter(unet_part, prefix="unet", adapter_name="ksh")

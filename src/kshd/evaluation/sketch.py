@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from kshd.data.images import fit_within
+from kshd.drawing.control import is_sdxl
 from kshd.drawing.control_images import control_image
 from kshd.evaluation.sampling import EvalSettings, scaled_pair, use_sampler
 from kshd.schema import SketchEvalSettings as SketchEval
@@ -61,15 +62,16 @@ def redraw_sketches(
 ) -> SketchRows:
     """The held-out drawings' line art redrawn with the ControlNet, the LoRA off then on (the
     LoRA is loaded in `pipe`; the headline strength of `s.lora_scales`)."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from diffusers import ControlNetModel
 
+    from kshd.drawing.control import controlnet_pipelines
     from kshd.drawing.request import join_prefix
-    from kshd.prompts import PromptEncoder
+    from kshd.prompts_xl import pipe_embeds, prompt_encoder
 
-    encoder = encoder or PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    encoder = encoder or prompt_encoder(pipe)
     net = ControlNetModel.from_pretrained(sk.controlnet, use_safetensors=True,
                                           dtype=pipe.unet.dtype).to(pipe.device)  # fmt: skip
-    cpipe = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=net)
+    cpipe = controlnet_pipelines(pipe)[0].from_pipe(pipe, controlnet=net)
     cpipe.set_progress_bar_config(disable=True)
     use_sampler(cpipe, s.sampler)
     prompt = join_prefix(s.positive_prefix, sk.prompt)
@@ -84,7 +86,7 @@ def redraw_sketches(
         kwargs = {} if scale is None else {"cross_attention_kwargs": {"scale": scale}}
         for control in lines:
             target += cpipe(
-                prompt_embeds=pos, negative_prompt_embeds=neg, image=control,
+                **pipe_embeds(pos, neg, 1), image=control,
                 num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                 controlnet_conditioning_scale=sk.weight, height=side, width=side,
                 generator=torch.Generator("cpu").manual_seed(s.seeds[0]), **kwargs,
@@ -127,11 +129,24 @@ def save_sketch_grids(rows: SketchRows, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _family_of(controlnet: str) -> str:
+    """A ControlNet's family, from its config alone (SDXL's conditions on pooled text)."""
+    from diffusers import ControlNetModel
+
+    config = ControlNetModel.load_config(controlnet)
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd1"
+
+
 def sketch_section(pipe, lora_dir: Path, sk: SketchEval, s: EvalSettings, drawings, encoder,
                    embed, out_dir: Path) -> dict:  # fmt: skip
     """The section's metrics (and its grids under `out_dir/sketch/`), {} when not asked for:
     with the final LoRA in `lora_dir`, loaded afresh (the checkpoint curve swapped others in)."""
     if sk is None or not sk.controlnet or not len(drawings):
+        return {}
+    if (family := _family_of(sk.controlnet)) != (base := "sdxl" if is_sdxl(pipe) else "sd1"):
+        log.warning("evaluate.sketch: skipped, evaluate.sketch.controlnet = %s is a %s ControlNet "
+                    "and the base is %s; name one of the base's family (+experiment=sdxl does) "
+                    "or set it to null", sk.controlnet, family, base)  # fmt: skip
         return {}
     pipe.unload_lora_weights()
     pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
