@@ -221,3 +221,31 @@ def test_a_base_switch_leaves_the_configured_schedule_with_its_own_model():
     assert other.prediction_type is None and not other.zero_terminal_snr
     back = handlers._base_settings(vpred.pretrained)
     assert back.prediction_type == "v_prediction" and back.zero_terminal_snr
+
+
+def test_sdxl_embeddings_load_into_both_encoders_and_sd1_ones_are_named(settings, tmp_path):
+    """An SDXL textual inversion (`clip_l` + `clip_g`, as Civitai's SDXL negatives ship) goes
+    into each encoder under its name; an SD 1.x one is said to be read as plain text."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    xl = {"clip_l": torch.randn(2, 32, generator=g), "clip_g": torch.randn(2, 48, generator=g)}
+    save_file(xl, tmp_path / "xl.safetensors")
+    save_file({"emb_params": torch.randn(1, 32, generator=g)}, tmp_path / "sd1.safetensors")
+    names = (
+        ("ksh_neg", str(tmp_path / "xl.safetensors")),
+        ("old", str(tmp_path / "sd1.safetensors")),
+    )
+    engine = Engine(replace(settings, lora=None, embeddings=names))
+    [note] = engine.notes
+    assert "'old'" in note and "is an SD 1.x embedding and the base is SDXL" in note
+    pipe = engine.txt2img
+    for key, encoder, tokenizer in (("clip_l", pipe.text_encoder, pipe.tokenizer),
+                                    ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):  # fmt: skip
+        rows = encoder.get_input_embeddings().weight
+        ids = tokenizer.convert_tokens_to_ids(["ksh_neg", "ksh_neg_1"])
+        assert torch.equal(rows[ids], xl[key])
+    plain = Engine(replace(settings, lora=None))  # the name read as text
+    with_vectors = engine.encoder.encode_pair("an anime girl", "ksh_neg")[1]
+    as_text = plain.encoder.encode_pair("an anime girl", "ksh_neg")[1]
+    assert not torch.allclose(with_vectors.hidden, as_text.hidden)

@@ -72,9 +72,11 @@ def load_sd_pipeline(
 
 def load_embeddings(pipe, embeddings: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
     """The textual inversions `{name: .safetensors file}` into the pipeline's tokenizer and text
-    encoder, as the app and the evaluation both draw with them: ({name: vectors}, a note for
-    each name whose file is missing, which then reads as plain text)."""
+    encoder (SDXL's: a file's `clip_l` and `clip_g` vectors into the two), as the app and the
+    evaluation both draw with them: ({name: vectors}, a note for each name not loaded, which
+    then reads as plain text: its file missing, or made for the other family)."""
     vectors, notes = {}, []
+    base = SDXL if getattr(pipe, "text_encoder_2", None) is not None else SD1
     for name, file in embeddings.items():
         if not Path(file).is_file():
             notes.append(
@@ -82,11 +84,45 @@ def load_embeddings(pipe, embeddings: Mapping[str, str]) -> tuple[dict[str, int]
                 "as plain text; put the .safetensors file there to use it"
             )
             continue
+        if (family := embedding_family(file)) != base:
+            notes.append(
+                f"textual-inversion embedding {name!r}: {file} is an {FAMILY_NAMES[family]} "
+                f"embedding and the base is {FAMILY_NAMES[base]}, so {name!r} is read as plain "
+                f"text; use an {FAMILY_NAMES[base]} one"
+            )
+            continue
         before = len(pipe.tokenizer)
-        pipe.load_textual_inversion(file, token=name, use_safetensors=True)
+        if base == SDXL:
+            _load_sdxl_embedding(pipe, name, file)
+        else:
+            pipe.load_textual_inversion(file, token=name, use_safetensors=True)
         vectors[name] = len(pipe.tokenizer) - before
         log.info("embedding %s: %d vectors from %s", name, vectors[name], file)
     return vectors, notes
+
+
+FAMILY_NAMES = {SD1: "SD 1.x", SDXL: "SDXL"}
+
+
+def _load_sdxl_embedding(pipe, name: str, file: str) -> None:
+    """An SDXL embedding's `clip_l` vectors into the first encoder, `clip_g` into the second,
+    under the same token (diffusers' documented way)."""
+    from safetensors.torch import load_file
+
+    state = load_file(file)
+    pairs = (("clip_l", pipe.text_encoder, pipe.tokenizer),
+             ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2))  # fmt: skip
+    for key, encoder, tokenizer in pairs:
+        pipe.load_textual_inversion(state[key], token=name, text_encoder=encoder,
+                                    tokenizer=tokenizer)  # fmt: skip
+
+
+def embedding_family(file: str | Path) -> str:
+    """SDXL's embeddings hold one tensor per text encoder (`clip_l`, `clip_g`); SD 1.x's one."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return SDXL if {"clip_l", "clip_g"} <= set(f.keys()) else SD1
 
 
 def embeddings_identity(embeddings: Mapping[str, str]) -> dict[str, str]:

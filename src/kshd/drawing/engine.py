@@ -206,12 +206,7 @@ class Engine(LoraSwitching):
         """Load the listed textual inversions; a name whose file is missing is said once."""
         from kshd.models import load_embeddings
 
-        embeddings = dict(self.settings.embeddings)
-        if embeddings and self.family == SDXL:
-            self._note(f"textual-inversion embeddings {', '.join(embeddings)}: SD 1.x ones are not "
-                       "loaded into an SDXL base, so they are read as plain text")  # fmt: skip
-            return {}
-        vectors, notes = load_embeddings(self.txt2img, embeddings)
+        vectors, notes = load_embeddings(self.txt2img, dict(self.settings.embeddings))
         for note in notes:
             self._note(note)
         return vectors
