@@ -135,7 +135,7 @@ def test_send_carries_the_picture_and_every_parameter_and_seeds_have_buttons(bro
 
 def test_size_presets_swap_and_ctrl_enter(browser, server):
     page, _ = open_page(browser, server, VIEW)
-    page.click("#txt2img-size-512x768")
+    page.click("#txt2img-size-1")  # 512×768
     page.wait_for_function(
         "() => document.querySelector('#txt2img-height input[type=number]')?.value === '768'"
     )
@@ -145,7 +145,7 @@ def test_size_presets_swap_and_ctrl_enter(browser, server):
         "() => document.querySelector('#txt2img-width input[type=number]')?.value === '768'"
     )
     assert page.input_value("#txt2img-height input[type=number]") == "512"
-    page.click("#txt2img-size-512x512")
+    page.click("#txt2img-size-0")  # 512×512
     page.click("#txt2img-prefixes button")  # the accordion opens
     page.fill("#txt2img-positive-prefix textarea", "masterpiece, best quality,")
     page.fill("#txt2img-prompt textarea", "a girl")
@@ -295,3 +295,33 @@ def test_errors_stand_beside_their_fields_until_that_field_changes(
     assert "not an image" in page.inner_text("#img2img-image")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err  # a user's mistake is one log line, not a stack trace
+
+
+def test_size_presets_follow_the_base_s_family_when_it_is_switched(browser, server, tiny_models):
+    """SD 1.x's sizes, then SDXL's once the base chosen in the model bar is SDXL, in every tab,
+    and a button sets the size its label says. Last in the module: it leaves a fresh engine."""
+    page, _ = open_page(browser, server, VIEW)
+
+    def labels(i: int) -> set[str]:
+        return set(page.eval_on_selector_all(f"[id$='-size-{i}']", "els => els.map(e => "
+                                             "e.textContent.trim())"))  # fmt: skip
+
+    assert labels(1) == {"512×768"}
+    for base, size in ((tiny_models["sdxl"], "832×1216"), (tiny_models["sd"], "512×768")):
+        page.click("#base-model input")
+        page.get_by_role("option", name=str(base), exact=True).click()
+        page.wait_for_function(
+            "s => document.querySelector('#txt2img-size-1')?.textContent.includes(s)",
+            arg=size, timeout=120_000,
+        )  # fmt: skip
+        assert labels(1) == {size}  # the four drawing tabs alike
+        if size == "832×1216":
+            # the SD 1.x LoRA in the chooser does not fit an SDXL base: left out, and said
+            status = page.inner_text("#model-status")
+            assert "Model: sdxl" in status and "LoRA left out: " in status, status
+            page.click("#txt2img-size-1")
+            page.wait_for_function(
+                "() => document.querySelector('#txt2img-height input[type=number]')?.value"
+                " === '1216'"
+            )
+            assert page.input_value("#txt2img-width input[type=number]") == "832"

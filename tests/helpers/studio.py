@@ -35,6 +35,7 @@ def gui_cfg(tiny_models, lora, outputs, port, *overrides: str):
             f"generate.gui.checkpoints_dir={outputs}/checkpoints",
             f"generate.gui.eval_metrics={outputs}/metrics.json",
             f"generate.gui.lora_dirs=[{outputs}/loras]",
+            f"generate.gui.models=[{tiny_models['sdxl']}]",  # a base of the other family
             *overrides,
         ],
         conf_dir=ROOT / "conf",

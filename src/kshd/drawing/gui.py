@@ -38,6 +38,7 @@ from kshd.drawing.gui_parts import (  # noqa: E402
     TAB_NAMES,
     Tab,
     build_tab,
+    preset_updates,
 )
 from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
@@ -46,9 +47,10 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]) -> None:
+def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]):
     """The base model and LoRA in use, always on screen, each a chooser (the LoRAs refreshed by
-    🔄); the engine's notes under them, once, small. A switch is a job of the queue."""
+    🔄); the engine's notes under them, once, small. A switch is a job of the queue; its event
+    is returned (the size presets follow the base's family after it)."""
     engine = handlers.engine
     with gr.Row(elem_id="model-bar", equal_height=True):
         base = gr.Dropdown(
@@ -67,8 +69,8 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]) -> N
     # "/set_model" for scripts; both choosers run it as a job of the drawing queue
     lora.input(handlers.set_model, [base, lora], status, api_name="set_model",
                concurrency_id="engine")  # fmt: skip
-    base.input(handlers.set_model, [base, lora], status, api_visibility="private",
-               concurrency_id="engine")  # fmt: skip
+    return base.input(handlers.set_model, [base, lora], status, api_visibility="private",
+                      concurrency_id="engine")  # fmt: skip
 
 
 def preset_size(label: str) -> tuple[int, int]:
@@ -164,7 +166,7 @@ def build_ui(
     catalog = catalog or LoraCatalog(engine.lora_path, None, None)
     models = list(dict.fromkeys([engine.settings.pretrained, *models]))
     with gr.Blocks(title="KSH Drawing AI", analytics_enabled=False) as ui:
-        _model_bar(handlers, catalog, models)
+        switched = _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
             built = {}
             types, limits = list(engine.controls.models), engine.limits
@@ -183,6 +185,9 @@ def build_ui(
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
                               engine.controls.models)  # fmt: skip
+        presets = [b for tab in built.values() for b in tab.presets]
+        switched.then(lambda: preset_updates(handlers.engine.family, limits, len(built)), None,
+                      presets, queue=False, api_visibility="private")  # fmt: skip
         for tab in built.values():
             _wire_tab(tab, handlers, (tabs, modes), built, defaults)
             f = tab.fields

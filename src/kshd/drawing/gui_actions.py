@@ -95,6 +95,16 @@ class Handlers:
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
         self.configured = engine.settings  # model.* of the config belong to its own base
 
+    def _misfit(self, engine: Engine, lora: str) -> str | None:
+        """Why `lora` does not load into the new base (e.g. made for the other family), or
+        None once it is loaded."""
+        try:
+            engine.set_lora(lora, self.checkpoint_strength)
+        except (OSError, ValueError) as exc:
+            log.info("LoRA %s left out on base %s: %s", lora, engine.settings.pretrained, exc)
+            return html.escape(str(exc).splitlines()[0])
+        return None
+
     def _base_settings(self, base: str):
         """Engine settings for `base`: the configured model's own schedule (model.prediction_type,
         zero_terminal_snr) stays with it; another base draws on its scheduler config's."""
@@ -108,13 +118,16 @@ class Handlers:
 
     def set_model(self, base: str, lora: str, request: gr.Request = None) -> str:
         """Switch the base model and / or the LoRA, reloading only what changed; says what is
-        in use. A model that cannot load leaves the one in use."""
+        in use. A model that cannot load leaves the one in use; a LoRA that does not fit a new
+        base (one of the other family) is left out and said so, the new base kept."""
         engine, lora = self.engine, lora or None
         try:
             if base != engine.settings.pretrained:
                 with engine.lock:  # the job in progress finishes first
                     fresh = Engine(self._base_settings(base))
                 self.engine = engine = fresh
+                if lora and (why := self._misfit(engine, lora)):
+                    return self.describe(engine) + f" · LoRA left out: {why}"
             if lora != engine.lora_path:
                 engine.set_lora(lora, self.checkpoint_strength)
         except (UserError, OSError, ValueError) as exc:

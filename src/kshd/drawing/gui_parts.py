@@ -199,10 +199,10 @@ def _settings(tab: str, d: Request, limits: Limits, family: str) -> tuple[dict, 
         with gr.Column(scale=1, min_width=70):
             b["swap"] = gr.Button("⇅", size="sm", elem_id=f"{tab}-swap")
             b["presets"] = [
-                gr.Button(f"{w}×{h}", size="sm", elem_id=f"{tab}-size-{w}x{h}")
-                for w, h in SIZE_PRESETS[family]
-                if w <= limits.max_side and h <= limits.max_side
-            ]
+                gr.Button(f"{w}×{h}", size="sm", elem_id=f"{tab}-size-{i}",
+                          visible=w <= limits.max_side and h <= limits.max_side)
+                for i, (w, h) in enumerate(SIZE_PRESETS[family])
+            ]  # fmt: skip
     with gr.Row():
         c["batch_count"] = FieldSlider(0, limits.max_batch_count, d.batch_count, step=1,
                                   label="Batch count", elem_id=f"{tab}-batch-count")  # fmt: skip
@@ -221,6 +221,14 @@ def _settings(tab: str, d: Request, limits: Limits, family: str) -> tuple[dict, 
     c["lora_scale"] = FieldSlider(-m, m, d.lora_scale, step=0.05, label="LoRA strength",
                              elem_id=f"{tab}-lora-scale")  # fmt: skip
     return c, b
+
+
+def preset_updates(family: str, limits: Limits, tabs: int) -> list:
+    """The size buttons of every tab relabelled for a base of `family` (the app's base switch):
+    each sets the size its label says; one over limits.max_side is hidden."""
+    one = [gr.update(value=f"{w}×{h}", visible=w <= limits.max_side and h <= limits.max_side)
+           for w, h in SIZE_PRESETS[family]]  # fmt: skip
+    return one * tabs
 
 
 def _results(tab: str, sends: tuple[str, ...]) -> tuple:
