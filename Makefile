@@ -46,8 +46,8 @@ test: setup ## run the whole test suite (what CI runs)
 test-fast: setup ## the suite without the slow tests
 	$(RUN) $(PY) -m pytest -m "not slow"
 
-gpu-check: setup ## on a CUDA machine: SD 1.5-shaped fp16/bf16 training at 512 px, resume, drawing
-	$(RUN) $(PY) bench/gpu_check.py
+gpu-check: setup ## on a CUDA machine: SD 1.5-shaped fp16/bf16 training at 512 px, resume, drawing (SDXL=1: SDXL-shaped at 1024 px)
+	$(RUN) $(PY) bench/gpu_check.py $(if $(SDXL),--sdxl)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check src tests bench

@@ -1,7 +1,9 @@
 """`make gpu-check`: the SD 1.5-shaped pipeline on a lent GPU, fp16 and bf16, no network.
 
     python bench/gpu_check.py                 # CUDA: 512 px, 30 steps per run, 4 images
+    python bench/gpu_check.py --sdxl          # CUDA: SDXL-shaped at 1024 px, VAE in fp32
     python bench/gpu_check.py --small         # anywhere: tiny model, 64 px, 2 steps, 1 image
+    python bench/gpu_check.py --small --sdxl  # anywhere: the tiny SDXL the same way
 
 Trains with cached latents in each precision with gradient checkpointing off and on, resumes
 once (half way, compared with the straight run), then draws with the LoRA unfused and fused.
@@ -34,16 +36,20 @@ def drawings(out: Path, n: int, size: int) -> Path:
     return out / "dataset"
 
 
-def model_folder(work: Path, small: bool) -> str:
-    """The tiny SD (--small) or the SD 1.5-shaped one, both with CLIP's BPE tokenizer."""
+def model_folder(work: Path, small: bool, sdxl: bool) -> str:
+    """The tiny SD or SDXL (--small), or the SD 1.5- or SDXL-shaped one, all with CLIP's BPE
+    tokenizer."""
     from kshd.builders.clip_bpe import clip_bpe_tokenizer
     from kshd.builders.sd15_shaped import build_sd15_shaped
+    from kshd.builders.sdxl_shaped import build_sdxl_shaped
     from kshd.builders.tiny import build_tiny_sd
+    from kshd.builders.tiny_sdxl import build_tiny_sdxl
 
     if small:
-        build_tiny_sd(work / "tiny", 0)
+        (build_tiny_sdxl if sdxl else build_tiny_sd)(work / "tiny", 0)
         return str(work / "tiny")
-    return str(build_sd15_shaped(work / "sd15", clip_bpe_tokenizer()))
+    build = build_sdxl_shaped if sdxl else build_sd15_shaped
+    return str(build(work / "shaped", clip_bpe_tokenizer()))
 
 
 def _reset(device: str) -> None:
@@ -82,7 +88,7 @@ def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: boo
         checkpointing_steps=max(args.steps // 2, 1),
         seed=1,
     )
-    c, stamps = load_components(model), []
+    c, stamps = load_components(model, no_half_vae=args.sdxl), []  # SDXL's VAE overflows in fp16
     policy = CheckpointPolicy(root, s.checkpointing_steps, None, True, f"{precision}-{ckpt_gc}")
 
     def on_log(row: dict) -> None:  # step times, for steps/s after the first step
@@ -140,6 +146,7 @@ def draw_runs(model: str, lora_dir: Path, args, device: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="tiny model, 64 px, 2 steps (CPU test)")
+    p.add_argument("--sdxl", action="store_true", help="SDXL-shaped, 1024 px (--small: tiny SDXL)")
     p.add_argument("--precisions", nargs="+", help="default: fp16 bf16 (CUDA), bf16 (--small)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -149,13 +156,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         log.error("gpu-check: no CUDA device here; `--small` runs the same check on the CPU")
         sys.exit(2)
     args.resolution, args.steps, args.images, args.draw_steps = (
-        (64, 2, 1, 2) if args.small else (512, 30, 4, 30)
+        (64, 2, 1, 2) if args.small else (1024 if args.sdxl else 512, 30, 4, 30)
     )
     precisions = args.precisions or (["bf16"] if args.small else ["fp16", "bf16"])
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     from datasets import load_from_disk
 
-    model = model_folder(work, args.small)
+    model = model_folder(work, args.small, args.sdxl)
     split = load_from_disk(str(drawings(work / "data", 4, args.resolution)))["train"]
     from kshd.lora import save_diffusers
 
@@ -180,7 +187,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def report(rows: list[dict], device: str, args) -> None:
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     memory = "peak GPU MB" if device == "cuda" else "peak RSS MB"
-    log.info("\ngpu-check on %s at %d px, %d steps per run", where, args.resolution, args.steps)
+    shape = "SDXL" if args.sdxl else "SD 1.x"
+    log.info("\ngpu-check (%s) on %s at %d px, %d steps per run", shape, where, args.resolution,
+             args.steps)  # fmt: skip
     for r in rows:
         if "images_per_s" in r:
             speed = f"{r['images_per_s']:7.3f} img/s"

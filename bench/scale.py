@@ -2,6 +2,7 @@
 
     python bench/scale.py                 # N = 5,700, the artist's real corpus size
     python bench/scale.py -n 500 -n 1500  # smaller, several sizes in one run
+    python bench/scale.py --sdxl          # the same on the tiny SDXL (two text encoders cached)
 
 Runs prepare -> caption (tiny BLIP-2) -> dataset -> train (a few steps, tiny SD) -> evaluate
 (tiny CLIP over every training drawing for `memorization`) as DVC would: one process per stage,
@@ -61,7 +62,9 @@ def make_drawings(folder: Path, n: int, size: int) -> int:
     return sum((folder / f"drawing_{i:05d}.png").stat().st_size for i in range(n))
 
 
-def project(root: Path, raw: Path, size: int, steps: int, cache_latents: bool) -> Path:
+def project(
+    root: Path, raw: Path, size: int, steps: int, cache_latents: bool, sdxl: bool = False
+) -> Path:
     """A fresh project folder: params.yaml (demo profile, real image size) and N raw drawings."""
     from kshd.config import compose_conf, write_params
 
@@ -69,6 +72,7 @@ def project(root: Path, raw: Path, size: int, steps: int, cache_latents: bool) -
     cfg = compose_conf(
         [
             "+experiment=demo",
+            *(["model=tiny_sdxl"] if sdxl else []),
             f"data.raw_dir={raw}",
             f"prepare.resolution={size}",
             "dataset.holdout_fraction=0.05",
@@ -118,7 +122,10 @@ def run_stage(root: Path, stage: str, logfile: Path) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
-def bench(work: Path, n: int, size: int, steps: int, cache_latents: bool, sidecars: bool) -> dict:
+def bench(
+    work: Path, n: int, size: int, steps: int, cache_latents: bool, sidecars: bool,
+    sdxl: bool = False,
+) -> dict:  # fmt: skip
     start = time.perf_counter()
     raw_bytes = make_drawings(work / "raw", n, size)
     gen = time.perf_counter() - start
@@ -131,7 +138,8 @@ def bench(work: Path, n: int, size: int, steps: int, cache_latents: bool, sideca
             link = raw / f"drawing_{i:05d}{suffix}"
             if not link.exists():
                 link.symlink_to(work / "raw" / link.name)
-    root = project(raw.with_name(f"n{n}"), raw, size, steps, cache_latents)
+    name = f"n{n}-sdxl" if sdxl else f"n{n}"
+    root = project(raw.with_name(name), raw, size, steps, cache_latents, sdxl)
     log.info("N=%d: %d drawings of %d px (%.0f MB) in %.0f s", n, n, size, raw_bytes / 1e6, gen)
     rows = {}
     for stage in STAGES:
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="captions from tag .txt sidecars instead of the tiny BLIP-2 (its time is per image)",
     )
+    parser.add_argument("--sdxl", action="store_true", help="train on the tiny SDXL")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="kshd-scale-") as tmp:
         work = args.work or Path(tmp)
         results = [
-            bench(work, n, args.size, args.steps, args.cache_latents, args.sidecars)
+            bench(work, n, args.size, args.steps, args.cache_latents, args.sidecars, args.sdxl)
             for n in sorted(args.n or [5700])
         ]
     print(table(results))

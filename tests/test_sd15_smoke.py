@@ -50,8 +50,10 @@ def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_pa
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_small_on_the_cpu(tmp_path):
-    """`make gpu-check`'s script end to end with --small: every run reports its figures."""
+@pytest.mark.parametrize("family", [[], ["--sdxl"]], ids=["sd1", "sdxl"])
+def test_gpu_check_runs_small_on_the_cpu(tmp_path, family):
+    """`make gpu-check`'s script end to end with --small (the tiny SD, or the tiny SDXL for
+    `make gpu-check SDXL=1`): every run reports its figures."""
     import importlib.util
 
     from accelerate.state import AcceleratorState
@@ -60,7 +62,7 @@ def test_gpu_check_runs_small_on_the_cpu(tmp_path):
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     try:
-        rows = gpu_check.main(["--small", "--json", str(tmp_path / "figures.json")])
+        rows = gpu_check.main(["--small", *family, "--json", str(tmp_path / "figures.json")])
     finally:
         AcceleratorState._reset_state()  # the next test's Accelerator picks its own precision
     runs = [r["run"] for r in rows]
