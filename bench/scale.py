@@ -85,6 +85,7 @@ def project(
             "evaluate.seeds=[0]",
             "evaluate.lora_scales=[1.0]",
             "evaluate.checkpoints=false",
+            "evaluate.style_references=${data.dataset_dir}",  # its held-out drawings
             "tracking.mode=disabled",
             f"tiny.dir={root.parent / 'tiny'}",
         ],
@@ -92,6 +93,11 @@ def project(
     )
     root.mkdir(parents=True, exist_ok=True)
     write_params(cfg, root / "params.yaml")
+    for name in ("world", "world-controlnet"):  # the demo's committed models, by relative path
+        link = root / "models" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(repo / "models" / name, target_is_directory=True)
     # The tiny models, as `make demo` builds them before `dvc repro` (stages only load them); in
     # a child, so this process stays small and each stage's forked peak RSS is its own.
     code = "import sys, pathlib; from kshd.experiments.demo import demo_models as m; "
