@@ -38,3 +38,21 @@ def intake(**changes) -> dict:
     passes them, from conf/'s `prepare` group with `changes`."""
     p = defaults("prepare", **changes)
     return dict(resolution=p.resolution, upscale=p.upscale, rules=intake_rules(**changes))
+
+
+def assert_trains_and_draws(c, split, s, cache_dir, size: int, draw_steps: int) -> None:
+    """The shape smoke tests' check: `s`'s steps train the LoRA (its B matrices leave zero,
+    finite losses), then one validation image of `size` px draws (NaN latents decode flat)."""
+    import numpy as np
+
+    from kshd.evaluation.sampling import validation_images
+    from kshd.training.loop import train_lora
+
+    result = train_lora(c, split, s, cache_dir=cache_dir)
+    assert result.steps == s.max_train_steps and all(np.isfinite(h["loss"]) for h in result.history)
+    lora = [p for n, p in c.unet.named_parameters() if "lora_B" in n]
+    assert lora and any(p.abs().sum() > 0 for p in lora)  # B starts at zero: trained
+    prompt = "drawn by KSH drawing style, a cat"
+    (image,) = validation_images(c, prompt, "", (0,), draw_steps, size, **PLAIN)
+    pixels = np.asarray(image, dtype=np.float32)
+    assert image.size == (size, size) and np.isfinite(pixels).all() and pixels.std() > 0
