@@ -115,16 +115,15 @@ def check_single_file(
 
 
 def _check_config(source: str, default: bool) -> None:
-    if Path(source).expanduser().is_dir() or not default:
-        check_model_source(source, "model.single_file_config", "model_index.json")
-        return
-    if not in_hub_cache(source, "model_index.json") and hub_offline():
+    """The configs can be had: a folder, the Hub cache, or the Hub (probed, one line if not)."""
+    if default and hub_offline() and not in_hub_cache(source, "model_index.json"):
         raise ModelSourceError(
             "config key `model.single_file_config` = null: a single-file checkpoint's configs "
             f"and tokenizers come from {source} (a few MB, fetched once), which is not in the "
             "local Hugging Face cache, and HF_HUB_OFFLINE is set. Ways out: network access "
             "once, or set model.single_file_config to a local diffusers folder of that family."
         )
+    check_model_source(source, "model.single_file_config", "model_index.json")
 
 
 def _check_prediction(path: str, info: CheckpointInfo, prediction: str | None, ztsnr: bool):
