@@ -23,13 +23,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup ## the five stages on the bundled samples over the demo world's base model (no GPU/network)
-	$(RUN) $(PY) -m kshd.experiments.demo
+	$(RUN) $(PY) -m kshd_world.demo
 
 screenshots: setup ## docs/studio-*.png: the GUI's drawing tabs at 1366x768 (after make demo; Chromium)
-	$(RUN) $(PY) -m kshd.experiments.screenshots --lora models/lora --out docs
+	$(RUN) $(PY) -m kshd_world.screenshots --lora models/lora --out docs
 
 readme-grid: setup ## docs/demo-grid.png (the README's picture) from the grids of the last make demo
-	$(RUN) $(PY) -m kshd.experiments.readme_grid
+	$(RUN) $(PY) -m kshd_world.readme_grid
 
 sweep: setup ## a 4-experiment DVC queue sweep of the demo (batch 1,2 x epochs 1,2), then compare
 	$(RUN) $(VENV)/bin/kshd sweep --demo -S train.batch_size=1,2 -S train.epochs=1,2
@@ -58,16 +58,16 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format src tests bench
 
 samples: setup ## redraw data/samples/, their captions, data/style_refs/ and data/sample_reg/ (the demo's)
-	$(RUN) $(PY) -m kshd.data.samples data/samples data/sample_captions.csv
-	$(RUN) $(PY) -m kshd.builders.world_refs data/style_refs -n 64 --size 128 --seed 10100
-	$(RUN) $(PY) -m kshd.builders.world_refs data/sample_reg -n 10 --size 128 --seed 50000 --style plain --captions
+	$(RUN) $(PY) -m kshd_world.samples data/samples data/sample_captions.csv
+	$(RUN) $(PY) -m kshd_world.world_refs data/style_refs -n 64 --size 128 --seed 10100
+	$(RUN) $(PY) -m kshd_world.world_refs data/sample_reg -n 10 --size 128 --seed 50000 --style plain --captions
 
 world-models: setup ## retrain the demo world's committed models (models/world: SD base + CLIP, ~30 min on 2 cores)
-	$(RUN) $(PY) -m kshd.builders.pretrain_world models/world --seed 0
+	$(RUN) $(PY) -m kshd_world.pretrain_world models/world --seed 0
 
 world-controlnet: setup ## retrain the demo world's committed line-art ControlNet (models/world-controlnet, ~10 min)
-	$(RUN) $(PY) -m kshd.builders.world_controlnet models/world/sd models/world-controlnet --seed 0
+	$(RUN) $(PY) -m kshd_world.world_controlnet models/world/sd models/world-controlnet --seed 0
 
 world: setup ## draw 200 drawings of the demo world in each style into data/world/ (deterministic)
-	$(RUN) $(PY) -m kshd.builders.world data/world/ksh -n 200 --style ksh
-	$(RUN) $(PY) -m kshd.builders.world data/world/plain -n 200 --style plain
+	$(RUN) $(PY) -m kshd_world.world data/world/ksh -n 200 --style ksh
+	$(RUN) $(PY) -m kshd_world.world data/world/plain -n 200 --style plain

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kshd.builders.tiny import build_tiny_models
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions
 from kshd.data.captioning import CaptionSettings
+from kshd_world.tiny import build_tiny_models
 
 
 def drawings(folder: Path, n: int, start: int = 0) -> list[Item]:

@@ -38,7 +38,7 @@ def _random_lora(model: Path, out: Path, rank: int) -> Path:
     """A LoRA of the given rank on the attention projections, with non-zero random weights."""
     from diffusers import UNet2DConditionModel
 
-    from kshd.lora import adapter_tensors, add_lora, save_diffusers
+    from kshd.adapters.lora import adapter_tensors, add_lora, save_diffusers
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
     add_lora(unet, rank=rank, alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])

@@ -30,7 +30,7 @@ log = logging.getLogger("gpu_check")
 def drawings(out: Path, n: int, size: int) -> Path:
     """n random drawings with captions as a saved dataset."""
     from kshd.data.dataset import save_dataset
-    from kshd.data.samples import noise_drawings
+    from kshd_world.samples import noise_drawings
 
     save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
@@ -39,11 +39,11 @@ def drawings(out: Path, n: int, size: int) -> Path:
 def model_folder(work: Path, small: bool, sdxl: bool) -> str:
     """The tiny SD or SDXL (--small), or the SD 1.5- or SDXL-shaped one, all with CLIP's BPE
     tokenizer."""
-    from kshd.builders.clip_bpe import clip_bpe_tokenizer
-    from kshd.builders.sd15_shaped import build_sd15_shaped
-    from kshd.builders.sdxl_shaped import build_sdxl_shaped
-    from kshd.builders.tiny import build_tiny_sd
-    from kshd.builders.tiny_sdxl import build_tiny_sdxl
+    from kshd_world.clip_bpe import clip_bpe_tokenizer
+    from kshd_world.sd15_shaped import build_sd15_shaped
+    from kshd_world.sdxl_shaped import build_sdxl_shaped
+    from kshd_world.tiny import build_tiny_sd
+    from kshd_world.tiny_sdxl import build_tiny_sdxl
 
     if small:
         (build_tiny_sdxl if sdxl else build_tiny_sd)(work / "tiny", 0)
@@ -64,17 +64,17 @@ def _reset(device: str) -> None:
 
 
 def _peak_mb(device: str) -> float:
-    from kshd.training.settings import peak_rss_mb
+    from kshd.training.result import peak_rss_mb
 
     return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
 
 
 def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: bool, root: Path):
     """One training run; returns its figures and the trained LoRA (prefixed keys, on the CPU)."""
-    from kshd.config import defaults
-    from kshd.lora import adapter_tensors
+    from kshd.adapters.lora import adapter_tensors
+    from kshd.config.compose import defaults
+    from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import load_components
 
     _reset(device)
     s = defaults(
@@ -118,7 +118,7 @@ def resume_once(model: str, split, args, device: str, precision: str, straight, 
 
 def draw_runs(model: str, lora_dir: Path, args, device: str) -> list[dict]:
     """args.images images at once with the LoRA loaded (unfused), then fused into the weights."""
-    from kshd.models import load_sd_pipeline
+    from kshd.models.loading import load_sd_pipeline
 
     _reset(device)
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model = model_folder(work, args.small, args.sdxl)
     split = load_from_disk(str(drawings(work / "data", 4, args.resolution)))["train"]
-    from kshd.lora import save_diffusers
+    from kshd.adapters.lora import save_diffusers
 
     rows, first = [], None
     for precision in precisions:

@@ -1,4 +1,4 @@
-"""Break training or drawing on purpose and show the learning test notices (issue 15).
+"""Break training or drawing on purpose and show the learning test notices.
 
 Each mutation trains the demo's LoRA on the samples over the world's base (as tests/test_learning
 does) with one defect, draws the same held-out characters, and prints what the judges say next to
@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kshd.training.settings import load_components  # noqa: E402
+from kshd.training.components import load_components  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 from tests.helpers.learning import WORLD_SD  # noqa: E402
 from tests.test_learning import (  # noqa: E402
@@ -62,9 +62,9 @@ def _penultimate(text_encoder, ids: torch.Tensor) -> torch.Tensor:
 
 def _text_layer(c, changes):
     """Training's text states taken from the wrong layer of CLIP (the app draws with the last)."""
-    from kshd.training import latent_cache, settings
+    from kshd.training import components, latent_cache
 
-    latent_cache.encode_chunk_ids = settings.encode_chunk_ids = _penultimate
+    latent_cache.encode_chunk_ids = components.encode_chunk_ids = _penultimate
     return c, changes
 
 
@@ -87,15 +87,15 @@ def _shrink_lora(unet) -> None:
 def _train(name: str, split, work: Path):
     """The demo's run with the mutation `name` applied before training (undone after): its
     components, its TrainResult and the captions whose cached text states are not the app's."""
-    from kshd.training import latent_cache, settings
+    from kshd.training import components, latent_cache
 
-    saved = latent_cache.encode_chunk_ids, settings.encode_chunk_ids
+    saved = latent_cache.encode_chunk_ids, components.encode_chunk_ids
     try:
         c, changes = BEFORE_TRAINING.get(name, _no_mutation)(load_components(str(WORLD_SD)), {})
         reg = learning.reg_split(work / "data")
         c, result = learning.learn(split, work, c, reg, **changes)
     finally:
-        latent_cache.encode_chunk_ids, settings.encode_chunk_ids = saved
+        latent_cache.encode_chunk_ids, components.encode_chunk_ids = saved
     return c, result, learning.unlike_the_app(c, work / "cache", split["text"])
 
 

@@ -1,4 +1,4 @@
-"""Does training far longer overfit, and does the evaluation see it? (issue 15)
+"""Does training far longer overfit, and does the evaluation see it?
 
 Trains the demo's LoRA on the bundled samples over the world's base (as tests/test_learning
 does) for each number of epochs given, draws the held-out characters, and prints side by side:
@@ -23,9 +23,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kshd.builders.world_judges import judge_style  # noqa: E402
-from kshd.config import compose_conf  # noqa: E402
+from kshd.config.compose import compose_conf  # noqa: E402
 from kshd.evaluation.metrics import ClipEncoder, memorization, style_similarity  # noqa: E402
+from kshd_world.world_judges import judge_style  # noqa: E402
 from tests.helpers import learning  # noqa: E402
 
 log = logging.getLogger("overfitting")

@@ -32,7 +32,7 @@ STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
 
 def drawing(i: int, size: int) -> Image.Image:
     """A procedural drawing with paper grain, so the PNG weighs what a scanned drawing does."""
-    from kshd.data.samples import Sample, draw
+    from kshd_world.samples import Sample, draw
 
     rng = random.Random(i)
     img = draw(Sample(f"d{i}", girl=rng.random() < 0.6, size=(size, size)), seed=i).convert("RGB")
@@ -66,7 +66,7 @@ def project(
     root: Path, raw: Path, size: int, steps: int, cache_latents: bool, sdxl: bool = False
 ) -> Path:
     """A fresh project folder: params.yaml (demo profile, real image size) and N raw drawings."""
-    from kshd.config import compose_conf, write_params
+    from kshd.config.compose import compose_conf, write_params
 
     repo = Path(__file__).resolve().parents[1]
     cfg = compose_conf(
@@ -100,7 +100,7 @@ def project(
             link.symlink_to(repo / "models" / name, target_is_directory=True)
     # The tiny models, as `make demo` builds them before `dvc repro` (stages only load them); in
     # a child, so this process stays small and each stage's forked peak RSS is its own.
-    code = "import sys, pathlib; from kshd.experiments.demo import demo_models as m; "
+    code = "import sys, pathlib; from kshd_world.demo import demo_models as m; "
     code += "m(pathlib.Path(sys.argv[1]), sys.argv[2:])"
     tiny = f"tiny.dir={root.parent / 'tiny'}"
     subprocess.run([sys.executable, "-c", code, str(repo), tiny], check=True)

@@ -27,15 +27,15 @@ WARMUP_STEPS = 2
 
 def build_sd15_shaped(out: Path) -> None:
     """SD 1.5's UNet, VAE and text-encoder shapes with random weights (no download)."""
-    from kshd.builders.clip_bpe import clip_bpe_tokenizer
-    from kshd.builders.sd15_shaped import build_sd15_shaped as build
+    from kshd_world.clip_bpe import clip_bpe_tokenizer
+    from kshd_world.sd15_shaped import build_sd15_shaped as build
 
     build(out, clip_bpe_tokenizer())  # SD 1.x's own tokenizer and special-token ids
 
 
 def dataset(out: Path, n: int, size: int) -> Path:
     from kshd.data.dataset import save_dataset
-    from kshd.data.samples import noise_drawings
+    from kshd_world.samples import noise_drawings
 
     save_dataset(noise_drawings(out, n, size), out / "dataset", 0.0, "drawn by KSH drawing style")
     return out / "dataset"
@@ -45,9 +45,10 @@ def worker(args: argparse.Namespace) -> None:
     """One training run in this process; prints its figures as JSON."""
     from datasets import load_from_disk
 
-    from kshd.config import defaults
+    from kshd.config.compose import defaults
+    from kshd.training.components import load_components
     from kshd.training.loop import train_lora
-    from kshd.training.settings import load_components, peak_rss_mb
+    from kshd.training.result import peak_rss_mb
 
     split = load_from_disk(args.dataset)["train"]
     c = load_components(args.model, unet=False)  # as the train stage loads them
@@ -158,7 +159,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.worker:
         return worker(args)
-    from kshd.builders.tiny import build_tiny_models
+    from kshd_world.tiny import build_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = dataset(work / "data", args.images, args.resolution)

@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """The demo's tiny SD and BLIP-2, saved with save_pretrained (built once, ~4 s)."""
-    from kshd.builders.tiny import build_tiny_models
+    from kshd_world.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
@@ -55,8 +55,8 @@ def quick_dvc_params(*swept: str) -> list[str]:
 def demo_cfg(tmp_path, tiny_models):
     """The demo profile composed from conf/ as DVC does, every path moved into tmp_path (the
     caption and latent caches too), tracking off: for calling a stage's `run(cfg)` in-process."""
-    from kshd.config import compose_conf
-    from kshd.schema import check
+    from kshd.config.compose import compose_conf
+    from kshd.config.schema import check
 
     cfg = compose_conf(
         [
@@ -108,7 +108,7 @@ def random_lora(tiny_models, tmp_path_factory) -> Path:
     """A LoRA folder for the tiny SD with random (non-zero) weights, in both file formats."""
     from diffusers import UNet2DConditionModel
 
-    from kshd.lora import add_lora, save_lora
+    from kshd.adapters.lora import add_lora, save_lora
 
     from .helpers.lora_files import TINY_INFO, randomize_lora_b
 
@@ -123,10 +123,10 @@ def random_lora(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_models, sample_split, tmp_path_factory):
     """A LoRA trained for a few steps on the samples and saved in both formats."""
-    from kshd.config import defaults
-    from kshd.lora import save_lora
+    from kshd.adapters.lora import save_lora
+    from kshd.config.compose import defaults
+    from kshd.training.components import load_components
     from kshd.training.loop import train_lora
-    from kshd.training.settings import load_components
 
     from .helpers.lora_files import TRAIN_SETTINGS, tiny_info
 

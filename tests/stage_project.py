@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
-from kshd.config import compose_conf, write_params
+from kshd.config.compose import compose_conf, write_params
 
 from .conftest import QUICK_TRAIN, ROOT
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.captioning import write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
 from kshd.training.batches import BucketBatchSampler, make_buckets, pick_bucket
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 
 def test_buckets_cover_aspects_within_the_pixel_budget():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
 from kshd.data.captioning import read_info_csv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.captioning import (
     Captioner,
     clean_caption,

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kshd.experiments.compare import (
-    CompareError,
-    Experiment,
-    differing,
-    experiments_from_show,
-    offline_template,
-    select,
-    svg,
-)
+from kshd.experiments.compare import CompareError, offline_template, select, svg
 from kshd.experiments.compare_page import render
+from kshd.experiments.finished import Experiment, differing, experiments_from_show
 
 FILES = {"reports/metrics.json": "", "models/lora/metrics.json": "train."}
 

@@ -9,7 +9,8 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from kshd.config import ConfigError, compose_conf, load_params, write_params
+from kshd.config.compose import compose_conf, load_params, write_params
+from kshd.config.errors import ConfigError
 
 from .conftest import ROOT
 
@@ -179,7 +180,7 @@ def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
 def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
     """`kshd gui +experiment=demo` (make gui) and `model=` presets by hand: a group whose file
     overrides another group (the demo picks model=world) composes from conf/ like DVC."""
-    from kshd.config import load_params
+    from kshd.config.compose import load_params
 
     assert load_params(["+experiment=demo"]).model.pretrained == "models/world/sd"
     tiny = load_params(["+experiment=demo", "model=tiny_sdxl", "generate.steps=5"])

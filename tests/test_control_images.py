@@ -1,4 +1,4 @@
-"""The ControlNet preprocessors (issue 17) on a known picture: a black square outline drawn on
+"""The ControlNet preprocessors on a known picture: a black square outline drawn on
 white, 128 px, its lines 3 px wide. Each finds its lines where they are and nothing elsewhere."""
 
 from __future__ import annotations

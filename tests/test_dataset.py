@@ -10,7 +10,7 @@ from PIL import Image
 
 from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask, save_dataset
-from kshd.data.samples import noise_drawings
+from kshd_world.samples import noise_drawings
 
 
 def test_dataset_has_image_and_text_and_both_splits(tmp_path):

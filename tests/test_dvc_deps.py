@@ -20,8 +20,9 @@ PACKAGE = SRC / "kshd"
 
 
 def module_file(name: str) -> Path | None:
-    """The file of a `kshd` module or package, or None (a name inside a module, or not kshd)."""
-    if name != "kshd" and not name.startswith("kshd."):
+    """The file of a `kshd` (or demo world) module or package, or None (a name inside a module,
+    or another package)."""
+    if name.split(".")[0] not in ("kshd", "kshd_world"):
         return None
     base = SRC.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
@@ -138,16 +139,15 @@ def test_folder_deps_ignore_bytecode():
 
 
 def test_the_walk_follows_function_level_imports_and_names_what_a_dep_list_lacks():
-    """The check itself: the demo, which builds tiny models, reaches the builders, and a dep
-    list without them names each missing file."""
-    reached = reached_files([PACKAGE / "experiments" / "demo.py"])
+    """The check itself: the train stage reaches the adapter files the loop imports inside a
+    function, and a dep list without them names each missing file."""
+    reached = stage_files("train")
     names = {str(p.relative_to(ROOT)) for p in reached}
-    assert "src/kshd/builders/tiny.py" in names  # only imported inside build_demo_models()
-    assert "src/kshd/builders/clip_bpe.py" in names  # imported inside build_tiny_sd()
-    assert "src/kshd/builders/sd15_shaped.py" not in names  # in the folder, never imported
+    assert "src/kshd/adapters/lora.py" in names  # imported inside the loop's save function
+    assert "src/kshd/drawing/gui.py" not in names  # in the package, never imported by it
     assert "src/kshd/__init__.py" not in names  # a docstring and a version: runs nothing
-    assert uncovered(reached, ["src/kshd/experiments", "src/kshd/config.py"]) == sorted(
-        n for n in names if not n.startswith(("src/kshd/experiments/", "src/kshd/config.py"))
+    assert uncovered(reached, ["src/kshd/training", "src/kshd/config"]) == sorted(
+        n for n in names if not n.startswith(("src/kshd/training/", "src/kshd/config/"))
     )
     assert uncovered(reached, ["src/kshd"]) == []
 
@@ -157,24 +157,25 @@ def test_no_stage_runs_or_depends_on_a_model_builder(stage):
     """Editing a demo builder must not rerun a real user's 50-epoch training: the stages only
     check that the model folders exist (`make demo` builds the tiny ones), so no builder is
     among the files a stage runs, nor among its deps, and `tiny` is none of its params."""
-    builders = PACKAGE / "builders"
+    builders = SRC / "kshd_world"
     ran = sorted(str(f.relative_to(ROOT)) for f in stage_files(stage) if builders in f.parents)
     assert ran == [], f"stage {stage!r} imports model builders: {ran}"
-    deps = [d for d in code_deps(STAGES[stage]) if d.startswith("src/kshd/builders")]
+    deps = [d for d in code_deps(STAGES[stage]) if d.startswith("src/kshd_world")]
     assert deps == [], f"dvc.yaml stage {stage!r} depends on builders: {deps}"
     params = STAGES[stage].get("params", [])
     assert not [p for p in params if str(p).split(".")[0] == "tiny"], params
 
 
-def test_the_gaps_issue_14_found_in_the_hand_written_lists_are_found():
-    """Before issue 14, train wrote validation images through evaluation/ without depending on
-    it, dataset imported captioning without it, evaluate lacked lora.py and checkpoints.py."""
+def test_the_walk_finds_what_hand_written_lists_missed():
+    """Hand-written lists once let train write validation images through evaluation code
+    without depending on it, dataset import captioning without it, and evaluate lack the LoRA
+    files and checkpoints: the walk names each such gap."""
     old = {
-        "train": ["src/kshd/stages/train.py", "src/kshd/training/loop.py", "src/kshd/models.py"],
+        "train": ["src/kshd/stages/train.py", "src/kshd/training/loop.py"],
         "dataset": ["src/kshd/stages/dataset.py", "src/kshd/data/dataset.py"],
         "evaluate": ["src/kshd/stages/evaluate.py", "src/kshd/evaluation/evaluate.py"],
     }
-    assert "src/kshd/evaluation/sampling.py" in uncovered(stage_files("train"), old["train"])
+    assert "src/kshd/training/components.py" in uncovered(stage_files("train"), old["train"])
     assert "src/kshd/data/captioning.py" in uncovered(stage_files("dataset"), old["dataset"])
     lacking = uncovered(stage_files("evaluate"), old["evaluate"])
-    assert {"src/kshd/lora.py", "src/kshd/training/checkpoints.py"} <= set(lacking)
+    assert {"src/kshd/adapters/lora.py", "src/kshd/training/checkpoints.py"} <= set(lacking)

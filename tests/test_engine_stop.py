@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.request import Request
 

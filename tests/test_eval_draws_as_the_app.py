@@ -17,8 +17,8 @@ from kshd.evaluation.evaluate import (
     use_sampler,
     validation_images,
 )
-from kshd.models import load_sd_pipeline
-from kshd.training.settings import load_components
+from kshd.models.loading import load_sd_pipeline
+from kshd.training.components import load_components
 
 from .helpers.settings import eval_settings
 
@@ -112,7 +112,8 @@ def test_base_images_are_keyed_by_the_app_settings(tmp_path):
 
 
 def test_an_unknown_sampler_names_the_key():
-    from kshd.config import ConfigError, defaults
+    from kshd.config.compose import defaults
+    from kshd.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"evaluate\.sampler"):
         _settings(sampler="dpm_fast")

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.evaluation.evaluate import (
     HEADLINE,
     CheckpointCurve,
@@ -109,11 +109,11 @@ def test_select_checkpoints():
 
 
 def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
-    from kshd.config import defaults
-    from kshd.lora import adapter_tensors, save_diffusers
+    from kshd.adapters.lora import adapter_tensors, save_diffusers
+    from kshd.config.compose import defaults
     from kshd.training.checkpoints import complete_checkpoints
+    from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import load_components
 
     c = load_components(str(tiny_models["sd"]))
     train_lora(

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from kshd.config import defaults
+from kshd.adapters.lora import KOHYA_FILE
+from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import lora_hash, parse_parameters, read_parameters, save_png
 from kshd.drawing.request import SAMPLERS, Request, RequestError
-from kshd.lora import KOHYA_FILE
 
 # drawn without the app's prefixes, so a plain diffusers pipeline can draw the same
 SMALL = dict(steps=3, width=64, height=64, sampler="euler", positive_prefix="", negative_prefix="")
@@ -258,7 +258,7 @@ def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp
     """`kshd generate` fills a Request from generate.* (guidance_scale is the request's
     cfg_scale) and names a bad config key in one line, exit 2, before any model loads."""
     from kshd import cli
-    from kshd.config import compose_conf, write_params
+    from kshd.config.compose import compose_conf, write_params
     from kshd.drawing.settings import default_request
 
     from .conftest import ROOT

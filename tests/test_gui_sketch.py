@@ -1,4 +1,4 @@
-"""The studio's third way to draw and inpainting (issue 17): the Sketch to style tab in Debian's
+"""The studio's third way to draw and inpainting: the Sketch to style tab in Debian's
 Chromium (upload or draw a sketch, see the lines the ControlNet will follow, draw, send on), the
 Inpaint tab of Image to image (brush the part to redraw), and their `/sketch` and `/inpaint`
 endpoints through gradio_client, on the tiny SD and its tiny ControlNet."""

@@ -1,4 +1,4 @@
-"""The studio as an AUTOMATIC1111 user meets it (issue 16), in Debian's Chromium at 1366x768:
+"""The studio as an AUTOMATIC1111 user meets it, in Debian's Chromium at 1366x768:
 what a Generate click changes is on screen, Generate is locked while its job runs, Interrupt keeps
 finished images, send buttons carry every parameter, seeds and sizes have their buttons,
 Ctrl+Enter generates; the LoRA chooser, PNG Info, History and errors beside their fields. Its
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from kshd.lora import DIFFUSERS_FILE
+from kshd.adapters.lora import DIFFUSERS_FILE
 
 from .helpers.studio import STEPS, open_page, studio_server, wait_for_images
 

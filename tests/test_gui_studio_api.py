@@ -1,4 +1,4 @@
-"""The studio's endpoints through gradio_client (issue 16): Interrupt and Skip, the queue's
+"""The studio's endpoints through gradio_client: Interrupt and Skip, the queue's
 estimate, the LoRA and base-model switches, PNG Info; the page itself: test_gui_studio.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from kshd.adapters.lora import DIFFUSERS_FILE
 from kshd.drawing.gui_parts import TAB_FIELDS
-from kshd.lora import DIFFUSERS_FILE
 
 from .helpers.studio import studio_server
 

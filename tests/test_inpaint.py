@@ -1,4 +1,4 @@
-"""Inpainting (issue 17) on the tiny SD, a regular 4-channel model as A1111 inpaints with one:
+"""Inpainting on the tiny SD, a regular 4-channel model as A1111 inpaints with one:
 what lies outside the blurred mask is the picture's own pixels, bit for bit; inside it is
 redrawn; "only masked" draws the mask's region and pastes it into the picture at its own size;
 A1111's parameters; bad masks named."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 from kshd.drawing.request import Request, RequestError

@@ -1,4 +1,4 @@
-"""Training teaches the style (issue 15): a LoRA trained with the demo profile's settings on the
+"""Training teaches the style: a LoRA trained with the demo profile's settings on the
 bundled KSH samples over the world's plain base, judged from the pixels alone.
 
 Each test trains the demo's run (a LoCon LoRA, rank 16, lr 3e-3, batch 2, 25 epochs, 128 px, each

@@ -9,12 +9,12 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from kshd.config import defaults
-from kshd.prompts import CaptionChunker, encode_chunk_ids
+from kshd.config.compose import defaults
+from kshd.prompts.encoding import CaptionChunker, encode_chunk_ids
 from kshd.training.batches import DrawingDataset, ItemOptions
+from kshd.training.components import load_components
 from kshd.training.latent_cache import TextSource
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 TRIGGER = "drawn by KSH drawing style"
 BASE = dict(resolution=64, batch_size=2, epochs=1, learning_rate=1e-2, seed=3)
@@ -86,7 +86,7 @@ def test_a_short_caption_is_encoded_as_before(tok):
 
 
 def test_bad_max_token_length_names_the_key():
-    from kshd.config import ConfigError
+    from kshd.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.max_token_length"):
         defaults("train", max_token_length=100)
@@ -160,7 +160,7 @@ def test_workers_never_run_the_vae_and_train_as_the_main_process(
 
     (plain, c0), (forked, c2) = run(0), run(2)
     assert forked == plain
-    from kshd.lora import adapter_tensors
+    from kshd.adapters.lora import adapter_tensors
 
     a, b = adapter_tensors(c0.unet), adapter_tensors(c2.unet)
     assert all(torch.equal(a[k], b[k]) for k in a)

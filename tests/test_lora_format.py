@@ -13,7 +13,7 @@ from safetensors import safe_open
 WRITE = """
 import sys, torch
 from pathlib import Path
-from kshd.lora import save_kohya
+from kshd.adapters.lora import save_kohya
 state = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight":
          torch.ones(4, 32), "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
          ".lora_B.weight": torch.full((32, 4), 0.5)}
@@ -80,7 +80,7 @@ def test_both_files_load_every_trained_layer_at_its_strength(
     convs; one without alpha loaded an alpha-1 LoRA at 4x its strength."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, save_lora
+    from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, save_lora
 
     from .helpers.lora_files import randomize_lora_b, tiny_info
 

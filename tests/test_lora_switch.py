@@ -1,4 +1,4 @@
-"""Choosing another LoRA without a restart (issue 16): what the studio offers (the trained LoRA,
+"""Choosing another LoRA without a restart: what the studio offers (the trained LoRA,
 the checkpoints with the evaluation's best marked, LoRA folders), and `Engine.set_lora` swapping
 it with the base weights restored exactly in between."""
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from kshd.config import defaults
+from kshd.adapters.lora import DIFFUSERS_FILE
+from kshd.config.compose import defaults
 from kshd.drawing.catalog import NONE, LoraCatalog
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
-from kshd.lora import DIFFUSERS_FILE
 
 DRAW = dict(steps=3, width=64, height=64, sampler="euler", seed=3, positive_prefix="",
             negative_prefix="")  # fmt: skip

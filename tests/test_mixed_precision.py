@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 import kshd.training.loop as trainer
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.evaluation.evaluate import validation_images
+from kshd.training.components import load_components
 from kshd.training.loop import CheckpointPolicy, train_lora
-from kshd.training.settings import load_components
 
 from .conftest import ROOT
 from .helpers.settings import PLAIN

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from kshd.model_source import ModelSourceError, check_model_source
+from kshd.models.source import ModelSourceError, check_model_source
 
 from .conftest import ROOT
 from .stage_project import noise_drawings, project_cfg
@@ -177,7 +177,7 @@ def test_the_demo_builds_its_models_in_the_project_before_any_stage(tmp_path):
     them (tiny.dir, under the project), a sweep's comma lists left out of that config."""
     import shutil
 
-    from kshd.experiments.demo import demo_models
+    from kshd_world.demo import demo_models
 
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     demo_models(tmp_path, ["+experiment=demo", "train.epochs=1,2", "tiny.dir=built"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kshd.builders import clip_bpe
-from kshd.builders.tiny import TINY_MANIFEST, build_tiny_models
-from kshd.config import UserError
-from kshd.models import check_model_source
+from kshd.config.errors import UserError
+from kshd.models.source import check_model_source
+from kshd_world import clip_bpe
+from kshd_world.tiny import TINY_MANIFEST, build_tiny_models
 
 OPENAI_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]  # openai/clip-vit-large-patch14's ids
 
@@ -158,7 +158,7 @@ def test_local_model_identity_follows_content_not_place_or_time(tiny_models, tmp
 
     from safetensors.torch import save_file
 
-    from kshd.models import model_identity
+    from kshd.models.identity import model_identity
 
     original = model_identity(str(tiny_models["sd"]), None)
     copy = shutil.copytree(tiny_models["sd"], tmp_path / "elsewhere" / "sd")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kshd.config import compose_conf
+from kshd.config.compose import compose_conf
 from kshd.training.checkpoints import complete_checkpoints
 
 from .conftest import ROOT
@@ -25,7 +25,7 @@ STAGES = ("prepare", "caption", "dataset", "train", "evaluate")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
-    proc = run_ok([sys.executable, "-m", "kshd.experiments.demo"], repo)
+    proc = run_ok([sys.executable, "-m", "kshd_world.demo"], repo)
     return repo, proc.stdout + proc.stderr
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from kshd.experiments.demo import demo_models
+from kshd_world.demo import demo_models
 
 from .conftest import quick_dvc_params
 from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, dvc_env, run_ok

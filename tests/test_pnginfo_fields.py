@@ -1,4 +1,4 @@
-"""PNG Info (issue 16): the A1111 `parameters` of a PNG, the app's or AUTOMATIC1111's, read back
+"""PNG Info: the A1111 `parameters` of a PNG, the app's or AUTOMATIC1111's, read back
 into a drawing tab's fields; the app's own text round-trips to the very same text."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.gui_library import png_info
 from kshd.drawing.pnginfo import request_fields

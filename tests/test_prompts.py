@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from kshd.prompts import BREAK_WEIGHT, CHUNK, PromptEncoder, chunk_tokens, parse_weights
+from kshd.prompts.encoding import BREAK_WEIGHT, CHUNK, PromptEncoder, chunk_tokens, parse_weights
 
 
 def _approx(pieces):

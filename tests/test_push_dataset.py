@@ -10,9 +10,9 @@ import sys
 import pytest
 from datasets import load_from_disk
 
-from kshd.config import compose_conf, write_params
+from kshd.config.compose import compose_conf, write_params
 from kshd.data.dataset import save_dataset
-from kshd.data.samples import noise_drawings
+from kshd_world.samples import noise_drawings
 
 from .conftest import ROOT
 from .fake_hub import start_fake_hub

@@ -1,4 +1,4 @@
-"""The queue's estimate (issue 16): the engine's pace is measured between step callbacks, the
+"""The queue's estimate: the engine's pace is measured between step callbacks, the
 warm-up of each batch's first step left out; a queued job's time follows its steps, images and
 size, where Gradio's mean of earlier jobs says the same for every job."""
 

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kshd.config import UserError, defaults
+from kshd.config.compose import defaults
+from kshd.config.errors import UserError
 from kshd.data.captioning import read_info_csv
 from kshd.stages import caption, dataset, prepare, train
-from kshd.training.settings import EpochSampler, diffusion_loss, epoch_members, load_components
+from kshd.training.components import load_components
+from kshd.training.loss import diffusion_loss
+from kshd.training.samplers import EpochSampler, epoch_members
 
 from .helpers.lora_files import TRIGGER
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.evaluation.evaluate import validation_images
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 from .helpers.settings import PLAIN
 
@@ -64,7 +64,7 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
 ):
     """As the train stage loads: the UNet comes in only once the VAE and text encoder left."""
     import kshd.training.loop
-    from kshd.lora import adapter_tensors
+    from kshd.adapters.lora import adapter_tensors
 
     s = defaults("train", **SETTINGS)
     eager = load_components(str(tiny_models["sd"]))

@@ -38,7 +38,7 @@ def test_the_readme_grid_is_the_demo_s_grids_side_by_side(tmp_path):
     import pytest
     from PIL import Image
 
-    from kshd.experiments.readme_grid import main
+    from kshd_world.readme_grid import main
 
     grids = tmp_path / "grids"
     grids.mkdir()

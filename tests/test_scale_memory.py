@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from kshd.data.dataset import save_dataset
-from kshd.data.samples import noise_drawings
+from kshd_world.samples import noise_drawings
 
 
 def _drawings(root: Path, n: int) -> Path:
@@ -91,7 +91,7 @@ def test_the_reported_peak_is_the_process_own_not_its_parents():
     ballast = bytearray(1500 << 20)
     ballast[:: 1 << 12] = b"\1" * len(range(0, len(ballast), 1 << 12))  # 1.5 GB resident here
     code = (
-        "import resource; from kshd.training.settings import peak_rss_mb; "
+        "import resource; from kshd.training.result import peak_rss_mb; "
         "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

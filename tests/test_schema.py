@@ -14,18 +14,20 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from kshd.builders.world import write_world
-from kshd.config import ConfigError, compose_conf, defaults, defining, settings
+from kshd.config.compose import compose_conf, defaults
+from kshd.config.errors import ConfigError
+from kshd.config.fill import defining, settings
+from kshd.config.schema import ProjectConfig, check, group, stage_params
+from kshd.config.schema_train import TrainSettings
 from kshd.data.captioning import with_trigger
 from kshd.data.images import IntakeRules, load_image, resize_short_side
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
 from kshd.evaluation.evaluate import CheckpointCurve
 from kshd.evaluation.sampling import EvalSettings
-from kshd.schema import ProjectConfig, check, group, stage_params
 from kshd.training.batches import ItemOptions, make_buckets
 from kshd.training.checkpoints import fingerprint
-from kshd.training.settings import TrainSettings
+from kshd_world.world import write_world
 
 from .conftest import ROOT
 
@@ -186,7 +188,7 @@ def config_classes(cls: type = ProjectConfig) -> set[type]:
     ids=lambda c: c.__name__,
 )
 def test_no_config_field_has_a_default_in_code(cls):
-    """Defaults live in conf/ alone (kshd.config.defaults composes them)."""
+    """Defaults live in conf/ alone (kshd.config.compose.defaults composes them)."""
     with_default = [
         f.name
         for f in dataclasses.fields(cls)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 
 from .conftest import ROOT
 from .helpers.settings import assert_trains_and_draws
@@ -21,7 +21,7 @@ from .helpers.settings import assert_trains_and_draws
 def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_path):
     from transformers import CLIPTokenizer
 
-    from kshd.builders.sd15_shaped import sd15_shaped_components
+    from kshd_world.sd15_shaped import sd15_shaped_components
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models["sd"], subfolder="tokenizer")
     c = sd15_shaped_components(tokenizer, seed=0, text_layers=2)

@@ -1,4 +1,4 @@
-"""Drawing with an SDXL base (issue 18): the app's engine, its A1111 prompts through both text
+"""Drawing with an SDXL base: the app's engine, its A1111 prompts through both text
 encoders, a trained SDXL LoRA fused at a strength, PNG parameters naming the family and hash,
 a v-prediction zero-terminal-SNR base on its own schedule, and the training's validation
 images; all on the tiny SDXL."""
@@ -14,14 +14,14 @@ from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from kshd.config import defaults
+from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import parse_parameters
 from kshd.drawing.request import Request, RequestError
-from kshd.lora import KohyaInfo, save_lora
-from kshd.prompts_xl import PromptEncoderXL, XLEmbeds
+from kshd.prompts.sdxl import PromptEncoderXL, XLEmbeds
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 pytestmark = pytest.mark.slow
 TRIGGER = "drawn by KSH drawing style"

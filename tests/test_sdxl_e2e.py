@@ -1,4 +1,4 @@
-"""The demo pipeline on an SDXL base, as a user runs it (issue 18):
+"""The demo pipeline on an SDXL base, as a user runs it:
 `dvc exp run -S +experiment=demo -S model=tiny_sdxl` in a fresh git repository, offline wandb."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.experiments.demo import demo_models
-from kshd.lora import KOHYA_FILE
+from kshd.adapters.lora import KOHYA_FILE
+from kshd_world.demo import demo_models
 
 from .conftest import quick_dvc_params
 from .helpers.dvc_repo import clone_of_this_checkout, dvc_env

@@ -1,4 +1,4 @@
-"""SDXL's shapes, not the tiny SDXL's (issue 18): a few LoRA steps and one drawing at 256 px.
+"""SDXL's shapes, not the tiny SDXL's: a few LoRA steps and one drawing at 256 px.
 
 Random weights (nothing downloaded): SDXL base's 2.6 G-parameter UNet and VAE, both text
 encoders at their real widths (768 and 1280) but two layers deep to stay quick. fp32 on the CPU,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 
 from .helpers.settings import assert_trains_and_draws
 
@@ -20,7 +20,7 @@ from .helpers.settings import assert_trains_and_draws
 def test_sdxl_shaped_pipeline_trains_and_draws_at_256_px(tiny_models, sample_split, tmp_path):
     from transformers import CLIPTokenizer
 
-    from kshd.builders.sdxl_shaped import sdxl_shaped_components
+    from kshd_world.sdxl_shaped import sdxl_shaped_components
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_models["sd"], subfolder="tokenizer")
     c = sdxl_shaped_components(tokenizer, seed=0, text_layers=2)

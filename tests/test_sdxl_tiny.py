@@ -1,4 +1,4 @@
-"""The tiny SDXL (issue 18's test world, first part): SDXL's shape built locally with CLIP's
+"""The tiny SDXL: SDXL's shape built locally with CLIP's
 real tokenizer for both encoders, saved and loaded through `from_pretrained`, drawing; and the
 model family read from the model, never typed."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kshd.models import SD1, SDXL, model_family
+from kshd.models.family import SD1, SDXL, model_family
 
 pytestmark = pytest.mark.slow
 

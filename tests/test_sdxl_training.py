@@ -1,4 +1,4 @@
-"""LoRA training on an SDXL base (issue 18): the tiny SDXL (two CLIP encoders on the real
+"""LoRA training on an SDXL base: the tiny SDXL (two CLIP encoders on the real
 tokenizer, a text_time UNet) trains through the same loop as SD 1.x, with both encoders'
 states, the pooled text and the size conditioning; cached and live training agree; a
 v-prediction base with zero terminal SNR trains on its own schedule; the LoRA saves in
@@ -14,11 +14,12 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from safetensors import safe_open
 
-from kshd.config import UserError, defaults
-from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE, KohyaInfo, save_lora
+from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE, KohyaInfo, save_lora
+from kshd.config.compose import defaults
+from kshd.config.errors import UserError
 from kshd.training.batches import DrawingDataset, ItemOptions, Plan, size_condition
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kshd.config import shared_path
+from kshd.config.compose import shared_path
 
 from .stage_project import noise_drawings, project_cfg
 

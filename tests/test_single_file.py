@@ -1,4 +1,4 @@
-"""Single-file checkpoints as `model.pretrained` (issue 18): the tiny SD and SDXL written as one
+"""Single-file checkpoints as `model.pretrained`: the tiny SD and SDXL written as one
 .safetensors in the original (LDM / SGM) layout, as Civitai's and Illustrious-XL v2.0's files
 are, read back through diffusers' `from_single_file` in training, drawing and the app; their
 prediction markers checked against config; pickles and wrong files refused with one line."""
@@ -16,14 +16,16 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from kshd.builders.single_file import write_single_file
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.gui_actions import single_file_settings
 from kshd.drawing.request import Request
-from kshd.ldm_names import ldm_unet_name, unet_prefixes
-from kshd.model_source import ModelSourceError
-from kshd.models import SD1, SDXL, load_sd_pipeline, model_family, model_identity
-from kshd.training.settings import load_components
+from kshd.models.family import SD1, SDXL, model_family
+from kshd.models.identity import model_identity
+from kshd.models.ldm_names import ldm_unet_name, unet_prefixes
+from kshd.models.loading import load_sd_pipeline
+from kshd.models.source import ModelSourceError
+from kshd.training.components import load_components
+from kshd_world.single_file import write_single_file
 
 CPU = torch.device("cpu")
 # the UNet block layouts of SD 1.5 and SDXL base (their unet/config.json)

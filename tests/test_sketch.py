@@ -1,4 +1,4 @@
-"""Sketch to style through ControlNet (issue 17), on the tiny SD and its tiny ControlNet (built
+"""Sketch to style through ControlNet, on the tiny SD and its tiny ControlNet (built
 from its UNet by `ControlNetModel.from_unet`, loaded through `from_pretrained`): the control
 changes the drawing and weight 0 is no control at all, the guidance range is kept step by step,
 A1111's control modes, image-to-image with a control, and the PNG parameters."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 from kshd.drawing.request import Request, RequestError

@@ -1,4 +1,4 @@
-"""The evaluation's sketch-to-style section (issue 17): the line overlap that says how much of a
+"""The evaluation's sketch-to-style section: the line overlap that says how much of a
 sketch's structure a drawing kept, and the style measured against the *other* drawings."""
 
 from __future__ import annotations

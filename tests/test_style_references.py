@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.config import InputError, compose_conf
+from kshd.config.compose import compose_conf
+from kshd.config.errors import InputError
 from kshd.stages.evaluate import reference_folder, reference_images
 
 from .conftest import ROOT

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kshd.experiments.demo import demo_models
 from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
+from kshd_world.demo import demo_models
 
 from .browser import ARGS, CHROMIUM
 from .conftest import quick_dvc_params

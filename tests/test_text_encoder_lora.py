@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from kshd.adapters.lora import KOHYA_FILE
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
-from kshd.lora import KOHYA_FILE
 
 from .helpers.lora_files import randomize_lora_b, tiny_info
 from .helpers.settings import eval_settings
@@ -27,7 +27,7 @@ def te_lora(tiny_models, tmp_path_factory):
     """A LoRA for the tiny SD whose only part is a random (non-zero) text-encoder adapter."""
     from transformers import CLIPTextModel
 
-    from kshd.lora import adapter_tensors, add_lora, save_lora
+    from kshd.adapters.lora import adapter_tensors, add_lora, save_lora
 
     out = tmp_path_factory.mktemp("te_lora")
     te = CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder")
@@ -107,10 +107,10 @@ def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
 
 
 def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_path):
-    from kshd.config import defaults
-    from kshd.lora import adapter_tensors
+    from kshd.adapters.lora import adapter_tensors
+    from kshd.config.compose import defaults
+    from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
-    from kshd.training.settings import load_components
 
     s = defaults(
         "train",
@@ -142,7 +142,7 @@ def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_pa
 def test_evaluation_scales_the_text_encoder_lora_as_the_app(tiny_models, te_lora, engine):
     """At a strength below 1 the evaluation's text encoder follows it too, as the app's merge."""
     from kshd.evaluation.sampling import sample, use_sampler
-    from kshd.models import load_sd_pipeline
+    from kshd.models.loading import load_sd_pipeline
 
     pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
     use_sampler(pipe, "euler")

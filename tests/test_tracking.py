@@ -7,7 +7,8 @@ import functools
 
 import pytest
 
-from kshd.config import ConfigError, compose_conf
+from kshd.config.compose import compose_conf
+from kshd.config.errors import ConfigError
 from kshd.experiments.tracking import (
     REDACTED,
     TrackingSettings,
@@ -24,7 +25,7 @@ from .helpers.wandb_offline import find_offline_runs
 
 @functools.cache
 def _conf_tracking() -> TrackingSettings:
-    from kshd.schema import group
+    from kshd.config.schema import group
 
     return group(compose_conf([], conf_dir=ROOT / "conf"), "tracking")
 

@@ -7,10 +7,12 @@ import math
 import torch
 from safetensors import safe_open
 
-from kshd.config import defaults
-from kshd.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.config.compose import defaults
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import EpochSampler, load_components, total_steps
+from kshd.training.result import total_steps
+from kshd.training.samplers import EpochSampler
 
 from .helpers.lora_files import TRAIN_SETTINGS as SETTINGS
 

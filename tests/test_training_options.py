@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.config import defaults
-from kshd.lora import KOHYA_FILE, adapter_tensors, save_lora
+from kshd.adapters.lora import KOHYA_FILE, adapter_tensors, save_lora
+from kshd.config.compose import defaults
 from kshd.training.batches import caption_variant
+from kshd.training.components import load_components
 from kshd.training.loop import train_lora
-from kshd.training.settings import load_components
 
 from .helpers.lora_files import TRIGGER, tiny_info
 
@@ -33,7 +33,7 @@ def test_caption_dropout_and_shuffling_keep_the_trigger_phrase():
 
 
 def test_kohya_text_encoder_keys_use_sd1_naming():
-    from kshd.lora import _sd1_text_encoder_name
+    from kshd.adapters.lora import _sd1_text_encoder_name
 
     assert _sd1_text_encoder_name("lora_te1_encoder_layers_0_self_attn_q_proj.alpha") == (
         "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"

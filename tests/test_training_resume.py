@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 import kshd.training.loop as trainer
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.training.checkpoints import complete_checkpoints
+from kshd.training.components import load_components
 from kshd.training.loop import CheckpointPolicy, NonFiniteLoss, train_lora
-from kshd.training.settings import load_components
 
 from .conftest import ROOT
 from .helpers.events import stop_at

@@ -1,4 +1,4 @@
-"""The demo world (issue 15): the drawings, their captions, and the judges measured on ground truth.
+"""The demo world: the drawings, their captions, and the judges measured on ground truth.
 
 The judges' thresholds were set on seeds 0-199; every accuracy here is measured on seeds from
 10_000 on, which tuning never saw.
@@ -15,23 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kshd.builders import world, world_refs
-from kshd.builders.world import (
-    BACKGROUNDS,
-    CLOTHES,
-    EYES,
-    HAIR,
-    character,
-    draw,
-    drawings,
-)
-from kshd.builders.world_clip import blurred_noisy
-from kshd.builders.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.captioning import read_info_csv
 from kshd.data.dataset import holdout_mask
 from kshd.data.intake import prepare_folder
-from kshd.data.samples import SAMPLES, SEED, sample_character, write_samples
+from kshd_world import world, world_refs
+from kshd_world.samples import SAMPLES, SEED, sample_character, write_samples
+from kshd_world.world import BACKGROUNDS, CLOTHES, EYES, HAIR, character, draw, drawings
+from kshd_world.world_clip import blurred_noisy
+from kshd_world.world_judges import INK_THRESHOLD, judge_hair, judge_style, style_features
 
 from .helpers.lora_files import TRIGGER
 from .helpers.settings import intake
@@ -204,8 +196,8 @@ def test_the_demo_s_drawing_folders_are_what_make_samples_draws(tmp_path, folder
     data.reg_dir, with .txt captions): the Makefile's own command, run here, draws the same
     files, pixel for pixel and word for word; all in their style, none a sample's character."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
-    [line] = [ln for ln in makefile if f"kshd.builders.world_refs {folder} " in ln]
-    args = line.split("kshd.builders.world_refs ", 1)[1].split()
+    [line] = [ln for ln in makefile if f"kshd_world.world_refs {folder} " in ln]
+    args = line.split("kshd_world.world_refs ", 1)[1].split()
     assert world_refs.main([str(tmp_path / "out"), *args[1:]]) == 0
     fresh = sorted((tmp_path / "out").iterdir())
     bundled = sorted((ROOT / folder).iterdir())

@@ -1,4 +1,4 @@
-"""The demo world's CLIP (issue 15): the training script, its fp16 folder, and its judge.
+"""The demo world's CLIP: the training script, its fp16 folder, and its judge.
 
 The judge is measured on held-out seeds 10_000-10_099 (never in the training pool, which starts
 at 20_000, nor among the tuning seeds 0-199 whose captions make the prototypes).
@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.builders.world import HAIR, character, draw
-from kshd.builders.world_clip import (
+from kshd.evaluation.metrics import ClipEncoder, clip_score, style_similarity
+from kshd_world.world import HAIR, character, draw
+from kshd_world.world_clip import (
     HELD_OUT,
     WorldClipJudge,
     blurred_noisy,
@@ -22,7 +23,6 @@ from kshd.builders.world_clip import (
     train_world_clip,
     trigger_caption,
 )
-from kshd.evaluation.metrics import ClipEncoder, clip_score, style_similarity
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD_CLIP = ROOT / "models/world/clip"
@@ -63,7 +63,7 @@ def test_cli_writes_the_stats_beside_the_folder(tmp_path, monkeypatch):
         calls.append((out_dir, seed, steps, batch_size))
         return {"steps": steps}
 
-    monkeypatch.setattr("kshd.builders.world_clip.train_world_clip", fake_train)
+    monkeypatch.setattr("kshd_world.world_clip.train_world_clip", fake_train)
     assert main([str(tmp_path / "clip"), "--steps", "7", "--seed", "3"]) == 0
     assert calls == [(tmp_path / "clip", 3, 7, 128)]
     assert (tmp_path / "clip-stats.json").read_text(encoding="utf-8") == '{\n "steps": 7\n}\n'
@@ -77,7 +77,7 @@ def test_captions_with_and_without_the_trigger():
 
 @pytest.mark.slow
 def test_judge_on_200_held_out_drawings_clean_andblurred_noisy():
-    """Measured 2026-11-29 on the folder built by `python -m kshd.builders.world_clip
+    """Measured 2026-11-29 on the folder built by `python -m kshd_world.world_clip
     models/world/clip --seed 0` (500 steps): style 200/200 and hair 200/200, clean and blurred
     + noisy (tests/test_world's degradation); an earlier 500-step run (other augmentation
     rounding) too. Threshold 0.9: 20 mistakes of margin, as the analytic judges' test. Without

@@ -1,4 +1,4 @@
-"""The demo world's line-art ControlNet (issue 17): the committed weights are what the script
+"""The demo world's line-art ControlNet: the committed weights are what the script
 made, it learned (its loss fell, and the base keeps more of held-out drawings' lines with it
 than with its untrained copy), and the script still runs."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kshd.builders import world_controlnet as wc
+from kshd_world import world_controlnet as wc
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "models/world-controlnet"

@@ -1,4 +1,4 @@
-"""The demo world's pretrained models (issue 15): the committed weights are what the script made,
+"""The demo world's pretrained models: the committed weights are what the script made,
 the script still runs, and the base draws plain-style characters that follow the prompt."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.builders import pretrain_world
-from kshd.training.settings import load_components
+from kshd.training.components import load_components
+from kshd_world import pretrain_world
 
 from .helpers.learning import judge_drawings, world_engine
 

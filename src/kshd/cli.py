@@ -28,7 +28,7 @@ def _compose_params(args: argparse.Namespace) -> int:
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
-    from kshd.builders.tiny import build_tiny_models
+    from kshd_world.tiny import build_tiny_models
 
     for name, path in build_tiny_models(args.dir, args.seed).items():
         logging.info("tiny %s: %s", name, path)
@@ -36,14 +36,14 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from kshd.data.samples import write_samples
+    from kshd_world.samples import write_samples
 
     write_samples(args.dir)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kshd.experiments.demo import run_demo
+    from kshd_world.demo import run_demo
 
     return run_demo(Path.cwd(), list(args.dvc_args))
 
@@ -65,15 +65,19 @@ def _sweep(args: argparse.Namespace) -> int:
     from kshd.experiments.sweep import run_sweep
 
     overrides = ([DEMO] if args.demo else []) + list(args.set)
+    prepare = None
+    if args.demo:
+        from kshd_world.demo import demo_models as prepare
     try:
-        return run_sweep(Path.cwd(), overrides, args.jobs, args.group)
+        return run_sweep(Path.cwd(), overrides, args.jobs, args.group, prepare)
     except DvcError as err:
         logging.error("kshd sweep: %s", err)
         return 2
 
 
 def _push_dataset(args: argparse.Namespace) -> int:
-    from kshd.config import UserError, load_params
+    from kshd.config.compose import load_params
+    from kshd.config.errors import UserError
     from kshd.data.dataset import push_dataset
 
     try:
@@ -84,6 +88,14 @@ def _push_dataset(args: argparse.Namespace) -> int:
         logging.error("kshd push-dataset: %s", err)
         return 2
     return 0
+
+
+def _build_demo_models(cfg) -> None:
+    """Before drawing: the demo profile's tiny models (`tiny.build`), built or made current."""
+    if cfg.tiny.build:
+        from kshd_world.demo import build_demo_models
+
+        build_demo_models(cfg)
 
 
 def _add_experiment_commands(sub) -> None:
@@ -138,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("httpx", "httpx2", "urllib3", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    args.prepare_models = _build_demo_models
     sys.exit(args.func(args))
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kshd.config import UserError
+from kshd.config.errors import UserError
 
 # What a full disk, a quota or a file size limit looks like to a writer.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}

@@ -1,6 +1,6 @@
 """Does training teach the style? Train a LoRA on the bundled KSH samples over the world's
 pretrained plain base, draw held-out characters with and without it through the app's engine,
-and judge every drawing from its pixels (kshd.builders.world_judges, validated in test_world)."""
+and judge every drawing from its pixels (kshd_world.world_judges, validated in test_world)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from kshd.builders.world import character
-from kshd.builders.world_judges import judge_hair, judge_style
-from kshd.config import compose_conf, defaults
+from kshd.config.compose import compose_conf, defaults
 from kshd.data.caption_sources import read_overrides, read_sidecar
 from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
 from kshd.data.intake import prepare_folder, prepare_reg_folder
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
+from kshd_world.world import character
+from kshd_world.world_judges import judge_hair, judge_style
 
 from .lora_files import TRIGGER, tiny_info
 from .settings import intake
@@ -121,8 +121,8 @@ def learn(split, work: Path, c=None, reg=None, **changes):
     the world's base if None). Returns (components, TrainResult)."""
     from accelerate.state import AcceleratorState
 
+    from kshd.training.components import load_components
     from kshd.training.loop import train_lora
-    from kshd.training.settings import load_components
 
     c = c or load_components(str(WORLD_SD))
     s = defaults("train", **{**LEARN, **changes})
@@ -136,7 +136,7 @@ def learn(split, work: Path, c=None, reg=None, **changes):
 
 def save_learned(out: Path, c, result, num_images: int) -> Path:
     """A LEARN run's LoRA saved as the train stage saves it (both files, its rank and alpha)."""
-    from kshd.lora import save_lora
+    from kshd.adapters.lora import save_lora
 
     info = tiny_info(
         rank=LEARN["rank"],
@@ -172,7 +172,7 @@ def unlike_the_app(c, cache: Path, captions: list[str]) -> list[str]:
     import torch
     from safetensors.torch import load_file
 
-    from kshd.prompts import PromptEncoder
+    from kshd.prompts.encoding import PromptEncoder
 
     cached = [load_file(str(p))["hidden"] for p in sorted(cache.glob("text-*/*.safetensors"))]
     app, unlike = PromptEncoder(c.tokenizer, c.text_encoder), []

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from kshd.lora import KohyaInfo
+from kshd.adapters.lora import KohyaInfo
 
 TRIGGER = "drawn by KSH drawing style"
 # the `trained` fixture's run: 10 samples, batch 2, 2 epochs = 10 steps

@@ -1,9 +1,9 @@
-"""Settings for tests, built from conf/'s defaults (kshd.config.defaults) with what a test
+"""Settings for tests, built from conf/'s defaults (kshd.config.compose.defaults) with what a test
 changes written out: no default hides in code."""
 
 from __future__ import annotations
 
-from kshd.config import defaults
+from kshd.config.compose import defaults
 from kshd.data.images import IntakeRules
 from kshd.evaluation.sampling import EvalSettings
 

@@ -18,7 +18,7 @@ def free_port() -> int:
 
 
 def gui_cfg(tiny_models, lora, outputs, port, *overrides: str):
-    from kshd.config import compose_conf
+    from kshd.config.compose import compose_conf
 
     return compose_conf(
         [
@@ -47,8 +47,8 @@ def studio_server(tiny_models, random_lora, outputs):
     by a metrics file) in `outputs`: yields what the tests reach (url, engine, ui, paths)."""
     from safetensors.torch import load_file, save_file
 
+    from kshd.adapters.lora import DIFFUSERS_FILE
     from kshd.drawing.gui import serve
-    from kshd.lora import DIFFUSERS_FILE
 
     checkpoint = outputs / "checkpoints" / "checkpoint-8"  # the random LoRA's weights, raw
     checkpoint.mkdir(parents=True)

@@ -29,7 +29,7 @@ def _rss_mb() -> float:
 
 
 def _serve(tiny_models, lora, outputs, *overrides):
-    from kshd.config import compose_conf
+    from kshd.config.compose import compose_conf
     from kshd.drawing.gui import serve
 
     port = _free_port()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kshd.adapters.lora import save_diffusers
 from kshd.data.captioning import read_info_csv, write_info_csv
 from kshd.fileio import WriteError, write_json
-from kshd.lora import save_diffusers
 from kshd.training.checkpoints import Progress, complete_checkpoints, save_checkpoint
 
 

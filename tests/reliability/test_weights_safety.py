@@ -39,7 +39,7 @@ def poisoned_sd(tiny_models, tmp_path):
 
 
 def test_training_refuses_a_pickled_unet(poisoned_sd):
-    from kshd.training.settings import load_components
+    from kshd.training.components import load_components
 
     sd, marker = poisoned_sd
     with pytest.raises(OSError, match="safetensors"):
@@ -50,7 +50,7 @@ def test_training_refuses_a_pickled_unet(poisoned_sd):
 def test_drawing_refuses_a_pickled_unet(poisoned_sd):
     import torch
 
-    from kshd.models import load_sd_pipeline
+    from kshd.models.loading import load_sd_pipeline
 
     sd, marker = poisoned_sd
     with pytest.raises(OSError):
@@ -59,7 +59,7 @@ def test_drawing_refuses_a_pickled_unet(poisoned_sd):
 
 
 def test_captioning_refuses_a_pickled_blip2(tiny_models, tmp_path):
-    from kshd.config import defaults
+    from kshd.config.compose import defaults
     from kshd.data.captioning import Captioner
 
     blip = tmp_path / "blip2"
@@ -82,7 +82,7 @@ def test_metrics_refuse_a_pickled_clip(tiny_models, tmp_path):
 
 
 def test_a_lora_folder_with_only_a_pickle_is_refused(tmp_path):
-    from kshd.drawing.lora_slot import lora_files
+    from kshd.drawing.lora_switching import lora_files
 
     _plant(tmp_path, "pytorch_lora_weights.bin", tmp_path / "UNPICKLED")
     with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):

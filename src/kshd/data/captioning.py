@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from kshd.config import InputError
+from kshd.config.errors import InputError
+from kshd.config.schema import CaptionSettings
 from kshd.data.caption_cache import CaptionCache
 from kshd.fileio import write_text
-from kshd.models import check_model_source, device_and_dtype
-from kshd.schema import CaptionSettings
+from kshd.models.loading import device_and_dtype
+from kshd.models.source import check_model_source
 
 log = logging.getLogger(__name__)
 

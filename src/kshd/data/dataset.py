@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from kshd.config import InputError, UserError
+from kshd.config.errors import InputError, UserError
 from kshd.data.captioning import read_info_csv
 from kshd.fileio import atomic_dir, write_text
 
@@ -159,7 +159,7 @@ def push_dataset(out_dir: str | Path, repo_id: str, private: bool) -> str:
 
     from datasets import load_from_disk
 
-    from kshd.model_source import hub_offline
+    from kshd.models.source import hub_offline
 
     if not repo_id:
         raise HubPushError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kshd.config import UserError
+from kshd.config.errors import UserError
 from kshd.data.images import (
     ImageRejected,
     IntakeRules,

@@ -8,8 +8,8 @@ import os
 
 from tqdm import tqdm
 
+from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
 from kshd.drawing.request import SAMPLERS, RequestError
-from kshd.schema_values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def request_changes(args: argparse.Namespace) -> dict:
 
 def base_model_missing(cfg, command: str) -> bool:
     """Say in one line (and return True) when the base model cannot be had: before any work."""
-    from kshd.model_source import ModelSourceError, check_model_source
+    from kshd.models.source import ModelSourceError, check_model_source
 
     m = cfg.model
     try:
@@ -128,9 +128,18 @@ def base_model_missing(cfg, command: str) -> bool:
     return False
 
 
+def prepare_models(args: argparse.Namespace, cfg) -> None:
+    """What the `kshd` command does before drawing (`args.prepare_models`: the demo profile's
+    tiny models built), so that this module never imports the demo world."""
+    prepare = getattr(args, "prepare_models", None)
+    if prepare is not None:
+        prepare(cfg)
+
+
 def load_config(overrides: list[str], command: str):
     """The composed config, or None after saying in one line which key is wrong."""
-    from kshd.config import UserError, load_params
+    from kshd.config.compose import load_params
+    from kshd.config.errors import UserError
 
     try:
         return load_params(overrides)
@@ -142,12 +151,11 @@ def load_config(overrides: list[str], command: str):
 def draw(args: argparse.Namespace) -> int:
     from kshd.drawing.engine import Engine
     from kshd.drawing.settings import default_request, engine_settings
-    from kshd.experiments.demo import build_demo_models
 
     cfg = load_config(args.overrides, args.command)
     if cfg is None:
         return 2
-    build_demo_models(cfg)
+    prepare_models(args, cfg)
     if base_model_missing(cfg, args.command):
         return 2
     req = default_request(cfg, args.prompt, **request_changes(args))
@@ -173,12 +181,11 @@ def draw(args: argparse.Namespace) -> int:
 
 def gui(args: argparse.Namespace) -> int:
     from kshd.drawing.gui import launch
-    from kshd.experiments.demo import build_demo_models
 
     cfg = load_config(args.overrides, "gui")
     if cfg is None:
         return 2
-    build_demo_models(cfg)
+    prepare_models(args, cfg)
     if base_model_missing(cfg, "gui"):
         return 2
     auth = os.environ.get("KSHD_GUI_AUTH")

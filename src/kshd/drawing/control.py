@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from kshd.config.values import CONTROL_MODE_LABELS, RESIZE_LABELS
 from kshd.drawing.control_images import control_image, preprocessor_for
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
-from kshd.schema_values import CONTROL_MODE_LABELS, RESIZE_LABELS
 
 log = logging.getLogger(__name__)
 CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
@@ -81,7 +81,7 @@ class ControlNets:
     def _load(self, control_type: str) -> tuple[Any, Any, str]:
         from diffusers import ControlNetModel
 
-        from kshd.model_source import ModelSourceError, check_model_source
+        from kshd.models.source import ModelSourceError, check_model_source
 
         if control_type not in self.models:
             known = ", ".join(self.models) or "none"

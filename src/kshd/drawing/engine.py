@@ -35,7 +35,7 @@ from kshd.drawing.inpaint import (
     inpaint_pipeline,
     paste_back,
 )
-from kshd.drawing.lora_slot import LoraSwitching
+from kshd.drawing.lora_switching import LoraSwitching
 from kshd.drawing.pace import MEGA, Pace, work
 from kshd.drawing.pnginfo import format_parameters, save_png
 from kshd.drawing.request import (
@@ -49,17 +49,11 @@ from kshd.drawing.request import (
     resize_input,
     validate,
 )
-from kshd.models import (
-    SD1,
-    SDXL,
-    a1111_hash,
-    check_model_source,
-    device_and_dtype,
-    is_single_file,
-    load_sd_pipeline,
-    model_identity,
-)
-from kshd.prompts_xl import pipe_embeds, prompt_encoder
+from kshd.models.family import SD1, SDXL, is_single_file
+from kshd.models.identity import a1111_hash, model_identity
+from kshd.models.loading import device_and_dtype, load_sd_pipeline
+from kshd.models.source import check_model_source
+from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
@@ -204,7 +198,7 @@ class Engine(LoraSwitching):
 
     def _embeddings(self) -> dict[str, int]:
         """Load the listed textual inversions; a name whose file is missing is said once."""
-        from kshd.models import load_embeddings
+        from kshd.models.loading import load_embeddings
 
         vectors, notes = load_embeddings(self.txt2img, dict(self.settings.embeddings))
         for note in notes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from kshd.config import UserError
+from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_parts import (
     IMG2IMG_FIELDS,
@@ -24,8 +24,7 @@ from kshd.drawing.gui_parts import (
     TAB_FIELDS,
 )
 from kshd.drawing.request import Request, RequestError, join_prefix
-from kshd.models import model_family
-from kshd.single_file import is_single_file, read_checkpoint
+from kshd.models.family import is_single_file, model_family, read_checkpoint
 
 log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"

@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields, make_dataclass
 
 import gradio as gr
 
+from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS
 from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
 from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
-from kshd.schema_values import CONTROL_MODE_LABELS, PREPROCESSORS
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from kshd.config.values import INPAINT_AREA_LABELS
 from kshd.data.images import ImageRejected, IntakeRules, load_image
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
-from kshd.schema_values import INPAINT_AREA_LABELS
 
 
 def _mask(value, size: tuple[int, int], limits: Limits) -> Image.Image:
@@ -96,7 +96,7 @@ def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
     from diffusers import UNet2DConditionModel
 
     from kshd.drawing.control import check_family, is_sdxl
-    from kshd.model_source import ModelSourceError, check_model_source
+    from kshd.models.source import ModelSourceError, check_model_source
 
     pipeline = getattr(diffusers, f"StableDiffusion{'XL' if is_sdxl(base) else ''}InpaintPipeline")
     if not model:

@@ -132,7 +132,7 @@ def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
 def _control_unit(unit: str, models: dict[str, str]) -> tuple[dict, list[str]]:
     """The Request fields of A1111's `ControlNet 0` unit, and what of it cannot be used (its
     model is found among `models`, control type -> id or folder, by its name)."""
-    from kshd.schema_values import CONTROL_MODE_LABELS, PREPROCESSORS, RESIZE_LABELS
+    from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS, RESIZE_LABELS
 
     parts = dict(p.split(": ", 1) for p in unit.split(", ") if ": " in p)
     out, unused = {}, []
@@ -190,7 +190,7 @@ def request_fields(
             out["sampler"] = sampler_key(params["Sampler"])
         except RequestError:
             unused.append("Sampler")
-    from kshd.schema_values import INPAINT_AREA_LABELS
+    from kshd.config.values import INPAINT_AREA_LABELS
 
     areas = {label: key for key, label in INPAINT_AREA_LABELS.items()}
     if params.get("Inpaint area") in areas:

@@ -13,15 +13,9 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from kshd.config.schema_generate import Limits
+from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS, RESIZE_MODES, SAMPLERS
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
-from kshd.schema import Limits
-from kshd.schema_values import (
-    CONTROL_MODES,
-    INPAINT_AREAS,
-    PREPROCESSORS,
-    RESIZE_MODES,
-    SAMPLERS,
-)
 
 MAX_SEED = 2**32 - 1
 WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` padding
@@ -137,7 +131,7 @@ def fill_from_conf(obj: Any, keys: dict[str, str] = REQUEST_KEYS) -> None:
     EngineSettings' defaults."""
     left = [f.name for f in fields(obj) if getattr(obj, f.name) is FROM_CONF]
     if left:
-        from kshd.config import defaults
+        from kshd.config.compose import defaults
 
         g = defaults("generate")
         for name in left:
@@ -149,8 +143,8 @@ CONF_FIELDS = tuple(f.name for f in fields(Request) if f.default is FROM_CONF)
 
 
 def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:
-    """conf/'s `generate` values by request field name (kshd.config.defaults, composed once)."""
-    from kshd.config import defaults
+    """conf/'s `generate` values by request field name (kshd.config.compose.defaults)."""
+    from kshd.config.compose import defaults
 
     g = defaults("generate", conf_dir)
     return {name: conf_value(g, name) for name in CONF_FIELDS}

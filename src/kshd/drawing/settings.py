@@ -7,22 +7,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from kshd.config.schema_generate import GenerateSettings
+from kshd.config.schema_model import ModelSettings
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import Request, conf_value
-from kshd.schema import GenerateSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
 
 def generate_settings(cfg: DictConfig) -> GenerateSettings:
-    from kshd.config import settings
+    from kshd.config.fill import settings
 
     return settings(cfg.generate, GenerateSettings, "generate")
 
 
 def engine_settings(cfg: DictConfig, lora: str | None = None) -> EngineSettings:
     """`lora` given on the command line must exist; the configured default may be missing."""
-    from kshd.config import settings
+    from kshd.config.fill import settings
 
     g = generate_settings(cfg)
     m = settings(cfg.model, ModelSettings, "model")

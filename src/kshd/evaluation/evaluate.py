@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
     EvalSettings,
     Images,
@@ -23,7 +24,6 @@ from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluati
     use_sampler,
     validation_images,
 )
-from kshd.schema_values import BEST_BY
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
     import hashlib
     import json
 
-    from kshd.config import defining
+    from kshd.config.fill import defining
 
     key = json.dumps(
         {"model": model, "encoding": "a1111", **defining(s)}, sort_keys=True, default=str
@@ -244,7 +244,7 @@ def checkpoint_curve(
     headline LoRA scale."""
     from safetensors.torch import load_file
 
-    from kshd.lora import diffusers_state
+    from kshd.adapters.lora import diffusers_state
 
     rows = []
     for step, path in checkpoints:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.config import InputError
+from kshd.config.errors import InputError
 from kshd.data.images import IMAGE_SUFFIXES, ImageRejected, IntakeRules, load_image
 from kshd.data.intake import visible_files
 

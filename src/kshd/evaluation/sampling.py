@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from kshd.config import DEFINES_RESULT
-from kshd.schema_values import check_sampler
+from kshd.config.fill import DEFINES_RESULT
+from kshd.config.values import check_sampler
 
 if TYPE_CHECKING:
-    from kshd.schema import EvaluateSettings
+    from kshd.config.schema_evaluate import EvaluateSettings
 
 
 # Validation samples use diffusers' pipeline default CFG, as the reference training script does.
@@ -31,7 +31,7 @@ VALIDATION_GUIDANCE = 7.5
 class EvalSettings:
     """How evaluation draws; DEFINES_RESULT marks what the base model's images depend on.
 
-    No defaults: `of` fills it from the `evaluate` group (`kshd.config.defaults("evaluate")`
+    No defaults: `of` fills it from the `evaluate` group (`kshd.config.compose.defaults("evaluate")`
     outside a stage), `validation_images` from the training's validation settings."""
 
     prompts: tuple[str, ...] = field(metadata=DEFINES_RESULT)
@@ -123,7 +123,7 @@ def sample(
     encoder=None,
 ) -> Images:
     """images[prompt][seed], all seeds of a prompt in one batch; None = the base model alone."""
-    from kshd.prompts_xl import pipe_embeds, prompt_encoder
+    from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
 
     encoder = encoder or prompt_encoder(pipe)
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
@@ -162,7 +162,7 @@ def validation_images(
     prefixes and sampler ("" = DPM-Solver++); the base is not drawn (no LoRA scale)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from kshd.models import pipeline_from_parts
+    from kshd.models.loading import pipeline_from_parts
 
     scheduler = DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config)
     pipe = pipeline_from_parts(

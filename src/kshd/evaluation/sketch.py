@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kshd.config.schema_evaluate import SketchEvalSettings as SketchEval
 from kshd.data.images import fit_within
 from kshd.drawing.control import is_sdxl
 from kshd.drawing.control_images import control_image
 from kshd.evaluation.sampling import EvalSettings, scaled_pair, use_sampler
-from kshd.schema import SketchEvalSettings as SketchEval
 
 log = logging.getLogger(__name__)
 LINE = 64  # a line-art pixel at least this bright is a line (lineart_standard draws ~127)
@@ -66,7 +66,7 @@ def redraw_sketches(
 
     from kshd.drawing.control import controlnet_pipelines
     from kshd.drawing.request import join_prefix
-    from kshd.prompts_xl import pipe_embeds, prompt_encoder
+    from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
 
     encoder = encoder or prompt_encoder(pipe)
     net = ControlNetModel.from_pretrained(sk.controlnet, use_safetensors=True,

@@ -4,107 +4,36 @@ Params and metrics come from `dvc exp show --json`; the curves and the evaluatio
 `dvc plots diff --json` (the plots `dvc.yaml` declares). The curves are rendered to inline SVG
 with vl-convert and the grids are files beside the page, so nothing is fetched from a network.
 The same run writes DVC's own interactive page (`plots/index.html`) with the Vega libraries
-inlined instead of loaded from a CDN.
-"""
+inlined instead of loaded from a CDN."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
+from kshd.experiments.compare_page import render
 from kshd.experiments.dvc import DvcError, exp_show, run_dvc
+from kshd.experiments.finished import Experiment, differing, experiments_from_show
+from kshd.fileio import write_text
 
 log = logging.getLogger(__name__)
 
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite 5
+
+
 # The offline template for `dvc plots diff/show` (.dvc/config `plots.html_template`).
 TEMPLATE = "tmp/offline-plots.html"
-# Training metrics are shown as `train.<key>`; the evaluation's without a prefix.
-NOT_COMPARED = ("latents", "by_strength", "resumed_from")
 
 
 class CompareError(DvcError):
     """Nothing (or not what was asked) to compare; the message says how to get there."""
 
 
-@dataclass
-class Experiment:
-    name: str
-    rev: str
-    params: dict[str, object]
-    metrics: dict[str, float]
-    best_checkpoint: dict = field(default_factory=dict)
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out |= flatten(value, f"{name}.")
-        else:
-            out[name] = value
-    return out
-
-
-def _numbers(data: Mapping, prefix: str) -> dict[str, float]:
-    return {
-        f"{prefix}{k}": v
-        for k, v in flatten({k: v for k, v in data.items() if k not in NOT_COMPARED}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
-def _experiment(name: str, rev: str, data: Mapping, files: Mapping[str, str]) -> Experiment | None:
-    """One finished experiment (its evaluation metrics exist), or None."""
-    metrics = data.get("metrics") or {}
-    found = {f: (metrics.get(f) or {}).get("data") for f in files}
-    evaluation = next((d for f, d in found.items() if d and files[f] == ""), None)
-    if not evaluation:
-        return None
-    numbers: dict[str, float] = {}
-    for path, prefix in files.items():
-        numbers |= _numbers(found[path] or {}, prefix)
-    best = evaluation.get("best_checkpoint") or {}
-    params = flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data") or {})
-    if "model_family" in evaluation:  # read from the model by the evaluation, not a param
-        params["model.family"] = evaluation["model_family"]
-    return Experiment(name, rev, params, numbers, best)
-
-
-def experiments_from_show(show: list, files: Mapping[str, str]) -> list[Experiment]:
-    """Finished experiments of every baseline in `dvc exp show --json`, in its order.
-
-    `files` maps a metrics file to the prefix of its keys ("" marks the evaluation's file,
-    whose presence means the experiment finished). Queued, running and failed ones are left out.
-    """
-    found = []
-    for baseline in show:
-        for exp in baseline.get("experiments") or []:
-            state = (exp.get("executor") or {}).get("state", "success")
-            if state != "success" or not exp.get("revs"):
-                continue
-            head = exp["revs"][0]
-            item = _experiment(exp.get("name") or head["rev"][:7], head["rev"], head["data"], files)
-            if item:
-                found.append(item)
-    return found
-
-
-def differing(exps: Sequence[Experiment]) -> list[str]:
-    """Params whose values are not the same in every experiment, in a stable order."""
-    keys = sorted({k for e in exps for k in e.params})
-    return [k for k in keys if len({json.dumps(e.params.get(k), default=str) for e in exps}) > 1]
-
-
 def offline_template(dvc_dir: Path) -> Path:
     """DVC's plot page with Vega, Vega-Lite and vega-embed inlined (no CDN); written once."""
     import vl_convert
-
-    from kshd.fileio import write_text
 
     path = dvc_dir / TEMPLATE
     if not path.exists():
@@ -143,7 +72,7 @@ def svg(spec: dict) -> str:
 
 def metric_files(root: Path) -> dict[str, str]:
     """The evaluation's and the training's metrics files, from the project's params."""
-    from kshd.config import load_params
+    from kshd.config.compose import load_params
 
     cfg = load_params(params_file=root / "params.yaml")
     return {
@@ -166,8 +95,6 @@ def select(exps: list[Experiment], names: Sequence[str]) -> list[Experiment]:
 
 def build_comparison(root: Path, out: Path, names: Sequence[str] = ()) -> Path:
     """Write `out/index.html` (and DVC's offline `out/plots/index.html`); return the page."""
-    from kshd.experiments.compare_page import render
-    from kshd.fileio import write_text
 
     show = exp_show(root)
     exps = select(experiments_from_show(show, metric_files(root)), names)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kshd.experiments.compare import Experiment
+from kshd.experiments.finished import Experiment
 
 # Table columns, in this order when present; `dvc exp show` lists every metric.
 COLUMNS = (

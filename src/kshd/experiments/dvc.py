@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.config import UserError
+from kshd.config.errors import UserError
 
 log = logging.getLogger(__name__)
 

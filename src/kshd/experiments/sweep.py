@@ -13,12 +13,11 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from kshd.experiments.compare import build_comparison
-from kshd.experiments.demo import DEMO_OVERRIDE, demo_models
 from kshd.experiments.dvc import DvcError, dvc_executable, run_dvc
 
 log = logging.getLogger(__name__)
@@ -81,11 +80,19 @@ def start_queue(root: Path, jobs: int) -> None:
         raise DvcError(f"`dvc queue start` failed: {out.read_text(errors='replace')}")
 
 
-def run_sweep(root: Path, overrides: Sequence[str], jobs: int = 1, group: str | None = None) -> int:
-    """Queue, start `jobs` workers, wait, then write the comparison page; 1 if any failed."""
+def run_sweep(
+    root: Path,
+    overrides: Sequence[str],
+    jobs: int = 1,
+    group: str | None = None,
+    prepare: Callable[[Path, Sequence[str]], None] | None = None,
+) -> int:
+    """Queue, start `jobs` workers, wait, then write the comparison page; 1 if any failed.
+    `prepare(root, overrides)` runs first: the stages never build models, and queued copies
+    load the workspace's (`kshd sweep --demo` builds the demo's tiny ones there)."""
     group = group or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    if DEMO_OVERRIDE in overrides:  # the stages never build models; queued copies load these
-        demo_models(root, overrides)
+    if prepare is not None:
+        prepare(root, overrides)
     names = queue(root, [*overrides, f"tracking.group={group}"])
     start_queue(root, jobs)
     final = wait(root, names)

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from kshd.schema import TrackingSettings
-from kshd.schema_values import TRACKING_MODES as MODES
+from kshd.config.schema import TrackingSettings
+from kshd.config.values import TRACKING_MODES as MODES
 
 log = logging.getLogger(__name__)
 

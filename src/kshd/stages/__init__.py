@@ -11,8 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kshd.config import UserError, load_params, shared_path
-from kshd.model_source import ModelSourceError, check_model_source
+from kshd.config.compose import load_params, shared_path
+from kshd.config.errors import UserError
+from kshd.models.source import ModelSourceError, check_model_source
 
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:

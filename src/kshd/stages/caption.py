@@ -12,13 +12,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.config import shared_path
+from kshd.config.compose import shared_path
+from kshd.config.schema import group
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json
-from kshd.schema import group
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from kshd.config.schema import group
 from kshd.data.dataset import save_dataset
-from kshd.schema import group
 from kshd.stages import entry, stage_config
 
 

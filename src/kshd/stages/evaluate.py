@@ -11,7 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from kshd.config import shared_path
+from kshd.config.compose import shared_path
+from kshd.config.schema import group
 from kshd.data.images import IntakeRules
 from kshd.evaluation.evaluate import (
     HEADLINE,
@@ -29,17 +30,11 @@ from kshd.evaluation.sampling import EvalSettings
 from kshd.evaluation.sketch import sketch_section
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
-from kshd.models import (
-    device_and_dtype,
-    embeddings_identity,
-    load_embeddings,
-    load_sd_pipeline,
-    model_family,
-    model_identity,
-)
-from kshd.prompts import PromptEncoder
-from kshd.prompts_xl import prompt_encoder as family_encoder
-from kshd.schema import group
+from kshd.models.family import model_family
+from kshd.models.identity import embeddings_identity, model_identity
+from kshd.models.loading import device_and_dtype, load_embeddings, load_sd_pipeline
+from kshd.prompts.encoding import PromptEncoder
+from kshd.prompts.sdxl import prompt_encoder as family_encoder
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
 

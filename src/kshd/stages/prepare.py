@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from kshd.config.schema import group
 from kshd.data.images import IntakeRules
 from kshd.data.intake import PrepareReport, prepare_folder, prepare_reg_folder
 from kshd.fileio import write_json
-from kshd.schema import group
 from kshd.stages import entry, stage_config
 
 

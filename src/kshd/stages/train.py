@@ -14,18 +14,21 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.config import shared_path
+from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.config.compose import shared_path
+from kshd.config.schema import group
+from kshd.config.schema_train import TrainSettings
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
-from kshd.lora import KohyaInfo, save_lora
-from kshd.models import file_sha256, is_single_file, model_identity
-from kshd.schema import group
+from kshd.models.family import is_single_file
+from kshd.models.identity import file_sha256, model_identity
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import fingerprint
+from kshd.training.components import load_components
+from kshd.training.inputs import check_reg
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, process_state, train_lora
-from kshd.training.settings import TrainResult, TrainSettings, load_components
-from kshd.training.setup import check_reg
+from kshd.training.result import TrainResult
 
 log = logging.getLogger(__name__)
 

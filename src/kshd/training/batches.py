@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kshd.prompts import CaptionChunker
-from kshd.training.settings import epoch_members
+from kshd.prompts.encoding import CaptionChunker
+from kshd.training.samplers import epoch_members
 
 if TYPE_CHECKING:
-    from kshd.schema_train import TrainSettings
+    from kshd.config.schema_train import TrainSettings
 
 log = logging.getLogger(__name__)
 

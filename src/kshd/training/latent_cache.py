@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from kshd.fileio import atomic_path
-from kshd.prompts import CHUNK, CaptionChunker
+from kshd.prompts.encoding import CHUNK, CaptionChunker
 from kshd.training.batches import Plan, apply_plan, augment_plan, caption_ids, to_tensor
 
 log = logging.getLogger(__name__)

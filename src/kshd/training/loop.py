@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kshd.config import UserError
+from kshd.config.errors import UserError
+from kshd.config.schema_train import TrainSettings
 from kshd.training.batches import DrawingDataset
 from kshd.training.checkpoints import (
     Progress,
@@ -21,31 +22,20 @@ from kshd.training.checkpoints import (
     restore_scaler,
     save_checkpoint,
 )
-from kshd.training.interrupts import Interrupted, deferred_interrupt
-from kshd.training.settings import (
+from kshd.training.components import (
     Components,
-    EpochSampler,
-    LogFn,
-    TrainResult,
-    TrainSettings,
     batch_inputs,
     compute_dtype,
-    diffusion_loss,
     load_unet,
-    peak_rss_mb,
     place_for_training,
-    total_steps,
 )
-from kshd.training.setup import (
-    build_dataset,
-    build_loader,
-    build_optimizer,
-    check_reg,
-    freeze_and_adapt,
-    release_frozen,
-    reload_frozen,
-    vae_fp32,
-)
+from kshd.training.freeze import freeze_and_adapt, release_frozen, reload_frozen, vae_fp32
+from kshd.training.inputs import build_dataset, build_loader, check_reg
+from kshd.training.interrupts import Interrupted, deferred_interrupt
+from kshd.training.loss import diffusion_loss
+from kshd.training.optimizers import build_optimizer
+from kshd.training.result import LogFn, TrainResult, peak_rss_mb, total_steps
+from kshd.training.samplers import EpochSampler
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +153,7 @@ def _setup(
 
 
 def _lora_tensors(run: _Run, c: Components) -> dict[str, torch.Tensor]:
-    from kshd.lora import adapter_tensors
+    from kshd.adapters.lora import adapter_tensors
 
     unwrap = run.accelerator.unwrap_model
     second = unwrap(c.text_encoder_2) if c.text_encoder_2 is not None else None

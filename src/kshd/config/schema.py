@@ -1,0 +1,229 @@
+"""The config schema: one typed dataclass per group of conf/, checked whenever config loads.
+
+`kshd.config.settings` fills a group's dataclass and rejects unknown and missing keys; `check`
+runs it over every group right after `load_params` / `compose_conf`, so a bad value anywhere is
+one line naming the key before any stage loads a model. The classes are the settings the code
+uses (`TrainSettings`, `CaptionSettings`, `TrackingSettings`, `Limits` are re-exported where
+they are used). Defaults live in conf/ only: no field has one here (tests/test_schema.py), and
+code gets them with `kshd.config.compose.defaults(group, **overrides)`. The marks on the fields
+(DEFINES_RESULT, `changes(...)`) say which stages' outputs a key changes: `stage_params` derives
+each stage's DVC params from them. This module imports no stage's code, so every stage may check
+every group at load."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import typing
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from kshd.config.fill import (
+    DEFINES_RESULT,
+    STAGES,
+    changes,
+    defining,
+    field_stages,
+    is_variant_base,
+    require,
+    settings,
+)
+from kshd.config.schema_evaluate import EvaluateSettings
+from kshd.config.schema_generate import GenerateSettings
+from kshd.config.schema_model import ModelSettings
+from kshd.config.schema_train import TrainSettings
+from kshd.config.values import (
+    TRACKING_MODES,
+    TRIGGER_POSITIONS,
+)
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """`data`: where each stage's inputs and outputs live (dvc.yaml uses them through ${...})."""
+
+    raw_dir: str
+    prepared_dir: str
+    reports_dir: str
+    info_csv: str
+    reg_dir: str
+    reg_info_csv: str
+    dataset_dir: str
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """`output`: the trained LoRA, checkpoints and reports."""
+
+    lora_dir: str
+    checkpoints_dir: str
+    validation_dir: str
+    reports_dir: str
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """`tiny`: the demo's locally built random-weight models."""
+
+    build: bool
+    dir: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """`dataset`: info.csv -> the on-disk dataset, and where `kshd push-dataset` uploads it."""
+
+    holdout_fraction: float = field(metadata=DEFINES_RESULT)
+    hub_repo: str | None
+    private: bool
+
+    def validate(self) -> None:
+        f = self.holdout_fraction
+        require(0 <= f < 1, "dataset.holdout_fraction", f, "a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """`prepare`: intake of the raw drawings (data.images.IntakeRules holds the last three; the
+    evaluate stage decodes a folder of style references with them too)."""
+
+    resolution: int = field(metadata=DEFINES_RESULT)  # short side after resizing
+    upscale: bool = field(metadata=DEFINES_RESULT)
+    background: tuple[int, int, int] = field(metadata=DEFINES_RESULT | changes("evaluate"))
+    min_side: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
+    max_pixels: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
+
+    def validate(self) -> None:
+        require(self.resolution >= 8, "prepare.resolution", self.resolution, "a number >= 8")
+        require(self.min_side >= 1, "prepare.min_side", self.min_side, "a whole number >= 1")
+        require(
+            all(0 <= c <= 255 for c in self.background),
+            "prepare.background",
+            list(self.background),
+            "three numbers from 0 to 255 (RGB)",
+        )
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """The `caption` config group (conf/caption/), filled by `kshd.config.settings`.
+
+    DEFINES_RESULT marks what changes a caption: the cache key. The trigger is added after the
+    cache, so it is not in the key, but info.csv and every stage after it carry it."""
+
+    model: str = field(metadata=DEFINES_RESULT)
+    prompt: str = field(metadata=DEFINES_RESULT)
+    do_sample: bool = field(metadata=DEFINES_RESULT)
+    temperature: float = field(metadata=DEFINES_RESULT)
+    top_p: float = field(metadata=DEFINES_RESULT)
+    repetition_penalty: float = field(metadata=DEFINES_RESULT)
+    max_new_tokens: int = field(metadata=DEFINES_RESULT)
+    batch_size: int
+    seed: int = field(metadata=DEFINES_RESULT)
+    trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
+    trigger_position: str = field(metadata=changes("caption"))
+    overrides: str  # a dvc.yaml dep by path: its content, not its name, changes the captions
+
+    def fingerprint(self) -> str:
+        """What changes a caption (not batch_size): the cache key's first half."""
+        return hashlib.sha256(repr(tuple(defining(self).values())).encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Bad values named at config load, before BLIP-2 is loaded."""
+        require(
+            self.trigger_position in TRIGGER_POSITIONS,
+            "caption.trigger_position",
+            self.trigger_position,
+            "start or end",
+        )
+        require(self.batch_size >= 1, "caption.batch_size", self.batch_size, "a whole number >= 1")
+        require(
+            self.max_new_tokens >= 1,
+            "caption.max_new_tokens",
+            self.max_new_tokens,
+            "a whole number >= 1",
+        )
+        require(0 < self.top_p <= 1, "caption.top_p", self.top_p, "a number in (0, 1]")
+        require(self.temperature > 0, "caption.temperature", self.temperature, "a number > 0")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """The `tracking` config group (conf/tracking/): no defaults here, they live in conf/."""
+
+    enabled: bool
+    mode: str
+    project: str
+    entity: str | None
+    group: str | None
+    dir: str | None
+    table_rows: int  # caption table rows (with thumbnails) logged by the caption stage
+
+    def validate(self) -> None:
+        """A bad mode is named at config load, not when the first run starts."""
+        require(self.mode in TRACKING_MODES, "tracking.mode", self.mode, ", ".join(TRACKING_MODES))
+        require(self.table_rows >= 0, "tracking.table_rows", self.table_rows, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The whole composed config (params.yaml): every top-level key of conf/config.yaml."""
+
+    seed: int
+    data: DataPaths
+    output: OutputPaths
+    tiny: TinySettings
+    model: ModelSettings
+    # A key that others interpolate comes first, so its own name is reported.
+    generate: GenerateSettings
+    evaluate: EvaluateSettings
+    train: TrainSettings
+    prepare: PrepareSettings
+    caption: CaptionSettings
+    dataset: DatasetSettings
+    tracking: TrackingSettings
+
+
+def check(cfg: DictConfig, source: str = "conf/") -> ProjectConfig:
+    """Every group filled and validated; the first bad key raises a one-line ConfigError."""
+    return settings(cfg, ProjectConfig, "", source)
+
+
+def group(cfg: DictConfig, name: str):
+    """One group's settings object, e.g. `group(cfg, "train")` -> TrainSettings."""
+    return settings(cfg[name], typing.get_type_hints(ProjectConfig)[name], name)
+
+
+def stage_params(stage: str) -> list[str]:
+    """The config keys whose change reruns `stage`: its dvc.yaml `params:`, read off the marks.
+
+    Paths are not among them: dvc.yaml interpolates them into deps and outs, whose content DVC
+    compares (and records the interpolated values itself)."""
+    if stage not in STAGES:
+        raise ValueError(f"{stage!r} is not a stage: expected one of {', '.join(STAGES)}")
+    keys: list[str] = []
+    for key, _, stages in _leaves(ProjectConfig):
+        if stage in stages and not any(key.startswith(f"{k}.") for k in keys):
+            keys.append(key)
+    return keys
+
+
+def _leaves(cls: type, prefix: str = "", group: str = ""):
+    """(dotted key, top-level group, the stages it changes) of every leaf of a schema.
+
+    A variant node (e.g. `train.adapter`, whose keys differ by variant) is one param as a whole
+    for the stages its field's marks name (a variant group, such as `caption`, for its own
+    stage), while its base's fields still name the other stages they change."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        if is_variant_base(hint):
+            own = (f.name,) if not prefix and f.name in STAGES else ()
+            yield key, group or f.name, own + field_stages(group or f.name, f)
+        if dataclasses.is_dataclass(hint):
+            yield from _leaves(hint, f"{key}.", group or f.name)
+        else:
+            yield key, group, field_stages(group, f)

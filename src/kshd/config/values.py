@@ -1,0 +1,60 @@
+"""The values the config accepts where a key takes one of a few names.
+
+Kept apart from the code that uses them (drawing, training, tracking) and free of imports, so
+that checking a whole config at load (kshd.schema) makes no stage depend on the others' code.
+"""
+
+from __future__ import annotations
+
+# sampler key -> (A1111 name, diffusers scheduler class, its options)
+SAMPLERS: dict[str, tuple[str, str, dict]] = {
+    "dpmpp_2m_karras": (
+        "DPM++ 2M Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m": (
+        "DPM++ 2M",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False},
+    ),
+    "euler_a": ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+    "euler": ("Euler", "EulerDiscreteScheduler", {}),
+    "heun": ("Heun", "HeunDiscreteScheduler", {}),
+    "ddim": ("DDIM", "DDIMScheduler", {}),
+    "unipc": ("UniPC", "UniPCMultistepScheduler", {}),
+}
+RESIZE_MODES = ("crop", "fill", "stretch")  # image-to-image input
+# ControlNet: how the prompt and the control are balanced (A1111's Control Mode), and the
+# preprocessors (drawing.control_images; "auto": the control type's usual one)
+CONTROL_MODES = ("balanced", "prompt", "control")
+PREPROCESSORS = ("auto", "lineart_standard", "invert", "scribble_xdog", "canny", "none")
+INPAINT_AREAS = ("whole", "only_masked")
+# how A1111 writes them in the PNG parameters (its ControlNet unit, its inpainting keys)
+CONTROL_MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                       "control": "ControlNet is more important"}  # fmt: skip
+RESIZE_LABELS = {"crop": "Crop and Resize", "fill": "Resize and Fill", "stretch": "Just Resize"}
+INPAINT_AREA_LABELS = {"whole": "Whole picture", "only_masked": "Only masked"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+PREDICTION_TYPES = (None, "epsilon", "v_prediction")
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
+TRACKING_MODES = ("auto", "online", "offline", "disabled")
+TRIGGER_POSITIONS = ("start", "end")
+# the headline metrics (evaluation.evaluate.HEADLINE), which `evaluate.best_by` may name
+BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
+
+
+def check_sampler(key: str, config_key: str) -> None:
+    """An unknown sampler is named with its config key before any model is loaded."""
+    from kshd.config.fill import require
+
+    require(not key or key in SAMPLERS, config_key, key, f"one of {', '.join(SAMPLERS)}")

@@ -1,0 +1,3 @@
+"""Base models by Hub id, folder or single file: where they come from, their family, loading, and
+identity.
+"""
