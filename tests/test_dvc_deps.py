@@ -179,3 +179,15 @@ def test_the_walk_finds_what_hand_written_lists_missed():
     assert "src/kshd/data/captioning.py" in uncovered(stage_files("dataset"), old["dataset"])
     lacking = uncovered(stage_files("evaluate"), old["evaluate"])
     assert {"src/kshd/adapters/lora.py", "src/kshd/training/checkpoints.py"} <= set(lacking)
+
+
+def test_training_reruns_for_no_metric_and_no_app_code():
+    """Editing a metric, the report or the app (its request checks, engine, GUI) must not rerun a
+    50-epoch training: the train stage draws its validation images through the evaluation's
+    sampling alone, and reaches (and depends on) no metric, report or `drawing/` file."""
+    reached = {str(f.relative_to(ROOT)) for f in stage_files("train")}
+    deps = set(code_deps(STAGES["train"]))
+    outside = ("metrics.py", "evaluate.py", "report.py", "sketch.py", "references.py")
+    for name in [*(f"src/kshd/evaluation/{f}" for f in outside), "src/kshd/drawing/"]:
+        assert not [n for n in reached | deps if n.startswith(name)], name
+    assert "src/kshd/evaluation/sampling.py" in reached  # the validation images, as the app draws

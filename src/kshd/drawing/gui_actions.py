@@ -23,8 +23,9 @@ from kshd.drawing.gui_parts import (
     SKETCH_FIELDS,
     TAB_FIELDS,
 )
-from kshd.drawing.request import Request, RequestError, join_prefix
+from kshd.drawing.request import Request, RequestError
 from kshd.models.family import is_single_file, model_family, read_checkpoint
+from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"

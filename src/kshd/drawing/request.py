@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from kshd.config.schema_generate import Limits
 from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS, RESIZE_MODES, SAMPLERS
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
+from kshd.prompts.encoding import join_prefix
 
 MAX_SEED = 2**32 - 1
 WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` padding
@@ -148,14 +149,6 @@ def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:
 
     g = defaults("generate", conf_dir)
     return {name: conf_value(g, name) for name in CONF_FIELDS}
-
-
-def join_prefix(prefix: str, text: str) -> str:
-    """`prefix, text`: a comma between them unless the prefix ends with one."""
-    prefix, text = prefix.strip(), text.strip()
-    if not prefix or not text:
-        return prefix or text
-    return f"{prefix} {text}" if prefix.endswith(",") else f"{prefix}, {text}"
 
 
 def sampler_key(name: str) -> str:

@@ -19,26 +19,18 @@ from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
     EvalSettings,
     Images,
+    grid,
     sample,
     strip_trigger,
     use_sampler,
     validation_images,
 )
+from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
 
 
 HEADLINE = BEST_BY  # the headline metrics: those `evaluate.best_by` may name
-
-
-def grid(rows: list[list[Image.Image]]) -> Image.Image:
-    """Rows of equally sized images pasted into one picture."""
-    w, h = rows[0][0].size
-    canvas = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, img in enumerate(row):
-            canvas.paste(img, (x * w, y * h))
-    return canvas
 
 
 def mean_abs_difference(a: Images, b: Images) -> float:
@@ -95,7 +87,6 @@ def generate_samples(
     pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None, prompt_encoder=None
 ) -> Samples:
     """`prompt_encoder`: the app's PromptEncoder with its textual inversions (None: plain)."""
-    from kshd.drawing.request import join_prefix
 
     use_sampler(pipe, s.sampler)
     base = cached_base(pipe, s, base_cache, prompt_encoder)

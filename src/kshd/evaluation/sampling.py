@@ -17,7 +17,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from kshd.config.fill import DEFINES_RESULT
-from kshd.config.values import check_sampler
+from kshd.config.values import SAMPLERS, check_sampler
+from kshd.prompts.encoding import join_prefix
 
 if TYPE_CHECKING:
     from kshd.config.schema_evaluate import EvaluateSettings
@@ -81,8 +82,6 @@ def use_sampler(pipe, key: str, base_config=None) -> None:
         return
     import diffusers
 
-    from kshd.drawing.request import SAMPLERS
-
     _, cls, options = SAMPLERS[key]
     config = base_config or pipe.scheduler.config
     pipe.scheduler = getattr(diffusers, cls).from_config(config, **options)
@@ -90,7 +89,6 @@ def use_sampler(pipe, key: str, base_config=None) -> None:
 
 def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The app's embeddings of a prompt and the negative prompt, prefixes joined as the app's."""
-    from kshd.drawing.request import join_prefix
 
     return encoder.encode_pair(
         join_prefix(s.positive_prefix, prompt), join_prefix(s.negative_prefix, s.negative_prompt)
@@ -184,3 +182,13 @@ def validation_images(
     use_sampler(pipe, s.sampler, c.noise_scheduler.config)
     with torch.no_grad():
         return sample(pipe, s.prompts, s, None, "validation")[0]
+
+
+def grid(rows: list[list[Image.Image]]) -> Image.Image:
+    """Rows of equally sized images pasted into one picture."""
+    w, h = rows[0][0].size
+    canvas = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, img in enumerate(row):
+            canvas.paste(img, (x * w, y * h))
+    return canvas

@@ -19,7 +19,8 @@ from kshd.config.schema_evaluate import SketchEvalSettings as SketchEval
 from kshd.data.images import fit_within
 from kshd.drawing.control import is_sdxl
 from kshd.drawing.control_images import control_image
-from kshd.evaluation.sampling import EvalSettings, scaled_pair, use_sampler
+from kshd.evaluation.sampling import EvalSettings, grid, scaled_pair, use_sampler
+from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
 LINE = 64  # a line-art pixel at least this bright is a line (lineart_standard draws ~127)
@@ -65,7 +66,6 @@ def redraw_sketches(
     from diffusers import ControlNetModel
 
     from kshd.drawing.control import controlnet_pipelines
-    from kshd.drawing.request import join_prefix
     from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
 
     encoder = encoder or prompt_encoder(pipe)
@@ -117,7 +117,6 @@ def sketch_metrics(rows: SketchRows, embed) -> dict:
 
 def save_sketch_grids(rows: SketchRows, out_dir: Path) -> list[Path]:
     """One image per drawing: its line art | base | LoRA | the drawing itself."""
-    from kshd.evaluation.evaluate import grid
 
     folder = out_dir / "sketch"
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,14 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 ROUND, SQUARE = 1.1, 1 / 1.1
 
 
+def join_prefix(prefix: str, text: str) -> str:
+    """`prefix, text`: a comma between them unless the prefix ends with one."""
+    prefix, text = prefix.strip(), text.strip()
+    if not prefix or not text:
+        return prefix or text
+    return f"{prefix} {text}" if prefix.endswith(",") else f"{prefix}, {text}"
+
+
 def parse_weights(text: str) -> list[Piece]:
     """Split a prompt into (text, weight) pieces; BREAK becomes ("BREAK", BREAK_WEIGHT)."""
     pieces: list[list] = []

@@ -18,6 +18,7 @@ from kshd.adapters.lora import KohyaInfo, save_lora
 from kshd.config.compose import shared_path
 from kshd.config.schema import group
 from kshd.config.schema_train import TrainSettings
+from kshd.evaluation.sampling import grid, validation_images
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.models.family import is_single_file
@@ -49,7 +50,6 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
     out.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing is sampled
     if not (s.validation_epochs and s.validation_prompt):
         return None
-    from kshd.evaluation.evaluate import grid, validation_images
 
     def validate(epoch: int, components) -> None:
         images = validation_images(
