@@ -12,25 +12,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kshd.training.components import load_components  # noqa: E402
-from tests.helpers import learning  # noqa: E402
-from tests.helpers.learning import WORLD_SD  # noqa: E402
-from tests.test_learning import (  # noqa: E402
+from kshd.training.components import load_components
+from kshd_world import learning
+from kshd_world.learning import (
     BASE_MAX_KSH,
     FIRST_LOSS_MAX,
     LATENT_STD,
     LORA_MIN_HAIR,
     LORA_MIN_KSH,
+    WORLD_SD,
     first_loss,
 )
 

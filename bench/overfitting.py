@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from kshd.config.compose import compose_conf
+from kshd.evaluation.metrics import ClipEncoder, memorization, style_similarity
+from kshd_world import learning
+from kshd_world.world_judges import judge_style
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kshd.config.compose import compose_conf  # noqa: E402
-from kshd.evaluation.metrics import ClipEncoder, memorization, style_similarity  # noqa: E402
-from kshd_world.world_judges import judge_style  # noqa: E402
-from tests.helpers import learning  # noqa: E402
-
 log = logging.getLogger("overfitting")
 DEMO = compose_conf(["+experiment=demo"], conf_dir=ROOT / "conf")
 

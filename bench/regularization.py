@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.helpers import learning  # noqa: E402
+from kshd_world import learning
 
 log = logging.getLogger("regularization")
 

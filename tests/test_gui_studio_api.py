@@ -173,7 +173,7 @@ def test_client_switches_the_base_model_and_refuses_one_that_cannot_load(server)
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from .helpers.learning import WORLD_SD
+    from kshd_world.learning import WORLD_SD
 
     client = Client(server["url"], verbose=False)
     base, lora = server["base"], str(server["lora"])

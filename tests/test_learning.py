@@ -20,11 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .helpers.learning import (
+from kshd_world.learning import (
+    BASE_MAX_KSH,
+    FIRST_LOSS_MAX,
+    LATENT_STD,
     LEARN,
+    LORA_MIN_HAIR,
+    LORA_MIN_KSH,
+    TRIGGER_MIN_GAIN,
     WORLD_SD,
     Verdict,
     contact_sheet,
+    first_loss,
     judge_drawings,
     learn,
     reg_split,
@@ -37,34 +44,6 @@ from .helpers.learning import (
 ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger(__name__)
-
-# Measured on the committed world, drawn with the demo's Euler a (2026-12-02): the base's drawings
-# are judged KSH in 2 of 16, with the prompt's hair colour in 12 of 16 (chance: 1 in 6). The
-# LoRA's, trained with the demo's regularization drawings: KSH in 15 of 16 with one process (fp32,
-# cached inputs), 11 of 16 with two DDP processes (bf16, live inputs); hair in 8 and 7 of 16.
-# Without the trigger phrase: KSH in 7 and 5 of 16 (hair 11 and 10). Trained on the samples alone
-# (before data.reg_dir): 13 and 10 of 16 KSH, hair 10 and 9, and 13 of 16 without the trigger too.
-# The bounds leave DDP two drawings of margin. An attention-only rank-4 LoRA (the demo's settings
-# before) reached 6 of 16, and with dark blotches.
-BASE_MAX_KSH = 0.2
-LORA_MIN_KSH = 0.55  # at least 9 of 16
-LORA_MIN_HAIR = 0.3  # at least 5 of 16
-# KSH with the trigger phrase minus KSH without it: 8/16 and 6/16 measured
-TRIGGER_MIN_GAIN = 0.25
-# The std of the first trained batch's scaled latents (metrics.json's latent_std): 1.12-1.17 over
-# three seeds on the samples; 1.86-1.94 with the VAE's scaling factor left out (x1 instead of
-# 1/1.663). That breakage barely hurts the drawings in this world (bench/mutations.py), so it is
-# caught here, where it shows.
-LATENT_STD = (0.75, 1.5)
-# The mean loss of the first 5 steps: the base's own prediction error on the samples (the LoRA
-# starts at zero), 0.12 / 0.48 / 0.29 at seeds 7 / 8 / 9. A LoRA trained on the wrong target (v
-# for this noise-predicting base) starts at 1.44 / 1.21 / 1.24: with Euler a its drawings barely
-# show it (KSH 88%, hair 50%; bench/mutations.py), so it is caught here, where it shows.
-FIRST_LOSS_MAX = 0.8
-
-
-def first_loss(losses: list[float]) -> float:
-    return float(np.mean(losses[:5]))
 
 
 @pytest.fixture(scope="module")

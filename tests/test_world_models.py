@@ -13,8 +13,7 @@ from safetensors import safe_open
 
 from kshd.training.components import load_components
 from kshd_world import pretrain_world
-
-from .helpers.learning import judge_drawings, world_engine
+from kshd_world.learning import judge_drawings, world_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = ROOT / "models/world"
