@@ -19,7 +19,7 @@ WAYS_OUT = (
     "Hub (unset HF_HUB_OFFLINE), or +experiment=demo for the tiny offline models."
 )
 PROBE_TIMEOUT_S = 10.0
-# single-file checkpoints (kshd.single_file reads the .safetensors; the others are refused)
+# single-file checkpoints (kshd.models.single_file reads the .safetensors; the others are refused)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -93,7 +93,7 @@ def check_model_source(
                 f"config key `{key}` = {name!r}: no such file. Give an existing .safetensors "
                 "checkpoint, a local folder or a Hugging Face id."
             )
-        return  # read and checked by kshd.single_file when loaded
+        return  # read and checked by kshd.models.single_file when loaded
     if path.is_dir():
         if not (path / marker).is_file():
             raise ModelSourceError(

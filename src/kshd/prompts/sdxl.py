@@ -1,4 +1,4 @@
-"""SDXL prompts with AUTOMATIC1111's syntax (kshd.prompts): the same chunks and weights through
+"""SDXL prompts with AUTOMATIC1111's syntax (prompts.encoding): the same chunks and weights through
 both text encoders, as A1111's SDXL conditioner reads them.
 
 Each 75-token chunk goes through both CLIPs; each encoder's penultimate hidden states get the

@@ -18,7 +18,7 @@ from kshd.models.source import ModelSourceError, check_model_source
 
 def stage_config(argv: Sequence[str] | None, stage: str) -> DictConfig:
     """Logging plus `params.yaml` composed with the command line's Hydra overrides, every group
-    checked against the schema (kshd.schema) before the stage loads anything."""
+    checked against the schema (kshd.config.schema) before the stage loads anything."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

@@ -57,7 +57,7 @@ def load_components(
     .safetensors); the noise schedule as the model was trained (`model.prediction_type`,
     `model.zero_terminal_snr`: a single-file base cannot say).
 
-    unet=False leaves the UNet to the trainer, which loads it once the caches are filled and
+    unet=False leaves the UNet to the training loop, which loads it once the caches are filled and
     the VAE and text encoders are released, so they are never in memory together."""
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
@@ -134,7 +134,7 @@ def load_frozen(
 
 def _frozen_of_file(path: str, config: str | None):
     """A single file's pipeline without its UNet, in fp32 as from_pretrained gives (the files
-    are mostly fp16; the trainer casts the frozen parts to the compute dtype itself)."""
+    are mostly fp16; the training casts the frozen parts to the compute dtype itself)."""
     family = read_checkpoint(path).family
     return single_file_pipeline(path, config, family, torch.float32, unet=None)
 

@@ -91,7 +91,7 @@ class TextSource:
     Captions go through the same CaptionChunkers as live training (train.max_token_length, the
     trigger phrase kept), so cached and live training see the same embeddings; the key holds
     the chunking settings with the text, the folder the encoders' weights. `encode` maps caption
-    ids to the UNet's conditioning (training.settings.encode_caption_ids): SD 1.x's hidden states,
+    ids to the UNet's conditioning (training.components.encode_caption_ids): SD 1.x's hidden states,
     SDXL's both encoders' and the pooled `text_embeds`, all cached.
     """
 

@@ -87,7 +87,7 @@ def use_cpu_processes() -> bool:
 
 
 def process_state():
-    """accelerate's PartialState, created the same way the trainer's Accelerator will be."""
+    """accelerate's PartialState, created the same way the loop's Accelerator will be."""
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu_processes())
