@@ -1,5 +1,6 @@
 """DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase), data/reg_info.csv
-(the regularization drawings' captions, no trigger) and a report."""
+(the regularization drawings' captions, no trigger) and a report. The captions the overrides and
+sidecars leave come from the captioner `caption.kind` names (kshd.captioners)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from kshd.captioners.registry import captioner_class
 from kshd.config.compose import shared_path
 from kshd.config.schema import group
 from kshd.data.caption_cache import CaptionCache
@@ -43,8 +45,8 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
 
 
 def run(cfg: DictConfig) -> dict:
-    """A caption per prepared drawing (reviewed, sidecar or BLIP-2) in info.csv, with the trigger;
-    the regularization drawings' in reg_info.csv, without it; the report."""
+    """A caption per prepared drawing (reviewed, sidecar or the captioner's) in info.csv, with the
+    trigger; the regularization drawings' in reg_info.csv, without it; the report."""
     resolve_models(cfg)
     settings, data = group(cfg, "caption"), group(cfg, "data")
     reports = Path(data.reports_dir)
@@ -55,26 +57,27 @@ def run(cfg: DictConfig) -> dict:
     ]
     prepared = Path(data.prepared_dir)
     cache = CaptionCache(shared_path(data.cache_dir) / "captions.jsonl")
-    if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items + reg):
-        require_model(cfg, "caption.model")
+    captioner = captioner_class(settings)
+    identity = captioner.identity(settings)
+    if any(cache.get(f"{identity}:{i.digest}") is None for i in items + reg):
+        for key, marker in captioner.model_keys.items():
+            require_model(cfg, f"caption.{key}", marker)
     overrides = read_overrides(Path(settings.overrides))
     outcome = assign_captions(items + reg, prepared, overrides, settings, cache)
+    train, regular = outcome.items[: len(items)], outcome.items[len(items) :]
     trigger = (settings.trigger_phrase, settings.trigger_position)
-    rows = _csv_rows(outcome.items[: len(items)], prepared, Path(data.info_csv), trigger)
-    reg_rows = _csv_rows(outcome.items[len(items) :], prepared, Path(data.reg_info_csv), None)
+    rows = _csv_rows(train, prepared, Path(data.info_csv), trigger)
+    reg_rows = _csv_rows(regular, prepared, Path(data.reg_info_csv), None)
     write_info_csv(data.info_csv, rows)
     write_info_csv(data.reg_info_csv, reg_rows)
-    _warn_trigger_in_reg(outcome.items[len(items) :], settings.trigger_phrase)
-    report = caption_report(
-        replace(outcome, items=outcome.items[: len(items)]), settings.model, settings.fingerprint()
-    )
+    _warn_trigger_in_reg(regular, settings.trigger_phrase)
+    made = reports / "captions.json"
+    _warn_empty(train, "drawings (trained on the trigger phrase alone)", settings.overrides, made)
+    _warn_empty(regular, "regularization drawings", settings.overrides, made)
+    report = caption_report(replace(outcome, items=train), settings)
     if reg:
-        report["reg"] = caption_report(
-            replace(outcome, items=outcome.items[len(items) :]),
-            settings.model,
-            settings.fingerprint(),
-        )
-    write_json(reports / "captions.json", report)
+        report["reg"] = caption_report(replace(outcome, items=regular), settings)
+    write_json(made, report)
     log.info(
         "caption: %d captions, sources %s; %d regularization drawings",
         len(rows),
@@ -108,6 +111,22 @@ def _warn_trigger_in_reg(reg: list[Item], trigger: str) -> None:
             len(named),
             trigger,
             ", ".join(named[:5]),
+        )
+
+
+def _warn_empty(items: list[Item], what: str, overrides: str, report: Path) -> None:
+    """An empty caption trains on the trigger phrase alone (as kohya trains an image without a
+    caption file): named, with the way to give it one."""
+    empty = [i.file for i in items if not i.caption]
+    if empty:
+        log.warning(
+            "caption: %d %s have an empty caption (%s): give each a row in %s or a "
+            "<drawing>.txt beside it; %s lists them all under `empty`",
+            len(empty),
+            what,
+            ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+            overrides,
+            report,
         )
 
 
