@@ -52,6 +52,10 @@ class ColourNamer(Captioner):
         self.batches.append(len(images))
         return [f"{self.settings.word} {describe(img)}" for img in images]
 
+    @classmethod
+    def place_trigger(cls, settings: ColourNamerSettings, caption: str) -> str:
+        return f"{settings.trigger_phrase}: {caption}"  # its own slot, whatever the position
+
 
 def describe(img: Image.Image) -> str:
     """The drawing's size and mean colour, as the throwaway captioner sees it."""
@@ -90,6 +94,9 @@ def prepared_drawings(cfg: DictConfig) -> dict[str, dict]:
 
 
 def test_a_captioner_registered_from_one_file_runs_through_the_caption_stage(tmp_path, monkeypatch):
+    """A kind defined in this file alone: made once, only for what no sidecar covers, fed RGB
+    images in batches; its captions reach info.csv with the trigger where it places it and the
+    cache under its identity (kind and marked fields, not the batch size); a rerun makes none."""
     ColourNamer.made.clear()
     cfg = project(tmp_path, monkeypatch, colour_node(batch_size=2))
     (tmp_path / "raw/drawing_004.txt").write_text("a reviewed sidecar", encoding="utf-8")
@@ -108,8 +115,8 @@ def test_a_captioner_registered_from_one_file_runs_through_the_caption_stage(tmp
     }
     rows = read_info_csv(cfg.data.info_csv)
     assert {Path(image).name: text for image, text in rows} == {
-        output: f"{text}, {TRIGGER}" for output, text in expected.items()
-    }
+        output: f"{TRIGGER}: {text}" for output, text in expected.items()
+    }  # the captioner placed the trigger, in its captions and the sidecar's alike
     settings = ColourNamerSettings(**colour_node(2))
     identity = caption_identity(settings)
     assert identity.startswith("colour_namer-") and identity != caption_identity(

@@ -14,6 +14,7 @@ from PIL import Image
 
 from kshd.config.fill import defining
 from kshd.config.schema_caption import CaptionSettings
+from kshd.data.captioning import with_trigger
 
 
 def short_hash(value: object) -> str:
@@ -38,6 +39,13 @@ class Captioner(ABC):
         cached under it is what this captioner would make again, so it is reused."""
         return f"{settings.kind}-{short_hash(tuple(defining(settings).items()))}"
 
+    @classmethod
+    def place_trigger(cls, settings: CaptionSettings, caption: str) -> str:
+        """A training caption (this captioner's, a sidecar's or an override's) with the trigger
+        phrase at `caption.trigger_position`. A captioner whose captions have an order of their
+        own (tags) may give the trigger its slot there."""
+        return with_trigger(caption, settings.trigger_phrase, settings.trigger_position)
+
     @abstractmethod
     def caption(self, images: Sequence[Image.Image], keys: Sequence[str]) -> list[str]:
         """One text per RGB image. `keys` are the images' cache keys, the same in every run: a
@@ -50,6 +58,9 @@ C = TypeVar("C", bound=type[Captioner])
 
 def register_captioner(settings_class: type[CaptionSettings]):
     """Registers the decorated Captioner subclass for a `caption.kind`'s settings class."""
+
+    if not issubclass(settings_class, CaptionSettings):
+        raise TypeError(f"{settings_class.__name__} must subclass CaptionSettings")
 
     def register(cls: C) -> C:
         if not issubclass(cls, Captioner):

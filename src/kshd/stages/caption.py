@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,7 +19,7 @@ from kshd.config.compose import shared_path
 from kshd.config.schema import group
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
-from kshd.data.captioning import with_trigger, write_info_csv
+from kshd.data.captioning import write_info_csv
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
@@ -65,9 +66,10 @@ def run(cfg: DictConfig) -> dict:
     overrides = read_overrides(Path(settings.overrides))
     outcome = assign_captions(items + reg, prepared, overrides, settings, cache)
     train, regular = outcome.items[: len(items)], outcome.items[len(items) :]
-    trigger = (settings.trigger_phrase, settings.trigger_position)
-    rows = _csv_rows(train, prepared, Path(data.info_csv), trigger)
-    reg_rows = _csv_rows(regular, prepared, Path(data.reg_info_csv), None)
+    rows = _csv_rows(
+        train, prepared, Path(data.info_csv), partial(captioner.place_trigger, settings)
+    )
+    reg_rows = _csv_rows(regular, prepared, Path(data.reg_info_csv), str)  # no trigger
     write_info_csv(data.info_csv, rows)
     write_info_csv(data.reg_info_csv, reg_rows)
     _warn_trigger_in_reg(regular, settings.trigger_phrase)
@@ -89,14 +91,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _csv_rows(
-    items: list[Item], prepared: Path, csv_path: Path, trigger: tuple[str, str] | None
+    items: list[Item], prepared: Path, csv_path: Path, text: Callable[[str], str]
 ) -> list[tuple[str, str]]:
-    """(image path relative to the CSV, caption with the trigger phrase when given)."""
+    """(image path relative to the CSV, the caption as `text` makes it: with the trigger or not)."""
     return [
-        (
-            Path(os.path.relpath(prepared / i.output, csv_path.parent)).as_posix(),
-            with_trigger(i.caption, *trigger) if trigger else i.caption,
-        )
+        (Path(os.path.relpath(prepared / i.output, csv_path.parent)).as_posix(), text(i.caption))
         for i in items
     ]
 
