@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from kshd.config.compose import defaults
+from kshd.config.schema_caption import CaptionSettings
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions
-from kshd.data.captioning import CaptionSettings
 from kshd_world.tiny import build_tiny_models
 
 

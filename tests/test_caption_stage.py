@@ -6,9 +6,17 @@ import json
 
 import pytest
 
+from kshd.captioners.registry import caption_identity
 from kshd.config.compose import defaults
 from kshd.data.caption_cache import CaptionCache
-from kshd.data.caption_sources import BLIP2, CACHED, OVERRIDE, SIDECAR, Item, assign_captions
+from kshd.data.caption_sources import (
+    OVERRIDE,
+    SIDECAR,
+    Item,
+    assign_captions,
+    cached_source,
+    new_source,
+)
 from kshd.data.captioning import read_info_csv
 
 from .helpers.events import stop_at
@@ -32,7 +40,7 @@ def test_sources_in_order_and_blip2_not_loaded_when_nothing_is_left(tmp_path):
     (tmp_path / "b.txt").write_text("\ufeffa girl  reading\n", encoding="utf-8")
     settings = defaults("caption", model=str(tmp_path / "no-such-model"))
     cache = CaptionCache(tmp_path / "c.jsonl")
-    cache.add({f"{settings.fingerprint()}:d3": "cached caption"})
+    cache.add({f"{caption_identity(settings)}:d3": "cached caption"})
     items = [
         Item("a.png", "a.png", "d1"),
         Item("b.png", "b.png", "d2"),
@@ -43,7 +51,7 @@ def test_sources_in_order_and_blip2_not_loaded_when_nothing_is_left(tmp_path):
     assert [(i.caption, i.source) for i in out.items] == [
         ("reviewed caption", OVERRIDE),
         ("a girl reading", SIDECAR),
-        ("cached caption", CACHED),
+        ("cached caption", cached_source("blip2")),
     ]
     assert out.unmatched_overrides == ["gone.png"]
 
@@ -127,5 +135,5 @@ def test_sidecar_and_override_win_and_report_counts(project):
     assert by_name["drawing_001"] == f'a boy, reviewed "by hand", {TRIGGER}'
     report = _report(project)
     assert report["sources"][SIDECAR] == 1 and report["sources"][OVERRIDE] == 1
-    assert report["sources"][BLIP2] == 38
+    assert report["sources"][new_source("blip2")] == 38
     assert report["length_words"]["max"] >= report["length_words"]["min"]

@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from kshd.captioners.base import clean_caption
+from kshd.captioners.blip2 import Blip2Captioner, batch_seed
 from kshd.config.compose import defaults
-from kshd.data.captioning import (
-    Captioner,
-    clean_caption,
-    read_info_csv,
-    with_trigger,
-    write_info_csv,
-)
+from kshd.data.captioning import read_info_csv, with_trigger, write_info_csv
 
 
 @pytest.mark.parametrize(
@@ -61,10 +57,19 @@ def test_info_csv_with_wrong_columns_names_the_problem(tmp_path):
 
 def test_tiny_blip2_captions_are_seeded_and_cleaned(tiny_models):
     settings = defaults("caption", model=str(tiny_models["blip2"]), max_new_tokens=8, batch_size=2)
-    captioner = Captioner(settings)
+    captioner = Blip2Captioner(settings)
     images = [Image.new("RGB", (48, 48), c) for c in ("white", "black", "red")]
-    first = captioner.caption(images, seed=1)
+    keys = ["k:1", "k:2", "k:3"]
+    first = captioner.caption(images, keys)
     assert len(first) == 3 and all(isinstance(c, str) for c in first)
-    assert captioner.caption(images, seed=1) == first  # same seed, same captions
+    assert captioner.caption(images, keys) == first  # same batch, same seed, same captions
     assert not any(c.lower().startswith("a painting of") for c in first)
     assert not any("<s>" in c or "</s>" in c or "<image>" in c for c in first)
+
+
+def test_a_blip2_batch_is_seeded_from_its_members_as_before():
+    """The seed a batch samples with comes from the config's seed and the batch's cache keys
+    only, with the same value as before captioners had kinds: a batch captions the same."""
+    keys = ["6546cb712542aec5:d1", "6546cb712542aec5:d2"]
+    assert batch_seed(5508, keys) == 1718871759
+    assert batch_seed(5508, keys[::-1]) != batch_seed(5508, keys) != batch_seed(1, keys)

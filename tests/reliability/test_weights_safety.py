@@ -59,14 +59,14 @@ def test_drawing_refuses_a_pickled_unet(poisoned_sd):
 
 
 def test_captioning_refuses_a_pickled_blip2(tiny_models, tmp_path):
+    from kshd.captioners.blip2 import Blip2Captioner
     from kshd.config.compose import defaults
-    from kshd.data.captioning import Captioner
 
     blip = tmp_path / "blip2"
     shutil.copytree(tiny_models["blip2"], blip)
     _plant(blip, "pytorch_model.bin", tmp_path / "UNPICKLED")
     with pytest.raises(OSError):
-        Captioner(defaults("caption", model=str(blip)))
+        Blip2Captioner(defaults("caption", model=str(blip)))
     assert not (tmp_path / "UNPICKLED").exists()
 
 

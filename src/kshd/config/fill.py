@@ -88,6 +88,19 @@ def _variant_class(node: Mapping, base: type, key: str, source: str) -> type:
     return choices[name]
 
 
+def _kind_note(node: Mapping, base: type | None, key: str, says: str) -> str:
+    """For a variant group's key: its kind is chosen with its config group, which brings the
+    kind's keys, not by setting the kind alone (`caption=none`, not `caption.kind=none`)."""
+    if base is None:
+        return ""
+    field = discriminator(base)
+    kind = node.get(field)
+    return (
+        f"`{key}.{field}` = {kind!r} {says} (choose a kind by its config group, e.g. "
+        f"`{key.replace('.', '/')}={kind}`, not by `{key}.{field}` alone); "
+    )
+
+
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
@@ -107,22 +120,27 @@ def settings(node: Mapping | DictConfig, cls: type[T], key: str, source: str = "
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, Mapping):
         raise ConfigError(f"config key `{key}` = {node!r} is not valid: expected a mapping.")
-    if cls in _VARIANTS:
-        cls = _variant_class(node, cls, key, source)
-    names = [f.name for f in dataclasses.fields(cls)]
     path = f"{key}." if key else ""
+    base = cls if cls in _VARIANTS else None
+    if base is not None:
+        cls = _variant_class(node, base, key, source)
+    names = [f.name for f in dataclasses.fields(cls)]
     for name in node:
         if name not in names:
             near = difflib.get_close_matches(str(name), names, n=1)
-            hint = f"did you mean `{path}{near[0]}`? " if near else ""
+            hint = (
+                f"did you mean `{path}{near[0]}`? "
+                if near
+                else _kind_note(node, base, key, "has no such key")
+            )
             raise ConfigError(
                 f"config key `{path}{name}` is unknown: {hint}remove or rename it in {source}."
             )
     for name in names:
         if name not in node:
             raise ConfigError(
-                f"config key `{path}{name}` is missing: add it to {source}, or pass "
-                f"`+{path}{name}=<value>`."
+                f"config key `{path}{name}` is missing: {_kind_note(node, base, key, 'needs it')}"
+                f"add it to {source}, or pass `+{path}{name}=<value>`."
             )
     hints = typing.get_type_hints(cls)
     value = cls(**{n: _typed(node[n], hints[n], f"{path}{n}", source) for n in names})

@@ -13,7 +13,6 @@ every group at load."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import typing
 from dataclasses import dataclass, field
 
@@ -23,20 +22,17 @@ from kshd.config.fill import (
     DEFINES_RESULT,
     STAGES,
     changes,
-    defining,
     field_stages,
     is_variant_base,
     require,
     settings,
 )
+from kshd.config.schema_caption import CaptionSettings
 from kshd.config.schema_evaluate import EvaluateSettings
 from kshd.config.schema_generate import GenerateSettings
 from kshd.config.schema_model import ModelSettings
 from kshd.config.schema_train import TrainSettings
-from kshd.config.values import (
-    TRACKING_MODES,
-    TRIGGER_POSITIONS,
-)
+from kshd.config.values import TRACKING_MODES
 
 
 @dataclass(frozen=True)
@@ -105,49 +101,6 @@ class PrepareSettings:
             list(self.background),
             "three numbers from 0 to 255 (RGB)",
         )
-
-
-@dataclass(frozen=True)
-class CaptionSettings:
-    """The `caption` config group (conf/caption/), filled by `kshd.config.settings`.
-
-    DEFINES_RESULT marks what changes a caption: the cache key. The trigger is added after the
-    cache, so it is not in the key, but info.csv and every stage after it carry it."""
-
-    model: str = field(metadata=DEFINES_RESULT)
-    prompt: str = field(metadata=DEFINES_RESULT)
-    do_sample: bool = field(metadata=DEFINES_RESULT)
-    temperature: float = field(metadata=DEFINES_RESULT)
-    top_p: float = field(metadata=DEFINES_RESULT)
-    repetition_penalty: float = field(metadata=DEFINES_RESULT)
-    max_new_tokens: int = field(metadata=DEFINES_RESULT)
-    batch_size: int
-    seed: int = field(metadata=DEFINES_RESULT)
-    trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
-    trigger_position: str = field(metadata=changes("caption"))
-    overrides: str  # a dvc.yaml dep by path: its content, not its name, changes the captions
-
-    def fingerprint(self) -> str:
-        """What changes a caption (not batch_size): the cache key's first half."""
-        return hashlib.sha256(repr(tuple(defining(self).values())).encode()).hexdigest()[:16]
-
-    def validate(self) -> None:
-        """Bad values named at config load, before BLIP-2 is loaded."""
-        require(
-            self.trigger_position in TRIGGER_POSITIONS,
-            "caption.trigger_position",
-            self.trigger_position,
-            "start or end",
-        )
-        require(self.batch_size >= 1, "caption.batch_size", self.batch_size, "a whole number >= 1")
-        require(
-            self.max_new_tokens >= 1,
-            "caption.max_new_tokens",
-            self.max_new_tokens,
-            "a whole number >= 1",
-        )
-        require(0 < self.top_p <= 1, "caption.top_p", self.top_p, "a number in (0, 1]")
-        require(self.temperature > 0, "caption.temperature", self.temperature, "a number > 0")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Where each caption comes from: a reviewed override, a sidecar .txt, or BLIP-2 (cached or new).
+"""Where each caption comes from: a reviewed override, a sidecar .txt, or the captioner that
+`caption.kind` names (cached or new).
 
 Kohya users keep a `<name>.txt` beside each drawing; reviewers fix captions in an overrides CSV that
 survives reruns. Every image gets exactly one caption and the report says from where.
@@ -9,16 +10,34 @@ from __future__ import annotations
 import logging
 import re
 import statistics
+import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
+from kshd.captioners.base import clean_caption
+from kshd.captioners.registry import caption_identity, captioner_class
+from kshd.config.schema_caption import CaptionSettings
 from kshd.data.caption_cache import CaptionCache
-from kshd.data.captioning import CaptionSettings, caption_missing, clean_caption, read_info_csv
+from kshd.data.captioning import read_info_csv
 
 log = logging.getLogger(__name__)
 
-OVERRIDE, SIDECAR, CACHED, BLIP2 = "override", "sidecar", "blip2_cached", "blip2_new"
+OVERRIDE, SIDECAR = "override", "sidecar"
+
+
+def cached_source(kind: str) -> str:
+    """The report's name for captions the cache held: `blip2_cached` for `caption.kind=blip2`."""
+    return f"{kind}_cached"
+
+
+def new_source(kind: str) -> str:
+    """The report's name for captions made in this run: `blip2_new` for `caption.kind=blip2`."""
+    return f"{kind}_new"
 
 
 @dataclass
@@ -53,6 +72,33 @@ def read_sidecar(prepared_dir: Path, output: str) -> str | None:
     return clean_caption(path.read_text(encoding="utf-8-sig"), "")
 
 
+def caption_missing(
+    todo: Sequence[tuple[str, Path]], settings: CaptionSettings, cache: CaptionCache
+) -> float:
+    """Caption (key, image) pairs in batches, saving each batch to the cache; returns images/s.
+
+    The captioner is made (its model loaded) only when something needs captioning. Batches are
+    formed in the given order, so a run resumed after a kill makes the same batches and
+    captions as an unbroken one.
+    """
+    if not todo:
+        return 0.0
+    captioner = captioner_class(settings)(settings)
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="caption", unit="img")
+    for i in range(0, len(todo), settings.batch_size):
+        chunk = todo[i : i + settings.batch_size]
+        images = [Image.open(path).convert("RGB") for _, path in chunk]
+        keys = [key for key, _ in chunk]
+        cache.add(dict(zip(keys, captioner.caption(images, keys), strict=True)))
+        bar.update(len(chunk))
+    bar.close()
+    rate = len(todo) / max(time.perf_counter() - start, 1e-9)
+    log.info("captioned %d images with caption.kind=%s (%.2f images/s)", len(todo), settings.kind,
+             rate)  # fmt: skip
+    return rate
+
+
 def assign_captions(
     items: list[Item],
     prepared_dir: Path,
@@ -60,8 +106,8 @@ def assign_captions(
     settings: CaptionSettings,
     cache: CaptionCache,
 ) -> CaptionOutcome:
-    """Give every item a caption, captioning with BLIP-2 only what no other source covers."""
-    fp = settings.fingerprint()
+    """Give every item a caption, running the captioner only on what no other source covers."""
+    identity = caption_identity(settings)
     used: set[str] = set()
     todo = []
     for item in items:
@@ -74,22 +120,23 @@ def assign_captions(
             sidecar = read_sidecar(prepared_dir, item.output)
             if sidecar is not None:
                 item.caption, item.source = sidecar, SIDECAR
-            elif (hit := cache.get(f"{fp}:{item.digest}")) is not None:
-                item.caption, item.source = hit, CACHED
+            elif (hit := cache.get(f"{identity}:{item.digest}")) is not None:
+                item.caption, item.source = hit, cached_source(settings.kind)
             else:
                 todo.append(item)
     rate = caption_missing(
-        [(f"{fp}:{i.digest}", prepared_dir / i.output) for i in todo], settings, cache
+        [(f"{identity}:{i.digest}", prepared_dir / i.output) for i in todo], settings, cache
     )
     for item in todo:
-        item.caption, item.source = cache.get(f"{fp}:{item.digest}") or "", BLIP2
+        item.caption = cache.get(f"{identity}:{item.digest}") or ""
+        item.source = new_source(settings.kind)
     unmatched = sorted(set(overrides) - used)
     for name in unmatched:
         log.warning("caption override for %r matches no accepted drawing", name)
     return CaptionOutcome(items, rate, unmatched)
 
 
-def caption_report(outcome: CaptionOutcome, model: str, fingerprint: str) -> dict:
+def caption_report(outcome: CaptionOutcome, settings: CaptionSettings) -> dict:
     """Counts per source, lengths, empty and duplicate captions, the most frequent words."""
     items = outcome.items
     lengths = [len(i.caption.split()) for i in items] or [0]
@@ -98,12 +145,12 @@ def caption_report(outcome: CaptionOutcome, model: str, fingerprint: str) -> dic
         if i.caption:
             by_text.setdefault(i.caption, []).append(i.file)
     words = Counter(w for i in items for w in re.findall(r"\w+", i.caption.lower()))
+    sources = (OVERRIDE, SIDECAR, cached_source(settings.kind), new_source(settings.kind))
+    models = {key: getattr(settings, key) for key in captioner_class(settings).model_keys}
     return {
         "captions": len(items),
-        "sources": {
-            s: sum(i.source == s for i in items) for s in (OVERRIDE, SIDECAR, CACHED, BLIP2)
-        },
-        "captioned_now": sum(i.source == BLIP2 for i in items),
+        "sources": {s: sum(i.source == s for i in items) for s in sources},
+        "captioned_now": sum(i.source == new_source(settings.kind) for i in items),
         "images_per_s": round(outcome.images_per_s, 3),
         "length_words": {
             "min": min(lengths),
@@ -115,6 +162,7 @@ def caption_report(outcome: CaptionOutcome, model: str, fingerprint: str) -> dic
         "duplicates": [{"text": t, "files": f} for t, f in by_text.items() if len(f) > 1],
         "top_words": words.most_common(20),
         "unmatched_overrides": outcome.unmatched_overrides,
-        "model": model,
-        "settings_fingerprint": fingerprint,
+        "captioner": settings.kind,
+        "model": models.get("model"),
+        "settings_fingerprint": caption_identity(settings),
     }

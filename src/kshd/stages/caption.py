@@ -1,22 +1,25 @@
 """DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase), data/reg_info.csv
-(the regularization drawings' captions, no trigger) and a report."""
+(the regularization drawings' captions, no trigger) and a report. The captions the overrides and
+sidecars leave come from the captioner `caption.kind` names (kshd.captioners)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from kshd.captioners.registry import captioner_class
 from kshd.config.compose import shared_path
 from kshd.config.schema import group
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
-from kshd.data.captioning import with_trigger, write_info_csv
+from kshd.data.captioning import write_info_csv
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json
 from kshd.stages import entry, plain, require_model, resolve_models, stage_config
@@ -43,8 +46,8 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
 
 
 def run(cfg: DictConfig) -> dict:
-    """A caption per prepared drawing (reviewed, sidecar or BLIP-2) in info.csv, with the trigger;
-    the regularization drawings' in reg_info.csv, without it; the report."""
+    """A caption per prepared drawing (reviewed, sidecar or the captioner's) in info.csv, with the
+    trigger; the regularization drawings' in reg_info.csv, without it; the report."""
     resolve_models(cfg)
     settings, data = group(cfg, "caption"), group(cfg, "data")
     reports = Path(data.reports_dir)
@@ -55,26 +58,28 @@ def run(cfg: DictConfig) -> dict:
     ]
     prepared = Path(data.prepared_dir)
     cache = CaptionCache(shared_path(data.cache_dir) / "captions.jsonl")
-    if any(cache.get(f"{settings.fingerprint()}:{i.digest}") is None for i in items + reg):
-        require_model(cfg, "caption.model")
+    captioner = captioner_class(settings)
+    identity = captioner.identity(settings)
+    if any(cache.get(f"{identity}:{i.digest}") is None for i in items + reg):
+        for key, marker in captioner.model_keys.items():
+            require_model(cfg, f"caption.{key}", marker)
     overrides = read_overrides(Path(settings.overrides))
     outcome = assign_captions(items + reg, prepared, overrides, settings, cache)
-    trigger = (settings.trigger_phrase, settings.trigger_position)
-    rows = _csv_rows(outcome.items[: len(items)], prepared, Path(data.info_csv), trigger)
-    reg_rows = _csv_rows(outcome.items[len(items) :], prepared, Path(data.reg_info_csv), None)
+    train, regular = outcome.items[: len(items)], outcome.items[len(items) :]
+    rows = _csv_rows(
+        train, prepared, Path(data.info_csv), partial(captioner.place_trigger, settings)
+    )
+    reg_rows = _csv_rows(regular, prepared, Path(data.reg_info_csv), str)  # no trigger
     write_info_csv(data.info_csv, rows)
     write_info_csv(data.reg_info_csv, reg_rows)
-    _warn_trigger_in_reg(outcome.items[len(items) :], settings.trigger_phrase)
-    report = caption_report(
-        replace(outcome, items=outcome.items[: len(items)]), settings.model, settings.fingerprint()
-    )
+    _warn_trigger_in_reg(regular, settings.trigger_phrase)
+    made = reports / "captions.json"
+    _warn_empty(train, "drawings (trained on the trigger phrase alone)", settings.overrides, made)
+    _warn_empty(regular, "regularization drawings", settings.overrides, made)
+    report = caption_report(replace(outcome, items=train), settings)
     if reg:
-        report["reg"] = caption_report(
-            replace(outcome, items=outcome.items[len(items) :]),
-            settings.model,
-            settings.fingerprint(),
-        )
-    write_json(reports / "captions.json", report)
+        report["reg"] = caption_report(replace(outcome, items=regular), settings)
+    write_json(made, report)
     log.info(
         "caption: %d captions, sources %s; %d regularization drawings",
         len(rows),
@@ -86,14 +91,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _csv_rows(
-    items: list[Item], prepared: Path, csv_path: Path, trigger: tuple[str, str] | None
+    items: list[Item], prepared: Path, csv_path: Path, text: Callable[[str], str]
 ) -> list[tuple[str, str]]:
-    """(image path relative to the CSV, caption with the trigger phrase when given)."""
+    """(image path relative to the CSV, the caption as `text` makes it: with the trigger or not)."""
     return [
-        (
-            Path(os.path.relpath(prepared / i.output, csv_path.parent)).as_posix(),
-            with_trigger(i.caption, *trigger) if trigger else i.caption,
-        )
+        (Path(os.path.relpath(prepared / i.output, csv_path.parent)).as_posix(), text(i.caption))
         for i in items
     ]
 
@@ -108,6 +110,22 @@ def _warn_trigger_in_reg(reg: list[Item], trigger: str) -> None:
             len(named),
             trigger,
             ", ".join(named[:5]),
+        )
+
+
+def _warn_empty(items: list[Item], what: str, overrides: str, report: Path) -> None:
+    """An empty caption trains on the trigger phrase alone (as kohya trains an image without a
+    caption file): named, with the way to give it one."""
+    empty = [i.file for i in items if not i.caption]
+    if empty:
+        log.warning(
+            "caption: %d %s have an empty caption (%s): give each a row in %s or a "
+            "<drawing>.txt beside it; %s lists them all under `empty`",
+            len(empty),
+            what,
+            ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+            overrides,
+            report,
         )
 
 
