@@ -12,19 +12,18 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
 
 from kshd.config.compose import compose_conf, defaults
 from kshd.config.errors import ConfigError
-from kshd.config.fill import defining, settings
-from kshd.config.schema import ProjectConfig, check, group, stage_params
+from kshd.config.fill import as_plain, defining, settings
+from kshd.config.schema import ProjectConfig, check, stage_params
 from kshd.config.schema_train import TrainSettings
 from kshd.data.captioning import with_trigger
 from kshd.data.images import IntakeRules, load_image, resize_short_side
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
 from kshd.evaluation.evaluate import CheckpointCurve
-from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sampling import SampleSettings
 from kshd.training.batches import ItemOptions, make_buckets
 from kshd.training.checkpoints import fingerprint
 from kshd_world.world import write_world
@@ -70,12 +69,18 @@ def conf_file_keys(path) -> set[str]:
 
 
 @pytest.mark.parametrize("overrides", [[], ["+experiment=demo"]], ids=["base", "demo"])
-def test_every_composed_key_is_a_field_and_every_field_a_key(overrides):
-    cfg = compose_conf(overrides, conf_dir=CONF)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def test_every_composed_key_is_a_field_and_every_field_a_key(overrides, tmp_path):
+    """The tree DVC composes (its own params.yaml writer, not this package's filler)."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    compose_and_dump(tmp_path / "params.yaml", str(CONF), None, "config", str(ROOT), overrides)
+    plain = yaml.safe_load((tmp_path / "params.yaml").read_text(encoding="utf-8"))
     composed = yaml_keys(plain, "", schema_keys(ProjectConfig))
     assert composed == schema_keys(ProjectConfig)
-    assert isinstance(check(cfg).train, TrainSettings)
+    assert isinstance(check(plain).train, TrainSettings)
+    assert check(plain) == compose_conf(overrides, conf_dir=CONF)
 
 
 @pytest.mark.parametrize(
@@ -133,11 +138,10 @@ def test_the_filler_names_the_full_key_of_unknown_missing_and_mistyped_values(ch
 
 
 def test_a_group_missing_a_key_names_it():
-    cfg = compose_conf([], conf_dir=CONF)
-    OmegaConf.set_struct(cfg, False)
-    del cfg.caption["trigger_position"]
+    tree = as_plain(compose_conf([], conf_dir=CONF))
+    del tree["caption"]["trigger_position"]
     with pytest.raises(ConfigError, match=r"`caption\.trigger_position` is missing"):
-        check(cfg)
+        check(tree)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +186,7 @@ def config_classes(cls: type = ProjectConfig) -> set[type]:
 @pytest.mark.parametrize(
     "cls",
     sorted(
-        config_classes() | {EvalSettings, IntakeRules, CheckpointCurve, ItemOptions},
+        config_classes() | {SampleSettings, IntakeRules, CheckpointCurve, ItemOptions},
         key=lambda c: c.__name__,
     ),
     ids=lambda c: c.__name__,
@@ -238,7 +242,7 @@ def test_a_library_request_and_engine_take_their_defaults_from_conf():
 
 def test_defaults_compose_conf_and_check_the_overrides():
     s = defaults("train", epochs=3, target_modules=["to_q"])
-    assert s == dataclasses.replace(group(compose_conf([], conf_dir=CONF), "train"), epochs=3,
+    assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3,
                                     target_modules=("to_q",))  # fmt: skip
     assert defaults("generate.limits", max_side=64).max_side == 64
     assert defaults("train") is not defaults("train")  # a fresh value each call

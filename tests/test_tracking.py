@@ -25,9 +25,7 @@ from .helpers.wandb_offline import find_offline_runs
 
 @functools.cache
 def _conf_tracking() -> TrackingSettings:
-    from kshd.config.schema import group
-
-    return group(compose_conf([], conf_dir=ROOT / "conf"), "tracking")
+    return compose_conf([], conf_dir=ROOT / "conf").tracking
 
 
 def tracking(**changes) -> TrackingSettings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kshd.config.compose import defaults
 from kshd.data.images import IntakeRules
-from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sampling import SampleSettings
 
 # Drawn without the app's prefixes and with the pipeline's own scheduler: tests that compare
 # against a plain diffusers pipeline, or do not care how the app words a prompt.
@@ -21,10 +21,10 @@ QUICK_EVAL = dict(
 )
 
 
-def eval_settings(trigger_phrase: str = "", **changes) -> EvalSettings:
+def eval_settings(trigger_phrase: str = "", **changes) -> SampleSettings:
     """The `evaluate` group's drawing settings from conf/ with `changes` (checked as config
     keys), as the evaluate stage builds them."""
-    return EvalSettings.of(defaults("evaluate", **changes), trigger_phrase)
+    return SampleSettings.from_settings(defaults("evaluate", **changes), trigger_phrase)
 
 
 def intake_rules(**changes) -> IntakeRules:
