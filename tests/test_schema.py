@@ -240,6 +240,32 @@ def test_a_library_request_and_engine_take_their_defaults_from_conf():
     assert Request("a", negative_prompt=None).negative_prompt is None  # validation refuses it
 
 
+def test_settings_made_from_a_group_take_its_fields_by_name(tmp_path, caplog):
+    """IntakeRules, ItemOptions, SampleSettings and EngineSettings copy no schema field by hand:
+    each field a group has is that group's value (the model's before generate's)."""
+    cfg = compose_conf(["+experiment=demo", "train.buckets=true", "model.variant=fp16",
+                        f"generate.lora={tmp_path / 'none'}"], conf_dir=CONF)  # fmt: skip
+    made = [
+        (IntakeRules.from_settings(cfg.prepare), (cfg.prepare,), {}),
+        (ItemOptions.from_settings(cfg.train, keep_tag="t"), (cfg.train,),
+         {"keep_tag": "t", "buckets": tuple(make_buckets(cfg.train.resolution,
+          cfg.train.bucket_step, cfg.train.bucket_max_aspect))}),
+        (SampleSettings.from_settings(cfg.evaluate, "t"), (cfg.evaluate,), {"trigger_phrase": "t"}),
+        (EngineSettings.from_settings(cfg.model, cfg.generate), (cfg.model, cfg.generate),
+         {"lora": None, "embeddings": tuple(cfg.generate.embeddings.items()),
+          "control_models": cfg.generate.control.models,
+          "inpaint_model": cfg.generate.inpaint.model}),
+    ]  # fmt: skip
+    for value, groups, own in made:
+        expected = {
+            f.name: next(getattr(g, f.name) for g in groups if hasattr(g, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in own
+        }
+        assert dataclasses.asdict(value) == dataclasses.asdict(type(value)(**expected, **own))
+    assert made[3][0].variant == "fp16" and "generate.lora" in caplog.text  # missing: the base
+
+
 def test_defaults_compose_conf_and_check_the_overrides():
     s = defaults("train", epochs=3, target_modules=["to_q"])
     assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3,

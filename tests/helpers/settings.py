@@ -1,5 +1,5 @@
-"""Settings for tests, built from conf/'s defaults (kshd.config.compose.defaults) with what a test
-changes written out: no default hides in code."""
+"""Settings for tests, built from the project's defaults (kshd.config.compose.defaults: params.yaml,
+composed from conf/) with what a test changes written out: no default hides in code."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ QUICK_EVAL = dict(
 )
 
 
-def eval_settings(trigger_phrase: str = "", **changes) -> SampleSettings:
+def sample_settings(trigger_phrase: str = "", **changes) -> SampleSettings:
     """The `evaluate` group's drawing settings from conf/ with `changes` (checked as config
     keys), as the evaluate stage builds them."""
     return SampleSettings.from_settings(defaults("evaluate", **changes), trigger_phrase)
@@ -29,8 +29,7 @@ def eval_settings(trigger_phrase: str = "", **changes) -> SampleSettings:
 
 def intake_rules(**changes) -> IntakeRules:
     """What an acceptable drawing is, from conf/'s `prepare` group with `changes`."""
-    p = defaults("prepare", **changes)
-    return IntakeRules(background=p.background, min_side=p.min_side, max_pixels=p.max_pixels)
+    return IntakeRules.from_settings(defaults("prepare", **changes))
 
 
 def intake(**changes) -> dict:
