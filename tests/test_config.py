@@ -31,6 +31,18 @@ def test_params_yaml_is_what_dvc_composes(tmp_path):
     )
 
 
+def test_kshd_compose_params_writes_what_dvc_composes_with_the_overrides(tmp_path, monkeypatch):
+    from kshd import cli
+
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "params.yaml"
+    with pytest.raises(SystemExit) as code:
+        cli.main(["compose-params", "--output", str(out), "train.epochs=3"])
+    assert code.value.code == 0
+    assert load_params([], out) == compose_conf(["train.epochs=3"], conf_dir=ROOT / "conf")
+
+
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_every_option_of_every_group_composes(group):
     for option in sorted((ROOT / "conf" / group).glob("*.yaml")):

@@ -108,7 +108,7 @@ class PrepareSettings:
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """The `caption` config group (conf/caption/), filled by `kshd.config.settings`.
+    """The `caption` config group (conf/caption/), filled by `kshd.config.fill.settings`.
 
     DEFINES_RESULT marks what changes a caption: the cache key. The trigger is added after the
     cache, so it is not in the key, but info.csv and every stage after it carry it."""

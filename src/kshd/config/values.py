@@ -1,7 +1,7 @@
 """The values the config accepts where a key takes one of a few names.
 
 Kept apart from the code that uses them (drawing, training, tracking) and free of imports, so
-that checking a whole config at load (kshd.schema) makes no stage depend on the others' code.
+that checking a whole config at load (kshd.config.schema) makes no stage depend on the others' code.
 """
 
 from __future__ import annotations

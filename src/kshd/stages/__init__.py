@@ -46,7 +46,7 @@ MODEL_KEYS = (
 def workspace_model(name: str) -> str:
     """`name`, or the same relative folder in the workspace DVC names in `DVC_ROOT`: a queued
     experiment runs in a temporary copy without git-ignored folders such as `models/tiny/`
-    (kshd.config.shared_path, as for the caches)."""
+    (kshd.config.compose.shared_path, as for the caches)."""
     path = Path(name).expanduser()
     if not name or path.is_absolute() or path.exists():
         return name
