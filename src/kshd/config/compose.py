@@ -13,12 +13,12 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from kshd.config.errors import ConfigError
@@ -143,7 +143,7 @@ def compose_params(output: str | Path, overrides: Sequence[str] = ()) -> None:
 def write_params(cfg: ProjectConfig, path: str | Path) -> None:
     """Write a config as a params file that `load_params` reads back as the same config (a
     test's or a bench's project; `compose_params` writes the project's own as DVC does)."""
-    text = yaml.safe_dump(as_plain(cfg), sort_keys=False, allow_unicode=True)
+    text = OmegaConf.to_yaml(OmegaConf.create(as_plain(cfg)))
     Path(path).write_text(text, encoding="utf-8")
 
 
@@ -160,7 +160,9 @@ def with_values(cfg: T, changes: Mapping[str, Any]) -> T:
             parent = parent.get(part) if isinstance(parent, dict) else None
             if not isinstance(parent, dict):
                 group = ".".join(groups[: i + 1])
-                raise ConfigError(f"config key `{key}` is unknown: `{group}` is not a group.")
+                raise ConfigError(
+                    f"config key `{key}` is unknown: `{group}` is no group; check it against conf/."
+                )
         parent[name] = as_plain(value)
     return settings(node, type(cfg), "", "the changed values")
 
@@ -191,7 +193,8 @@ def defaults(group: str, conf_dir: str | Path | None = None, **overrides: Any):
     params.yaml when there is one, else its conf/, else the conf/ of this source tree
     (`conf_dir` names a conf/ folder instead). Loaded once per file and modification time."""
     source = _defaults_source(conf_dir)
-    node: Any = _project_config(str(source), _stamp(source))
+    with _LOADING:  # Hydra's compose is global state: one at a time (the GUI's threads)
+        node: Any = _project_config(str(source), _stamp(source))
     cls: Any = ProjectConfig
     for name in group.split("."):
         hints = typing.get_type_hints(cls)
@@ -214,6 +217,9 @@ def _stamp(source: Path) -> tuple:
     """What tells a changed params file or conf/ folder: each YAML file's time and size."""
     files = [source] if source.is_file() else sorted(source.rglob("*.yaml"))
     return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+_LOADING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
