@@ -271,6 +271,7 @@ def test_defaults_compose_conf_and_check_the_overrides():
     assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3,
                                     target_modules=("to_q",))  # fmt: skip
     assert defaults("generate.limits", max_side=64).max_side == 64
+    assert defaults("tracking", group="mine").group == "mine"  # any key, `group` too
     assert defaults("train") is not defaults("train")  # a fresh value each call
     with pytest.raises(ConfigError, match=r"^config key `train\.epohcs` is unknown"):
         defaults("train", epohcs=3)

@@ -184,14 +184,15 @@ def _field_names(value: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(value)}
 
 
-def defaults(group: str, conf_dir: str | Path | None = None, **overrides: Any):
+def defaults(group: str, conf_dir: str | Path | None = None, /, **overrides: Any):
     """The project's settings for `group` (e.g. "generate", "generate.limits"), `overrides`
     checked like any key: the one way library defaults (`Request`, `EngineSettings`), tests and
     benches get values, which live only in conf/.
 
     They come from the composition the stages and `kshd gui` read: the working directory's
     params.yaml when there is one, else its conf/, else the conf/ of this source tree
-    (`conf_dir` names a conf/ folder instead). Loaded once per file and modification time."""
+    (`conf_dir` names a conf/ folder instead). Loaded once per file and modification time.
+    `group` and `conf_dir` are positional, so that any key may be overridden (`tracking.group`)."""
     source = _defaults_source(conf_dir)
     with _LOADING:  # Hydra's compose is global state: one at a time (the GUI's threads)
         node: Any = _project_config(str(source), _stamp(source))
