@@ -111,11 +111,9 @@ class EngineSettings:
             chosen = None
         embeddings = tuple((str(k), str(v)) for k, v in (generate.embeddings or {}).items())
         own = {"lora": chosen or None, "embeddings": embeddings}
-        values = {
-            f.name: getattr(model, f.name) if hasattr(model, f.name) else
-            conf_value(generate, f.name, ENGINE_KEYS)
-            for f in fields(cls) if f.name not in own
-        }  # fmt: skip
+        names = [f.name for f in fields(cls) if f.name not in own]
+        values = {n: getattr(model, n) for n in names if hasattr(model, n)}
+        values |= {n: conf_value(generate, n, ENGINE_KEYS) for n in names if n not in values}
         return cls(**values, **own)
 
 
