@@ -51,37 +51,50 @@ def quick_dvc_params(*swept: str) -> list[str]:
     return [a for o in quick if o.split("=")[0] not in swept for a in ("-S", o)]
 
 
+def demo_overrides(tiny_models: dict[str, Path], raw_dir: str | Path) -> list[str]:
+    """The demo profile on `raw_dir` with the session's tiny models, tracking off and training
+    cut to QUICK_TRAIN: the overrides demo_cfg and tests/stage_project.py share."""
+    return [
+        "+experiment=demo",
+        f"data.raw_dir={raw_dir}",
+        f"caption.model={tiny_models['blip2']}",
+        f"model.pretrained={tiny_models['sd']}",
+        f"evaluate.clip_model={tiny_models['clip']}",
+        f"generate.control.models.lineart={tiny_models['controlnet']}",
+        f"generate.control.models.lineart_anime={tiny_models['controlnet']}",
+        f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
+        "tiny.build=false",
+        "tracking.mode=disabled",
+    ]
+
+
 @pytest.fixture
 def demo_cfg(tmp_path, tiny_models):
     """The demo profile composed from conf/ as DVC does, every path moved into tmp_path (the
     caption and latent caches too), tracking off: for calling a stage's `run(cfg)` in-process."""
-    from kshd.config.compose import compose_conf
-    from kshd.config.schema import check
+    from dataclasses import asdict
+
+    from kshd.config.compose import compose_conf, with_values
 
     cfg = compose_conf(
-        [
-            "+experiment=demo",
-            f"data.raw_dir={ROOT / 'data' / 'samples'}",
-            f"caption.model={tiny_models['blip2']}",
-            f"model.pretrained={tiny_models['sd']}",
-            f"evaluate.clip_model={tiny_models['clip']}",
-            f"generate.control.models.lineart={tiny_models['controlnet']}",
-            f"generate.control.models.lineart_anime={tiny_models['controlnet']}",
-            f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
-            "tiny.build=false",
-            "tracking.mode=disabled",
-            *QUICK_TRAIN,
-        ],
+        [*demo_overrides(tiny_models, ROOT / "data" / "samples"), *QUICK_TRAIN],
         conf_dir=ROOT / "conf",
     )
-    for group in ("data", "output"):
-        for key, value in cfg[group].items():
-            if key != "raw_dir":
-                cfg[group][key] = str(tmp_path / value)  # data/..., models/..., reports/...
-    cfg.caption.overrides = str(tmp_path / "caption_overrides.csv")
-    cfg.generate.lora, cfg.generate.outputs_dir = cfg.output.lora_dir, str(tmp_path / "outputs")
-    check(cfg)
-    return cfg
+    moved = {  # data/..., models/..., reports/...
+        f"{group}.{key}": str(tmp_path / value)
+        for group in ("data", "output")
+        for key, value in asdict(getattr(cfg, group)).items()
+        if key != "raw_dir"
+    }
+    return with_values(
+        cfg,
+        moved
+        | {
+            "caption.overrides": str(tmp_path / "caption_overrides.csv"),
+            "generate.lora": moved["output.lora_dir"],
+            "generate.outputs_dir": str(tmp_path / "outputs"),
+        },
+    )
 
 
 @pytest.fixture(scope="session")

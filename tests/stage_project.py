@@ -10,35 +10,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
 from PIL import Image
 
 from kshd.config.compose import compose_conf, write_params
+from kshd.config.schema import ProjectConfig
 
-from .conftest import QUICK_TRAIN, ROOT
+from .conftest import QUICK_TRAIN, ROOT, demo_overrides
 
 
 def project_cfg(
     tiny_models: dict[str, Path], overrides: list[str] = (), quick: bool = True
-) -> DictConfig:
+) -> ProjectConfig:
     """The demo profile on `raw/` with the session's tiny models, tracking off, paths relative
     to the project folder: what make_project writes, for calling a stage's `run(cfg)` there.
     `quick`: its training cut to QUICK_TRAIN (the stages' mechanics, not learning)."""
     return compose_conf(
-        [
-            "+experiment=demo",
-            "data.raw_dir=raw",
-            f"caption.model={tiny_models['blip2']}",
-            f"model.pretrained={tiny_models['sd']}",
-            f"evaluate.clip_model={tiny_models['clip']}",
-            f"generate.control.models.lineart={tiny_models['controlnet']}",
-            f"generate.control.models.lineart_anime={tiny_models['controlnet']}",
-            f"evaluate.style_references={ROOT / 'data' / 'style_refs'}",
-            "tiny.build=false",
-            "tracking.mode=disabled",
-            *(QUICK_TRAIN if quick else []),
-            *overrides,
-        ],
+        [*demo_overrides(tiny_models, "raw"), *(QUICK_TRAIN if quick else []), *overrides],
         conf_dir=ROOT / "conf",
     )
 

@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from kshd.captioners.base import Captioner, captioners, register_captioner
 from kshd.captioners.registry import BUILT_IN, caption_identity, captioner_class
-from kshd.config.compose import compose_conf
+from kshd.config.compose import compose_conf, with_values
 from kshd.config.errors import ConfigError
 from kshd.config.fill import DEFINES_RESULT, register_variant, variants
-from kshd.config.schema import check
+from kshd.config.schema import ProjectConfig
 from kshd.config.schema_caption import CaptionSettings
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.captioning import read_info_csv
@@ -63,7 +62,7 @@ def describe(img: Image.Image) -> str:
     return f"{img.width}x{img.height} rgb {r} {g} {b}"
 
 
-def project(root: Path, monkeypatch, caption_node: dict | None, *overrides: str) -> DictConfig:
+def project(root: Path, monkeypatch, caption_node: dict | None, *overrides: str) -> ProjectConfig:
     """The demo profile in `root` (relative paths, tracking off), 5 noise drawings prepared;
     `caption_node` replaces the caption group (a kind conf/ has no YAML for)."""
     monkeypatch.chdir(root)
@@ -73,9 +72,7 @@ def project(root: Path, monkeypatch, caption_node: dict | None, *overrides: str)
         conf_dir=ROOT / "conf",
     )
     if caption_node is not None:
-        with open_dict(cfg):
-            cfg.caption = caption_node
-    check(cfg)
+        cfg = with_values(cfg, {"caption": caption_node})
     (root / "raw").mkdir()
     noise_drawings(root / "raw", 5)
     prepare.run(cfg)
@@ -88,7 +85,7 @@ def colour_node(batch_size: int) -> dict:
             "overrides": "data/caption_overrides.csv"}  # fmt: skip
 
 
-def prepared_drawings(cfg: DictConfig) -> dict[str, dict]:
+def prepared_drawings(cfg: ProjectConfig) -> dict[str, dict]:
     report = json.loads(Path(cfg.data.reports_dir, "prepare.json").read_text(encoding="utf-8"))
     return {i["file"]: i for i in report["images"]}
 
@@ -134,9 +131,7 @@ def test_a_captioner_registered_from_one_file_runs_through_the_caption_stage(tmp
     assert report["captioner"] == "colour_namer" and report["settings_fingerprint"] == identity
 
     ColourNamer.made.clear()  # a rerun with another batch size: all cached, nothing made
-    with open_dict(cfg):
-        cfg.caption.batch_size = 3
-    again = caption.run(cfg)
+    again = caption.run(with_values(cfg, {"caption.batch_size": 3}))
     assert ColourNamer.made == [] and again["captioned_now"] == 0
     assert again["sources"]["colour_namer_cached"] == 4
     assert read_info_csv(cfg.data.info_csv) == rows
@@ -189,5 +184,5 @@ def test_each_built_in_captioner_has_its_kind_and_conf_file(captioner):
     """A built-in kind is chosen as `caption=<kind>`: conf/caption/<kind>.yaml composes to
     settings whose captioner is this one."""
     [kind] = [k for k, c in variants(CaptionSettings).items() if captioners().get(c) is captioner]
-    settings = check(compose_conf([f"caption={kind}"], conf_dir=ROOT / "conf")).caption
+    settings = compose_conf([f"caption={kind}"], conf_dir=ROOT / "conf").caption
     assert settings.kind == kind and captioner_class(settings) is captioner

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from kshd.config.compose import compose_conf, load_params, write_params
+from kshd.config.compose import compose_conf, load_params, value_at, with_values, write_params
 from kshd.config.errors import ConfigError
+from kshd.config.fill import STAGES
+from kshd.config.schema import ProjectConfig
 
 from .conftest import ROOT
 
@@ -29,12 +31,24 @@ def test_params_yaml_is_what_dvc_composes(tmp_path):
     )
 
 
+def test_kshd_compose_params_writes_what_dvc_composes_with_the_overrides(tmp_path, monkeypatch):
+    from kshd import cli
+
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "params.yaml"
+    with pytest.raises(SystemExit) as code:
+        cli.main(["compose-params", "--output", str(out), "train.epochs=3"])
+    assert code.value.code == 0
+    assert load_params([], out) == compose_conf(["train.epochs=3"], conf_dir=ROOT / "conf")
+
+
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_every_option_of_every_group_composes(group):
     for option in sorted((ROOT / "conf" / group).glob("*.yaml")):
         prefix = "+" if group == "experiment" else ""
         cfg = compose_conf([f"{prefix}{group}={option.stem}"], conf_dir=ROOT / "conf")
-        assert OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(cfg, ProjectConfig)
 
 
 def test_defaults_are_the_original_projects_run():
@@ -154,10 +168,18 @@ def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
     from kshd.evaluation.evaluate import HEADLINE
     from kshd.stages import caption, dataset, evaluate, prepare, train
 
-    demo_cfg.train.epochs, demo_cfg.train.validation_epochs = 1, 0
-    demo_cfg.evaluate.prompts = ["drawn by KSH drawing style, a cat"]
-    demo_cfg.evaluate.seeds, demo_cfg.evaluate.lora_scales = [0], [1.0]
-    demo_cfg.evaluate.num_inference_steps, demo_cfg.evaluate.checkpoints = 2, False
+    demo_cfg = with_values(
+        demo_cfg,
+        {
+            "train.epochs": 1,
+            "train.validation_epochs": 0,
+            "evaluate.prompts": ["drawn by KSH drawing style, a cat"],
+            "evaluate.seeds": [0],
+            "evaluate.lora_scales": [1.0],
+            "evaluate.num_inference_steps": 2,
+            "evaluate.checkpoints": False,
+        },
+    )
     for stage in (prepare, caption):
         stage.run(demo_cfg)
     sizes = dataset.run(demo_cfg)
@@ -189,6 +211,105 @@ def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
     assert vpred.model.prediction_type == "v_prediction" and vpred.model.zero_terminal_snr
     assert vpred.train.resolution == 1024 and vpred.train.use_8bit_adam
     # SDXL ControlNets for the app's sketch to style and the evaluation's sketch section
-    assert vpred.evaluate.sketch.controlnet == vpred.generate.control.models.lineart_anime
+    assert vpred.evaluate.sketch.controlnet == vpred.generate.control.models["lineart_anime"]
     assert all("sdxl" in v.lower() for v in vpred.generate.control.models.values())
     assert load_params(["train.epochs=3"]).train.epochs == 3  # keys apply to params.yaml
+
+
+def test_a_written_params_file_loads_back_as_the_same_config(tmp_path):
+    """write_params (a test's or a bench's project) round-trips every group, variants and all."""
+    for overrides in ([], ["+experiment=demo"], ["+experiment=sdxl", "model=noobai_xl_vpred"]):
+        cfg = compose_conf(overrides, conf_dir=ROOT / "conf")
+        write_params(cfg, tmp_path / "params.yaml")
+        assert load_params([], tmp_path / "params.yaml") == cfg
+
+
+def test_a_typed_config_changes_only_through_the_schema():
+    """with_values sets dotted keys on the frozen config, validated as an override is (one
+    line naming the key); value_at reads one, a mapping's keys too."""
+    cfg = compose_conf([], conf_dir=ROOT / "conf")
+    changed = with_values(
+        cfg,
+        {"train.epochs": 1, "evaluate.seeds": [3, 4], "generate.control.models.mine": "x/mine"},
+    )
+    assert (changed.train.epochs, changed.evaluate.seeds) == (1, (3, 4))
+    assert cfg.train.epochs == 50 and "mine" not in cfg.generate.control.models  # unchanged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.train.epochs = 2
+    assert value_at(changed, "generate.control.models.mine") == "x/mine"
+    assert value_at(cfg, "evaluate.sketch.controlnet") == cfg.evaluate.sketch.controlnet
+    for changes, message in (
+        ({"train.epochs": 0}, r"^config key `train\.epochs` = 0 is not valid"),
+        ({"train.epohcs": 1}, r"^config key `train\.epohcs` is unknown: did you mean"),
+        ({"trian.epochs": 1}, r"^config key `trian\.epochs` is unknown"),
+        ({"train.epochs.x": 1}, r"^config key `train\.epochs\.x` is unknown"),
+    ):
+        with pytest.raises(ConfigError, match=message) as err:
+            with_values(cfg, changes)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^config key `train\.nothing` is unknown"):
+        value_at(cfg, "train.nothing")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_runs_on_the_typed_config_its_main_loaded(stage, tmp_path, monkeypatch):
+    """`main(argv)` hands `run` the ProjectConfig of params.yaml and the overrides."""
+    import importlib
+    import typing
+
+    module = importlib.import_module(f"kshd.stages.{stage}")
+    assert typing.get_type_hints(module.run)["cfg"] is ProjectConfig
+    write_params(compose_conf([], conf_dir=ROOT / "conf"), tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    given = []
+    monkeypatch.setattr(module, "run", given.append)
+    module.main(["train.epochs=3"])
+    [cfg] = given
+    assert isinstance(cfg, ProjectConfig) and cfg.train.epochs == 3
+
+
+def test_only_the_config_package_imports_omegaconf_or_hydra():
+    """Hydra's and OmegaConf's objects stay in kshd/config/: the product and the demo world
+    read the typed config."""
+    import ast
+
+    config = ROOT / "src" / "kshd" / "config"
+    found = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        if config in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            bad = [n for n in names if n.split(".")[0] in ("omegaconf", "hydra")]
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in bad]
+    assert found == []
+
+
+def test_a_library_request_takes_the_defaults_kshd_gui_would_load_there(tmp_path, monkeypatch):
+    """`Request("x")` and `EngineSettings(model)` fill what they leave out from the working
+    directory's params.yaml, the file `kshd gui` there loads (read again once it changes), and
+    without one from the source tree's conf/."""
+    import os
+
+    from kshd.drawing.engine import EngineSettings
+    from kshd.drawing.request import Request
+
+    conf = compose_conf([], conf_dir=ROOT / "conf")
+    monkeypatch.chdir(tmp_path)  # neither params.yaml nor conf/ here
+    assert Request("x") == Request.from_settings(conf.generate, "x")
+    assert EngineSettings("m").outputs_dir == conf.generate.outputs_dir
+    params = tmp_path / "params.yaml"
+    assert conf.generate.steps not in (7, 9)
+    write_params(with_values(conf, {"generate.steps": 7, "generate.outputs_dir": "mine"}), params)
+    gui = Request.from_settings(load_params().generate, "x")  # what `kshd gui` here fills
+    assert Request("x").steps == 7 and Request("x") == gui
+    assert EngineSettings("m").outputs_dir == "mine"
+    write_params(with_values(conf, {"generate.steps": 9}), params)
+    later = params.stat().st_mtime_ns + 10**9  # an edit a second later (same size)
+    os.utime(params, ns=(later, later))
+    assert Request("x").steps == 9

@@ -20,7 +20,7 @@ from kshd.evaluation.evaluate import (
 from kshd.models.loading import load_sd_pipeline
 from kshd.training.components import load_components
 
-from .helpers.settings import eval_settings
+from .helpers.settings import sample_settings
 
 TRIGGER = "drawn by KSH drawing style"
 PREFIX = f"({TRIGGER} : 1.5), "
@@ -44,7 +44,7 @@ def _settings(**kw):
         resolution=64,
         **APP,
     )
-    return eval_settings(**{**base, **kw})
+    return sample_settings(**{**base, **kw})
 
 
 def _app_image(

@@ -24,7 +24,7 @@ from kshd.evaluation.evaluate import (
 )
 
 from .conftest import ROOT
-from .helpers.settings import QUICK_EVAL, eval_settings
+from .helpers.settings import QUICK_EVAL, sample_settings
 
 
 def _pipe(tiny_models):
@@ -56,7 +56,7 @@ def test_scoring_without_a_curve_names_what_is_missing(tmp_path):
     """best_by has no default in code: scoring against references needs the caller's curve."""
     refs = References(encoder=None)
     with pytest.raises(ValueError, match="evaluate.best_by") as err:
-        evaluate(None, tmp_path, eval_settings(**QUICK_EVAL), tmp_path, refs, None)
+        evaluate(None, tmp_path, sample_settings(**QUICK_EVAL), tmp_path, refs, None)
     assert "\n" not in str(err.value) and not any(tmp_path.iterdir())
 
 
@@ -72,7 +72,7 @@ def test_grid_and_difference():
 def test_evaluate_lora(trained, tiny_models, tmp_path, scale, changed):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = eval_settings(
+    s = sample_settings(
         **{**QUICK_EVAL, "lora_scales": (scale,)},
         prompts=("drawn by KSH drawing style, a girl", "a boy, drawn by KSH drawing style"),
         trigger_phrase="drawn by KSH drawing style",
@@ -124,7 +124,7 @@ def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_spl
     )
     save_diffusers(adapter_tensors(c.unet), tmp_path, strength=1.0)  # alpha = rank
     pipe = _pipe(tiny_models)
-    s = eval_settings(
+    s = sample_settings(
         **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl",),
         trigger_phrase="drawn by KSH drawing style",
@@ -152,7 +152,7 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
     labels = []
     real = ev.sample
     monkeypatch.setattr(ev, "sample", lambda *a, **k: labels.append(a[4]) or real(*a, **k))
-    s = eval_settings(
+    s = sample_settings(
         **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl",),
         trigger_phrase="drawn by KSH drawing style",
@@ -173,7 +173,7 @@ def test_base_images_are_drawn_once_and_reused(trained, tiny_models, tmp_path, m
 def test_per_image_table_agrees_with_the_aggregates(trained, tiny_models, tmp_path):
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = eval_settings(
+    s = sample_settings(
         **QUICK_EVAL,
         prompts=("drawn by KSH drawing style, a girl", "a boy"),
         trigger_phrase="drawn by KSH drawing style",
@@ -195,7 +195,7 @@ def test_optional_dino_style_metric(trained, tiny_models, tmp_path):
 
     lora_dir, _, _ = trained
     pipe = _pipe(tiny_models)
-    s = eval_settings(
+    s = sample_settings(
         **{**QUICK_EVAL, "lora_scales": (0.0, 1.0)},
         prompts=("drawn by KSH drawing style, a girl",),
     )
@@ -223,7 +223,7 @@ def test_scorer_embeds_each_image_set_once():
     from kshd.evaluation.evaluate import Scorer
 
     drawing = Image.new("RGB", (8, 8))
-    scorer = Scorer(Counting(), eval_settings(prompts=("a",), seeds=(0, 1)), [], [drawing])
+    scorer = Scorer(Counting(), sample_settings(prompts=("a",), seeds=(0, 1)), [], [drawing])
     assert Counting.calls == 1  # no holdout: the training drawings serve as references too
     imgs = [[drawing, drawing]]
     scorer(imgs)

@@ -259,12 +259,12 @@ def test_the_request_defaults_come_from_generate_and_a_bad_key_stops_the_cli(tmp
     cfg_scale) and names a bad config key in one line, exit 2, before any model loads."""
     from kshd import cli
     from kshd.config.compose import compose_conf, write_params
-    from kshd.drawing.settings import default_request
+    from kshd.drawing.request import Request
 
     from .conftest import ROOT
 
     cfg = compose_conf(["generate.guidance_scale=4.5", "generate.steps=7"], ROOT / "conf")
-    req = default_request(cfg, "a cat", seed=3)
+    req = Request.from_settings(cfg.generate, "a cat", seed=3)
     assert (req.prompt, req.cfg_scale, req.steps, req.seed) == ("a cat", 4.5, 7, 3)
     assert req.positive_prefix == cfg.generate.positive_prefix and req.image is None
     write_params(compose_conf([], ROOT / "conf"), tmp_path / "params.yaml")

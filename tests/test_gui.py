@@ -48,11 +48,11 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
     from kshd.drawing.gui import build_ui
     from kshd.drawing.gui_actions import Handlers
     from kshd.drawing.gui_parts import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
-    from kshd.drawing.settings import default_request, generate_settings
+    from kshd.drawing.request import Request
 
     cfg = gui_cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
-    engine = _RecordingEngine(generate_settings(cfg).limits)
-    ui = build_ui(engine, default_request(cfg))
+    engine = _RecordingEngine(cfg.generate.limits)
+    ui = build_ui(engine, Request.from_settings(cfg.generate))
     labels = {
         "txt2img": ["Prompt", "Negative prompt", "Sampling method", "Sampling steps", "CFG scale",
                     "Seed (-1 = random)", "Width", "Height", "Batch count", "Batch size",

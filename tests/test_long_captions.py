@@ -52,7 +52,7 @@ def test_a_long_caption_keeps_its_trigger_phrase(tok):
     caption = _caption(tok, 90)
     trigger = tok(TRIGGER, add_special_tokens=False).input_ids
     s = defaults("train", resolution=64, center_crop=True, random_flip=False, seed=0)
-    opts = ItemOptions.of(s, keep_tag=TRIGGER)
+    opts = ItemOptions.from_settings(s, keep_tag=TRIGGER)
     ds = DrawingDataset(_split([caption], [(64, 64)]), tok, opts)
     assert _contains(ds[0]["input_ids"], trigger)
     fitted = CaptionChunker(tok, 75, TRIGGER)(caption)

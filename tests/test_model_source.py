@@ -138,17 +138,15 @@ def test_a_stage_never_builds_the_demo_models_and_says_how_to(
 def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     """A queued experiment's temporary copy lacks git-ignored model folders: a relative one
     missing there is linked to the workspace's (DVC_ROOT); hub ids stay as they are."""
-    from omegaconf import OmegaConf
-
+    from kshd.config.compose import compose_conf, with_values
     from kshd.stages import resolve_models
 
     workspace, copy = tmp_path / "repo", tmp_path / "repo/.dvc/tmp/exps/tmp1"
     (workspace / "models/tiny/sd").mkdir(parents=True)
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
-    cfg = OmegaConf.create(
-        {"model": {"pretrained": "models/tiny/sd"}, "caption": {"model": NOWHERE}}
-    )
+    conf = compose_conf([], conf_dir=ROOT / "conf")
+    cfg = with_values(conf, {"model.pretrained": "models/tiny/sd", "caption.model": NOWHERE})
     monkeypatch.delenv("DVC_ROOT", raising=False)
     resolve_models(cfg)
     assert cfg.model.pretrained == "models/tiny/sd"  # a hand run: the working dir
@@ -165,8 +163,8 @@ def test_a_queued_copy_loads_the_workspaces_local_models(tmp_path, monkeypatch):
     assert cfg.caption.model == NOWHERE
     # a single-file base and the folder of its configs, linked the same way
     (workspace / "models/base.safetensors").write_bytes(b"weights")
-    file = OmegaConf.create({"model": {"pretrained": "models/base.safetensors",
-                                       "single_file_config": "models/tiny/sd"}})  # fmt: skip
+    file = with_values(conf, {"model.pretrained": "models/base.safetensors",
+                              "model.single_file_config": "models/tiny/sd"})  # fmt: skip
     resolve_models(file)
     assert (copy / "models/base.safetensors").read_bytes() == b"weights"
     assert file.model.pretrained == "models/base.safetensors"

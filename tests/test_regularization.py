@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kshd.config.compose import defaults
+from kshd.config.compose import defaults, with_values
 from kshd.config.errors import UserError
 from kshd.data.captioning import read_info_csv
 from kshd.stages import caption, dataset, prepare, train
@@ -30,8 +30,7 @@ REG = ROOT / "data" / "sample_reg"
 
 @pytest.fixture
 def reg_cfg(demo_cfg):
-    demo_cfg.data.reg_dir = str(REG)
-    return demo_cfg
+    return with_values(demo_cfg, {"data.reg_dir": str(REG)})
 
 
 def _through_dataset(cfg) -> dict:
@@ -63,13 +62,13 @@ def test_the_stages_carry_the_regularization_drawings_without_the_trigger(reg_cf
 
 def test_no_folder_means_none_and_a_later_empty_one_removes_them(reg_cfg, tmp_path):
     assert "reg" in _through_dataset(reg_cfg)
-    reg_cfg.data.reg_dir = str(tmp_path / "no-such-folder")
+    reg_cfg = with_values(reg_cfg, {"data.reg_dir": str(tmp_path / "no-such-folder")})
     assert _through_dataset(reg_cfg) == {"train": 8, "holdout": 2}
     assert not (Path(reg_cfg.data.prepared_dir) / "reg").exists()
     assert read_info_csv(reg_cfg.data.reg_info_csv) == []
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".gitkeep").touch()  # what data/reg/ holds in a clone
-    reg_cfg.data.reg_dir = str(tmp_path / "empty")
+    reg_cfg = with_values(reg_cfg, {"data.reg_dir": str(tmp_path / "empty")})
     report = prepare.run(reg_cfg)
     assert report.accepted == 10
     assert (
@@ -84,7 +83,7 @@ def test_a_regularization_caption_naming_the_trigger_is_warned(reg_cfg, tmp_path
     for p in sorted(REG.glob("plain-05000[01].*")):
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "plain-050001.txt").write_text(f"a girl, {TRIGGER}", encoding="utf-8")
-    reg_cfg.data.reg_dir = str(folder)
+    reg_cfg = with_values(reg_cfg, {"data.reg_dir": str(folder)})
     prepare.run(reg_cfg)
     with caplog.at_level(logging.WARNING):
         caption.run(reg_cfg)
@@ -146,7 +145,7 @@ def test_the_train_stage_trains_them_balanced_and_records_them(reg_cfg):
 
 def test_buckets_with_regularization_drawings_stop_before_any_model_loads(reg_cfg, monkeypatch):
     _through_dataset(reg_cfg)
-    reg_cfg.train.buckets = True
+    reg_cfg = with_values(reg_cfg, {"train.buckets": True})
     monkeypatch.setattr(train, "load_components", None)  # calling it would fail otherwise
     with pytest.raises(UserError, match=r"^train\.buckets=true .*data\.reg_dir.*: set train"):
         train.run(reg_cfg)

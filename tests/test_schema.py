@@ -12,20 +12,19 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
 
 from kshd.captioners.registry import caption_identity
 from kshd.config.compose import compose_conf, defaults
 from kshd.config.errors import ConfigError
-from kshd.config.fill import defining, discriminator, is_variant_base, settings, variants
-from kshd.config.schema import ProjectConfig, check, group, stage_params
+from kshd.config.fill import as_plain, defining, discriminator, is_variant_base, settings, variants
+from kshd.config.schema import ProjectConfig, check, stage_params
 from kshd.config.schema_train import TrainSettings
 from kshd.data.captioning import with_trigger
 from kshd.data.images import IntakeRules, load_image, resize_short_side
 from kshd.drawing.engine import EngineSettings
 from kshd.drawing.request import CONF_FIELDS, FROM_CONF, Request, conf_request_values
 from kshd.evaluation.evaluate import CheckpointCurve
-from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sampling import SampleSettings
 from kshd.training.batches import ItemOptions, make_buckets
 from kshd.training.checkpoints import fingerprint
 from kshd_world.world import write_world
@@ -81,12 +80,18 @@ def conf_file_keys(path) -> set[str]:
     [[], ["+experiment=demo"], ["caption=none"], ["+experiment=demo", "caption=none"]],
     ids=["base", "demo", "caption-none", "demo-caption-none"],
 )
-def test_every_composed_key_is_a_field_and_every_field_a_key(overrides):
-    cfg = compose_conf(overrides, conf_dir=CONF)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def test_every_composed_key_is_a_field_and_every_field_a_key(overrides, tmp_path):
+    """The tree DVC composes (its own params.yaml writer, not this package's filler)."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    compose_and_dump(tmp_path / "params.yaml", str(CONF), None, "config", str(ROOT), overrides)
+    plain = yaml.safe_load((tmp_path / "params.yaml").read_text(encoding="utf-8"))
     composed = yaml_keys(plain, "", schema_keys(ProjectConfig))
     assert composed == schema_keys(ProjectConfig, chosen=plain)
-    assert isinstance(check(cfg).train, TrainSettings)
+    assert isinstance(check(plain).train, TrainSettings)
+    assert check(plain) == compose_conf(overrides, conf_dir=CONF)
 
 
 @pytest.mark.parametrize(
@@ -144,11 +149,10 @@ def test_the_filler_names_the_full_key_of_unknown_missing_and_mistyped_values(ch
 
 
 def test_a_group_missing_a_key_names_it():
-    cfg = compose_conf([], conf_dir=CONF)
-    OmegaConf.set_struct(cfg, False)
-    del cfg.caption["trigger_position"]
+    tree = as_plain(compose_conf([], conf_dir=CONF))
+    del tree["caption"]["trigger_position"]
     with pytest.raises(ConfigError, match=r"`caption\.trigger_position` is missing"):
-        check(cfg)
+        check(tree)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +199,7 @@ def config_classes(cls: type = ProjectConfig) -> set[type]:
 @pytest.mark.parametrize(
     "cls",
     sorted(
-        config_classes() | {EvalSettings, IntakeRules, CheckpointCurve, ItemOptions},
+        config_classes() | {SampleSettings, IntakeRules, CheckpointCurve, ItemOptions},
         key=lambda c: c.__name__,
     ),
     ids=lambda c: c.__name__,
@@ -249,11 +253,38 @@ def test_a_library_request_and_engine_take_their_defaults_from_conf():
     assert Request("a", negative_prompt=None).negative_prompt is None  # validation refuses it
 
 
+def test_settings_made_from_a_group_take_its_fields_by_name(tmp_path, caplog):
+    """IntakeRules, ItemOptions, SampleSettings and EngineSettings copy no schema field by hand:
+    each field a group has is that group's value (the model's before generate's)."""
+    cfg = compose_conf(["+experiment=demo", "train.buckets=true", "model.variant=fp16",
+                        f"generate.lora={tmp_path / 'none'}"], conf_dir=CONF)  # fmt: skip
+    made = [
+        (IntakeRules.from_settings(cfg.prepare), (cfg.prepare,), {}),
+        (ItemOptions.from_settings(cfg.train, keep_tag="t"), (cfg.train,),
+         {"keep_tag": "t", "buckets": tuple(make_buckets(cfg.train.resolution,
+          cfg.train.bucket_step, cfg.train.bucket_max_aspect))}),
+        (SampleSettings.from_settings(cfg.evaluate, "t"), (cfg.evaluate,), {"trigger_phrase": "t"}),
+        (EngineSettings.from_settings(cfg.model, cfg.generate), (cfg.model, cfg.generate),
+         {"lora": None, "embeddings": tuple(cfg.generate.embeddings.items()),
+          "control_models": cfg.generate.control.models,
+          "inpaint_model": cfg.generate.inpaint.model}),
+    ]  # fmt: skip
+    for value, groups, own in made:
+        expected = {
+            f.name: next(getattr(g, f.name) for g in groups if hasattr(g, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in own
+        }
+        assert dataclasses.asdict(value) == dataclasses.asdict(type(value)(**expected, **own))
+    assert made[3][0].variant == "fp16" and "generate.lora" in caplog.text  # missing: the base
+
+
 def test_defaults_compose_conf_and_check_the_overrides():
     s = defaults("train", epochs=3, target_modules=["to_q"])
-    assert s == dataclasses.replace(group(compose_conf([], conf_dir=CONF), "train"), epochs=3,
+    assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3,
                                     target_modules=("to_q",))  # fmt: skip
     assert defaults("generate.limits", max_side=64).max_side == 64
+    assert defaults("tracking", group="mine").group == "mine"  # any key, `group` too
     assert defaults("train") is not defaults("train")  # a fresh value each call
     with pytest.raises(ConfigError, match=r"^config key `train\.epohcs` is unknown"):
         defaults("train", epohcs=3)

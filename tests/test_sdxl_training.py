@@ -45,7 +45,7 @@ def test_size_conditioning_names_the_original_the_crop_and_the_target():
 def test_sdxl_items_carry_both_tokenizers_ids_and_their_size(tiny_models):
     c = load_components(str(tiny_models["sdxl"]), unet=False)
     assert c.text_encoder_2 is not None and len(c.tokenizers) == 2
-    opts = ItemOptions.of(defaults("train", **BASE, center_crop=True), keep_tag=TRIGGER)
+    opts = ItemOptions.from_settings(defaults("train", **BASE, center_crop=True), keep_tag=TRIGGER)
     ds = DrawingDataset(_split([(80, 64)]), c.tokenizers, opts)
     item = ds[0]
     assert item["input_ids"].shape == item["input_ids_2"].shape == (1, 77)

@@ -14,7 +14,7 @@ from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
 from .helpers.lora_files import randomize_lora_b, tiny_info
-from .helpers.settings import eval_settings
+from .helpers.settings import sample_settings
 
 SMALL = dict(
     steps=3, width=64, height=64, sampler="euler", seed=7, positive_prefix="", negative_prefix=""
@@ -147,7 +147,7 @@ def test_evaluation_scales_the_text_encoder_lora_as_the_app(tiny_models, te_lora
     pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
     use_sampler(pipe, "euler")
     pipe.load_lora_weights(str(te_lora), use_safetensors=True)
-    s = eval_settings(
+    s = sample_settings(
         prompts=(PROMPT,), negative_prompt="", seeds=(7,), num_inference_steps=3,
         guidance_scale=7.5, resolution=64, positive_prefix="", negative_prefix="", sampler="euler",
     )  # fmt: skip

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import pytest
 
-from kshd.config.compose import compose_conf
+from kshd.config.compose import compose_conf, defaults
 from kshd.config.errors import ConfigError
 from kshd.experiments.tracking import (
     REDACTED,
@@ -23,16 +20,10 @@ from .conftest import ROOT
 from .helpers.wandb_offline import find_offline_runs
 
 
-@functools.cache
-def _conf_tracking() -> TrackingSettings:
-    from kshd.config.schema import group
-
-    return group(compose_conf([], conf_dir=ROOT / "conf"), "tracking")
-
-
 def tracking(**changes) -> TrackingSettings:
-    """conf/'s tracking group (the schema has no defaults of its own) with `changes`."""
-    return dataclasses.replace(_conf_tracking(), **changes)
+    """conf/'s tracking group (the schema has no defaults of its own) with `changes`, checked
+    as config keys."""
+    return defaults("tracking", ROOT / "conf", **changes)
 
 
 def finish(run) -> None:

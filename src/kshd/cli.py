@@ -7,18 +7,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kshd.config.schema import ProjectConfig
 
 DEMO = "+experiment=demo"
 
 
 def _compose_params(args: argparse.Namespace) -> int:
     """Regenerate params.yaml from conf/ exactly as `dvc exp run` does."""
-    from dvc.utils.hydra import compose_and_dump
+    from kshd.config.compose import compose_params
 
-    root = Path.cwd()
-    compose_and_dump(
-        Path(args.output), str(root / "conf"), None, "config", str(root), list(args.overrides)
-    )
+    compose_params(args.output, list(args.overrides))
     logging.info(
         "wrote %s from conf/%s",
         args.output,
@@ -90,7 +91,7 @@ def _push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_demo_models(cfg) -> None:
+def _build_demo_models(cfg: ProjectConfig) -> None:
     """Before drawing: the demo profile's tiny models (`tiny.build`), built or made current."""
     if cfg.tiny.build:
         from kshd_world.demo import build_demo_models

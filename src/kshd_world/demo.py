@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from kshd.config.schema import ProjectConfig
 from kshd.experiments.dvc import dvc_executable
 
 log = logging.getLogger("kshd_world.demo")
@@ -28,7 +27,7 @@ log = logging.getLogger("kshd_world.demo")
 DEMO_OVERRIDE = "+experiment=demo"
 
 
-def build_demo_models(cfg: DictConfig, root: Path = Path()) -> None:
+def build_demo_models(cfg: ProjectConfig, root: Path = Path()) -> None:
     """The demo profile's tiny local models (`tiny.build`, in `tiny.dir` under `root`), built or
     brought up to date before DVC or the app runs: stages only check that the folders exist."""
     if cfg.tiny.build:

@@ -1,11 +1,11 @@
-"""Settings for tests, built from conf/'s defaults (kshd.config.compose.defaults) with what a test
-changes written out: no default hides in code."""
+"""Settings for tests, built from the project's defaults (kshd.config.compose.defaults: params.yaml,
+composed from conf/) with what a test changes written out: no default hides in code."""
 
 from __future__ import annotations
 
 from kshd.config.compose import defaults
 from kshd.data.images import IntakeRules
-from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sampling import SampleSettings
 
 # Drawn without the app's prefixes and with the pipeline's own scheduler: tests that compare
 # against a plain diffusers pipeline, or do not care how the app words a prompt.
@@ -21,16 +21,15 @@ QUICK_EVAL = dict(
 )
 
 
-def eval_settings(trigger_phrase: str = "", **changes) -> EvalSettings:
+def sample_settings(trigger_phrase: str = "", **changes) -> SampleSettings:
     """The `evaluate` group's drawing settings from conf/ with `changes` (checked as config
     keys), as the evaluate stage builds them."""
-    return EvalSettings.of(defaults("evaluate", **changes), trigger_phrase)
+    return SampleSettings.from_settings(defaults("evaluate", **changes), trigger_phrase)
 
 
 def intake_rules(**changes) -> IntakeRules:
     """What an acceptable drawing is, from conf/'s `prepare` group with `changes`."""
-    p = defaults("prepare", **changes)
-    return IntakeRules(background=p.background, min_side=p.min_side, max_pixels=p.max_pixels)
+    return IntakeRules.from_settings(defaults("prepare", **changes))
 
 
 def intake(**changes) -> dict:

@@ -11,8 +11,6 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-
 from kshd.config.errors import ConfigError
 
 T = TypeVar("T")
@@ -113,11 +111,9 @@ def require(condition: bool, key: str, value: object, accepted: str) -> None:
         raise ConfigError(f"config key `{key}` = {value!r} is not valid: expected {accepted}.")
 
 
-def settings(node: Mapping | DictConfig, cls: type[T], key: str, source: str = "conf/") -> T:
+def settings(node: Mapping, cls: type[T], key: str, source: str = "conf/") -> T:
     """`cls` filled from the config node at `key`: every field must be there and nothing else,
     so a misspelt key is named instead of silently dropped, and no default hides in code."""
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, Mapping):
         raise ConfigError(f"config key `{key}` = {node!r} is not valid: expected a mapping.")
     path = f"{key}." if key else ""
@@ -184,6 +180,18 @@ def _typed(value: Any, hint: Any, key: str, source: str) -> Any:
         ok = True
     null = " (null is not accepted here)" if value is None else ""
     require(ok, key, value, _WORDS.get(hint, str(hint)) + null)
+    return value
+
+
+def as_plain(value: Any) -> Any:
+    """The reverse of `settings`: a settings object as plain values (mappings, lists), which
+    `settings` fills back into the same object; what YAML and wandb take."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_plain(v) for v in value]
     return value
 
 

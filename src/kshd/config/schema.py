@@ -1,11 +1,11 @@
 """The config schema: one typed dataclass per group of conf/, checked whenever config loads.
 
-`kshd.config.settings` fills a group's dataclass and rejects unknown and missing keys; `check`
-runs it over every group right after `load_params` / `compose_conf`, so a bad value anywhere is
-one line naming the key before any stage loads a model. The classes are the settings the code
-uses (`TrainSettings`, `CaptionSettings`, `TrackingSettings`, `Limits` are re-exported where
-they are used). Defaults live in conf/ only: no field has one here (tests/test_schema.py), and
-code gets them with `kshd.config.compose.defaults(group, **overrides)`. The marks on the fields
+`kshd.config.fill.settings` fills a group's dataclass and rejects unknown and missing keys;
+`check` runs it over every group inside `load_params` / `compose_conf`, so a bad value anywhere
+is one line naming the key before any stage loads a model, and the code reads the typed
+`ProjectConfig` they return (`cfg.train` is a `TrainSettings`). Defaults live in conf/ only: no
+field has one here (tests/test_schema.py), and code gets them with
+`kshd.config.compose.defaults(group, **overrides)`. The marks on the fields
 (DEFINES_RESULT, `changes(...)`) say which stages' outputs a key changes: `stage_params` derives
 each stage's DVC params from them. This module imports no stage's code, so every stage may check
 every group at load."""
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from omegaconf import DictConfig
 
 from kshd.config.fill import (
     DEFINES_RESULT,
@@ -140,14 +139,10 @@ class ProjectConfig:
     tracking: TrackingSettings
 
 
-def check(cfg: DictConfig, source: str = "conf/") -> ProjectConfig:
-    """Every group filled and validated; the first bad key raises a one-line ConfigError."""
-    return settings(cfg, ProjectConfig, "", source)
-
-
-def group(cfg: DictConfig, name: str):
-    """One group's settings object, e.g. `group(cfg, "train")` -> TrainSettings."""
-    return settings(cfg[name], typing.get_type_hints(ProjectConfig)[name], name)
+def check(tree: Mapping, source: str = "conf/") -> ProjectConfig:
+    """A composed tree's every group filled and validated once; the first bad key raises a
+    one-line ConfigError."""
+    return settings(tree, ProjectConfig, "", source)
 
 
 def stage_params(stage: str) -> list[str]:

@@ -35,7 +35,7 @@ class SketchEvalSettings:
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.EvalSettings draws them).
+    """`evaluate`: fixed-seed samples and metrics (evaluation.sampling.SampleSettings draws them).
 
     Every key changes the report (samples, metrics, the checkpoint curve, the best one)."""
 

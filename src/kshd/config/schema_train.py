@@ -16,7 +16,7 @@ from kshd.config.values import (
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The `train` config group (conf/train/), filled by `kshd.config.settings`.
+    """The `train` config group (conf/train/), filled by `kshd.config.fill.settings`.
 
     No defaults in code: they live in conf/train/ (`kshd.config.compose.defaults("train", ...)`).
     DEFINES_RESULT marks the fields in the resume fingerprint (and the train stage's DVC

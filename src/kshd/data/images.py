@@ -10,11 +10,15 @@ import re
 import stat
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from kshd.config.schema import PrepareSettings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -32,12 +36,17 @@ class ImageRejected(ValueError):
 class IntakeRules:
     """What an acceptable drawing is and how it is normalised.
 
-    No defaults: the prepare stage fills it from conf/'s `prepare` group, the app from
-    `generate.limits`."""
+    No defaults: the prepare stage fills it from the `prepare` group (`from_settings`), the app
+    from `generate.limits`."""
 
     background: tuple[int, int, int]
     min_side: int
     max_pixels: int
+
+    @classmethod
+    def from_settings(cls, prepare: PrepareSettings) -> IntakeRules:
+        """The `prepare` group's rules, field by field of the same name."""
+        return cls(**{f.name: getattr(prepare, f.name) for f in fields(cls)})
 
 
 @dataclass

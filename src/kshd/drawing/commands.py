@@ -8,6 +8,8 @@ import os
 
 from tqdm import tqdm
 
+from kshd.config.schema import ProjectConfig
+from kshd.config.schema_model import ModelSettings
 from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
 from kshd.drawing.request import SAMPLERS, RequestError
 
@@ -115,11 +117,10 @@ def request_changes(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name, None) for f in fields(Request) if f.name != "prompt"}
 
 
-def base_model_missing(cfg, command: str) -> bool:
+def base_model_missing(m: ModelSettings, command: str) -> bool:
     """Say in one line (and return True) when the base model cannot be had: before any work."""
     from kshd.models.source import ModelSourceError, check_model_source
 
-    m = cfg.model
     try:
         check_model_source(m.pretrained, "model.pretrained", "model_index.json", m.revision)
     except ModelSourceError as exc:
@@ -128,7 +129,7 @@ def base_model_missing(cfg, command: str) -> bool:
     return False
 
 
-def prepare_models(args: argparse.Namespace, cfg) -> None:
+def prepare_models(args: argparse.Namespace, cfg: ProjectConfig) -> None:
     """What the `kshd` command does before drawing (`args.prepare_models`: the demo profile's
     tiny models built), so that this module never imports the demo world."""
     prepare = getattr(args, "prepare_models", None)
@@ -136,7 +137,7 @@ def prepare_models(args: argparse.Namespace, cfg) -> None:
         prepare(cfg)
 
 
-def load_config(overrides: list[str], command: str):
+def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
     """The composed config, or None after saying in one line which key is wrong."""
     from kshd.config.compose import load_params
     from kshd.config.errors import UserError
@@ -149,18 +150,18 @@ def load_config(overrides: list[str], command: str):
 
 
 def draw(args: argparse.Namespace) -> int:
-    from kshd.drawing.engine import Engine
-    from kshd.drawing.settings import default_request, engine_settings
+    from kshd.drawing.engine import Engine, EngineSettings
+    from kshd.drawing.request import Request
 
     cfg = load_config(args.overrides, args.command)
     if cfg is None:
         return 2
     prepare_models(args, cfg)
-    if base_model_missing(cfg, args.command):
+    if base_model_missing(cfg.model, args.command):
         return 2
-    req = default_request(cfg, args.prompt, **request_changes(args))
+    req = Request.from_settings(cfg.generate, args.prompt, **request_changes(args))
     try:
-        engine = Engine(engine_settings(cfg, args.lora))
+        engine = Engine(EngineSettings.from_settings(cfg.model, cfg.generate, args.lora))
         with tqdm(total=1, unit="step", desc=req.kind) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -186,7 +187,7 @@ def gui(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     prepare_models(args, cfg)
-    if base_model_missing(cfg, "gui"):
+    if base_model_missing(cfg.model, "gui"):
         return 2
     auth = os.environ.get("KSHD_GUI_AUTH")
     return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)

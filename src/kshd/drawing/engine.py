@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 
 from kshd import __version__
+from kshd.config.schema_generate import GenerateSettings
+from kshd.config.schema_model import ModelSettings
 from kshd.drawing.control import (
     ControlNets,
     control_call,
@@ -43,6 +45,7 @@ from kshd.drawing.request import (
     SAMPLERS,
     Limits,
     Request,
+    conf_value,
     fill_from_conf,
     first_seed,
     input_picture,
@@ -59,11 +62,15 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
 
 
+# EngineSettings field <- generate key, where the names differ
+ENGINE_KEYS = {"control_models": "control.models", "inpaint_model": "inpaint.model"}
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """What the engine loads and where it saves. A `generate` field left out (device to limits)
-    takes conf/'s value, so `EngineSettings("model")` works without the defaults in code;
-    `drawing.settings.engine_settings` fills every field from the composed config."""
+    takes the project's value (params.yaml, else conf/), so `EngineSettings("model")` works
+    without the defaults in code; `from_settings` fills every field from a loaded config."""
 
     pretrained: str
     revision: str | None = None  # None: the model's main branch, not a default of conf/
@@ -86,7 +93,28 @@ class EngineSettings:
     guidance_rescale: float = FROM_CONF
 
     def __post_init__(self) -> None:
-        fill_from_conf(self, {"control_models": "control.models", "inpaint_model": "inpaint.model"})
+        fill_from_conf(self, ENGINE_KEYS)
+
+    @classmethod
+    def from_settings(
+        cls, model: ModelSettings, generate: GenerateSettings, lora: str | None = None
+    ) -> EngineSettings:
+        """The `model` group's fields of the same names, the `generate` group's for the rest;
+        `lora` (the command line's) must exist, `generate.lora` may be missing: the base alone."""
+        chosen = lora if lora is not None else generate.lora
+        if chosen and lora is None and not Path(chosen).exists():
+            log.warning(
+                "no LoRA at %s (generate.lora): drawing with the base model alone. Train one "
+                "with `dvc repro` (or `make demo`), or name one with --lora.",
+                chosen,
+            )
+            chosen = None
+        embeddings = tuple((str(k), str(v)) for k, v in (generate.embeddings or {}).items())
+        own = {"lora": chosen or None, "embeddings": embeddings}
+        names = [f.name for f in fields(cls) if f.name not in own]
+        values = {n: getattr(model, n) for n in names if hasattr(model, n)}
+        values |= {n: conf_value(generate, n, ENGINE_KEYS) for n in names if n not in values}
+        return cls(**values, **own)
 
 
 @dataclass

@@ -16,10 +16,10 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
 
+from kshd.config.schema import ProjectConfig  # noqa: E402
 from kshd.drawing.catalog import NONE, LoraCatalog  # noqa: E402
-from kshd.drawing.engine import Engine  # noqa: E402
+from kshd.drawing.engine import Engine, EngineSettings  # noqa: E402
 from kshd.drawing.gui_actions import (  # noqa: E402
     Handlers,
     busy,
@@ -208,23 +208,21 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def serve(
-    cfg: DictConfig, host: str | None = None, port: int | None = None, lora: str | None = None,
+    cfg: ProjectConfig, host: str | None = None, port: int | None = None, lora: str | None = None,
     auth: str | None = None, block: bool = True,
 ) -> tuple[gr.Blocks, Engine]:  # fmt: skip
     """Load the engine and start the server (with `block=False` it returns at once, for tests)."""
-    from kshd.drawing.settings import default_request, engine_settings, generate_settings
-
     g = cfg.generate
     host = host or g.gui.host
     credentials = parse_auth(auth)
     if host not in LOOPBACK and credentials is None:
         log.warning("serving on %s without a password: set KSHD_GUI_AUTH=user:password", host)
-    engine = Engine(engine_settings(cfg, lora))
-    gui = generate_settings(cfg).gui
+    engine = Engine(EngineSettings.from_settings(cfg.model, g, lora))
+    gui = g.gui
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # the checkpoints hold the run's raw weights
     handlers = Handlers(engine, strength, model_status)
-    ui = build_ui(engine, default_request(cfg), catalog, list(gui.models), handlers)
+    ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
     drawings = dict(TAB_NAMES)
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
@@ -245,7 +243,7 @@ def serve(
     return ui, engine
 
 
-def launch(cfg: DictConfig, **kwargs) -> int:
+def launch(cfg: ProjectConfig, **kwargs) -> int:
     """Serve until Ctrl-C; then let a drawing in progress finish before the process exits."""
     _, engine = serve(cfg, **kwargs)
     with engine.lock:

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from kshd.config.schema_generate import Limits
+from kshd.config.schema_generate import GenerateSettings, Limits
 from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS, RESIZE_MODES, SAMPLERS
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 from kshd.prompts.encoding import join_prefix
@@ -23,8 +23,9 @@ WHITE = (255, 255, 255)  # an image-to-image input's transparency and `fill` pad
 
 
 class _FromConf:
-    """The default of a request or engine field: conf/'s `generate` value, filled when built
-    (an explicit None stays None, and validation names it)."""
+    """The default of a request or engine field: the project's `generate` value (its
+    params.yaml, else conf/: `kshd.config.compose.defaults`), filled when built (an explicit
+    None stays None, and validation names it)."""
 
     def __repr__(self) -> str:
         return "<conf/generate>"
@@ -70,9 +71,10 @@ class Request:
     """One text-to-image or image-to-image request (image set = image-to-image), guided by a
     ControlNet when `control_image` is set (a sketch; its lines are found by `preprocessor`).
 
-    A field left out takes conf/'s `generate` value, so `Request("a girl")` works for
-    library callers while the defaults live in conf/ alone; the app and the CLI fill every
-    field from their own config (`drawing.settings.default_request`)."""
+    A field left out takes the project's `generate` value (the working directory's params.yaml,
+    as `kshd gui` there loads it, else conf/), so `Request("a girl")` works for library callers
+    while the defaults live in conf/ alone; the app and the CLI fill every field from the
+    config they loaded, overrides included (`from_settings`)."""
 
     prompt: str
     negative_prompt: str = FROM_CONF
@@ -105,6 +107,13 @@ class Request:
     def __post_init__(self) -> None:
         fill_from_conf(self)
 
+    @classmethod
+    def from_settings(cls, generate: GenerateSettings, prompt: str = "", **changes) -> Request:
+        """Every field from these `generate` settings (a loaded config's), then `changes`
+        (None = keep the setting)."""
+        values = {name: conf_value(generate, name) for name in CONF_FIELDS}
+        return cls(prompt, **values | {k: v for k, v in changes.items() if v is not None})
+
     @property
     def kind(self) -> str:
         if self.control_image is not None:
@@ -127,7 +136,7 @@ class Request:
 
 
 def fill_from_conf(obj: Any, keys: dict[str, str] = REQUEST_KEYS) -> None:
-    """Each field of the dataclass `obj` left at FROM_CONF takes conf/'s `generate` value
+    """Each field of the dataclass `obj` left at FROM_CONF takes the project's `generate` value
     (frozen ones too; `keys`: its key where the names differ): one place for Request's and
     EngineSettings' defaults."""
     left = [f.name for f in fields(obj) if getattr(obj, f.name) is FROM_CONF]
@@ -144,7 +153,7 @@ CONF_FIELDS = tuple(f.name for f in fields(Request) if f.default is FROM_CONF)
 
 
 def conf_request_values(conf_dir: str | Path | None = None) -> dict[str, Any]:
-    """conf/'s `generate` values by request field name (kshd.config.compose.defaults)."""
+    """The project's `generate` values by request field name (kshd.config.compose.defaults)."""
     from kshd.config.compose import defaults
 
     g = defaults("generate", conf_dir)

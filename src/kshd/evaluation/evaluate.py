@@ -17,8 +17,8 @@ from PIL import Image
 
 from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
-    EvalSettings,
     Images,
+    SampleSettings,
     grid,
     sample,
     strip_trigger,
@@ -50,9 +50,9 @@ class Samples:
     no_trigger: Images  # the headline strength, prompts without the trigger phrase
 
 
-def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
+def base_cache_folder(root: Path, model: dict, s: SampleSettings) -> Path:
     """Where the base model's images for these prompts, seeds and sampler settings live: keyed
-    by the fields EvalSettings marks DEFINES_RESULT, as the app encodes prompts."""
+    by the fields SampleSettings marks DEFINES_RESULT, as the app encodes prompts."""
     import hashlib
     import json
 
@@ -64,7 +64,7 @@ def base_cache_folder(root: Path, model: dict, s: EvalSettings) -> Path:
     return root / f"eval-base-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
 
-def cached_base(pipe, s: EvalSettings, folder: Path | None, prompt_encoder=None) -> Images:
+def cached_base(pipe, s: SampleSettings, folder: Path | None, prompt_encoder=None) -> Images:
     """The base model's images, drawn once per (model, prompts, seeds, settings) and kept as PNG
     (lossless, so the metrics are the same whether they came from the cache or not)."""
     names = [[f"p{i:03d}-s{seed}.png" for seed in s.seeds] for i in range(len(s.prompts))]
@@ -84,7 +84,7 @@ def cached_base(pipe, s: EvalSettings, folder: Path | None, prompt_encoder=None)
 
 
 def generate_samples(
-    pipe, lora_dir: Path, s: EvalSettings, base_cache: Path | None = None, prompt_encoder=None
+    pipe, lora_dir: Path, s: SampleSettings, base_cache: Path | None = None, prompt_encoder=None
 ) -> Samples:
     """`prompt_encoder`: the app's PromptEncoder with its textual inversions (None: plain)."""
 
@@ -103,11 +103,11 @@ def generate_samples(
     return Samples(base, lora, no_trigger)
 
 
-def grid_row_labels(s: EvalSettings) -> list[str]:
+def grid_row_labels(s: SampleSettings) -> list[str]:
     return ["base", *(f"LoRA x{k}" for k in s.lora_scales), "no trigger"]
 
 
-def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
+def save_grids(samples: Samples, s: SampleSettings, out_dir: Path) -> list[Path]:
     """One PNG per prompt: rows base | LoRA at each strength | no trigger; columns = seeds."""
     grids_dir = out_dir / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def save_grids(samples: Samples, s: EvalSettings, out_dir: Path) -> list[Path]:
 class Scorer:
     """Embeds the references once, then scores any set of samples of the evaluation prompts."""
 
-    def __init__(self, encoder, s: EvalSettings, holdout: list, train: list, dino=None):
+    def __init__(self, encoder, s: SampleSettings, holdout: list, train: list, dino=None):
         self.encoder, self.k, self.dino = encoder, len(s.seeds), dino
         self.dino_refs = dino.images(holdout or train) if dino else None
         self.texts = encoder.texts(
@@ -169,7 +169,7 @@ class Scorer:
         return values
 
 
-def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
+def score(samples: Samples, s: SampleSettings, scorer: Scorer) -> dict:
     """All metrics; the headline ones are for the last strength in lora_scales."""
     base = scorer(samples.base)
     by_strength = {str(sc): scorer(imgs) for sc, imgs in samples.lora.items()}
@@ -190,7 +190,7 @@ def score(samples: Samples, s: EvalSettings, scorer: Scorer) -> dict:
     }
 
 
-def table_rows(samples: Samples, s: EvalSettings, scorer: Scorer) -> list[dict]:
+def table_rows(samples: Samples, s: SampleSettings, scorer: Scorer) -> list[dict]:
     """One row per image (base and headline LoRA): for the wandb table."""
     rows = []
     for variant, imgs in (
@@ -225,7 +225,7 @@ def select_checkpoints(
 def checkpoint_curve(
     pipe,
     checkpoints: list[tuple[int, Path]],
-    s: EvalSettings,
+    s: SampleSettings,
     scorer: Scorer,
     base_style: float,
     strength: float,
@@ -281,7 +281,7 @@ class Evaluation:
 def evaluate(
     pipe,
     lora_dir: Path,
-    s: EvalSettings,
+    s: SampleSettings,
     out_dir: Path,
     refs: References | None = None,
     history: CheckpointCurve | None = None,

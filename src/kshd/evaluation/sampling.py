@@ -29,11 +29,12 @@ VALIDATION_GUIDANCE = 7.5
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """How evaluation draws; DEFINES_RESULT marks what the base model's images depend on.
+class SampleSettings:
+    """How samples are drawn (the evaluation's and the training's validation images);
+    DEFINES_RESULT marks what the base model's images depend on.
 
-    No defaults: `of` fills it from the `evaluate` group (`kshd.config.compose.defaults("evaluate")`
-    outside a stage), `validation_images` from the training's validation settings."""
+    No defaults: `from_settings` fills it from the `evaluate` group, `validation_images` from
+    the training's validation settings."""
 
     prompts: tuple[str, ...] = field(metadata=DEFINES_RESULT)
     negative_prompt: str = field(metadata=DEFINES_RESULT)
@@ -53,11 +54,11 @@ class EvalSettings:
         check_sampler(self.sampler, "evaluate.sampler")
 
     @classmethod
-    def of(cls, e: EvaluateSettings, trigger_phrase: str) -> EvalSettings:
-        """The `evaluate` group's drawing settings, with the caption group's trigger phrase
-        (stripped for the no-trigger row)."""
+    def from_settings(cls, evaluate: EvaluateSettings, trigger_phrase: str) -> SampleSettings:
+        """The `evaluate` group's fields of the same names, with the caption group's trigger
+        phrase (stripped for the no-trigger row)."""
         keep = {f.name for f in fields(cls)} - {"trigger_phrase"}
-        return cls(trigger_phrase=trigger_phrase, **{k: getattr(e, k) for k in keep})
+        return cls(trigger_phrase=trigger_phrase, **{k: getattr(evaluate, k) for k in keep})
 
 
 Images = list[list[Image.Image]]  # [prompt][seed]
@@ -87,7 +88,7 @@ def use_sampler(pipe, key: str, base_config=None) -> None:
     pipe.scheduler = getattr(diffusers, cls).from_config(config, **options)
 
 
-def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_pair(encoder, prompt: str, s: SampleSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """The app's embeddings of a prompt and the negative prompt, prefixes joined as the app's."""
 
     return encoder.encode_pair(
@@ -95,7 +96,7 @@ def prompt_pair(encoder, prompt: str, s: EvalSettings) -> tuple[torch.Tensor, to
     )
 
 
-def scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float | None):
+def scaled_pair(pipe, encoder, prompt: str, s: SampleSettings, lora_scale: float | None):
     """The prompt pair with a text-encoder LoRA at the strength asked, as the app merges it
     (cross_attention_kwargs reaches the UNet alone)."""
     from diffusers.utils import scale_lora_layers, unscale_lora_layers
@@ -115,7 +116,7 @@ def scaled_pair(pipe, encoder, prompt: str, s: EvalSettings, lora_scale: float |
 def sample(
     pipe,
     prompts: Sequence[str],
-    s: EvalSettings,
+    s: SampleSettings,
     lora_scale: float | None,
     label: str,
     encoder=None,
@@ -166,7 +167,7 @@ def validation_images(
     pipe = pipeline_from_parts(
         c.vae, c.text_encoder, c.tokenizer, c.unet, scheduler, c.text_encoder_2, c.tokenizer_2
     )
-    s = EvalSettings(
+    s = SampleSettings(
         prompts=(prompt,),
         negative_prompt=negative,
         seeds=tuple(seeds),

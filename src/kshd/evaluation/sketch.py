@@ -19,7 +19,7 @@ from kshd.config.schema_evaluate import SketchEvalSettings as SketchEval
 from kshd.data.images import fit_within
 from kshd.drawing.control import is_sdxl
 from kshd.drawing.control_images import control_image
-from kshd.evaluation.sampling import EvalSettings, grid, scaled_pair, use_sampler
+from kshd.evaluation.sampling import SampleSettings, grid, scaled_pair, use_sampler
 from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def line_overlap(result: Image.Image, lines: Image.Image) -> float:
 
 
 def redraw_sketches(
-    pipe, sk: SketchEval, s: EvalSettings, drawings: Sequence[Image.Image], encoder
+    pipe, sk: SketchEval, s: SampleSettings, drawings: Sequence[Image.Image], encoder
 ) -> SketchRows:
     """The held-out drawings' line art redrawn with the ControlNet, the LoRA off then on (the
     LoRA is loaded in `pipe`; the headline strength of `s.lora_scales`)."""
@@ -136,7 +136,7 @@ def _family_of(controlnet: str) -> str:
     return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd1"
 
 
-def sketch_section(pipe, lora_dir: Path, sk: SketchEval, s: EvalSettings, drawings, encoder,
+def sketch_section(pipe, lora_dir: Path, sk: SketchEval, s: SampleSettings, drawings, encoder,
                    embed, out_dir: Path) -> dict:  # fmt: skip
     """The section's metrics (and its grids under `out_dir/sketch/`), {} when not asked for:
     with the final LoRA in `lora_dir`, loaded afresh (the checkpoint curve swapped others in)."""

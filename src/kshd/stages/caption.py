@@ -12,25 +12,24 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from kshd.captioners.registry import captioner_class
 from kshd.config.compose import shared_path
-from kshd.config.schema import group
+from kshd.config.fill import as_plain
+from kshd.config.schema import ProjectConfig
 from kshd.data.caption_cache import CaptionCache
 from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.data.captioning import write_info_csv
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json
-from kshd.stages import entry, plain, require_model, resolve_models, stage_config
+from kshd.stages import entry, require_model, resolve_models, stage_config
 
 log = logging.getLogger(__name__)
 
 
-def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) -> None:
+def log_table(cfg: ProjectConfig, items: list[Item], prepared: Path, report: dict) -> None:
     """The captions as a wandb table with thumbnails, and the report's numbers."""
-    tracking = group(cfg, "tracking")
-    wb = start_run(tracking, "caption", plain(cfg))
+    tracking = cfg.tracking
+    wb = start_run(tracking, "caption", as_plain(cfg))
     if not wb:
         return
     import wandb
@@ -45,11 +44,12 @@ def log_table(cfg: DictConfig, items: list[Item], prepared: Path, report: dict) 
     wb.finish()
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: ProjectConfig) -> dict:
     """A caption per prepared drawing (reviewed, sidecar or the captioner's) in info.csv, with the
     trigger; the regularization drawings' in reg_info.csv, without it; the report."""
-    resolve_models(cfg)
-    settings, data = group(cfg, "caption"), group(cfg, "data")
+    settings, data = cfg.caption, cfg.data
+    captioner = captioner_class(settings)
+    resolve_models(cfg, [f"caption.{key}" for key in captioner.model_keys])
     reports = Path(data.reports_dir)
     prepare = json.loads((reports / "prepare.json").read_text(encoding="utf-8"))
     items = [Item(i["file"], i["output"], i["digest"]) for i in prepare["images"]]
@@ -58,7 +58,6 @@ def run(cfg: DictConfig) -> dict:
     ]
     prepared = Path(data.prepared_dir)
     cache = CaptionCache(shared_path(data.cache_dir) / "captions.jsonl")
-    captioner = captioner_class(settings)
     identity = captioner.identity(settings)
     if any(cache.get(f"{identity}:{i.digest}") is None for i in items + reg):
         for key, marker in captioner.model_keys.items():

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from omegaconf import DictConfig
-
-from kshd.config.schema import group
+from kshd.config.schema import ProjectConfig
 from kshd.data.dataset import save_dataset
 from kshd.stages import entry, stage_config
 
 
-def run(cfg: DictConfig) -> dict[str, int]:
+def run(cfg: ProjectConfig) -> dict[str, int]:
     """info.csv -> the on-disk dataset, the holdout chosen by content; the split sizes."""
-    data = group(cfg, "data")
+    data = cfg.data
     return save_dataset(
         data.info_csv,
         data.dataset_dir,
-        group(cfg, "dataset").holdout_fraction,
-        group(cfg, "caption").trigger_phrase,
+        cfg.dataset.holdout_fraction,
+        cfg.caption.trigger_phrase,
         data.reg_info_csv,
     )
 

@@ -9,10 +9,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-from kshd.config.compose import shared_path
-from kshd.config.schema import group
+from kshd.config.compose import shared_path, value_at
+from kshd.config.fill import as_plain
+from kshd.config.schema import ProjectConfig
+from kshd.config.schema_model import ModelSettings
 from kshd.data.images import IntakeRules
 from kshd.evaluation.evaluate import (
     HEADLINE,
@@ -26,7 +26,7 @@ from kshd.evaluation.evaluate import (
 from kshd.evaluation.metrics import ClipEncoder, DinoEncoder, LazyImages
 from kshd.evaluation.references import FolderImages, folder_references, is_dataset
 from kshd.evaluation.report import SKETCH_CAPTION, render
-from kshd.evaluation.sampling import EvalSettings
+from kshd.evaluation.sampling import SampleSettings
 from kshd.evaluation.sketch import sketch_section
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
@@ -35,7 +35,7 @@ from kshd.models.identity import embeddings_identity, model_identity
 from kshd.models.loading import device_and_dtype, load_embeddings, load_sd_pipeline
 from kshd.prompts.encoding import PromptEncoder
 from kshd.prompts.sdxl import prompt_encoder as family_encoder
-from kshd.stages import entry, plain, require_model, resolve_models, stage_config
+from kshd.stages import entry, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,18 @@ def dataset_images(dataset_dir: str) -> tuple[LazyImages, LazyImages]:
     return LazyImages(ds["holdout"]), LazyImages(ds["train"])
 
 
-def reference_folder(cfg: DictConfig) -> FolderImages | None:
+def reference_folder(cfg: ProjectConfig) -> FolderImages | None:
     """`evaluate.style_references` when it is a folder of drawings (checked now, so a wrong one
     fails before any model loads), decoded with the prepare stage's rules; None for a dataset."""
     path = Path(cfg.evaluate.style_references)
     if path.resolve() == Path(cfg.data.dataset_dir).resolve() or is_dataset(path):
         return None
-    p = group(cfg, "prepare")
-    return folder_references(path, IntakeRules(p.background, p.min_side, p.max_pixels))
+    return folder_references(path, IntakeRules.from_settings(cfg.prepare))
 
 
-def reference_images(cfg: DictConfig, folder: FolderImages | None) -> tuple[Sequence, LazyImages]:
+def reference_images(
+    cfg: ProjectConfig, folder: FolderImages | None
+) -> tuple[Sequence, LazyImages]:
     """(style references, training drawings): the folder's drawings, or the held-out split of
     the dataset folder `evaluate.style_references` names (by default the training's own)."""
     holdout, train = dataset_images(cfg.data.dataset_dir)
@@ -89,10 +90,9 @@ def reference_images(cfg: DictConfig, folder: FolderImages | None) -> tuple[Sequ
     return dataset_images(str(path))[0], train
 
 
-def load_pipeline(cfg: DictConfig):
+def load_pipeline(m: ModelSettings):
     """The base model once; LoRAs are loaded into it and swapped by the evaluation."""
     device, dtype = device_and_dtype()
-    m = group(cfg, "model")
     pipe = load_sd_pipeline(m.pretrained, m.revision, m.variant, device, dtype,
                             m.prediction_type, m.zero_terminal_snr,
                             m.single_file_config)  # fmt: skip
@@ -118,7 +118,7 @@ def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder,
 
 
 def write_outputs(
-    cfg: DictConfig, settings: EvalSettings, metrics: dict, curve: list, table: list[dict]
+    cfg: ProjectConfig, settings: SampleSettings, metrics: dict, curve: list, table: list[dict]
 ) -> None:
     out = Path(cfg.output.reports_dir)
     write_json(out / "metrics.json", metrics)
@@ -128,7 +128,7 @@ def write_outputs(
     labels = grid_row_labels(settings)
     page = render(metrics, curve, grids, list(settings.prompts), labels, out, sketches)
     write_text(out / "index.html", page)
-    wb = start_run(group(cfg, "tracking"), "evaluate", plain(cfg))
+    wb = start_run(cfg.tracking, "evaluate", as_plain(cfg))
     if wb:
         import wandb
 
@@ -145,18 +145,18 @@ def write_outputs(
         wb.finish()
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: ProjectConfig) -> dict:
     """The LoRA (and its checkpoints) against the base model: grids, metrics, the report."""
-    e = group(cfg, "evaluate")
+    e = cfg.evaluate
     folder = reference_folder(cfg) if e.clip_model else None
     resolve_models(cfg)
-    settings = EvalSettings.of(e, group(cfg, "caption").trigger_phrase)
+    settings = SampleSettings.from_settings(e, cfg.caption.trigger_phrase)
     require_model(cfg, "model.pretrained", "model_index.json")
-    for key in ("clip_model", "dino_model", "sketch.controlnet"):
-        if OmegaConf.select(cfg, f"evaluate.{key}"):
-            require_model(cfg, f"evaluate.{key}")
-    pipe, device = load_pipeline(cfg)
-    prompt_encoder, embeddings = app_encoder(pipe, group(cfg, "generate").embeddings)
+    for key in ("evaluate.clip_model", "evaluate.dino_model", "evaluate.sketch.controlnet"):
+        if value_at(cfg, key):
+            require_model(cfg, key)
+    pipe, device = load_pipeline(cfg.model)
+    prompt_encoder, embeddings = app_encoder(pipe, cfg.generate.embeddings)
     refs = None
     if e.clip_model:
         encoder = ClipEncoder(e.clip_model, device)
@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
     model = model_identity(cfg.model.pretrained, cfg.model.revision)
-    model |= group(cfg, "model").schedule_identity()
+    model |= cfg.model.schedule_identity()
     if embeddings:  # the base images depend on them (keys without any stay as they were)
         model |= {"embeddings": embeddings}
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)

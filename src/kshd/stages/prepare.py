@@ -5,23 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from kshd.config.schema import group
+from kshd.config.schema import ProjectConfig
 from kshd.data.images import IntakeRules
 from kshd.data.intake import PrepareReport, prepare_folder, prepare_reg_folder
 from kshd.fileio import write_json
 from kshd.stages import entry, stage_config
 
 
-def run(cfg: DictConfig) -> PrepareReport:
+def run(cfg: ProjectConfig) -> PrepareReport:
     """Every raw drawing decoded and resized, or reported with its reason; the regularization
     drawings likewise, reported under `reg`."""
-    p, data = group(cfg, "prepare"), group(cfg, "data")
+    p, data = cfg.prepare, cfg.data
     intake = {
         "resolution": p.resolution,
         "upscale": p.upscale,
-        "rules": IntakeRules(p.background, p.min_side, p.max_pixels),
+        "rules": IntakeRules.from_settings(p),
     }
     report = prepare_folder(data.raw_dir, data.prepared_dir, **intake)
     reg = prepare_reg_folder(data.reg_dir, data.prepared_dir, **intake)

@@ -12,18 +12,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from kshd.adapters.lora import KohyaInfo, save_lora
 from kshd.config.compose import shared_path
-from kshd.config.schema import group
+from kshd.config.fill import as_plain
+from kshd.config.schema import ProjectConfig
 from kshd.config.schema_train import TrainSettings
 from kshd.evaluation.sampling import grid, validation_images
 from kshd.experiments.tracking import start_run
 from kshd.fileio import write_json, write_text
 from kshd.models.family import is_single_file
 from kshd.models.identity import file_sha256, model_identity
-from kshd.stages import entry, plain, require_model, resolve_models, stage_config
+from kshd.stages import entry, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import fingerprint
 from kshd.training.components import load_components
 from kshd.training.inputs import check_reg
@@ -44,9 +43,9 @@ def loss_csv(result: TrainResult) -> str:
     return buf.getvalue()
 
 
-def validator(cfg: DictConfig, s: TrainSettings, run):
+def validator(validation_dir: str, s: TrainSettings, run):
     """Sample the validation prompt every `train.validation_epochs` and after the last epoch."""
-    out = Path(cfg.output.validation_dir)
+    out = Path(validation_dir)
     out.mkdir(parents=True, exist_ok=True)  # a DVC output, even when nothing is sampled
     if not (s.validation_epochs and s.validation_prompt):
         return None
@@ -80,7 +79,7 @@ def validator(cfg: DictConfig, s: TrainSettings, run):
 
 
 def write_outputs(
-    cfg: DictConfig,
+    cfg: ProjectConfig,
     s: TrainSettings,
     components,
     result: TrainResult,
@@ -122,25 +121,25 @@ def _base_model(pretrained: str) -> dict:
     return {"base_model": pretrained}
 
 
-def run(cfg: DictConfig) -> dict | None:
+def run(cfg: ProjectConfig) -> dict | None:
     """data/dataset -> models/lora; the metrics (None off the main process). Raises Interrupted
     on Ctrl-C or SIGTERM once a checkpoint is written."""
     from datasets import load_from_disk
 
     resolve_models(cfg)
-    s: TrainSettings = group(cfg, "train")
+    s = cfg.train
     require_model(cfg, "model.pretrained", "model_index.json")
     dataset = load_from_disk(cfg.data.dataset_dir)
     split, reg = dataset["train"], dataset.get("reg")
     check_reg(s, reg)
     # the UNet is loaded by the trainer once the caches are filled (see load_components)
-    m = group(cfg, "model")
+    m = cfg.model
     components = load_components(
         m.pretrained, m.revision, m.variant, False, m.prediction_type, m.zero_terminal_snr,
         m.no_half_vae, m.single_file_config,
     )  # fmt: skip
     main_process = process_state().is_main_process
-    wb = start_run(group(cfg, "tracking"), "train", plain(cfg)) if main_process else None
+    wb = start_run(cfg.tracking, "train", as_plain(cfg)) if main_process else None
     checkpoints = Path(cfg.output.checkpoints_dir)
     checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even for a run too short for one
     ckpt = CheckpointPolicy(
@@ -169,7 +168,7 @@ def run(cfg: DictConfig) -> dict | None:
             ckpt,
             shared_path(cfg.data.cache_dir),
             cfg.caption.trigger_phrase,
-            validator(cfg, s, wb),
+            validator(cfg.output.validation_dir, s, wb),
             give_back=False,  # only the LoRA is saved: no need to load the VAE again
             reg_split=reg,
         )

@@ -12,7 +12,7 @@ import hashlib
 import io
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,7 +139,8 @@ def caption_variant(text: str, keep: str, dropout: float, shuffle: bool, rng: ra
 
 @dataclass(frozen=True)
 class ItemOptions:
-    """How a drawing becomes a training item: train.* settings, no defaults of their own."""
+    """How a drawing becomes a training item: train.* settings of the same names, no defaults
+    of their own (`from_settings`)."""
 
     resolution: int
     center_crop: bool
@@ -152,22 +153,16 @@ class ItemOptions:
     max_token_length: int  # caption tokens: 75, 150 or 225 (kohya's), in 75-token chunks
 
     @classmethod
-    def of(cls, s: TrainSettings, keep_tag: str) -> ItemOptions:
-        """From the train group's settings; buckets when `train.buckets`."""
+    def from_settings(cls, train: TrainSettings, keep_tag: str) -> ItemOptions:
+        """The train group's fields of the same names; the buckets made when `train.buckets`."""
         buckets = (
-            make_buckets(s.resolution, s.bucket_step, s.bucket_max_aspect) if s.buckets else ()
+            make_buckets(train.resolution, train.bucket_step, train.bucket_max_aspect)
+            if train.buckets
+            else ()
         )
-        return cls(
-            s.resolution,
-            s.center_crop,
-            s.random_flip,
-            s.seed,
-            s.caption_dropout,
-            s.shuffle_tags,
-            keep_tag,
-            tuple(buckets),
-            s.max_token_length,
-        )
+        own = {"keep_tag": keep_tag, "buckets": tuple(buckets)}
+        same = {f.name: getattr(train, f.name) for f in fields(cls) if f.name not in own}
+        return cls(**same, **own)
 
 
 class DrawingDataset(torch.utils.data.Dataset):

@@ -49,7 +49,7 @@ def build_dataset(
     from kshd.prompts.encoding import CaptionChunker
     from kshd.training.latent_cache import LatentSource, TextSource, module_fingerprint
 
-    opts = ItemOptions.of(s, keep_tag)
+    opts = ItemOptions.from_settings(s, keep_tag)
 
     tokenizers = c.tokenizers
     if not (s.cache_latents and cache_dir):
