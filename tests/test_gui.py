@@ -30,8 +30,11 @@ class _RecordingEngine:
         self.limits, self.notes, self.requests = limits, [], []
         self.model_name, self.lora_name, self.lora_hash, self.lora_path = "tiny", None, None, None
         self.family = "sd1"  # the size presets' family
-        self.settings = SimpleNamespace(pretrained="tiny", outputs_dir="outputs")
-        self.controls = SimpleNamespace(models={"lineart_anime": "some/controlnet"})
+        self.settings = SimpleNamespace(
+            pretrained="tiny",
+            outputs_dir="outputs",
+            control_models={"lineart_anime": "some/controlnet"},
+        )
 
     def generate(self, req, progress, owner=None):
         self.requests.append(req)

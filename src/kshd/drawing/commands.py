@@ -150,6 +150,8 @@ def load_config(overrides: list[str], command: str):
 
 def draw(args: argparse.Namespace) -> int:
     from kshd.drawing.engine import Engine
+    from kshd.drawing.modes.registry import mode_of
+    from kshd.drawing.modes.sketch import control_preview
     from kshd.drawing.settings import default_request, engine_settings
 
     cfg = load_config(args.overrides, args.command)
@@ -161,7 +163,7 @@ def draw(args: argparse.Namespace) -> int:
     req = default_request(cfg, args.prompt, **request_changes(args))
     try:
         engine = Engine(engine_settings(cfg, args.lora))
-        with tqdm(total=1, unit="step", desc=req.kind) as bar:
+        with tqdm(total=1, unit="step", desc=mode_of(req).name) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -169,7 +171,7 @@ def draw(args: argparse.Namespace) -> int:
 
             result = engine.generate(req, progress, folder=args.out)
         if getattr(args, "control_out", None):
-            engine.control_preview(req).save(args.control_out)
+            control_preview(req, engine.limits).save(args.control_out)
             log.info("%s  the control image", args.control_out)
     except (RequestError, FileNotFoundError) as exc:
         log.error("kshd %s: %s", args.command, exc)

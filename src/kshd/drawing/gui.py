@@ -169,7 +169,7 @@ def build_ui(
         switched = _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
             built = {}
-            types, limits = list(engine.controls.models), engine.limits
+            types, limits = list(engine.settings.control_models), engine.limits
             family = engine.family  # the size presets of its family
             with gr.Tab("Text to image", id="txt2img"):
                 built["txt2img"] = build_tab("txt2img", defaults, limits, family=family)
@@ -181,10 +181,10 @@ def build_ui(
             with gr.Tab("Sketch to style", id="sketch"):
                 built["sketch"] = build_tab("sketch", defaults, limits, types, family)
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo(built, tabs, engine.controls.models)
+                build_pnginfo(built, tabs, engine.settings.control_models)
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
-                              engine.controls.models)  # fmt: skip
+                              engine.settings.control_models)  # fmt: skip
         presets = [b for tab in built.values() for b in tab.presets]
         switched.then(lambda: preset_updates(handlers.engine.family, limits, len(built)), None,
                       presets, queue=False, api_visibility="private")  # fmt: skip

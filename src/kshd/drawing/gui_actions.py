@@ -23,6 +23,7 @@ from kshd.drawing.gui_parts import (
     SKETCH_FIELDS,
     TAB_FIELDS,
 )
+from kshd.drawing.modes.sketch import control_preview
 from kshd.drawing.request import Request, RequestError, join_prefix
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 
@@ -185,7 +186,7 @@ class Handlers:
             req = Request("", control_image=sketch, control_type=control_type,
                           preprocessor=preprocessor, width=int(width), height=int(height),
                           resize_mode=resize_mode)  # fmt: skip
-            return self.engine.control_preview(req)
+            return control_preview(req, self.engine.limits)
         except (RequestError, TypeError, ValueError) as exc:
             log.info("no preview: %s", exc)
             return None

@@ -21,7 +21,8 @@ from dataclasses import asdict
 import gradio as gr
 
 from kshd.drawing.gui_parts import CONTROL_FIELDS, MASK_FIELDS, Tab
-from kshd.drawing.request import Limits, Request, RequestError, input_picture, validate
+from kshd.drawing.modes.registry import validate
+from kshd.drawing.request import Limits, Request, RequestError, input_picture
 
 log = logging.getLogger(__name__)
 ERROR_CLASS = "field-error"

@@ -10,7 +10,8 @@ import gradio as gr
 
 from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS
 from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
-from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
+from kshd.drawing.modes.sketch import MAX_CONTROL_WEIGHT
+from kshd.drawing.request import SAMPLERS, Limits, Request
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
