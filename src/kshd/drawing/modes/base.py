@@ -9,7 +9,7 @@ after drawing. The engine draws every mode the same way: batches, seeds, Interru
 the LoRA's strength and saving (to `<outputs_dir>/<mode name>/<date>/`).
 
 A mode whose requests need fields of their own names a `Request` subclass holding them
-(`request`) and, by default, claims its instances.
+(`request`; the app builds its tab's requests with it) and claims that class's requests.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class Mode:
 
     @classmethod
     def claims(cls, req: Request) -> bool:
-        """Whether `req` is this mode's (asked only when no mode registered later claims it)."""
-        return cls.request is not Request and isinstance(req, cls.request)
+        """Whether `req` is this mode's (asked only when no mode registered later claims it).
+        Each mode says its own: a subclass of another mode would take all of that one's."""
+        raise NotImplementedError(f"{cls.__name__}.claims")
 
     @classmethod
     def check(cls, req: Request, limits: Limits) -> None:
