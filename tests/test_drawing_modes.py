@@ -1,18 +1,22 @@
 """The drawing-mode seam: which mode a request is (each mode's rule, asked from the last
 registered), and a mode added from this one file, with a field of its own, drawn by the engine
-as it is: its pixels, its PNG parameters, its outputs folder, its field's error."""
+as it is (its pixels, its PNG parameters, its outputs folder, its field's error), and its tab:
+its GUI part registered here, built, checked and drawn by the studio as it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from kshd.config.compose import defaults
 from kshd.config.schema_generate import Limits
+from kshd.drawing import gui_modes
 from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.gui_modes import TAB_FIELDS, TabPart, picture_inputs, register_tab
 from kshd.drawing.modes.img2img import ImageToImage, Picture
 from kshd.drawing.modes.registry import mode_of, modes, register_mode, validate
 from kshd.drawing.pace import work
@@ -53,6 +57,24 @@ class Mirror(ImageToImage):
         picture = super().inputs(req).picture
         turn = ImageOps.mirror if req.flip == "horizontal" else ImageOps.flip
         return Picture(turn(picture))
+
+
+def mirror_inputs(tab: str, d: Request, control_types: list[str]):
+    """The mirror's tab: image to image's inputs and the way to flip."""
+    own, _ = picture_inputs(tab, d, control_types)
+    own["flip"] = gr.Radio(list(FLIPS), value="horizontal", label="Flip", elem_id=f"{tab}-flip")
+    return own, None
+
+
+MIRROR_FIELDS = ("image", "strength", "resize_mode", "flip", *TAB_FIELDS)
+
+
+@pytest.fixture
+def mirror_tab(monkeypatch) -> TabPart:
+    """The mirror's tab, registered for one test (the studio's other tests build theirs)."""
+    monkeypatch.setattr(gui_modes, "_TABS", gui_modes.tab_parts())  # put back afterwards
+    return register_tab(TabPart(Mirror, "Mirror", MIRROR_FIELDS, mirror_inputs,
+                                stand_ins={"image": "picture"}))  # fmt: skip
 
 
 DRAW = dict(steps=4, width=64, height=64, sampler="euler", seed=3, positive_prefix="",
@@ -127,3 +149,34 @@ def test_a_mode_from_one_file_is_drawn_saved_and_checked_by_the_engine(engine, p
     assert np.array_equal(_pixels(upright.images)[0], flipped)  # no step: the picture, flipped
     with pytest.raises(RequestError, match="^flip: 'diagonal'; choose one of horizontal, vertical"):
         engine.generate(MirrorRequest("a", image=picture, flip="diagonal", **DRAW))
+
+
+def test_a_mode_s_tab_is_its_gui_part_and_the_studio_draws_it(engine, picture, mirror_tab):
+    """The studio builds the registered tab with its endpoint (`/mirror`, its fields in order),
+    names its own field's mistake beside it, and its handler draws a MirrorRequest."""
+    from kshd.drawing.gui import build_ui
+    from kshd.drawing.gui_actions import Handlers
+    from kshd.drawing.gui_checks import field_messages
+    from kshd.drawing.gui_parts import build_tab
+
+    defaults = Request("", **DRAW)
+    ui = build_ui(engine, defaults)
+    wired = {f.api_name: [c.label for c in f.inputs] for f in ui.fns.values() if f.api_name}
+    assert wired["mirror"][:5] == ["Picture", "Denoising strength", "Resize mode", "Flip", "Prompt"]
+    assert len(wired["mirror"]) == len(MIRROR_FIELDS)
+    with gr.Blocks():
+        tab = build_tab("mirror", defaults, engine.limits)
+    said = field_messages(tab, defaults, engine.limits)
+    assert said.one("flip", "diagonal") == "Flip: 'diagonal'; choose one of horizontal, vertical"
+    assert said.one("flip", "vertical") == ""
+    req = MirrorRequest("a girl", image=picture, flip="vertical", **{**DRAW, "batch_size": 1})
+    draw = Handlers(engine).drawer("mirror")
+    gallery, info, files, drawn = draw(*[getattr(req, n) for n in MIRROR_FIELDS],
+                                       progress=lambda *a, **k: None)  # fmt: skip
+    assert "Mirror: vertical" in info and drawn[0]["flip"] == "vertical"
+    assert [p.split("/")[-3] for p in files] == ["mirror"]
+    direct = engine.generate(req, save=False).images[0]
+    assert np.array_equal(np.asarray(Image.open(files[0]).convert("RGB")), np.asarray(direct))
+    with pytest.raises(gr.Error, match="flip: 'diagonal'"):
+        draw(*[getattr(req, n) if n != "flip" else "diagonal" for n in MIRROR_FIELDS],
+             progress=lambda *a, **k: None)  # fmt: skip

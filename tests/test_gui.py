@@ -50,7 +50,7 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
 
     from kshd.drawing.gui import build_ui
     from kshd.drawing.gui_actions import Handlers
-    from kshd.drawing.gui_parts import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
+    from kshd.drawing.gui_modes import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
     from kshd.drawing.settings import default_request, generate_settings
 
     cfg = gui_cfg(tiny_models, tmp_path / "lora", tmp_path, 0)
