@@ -125,11 +125,9 @@ def _wire_tab(
     for text in texts:
         text.change(effective_prompts, texts, tab.effective, **private)
     tab.gallery.select(_selected_index, None, tab.selected, **private)
-    if tab.preview is not None:  # the lines the ControlNet will follow, before drawing
-        shown = [f.control_image, f.control_type, f.preprocessor, f.width, f.height,
-                 f.resize_mode]  # fmt: skip
-        gr.on([c.change for c in shown], handlers.control_preview, shown, tab.preview,
-              trigger_mode="always_last", **private)  # fmt: skip
+    part = tab_parts()[tab.name]
+    if part.wire is not None:  # the mode's own events (the sketch's preview of its lines)
+        part.wire(tab, lambda: handlers.engine)
     for target, button in tab.sends.items():
         into = targets["img2img" if target == "loopback" else target]
         picture = into.name == "img2img"

@@ -18,7 +18,6 @@ import gradio as gr
 from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_modes import TabPart, tab_parts
-from kshd.drawing.modes.sketch import control_preview
 from kshd.drawing.request import Request, RequestError, join_prefix
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 
@@ -176,24 +175,7 @@ class Handlers:
 
     def drawer(self, tab: str) -> Callable[..., Any]:
         """The drawing handler of the registered tab `tab` (`gui_modes`), bound to this."""
-        return MethodType(request_handler(tab_parts()[tab], Handlers._run), self)
-
-    def control_preview(
-        self, sketch: str | None, control_type: str, preprocessor: str, width: float,
-        height: float, resize_mode: str,
-    ):  # fmt: skip
-        """The lines the ControlNet will follow, shown before drawing (None: nothing to show;
-        what is wrong is said beside its field at Generate)."""
-        if not sketch:
-            return None
-        try:
-            req = Request("", control_image=sketch, control_type=control_type,
-                          preprocessor=preprocessor, width=int(width), height=int(height),
-                          resize_mode=resize_mode)  # fmt: skip
-            return control_preview(req, self.engine.limits)
-        except (RequestError, TypeError, ValueError) as exc:
-            log.info("no preview: %s", exc)
-            return None
+        return MethodType(request_handler(tab_parts()[tab], type(self)._run), self)
 
     def interrupt(self, request: gr.Request) -> str:
         """Stop this page's job at its next step, keeping the images it finished."""

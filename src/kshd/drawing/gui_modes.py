@@ -1,6 +1,6 @@
 """Each drawing mode's part of the studio: its tab's title, the Request fields of its inputs in
-order, its own inputs (built at the top of the settings column), the tabs its images are sent
-to, and what stands in for its pictures when one of its fields is checked alone.
+order, its own inputs (built at the top of the settings column) and their events, the tabs its
+images are sent to, and what stands in for its pictures when one of its fields is checked alone.
 
 A new mode's tab is its mode file (`kshd.drawing.modes`) plus a `TabPart` given to
 `register_tab` (from a file of its own): the studio builds it as a tab after the built-in ones,
@@ -10,19 +10,24 @@ sends with the engine unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS
 from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
 from kshd.drawing.modes.base import Mode
 from kshd.drawing.modes.img2img import ImageToImage
 from kshd.drawing.modes.inpaint import Inpaint
-from kshd.drawing.modes.sketch import MAX_CONTROL_WEIGHT, Sketch
+from kshd.drawing.modes.sketch import MAX_CONTROL_WEIGHT, Sketch, control_preview
 from kshd.drawing.modes.txt2img import TextToImage
-from kshd.drawing.request import Request
+from kshd.drawing.request import Request, RequestError
+
+log = logging.getLogger(__name__)
 
 # The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
 # names them in the API (`/txt2img`, `/img2img`, for gradio_client): written once, here; a
@@ -57,6 +62,8 @@ class TabPart:
     sends: tuple[str, ...] = ("img2img",)  # the tabs its images can be sent to ("loopback")
     # values that make a request its mode's when one of its own fields is checked alone
     stand_ins: dict[str, object] = field(default_factory=dict)
+    # its own events, given the built tab (`gui_parts.Tab`) and the engine in use's getter
+    wire: Callable[[Any, Callable[[], Any]], None] | None = None
 
     @property
     def name(self) -> str:
@@ -159,10 +166,39 @@ def control_inputs(tab: str, d: Request, types: list[str]) -> OwnInputs:
     return c, preview
 
 
+def _lines(engine: Callable[[], Any]) -> Callable[..., Image.Image | None]:
+    def lines(sketch, control_type, preprocessor, width, height, resize_mode):
+        """The lines the ControlNet will follow, shown before drawing (None: nothing to show;
+        what is wrong is said beside its field at Generate)."""
+        if not sketch:
+            return None
+        try:
+            req = Request("", control_image=sketch, control_type=control_type,
+                          preprocessor=preprocessor, width=int(width), height=int(height),
+                          resize_mode=resize_mode)  # fmt: skip
+            return control_preview(req, engine().limits)
+        except (RequestError, TypeError, ValueError) as exc:
+            log.info("no preview: %s", exc)
+            return None
+
+    return lines
+
+
+def wire_control_preview(tab, engine: Callable[[], Any]) -> None:
+    """The sketch's lines as the preprocessor finds them, shown as the sketch or a setting
+    that changes them changes (`engine`: the engine in use, for its limits)."""
+    f = tab.fields
+    shown = [f.control_image, f.control_type, f.preprocessor, f.width, f.height, f.resize_mode]
+    gr.on([c.change for c in shown], _lines(engine), shown, tab.preview,
+          trigger_mode="always_last", queue=False, api_visibility="private",
+          show_progress="hidden")  # fmt: skip
+
+
 register_tab(TabPart(TextToImage, "Text to image", TAB_FIELDS))
 register_tab(TabPart(ImageToImage, "Redraw", IMG2IMG_FIELDS, picture_inputs,
                      ("txt2img", "loopback")))  # fmt: skip
 register_tab(TabPart(Inpaint, "Inpaint", INPAINT_FIELDS, inpaint_inputs, ("img2img", "txt2img"),
                      {"image": "picture", "mask": "mask"}))  # fmt: skip
 register_tab(TabPart(Sketch, "Sketch to style", SKETCH_FIELDS, control_inputs,
-                     ("img2img", "txt2img"), {"control_image": "sketch"}))  # fmt: skip
+                     ("img2img", "txt2img"), {"control_image": "sketch"},
+                     wire_control_preview))  # fmt: skip
