@@ -39,7 +39,8 @@ class Drawing(Protocol):
 
 
 class Mode:
-    """One drawing mode (see the module's docstring); subclasses set `name` and `pipeline`."""
+    """One drawing mode (see the module's docstring); subclasses set `name`, `claims` and
+    `pipeline`."""
 
     name: ClassVar[str]  # the request's kind: its outputs sub-folder and the app's tab
     request: ClassVar[type[Request]] = Request  # a subclass when its requests have own fields
