@@ -283,20 +283,23 @@ CONTROL_FIELDS = ("control_type", "preprocessor", "control_weight", "guidance_st
 
 
 def test_gui_fields_handlers_and_cli_flags_are_named_as_the_request():
-    """Gradio passes a tab's inputs by position: the handlers' parameters must be the Fields,
-    in order, and every one a Request field (one name for CFG: cfg_scale)."""
+    """Gradio passes a tab's inputs by position: the handlers' parameters must be the tab's
+    fields, in order, and every one a field of its mode's requests (one name for CFG:
+    cfg_scale)."""
     import inspect
     from dataclasses import fields
 
     from kshd.cli import build_parser
     from kshd.drawing.commands import request_changes
     from kshd.drawing.gui_actions import Handlers
-    from kshd.drawing.gui_parts import TAB_FIELDS, Fields
+    from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts
     from kshd.drawing.request import REQUEST_KEYS, Request
 
     names = list(TAB_FIELDS)
     request = [f.name for f in fields(Request)]
-    assert set(f.name for f in fields(Fields)) <= set(request) and "cfg_scale" in names
+    for part in tab_parts().values():
+        assert set(part.fields) <= {f.name for f in fields(part.mode.request)}
+    assert "cfg_scale" in names
     txt2img = list(inspect.signature(Handlers.txt2img).parameters)[1:-2]
     img2img = list(inspect.signature(Handlers.img2img).parameters)[1:-2]
     assert txt2img == names and img2img == ["image", "strength", "resize_mode", *names]

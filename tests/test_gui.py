@@ -30,8 +30,11 @@ class _RecordingEngine:
         self.limits, self.notes, self.requests = limits, [], []
         self.model_name, self.lora_name, self.lora_hash, self.lora_path = "tiny", None, None, None
         self.family = "sd1"  # the size presets' family
-        self.settings = SimpleNamespace(pretrained="tiny", outputs_dir="outputs")
-        self.controls = SimpleNamespace(models={"lineart_anime": "some/controlnet"})
+        self.settings = SimpleNamespace(
+            pretrained="tiny",
+            outputs_dir="outputs",
+            control_models={"lineart_anime": "some/controlnet"},
+        )
 
     def generate(self, req, progress, owner=None):
         self.requests.append(req)
@@ -47,7 +50,7 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
 
     from kshd.drawing.gui import build_ui
     from kshd.drawing.gui_actions import Handlers
-    from kshd.drawing.gui_parts import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
+    from kshd.drawing.gui_modes import IMG2IMG_FIELDS, SKETCH_FIELDS, TAB_FIELDS
     from kshd.drawing.request import Request
 
     cfg = gui_cfg(tiny_models, tmp_path / "lora", tmp_path, 0)

@@ -12,7 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from kshd.adapters.lora import DIFFUSERS_FILE
-from kshd.drawing.gui_parts import TAB_FIELDS
+from kshd.drawing.gui_modes import TAB_FIELDS
 
 from .helpers.studio import studio_server
 

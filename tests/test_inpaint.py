@@ -134,8 +134,8 @@ def test_a_configured_9_channel_inpainting_model_draws_with_the_lora(
         return np.asarray(out.images[0], dtype=np.int16)
 
     with_lora, without = draw(1.0), draw(0.0)
-    assert engine._inpaint.unet.config.in_channels == 9
-    assert engine._inpaint.unet is not engine.txt2img.unet
+    assert engine.mode("inpaint").pipe.unet.config.in_channels == 9
+    assert engine.mode("inpaint").pipe.unet is not engine.txt2img.unet
     outside = np.ones(size, bool)
     outside[20:44, 20:44] = False
     assert np.array_equal(with_lora[outside], pixels[outside])

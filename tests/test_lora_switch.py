@@ -83,7 +83,8 @@ def test_set_lora_swaps_without_reloading_the_base(tmp_path, tiny_models, random
     engine.set_lora(str(random_lora))
     again, _ = _pixels(engine)
     assert np.array_equal(again, with_lora)
-    assert engine.txt2img.unet is unet and engine.img2img.unet is unet  # the base stayed
+    img2img = engine.mode("img2img").pipe  # image to image's pipeline
+    assert engine.txt2img.unet is unet and img2img.unet is unet  # the base stayed
     missing = tmp_path / "gone.safetensors"
     with pytest.raises(FileNotFoundError, match="gone.safetensors"):
         engine.set_lora(str(missing))  # refused before the LoRA in use is touched

@@ -77,25 +77,29 @@ def test_png_info_reads_an_a1111_file_and_says_what_a_file_lacks(tmp_path):
     assert png_info(str(tmp_path / "bare.png"))[1].startswith("This picture holds no")
 
 
+CONTROLNET = "control_v11p_sd15s2_lineart_anime [0123abcd]"  # as A1111 names a ControlNet
+
+
 @pytest.mark.parametrize("kind", ["sketch", "inpaint"])
 def test_a_sketchs_and_an_inpaintings_parameters_round_trip(engine, kind):
     """The ControlNet unit (its model found among the configured ones by name) and the
     inpainting keys come back as the fields they were written from, and write the same text."""
     from kshd.drawing.control import unit_infotext
+    from kshd.drawing.modes.sketch import Guided
 
     models = {"lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime", "canny": "x/y"}
     req = Request("a girl", positive_prefix="", negative_prefix="", steps=9, width=64,
                   height=64, lora_scale=1.0)  # fmt: skip
-    unit = None
+    given = None  # what the sketch mode read: its unit as A1111 writes it
     if kind == "sketch":
         req.control_image, req.control_type, req.preprocessor = "s.png", "lineart_anime", "invert"
         req.control_weight, req.guidance_start, req.guidance_end = 0.8, 0.1, 0.9
         req.control_mode, req.resize_mode = "prompt", "fill"
-        unit = unit_infotext(req, "invert", "control_v11p_sd15s2_lineart_anime [0123abcd]")
+        given = Guided(unit=unit_infotext(req, "invert", CONTROLNET))
     else:
         req.image, req.mask, req.strength = "p.png", "m.png", 0.7
         req.mask_blur, req.inpaint_area, req.inpaint_padding = 6, "only_masked", 40
-    text = engine.infotext(req, seed=5, unit=unit)
+    text = engine.infotext(req, seed=5, given=given)
     fields, unused = request_fields(text, "", "", models)
     assert unused == []
     names = (("control_type", "preprocessor", "control_weight", "guidance_start", "guidance_end",
@@ -105,10 +109,8 @@ def test_a_sketchs_and_an_inpaintings_parameters_round_trip(engine, kind):
     again = Request(**{k: v for k, v in fields.items() if k != "seed"},
                     control_image=req.control_image, image=req.image, mask=req.mask)  # fmt: skip
     if kind == "sketch":
-        unit = unit_infotext(
-            again, again.preprocessor, "control_v11p_sd15s2_lineart_anime [0123abcd]"
-        )
-    assert engine.infotext(again, seed=fields["seed"], unit=unit) == text
+        given = Guided(unit=unit_infotext(again, again.preprocessor, CONTROLNET))
+    assert engine.infotext(again, seed=fields["seed"], given=given) == text
     _, unused = request_fields(text, "", "", {})  # a model not configured here is said
     assert unused == (
         ["ControlNet model control_v11p_sd15s2_lineart_anime"] if kind == "sketch" else []

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from gradio.server_messages import EstimationMessage, ProcessStartsMessage
 
-from kshd.drawing.gui_parts import IMG2IMG_FIELDS, TAB_FIELDS
+from kshd.drawing.gui_modes import IMG2IMG_FIELDS, TAB_FIELDS
 from kshd.drawing.gui_queue import estimate_queue, eta, job_units
 from kshd.drawing.pace import Pace, work
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.modes.registry import mode_of
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 from kshd.drawing.request import Request, RequestError
 
@@ -62,12 +63,13 @@ def test_the_control_changes_the_drawing_and_weight_0_is_none(engine, sketch):
     assert np.array_equal(unguided, plain)  # weight 0: bit for bit the drawing without it
     again, _ = _draw(engine, **_control(sketch))
     assert np.array_equal(again, guided)  # the ControlNet pipelines are kept, not rebuilt
-    assert engine.controls.pipelines("lineart")[0].unet is engine.txt2img.unet  # shared
+    controls = engine.mode("sketch").controls
+    assert controls.pipelines("lineart")[0].unet is engine.txt2img.unet  # shared
 
 
 def test_the_guidance_range_is_kept_step_by_step(engine, sketch):
     """The ControlNet's scale at each step (its forward's `conditioning_scale`)."""
-    net = engine.controls.pipelines("lineart")[0].controlnet
+    net = engine.mode("sketch").controls.pipelines("lineart")[0].controlnet
     seen: list[float] = []
     hook = net.register_forward_pre_hook(
         lambda m, args, kwargs: seen.append(float(kwargs["conditioning_scale"])), with_kwargs=True
@@ -81,7 +83,7 @@ def test_the_guidance_range_is_kept_step_by_step(engine, sketch):
 
 
 def test_a1111s_control_modes_each_draw_their_own_way(engine, sketch):
-    net = engine.controls.pipelines("lineart")[0].controlnet
+    net = engine.mode("sketch").controls.pipelines("lineart")[0].controlnet
     drawn = {m: _draw(engine, **_control(sketch, control_mode=m))[0]
              for m in ("balanced", "prompt", "control")}  # fmt: skip
     assert not np.array_equal(drawn["balanced"], drawn["prompt"])
@@ -127,7 +129,7 @@ def test_image_to_image_with_a_control_and_the_parameters_say_so(engine, sketch,
 
 def test_sketches_are_saved_apart_and_bad_units_are_named(engine, sketch):
     req = Request("a girl", **DRAW, **_control(sketch))
-    assert req.kind == "sketch"
+    assert mode_of(req).name == "sketch"
     out = engine.generate(req)
     assert out.paths[0].parent.parent.name == "sketch"
     with pytest.raises(RequestError, match="control_type: 'canny' has no ControlNet"):

@@ -36,7 +36,11 @@ MANIFEST = "manifest.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 CONTROLNET_SEEDS = 45_000  # its drawings: apart from the base's and the held-out ones
 HELD_OUT = 10_000  # the world's held-out characters, for the measure
-SCRIPTS = ("kshd_world/world.py", "kshd_world/world_controlnet.py", "kshd/drawing/control_images.py")
+SCRIPTS = (
+    "kshd_world/world.py",
+    "kshd_world/world_controlnet.py",
+    "kshd/drawing/control_images.py",
+)
 EMBEDDING = (16, 32, 64, 64)  # the control image's encoder: 128 px down to the 16 px latents
 
 

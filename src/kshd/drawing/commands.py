@@ -151,6 +151,8 @@ def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
 
 def draw(args: argparse.Namespace) -> int:
     from kshd.drawing.engine import Engine, EngineSettings
+    from kshd.drawing.modes.registry import mode_of
+    from kshd.drawing.modes.sketch import control_preview
     from kshd.drawing.request import Request
 
     cfg = load_config(args.overrides, args.command)
@@ -162,7 +164,7 @@ def draw(args: argparse.Namespace) -> int:
     req = Request.from_settings(cfg.generate, args.prompt, **request_changes(args))
     try:
         engine = Engine(EngineSettings.from_settings(cfg.model, cfg.generate, args.lora))
-        with tqdm(total=1, unit="step", desc=req.kind) as bar:
+        with tqdm(total=1, unit="step", desc=mode_of(req).name) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -170,7 +172,7 @@ def draw(args: argparse.Namespace) -> int:
 
             result = engine.generate(req, progress, folder=args.out)
         if getattr(args, "control_out", None):
-            engine.control_preview(req).save(args.control_out)
+            control_preview(req, engine.limits).save(args.control_out)
             log.info("%s  the control image", args.control_out)
     except (RequestError, FileNotFoundError) as exc:
         log.error("kshd %s: %s", args.command, exc)

@@ -1,10 +1,11 @@
 """The drawing engine behind `kshd gui`, `kshd generate` and `kshd img2img`.
 
-The base model and the LoRA are loaded once; text-to-image and image-to-image share the weights
-(`from_pipe`). The LoRA is fused into the UNet, and into the text encoder when it has a
-text-encoder part, at the requested strength and stays fused while the strength does not change
-(as fast as the base model); a new strength restores the saved base weights exactly and fuses
-again, so strength 0 is the base model bit for bit.
+The base model and the LoRA are loaded once; every drawing mode (`kshd.drawing.modes`: text to
+image, image to image, sketch, inpaint) draws with the same weights (`from_pipe`), in the same
+batches, seeds, Interrupt and Skip, and is saved the same way. The LoRA is fused into the UNet,
+and into the text encoder when it has a text-encoder part, at the requested strength and stays
+fused while the strength does not change (as fast as the base model); a new strength restores
+the saved base weights exactly and fuses again, so strength 0 is the base model bit for bit.
 """
 
 from __future__ import annotations
@@ -23,21 +24,9 @@ from PIL import Image
 from kshd import __version__
 from kshd.config.schema_generate import GenerateSettings
 from kshd.config.schema_model import ModelSettings
-from kshd.drawing.control import (
-    ControlNets,
-    control_call,
-    sketch_control,
-    soft_injection,
-    unit_infotext,
-)
-from kshd.drawing.inpaint import (
-    inpaint_call,
-    inpaint_inputs,
-    inpaint_params,
-    inpaint_pipeline,
-    paste_back,
-)
 from kshd.drawing.lora_switching import LoraSwitching
+from kshd.drawing.modes.base import Mode
+from kshd.drawing.modes.registry import mode_of, modes, validate
 from kshd.drawing.pace import MEGA, Pace, work
 from kshd.drawing.pnginfo import format_parameters, save_png
 from kshd.drawing.request import (
@@ -48,9 +37,6 @@ from kshd.drawing.request import (
     conf_value,
     fill_from_conf,
     first_seed,
-    input_picture,
-    resize_input,
-    validate,
 )
 from kshd.models.family import SD1, SDXL, is_single_file
 from kshd.models.identity import a1111_hash, model_identity
@@ -126,26 +112,11 @@ class Generated:
     stopped: str | None = None  # "interrupt" or "skip" when the user stopped part of it
 
 
-@dataclass
-class Inputs:
-    """What a request draws from: the picture (image-to-image, inpainting), the inpainting's
-    blurred mask, the ControlNet's control image and its unit's PNG parameters."""
-
-    picture: Image.Image | None = None
-    mask: Image.Image | None = None
-    control: Image.Image | None = None
-    unit: str | None = None
-
-
 class _Stop(Exception):
     """Raised from the step callback: the batch in progress is dropped without a VAE decode."""
 
 
 INTERRUPT, SKIP = "interrupt", "skip"
-
-
-def _strength(req: Request) -> float:
-    return req.strength if req.image is not None else 1.0
 
 
 def _device(name: str) -> tuple[torch.device, torch.dtype]:
@@ -169,17 +140,16 @@ class Engine(LoraSwitching):
     """Loads once, draws many times; one request at a time (a lock guards the model)."""
 
     def __init__(self, settings: EngineSettings):
-        from diffusers import AutoPipelineForImage2Image
-
         check_model_source(
             settings.pretrained, "model.pretrained", "model_index.json", settings.revision
         )
         self.settings = settings
         self.limits = settings.limits
         self.notes: list[str] = []  # said once to the user (log, GUI)
-        self.device, dtype = _device(settings.device)
+        self._modes: dict[str, Mode] = {}  # this engine's object of each mode, made when used
+        self.device, self.dtype = _device(settings.device)
         pipe = load_sd_pipeline(
-            settings.pretrained, settings.revision, settings.variant, self.device, dtype,
+            settings.pretrained, settings.revision, settings.variant, self.device, self.dtype,
             settings.prediction_type, settings.zero_terminal_snr, settings.single_file_config,
         )  # fmt: skip
         self.family = SDXL if getattr(pipe, "text_encoder_2", None) is not None else SD1
@@ -187,9 +157,7 @@ class Engine(LoraSwitching):
             pipe.enable_attention_slicing()
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
-        self.txt2img = pipe
-        self.img2img = AutoPipelineForImage2Image.from_pipe(pipe)  # SD 1.x's or SDXL's
-        self.img2img.set_progress_bar_config(disable=True)
+        self.txt2img = pipe  # the base model's pipeline; every mode's shares its weights
         self._base_scheduler = pipe.scheduler.config
         self.model_name, self.model_hash = _model_name_and_hash(settings)
         self.lora_name = self.lora_hash = self.lora_path = None
@@ -203,8 +171,6 @@ class Engine(LoraSwitching):
         self._stop: str | None = None  # INTERRUPT or SKIP, asked for the job in progress
         self._stopped: str | None = None  # what stopped a batch of the job in progress
         self.pace = Pace()  # seconds per step-image-megapixel, for the queue's estimate
-        self.controls = ControlNets(dict(settings.control_models), pipe, self.device, dtype)
-        self._inpaint = None  # the inpainting pipeline, made when first asked for
 
     def stop(self, how: str, owner: str | None = None) -> bool:
         """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
@@ -218,7 +184,14 @@ class Engine(LoraSwitching):
         return True
 
     def _lora_changed(self) -> None:
-        self._inpaint = None  # a separate inpainting UNet holds the LoRA of its own
+        for mode in list(self._modes.values()):
+            mode.forget()  # e.g. an inpainting UNet of its own holding the old LoRA
+
+    def mode(self, name: str) -> Mode:
+        """This engine's object of the registered mode `name` (what it loaded: its pipelines)."""
+        if name not in self._modes:  # made once (setdefault: also by two threads at once)
+            self._modes.setdefault(name, modes()[name](self))
+        return self._modes[name]
 
     def _note(self, message: str) -> None:
         log.warning("%s", message)
@@ -239,8 +212,9 @@ class Engine(LoraSwitching):
         _, cls, options = SAMPLERS[key]
         return getattr(diffusers, cls).from_config(self._base_scheduler, **options)
 
-    def infotext(self, req: Request, seed: int, unit: str | None = None) -> str:
-        """A1111's `parameters` of one image (`unit`: its ControlNet unit, `unit_infotext`)."""
+    def infotext(self, req: Request, seed: int, given: Any = None) -> str:
+        """A1111's `parameters` of one image; its mode's keys (`Mode.params`) after the model's,
+        `given` being what the mode read (None: what the request alone says)."""
         prompt = req.full_prompt
         lora = self.lora_name is not None and req.lora_scale != 0
         if lora:
@@ -254,9 +228,7 @@ class Engine(LoraSwitching):
             "Model hash": self.model_hash,
             "Model": self.model_name,
             "Model family": self.family,
-            "Denoising strength": f"{req.strength:g}" if req.image is not None else None,
-            **(inpaint_params(req) if req.mask is not None else {}),
-            "ControlNet 0": unit,
+            **mode_of(req).params(req, given),
             "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
             "Version": f"kshd {__version__}",
         }
@@ -272,84 +244,48 @@ class Engine(LoraSwitching):
     ) -> Generated:
         """Draw `req.batch_count` batches of `req.batch_size`; save each PNG with its parameters.
 
-        PNGs go to `folder`, or by default to `<outputs_dir>/<txt2img|img2img>/<date>/`. `owner`
+        PNGs go to `folder`, or by default to `<outputs_dir>/<its mode's name>/<date>/`. `owner`
         names the job for `stop`; a stopped job returns the batches it finished.
         """
         req = validate(req, self.limits)
-        given = self._inputs(req)
+        mode = self.mode(mode_of(req).name)
+        given = mode.inputs(req)
         start = first_seed(req.seed)
         seeds = [(start + i) % (2**32) for i in range(req.count)]
         with self.lock:
             self._owner, self._stop, self._stopped = owner, None, None
-            self.pace.start(work(req.steps, req.count, req.width, req.height, _strength(req)))
+            self.pace.start(work(req.steps, req.count, req.width, req.height, mode.share(req)))
             try:
-                images, seeds = self._draw(req, given, seeds, progress or (lambda d, t: None))
+                images, seeds = self._draw(mode, req, given, seeds, progress or (lambda d, t: None))
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
                 self.pace.finish()
-        if given.mask is not None:  # the picture's own pixels outside the (blurred) mask
-            images = [paste_back(im, given.picture, given.mask) for im in images]
-        infotexts = [self.infotext(req, s, given.unit) for s in seeds]
+        images = mode.finish(images, given)
+        infotexts = [self.infotext(req, s, given) for s in seeds]
         paths = []
         if save:
-            folder = folder or Path(self.settings.outputs_dir) / req.kind / date.today().isoformat()
+            day = date.today().isoformat()
+            folder = folder or Path(self.settings.outputs_dir) / mode.name / day
             items = zip(images, infotexts, seeds, strict=True)
             paths = [save_png(im, text, folder, seed) for im, text, seed in items]
         return Generated(images, seeds, infotexts, paths, stopped)
 
-    def control_preview(self, req: Request) -> Image.Image:
-        """The control image a sketch request draws from (the lines its preprocessor found)."""
-        return sketch_control(validate(req, self.limits), self.limits)[0]
-
-    def _inputs(self, req: Request) -> Inputs:
-        """The pictures a request draws from, read and fitted before the model is taken."""
-        if req.mask is not None:
-            return Inputs(*inpaint_inputs(req, self.limits))
-        given = Inputs()
-        if req.image is not None:
-            picture = input_picture(req.image, self.limits)
-            given.picture = resize_input(picture, req.width, req.height, req.resize_mode)
-        if req.control_image is not None:
-            given.control, preprocessor = sketch_control(req, self.limits)
-            model = self.controls.pipelines(req.control_type)[2]
-            given.unit = unit_infotext(req, preprocessor, model)
-        return given
-
-    def _pipeline(self, req: Request, given: Inputs) -> tuple[Any, dict]:
-        """The pipeline of a request and its own arguments (size, picture, ControlNet unit)."""
-        picture, control = given.picture, given.control
-        if given.mask is not None:
-            if self._inpaint is None:
-                self._inpaint = inpaint_pipeline(self.txt2img, self.settings.inpaint_model,
-                                                 self._lora_state())  # fmt: skip
-            call = inpaint_call(req, picture, given.mask)
-            if self.settings.inpaint_model and self.lora_name:  # its own UNet: LoRA unmerged
-                call["cross_attention_kwargs"] = {"scale": req.lora_scale}
-            return self._inpaint, call
-        if control is not None:
-            txt2img, img2img, _ = self.controls.pipelines(req.control_type)
-            return txt2img if picture is None else img2img, control_call(req, control, picture)
-        if picture is None:
-            return self.txt2img, {"width": req.width, "height": req.height}
-        return self.img2img, {"image": picture, "strength": req.strength}
-
     def _draw(
-        self, req: Request, given: Inputs, seeds: list[int], progress: Progress
+        self, mode: Mode, req: Request, given: Any, seeds: list[int], progress: Progress
     ) -> tuple[list[Image.Image], list[int]]:
         """The images and their seeds; a batch stopped by `stop` is left out."""
         self.set_lora_scale(req.lora_scale)
-        picture, control = given.picture, given.control
-        if picture is not None and int(req.steps * req.strength) == 0:
-            progress(1, 1)  # strength 0: no denoising step, the picture comes back as it is
-            return [picture.copy() for _ in seeds], seeds
-        pipe, call = self._pipeline(req, given)
+        unchanged = mode.unchanged(req, given)
+        if unchanged is not None:
+            progress(1, 1)  # e.g. strength 0: no denoising step, the picture comes back as it is
+            return [unchanged.copy() for _ in seeds], seeds
+        pipe, call = mode.pipeline(req, given)
         pipe.scheduler = self._scheduler(req.sampler)
         pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
         call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}
         if self.settings.zero_terminal_snr and self.settings.guidance_rescale:
             call["guidance_rescale"] = self.settings.guidance_rescale
-        prompt_soft = control is not None and req.control_mode == "prompt"
-        with soft_injection(getattr(pipe, "controlnet", None), prompt_soft):
+        with mode.drawing(req, pipe):
             return self._batches(req, pipe, call, (pos, neg), seeds, progress)
 
     def _batches(self, req: Request, pipe, call: dict, embeds, seeds: list[int], progress):

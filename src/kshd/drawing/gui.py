@@ -31,15 +31,8 @@ from kshd.drawing.gui_actions import (  # noqa: E402
 )
 from kshd.drawing.gui_checks import request_check, wire_checks  # noqa: E402
 from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
-from kshd.drawing.gui_parts import (  # noqa: E402
-    PAGE_CSS,
-    PAGE_JS,
-    TAB_FIELDS,
-    TAB_NAMES,
-    Tab,
-    build_tab,
-    preset_updates,
-)
+from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts  # noqa: E402
+from kshd.drawing.gui_parts import PAGE_CSS, PAGE_JS, Tab, build_tab, preset_updates  # noqa: E402
 from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
 
@@ -98,7 +91,7 @@ def _wire_tab(
     limits = handlers.engine.limits
     wire_checks(tab, defaults, limits)
     started = gr.State(None)
-    draw = getattr(handlers, tab.name)
+    draw = handlers.drawer(tab.name)
     # "multiple": a click as the button comes back belongs to the next job, not to this chain
     # (Gradio's "once" would drop it); the button itself is locked while the job runs
     # the page's own path: every field checked first (errors beside their fields), then the job;
@@ -132,11 +125,9 @@ def _wire_tab(
     for text in texts:
         text.change(effective_prompts, texts, tab.effective, **private)
     tab.gallery.select(_selected_index, None, tab.selected, **private)
-    if tab.preview is not None:  # the lines the ControlNet will follow, before drawing
-        shown = [f.control_image, f.control_type, f.preprocessor, f.width, f.height,
-                 f.resize_mode]  # fmt: skip
-        gr.on([c.change for c in shown], handlers.control_preview, shown, tab.preview,
-              trigger_mode="always_last", **private)  # fmt: skip
+    part = tab_parts()[tab.name]
+    if part.wire is not None:  # the mode's own events (the sketch's preview of its lines)
+        part.wire(tab, lambda: handlers.engine)
     for target, button in tab.sends.items():
         into = targets["img2img" if target == "loopback" else target]
         picture = into.name == "img2img"
@@ -168,23 +159,26 @@ def build_ui(
     with gr.Blocks(title="KSH Drawing AI", analytics_enabled=False) as ui:
         switched = _model_bar(handlers, catalog, models)
         with gr.Tabs() as tabs:
-            built = {}
-            types, limits = list(engine.controls.models), engine.limits
+            built, parts = {}, tab_parts()
+            types, limits = list(engine.settings.control_models), engine.limits
             family = engine.family  # the size presets of its family
-            with gr.Tab("Text to image", id="txt2img"):
-                built["txt2img"] = build_tab("txt2img", defaults, limits, family=family)
+
+            def add(name: str, **where) -> None:  # a mode's tab (gui_modes), where it sits
+                with gr.Tab(parts[name].label, **{"id": name, **where}):
+                    built[name] = build_tab(name, defaults, limits, types, family)
+
+            add("txt2img")
             with gr.Tab("Image to image", id="img2img"), gr.Tabs(elem_id="img2img-modes") as modes:
-                with gr.Tab("Redraw", id="img2img-redraw"):
-                    built["img2img"] = build_tab("img2img", defaults, limits, family=family)
-                with gr.Tab("Inpaint", id="inpaint", elem_id="inpaint-tab"):
-                    built["inpaint"] = build_tab("inpaint", defaults, limits, family=family)
-            with gr.Tab("Sketch to style", id="sketch"):
-                built["sketch"] = build_tab("sketch", defaults, limits, types, family)
+                add("img2img", id="img2img-redraw")
+                add("inpaint", elem_id="inpaint-tab")
+            add("sketch")
+            for name in [n for n in parts if n not in built]:  # tabs added since: after these
+                add(name)
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo(built, tabs, engine.controls.models)
+                build_pnginfo(built, tabs, engine.settings.control_models)
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
-                              engine.controls.models)  # fmt: skip
+                              engine.settings.control_models)  # fmt: skip
         presets = [b for tab in built.values() for b in tab.presets]
         switched.then(lambda: preset_updates(handlers.engine.family, limits, len(built)), None,
                       presets, queue=False, api_visibility="private")  # fmt: skip
@@ -224,7 +218,7 @@ def serve(
     handlers = Handlers(engine, strength, model_status)
     ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
-    drawings = dict(TAB_NAMES)
+    drawings = {name: part.fields for name, part in tab_parts().items()}
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
     ui.launch(
         server_name=host,

@@ -9,20 +9,15 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from types import MethodType
 from typing import Any
 
 import gradio as gr
 
 from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
-from kshd.drawing.gui_parts import (
-    IMG2IMG_FIELDS,
-    INPAINT_FIELDS,
-    REQUEST_TYPES,
-    SKETCH_FIELDS,
-    TAB_FIELDS,
-)
+from kshd.drawing.gui_modes import TabPart, tab_parts
 from kshd.drawing.request import Request, RequestError
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 from kshd.prompts.encoding import join_prefix
@@ -37,15 +32,17 @@ def user_error(message: str, title: str = CANNOT) -> gr.Error:
     return gr.Error(message, title=title, duration=None, print_exception=False)
 
 
-def request_handler(names: tuple[str, ...], draw: Callable[..., Any]) -> Callable[..., Any]:
-    """A method whose parameters are `self`, the Request fields `names` in order, Gradio's
+def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., Any]:
+    """A method whose parameters are `self`, the tab's Request fields in order, Gradio's
     progress and request, as an explicit signature (Gradio passes a tab's inputs by position and
     names the API's parameters from it; the request, by its annotation, is not an API input);
-    `draw(self, values, progress, request)` gets the fields by name."""
+    `draw(self, values, progress, request, make)` gets the fields by name and the class of its
+    mode's requests."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    hints = {f.name: f.type for f in fields(part.mode.request)}
     signature = inspect.Signature(
         [inspect.Parameter("self", kind)]
-        + [inspect.Parameter(n, kind, annotation=REQUEST_TYPES[n]) for n in names]
+        + [inspect.Parameter(n, kind, annotation=hints[n]) for n in part.fields]
         + [inspect.Parameter("progress", kind, default=gr.Progress())]
         + [inspect.Parameter("request", kind, default=None, annotation=gr.Request)]
     )
@@ -55,7 +52,7 @@ def request_handler(names: tuple[str, ...], draw: Callable[..., Any]) -> Callabl
         bound.apply_defaults()
         values = dict(bound.arguments)
         self, progress, request = values.pop("self"), values.pop("progress"), values.pop("request")
-        return draw(self, values, progress, request)
+        return draw(self, values, progress, request, part.mode.request)
 
     handler.__signature__ = signature
     # Gradio finds the request parameter by its type hint, read from __annotations__
@@ -140,8 +137,10 @@ class Handlers:
         log.info("in use: base %s, LoRA %s", base, lora)
         return self.describe(engine)
 
-    def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None):
-        """`values`: the Request fields by name, as the tab's inputs gave them."""
+    def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None,
+             make: type[Request] = Request):  # fmt: skip
+        """`values`: the Request fields by name, as the tab's inputs gave them; `make`: the
+        class of the tab's requests (its mode's)."""
         if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
             brushed = values.pop("image")
             values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
@@ -154,7 +153,7 @@ class Handlers:
         if "control_image" in values and not values["control_image"]:
             log.info("refused: no sketch")
             raise user_error("Sketch: upload or draw a sketch")
-        req = Request(**values)
+        req = make(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
         try:
             result = self.engine.generate(
@@ -169,27 +168,15 @@ class Handlers:
         drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
 
-    txt2img = request_handler(TAB_FIELDS, _run)
-    img2img = request_handler(IMG2IMG_FIELDS, _run)
-    sketch = request_handler(SKETCH_FIELDS, _run)
-    inpaint = request_handler(INPAINT_FIELDS, _run)
+    # the built-in tabs' handlers by name (a script's or a test's; the studio wires `drawer`)
+    txt2img = request_handler(tab_parts()["txt2img"], _run)
+    img2img = request_handler(tab_parts()["img2img"], _run)
+    sketch = request_handler(tab_parts()["sketch"], _run)
+    inpaint = request_handler(tab_parts()["inpaint"], _run)
 
-    def control_preview(
-        self, sketch: str | None, control_type: str, preprocessor: str, width: float,
-        height: float, resize_mode: str,
-    ):  # fmt: skip
-        """The lines the ControlNet will follow, shown before drawing (None: nothing to show;
-        what is wrong is said beside its field at Generate)."""
-        if not sketch:
-            return None
-        try:
-            req = Request("", control_image=sketch, control_type=control_type,
-                          preprocessor=preprocessor, width=int(width), height=int(height),
-                          resize_mode=resize_mode)  # fmt: skip
-            return self.engine.control_preview(req)
-        except (RequestError, TypeError, ValueError) as exc:
-            log.info("no preview: %s", exc)
-            return None
+    def drawer(self, tab: str) -> Callable[..., Any]:
+        """The drawing handler of the registered tab `tab` (`gui_modes`), bound to this."""
+        return MethodType(request_handler(tab_parts()[tab], type(self)._run), self)
 
     def interrupt(self, request: gr.Request) -> str:
         """Stop this page's job at its next step, keeping the images it finished."""

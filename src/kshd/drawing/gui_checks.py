@@ -20,8 +20,10 @@ from dataclasses import asdict
 
 import gradio as gr
 
-from kshd.drawing.gui_parts import CONTROL_FIELDS, MASK_FIELDS, Tab
-from kshd.drawing.request import Limits, Request, RequestError, input_picture, validate
+from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts
+from kshd.drawing.gui_parts import Tab
+from kshd.drawing.modes.registry import validate
+from kshd.drawing.request import Limits, Request, RequestError, input_picture
 
 log = logging.getLogger(__name__)
 ERROR_CLASS = "field-error"
@@ -65,16 +67,17 @@ def field_messages(tab: Tab, defaults: Request, limits: Limits) -> Callable[...,
     defaults), so every bad field is named at once."""
     labels = {n: c.label for n, c in zip(tab.names, tab.inputs(), strict=True)}
     base = {**asdict(defaults), "image": None, "control_image": None}
+    part = tab_parts()[tab.name]
 
     def one(name: str, value) -> str:
         if isinstance(value, dict):  # inpainting's picture with the part to redraw brushed on
             if value.get("image") is not None and value.get("mask") is None:
                 return f"{labels[name]}: brush the part to redraw"
             value = value.get("image")
-        # a ControlNet or inpainting setting is checked as part of such a request
-        sketch = {"control_image": "sketch"} if name in CONTROL_FIELDS else {}
-        sketch |= {"image": "picture", "mask": "mask"} if name in MASK_FIELDS else {}
-        req = Request(**{**base, **sketch, name: value})
+        # a setting of the tab's mode (the ControlNet's, the inpainting's) is checked as part
+        # of such a request, its pictures stood in for; a picture is checked itself
+        stand_ins = part.stand_ins if name not in (*TAB_FIELDS, *NOTHING) else {}
+        req = part.mode.request(**{**base, **stand_ins, name: value})
         exc = _error(req, limits, picture=name if name in NOTHING else None)
         return _said(exc, labels) if exc is not None and exc.field == name else ""
 

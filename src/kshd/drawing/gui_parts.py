@@ -4,37 +4,18 @@ send buttons on the right, so what a click changes is on screen at 1366x768."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, make_dataclass
+from dataclasses import dataclass
 
 import gradio as gr
 
-from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS
-from kshd.drawing.gui_components import FieldSlider, MaskedPicture, PicturePath, SketchPath
-from kshd.drawing.request import MAX_CONTROL_WEIGHT, SAMPLERS, Limits, Request
+from kshd.drawing.gui_components import FieldSlider
+from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts
+from kshd.drawing.request import SAMPLERS, Limits, Request
 
 # The sliders start at 0: the browser silently raises a typed value below a slider's minimum to
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
 
 
-# The Request fields each tab's inputs fill, in the order Gradio passes them to the handlers and
-# names them in the API (`/txt2img`, `/img2img`, for gradio_client): written once, here; Fields,
-# the input components' order and the handlers' signatures all follow these tuples.
-TAB_FIELDS = (
-    "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-    "batch_count", "batch_size", "lora_scale", "positive_prefix", "negative_prefix",
-)  # fmt: skip
-PICTURE_FIELDS = ("image", "strength", "resize_mode")
-IMG2IMG_FIELDS = (*PICTURE_FIELDS, *TAB_FIELDS)
-CONTROL_FIELDS = ("control_image", "control_type", "preprocessor", "control_weight",
-                  "guidance_start", "guidance_end", "control_mode")  # fmt: skip
-SKETCH_FIELDS = (*CONTROL_FIELDS, "resize_mode", *TAB_FIELDS)
-# inpainting: "image" is the picture with its mask brushed on it (MaskedPicture)
-MASK_FIELDS = ("mask_blur", "inpaint_area", "inpaint_padding")
-INPAINT_FIELDS = ("image", *MASK_FIELDS, "strength", "resize_mode", *TAB_FIELDS)
-# each drawing tab's fields, in the order of its inputs and of its endpoint's parameters
-TAB_NAMES = {"txt2img": TAB_FIELDS, "img2img": IMG2IMG_FIELDS, "sketch": SKETCH_FIELDS,
-             "inpaint": INPAINT_FIELDS}  # fmt: skip
-REQUEST_TYPES = {f.name: f.type for f in fields(Request)}
 # Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
 # the sizes each family was trained at: SD 1.x's 512 px, SDXL's 1 megapixel buckets
 SIZE_PRESETS = {
@@ -42,14 +23,15 @@ SIZE_PRESETS = {
     "sdxl": ((1024, 1024), (832, 1216), (1216, 832)),
 }
 
-Fields = make_dataclass(
-    "Fields",
-    [(name, gr.components.Component) for name in (*IMG2IMG_FIELDS, *CONTROL_FIELDS, *MASK_FIELDS)],
-    namespace={
-        "__doc__": "The input components of one tab, by the Request field they fill.",
-        "inputs": lambda self, names=TAB_FIELDS: [getattr(self, n) for n in names],
-    },
-)
+
+class Fields:
+    """The input components of one tab, as attributes named by the Request field they fill."""
+
+    def __init__(self, **components: gr.components.Component):
+        self.__dict__.update(components)
+
+    def inputs(self, names: tuple[str, ...] = TAB_FIELDS) -> list[gr.components.Component]:
+        return [getattr(self, n) for n in names]
 
 
 @dataclass
@@ -77,7 +59,7 @@ class Tab:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return TAB_NAMES[self.name]
+        return tab_parts()[self.name].fields
 
     def inputs(self) -> list[gr.components.Component]:
         return self.fields.inputs(self.names)
@@ -104,79 +86,6 @@ def _actions(tab: str) -> tuple[gr.Button, gr.Button, gr.Button, gr.Markdown]:
         skip = gr.Button("Skip", interactive=False, elem_id=f"{tab}-skip")
     status = gr.Markdown("", elem_id=f"{tab}-status", elem_classes=["status"])
     return generate, interrupt, skip, status
-
-
-def _picture(tab: str, d: Request, image=None) -> dict[str, gr.components.Component]:
-    """The picture (`image`, or an upload box), the denoising strength and the resize mode."""
-    image = image or PicturePath(
-        type="filepath", label="Picture", elem_id=f"{tab}-image", height=240
-    )
-    strength = FieldSlider(0, 1, d.strength, step=0.01, label="Denoising strength",
-                      elem_id=f"{tab}-strength")  # fmt: skip
-    resize = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode, label="Resize mode",
-                      elem_id=f"{tab}-resize")  # fmt: skip
-    return {"image": image, "strength": strength, "resize_mode": resize}
-
-
-def _inpaint(tab: str, d: Request) -> dict[str, gr.components.Component]:
-    """The picture with the part to redraw brushed on it, and A1111's inpainting settings."""
-    gr.Markdown("Upload a picture, pick the brush and paint over the part to redraw.",
-                elem_classes=["effective"])  # fmt: skip
-    brushed = MaskedPicture(
-        label="Picture", type="pil", elem_id=f"{tab}-image",
-        height=300, sources=["upload", "clipboard"], transforms=(), layers=False,
-        brush=gr.Brush(colors=["#ff2a6d"], default_color="#ff2a6d", default_size=24),
-    )  # fmt: skip
-    picture = _picture(tab, d, brushed)
-    with gr.Row():
-        picture["mask_blur"] = FieldSlider(0, 64, d.mask_blur, step=1, label="Mask blur",
-                                      elem_id=f"{tab}-mask-blur")  # fmt: skip
-        picture["inpaint_padding"] = FieldSlider(0, 256, d.inpaint_padding, step=4,
-                                            label="Only masked padding, pixels",
-                                            elem_id=f"{tab}-padding")  # fmt: skip
-    picture["inpaint_area"] = gr.Radio(
-        [("Whole picture", "whole"), ("Only masked", "only_masked")], value=d.inpaint_area,
-        label="Inpaint area", elem_id=f"{tab}-area",
-    )  # fmt: skip
-    return picture
-
-
-def _control(tab: str, d: Request, types: list[str]) -> tuple[dict, gr.Image]:
-    """The sketch (uploaded or drawn), the lines the ControlNet will follow, and the unit's
-    settings as A1111's ControlNet extension names them."""
-    with gr.Row(equal_height=True):
-        sketch = SketchPath(
-            label="Sketch", type="filepath", elem_id=f"{tab}-sketch", height=260,
-            sources=["upload", "clipboard"], canvas_size=(512, 512),
-            brush=gr.Brush(colors=["#000000"], default_color="#000000", default_size=3),
-        )  # fmt: skip
-        preview = gr.Image(label="Lines it follows", interactive=False, height=260,
-                           elem_id=f"{tab}-control-preview")  # fmt: skip
-    c: dict[str, gr.components.Component] = {"control_image": sketch}
-    with gr.Row():
-        c["control_type"] = gr.Dropdown(
-            types, value=d.control_type, label="Control type", elem_id=f"{tab}-control-type"
-        )
-        c["preprocessor"] = gr.Dropdown(
-            list(PREPROCESSORS), value=d.preprocessor, label="Preprocessor",
-            elem_id=f"{tab}-preprocessor",
-        )  # fmt: skip
-    with gr.Row():
-        for name, label, top, step in (
-            ("control_weight", "Control weight", MAX_CONTROL_WEIGHT, 0.05),
-            ("guidance_start", "Starting control step", 1, 0.01),
-            ("guidance_end", "Ending control step", 1, 0.01),
-        ):
-            c[name] = FieldSlider(0, top, getattr(d, name), step=step, label=label,
-                             elem_id=f"{tab}-{name.replace('_', '-')}")  # fmt: skip
-    with gr.Row():
-        c["control_mode"] = gr.Radio(
-            [(label, key) for key, label in CONTROL_MODE_LABELS.items()], value=d.control_mode,
-            label="Control mode", elem_id=f"{tab}-control-mode",
-        )  # fmt: skip
-        c["resize_mode"] = gr.Radio(["crop", "fill", "stretch"], value=d.resize_mode,
-                                    label="Resize mode", elem_id=f"{tab}-resize")  # fmt: skip
-    return c, preview
 
 
 def _settings(tab: str, d: Request, limits: Limits, family: str) -> tuple[dict, dict]:
@@ -250,7 +159,9 @@ def _results(tab: str, sends: tuple[str, ...]) -> tuple:
 def build_tab(
     tab: str, d: Request, limits: Limits, control_types: list[str] = (), family: str = "sd1"
 ) -> Tab:
-    """One tab (inside a gr.Tab): prompts and actions on top, settings left, results right."""
+    """One tab (inside a gr.Tab): prompts and actions on top, settings left (its mode's own
+    inputs first, `gui_modes`), results right."""
+    part = tab_parts()[tab]
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             prompt, negative = _prompts(tab, d)
@@ -259,15 +170,7 @@ def build_tab(
             effective = gr.Markdown(elem_id=f"{tab}-effective", elem_classes=["effective"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            picture = dict.fromkeys((*PICTURE_FIELDS, *MASK_FIELDS))  # what the tab has not
-            control, preview = dict.fromkeys(CONTROL_FIELDS), None
-            if tab == "img2img":
-                picture |= _picture(tab, d)
-            elif tab == "inpaint":
-                picture |= _inpaint(tab, d)
-            elif tab == "sketch":  # its resize mode is the control's
-                control, preview = _control(tab, d, list(control_types))
-                picture.pop("resize_mode")
+            own, preview = part.build(tab, d, list(control_types)) if part.build else ({}, None)
             c, b = _settings(tab, d, limits, family)
             with gr.Accordion("Prompt prefixes (added before your prompts)", open=False,
                               elem_id=f"{tab}-prefixes"):  # fmt: skip
@@ -277,10 +180,8 @@ def build_tab(
                                                   value=d.negative_prefix,
                                                   elem_id=f"{tab}-negative-prefix")  # fmt: skip
         with gr.Column(scale=1):
-            sends = {"img2img": ("txt2img", "loopback"), "sketch": ("img2img", "txt2img"),
-                     "inpaint": ("img2img", "txt2img")}.get(tab, ("img2img",))  # fmt: skip
-            gallery, buttons, info, files = _results(tab, sends)
-    f = Fields(prompt=prompt, negative_prompt=negative, **picture, **control, **c)
+            gallery, buttons, info, files = _results(tab, part.sends)
+    f = Fields(prompt=prompt, negative_prompt=negative, **own, **c)
     return Tab(
         tab, f, generate, interrupt, skip, status, effective, b["random_seed"], b["reuse_seed"],
         b["swap"], b["presets"], gallery, info, files, buttons, gr.State([]), gr.State(0),

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from kshd.config.schema_generate import GenerateSettings, Limits
-from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS, RESIZE_MODES, SAMPLERS
+from kshd.config.values import RESIZE_MODES, SAMPLERS
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 from kshd.prompts.encoding import join_prefix
 
@@ -46,7 +46,6 @@ REQUEST_KEYS = {
     "inpaint_area": "inpaint.area",
     "inpaint_padding": "inpaint.padding",
 }
-MAX_CONTROL_WEIGHT = 2.0  # A1111's slider
 
 
 def conf_value(g: Any, field: str, keys: dict[str, str] = REQUEST_KEYS) -> Any:
@@ -68,8 +67,9 @@ class RequestError(ValueError):
 
 @dataclass
 class Request:
-    """One text-to-image or image-to-image request (image set = image-to-image), guided by a
-    ControlNet when `control_image` is set (a sketch; its lines are found by `preprocessor`).
+    """One drawing request. Its mode follows from the inputs it sets (`kshd.drawing.modes`):
+    text to image; image to image with `image`; inpainting with `mask` as well; a sketch's lines
+    guiding a ControlNet with `control_image` (found by `preprocessor`).
 
     A field left out takes the project's `generate` value (the working directory's params.yaml,
     as `kshd gui` there loads it, else conf/), so `Request("a girl")` works for library callers
@@ -113,14 +113,6 @@ class Request:
         (None = keep the setting)."""
         values = {name: conf_value(generate, name) for name in CONF_FIELDS}
         return cls(prompt, **values | {k: v for k, v in changes.items() if v is not None})
-
-    @property
-    def kind(self) -> str:
-        if self.control_image is not None:
-            return "sketch"
-        if self.mask is not None:
-            return "inpaint"
-        return "txt2img" if self.image is None else "img2img"
 
     @property
     def full_prompt(self) -> str:
@@ -168,7 +160,8 @@ def sampler_key(name: str) -> str:
     raise RequestError("sampler", f"{name!r} is unknown; choose one of {', '.join(SAMPLERS)}")
 
 
-def _whole(field: str, value: object, low: int, high: int) -> int:
+def check_whole(field: str, value: object, low: int, high: int) -> int:
+    """`value` as a whole number in [low, high] (2.0 is 2), else RequestError naming `field`."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -176,14 +169,16 @@ def _whole(field: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def _number(field: str, value: object, low: float, high: float) -> float:
+def check_number(field: str, value: object, low: float, high: float) -> float:
+    """`value` as a number in [low, high], else RequestError naming `field`."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
         raise RequestError(field, f"{value!r} must be a number from {low:g} to {high:g}")
     return float(value)
 
 
-def validate(req: Request, limits: Limits) -> Request:
-    """Check and normalise every field; raise RequestError for the first bad one."""
+def validate_shared(req: Request, limits: Limits) -> None:
+    """Check and normalise the fields every request has (its mode's own: `Mode.check`); raise
+    RequestError for the first bad one."""
     for field in ("prompt", "negative_prompt", "positive_prefix", "negative_prefix"):
         text = getattr(req, field)
         if not isinstance(text, str):
@@ -193,52 +188,21 @@ def validate(req: Request, limits: Limits) -> Request:
                 field, f"{len(text)} characters; at most {limits.max_prompt_chars} are accepted"
             )
     req.sampler = sampler_key(req.sampler)
-    req.steps = _whole("steps", req.steps, 1, limits.max_steps)
-    req.cfg_scale = _number("cfg_scale", req.cfg_scale, 1.0, 30.0)
-    req.seed = _whole("seed", req.seed, -1, MAX_SEED)
+    req.steps = check_whole("steps", req.steps, 1, limits.max_steps)
+    req.cfg_scale = check_number("cfg_scale", req.cfg_scale, 1.0, 30.0)
+    req.seed = check_whole("seed", req.seed, -1, MAX_SEED)
     for field in ("width", "height"):
-        side = _whole(field, getattr(req, field), 64, limits.max_side)
+        side = check_whole(field, getattr(req, field), 64, limits.max_side)
         if side % 8:
             raise RequestError(field, f"{side} is not a multiple of 8 (e.g. {side // 8 * 8})")
         setattr(req, field, side)
-    req.batch_count = _whole("batch_count", req.batch_count, 1, limits.max_batch_count)
-    req.batch_size = _whole("batch_size", req.batch_size, 1, limits.max_batch_size)
+    req.batch_count = check_whole("batch_count", req.batch_count, 1, limits.max_batch_count)
+    req.batch_size = check_whole("batch_size", req.batch_size, 1, limits.max_batch_size)
     m = limits.max_lora_scale
-    req.lora_scale = _number("lora_scale", req.lora_scale, -m, m)
-    req.strength = _number("strength", req.strength, 0.0, 1.0)
+    req.lora_scale = check_number("lora_scale", req.lora_scale, -m, m)
+    req.strength = check_number("strength", req.strength, 0.0, 1.0)
     if req.resize_mode not in RESIZE_MODES:
         raise RequestError("resize_mode", f"{req.resize_mode!r}; choose one of {RESIZE_MODES}")
-    if req.control_image is not None:
-        _validate_control(req)
-    if req.mask is not None:
-        _validate_inpaint(req)
-    return req
-
-
-def _validate_inpaint(req: Request) -> None:
-    if req.image is None:
-        raise RequestError("image", "inpainting needs the picture the mask is drawn on")
-    if req.control_image is not None:
-        raise RequestError("mask", "inpainting with a ControlNet is not supported yet")
-    req.mask_blur = _whole("mask_blur", req.mask_blur, 0, 64)
-    req.inpaint_padding = _whole("inpaint_padding", req.inpaint_padding, 0, 256)
-    if req.inpaint_area not in INPAINT_AREAS:
-        raise RequestError("inpaint_area", f"{req.inpaint_area!r}; choose one of {INPAINT_AREAS}")
-
-
-def _validate_control(req: Request) -> None:
-    """The ControlNet unit's settings (whether the control type has a model, the engine says)."""
-    req.control_weight = _number("control_weight", req.control_weight, 0.0, MAX_CONTROL_WEIGHT)
-    req.guidance_start = _number("guidance_start", req.guidance_start, 0.0, 1.0)
-    req.guidance_end = _number("guidance_end", req.guidance_end, 0.0, 1.0)
-    if req.guidance_end < req.guidance_start:
-        raise RequestError(
-            "guidance_end", f"{req.guidance_end:g} is before guidance_start {req.guidance_start:g}"
-        )
-    if req.control_mode not in CONTROL_MODES:
-        raise RequestError("control_mode", f"{req.control_mode!r}; choose one of {CONTROL_MODES}")
-    if req.preprocessor not in PREPROCESSORS:
-        raise RequestError("preprocessor", f"{req.preprocessor!r}; choose one of {PREPROCESSORS}")
 
 
 def first_seed(seed: int) -> int:
