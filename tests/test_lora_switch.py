@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from kshd.adapters.lora import DIFFUSERS_FILE
+from kshd.adapters.files import DIFFUSERS_FILE
 from kshd.config.compose import defaults
 from kshd.drawing.catalog import NONE, LoraCatalog
 from kshd.drawing.engine import Engine, EngineSettings

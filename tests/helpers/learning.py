@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from PIL import Image
 
 from kshd.config.compose import compose_conf, defaults
@@ -40,7 +41,7 @@ LEARN = dict(
     learning_rate=_T.learning_rate,
     rank=_T.rank,
     alpha=_T.alpha,
-    target_modules=list(_T.target_modules),
+    adapter=OmegaConf.to_container(_T.adapter),  # LoCon
     seed=7,
 )
 # The app's drawing at the demo's size and steps, prompted as the demo profile does (no prefixes:
@@ -136,17 +137,17 @@ def learn(split, work: Path, c=None, reg=None, **changes):
 
 def save_learned(out: Path, c, result, num_images: int) -> Path:
     """A LEARN run's LoRA saved as the train stage saves it (both files, its rank and alpha)."""
-    from kshd.adapters.lora import save_lora
+    from kshd.adapters.files import save_adapter
+    from kshd.adapters.registry import build_adapter
 
+    s = defaults("train", **LEARN)
     info = tiny_info(
-        rank=LEARN["rank"],
-        alpha=LEARN["alpha"],
         steps=result.steps,
         epochs=result.epochs,
         num_images=num_images,
         seed=LEARN["seed"],
     )
-    save_lora(out, c.unet, c.text_encoder, info)
+    save_adapter(out, build_adapter(s.adapter, s.rank, s.alpha), info, c.unet, c.text_encoder)
     return out
 
 

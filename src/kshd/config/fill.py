@@ -88,6 +88,18 @@ def _variant_class(node: Mapping, base: type, key: str, source: str) -> type:
     return choices[name]
 
 
+def _not_a_mapping(node: object, cls: type, key: str) -> str:
+    """What went wrong when a node is a single value: for a variant group chosen as a key
+    (`train.adapter=locon`, which replaces the whole node), the group syntax that chooses it."""
+    if cls in _VARIANTS and isinstance(node, str) and node in _VARIANTS[cls]:
+        group = key.replace(".", "/")
+        return (
+            f"config key `{key}` = {node!r} replaced the whole group: choose {node} as a config "
+            f"group with `{group}={node}` (and `{key}.<name>=<value>` for one of its keys)."
+        )
+    return f"config key `{key}` = {node!r} is not valid: expected a mapping."
+
+
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
@@ -106,7 +118,7 @@ def settings(node: Mapping | DictConfig, cls: type[T], key: str, source: str = "
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, Mapping):
-        raise ConfigError(f"config key `{key}` = {node!r} is not valid: expected a mapping.")
+        raise ConfigError(_not_a_mapping(node, cls, key))
     if cls in _VARIANTS:
         cls = _variant_class(node, cls, key, source)
     names = [f.name for f in dataclasses.fields(cls)]

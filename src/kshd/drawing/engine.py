@@ -293,7 +293,7 @@ class Engine(LoraSwitching):
         if given.mask is not None:
             if self._inpaint is None:
                 self._inpaint = inpaint_pipeline(self.txt2img, self.settings.inpaint_model,
-                                                 self._lora_state())  # fmt: skip
+                                                 self._adapter_into())  # fmt: skip
             call = inpaint_call(req, picture, given.mask)
             if self.settings.inpaint_model and self.lora_name:  # its own UNet: LoRA unmerged
                 call["cross_attention_kwargs"] = {"scale": req.lora_scale}

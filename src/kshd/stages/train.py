@@ -1,4 +1,5 @@
-"""DVC stage `train`: data/dataset -> models/lora (diffusers + kohya safetensors, metrics, loss).
+"""DVC stage `train`: data/dataset -> models/lora (the adapter's diffusers + kohya safetensors,
+metrics, loss).
 
 Resumes from the newest checkpoint of the same run after a crash; `train.resume=false` (or
 deleting models/checkpoints) starts afresh. Runs unchanged under `accelerate launch`.
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.adapters.files import KohyaInfo, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import shared_path
 from kshd.config.schema import group
 from kshd.config.schema_train import TrainSettings
@@ -89,8 +91,6 @@ def write_outputs(
 ) -> dict:
     out = Path(cfg.output.lora_dir)
     info = KohyaInfo(
-        rank=s.rank,
-        alpha=s.alpha,
         **_base_model(cfg.model.pretrained),
         resolution=s.resolution,
         trigger=cfg.caption.trigger_phrase,
@@ -104,7 +104,9 @@ def write_outputs(
         train_text_encoder=s.train_text_encoder,
         sdxl=components.text_encoder_2 is not None,
     )
-    save_lora(out, components.unet, components.text_encoder, info, components.text_encoder_2)
+    adapter = build_adapter(s.adapter, s.rank, s.alpha)
+    save_adapter(out, adapter, info, components.unet, components.text_encoder,
+                 components.text_encoder_2)  # fmt: skip
     metrics = result.metrics() | {
         "reg_images": num_reg_images,
         "latents": result.latents,
