@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
+import yaml
 
 from kshd.adapters.base import Adapter
 from kshd.adapters.files import KohyaInfo
@@ -30,9 +32,14 @@ TINY_INFO = KohyaInfo(
 
 
 def make_adapter(rank: int, alpha: float, **changes) -> Adapter:
-    """The adapter `train.adapter` builds, conf's node with `changes` (kind, target_modules,
-    ...), at `rank` / `alpha`."""
-    return build_adapter(defaults("train.adapter", **changes), rank, alpha)
+    """The adapter `train.adapter` builds at `rank` / `alpha`: conf's node (that of
+    `changes["kind"]`, conf/train/adapter/<kind>.yaml, where given) with `changes`."""
+    kind = changes.get("kind")
+    node = {}
+    if kind:
+        path = Path(__file__).resolve().parents[2] / "conf" / "train" / "adapter" / f"{kind}.yaml"
+        node = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return build_adapter(defaults("train.adapter", **{**node, **changes}), rank, alpha)
 
 
 def tiny_info(**changes) -> KohyaInfo:
