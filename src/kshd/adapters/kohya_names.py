@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kshd.models.ldm_names import ldm_unet_name, unet_prefixes
+
 
 def sgm_unet_keys(state: Mapping, unet_config: Mapping, marker: str) -> dict:
     """`unet.<diffusers module><marker>...` keys renamed to the module's SGM (LDM) name;
     `marker` starts the adapter's own part of a key (LoRA's `.lora_`)."""
-    from kshd.models.ldm_names import ldm_unet_name, unet_prefixes
-
     prefixes = unet_prefixes(unet_config)
     out = {}
     for key, value in state.items():
