@@ -11,6 +11,9 @@ Drawing's methods are class methods: a file says which kind it is (`claims`), an
 no training settings. A layer of a kind (`layers`) follows peft's `BaseTunerLayer` protocol:
 `set_scale(name, scale)`, `merge(adapter_names=[name])`, `unmerge()`, `merged`,
 `get_base_layer()`; the engine merges it at a strength and restores the base weights exactly.
+The evaluation draws unmerged at a strength through diffusers' `cross_attention_kwargs` and
+`scale_lora_layers`, which scale any peft tuner layer (a kind outside peft would need a hook
+there).
 """
 
 from __future__ import annotations
