@@ -291,6 +291,9 @@ def test_the_adapter_s_kind_is_in_the_fingerprint_except_between_lora_and_locon(
     )
     other = AdapterSettings("other", lora.target_modules, lora.text_encoder_target_modules)
     assert other.fingerprint() == {"adapter": {"kind": "other", **lora.fingerprint()}}
+    demo = group(compose_conf(["+experiment=demo"], conf_dir=CONF), "train")
+    assert demo.adapter.kind == "locon"
+    assert fingerprint(settings=demo.defining()) == "6887f7ce47d6648934de"  # as before
 
 
 def test_the_caption_cache_key_hashes_the_marked_fields_as_before():
