@@ -38,16 +38,20 @@ def _random_lora(model: Path, out: Path, rank: int) -> Path:
     """A LoRA of the given rank on the attention projections, with non-zero random weights."""
     from diffusers import UNet2DConditionModel
 
-    from kshd.adapters.lora import adapter_tensors, add_lora, save_diffusers
+    from kshd.adapters.files import write_diffusers
+    from kshd.adapters.registry import build_adapter
+    from kshd.config.compose import defaults
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    add_lora(unet, rank=rank, alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    lora = build_adapter(defaults("train.adapter", target_modules=targets), rank, rank)
+    lora.inject(unet)
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.01)
     out.mkdir(parents=True, exist_ok=True)
-    return save_diffusers(adapter_tensors(unet), out, strength=1.0)  # alpha = rank
+    return write_diffusers(lora.diffusers_tensors(lora.tensors(unet)), out)
 
 
 def _unfused(engine) -> None:

@@ -71,7 +71,7 @@ def _peak_mb(device: str) -> float:
 
 def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: bool, root: Path):
     """One training run; returns its figures and the trained LoRA (prefixed keys, on the CPU)."""
-    from kshd.adapters.lora import adapter_tensors
+    from kshd.adapters.registry import build_adapter
     from kshd.config.compose import defaults
     from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
@@ -103,7 +103,7 @@ def train_run(model: str, split, args, device: str, precision: str, ckpt_gc: boo
         "resumed_from": result.resumed_from,
         "final_loss": result.history[-1]["loss"],
     }
-    return figures, adapter_tensors(c.unet)
+    return figures, build_adapter(s.adapter, s.rank, s.alpha).tensors(c.unet)
 
 
 def resume_once(model: str, split, args, device: str, precision: str, straight, work: Path):
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     model = model_folder(work, args.small, args.sdxl)
     split = load_from_disk(str(drawings(work / "data", 4, args.resolution)))["train"]
-    from kshd.adapters.lora import save_diffusers
+    from kshd.adapters.files import write_diffusers
+    from kshd.adapters.lora import diffusers_state
 
     rows, first = [], None
     for precision in precisions:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             log.info("%s", figures)
             first = first or (precision, lora)
     rows.append(resume_once(model, split, args, device, *first, work))
-    save_diffusers(first[1], work, strength=1.0)  # the defaults' alpha = rank
+    write_diffusers(diffusers_state(first[1], 1.0), work)  # the defaults' alpha = rank
     rows += draw_runs(model, work, args, device)
     report(rows, device, args)
     if args.json:

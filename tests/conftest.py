@@ -31,7 +31,7 @@ QUICK_TRAIN = [
     "train.learning_rate=1e-2",
     "train.rank=4",
     "train.alpha=4",
-    "train.target_modules=[to_k,to_q,to_v,to_out.0]",
+    "train/adapter=lora",  # the group chosen over the demo's locon: attention only
     "train.checkpointing_steps=6",
     "train.checkpoints_total_limit=2",
     "train.validation_epochs=2",
@@ -121,22 +121,24 @@ def random_lora(tiny_models, tmp_path_factory) -> Path:
     """A LoRA folder for the tiny SD with random (non-zero) weights, in both file formats."""
     from diffusers import UNet2DConditionModel
 
-    from kshd.adapters.lora import add_lora, save_lora
+    from kshd.adapters.files import save_adapter
 
-    from .helpers.lora_files import TINY_INFO, randomize_lora_b
+    from .helpers.lora_files import TINY_INFO, make_adapter, randomize_lora_b
 
     out = tmp_path_factory.mktemp("random_lora")
     unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"], subfolder="unet")
-    add_lora(unet, rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    lora = make_adapter(4, 4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    lora.inject(unet)
     randomize_lora_b(unet, seed=1, scale=0.3)
-    save_lora(out, unet, None, TINY_INFO)
+    save_adapter(out, lora, TINY_INFO, unet)
     return out
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_models, sample_split, tmp_path_factory):
     """A LoRA trained for a few steps on the samples and saved in both formats."""
-    from kshd.adapters.lora import save_lora
+    from kshd.adapters.files import save_adapter
+    from kshd.adapters.registry import build_adapter
     from kshd.config.compose import defaults
     from kshd.training.components import load_components
     from kshd.training.loop import train_lora
@@ -146,9 +148,10 @@ def trained(tiny_models, sample_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora")
     c = load_components(str(tiny_models["sd"]))
     rows = []
-    result = train_lora(c, sample_split, defaults("train", **TRAIN_SETTINGS), on_log=rows.append)
+    s = defaults("train", **TRAIN_SETTINGS)
+    result = train_lora(c, sample_split, s, on_log=rows.append)
     info = tiny_info(steps=result.steps, epochs=result.epochs, num_images=len(sample_split), seed=7)
-    save_lora(out, c.unet, c.text_encoder, info)
+    save_adapter(out, build_adapter(s.adapter, s.rank, s.alpha), info, c.unet, c.text_encoder)
     return out, result, rows
 
 

@@ -16,7 +16,8 @@ from kshd.config.schema import ProjectConfig
 
 from .conftest import ROOT
 
-GROUPS = [p.name for p in (ROOT / "conf").iterdir() if p.is_dir()]
+# every config group, nested ones (train/adapter) included
+GROUPS = [str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*") if p.is_dir()]
 
 
 def test_params_yaml_is_what_dvc_composes(tmp_path):
@@ -73,6 +74,10 @@ def test_demo_profile_is_tiny_and_offline():
     assert cfg.evaluate.clip_model == "models/world/clip"
     assert cfg.caption.overrides == "data/sample_captions.csv"
     assert cfg.train.resolution == 128 and cfg.prepare.resolution == 128  # interpolation resolved
+    # LoCon: the linear layers of the transformer blocks and the ResNet convs
+    assert cfg.train.adapter.kind == "locon" and {"proj_in", "ff.net.2", "conv1", "conv2"} <= set(
+        cfg.train.adapter.target_modules
+    )
 
 
 def test_stage_overrides_reach_the_config(tmp_path):
@@ -214,6 +219,28 @@ def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
     assert vpred.evaluate.sketch.controlnet == vpred.generate.control.models["lineart_anime"]
     assert all("sdxl" in v.lower() for v in vpred.generate.control.models.values())
     assert load_params(["train.epochs=3"]).train.epochs == 3  # keys apply to params.yaml
+    locon = load_params(["train/adapter=locon", "train.adapter.target_modules=[conv1]"]).train
+    assert locon.adapter.kind == "locon" and list(locon.adapter.target_modules) == ["conv1"]
+
+
+def test_an_adapter_chosen_as_a_key_names_the_group_syntax_in_one_line(tmp_path):
+    """`train.adapter=locon` replaces the whole node by a word (Hydra's key syntax): the error
+    says to choose the group, `train/adapter=locon`, by hand and in a params file DVC wrote."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    for compose in (
+        lambda: load_params(["train.adapter=locon"], params_file=params),
+        lambda: compose_conf(["train.adapter=locon"], conf_dir=ROOT / "conf"),
+    ):
+        with pytest.raises(
+            ConfigError, match=r"`train\.adapter` = 'locon'.*`train/adapter=locon`"
+        ) as err:
+            compose()
+        assert "\n" not in str(err.value)
+    with pytest.raises(
+        ConfigError, match=r"`train\.adapter\.kind` = 'loha' is not valid: expected one of"
+    ):
+        compose_conf(["train.adapter.kind=loha"], conf_dir=ROOT / "conf")
 
 
 def test_a_written_params_file_loads_back_as_the_same_config(tmp_path):

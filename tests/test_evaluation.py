@@ -109,20 +109,20 @@ def test_select_checkpoints():
 
 
 def test_checkpoints_are_scored_and_the_best_is_recorded(tiny_models, sample_split, tmp_path):
-    from kshd.adapters.lora import adapter_tensors, save_diffusers
+    from kshd.adapters.files import write_diffusers
+    from kshd.adapters.registry import build_adapter
     from kshd.config.compose import defaults
     from kshd.training.checkpoints import complete_checkpoints
     from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
 
     c = load_components(str(tiny_models["sd"]))
+    train = defaults("train", resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
     train_lora(
-        c,
-        sample_split,
-        defaults("train", resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7),
-        ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp"),
+        c, sample_split, train, ckpt=CheckpointPolicy(tmp_path / "ckpt", 4, None, True, "fp")
     )
-    save_diffusers(adapter_tensors(c.unet), tmp_path, strength=1.0)  # alpha = rank
+    lora = build_adapter(train.adapter, train.rank, train.alpha)
+    write_diffusers(lora.diffusers_tensors(lora.tensors(c.unet)), tmp_path)
     pipe = _pipe(tiny_models)
     s = sample_settings(
         **QUICK_EVAL,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from kshd.adapters.lora import KOHYA_FILE
+from kshd.adapters.files import KOHYA_FILE
 from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import lora_hash, parse_parameters, read_parameters, save_png

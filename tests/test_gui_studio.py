@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from kshd.adapters.lora import DIFFUSERS_FILE
+from kshd.adapters.files import DIFFUSERS_FILE
 
 from .helpers.studio import STEPS, open_page, studio_server, wait_for_images
 

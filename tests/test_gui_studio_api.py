@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from kshd.adapters.lora import DIFFUSERS_FILE
+from kshd.adapters.files import DIFFUSERS_FILE
 from kshd.drawing.gui_modes import TAB_FIELDS
 
 from .helpers.studio import studio_server

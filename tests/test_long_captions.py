@@ -160,7 +160,9 @@ def test_workers_never_run_the_vae_and_train_as_the_main_process(
 
     (plain, c0), (forked, c2) = run(0), run(2)
     assert forked == plain
-    from kshd.adapters.lora import adapter_tensors
+    from kshd.adapters.registry import build_adapter
 
-    a, b = adapter_tensors(c0.unet), adapter_tensors(c2.unet)
+    s = defaults("train", **BASE)
+    lora = build_adapter(s.adapter, s.rank, s.alpha)
+    a, b = lora.tensors(c0.unet), lora.tensors(c2.unet)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,12 +13,16 @@ from safetensors import safe_open
 WRITE = """
 import sys, torch
 from pathlib import Path
-from kshd.adapters.lora import save_kohya
+from kshd.adapters.files import write_kohya
+from kshd.adapters.lora import LoraAdapter
+from kshd.config.schema_adapters import LoraSettings
 state = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight":
          torch.ones(4, 32), "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
          ".lora_B.weight": torch.full((32, 4), 0.5)}
+lora = LoraAdapter(LoraSettings("lora", ("to_q",), ("q_proj",)), 4, 4.0)
+kohya = lora.kohya_tensors(state, False, None)
 meta = {f"ss_key_{i}": f"value {i}" for i in range(30)} | {"ss_network_dim": 4}
-sys.stdout.write(str(save_kohya(state, Path(sys.argv[1]), 4.0, meta)))
+sys.stdout.write(str(write_kohya(kohya, meta, Path(sys.argv[1]))))
 """
 
 
@@ -80,15 +84,16 @@ def test_both_files_load_every_trained_layer_at_its_strength(
     convs; one without alpha loaded an alpha-1 LoRA at 4x its strength."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE, add_lora, save_lora
+    from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE, save_adapter
 
-    from .helpers.lora_files import randomize_lora_b, tiny_info
+    from .helpers.lora_files import make_adapter, randomize_lora_b, tiny_info
 
     sd = tiny_models["sd"]
     unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
-    add_lora(unet, rank=rank, alpha=alpha, target_modules=targets)
+    lora = make_adapter(rank, alpha, target_modules=targets)
+    lora.inject(unet)
     randomize_lora_b(unet, seed=1, scale=0.3)
-    save_lora(tmp_path, unet, None, tiny_info(rank=rank, alpha=alpha))
+    save_adapter(tmp_path, lora, tiny_info(), unet)
     trained = _eps(unet, sd)
     for name in (DIFFUSERS_FILE, KOHYA_FILE):
         pipe = StableDiffusionPipeline.from_pretrained(sd, safety_checker=None)

@@ -11,24 +11,28 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from kshd.adapters.lora import DIFFUSERS_FILE
+from kshd.adapters.files import DIFFUSERS_FILE
 from kshd.config.compose import defaults
 from kshd.drawing.catalog import NONE, LoraCatalog
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
+from .helpers.lora_files import make_adapter
+
 DRAW = dict(steps=3, width=64, height=64, sampler="euler", seed=3, positive_prefix="",
             negative_prefix="")  # fmt: skip
 
 
-def _checkpoint(root: Path, step: int, lora: Path) -> Path:
+def _checkpoint(root: Path, step: int, lora: Path, adapter: dict | None = None) -> Path:
     """A training checkpoint's LoRA: raw peft tensors. The random_lora fixture's rank equals its
-    alpha (strength 1), so its diffusers file holds exactly the raw tensors."""
+    alpha (strength 1), so its diffusers file holds exactly the raw tensors. `adapter`: the
+    record a checkpoint keeps of its adapter (None: one written before checkpoints kept it)."""
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     raw = load_file(str(lora / DIFFUSERS_FILE))
     save_file(raw, str(folder / "lora.safetensors"))
-    (folder / "state.json").write_text("{}", encoding="utf-8")
+    state = {"adapter": adapter} if adapter else {}
+    (folder / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
 
@@ -94,3 +98,22 @@ def test_set_lora_swaps_without_reloading_the_base(tmp_path, tiny_models, random
         engine.set_lora(str(broken))  # fails while loading: the one in use is put back
     kept, info = _pixels(engine)
     assert np.array_equal(kept, with_lora) and engine.lora_path == str(random_lora)
+
+
+def test_a_checkpoint_is_drawn_at_the_strength_its_record_says(tmp_path, tiny_models, random_lora):
+    """A checkpoint records its adapter (kind, rank, alpha): the app loads it without the run's
+    config, and its record wins over a strength given for checkpoints that keep none."""
+    limits = defaults("generate.limits")
+    engine = Engine(EngineSettings(str(tiny_models["sd"]), lora=str(random_lora), device="cpu",
+                                   outputs_dir=str(tmp_path), limits=limits))  # fmt: skip
+    with_lora, _ = _pixels(engine)
+    full = _checkpoint(tmp_path / "a", 8, random_lora, make_adapter(4, 4).record())
+    half = _checkpoint(tmp_path / "b", 8, random_lora, make_adapter(4, 2).record())
+    old = _checkpoint(tmp_path / "c", 8, random_lora)
+    engine.set_lora(str(full))
+    assert np.array_equal(_pixels(engine)[0], with_lora)
+    engine.set_lora(str(half), checkpoint_strength=1.0)  # alpha / rank = 0.5 recorded
+    at_half, info = _pixels(engine)
+    assert 'Lora hashes: "checkpoint-8: ' in info and not np.array_equal(at_half, with_lora)
+    engine.set_lora(str(old), checkpoint_strength=0.5)
+    assert np.array_equal(_pixels(engine)[0], at_half)

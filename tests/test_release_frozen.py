@@ -64,7 +64,7 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
 ):
     """As the train stage loads: the UNet comes in only once the VAE and text encoder left."""
     import kshd.training.loop
-    from kshd.adapters.lora import adapter_tensors
+    from kshd.adapters.registry import build_adapter
 
     s = defaults("train", **SETTINGS)
     eager = load_components(str(tiny_models["sd"]))
@@ -82,5 +82,6 @@ def test_deferred_unet_loads_after_the_release_and_trains_the_same(
     assert order == [(True, True)]
     assert _on_meta(c.vae) and _on_meta(c.text_encoder)  # left released, as asked
     assert [h["loss"] for h in got.history] == [h["loss"] for h in expected.history]
-    want, have = adapter_tensors(eager.unet), adapter_tensors(c.unet)
+    lora = build_adapter(s.adapter, s.rank, s.alpha)
+    want, have = lora.tensors(eager.unet), lora.tensors(c.unet)
     assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)

@@ -70,8 +70,8 @@ def conf_file_keys(path) -> set[str]:
     package = re.search(r"^# @package (\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
     if package:  # Hydra's package header: _global_ (the root) or a group such as train
         prefix = "" if package[1] == "_global_" else f"{package[1]}."
-    else:
-        prefix = "" if path.parent == CONF else f"{path.parent.name}."
+    else:  # a group's folder (train/adapter/ for train.adapter)
+        prefix = "".join(f"{part}." for part in path.parent.relative_to(CONF).parts)
     return yaml_keys(values, prefix, schema_keys(ProjectConfig))
 
 
@@ -186,7 +186,7 @@ def test_a_bad_value_in_any_group_fails_at_load_in_one_line_naming_the_key(overr
 
 
 def config_classes(cls: type = ProjectConfig) -> set[type]:
-    """Every dataclass of the schema, nested ones included."""
+    """Every dataclass of the schema, nested ones and each variant of a variant group included."""
     found = {cls}
     for hint in typing.get_type_hints(cls).values():
         if dataclasses.is_dataclass(hint):
@@ -280,9 +280,10 @@ def test_settings_made_from_a_group_take_its_fields_by_name(tmp_path, caplog):
 
 
 def test_defaults_compose_conf_and_check_the_overrides():
-    s = defaults("train", epochs=3, target_modules=["to_q"])
-    assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3,
-                                    target_modules=("to_q",))  # fmt: skip
+    s = defaults("train", epochs=3)
+    assert s == dataclasses.replace(compose_conf([], conf_dir=CONF).train, epochs=3)
+    adapter = defaults("train.adapter", target_modules=["to_q"])
+    assert adapter == dataclasses.replace(s.adapter, target_modules=("to_q",))
     assert defaults("generate.limits", max_side=64).max_side == 64
     assert defaults("tracking", group="mine").group == "mine"  # any key, `group` too
     assert defaults("train") is not defaults("train")  # a fresh value each call
@@ -304,13 +305,37 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "validation_negative_prompt", "validation_positive_prefix", "validation_negative_prefix",
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
         "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
-    }  # fmt: skip
+        "adapter",  # a LoRA's targets under the names they had as train.* keys (below)
+    } | {"target_modules", "text_encoder_target_modules"}  # fmt: skip
     # the value before the marking: checkpoints of earlier runs still resume
     s = defaults("train")
     assert fingerprint(settings=s.defining()) == "cb6541ea5ad123159fc2"
     changed = dataclasses.replace(s, validation_steps=3, resume=False)
     assert changed.defining() == s.defining()
     assert dataclasses.replace(s, rank=8).defining() != s.defining()
+    narrower = dataclasses.replace(s.adapter, target_modules=("to_q",))
+    assert dataclasses.replace(s, adapter=narrower).defining() != s.defining()
+
+
+def test_the_adapter_s_kind_is_in_the_fingerprint_except_between_lora_and_locon():
+    """LoCon trains what a LoRA with its targets trains (the demo's checkpoints from when its
+    targets were train.* keys resume as LoCon); another kind on the same targets is another run."""
+    from kshd.config.schema_adapters import AdapterSettings
+
+    lora, locon = defaults("train.adapter"), defaults("train.adapter", kind="locon")
+    assert (
+        locon.fingerprint()
+        == lora.fingerprint()
+        == {
+            "target_modules": lora.target_modules,
+            "text_encoder_target_modules": lora.text_encoder_target_modules,
+        }
+    )
+    other = AdapterSettings("other", lora.target_modules, lora.text_encoder_target_modules)
+    assert other.fingerprint() == {"adapter": {"kind": "other", **lora.fingerprint()}}
+    demo = compose_conf(["+experiment=demo"], conf_dir=CONF).train
+    assert demo.adapter.kind == "locon"
+    assert fingerprint(settings=demo.defining()) == "6887f7ce47d6648934de"  # as before
 
 
 def test_the_caption_cache_key_hashes_the_marked_fields_as_before():

@@ -14,7 +14,8 @@ from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
 
-from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.adapters.files import KohyaInfo, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import defaults
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.pnginfo import parse_parameters
@@ -40,10 +41,11 @@ def sdxl_lora(tiny_models, tmp_path_factory):
                  alpha=4, seed=1, train_text_encoder=True)  # fmt: skip
     c = load_components(str(tiny_models["sdxl"]))
     result = train_lora(c, split, s, cache_dir=work / "cache", keep_tag=TRIGGER)
-    info = KohyaInfo(rank=4, alpha=4, base_model="tiny-sdxl", resolution=64, trigger=TRIGGER,
-                     steps=result.steps, epochs=3, batch_size=2, learning_rate=3e-2,
-                     num_images=4, seed=1, train_text_encoder=True, sdxl=True)  # fmt: skip
-    save_lora(work / "lora", c.unet, c.text_encoder, info, c.text_encoder_2)
+    info = KohyaInfo(base_model="tiny-sdxl", resolution=64, trigger=TRIGGER, steps=result.steps,
+                     epochs=3, batch_size=2, learning_rate=3e-2, num_images=4, seed=1,
+                     train_text_encoder=True, sdxl=True)  # fmt: skip
+    lora = build_adapter(s.adapter, s.rank, s.alpha)
+    save_adapter(work / "lora", lora, info, c.unet, c.text_encoder, c.text_encoder_2)
     return work / "lora"
 
 

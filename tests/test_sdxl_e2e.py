@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.adapters.lora import KOHYA_FILE
+from kshd.adapters.files import KOHYA_FILE
 from kshd_world.demo import demo_models
 
 from .conftest import quick_dvc_params

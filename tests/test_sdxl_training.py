@@ -14,7 +14,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from safetensors import safe_open
 
-from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE, KohyaInfo, save_lora
+from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE, KohyaInfo, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import defaults
 from kshd.config.errors import UserError
 from kshd.training.batches import DrawingDataset, ItemOptions, Plan, size_condition
@@ -100,10 +101,11 @@ def test_the_sdxl_lora_saves_for_diffusers_and_kohya_and_both_draw_the_same(tiny
     from diffusers import StableDiffusionXLPipeline
 
     c, result = _train(tiny_models["sdxl"], tmp_path, train_text_encoder=True, rank=4, alpha=2)
-    info = KohyaInfo(rank=4, alpha=2, base_model="tiny-sdxl", resolution=64, trigger=TRIGGER,
-                     steps=result.steps, epochs=2, batch_size=2, learning_rate=1e-2, num_images=4,
-                     seed=3, train_text_encoder=True, sdxl=True)  # fmt: skip
-    save_lora(tmp_path / "lora", c.unet, c.text_encoder, info, c.text_encoder_2)
+    info = KohyaInfo(base_model="tiny-sdxl", resolution=64, trigger=TRIGGER, steps=result.steps,
+                     epochs=2, batch_size=2, learning_rate=1e-2, num_images=4, seed=3,
+                     train_text_encoder=True, sdxl=True)  # fmt: skip
+    lora = build_adapter(defaults("train.adapter"), 4, 2)
+    save_adapter(tmp_path / "lora", lora, info, c.unet, c.text_encoder, c.text_encoder_2)
     with safe_open(tmp_path / "lora" / KOHYA_FILE, "pt") as f:
         keys, meta = list(f.keys()), f.metadata()
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"

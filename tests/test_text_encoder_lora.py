@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.adapters.lora import KOHYA_FILE
+from kshd.adapters.files import KOHYA_FILE
 from kshd.drawing.engine import Engine, EngineSettings
 from kshd.drawing.request import Request
 
-from .helpers.lora_files import randomize_lora_b, tiny_info
+from .helpers.lora_files import make_adapter, randomize_lora_b, tiny_info
 from .helpers.settings import sample_settings
 
 SMALL = dict(
@@ -27,15 +27,18 @@ def te_lora(tiny_models, tmp_path_factory):
     """A LoRA for the tiny SD whose only part is a random (non-zero) text-encoder adapter."""
     from transformers import CLIPTextModel
 
-    from kshd.adapters.lora import adapter_tensors, add_lora, save_lora
+    from kshd.adapters.files import save_adapter
 
     out = tmp_path_factory.mktemp("te_lora")
     te = CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder")
-    add_lora(te, rank=4, alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    lora = make_adapter(
+        4, 4, text_encoder_target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
+    )
+    lora.inject(te, text_encoder=True)
     randomize_lora_b(te, seed=2, scale=0.5)
-    state = adapter_tensors(None, te)
+    state = lora.tensors(None, te)
     assert state and all(k.startswith("text_encoder.") for k in state)
-    save_lora(out, None, te, tiny_info(train_text_encoder=True))
+    save_adapter(out, lora, tiny_info(train_text_encoder=True), None, te)
     return out
 
 
@@ -107,7 +110,7 @@ def test_kohya_file_draws_like_the_diffusers_file(settings, engine, te_lora):
 
 
 def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_path):
-    from kshd.adapters.lora import adapter_tensors
+    from kshd.adapters.registry import build_adapter
     from kshd.config.compose import defaults
     from kshd.training.components import load_components
     from kshd.training.loop import CheckpointPolicy, train_lora
@@ -127,7 +130,7 @@ def test_resume_restores_the_text_encoder_lora(tiny_models, sample_split, tmp_pa
         result = train_lora(
             c, sample_split, s, ckpt=CheckpointPolicy(tmp_path, 4, None, True, "te")
         )
-        return result, adapter_tensors(c.unet, c.text_encoder)
+        return result, build_adapter(s.adapter, s.rank, s.alpha).tensors(c.unet, c.text_encoder)
 
     straight, expected = run()
     assert straight.resumed_from is None and straight.steps == 10

@@ -7,7 +7,7 @@ import math
 import torch
 from safetensors import safe_open
 
-from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE
 from kshd.config.compose import defaults
 from kshd.training.components import load_components
 from kshd.training.loop import train_lora

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kshd.adapters.lora import KOHYA_FILE, adapter_tensors, save_lora
+from kshd.adapters.files import KOHYA_FILE, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import defaults
 from kshd.training.batches import caption_variant
 from kshd.training.components import load_components
@@ -33,7 +34,7 @@ def test_caption_dropout_and_shuffling_keep_the_trigger_phrase():
 
 
 def test_kohya_text_encoder_keys_use_sd1_naming():
-    from kshd.adapters.lora import _sd1_text_encoder_name
+    from kshd.adapters.kohya_names import _sd1_text_encoder_name
 
     assert _sd1_text_encoder_name("lora_te1_encoder_layers_0_self_attn_q_proj.alpha") == (
         "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"
@@ -53,10 +54,11 @@ def test_text_encoder_lora_trains_saves_and_loads(tiny_models, sample_split, tmp
     s = defaults("train", **BASE, train_text_encoder=True, cache_latents=True)
     result = train_lora(c, sample_split, s, cache_dir=tmp_path / "cache")
     assert result.steps == 5
-    state = adapter_tensors(c.unet, c.text_encoder)
+    lora = build_adapter(s.adapter, s.rank, s.alpha)
+    state = lora.tensors(c.unet, c.text_encoder)
     assert any(k.startswith("text_encoder.") for k in state)
     info = tiny_info(steps=5, epochs=1, seed=3, train_text_encoder=True)
-    save_lora(tmp_path, c.unet, c.text_encoder, info)
+    save_adapter(tmp_path, lora, info, c.unet, c.text_encoder)
     with safe_open(str(tmp_path / KOHYA_FILE), "pt") as f:
         te_keys = [k for k in f.keys() if k.startswith("lora_te")]  # noqa: SIM118
         assert f.metadata()["ss_text_encoder_lr"] == f.metadata()["ss_unet_lr"] == "0.01"

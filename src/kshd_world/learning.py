@@ -12,8 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.adapters.files import KohyaInfo, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import compose_conf, defaults
+from kshd.config.fill import as_plain
 from kshd.data.caption_sources import read_overrides, read_sidecar
 from kshd.data.captioning import with_trigger, write_info_csv
 from kshd.data.dataset import build_dataset, load_rows
@@ -43,7 +45,7 @@ LEARN = dict(
     learning_rate=_T.learning_rate,
     rank=_T.rank,
     alpha=_T.alpha,
-    target_modules=list(_T.target_modules),
+    adapter=as_plain(_T.adapter),  # LoCon
     seed=7,
 )
 # The app's drawing at the demo's size and steps, prompted as the demo profile does (no prefixes:
@@ -176,9 +178,8 @@ def learn(split, work: Path, c=None, reg=None, **changes):
 
 def save_learned(out: Path, c, result, num_images: int) -> Path:
     """A LEARN run's LoRA saved as the train stage saves it (both files, its rank and alpha)."""
+    s = defaults("train", **LEARN)
     info = KohyaInfo(
-        rank=LEARN["rank"],
-        alpha=LEARN["alpha"],
         base_model="world",
         resolution=RESOLUTION,
         trigger=TRIGGER,
@@ -189,7 +190,7 @@ def save_learned(out: Path, c, result, num_images: int) -> Path:
         num_images=num_images,
         seed=LEARN["seed"],
     )
-    save_lora(out, c.unet, c.text_encoder, info)
+    save_adapter(out, build_adapter(s.adapter, s.rank, s.alpha), info, c.unet, c.text_encoder)
     return out
 
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
+import yaml
 
-from kshd.adapters.lora import KohyaInfo
+from kshd.adapters.base import Adapter
+from kshd.adapters.files import KohyaInfo
+from kshd.adapters.registry import build_adapter
+from kshd.config.compose import defaults
 
 TRIGGER = "drawn by KSH drawing style"
 # the `trained` fixture's run: 10 samples, batch 2, 2 epochs = 10 steps
 TRAIN_SETTINGS = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 
-# A tiny run's record: rank 4, 64 px, batch 2, lr 1e-2 on the ten bundled samples.
+# A tiny run's record: 64 px, batch 2, lr 1e-2 on the ten bundled samples.
 TINY_INFO = KohyaInfo(
-    rank=4,
-    alpha=4,
     base_model="tiny",
     resolution=64,
     trigger=TRIGGER,
@@ -26,6 +29,17 @@ TINY_INFO = KohyaInfo(
     num_images=10,
     seed=0,
 )
+
+
+def make_adapter(rank: int, alpha: float, **changes) -> Adapter:
+    """The adapter `train.adapter` builds at `rank` / `alpha`: conf's node (that of
+    `changes["kind"]`, conf/train/adapter/<kind>.yaml, where given) with `changes`."""
+    kind = changes.get("kind")
+    node = {}
+    if kind:
+        path = Path(__file__).resolve().parents[2] / "conf" / "train" / "adapter" / f"{kind}.yaml"
+        node = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return build_adapter(defaults("train.adapter", **{**node, **changes}), rank, alpha)
 
 
 def tiny_info(**changes) -> KohyaInfo:

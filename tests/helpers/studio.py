@@ -47,7 +47,7 @@ def studio_server(tiny_models, random_lora, outputs):
     by a metrics file) in `outputs`: yields what the tests reach (url, engine, ui, paths)."""
     from safetensors.torch import load_file, save_file
 
-    from kshd.adapters.lora import DIFFUSERS_FILE
+    from kshd.adapters.files import DIFFUSERS_FILE
     from kshd.drawing.gui import serve
 
     checkpoint = outputs / "checkpoints" / "checkpoint-8"  # the random LoRA's weights, raw

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kshd.adapters.lora import save_diffusers
+from kshd.adapters.files import write_diffusers
 from kshd.data.captioning import read_info_csv, write_info_csv
 from kshd.fileio import WriteError, write_json
 from kshd.training.checkpoints import Progress, complete_checkpoints, save_checkpoint
@@ -78,10 +78,10 @@ def test_checkpoint_write_fails_cleanly_and_earlier_checkpoints_stay(tmp_path):
 
 
 def test_lora_file_from_safetensors_keeps_the_previous_one(tmp_path):
-    first = save_diffusers(_state_peft(1.0), tmp_path, strength=1.0)
+    first = write_diffusers(_state_peft(1.0), tmp_path)
     before = first.read_bytes()
     with disk_full_after(4_000), pytest.raises(WriteError, match="previous version is unchanged"):
-        save_diffusers(_state_peft(2.0), tmp_path, strength=1.0)
+        write_diffusers(_state_peft(2.0), tmp_path)
     assert first.read_bytes() == before and _leftovers(tmp_path) == []
 
 

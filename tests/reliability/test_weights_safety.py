@@ -82,13 +82,13 @@ def test_metrics_refuse_a_pickled_clip(tiny_models, tmp_path):
 
 
 def test_a_lora_folder_with_only_a_pickle_is_refused(tmp_path):
-    from kshd.drawing.lora_switching import lora_files
+    from kshd.adapters.weights import open_weights
 
     _plant(tmp_path, "pytorch_lora_weights.bin", tmp_path / "UNPICKLED")
     with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):
-        lora_files(tmp_path)
+        open_weights(tmp_path)
     with pytest.raises(FileNotFoundError, match=".safetensors"):
-        lora_files(tmp_path / "pytorch_lora_weights.bin")
+        open_weights(tmp_path / "pytorch_lora_weights.bin")
     assert not (tmp_path / "UNPICKLED").exists()
 
 

@@ -1,3 +1,5 @@
-"""What training adds to the frozen base (LoRA and its kin): injected, saved for diffusers and
-kohya/A1111, loaded for drawing.
+"""What training adds to the frozen base, one file per kind behind `train.adapter` (LoRA,
+LoCon): injected and trained, saved for diffusers and kohya/A1111, loaded and scaled for drawing.
+`base.py` is the seam, `registry.py` the kinds by name, `files.py` the two files, `weights.py`
+what drawing loads.
 """

@@ -99,6 +99,18 @@ def _kind_note(node: Mapping, base: type | None, key: str, says: str) -> str:
     )
 
 
+def _not_a_mapping(node: object, cls: type, key: str) -> str:
+    """What went wrong when a node is a single value: for a variant group chosen as a key
+    (`train.adapter=locon`, which replaces the whole node), the group syntax that chooses it."""
+    if cls in _VARIANTS and isinstance(node, str) and node in _VARIANTS[cls]:
+        group = key.replace(".", "/")
+        return (
+            f"config key `{key}` = {node!r} replaced the whole group: choose {node} as a config "
+            f"group with `{group}={node}` (and `{key}.<name>=<value>` for one of its keys)."
+        )
+    return f"config key `{key}` = {node!r} is not valid: expected a mapping."
+
+
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
@@ -115,7 +127,7 @@ def settings(node: Mapping, cls: type[T], key: str, source: str = "conf/") -> T:
     """`cls` filled from the config node at `key`: every field must be there and nothing else,
     so a misspelt key is named instead of silently dropped, and no default hides in code."""
     if not isinstance(node, Mapping):
-        raise ConfigError(f"config key `{key}` = {node!r} is not valid: expected a mapping.")
+        raise ConfigError(_not_a_mapping(node, cls, key))
     path = f"{key}." if key else ""
     base = cls if cls in _VARIANTS else None
     if base is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kshd.config.fill import DEFINES_RESULT, changes, defining, require
+from kshd.config.schema_adapters import AdapterSettings
 from kshd.config.values import (
     MAX_TOKEN_LENGTHS,
     MIXED_PRECISIONS,
@@ -42,9 +43,9 @@ class TrainSettings:
     max_grad_norm: float = field(metadata=DEFINES_RESULT)
     rank: int = field(metadata=DEFINES_RESULT)
     alpha: float = field(metadata=DEFINES_RESULT)
-    target_modules: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    # conf/train/adapter/: one DVC param as a whole node (its keys differ by kind)
+    adapter: AdapterSettings = field(metadata=DEFINES_RESULT)
     train_text_encoder: bool = field(metadata=DEFINES_RESULT)
-    text_encoder_target_modules: tuple[str, ...] = field(metadata=DEFINES_RESULT)
     mixed_precision: str = field(metadata=DEFINES_RESULT)
     gradient_checkpointing: bool
     allow_tf32: bool = field(metadata=DEFINES_RESULT)
@@ -76,8 +77,10 @@ class TrainSettings:
     validation_steps: int = field(metadata=changes("train"))
 
     def defining(self) -> dict:
-        """The settings that define the result (for the checkpoint fingerprint)."""
-        return defining(self)
+        """The settings that define the result (for the checkpoint fingerprint); the adapter's
+        part as its kind says (`AdapterSettings.fingerprint`)."""
+        marked = defining(self)
+        return {k: v for k, v in marked.items() if k != "adapter"} | self.adapter.fingerprint()
 
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")

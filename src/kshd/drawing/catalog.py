@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from kshd.training.checkpoints import complete_checkpoints
+from kshd.training.checkpoints import TENSORS, complete_checkpoints
 
 log = logging.getLogger(__name__)
 NONE = ""  # the chooser's value for "no LoRA"
@@ -31,7 +31,7 @@ class LoraCatalog:
         best = self._best_step()
         found = complete_checkpoints(Path(self.checkpoints_dir)) if self.checkpoints_dir else []
         for step, path in found:
-            if (path / "lora.safetensors").is_file():
+            if (path / TENSORS).is_file():
                 mark = " (best)" if step == best else ""
                 out.append((f"checkpoint {step}{mark}", str(path)))
         for folder in self.lora_dirs:
@@ -49,11 +49,3 @@ class LoraCatalog:
             log.warning("%s: unreadable (%s): no checkpoint marked best", path, exc)
             return None
         return best.get("step")
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    """A training checkpoint folder: raw peft weights that need the run's alpha / rank."""
-    path = Path(path)
-    return (
-        path.is_dir() and (path / "lora.safetensors").is_file() and (path / "state.json").is_file()
-    )

@@ -214,7 +214,7 @@ def serve(
     engine = Engine(EngineSettings.from_settings(cfg.model, g, lora))
     gui = g.gui
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
-    strength = cfg.train.alpha / cfg.train.rank  # the checkpoints hold the run's raw weights
+    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
     ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers)
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)

@@ -10,6 +10,7 @@ put back outside the blurred mask, so the VAE never changes what the user did no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +89,11 @@ def inpaint_params(req: Request) -> dict[str, object]:
     }
 
 
-def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
+def inpaint_pipeline(base, model: str | None, attach_adapter: Callable | None):
     """The inpainting pipeline: the base model's own components (its UNet blended at each
     step, A1111's way for regular models), or with `model`, a 9-channel inpainting model's UNet
-    in place of the base's (`generate.inpaint.model`), the LoRA loaded into it unmerged."""
+    in place of the base's (`generate.inpaint.model`), the LoRA loaded into it unmerged by
+    `attach_adapter(unet)`."""
     import diffusers
     from diffusers import UNet2DConditionModel
 
@@ -117,8 +119,7 @@ def inpaint_pipeline(base, model: str | None, lora_state: dict | None):
             )  # fmt: skip
         check_family(unet, base, f"config key `generate.inpaint.model` = {model!r}", "mask")
         pipe = pipeline.from_pipe(base, unet=unet)
-        if lora_state:
-            unet_part = {k: v for k, v in lora_state.items() if k.startswith("unet.")}
-            unet.load_lora_adapter(unet_part, prefix="unet", adapter_name="ksh")
+        if attach_adapter:
+            attach_adapter(unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe

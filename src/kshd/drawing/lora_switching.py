@@ -1,95 +1,56 @@
-"""The engine's LoRA: loaded, merged at a strength, swapped for another between jobs, with the
-base model's weights restored exactly each time (a mixin of `Engine`, which holds the pipeline
-`txt2img`, the lock and the `lora_*` fields)."""
+"""The engine's adapter (LoRA or another kind, `kshd.adapters`): loaded, merged at a strength,
+swapped for another between jobs, with the base model's weights restored exactly each time (a
+mixin of `Engine`, which holds the pipeline `txt2img`, the lock and the `lora_*` fields)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
-from kshd.adapters.lora import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.adapters.weights import PIPE_NAME, AdapterWeights, adapter_file, open_weights
 from kshd.drawing.pnginfo import lora_hash
+from kshd.training.checkpoints import is_checkpoint
 
 log = logging.getLogger(__name__)
-ADAPTER = "ksh"
-
-
-def lora_files(path: str | Path) -> tuple[Path, str, Path]:
-    """(file to load, name for A1111, file to hash) of a LoRA folder or file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / DIFFUSERS_FILE).is_file() and not (path / KOHYA_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {DIFFUSERS_FILE} or {KOHYA_FILE} in the folder")
-        load = path / DIFFUSERS_FILE if (path / DIFFUSERS_FILE).is_file() else path / KOHYA_FILE
-        named = path / KOHYA_FILE if (path / KOHYA_FILE).is_file() else load
-        return load, named.stem, named
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise FileNotFoundError(f"{path}: a LoRA must be an existing .safetensors file or folder")
-    return path, path.stem, path
+ADAPTER = PIPE_NAME
 
 
 class LoraSwitching:
-    """LoRA loading, strength and swapping for `Engine` (see the module's docstring)."""
+    """Adapter loading, strength and swapping for `Engine` (see the module's docstring)."""
+
+    _weights: AdapterWeights | None = None  # what is loaded (its kind, file or tensors)
 
     def _load_lora(self, path: str, checkpoint_strength: float | None = None) -> None:
-        """A LoRA folder or file; or a training checkpoint (raw peft weights, scaled by the
-        run's alpha / rank, `checkpoint_strength`)."""
-        from kshd.drawing.catalog import is_checkpoint
-
-        if is_checkpoint(path):
-            from safetensors.torch import load_file
-
-            from kshd.adapters.lora import diffusers_state
-
-            if checkpoint_strength is None:
-                raise ValueError(f"{path}: a training checkpoint needs the run's alpha / rank")
-            load = Path(path) / "lora.safetensors"
-            state = diffusers_state(load_file(str(load)), checkpoint_strength)
-            self.txt2img.load_lora_weights(state, adapter_name=ADAPTER)
-            self.lora_name, hashed = Path(path).name, load
-        else:
-            load, self.lora_name, hashed = lora_files(path)
-            self.txt2img.load_lora_weights(
-                str(load.parent), weight_name=load.name, adapter_name=ADAPTER, use_safetensors=True
-            )
-        self.lora_hash, self.lora_path = lora_hash(hashed), str(path)
-        self._lora_strength = checkpoint_strength
+        """An adapter folder or file; or a training checkpoint (its record says its kind and
+        strength; `checkpoint_strength`, the run's alpha / rank, for one written before
+        checkpoints recorded them)."""
+        self._weights = weights = open_weights(path, checkpoint_strength)
+        weights.attach(self.txt2img, ADAPTER)
+        self.lora_name, self.lora_hash = weights.name, lora_hash(weights.hashed)
+        self.lora_path = str(path)
         self._lora_changed()
-        log.info("LoRA %s (%s) from %s", self.lora_name, self.lora_hash, load)
+        log.info("%s %s (%s) from %s", weights.adapter.kind, self.lora_name, self.lora_hash, path)
 
     def _lora_changed(self) -> None:
         """Called after each LoRA change (the engine drops what holds the old one)."""
 
-    def _lora_state(self) -> dict | None:
-        """The loaded LoRA's tensors in diffusers' format (None without one): for a pipeline
-        with a UNet of its own."""
-        from safetensors.torch import load_file
-
-        from kshd.adapters.lora import diffusers_state
-        from kshd.drawing.catalog import is_checkpoint
-
-        if self.lora_path is None:
+    def _adapter_into(self) -> Callable | None:
+        """Loads the adapter in use into another UNet of the family (unmerged): for a pipeline
+        with a UNet of its own; None without one."""
+        weights = self._weights if self.lora_path is not None else None
+        if weights is None:
             return None
-        if is_checkpoint(self.lora_path):
-            raw = load_file(str(Path(self.lora_path) / "lora.safetensors"))
-            return diffusers_state(raw, self._lora_strength)
-        load, _, _ = lora_files(self.lora_path)
-        state, *_ = type(self.txt2img).lora_state_dict(  # SD 1.x's or SDXL's reader
-            str(load.parent), weight_name=load.name, use_safetensors=True
-        )
-        return state
+        return lambda unet: weights.attach_unet(self.txt2img, unet, ADAPTER)
 
     def set_lora(self, path: str | None, checkpoint_strength: float | None = None) -> None:
         """Another LoRA (None: the base model alone), between jobs: the base weights come back
         exactly before the new one is loaded; the base model is not reloaded. One that cannot
         load leaves the one in use (a missing file is refused before it is touched)."""
-        from kshd.drawing.catalog import is_checkpoint
-
         with self.lock:
             if path and not is_checkpoint(path):
-                lora_files(path)
+                adapter_file(path)
             previous = self.lora_path
             self._unload_lora()
             if not path:
@@ -97,7 +58,9 @@ class LoraSwitching:
             try:
                 self._load_lora(path, checkpoint_strength)
             except Exception as exc:
-                self.txt2img.unload_lora_weights()  # whatever part of it was attached
+                if self._weights is not None:  # whatever part of it was attached
+                    self._weights.adapter.detach(self.txt2img)
+                self._weights = None
                 self.lora_name = self.lora_hash = self.lora_path = None
                 if previous:
                     self._load_lora(previous, checkpoint_strength)
@@ -108,26 +71,24 @@ class LoraSwitching:
     def _unload_lora(self) -> None:
         if self.lora_name is not None:
             self._restore_base()
-            self.txt2img.unload_lora_weights()
+            self._weights.adapter.detach(self.txt2img)
             self.lora_name = self.lora_hash = self.lora_path = None
-            self._originals, self._scale = {}, None
+            self._weights, self._originals, self._scale = None, {}, None
             self._lora_changed()
 
     def _lora_layers(self):
-        """The LoRA layers of the UNet and of the text encoders: one strength merges all."""
-        from peft.tuners.lora import LoraLayer
-
+        """The adapter's layers in the UNet and the text encoders: one strength merges all."""
         for part in ("unet", "text_encoder", "text_encoder_2"):
             model = getattr(self.txt2img, part, None)
             if model is None:
                 continue
-            for name, module in model.named_modules():
-                if isinstance(module, LoraLayer):
-                    yield f"{part}.{name}", module
+            for name, module in self._weights.adapter.layers(model):
+                yield f"{part}.{name}", module
 
     @torch.no_grad()
     def set_lora_scale(self, scale: float) -> None:
-        """Merge the LoRA into the UNet and text encoder at `scale`; a new scale restores the base.
+        """Merge the adapter into the UNet and text encoder at `scale`; a new scale restores the
+        base.
 
         peft's own unmerge subtracts the delta again, which leaves float rounding behind, and
         diffusers' `fuse_lora(lora_scale=)` multiplies into the adapter's scaling for good; so the
@@ -141,10 +102,8 @@ class LoraSwitching:
                 n: m.get_base_layer().weight.detach().to("cpu", copy=True) for n, m in layers
             }
         self._restore_base()
-        if scale == 0.0:
-            self.txt2img.disable_lora()
-        else:
-            self.txt2img.enable_lora()
+        self._weights.adapter.enable(self.txt2img, scale != 0.0)
+        if scale != 0.0:
             for _, module in layers:
                 module.set_scale(ADAPTER, scale)
                 module.merge(adapter_names=[ADAPTER])
@@ -152,7 +111,7 @@ class LoraSwitching:
 
     @torch.no_grad()
     def _restore_base(self) -> None:
-        """Unmerge every merged LoRA layer and put the saved base weights back, exactly."""
+        """Unmerge every merged adapter layer and put the saved base weights back, exactly."""
         for name, module in self._lora_layers():
             if module.merged:
                 module.unmerge()

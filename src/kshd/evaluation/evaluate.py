@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kshd.adapters.weights import open_weights
 from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
     Images,
@@ -90,7 +91,7 @@ def generate_samples(
 
     use_sampler(pipe, s.sampler)
     base = cached_base(pipe, s, base_cache, prompt_encoder)
-    pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
+    open_weights(lora_dir).attach(pipe)
     lora = {
         scale: sample(pipe, s.prompts, s, scale, f"LoRA x{scale}", prompt_encoder)
         for scale in s.lora_scales
@@ -231,17 +232,13 @@ def checkpoint_curve(
     strength: float,
     prompt_encoder=None,
 ) -> list[dict]:
-    """The headline metrics of each checkpoint's LoRA (its alpha / rank `strength`), at the
-    headline LoRA scale."""
-    from safetensors.torch import load_file
-
-    from kshd.adapters.lora import diffusers_state
-
+    """The headline metrics of each checkpoint's adapter, at the headline LoRA scale
+    (`strength`: the run's alpha / rank, for checkpoints that do not record theirs)."""
     rows = []
     for step, path in checkpoints:
-        pipe.unload_lora_weights()
-        state = load_file(str(path / "lora.safetensors"))
-        pipe.load_lora_weights(diffusers_state(state, strength))
+        weights = open_weights(path, strength)
+        weights.adapter.detach(pipe)  # the one drawn before, of the same run and kind
+        weights.attach(pipe)
         images = sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}", prompt_encoder)
         values = scorer(images)
         rows.append({"step": step, **values, "style_gain": values["style_similarity"] - base_style})
@@ -268,7 +265,7 @@ class CheckpointCurve:
     checkpoints: list[tuple[int, Path]]
     final_step: int | None
     best_by: str
-    strength: float  # the training's alpha / rank: a checkpoint's file holds raw peft weights
+    strength: float  # the training's alpha / rank, for checkpoints that do not record it
 
 
 @dataclass

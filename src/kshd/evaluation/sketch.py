@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kshd.adapters.weights import open_weights
 from kshd.config.schema_evaluate import SketchEvalSettings as SketchEval
 from kshd.data.images import fit_within
 from kshd.drawing.control import is_sdxl
@@ -59,10 +60,10 @@ def line_overlap(result: Image.Image, lines: Image.Image) -> float:
 
 
 def redraw_sketches(
-    pipe, sk: SketchEval, s: SampleSettings, drawings: Sequence[Image.Image], encoder
+    pipe, sk: SketchEval, s: SampleSettings, drawings: Sequence[Image.Image], encoder, adapter
 ) -> SketchRows:
-    """The held-out drawings' line art redrawn with the ControlNet, the LoRA off then on (the
-    LoRA is loaded in `pipe`; the headline strength of `s.lora_scales`)."""
+    """The held-out drawings' line art redrawn with the ControlNet, the LoRA off then on (an
+    adapter of kind `adapter` is loaded in `pipe`; the headline strength of `s.lora_scales`)."""
     from diffusers import ControlNetModel
 
     from kshd.drawing.control import controlnet_pipelines
@@ -81,7 +82,7 @@ def redraw_sketches(
     rows = SketchRows(lines, [], [], originals)
     for target, scale in ((rows.base, None), (rows.lora, s.lora_scales[-1])):
         if scale is None:
-            pipe.disable_lora()
+            adapter.enable(pipe, False)
         pos, neg = scaled_pair(pipe, encoder, prompt, s, scale)
         kwargs = {} if scale is None else {"cross_attention_kwargs": {"scale": scale}}
         for control in lines:
@@ -92,7 +93,7 @@ def redraw_sketches(
                 generator=torch.Generator("cpu").manual_seed(s.seeds[0]), **kwargs,
             ).images  # fmt: skip
         if scale is None:
-            pipe.enable_lora()
+            adapter.enable(pipe, True)
     return rows
 
 
@@ -147,9 +148,10 @@ def sketch_section(pipe, lora_dir: Path, sk: SketchEval, s: SampleSettings, draw
                     "and the base is %s; name one of the base's family (+experiment=sdxl does) "
                     "or set it to null", sk.controlnet, family, base)  # fmt: skip
         return {}
-    pipe.unload_lora_weights()
-    pipe.load_lora_weights(str(lora_dir), use_safetensors=True)
-    rows = redraw_sketches(pipe, sk, s, drawings, encoder)
+    weights = open_weights(lora_dir)
+    weights.adapter.detach(pipe)  # the last checkpoint the curve drew, of the same kind
+    weights.attach(pipe)
+    rows = redraw_sketches(pipe, sk, s, drawings, encoder, weights.adapter)
     save_sketch_grids(rows, out_dir)
     metrics = sketch_metrics(rows, embed)
     log.info("sketch to style: %s", metrics)

@@ -173,7 +173,7 @@ def run(cfg: ProjectConfig) -> dict:
         model |= {"embeddings": embeddings}
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)
     out = Path(cfg.output.reports_dir)
-    strength = cfg.train.alpha / cfg.train.rank  # the run whose checkpoints these are
+    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by, strength)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
     result.metrics["model_family"] = model_family(cfg.model.pretrained, cfg.model.revision)

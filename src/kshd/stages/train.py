@@ -1,4 +1,5 @@
-"""DVC stage `train`: data/dataset -> models/lora (diffusers + kohya safetensors, metrics, loss).
+"""DVC stage `train`: data/dataset -> models/lora (the adapter's diffusers + kohya safetensors,
+metrics, loss).
 
 Resumes from the newest checkpoint of the same run after a crash; `train.resume=false` (or
 deleting models/checkpoints) starts afresh. Runs unchanged under `accelerate launch`.
@@ -12,7 +13,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.adapters.lora import KohyaInfo, save_lora
+from kshd.adapters.files import KohyaInfo, save_adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.compose import shared_path
 from kshd.config.fill import as_plain
 from kshd.config.schema import ProjectConfig
@@ -88,8 +90,6 @@ def write_outputs(
 ) -> dict:
     out = Path(cfg.output.lora_dir)
     info = KohyaInfo(
-        rank=s.rank,
-        alpha=s.alpha,
         **_base_model(cfg.model.pretrained),
         resolution=s.resolution,
         trigger=cfg.caption.trigger_phrase,
@@ -103,7 +103,9 @@ def write_outputs(
         train_text_encoder=s.train_text_encoder,
         sdxl=components.text_encoder_2 is not None,
     )
-    save_lora(out, components.unet, components.text_encoder, info, components.text_encoder_2)
+    adapter = build_adapter(s.adapter, s.rank, s.alpha)
+    save_adapter(out, adapter, info, components.unet, components.text_encoder,
+                 components.text_encoder_2)  # fmt: skip
     metrics = result.metrics() | {
         "reg_images": num_reg_images,
         "latents": result.latents,

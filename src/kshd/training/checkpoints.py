@@ -4,8 +4,9 @@ A checkpoint is written into a hidden temp folder and renamed to `checkpoint-<st
 file is in place; `state.json` is written last, so a folder without it is never picked up. Old
 checkpoints are pruned only after a new one is complete. The state holds the LoRA weights, the
 optimizer and scheduler, fp16's gradient scaler, every RNG, the step, the epoch and the position
-in it, and a fingerprint of what defines the run, so that `persist: true` folders of other
-experiments are never resumed.
+in it, a fingerprint of what defines the run, so that `persist: true` folders of other
+experiments are never resumed, and the adapter's record (its kind, rank and alpha), so that the
+app and the evaluation load the tensors without the run's config.
 Everything is safetensors + JSON: nothing is unpickled.
 """
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE = "state.json"
+TENSORS = "lora.safetensors"  # the adapter's tensors (its name from when LoRA was the only kind)
 
 
 @dataclass
@@ -137,11 +139,13 @@ def save_checkpoint(
     scheduler_state: dict,
     limit: int | None,
     scaler_state: dict | None = None,
+    adapter: dict | None = None,
 ) -> Path:
     """Write everything to a temp folder, then rename it into place; prune afterwards.
 
     `scaler_state` is fp16's GradScaler (its scale and growth tracker): without it a resumed
-    run would start from the initial scale and skip or scale steps unlike the straight run."""
+    run would start from the initial scale and skip or scale steps unlike the straight run.
+    `adapter`: the adapter's record (`Adapter.record()`)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{progress.step}"
     tmp = root / f".checkpoint-{progress.step}.tmp"
@@ -149,7 +153,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         _write_checkpoint(
-            tmp, run_fp, progress, lora, optimizer_state, scheduler_state, scaler_state
+            tmp, run_fp, progress, lora, optimizer_state, scheduler_state, scaler_state, adapter
         )
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -173,10 +177,11 @@ def _write_checkpoint(
     optimizer_state: dict,
     scheduler_state: dict,
     scaler_state: dict | None = None,
+    adapter: dict | None = None,
 ) -> None:
     opt_tensors, opt_meta = _optimizer_split(optimizer_state)
     rng_tensors, rng_meta = _rng_state()
-    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp / TENSORS))
     save_file({**opt_tensors, **rng_tensors}, str(tmp / "training_state.safetensors"))
     state = {
         "fingerprint": run_fp,
@@ -185,6 +190,7 @@ def _write_checkpoint(
         "scheduler": scheduler_state,
         "rng": rng_meta,
         "scaler": scaler_state,  # plain numbers (scale, growth tracker, factors) or null
+        "adapter": adapter,  # kind, rank, alpha, settings; absent from older checkpoints
     }
     with (tmp / STATE).open("w", encoding="utf-8") as f:  # last: marks the folder complete
         json.dump(state, f)
@@ -211,7 +217,7 @@ def load_checkpoint(path: Path) -> Loaded:
     return Loaded(
         path,
         Progress(**state["progress"]),
-        load_file(str(path / "lora.safetensors")),
+        load_file(str(path / TENSORS)),
         _optimizer_join(tensors, state["optimizer"]),
         state["scheduler"],
         state.get("scaler"),
@@ -239,3 +245,16 @@ def find_resumable(root: Path, run_fp: str) -> Path | None:
             )
             shutil.rmtree(path)
     return mine
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A training checkpoint folder: the adapter's raw tensors and the state that records it."""
+    path = Path(path)
+    return path.is_dir() and (path / TENSORS).is_file() and (path / STATE).is_file()
+
+
+def checkpoint_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A checkpoint's adapter tensors and its record (None: written before checkpoints
+    recorded their adapter, a LoRA)."""
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    return load_file(str(path / TENSORS)), state.get("adapter")

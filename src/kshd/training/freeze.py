@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import torch
 
+from kshd.adapters.base import Adapter
 from kshd.config.errors import UserError
 from kshd.config.schema_train import TrainSettings
 from kshd.training.batches import (
@@ -37,19 +38,17 @@ def prediction_type(c: Components, s: TrainSettings) -> None:
         )
 
 
-def freeze_and_adapt(c: Components, s: TrainSettings, device, dtype) -> list:
-    """Frozen base in the compute dtype, LoRA adapters on the UNet (and text encoders) in fp32."""
-    from kshd.adapters.lora import add_lora
-
+def freeze_and_adapt(c: Components, s: TrainSettings, adapter: Adapter, device, dtype) -> list:
+    """Frozen base in the compute dtype, the adapter on the UNet (and text encoders) in fp32."""
     prediction_type(c, s)
     c.vae.requires_grad_(False)
     for encoder in c.text_encoders:
         encoder.requires_grad_(False)
         encoder.eval()
-    add_lora(c.unet, s.rank, s.alpha, s.target_modules)
+    adapter.inject(c.unet)
     if s.train_text_encoder:  # both of SDXL's, as kohya trains them
         for encoder in c.text_encoders:
-            add_lora(encoder, s.rank, s.alpha, s.text_encoder_target_modules)
+            adapter.inject(encoder, text_encoder=True)
             encoder.train()
     modules = [c.unet, *c.text_encoders] if s.train_text_encoder else [c.unet]
     place_for_training(

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from kshd.adapters.base import Adapter
+from kshd.adapters.registry import build_adapter
 from kshd.config.errors import UserError
 from kshd.config.schema_train import TrainSettings
 from kshd.training.batches import DrawingDataset
@@ -67,6 +69,7 @@ class _Run:
     max_steps: int
     epochs: int
     batches_per_epoch: int
+    adapter: Adapter  # train.adapter's kind: injected, checkpointed, restored
     released: bool = False  # the VAE and text encoder left memory (all inputs cached)
     latent_std: float | None = None  # of the first batch's scaled latents (see TrainResult)
 
@@ -111,14 +114,15 @@ def _setup(
         torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(s.seed)
     dtype = compute_dtype(s.mixed_precision)
+    adapter = build_adapter(s.adapter, s.rank, s.alpha)
     if c.unet is None:  # deferred: fill the caches and release first (same RNG draws)
         place_for_training([c.vae, *c.text_encoders], [], acc.device, dtype, vae_fp32(c))
         data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
         c.unet = load_unet(*c.source)
-        params = freeze_and_adapt(c, s, acc.device, dtype)
+        params = freeze_and_adapt(c, s, adapter, acc.device, dtype)
     else:
-        params = freeze_and_adapt(c, s, acc.device, dtype)
+        params = freeze_and_adapt(c, s, adapter, acc.device, dtype)
         data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
@@ -148,28 +152,21 @@ def _setup(
         max_steps,
         epochs,
         batches_per_epoch,
+        adapter,
         released,
     ), stats
 
 
-def _lora_tensors(run: _Run, c: Components) -> dict[str, torch.Tensor]:
-    from kshd.adapters.lora import adapter_tensors
-
+def _parts(run: _Run, c: Components) -> tuple:
+    """The UNet and text encoders as trained (unwrapped from accelerate)."""
     unwrap = run.accelerator.unwrap_model
     second = unwrap(c.text_encoder_2) if c.text_encoder_2 is not None else None
-    return adapter_tensors(unwrap(run.unet), unwrap(c.text_encoder), second)
+    return unwrap(run.unet), unwrap(c.text_encoder), second
 
 
 def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
-    from peft import set_peft_model_state_dict
-
     loaded = load_checkpoint(path)  # also restores every RNG
-    parts = (("unet.", run.unet), ("text_encoder.", c.text_encoder))
-    parts += (("text_encoder_2.", c.text_encoder_2),) if c.text_encoder_2 is not None else ()
-    for prefix, module in parts:
-        part = {k[len(prefix) :]: v for k, v in loaded.lora.items() if k.startswith(prefix)}
-        if part:
-            set_peft_model_state_dict(run.accelerator.unwrap_model(module), part)
+    run.adapter.load_tensors(loaded.lora, *_parts(run, c))
     run.optimizer.load_state_dict(loaded.optimizer_state)
     run.lr_scheduler.load_state_dict(loaded.scheduler_state)
     restore_scaler(run.accelerator.scaler, loaded.scaler_state)
@@ -243,7 +240,8 @@ def train_lora(
     give_back: bool = True,
     reg_split=None,
 ) -> TrainResult:
-    """Train LoRA adapters in place (c.unet, and c.text_encoder if asked); resumable. `reg_split`:
+    """Train the adapter of `train.adapter` in place (c.unet, and c.text_encoder if asked);
+    resumable. `reg_split`:
     regularization drawings, as many per epoch as training drawings, weighted by
     train.prior_loss_weight.
 
@@ -355,11 +353,12 @@ def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
             ckpt.root,
             ckpt.fingerprint,
             p,
-            _lora_tensors(run, c),
+            run.adapter.tensors(*_parts(run, c)),
             run.optimizer.state_dict(),
             run.lr_scheduler.state_dict(),
             ckpt.limit,
             run.accelerator.scaler.state_dict() if run.accelerator.scaler else None,
+            run.adapter.record(),
         )
     run.accelerator.wait_for_everyone()
 

@@ -15,6 +15,7 @@ A mode whose requests need fields of their own names a `Request` subclass holdin
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
@@ -35,7 +36,7 @@ class Drawing(Protocol):
     dtype: torch.dtype
     lora_name: str | None  # the LoRA merged into the base (None: the base alone)
 
-    def _lora_state(self) -> dict | None: ...  # the LoRA's tensors, for a UNet of a mode's own
+    def _adapter_into(self) -> Callable | None: ...  # loads the LoRA into a mode's own UNet
 
 
 class Mode:

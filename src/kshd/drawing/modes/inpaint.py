@@ -60,7 +60,7 @@ class Inpaint(ImageToImage):
         first used and again after a LoRA change."""
         if self._inpaint is None:
             e = self.engine
-            self._inpaint = inpaint_pipeline(e.txt2img, e.settings.inpaint_model, e._lora_state())
+            self._inpaint = inpaint_pipeline(e.txt2img, e.settings.inpaint_model, e._adapter_into())
         return self._inpaint
 
     def forget(self) -> None:
