@@ -7,6 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from .helpers.parallel import (  # noqa: F401 (pytest's hooks: xdist workers, threads, order)
+    exclusive,
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_configure_node,
+    pytest_runtest_protocol,
+    pytest_unconfigure,
+    run_folder,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,11 +27,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """The demo's tiny SD and BLIP-2, saved with save_pretrained (built once, ~4 s)."""
+def tiny_models(tmp_path_factory, pytestconfig) -> dict[str, Path]:
+    """The demo's tiny models, saved with save_pretrained: built once for the run (~9 s), in a
+    folder the xdist workers share (the first builds, under a lock; the others find them)."""
     from kshd_world.tiny import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+    shared = run_folder(pytestconfig)
+    if shared is None:
+        return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+    with exclusive(shared / "tiny.lock"):
+        return build_tiny_models(shared / "tiny", seed=0)
 
 
 # Tests of the stages' mechanics on the tiny random models train the demo profile's run made
@@ -149,3 +165,4 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
+

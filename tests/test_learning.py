@@ -97,6 +97,7 @@ def test_the_demo_run_moves_toward_ksh_ink_and_strength_scales_it(tmp_path, base
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # two training processes on the CPU: nothing else beside them
 def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_path, base):
     """The other paths in one run (three trainings would cost the suite 5 more minutes): the train
     stage under `accelerate launch` with 2 CPU processes (DDP over gloo), bf16 autocast, latents

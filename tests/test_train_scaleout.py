@@ -8,7 +8,8 @@ import torch
 from .conftest import ROOT
 from .stage_project import accelerate_train, make_project, run_stage
 
-pytestmark = pytest.mark.slow
+# two training processes on the CPU: nothing else beside them (tests/helpers/parallel.py)
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def test_two_process_ddp_training(tiny_models, tmp_path):
