@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kshd.cli import main as kshd_main
+
 
 @contextlib.contextmanager
 def working_dir(path: Path) -> Iterator[None]:
@@ -115,23 +117,23 @@ def _exit_code(err: SystemExit) -> int:
 
 def kshd_here(argv: Sequence[str], capsys, cwd: Path | None = None) -> Ran:
     """`kshd argv` in this process (kshd.cli.main, which ends in sys.exit)."""
-    from kshd.cli import main
-
     with contextlib.ExitStack() as stack:
         if cwd is not None:
             stack.enter_context(working_dir(cwd))
         said = stack.enter_context(_said(capsys, CLI_FORMAT))
         try:
-            main(list(argv))
+            kshd_main(list(argv))
             code = 0
         except SystemExit as err:
             code = _exit_code(err)
     return Ran(code, "\n".join(said))
 
 
-def module_main_here(module: str, argv: Sequence[str], capsys, cwd: Path) -> Ran:
-    """`python -m module argv` in `cwd`, in this process: the module run as `__main__`, so its
-    `if __name__ == "__main__":` lines (a stage's exit codes, kshd.stages.entry) run too."""
+def stage_main_here(stage: str, argv: Sequence[str], capsys, cwd: Path) -> Ran:
+    """`python -m kshd.stages.<stage> argv` in `cwd`, in this process: the module run as
+    `__main__`, so its `if __name__ == "__main__":` lines (kshd.stages.entry: one line and exit
+    code 2 for a user's error) run too."""
+    module = f"kshd.stages.{stage}"
     with working_dir(cwd), hand_run_env(), _said(capsys, STAGE_FORMAT) as said:
         saved_argv = sys.argv
         sys.argv = [module, *argv]

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from ..helpers.inprocess import module_main_here
+from ..helpers.inprocess import stage_main_here
 from ..stage_project import make_project, stage_cmd, stage_env
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_bad_value_stops_with_one_line_naming_it(
 ):
     root = _project(tmp_path, tiny_models, stage)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ran = module_main_here(f"kshd.stages.{stage}", overrides, capsys, root)
+    ran = stage_main_here(stage, overrides, capsys, root)
     _one_line(ran.returncode, ran.stderr, words, root)
 
 
