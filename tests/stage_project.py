@@ -85,7 +85,9 @@ def accelerate_train(root: Path, with_output: bool = False):
     """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
-    env["OMP_NUM_THREADS"] = "1"  # a thread per process: two each on 2 cores run ~6x slower
+    # a thread per process: two each on 2 cores run ~6x slower (both variables: torch takes
+    # MKL's count over OpenMP's, and a test runner's worker may have set either)
+    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

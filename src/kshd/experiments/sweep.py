@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 QUEUED = re.compile(r"Queued experiment '([^']+)'")
 DONE = ("success", "failed")
-# The thread counts torch (OpenMP) and MKL read at start; each queued stage process inherits them.
+# The thread counts torch reads at start (MKL's wins over OpenMP's); each stage inherits them.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -89,17 +89,16 @@ def queue_env(jobs: int, environ: Mapping[str, str], cores: int, cuda: bool) -> 
     """The environment for `dvc queue start -j jobs`: its workers, and every stage they run,
     inherit it (`dvc exp run --queue` records none of it). On a CPU, `jobs` experiments at once
     split the cores, `cores // jobs` threads each: torch's default of a thread per core in each
-    process oversubscribes them (bench/threads.py). Thread counts already set are kept; with
-    CUDA the environment is left as it is."""
+    process oversubscribes them (bench/threads.py). A thread count the user set is kept as it
+    is; with CUDA the environment is left as it is too."""
     env = dict(environ)
     if jobs < 2 or cuda:
         return env
+    if mine := {v: env[v] for v in THREAD_VARS if v in env}:
+        log.info("sweep: %d experiments at once with the threads set: %s", jobs, mine)
+        return env
     threads = str(max(1, cores // jobs))
-    for var in THREAD_VARS:
-        if var in env:
-            log.info("sweep: %s=%s as set (not %s)", var, env[var], threads)
-        else:
-            env[var] = threads
+    env |= dict.fromkeys(THREAD_VARS, threads)
     log.info("sweep: %d experiments at once on %d CPU cores, %s threads each", jobs, cores, threads)
     return env
 
