@@ -11,7 +11,7 @@
 - Shared: the tiny models are built once for the run, in a folder the workers share.
 - Order: a file's tests stay together on one worker (module fixtures are built once); the files
   with an `alone` test start first, then the others longest first, by the durations recorded in
-  tests/durations.json, so that no long file starts last (`--record-durations PATH` writes
+  tests/durations.json, so that no long file starts last (`--record-durations=PATH` writes
   such a table from a run).
 """
 
