@@ -80,7 +80,9 @@ def link_tiny_models(repo: Path, tiny_models: dict[str, Path]) -> None:
     manifests = sorted(shared.glob(f"*/{TINY_MANIFEST}"))
     assert manifests, shared
     before = [p.read_bytes() for p in manifests]
-    (repo / "models").mkdir(exist_ok=True)
-    (repo / "models" / "tiny").symlink_to(shared, target_is_directory=True)
+    tiny = repo / "models" / "tiny"  # a folder, git-ignored as a built one is; a link per model
+    tiny.mkdir(parents=True)
+    for model in shared.iterdir():
+        (tiny / model.name).symlink_to(model, target_is_directory=model.is_dir())
     demo_models(repo)
     assert [p.read_bytes() for p in manifests] == before, "the demo's tiny models are other ones"
