@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kshd-installed
 # Stages run `python -m kshd.stages...`: put the venv first on PATH so DVC finds it; never reach a hub.
 RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+# The suite on TEST_JOBS pytest-xdist workers (0: in this process), each file on one worker,
+# the longest files first (tests/durations.json), cores split between workers (tests/conftest.py).
+TEST_JOBS ?= 2
+XDIST := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: help setup demo screenshots readme-grid sweep compare gui test test-fast lint format samples world world-models world-controlnet clean-demo gpu-check
 help: ## list the targets
@@ -40,11 +44,11 @@ compare: setup ## reports/compare/index.html: the finished DVC experiments side 
 gui: setup ## the web GUI on http://127.0.0.1:7860 with the demo's tiny model (and its LoRA after make demo)
 	$(RUN) $(VENV)/bin/kshd gui +experiment=demo
 
-test: setup ## run the whole test suite (what CI runs)
-	$(RUN) $(PY) -m pytest
+test: setup ## run the whole test suite (what CI runs; TEST_JOBS=2 workers)
+	$(RUN) $(PY) -m pytest $(XDIST)
 
 test-fast: setup ## the suite without the slow tests
-	$(RUN) $(PY) -m pytest -m "not slow"
+	$(RUN) $(PY) -m pytest $(XDIST) -m "not slow"
 
 gpu-check: setup ## on a CUDA machine: SD 1.5-shaped fp16/bf16 training at 512 px, resume, drawing (SDXL=1: SDXL-shaped at 1024 px)
 	$(RUN) $(PY) bench/gpu_check.py $(if $(SDXL),--sdxl)

@@ -7,6 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from .helpers.parallel import (  # noqa: F401 (pytest's hooks: xdist workers, threads, order)
+    exclusive,
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_configure_node,
+    pytest_runtest_protocol,
+    pytest_unconfigure,
+    run_folder,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,11 +27,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """The demo's tiny SD and BLIP-2, saved with save_pretrained (built once, ~4 s)."""
+def tiny_models(tmp_path_factory, pytestconfig) -> dict[str, Path]:
+    """The demo's tiny models, saved with save_pretrained: built once for the run (~9 s), in a
+    folder the xdist workers share (the first builds, under a lock; the others find them)."""
     from kshd_world.tiny import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+    shared = run_folder(pytestconfig)
+    if shared is None:
+        return build_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+    with exclusive(shared / "tiny.lock"):
+        return build_tiny_models(shared / "tiny", seed=0)
 
 
 # Tests of the stages' mechanics on the tiny random models train the demo profile's run made
@@ -165,3 +181,46 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
+
+
+# Keys that prepare, caption and dataset never read (dvc.yaml's params for those stages are
+# prepare.*, caption and dataset.*): a project differing only in these reuses their outputs.
+AFTER_THE_DATASET = ("train.", "model.", "evaluate.")
+
+
+@pytest.fixture(scope="session")
+def prepared_samples(tiny_models, tmp_path_factory) -> Path:
+    """A project on the bundled samples (tests/stage_project.py's make_project) with prepare,
+    caption and dataset run once for the session, in this process."""
+    from .helpers.inprocess import run_stage_here
+    from .stage_project import make_project
+
+    folder = tmp_path_factory.mktemp("prepared") / "p"
+    root = make_project(folder, tiny_models, [f"data.raw_dir={ROOT / 'data' / 'samples'}"])
+    for stage in ("prepare", "caption", "dataset"):
+        run_stage_here(root, stage)
+    return root
+
+
+@pytest.fixture
+def ready_project(prepared_samples, tiny_models):
+    """`ready(root, overrides, quick=True)`: a project in `root` on the bundled samples with
+    prepare, caption and dataset done (a copy of prepared_samples, its params.yaml written with
+    `overrides`, which must all be keys read after the dataset), and a copy of it
+    (`<root>-straight`, returned) to run without interruption as the reference."""
+    import shutil
+
+    from .stage_project import make_project
+
+    def ready(root: Path, overrides: list[str] = (), quick: bool = True) -> Path:
+        upstream = [o for o in overrides if not o.startswith(AFTER_THE_DATASET)]
+        if upstream:
+            raise ValueError(f"{upstream}: read by prepare, caption or dataset; run those")
+        shutil.copytree(prepared_samples, root, symlinks=True)
+        samples = f"data.raw_dir={ROOT / 'data' / 'samples'}"
+        make_project(root, tiny_models, [*overrides, samples], quick)
+        straight = root.with_name(f"{root.name}-straight")
+        shutil.copytree(root, straight, symlinks=True)
+        return straight
+
+    return ready

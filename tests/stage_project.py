@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,19 +57,9 @@ def stage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
 
 
-def ready_to_train(root: Path, tiny_models: dict[str, Path], overrides: list[str]) -> Path:
-    """A project on the bundled samples with prepare, caption and dataset done, and a copy of it
-    (`<root>-straight`) to run without interruption as the reference."""
-    samples = Path(__file__).resolve().parent.parent / "data" / "samples"
-    make_project(root, tiny_models, [*overrides, f"data.raw_dir={samples}"])
-    for stage in ("prepare", "caption", "dataset"):
-        run_stage(root, stage)
-    straight = root.with_name(f"{root.name}-straight")
-    shutil.copytree(root, straight)
-    return straight
-
-
 def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
+    """The stage in `root` in a process of its own, as a user runs it (a rerun after a kill);
+    tests/helpers/inprocess.py runs it in the test's process where the process is not the point."""
     env = stage_env()
     proc = subprocess.run(
         stage_cmd(stage, *overrides), cwd=root, env=env, capture_output=True, text=True, timeout=600
@@ -83,7 +72,9 @@ def accelerate_train(root: Path, with_output: bool = False):
     """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
-    env["OMP_NUM_THREADS"] = "1"  # a thread per process: two each on 2 cores run ~6x slower
+    # a thread per process: two each on 2 cores run ~6x slower (both variables: torch takes
+    # MKL's count over OpenMP's, and a test runner's worker may have set either)
+    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

@@ -20,7 +20,8 @@ from kshd.data.caption_sources import (
 from kshd.data.captioning import read_info_csv
 
 from .helpers.events import stop_at
-from .stage_project import make_project, noise_drawings, run_stage, stage_env
+from .helpers.inprocess import run_stage_here
+from .stage_project import make_project, noise_drawings, stage_env
 
 TRIGGER = "drawn by KSH drawing style"
 
@@ -66,7 +67,7 @@ def project(tmp_path, tiny_models):
         ["caption.batch_size=1", "caption.max_new_tokens=24", *overrides],
     )
     noise_drawings(root / "raw", 40)
-    run_stage(root, "prepare")
+    run_stage_here(root, "prepare")
     return root
 
 
@@ -81,11 +82,13 @@ def _cache_lines(root) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_caption_run_resumes_without_recaptioning(project, tmp_path, tiny_models):
+    """Killed in its own process after the third caption; the rerun and the uninterrupted run
+    (in this one) caption the rest and write the same info.csv."""
     stop_at(project, "caption", "SIGKILL", "progress:caption:3", stage_env())  # batches of 1
     done = len({json.loads(x)["key"] for x in _cache_lines(project)})
     assert done == 3, f"the kill should land after the third caption, {done} of 40 were done"
     assert not (project / "data/info.csv").exists()  # never half-written under its name
-    run_stage(project, "caption")
+    run_stage_here(project, "caption")
     assert _report(project)["captioned_now"] == 40 - done
     assert _report(project)["sources"] == {
         "override": 0,
@@ -99,20 +102,20 @@ def test_killed_caption_run_resumes_without_recaptioning(project, tmp_path, tiny
         tmp_path / "straight", tiny_models, ["caption.batch_size=1", "caption.max_new_tokens=24"]
     )
     noise_drawings(straight / "raw", 40)
-    run_stage(straight, "prepare")
-    run_stage(straight, "caption")
+    run_stage_here(straight, "prepare")
+    run_stage_here(straight, "caption")
     assert read_info_csv(project / "data/info.csv") == read_info_csv(straight / "data/info.csv")
 
 
 @pytest.mark.slow
 def test_adding_one_drawing_captions_exactly_one(project):
-    run_stage(project, "caption")
+    run_stage_here(project, "caption")
     first = read_info_csv(project / "data/info.csv")
     assert _report(project)["captioned_now"] == 40
     assert all(text.endswith(TRIGGER) for _, text in first)
     noise_drawings(project / "raw", 1, start=40)
-    run_stage(project, "prepare")
-    run_stage(project, "caption")
+    run_stage_here(project, "prepare")
+    run_stage_here(project, "caption")
     report = _report(project)
     assert report["captioned_now"] == 1 and report["sources"]["blip2_cached"] == 40
     second = read_info_csv(project / "data/info.csv")
@@ -127,8 +130,8 @@ def test_sidecar_and_override_win_and_report_counts(project):
     (project / "data/caption_overrides.csv").write_text(
         'image,text\r\ndrawing_001.png,"a boy, reviewed ""by hand"""\r\n', encoding="utf-8"
     )
-    run_stage(project, "prepare")
-    run_stage(project, "caption")
+    run_stage_here(project, "prepare")
+    run_stage_here(project, "caption")
     rows = dict(read_info_csv(project / "data/info.csv"))
     by_name = {k.split("/")[-1].rsplit("-", 1)[0]: v for k, v in rows.items()}
     assert by_name["drawing_000"] == f"a girl with a red umbrella, {TRIGGER}"

@@ -1,40 +1,40 @@
-"""`kshd generate` / `kshd img2img` from the shell: files with parameters, clear errors."""
+"""`kshd generate` / `kshd img2img` from the shell: files with parameters, clear errors.
+
+The command runs in the test's process (kshd.cli.main, its exit code and what it said).
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from kshd.drawing.pnginfo import parse_parameters, read_parameters
 
 from .conftest import ROOT
+from .helpers.inprocess import Ran, kshd_here
 
 
-def _kshd(*args: str, tiny_models, lora) -> subprocess.CompletedProcess:
-    overrides = [
-        f"model.pretrained={tiny_models['sd']}",
-        f"generate.lora={lora}",
-        "generate.device=cpu",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "kshd.cli", *args, *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def kshd(capsys, monkeypatch):
+    """`kshd *args` with the tiny SD and `lora`, offline, in the checkout's root."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(*args: str, tiny_models, lora) -> Ran:
+        overrides = [
+            f"model.pretrained={tiny_models['sd']}",
+            f"generate.lora={lora}",
+            "generate.device=cpu",
+        ]
+        return kshd_here([*args, *overrides], capsys, cwd=ROOT)
+
+    return run
 
 
-def test_generate_and_img2img_write_pngs_with_parameters(tmp_path, tiny_models, random_lora):
+def test_generate_and_img2img_write_pngs_with_parameters(kshd, tmp_path, tiny_models, random_lora):
     out = tmp_path / "out"
     common = ["--steps", "2", "--width", "64", "--height", "64", "--out", str(out)]
-    run = _kshd(
+    run = kshd(
         "generate", "--prompt", "a girl", "--seed", "9", "--batch-size", "2",
         "--lora-scale", "0.5", *common, tiny_models=tiny_models, lora=random_lora,
     )  # fmt: skip
@@ -48,7 +48,7 @@ def test_generate_and_img2img_write_pngs_with_parameters(tmp_path, tiny_models, 
 
     picture = tmp_path / "photo.jpg"
     Image.new("RGB", (300, 200), "navy").save(picture)
-    run = _kshd(
+    run = kshd(
         "img2img", "--image", str(picture), "--prompt", "a girl", "--seed", "3",
         "--strength", "0.5", *common, tiny_models=tiny_models, lora=random_lora,
     )  # fmt: skip
@@ -57,18 +57,18 @@ def test_generate_and_img2img_write_pngs_with_parameters(tmp_path, tiny_models, 
     assert info["Denoising strength"] == "0.5" and info["Size"] == "64x64"
 
 
-def test_bad_values_and_missing_files_fail_with_a_message(tmp_path, tiny_models, random_lora):
-    run = _kshd(
+def test_bad_values_and_missing_files_fail_with_a_message(kshd, tmp_path, tiny_models, random_lora):
+    run = kshd(
         "generate", "--prompt", "a", "--width", "100", "--out", str(tmp_path),
         tiny_models=tiny_models, lora=random_lora,
     )  # fmt: skip
     assert run.returncode == 2 and "width: 100 is not a multiple of 8" in run.stderr
-    run = _kshd(
+    run = kshd(
         "img2img", "--prompt", "a", "--image", str(tmp_path / "nope.png"),
         tiny_models=tiny_models, lora=random_lora,
     )  # fmt: skip
     assert run.returncode == 2 and "image: nope.png: unreadable" in run.stderr
-    run = _kshd(
+    run = kshd(
         "generate", "--prompt", "a", "--lora", str(tmp_path / "missing.safetensors"),
         tiny_models=tiny_models, lora=random_lora,
     )  # fmt: skip
@@ -77,7 +77,7 @@ def test_bad_values_and_missing_files_fail_with_a_message(tmp_path, tiny_models,
 
 
 def test_sketch_draws_with_the_controlnet_and_writes_its_control_image(
-    tmp_path, tiny_models, random_lora
+    kshd, tmp_path, tiny_models, random_lora
 ):
     sketch = tmp_path / "sketch.png"
     img = Image.new("RGB", (96, 96), "white")
@@ -86,7 +86,7 @@ def test_sketch_draws_with_the_controlnet_and_writes_its_control_image(
     out, lines = tmp_path / "out", tmp_path / "lines.png"
     controls = [f"generate.control.models.lineart={tiny_models['controlnet']}",
                 "generate.control.type=lineart"]  # fmt: skip
-    run = _kshd(
+    run = kshd(
         "sketch", "--image", str(sketch), "--prompt", "a girl", "--seed", "2", "--steps", "2",
         "--width", "64", "--height", "64", "--preprocessor", "invert", "--control-weight", "0.8",
         "--out", str(out), "--control-out", str(lines), *controls,
@@ -99,21 +99,21 @@ def test_sketch_draws_with_the_controlnet_and_writes_its_control_image(
     assert drawn.shape == (64, 64) and drawn[0, 0] == 0 and (drawn == 255).sum() > 50  # lines
     assert "sketch: 100%" in run.stderr
     # a control type whose ControlNet is neither here nor reachable: one line, the way out
-    run = _kshd("sketch", "--image", str(sketch), "--prompt", "a girl", "--control", "canny",
+    run = kshd("sketch", "--image", str(sketch), "--prompt", "a girl", "--control", "canny",
                 "--steps", "2", tiny_models=tiny_models, lora=random_lora)  # fmt: skip
     assert run.returncode == 2
     assert "control_type: config key `generate.control.models.canny`" in run.stderr
     assert "Traceback" not in run.stderr
 
 
-def test_inpaint_redraws_the_mask_and_keeps_the_rest(tmp_path, tiny_models, random_lora):
+def test_inpaint_redraws_the_mask_and_keeps_the_rest(kshd, tmp_path, tiny_models, random_lora):
     picture, mask, out = tmp_path / "picture.png", tmp_path / "mask.png", tmp_path / "out"
     pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(picture)
     white = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(white).rectangle((16, 16, 47, 47), fill=255)
     white.save(mask)
-    run = _kshd(
+    run = kshd(
         "inpaint", "--image", str(picture), "--mask", str(mask), "--prompt", "a girl",
         "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--strength", "1",
         "--mask-blur", "0", "--out", str(out), tiny_models=tiny_models, lora=random_lora,
@@ -125,6 +125,6 @@ def test_inpaint_redraws_the_mask_and_keeps_the_rest(tmp_path, tiny_models, rand
     params = parse_parameters(read_parameters(out / "00000-5.png"))
     assert params["Mask blur"] == "0" and params["Inpaint area"] == "Whole picture"
     assert "inpaint: 100%" in run.stderr
-    run = _kshd("inpaint", "--image", str(picture), "--mask", str(tmp_path / "none.png"),
+    run = kshd("inpaint", "--image", str(picture), "--mask", str(tmp_path / "none.png"),
                 "--prompt", "a", tiny_models=tiny_models, lora=random_lora)  # fmt: skip
     assert run.returncode == 2 and "mask: none.png: " in run.stderr

@@ -97,13 +97,15 @@ def test_the_demo_run_moves_toward_ksh_ink_and_strength_scales_it(tmp_path, base
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # two training processes on the CPU: nothing else beside them
 def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_path, base):
     """The other paths in one run (three trainings would cost the suite 5 more minutes): the train
     stage under `accelerate launch` with 2 CPU processes (DDP over gloo), bf16 autocast, latents
     and text states computed live each step, on the demo's samples, captions and settings. Twice
     the images a step, so twice the epochs give the steps of one process (8 training drawings
     after the demo's holdout, and 8 regularization drawings an epoch)."""
-    from .stage_project import accelerate_train, make_project, run_stage
+    from .helpers.inprocess import run_stage_here
+    from .stage_project import accelerate_train, make_project
 
     root = make_project(
         tmp_path / "p",
@@ -122,7 +124,7 @@ def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_p
         quick=False,
     )
     for stage in ("prepare", "caption", "dataset"):
-        run_stage(root, stage)
+        run_stage_here(root, stage)
     metrics = accelerate_train(root)
     assert metrics["latents"] == {}, metrics["latents"]  # live: no latent was cached
     assert LATENT_STD[0] <= metrics["latent_std"] <= LATENT_STD[1], metrics["latent_std"]

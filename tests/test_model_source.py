@@ -6,16 +6,14 @@ here exactly as on a user's machine without network.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from kshd.models.source import ModelSourceError, check_model_source
 
 from .conftest import ROOT
+from .helpers.inprocess import kshd_here
 from .stage_project import noise_drawings, project_cfg
 
 NOWHERE = "nobody-here/no-such-model"
@@ -71,17 +69,10 @@ def test_unreachable_hub_is_named_when_not_offline(tmp_path, monkeypatch):
         check_model_source(NOWHERE, "evaluate.clip_model")
 
 
-def test_kshd_generate_says_one_line_naming_the_key():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "kshd.cli", "generate", "--prompt", "a girl"]
-        + [f"model.pretrained={NOWHERE}", "generate.device=cpu"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_kshd_generate_says_one_line_naming_the_key(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["generate", "--prompt", "a girl", f"model.pretrained={NOWHERE}", "generate.device=cpu"]
+    proc = kshd_here(argv, capsys, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     [line] = [ln for ln in proc.stderr.splitlines() if "model.pretrained" in ln]

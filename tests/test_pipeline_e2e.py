@@ -162,7 +162,7 @@ def test_params_yaml_is_restored_and_a_rerun_after_a_builder_edit_runs_no_stage(
     have rerun a real user's training)."""
     repo, _ = demo
     run_ok(["git", "diff", "--exit-code", "params.yaml"], repo)
-    builder = repo / "src/kshd/builders/tiny.py"
+    builder = repo / "src/kshd_world/tiny.py"
     builder.write_text(builder.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     again = run_ok(["dvc", "exp", "run", "-S", "+experiment=demo"], repo)
     out = again.stdout + again.stderr

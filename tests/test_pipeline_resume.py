@@ -8,10 +8,8 @@ import signal
 
 import pytest
 
-from kshd_world.demo import demo_models
-
 from .conftest import quick_dvc_params
-from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, dvc_env, run_ok
+from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, dvc_env, link_tiny_models, run_ok
 from .helpers.events import Child
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -23,10 +21,10 @@ LONG = [
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh clone with the demo's tiny models built, as `make demo` builds them first."""
+def repo(tmp_path_factory, tiny_models):
+    """A fresh clone with the demo's tiny models, as `make demo` builds them first."""
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
-    demo_models(repo)
+    link_tiny_models(repo, tiny_models)
     return repo
 
 

@@ -18,6 +18,7 @@ from .helpers.settings import assert_trains_and_draws
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")  # SD 1.5's shapes: ~5 GB
 def test_sd15_shaped_pipeline_trains_and_draws(tiny_models, sample_split, tmp_path):
     from transformers import CLIPTokenizer
 

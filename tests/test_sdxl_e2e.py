@@ -14,18 +14,17 @@ import torch
 from safetensors import safe_open
 
 from kshd.adapters.files import KOHYA_FILE
-from kshd_world.demo import demo_models
 
 from .conftest import quick_dvc_params
-from .helpers.dvc_repo import clone_of_this_checkout, dvc_env
+from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, link_tiny_models
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def sdxl_run(tmp_path_factory):
+def sdxl_run(tmp_path_factory, tiny_models):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("sdxl"))
-    demo_models(repo)  # the tiny models (the SDXL among them), as `make demo` builds them
+    link_tiny_models(repo, tiny_models)  # the SDXL among them, as `make demo` builds them
     dvc = str(Path(sys.executable).with_name("dvc"))
     cmd = [dvc, "exp", "run", "-S", "+experiment=demo", "-S", "model=tiny_sdxl",
            "-S", "evaluate.sketch.controlnet=models/tiny/sdxl-controlnet",  # an SDXL one

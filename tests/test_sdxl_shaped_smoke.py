@@ -17,6 +17,7 @@ from .helpers.settings import assert_trains_and_draws
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")  # SDXL's 2.6 G-parameter UNet in fp32: many GB
 def test_sdxl_shaped_pipeline_trains_and_draws_at_256_px(tiny_models, sample_split, tmp_path):
     from transformers import CLIPTokenizer
 

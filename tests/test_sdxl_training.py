@@ -131,9 +131,10 @@ def test_the_sdxl_lora_saves_for_diffusers_and_kohya_and_both_draw_the_same(tiny
     assert np.abs(_draw(pipe) - tuned).max() < 1e-4  # the kohya file draws the same
 
 
-def test_a_killed_vpred_sdxl_training_resumes_bit_identical(tiny_models, tmp_path):
+def test_a_killed_vpred_sdxl_training_resumes_bit_identical(tiny_models, ready_project, tmp_path):
     """The train stage on a v-prediction, zero-terminal-SNR SDXL base: SIGKILL after a
-    checkpoint, rerun, and the LoRA equals an uninterrupted run's bit for bit."""
+    checkpoint, rerun (a new process), and the LoRA equals an uninterrupted run's (this process)
+    bit for bit."""
     import json
 
     from safetensors.torch import load_file
@@ -141,17 +142,18 @@ def test_a_killed_vpred_sdxl_training_resumes_bit_identical(tiny_models, tmp_pat
     from kshd.training.checkpoints import complete_checkpoints
 
     from .helpers.events import stop_at
-    from .stage_project import ready_to_train, run_stage, stage_env
+    from .helpers.inprocess import run_stage_here
+    from .stage_project import run_stage, stage_env
 
     args = [f"model.pretrained={tiny_models['sdxl']}", "model.prediction_type=v_prediction",
             "model.zero_terminal_snr=true", "train.epochs=4", "train.checkpointing_steps=3",
             "train.validation_epochs=2"]  # fmt: skip
     killed = tmp_path / "killed"
-    straight = ready_to_train(killed, tiny_models, args)
+    straight = ready_project(killed, args)
     stop_at(killed, "train", "SIGKILL", r"log:checkpoint-6 saved", stage_env())
     assert complete_checkpoints(killed / "models/checkpoints")[-1][0] == 6
     run_stage(killed, "train")
-    run_stage(straight, "train")
+    run_stage_here(straight, "train")
     metrics = json.loads((killed / "models/lora/metrics.json").read_text(encoding="utf-8"))
     assert metrics["resumed_from"] == "checkpoint-6" and metrics["steps"] == 16
     a, b = (load_file(str(p / "models/lora" / DIFFUSERS_FILE)) for p in (killed, straight))

@@ -27,6 +27,8 @@ from kshd.models.source import ModelSourceError
 from kshd.training.components import load_components
 from kshd_world.single_file import write_single_file
 
+from .conftest import QUICK_EVAL
+
 CPU = torch.device("cpu")
 # the UNet block layouts of SD 1.5 and SDXL base (their unet/config.json)
 SD15 = dict(layers_per_block=2, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
@@ -214,19 +216,19 @@ def test_the_app_draws_a_single_file_and_writes_a1111s_model_hash(tiny_models, t
 
 
 @pytest.mark.slow
-def test_the_stages_train_and_evaluate_on_a_single_file_base(tiny_models, tmp_path):
+def test_the_stages_train_and_evaluate_on_a_single_file_base(tiny_models, ready_project, tmp_path):
     """The train and evaluate stages as DVC runs them with `model.pretrained` naming a file:
     the LoRA records the file's name and sha256 as kohya does; evaluation draws with it."""
     import json
 
-    from .stage_project import ready_to_train, run_stage
+    from .helpers.inprocess import run_stage_here
 
     file = tiny_models["sd-file"]
     root = tmp_path / "project"
     args = [f"model.pretrained={file}", f"model.single_file_config={tiny_models['sd']}"]
-    ready_to_train(root, tiny_models, args)
-    run_stage(root, "train")
-    run_stage(root, "evaluate")
+    ready_project(root, [*args, *QUICK_EVAL])  # the stages' mechanics, not the metrics
+    run_stage_here(root, "train")
+    run_stage_here(root, "evaluate")
     train = json.loads((root / "models/lora/metrics.json").read_text(encoding="utf-8"))
     assert train["steps"] > 0 and np.isfinite(train["final_loss"])
     with safe_open(root / "models/lora/ksh_drawing_style.safetensors", "pt") as f:

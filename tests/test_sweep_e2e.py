@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from kshd.cli import main as kshd
 from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
-from kshd_world.demo import demo_models
 
 from .browser import ARGS, CHROMIUM
 from .conftest import quick_dvc_params
-from .helpers.dvc_repo import clone_of_this_checkout, dvc_env
+from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, link_tiny_models
+from .helpers.inprocess import working_dir
 from .helpers.wandb_offline import find_offline_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -40,9 +41,9 @@ def _dvc(args: list[str], repo: Path, env: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, tiny_models):
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("sweep"))
-    demo_models(repo)  # as `make demo` or `kshd sweep --demo` first do; queued copies load them
+    link_tiny_models(repo, tiny_models)  # as `kshd sweep --demo` does; queued copies load them
     env = dvc_env() | SECRETS | {"WANDB_MODE": "offline"}
     out = _dvc(
         ["exp", "run", "--queue", "-S", "+experiment=demo"]
@@ -60,15 +61,12 @@ def sweep(tmp_path_factory):
     final = wait(repo, names, poll=2.0)
     logs = {n: _dvc(["queue", "logs", n], repo, env) for n in names}
     assert all(s == "success" for s in final.values()), {n: logs[n][-2000:] for n in names}
-    proc = subprocess.run(
-        [sys.executable, "-m", "kshd.cli", "compare"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # `kshd compare` in this process, with the sweep's environment (its secrets among it)
+    with pytest.MonkeyPatch.context() as mp, working_dir(repo), pytest.raises(SystemExit) as end:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        kshd(["compare"])
+    assert end.value.code == 0
     return repo, names, logs, env
 
 

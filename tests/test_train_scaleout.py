@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import ROOT
-from .stage_project import accelerate_train, make_project, run_stage
+from .stage_project import accelerate_train
 
-pytestmark = pytest.mark.slow
+# two training processes on the CPU: nothing else beside them (tests/helpers/parallel.py)
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
-def test_two_process_ddp_training(tiny_models, tmp_path):
-    root = make_project(tmp_path / "p", tiny_models, [f"data.raw_dir={ROOT / 'data/samples'}"])
-    for stage in ("prepare", "caption", "dataset"):
-        run_stage(root, stage)
+def test_two_process_ddp_training(tiny_models, ready_project, tmp_path):
+    root = tmp_path / "p"
+    ready_project(root)
     metrics, proc = accelerate_train(root, with_output=True)
     # 8 training drawings, batch 2 on each of 2 processes: 2 steps an epoch, 4 epochs
     assert metrics["steps"] == 8 and metrics["epochs"] == 4

@@ -14,11 +14,10 @@ from kshd.training.checkpoints import complete_checkpoints
 from kshd.training.components import load_components
 from kshd.training.loop import CheckpointPolicy, NonFiniteLoss, train_lora
 
-from .conftest import ROOT
 from .helpers.events import stop_at
-from .stage_project import make_project, ready_to_train, run_stage, stage_env
+from .helpers.inprocess import run_stage_here
+from .stage_project import run_stage, stage_env
 
-SAMPLES = ROOT / "data" / "samples"
 BASE = dict(resolution=64, batch_size=2, epochs=2, learning_rate=1e-2, seed=7)
 
 
@@ -100,16 +99,18 @@ def _lora(root):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models, tmp_path):
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(ready_project, tmp_path):
+    """The killed stage's process, its rerun's (a new process, as a user runs it again) and the
+    uninterrupted run's (this one) are three: the LoRA must not depend on the process."""
     args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2"]
     killed = tmp_path / "killed"
-    straight = ready_to_train(killed, tiny_models, args)
+    straight = ready_project(killed, args)
     # SIGKILL right after the log line that says checkpoint-6 is in place, before step 7
     stop_at(killed, "train", "SIGKILL", r"log:checkpoint-6 saved", stage_env())
     assert complete_checkpoints(killed / "models/checkpoints")[-1][0] == 6
     assert not (killed / "models/lora/pytorch_lora_weights.safetensors").exists()
     run_stage(killed, "train")
-    run_stage(straight, "train")
+    run_stage_here(straight, "train")
     metrics = json.loads((killed / "models/lora/metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoint-6" and metrics["steps"] == 24
     a, b = _lora(killed), _lora(straight)
@@ -122,12 +123,14 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tiny_models
 
 
 @pytest.mark.slow
-def test_short_run_still_samples_the_last_epoch_and_writes_every_dvc_output(tiny_models, tmp_path):
+def test_short_run_still_samples_the_last_epoch_and_writes_every_dvc_output(
+    ready_project, tmp_path
+):
     """A sweep point shorter than `validation_epochs` or `checkpointing_steps` must not fail DVC."""
     args = ["train.epochs=3", "train.validation_epochs=2", "train.checkpointing_steps=1000"]
-    root = make_project(tmp_path / "p", tiny_models, [*args, f"data.raw_dir={SAMPLES}"])
-    for stage in ("prepare", "caption", "dataset", "train"):
-        run_stage(root, stage)
+    root = tmp_path / "p"
+    ready_project(root, args)
+    run_stage_here(root, "train")
     samples = sorted(p.name for p in (root / "reports/validation").glob("*.png"))
     assert samples == ["epoch-0002.png", "epoch-0003.png"]
     assert (root / "models/checkpoints").is_dir()

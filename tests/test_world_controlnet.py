@@ -41,6 +41,7 @@ def test_it_learned_to_follow_lines():
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the script trains on 2 threads of its own
 def test_a_few_steps_write_a_loadable_controlnet(tmp_path):
     from diffusers import ControlNetModel
 

@@ -50,6 +50,7 @@ def test_the_manifest_records_losses_that_fell():
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the script's own processes and thread counts (2 for the UNet)
 def test_a_few_steps_of_each_part_write_a_loadable_world(tmp_path):
     """The script end to end (the --smoke budget): both folders load through from_pretrained in
     fp32 from fp16 files, the VAE's scaling factor is the measured latent spread, and the

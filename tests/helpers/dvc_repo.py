@@ -67,3 +67,22 @@ def demo_steps(repo: Path, batch_size: int, epochs: int) -> int:
     ds = load_from_disk(str(repo / "data" / "dataset"))
     items = len(ds["train"]) * (2 if "reg" in ds else 1)
     return math.ceil(items / batch_size) * epochs
+
+
+def link_tiny_models(repo: Path, tiny_models: dict[str, Path]) -> None:
+    """The session's tiny models (tests/conftest.py) as the repository's `models/tiny`, then the
+    demo's own step that builds them (`make demo` and `kshd sweep --demo` run it first), which
+    finds them current and builds nothing: each tiny model is built once for the whole run."""
+    from kshd_world.demo import demo_models
+    from kshd_world.tiny import TINY_MANIFEST
+
+    shared = tiny_models["sd"].parent
+    manifests = sorted(shared.glob(f"*/{TINY_MANIFEST}"))
+    assert manifests, shared
+    before = [p.read_bytes() for p in manifests]
+    tiny = repo / "models" / "tiny"  # a folder, git-ignored as a built one is; a link per model
+    tiny.mkdir(parents=True)
+    for model in shared.iterdir():
+        (tiny / model.name).symlink_to(model, target_is_directory=model.is_dir())
+    demo_models(repo)
+    assert [p.read_bytes() for p in manifests] == before, "the demo's tiny models are other ones"

@@ -10,10 +10,11 @@ profile the tiny models are built in the workspace first; the queued copies load
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 QUEUED = re.compile(r"Queued experiment '([^']+)'")
 DONE = ("success", "failed")
+# The thread counts torch reads at start (MKL's wins over OpenMP's); each stage inherits them.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def queue(root: Path, overrides: Sequence[str]) -> list[str]:
@@ -68,14 +71,48 @@ def wait(root: Path, names: Sequence[str], poll: float = 5.0) -> dict[str, str]:
         time.sleep(poll)
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, as `taskset` or a container sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def queue_env(jobs: int, environ: Mapping[str, str], cores: int, cuda: bool) -> dict[str, str]:
+    """The environment for `dvc queue start -j jobs`: its workers, and every stage they run,
+    inherit it (`dvc exp run --queue` records none of it). On a CPU, `jobs` experiments at once
+    split the cores, `cores // jobs` threads each: torch's default of a thread per core in each
+    process oversubscribes them (bench/threads.py). A thread count the user set is kept as it
+    is; with CUDA the environment is left as it is too."""
+    env = dict(environ)
+    if jobs < 2 or cuda:
+        return env
+    if mine := {v: env[v] for v in THREAD_VARS if v in env}:
+        log.info("sweep: %d experiments at once with the threads set: %s", jobs, mine)
+        return env
+    threads = str(max(1, cores // jobs))
+    env |= dict.fromkeys(THREAD_VARS, threads)
+    log.info("sweep: %d experiments at once on %d CPU cores, %s threads each", jobs, cores, threads)
+    return env
+
+
 def start_queue(root: Path, jobs: int) -> None:
-    """`dvc queue start -j N`. Its workers are daemons that inherit stdout, so the output goes
-    to a file: a pipe would stay open, and this call would block, until the queue is empty."""
+    """`dvc queue start -j N`, the CPU cores split between the N (queue_env). Its workers are
+    daemons that inherit stdout, so the output goes to a file: a pipe would stay open, and this
+    call would block, until the queue is empty."""
     out = root / ".dvc" / "tmp" / "kshd-queue-start.log"
     out.parent.mkdir(parents=True, exist_ok=True)
+    env = queue_env(jobs, os.environ, cpu_cores(), jobs > 1 and cuda_available())
     with out.open("w") as f:
         cmd = [dvc_executable(), "queue", "start", "-j", str(jobs)]
-        code = subprocess.run(cmd, cwd=root, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     if code:
         raise DvcError(f"`dvc queue start` failed: {out.read_text(errors='replace')}")
 

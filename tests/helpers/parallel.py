@@ -1,0 +1,219 @@
+"""The suite on pytest-xdist workers (`make test`: `-n 2 --dist loadfile`) without oversubscribing.
+
+- Threads: each worker's torch, and every process it starts (OMP_NUM_THREADS, MKL_NUM_THREADS),
+  gets cores // workers threads. Two torch processes with a thread per core each on the same
+  cores run several times slower than with the cores split (bench/threads.py).
+- Alone: a test marked `alone` (DDP training, a script with thread counts of its own) waits for
+  the other workers' tests in flight to end and holds the machine while it runs, with every
+  core's threads; the others wait for it (a shared/exclusive file lock around each test).
+- Groups: tests marked `xdist_group(name)` (peaks of many GB: "memory") never run at the same
+  time, as pytest-xdist's --dist loadgroup would keep them, beside any other test.
+- Shared: the tiny models are built once for the run, in a folder the workers share.
+- Order: a file's tests stay together on one worker (module fixtures are built once); the files
+  with an `alone` test start first, then the others longest first, by the durations recorded in
+  tests/durations.json, so that no long file starts last (`--record-durations=PATH` writes
+  such a table from a run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_count() -> int:
+    """How many xdist workers share this machine (1 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def set_threads(n: int) -> None:
+    """This process's torch threads and those of the processes it starts from now on."""
+    import torch
+
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+
+
+def split_cores() -> None:
+    """Under xdist: cores // workers threads here and in every child (a smaller count set by
+    the caller, e.g. OMP_NUM_THREADS=1, is kept)."""
+    if worker_count() < 2:
+        return
+    share = max(1, cores() // worker_count())
+    set_threads(min([share] + [int(os.environ[v]) for v in THREAD_VARS if v in os.environ]))
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        metavar="PATH",
+        help="write each test file's duration (setup, call and teardown, seconds) as JSON",
+    )
+
+
+def pytest_configure(config) -> None:
+    if hasattr(config, "workerinput"):
+        split_cores()
+    if config.getoption("--record-durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(DurationRecorder(config), "kshd-durations")
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist: the files with an `alone` test first (they run while the other worker waits
+    or runs theirs, rather than waiting for a long test of another file), then the others,
+    longest first. A stable sort: each file keeps its order, every worker collects the same list.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    table = json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
+    alone = {_file(i.nodeid) for i in items if i.get_closest_marker("alone") is not None}
+
+    def key(item) -> tuple[bool, float]:
+        name = _file(item.nodeid)
+        return name not in alone, -table.get(name, UNKNOWN_FILE_S)
+
+    items.sort(key=key)
+
+
+class DurationRecorder:
+    """Sums each file's phases from the reports (on the xdist controller: every worker's)."""
+
+    def __init__(self, config) -> None:
+        self.path = Path(config.getoption("--record-durations"))
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        self.seconds[_file(report.nodeid)] += report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        table = {k: round(v, 1) for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+        self.path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+
+
+class MachineLock:
+    """Shared by every test, exclusive for an `alone` one. A turnstile lock taken before the
+    room keeps a waiting `alone` test from being starved by the other worker's next tests."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.turnstile = (folder / "turnstile.lock").open("a+")
+        self.room = (folder / "room.lock").open("a+")
+
+    @contextlib.contextmanager
+    def held(self, alone: bool) -> Iterator[None]:
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+
+
+_lock: MachineLock | None = None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """On the xdist controller: one folder for all of the run's workers (locks, tiny models)."""
+    config = node.config
+    if not hasattr(config, "kshd_run_dir"):
+        config.kshd_run_dir = tempfile.mkdtemp(prefix="kshd-run-")
+    node.workerinput["kshd_run_dir"] = config.kshd_run_dir
+
+
+def pytest_unconfigure(config) -> None:
+    if hasattr(config, "kshd_run_dir"):
+        shutil.rmtree(config.kshd_run_dir, ignore_errors=True)
+
+
+def run_folder(config) -> Path | None:
+    """A folder every xdist worker of this run shares (None without xdist)."""
+    folder = getattr(config, "workerinput", {}).get("kshd_run_dir")
+    return Path(folder) if folder else None
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """One worker at a time (an exclusive lock on the file `path`)."""
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _machine_lock(config) -> MachineLock | None:
+    global _lock
+    folder = run_folder(config)
+    if _lock is None and folder is not None and worker_count() > 1:
+        _lock = MachineLock(folder)
+    return _lock
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    lock = _machine_lock(item.config)
+    if lock is None:
+        yield
+        return
+    alone = item.get_closest_marker("alone") is not None
+    groups = sorted({m.args[0] for m in item.iter_markers("xdist_group")})
+    with contextlib.ExitStack() as held:
+        held.enter_context(lock.held(alone))
+        for group in groups:  # one test of a group at a time, as --dist loadgroup would run them
+            held.enter_context(exclusive(run_folder(item.config) / f"group-{group}.lock"))
+        held.enter_context(_threads(cores() if alone else None))
+        yield
+
+
+@contextlib.contextmanager
+def _threads(every_core: int | None) -> Iterator[None]:
+    """During an `alone` test every core's threads (the machine is its own). After any test the
+    worker's share again: some code sets torch's count for its own run and keeps it (the demo
+    world's ControlNet script, for one)."""
+    import torch
+
+    before, threads = {v: os.environ.get(v) for v in THREAD_VARS}, torch.get_num_threads()
+    if every_core:
+        set_threads(every_core)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for var, value in before.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
