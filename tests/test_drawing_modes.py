@@ -1,7 +1,8 @@
 """The drawing-mode seam: which mode a request is (each mode's rule, asked from the last
 registered), and a mode added from this one file, with a field of its own, drawn by the engine
-as it is (its pixels, its PNG parameters, its outputs folder, its field's error), and its tab:
-its GUI part registered here, built, checked and drawn by the studio as it is."""
+as it is (its pixels, its PNG parameters and PNG Info's reading of them, its outputs folder,
+its field's error), and its tab: its GUI part registered here, built, checked and drawn by the
+studio as it is."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kshd.drawing.gui_modes import TAB_FIELDS, TabPart, picture_inputs, register
 from kshd.drawing.modes.img2img import ImageToImage, Picture
 from kshd.drawing.modes.registry import mode_of, modes, register_mode, validate
 from kshd.drawing.pace import work
-from kshd.drawing.pnginfo import parse_parameters, read_parameters
+from kshd.drawing.pnginfo import parse_parameters, read_parameters, request_fields
 from kshd.drawing.request import Request, RequestError
 
 FLIPS = ("horizontal", "vertical")
@@ -37,6 +38,7 @@ class Mirror(ImageToImage):
 
     name = "mirror"
     request = MirrorRequest
+    param_readers = ImageToImage.param_readers | {"Mirror": ("flip", {f: f for f in FLIPS}.get)}
 
     @classmethod
     def claims(cls, req: Request) -> bool:
@@ -141,6 +143,16 @@ def test_a_mode_from_one_file_is_drawn_saved_and_checked_by_the_engine(engine, p
         "Denoising strength: 0.6, ", "Denoising strength: 0.6, Mirror: horizontal, "
     )
     assert [p.parent.parent.name for p in done.paths] == ["mirror", "mirror"]
+    fields, unused = request_fields(read_parameters(done.paths[1]), "", "")  # PNG Info reads it
+    assert (fields["flip"], fields["strength"], fields["seed"], unused) == (
+        "horizontal",
+        0.6,
+        4,
+        [],
+    )
+    text = read_parameters(done.paths[1]).replace("Mirror: horizontal", "Mirror: diagonal")
+    fields, unused = request_fields(text, "", "")
+    assert "flip" not in fields and unused == ["Mirror"]
     half = MirrorRequest("a", image=picture, strength=0.5)
     assert work(8, 1, 64, 64, Mirror.share(half)) == work(4, 1, 64, 64)  # the queue's estimate
     upright = engine.generate(MirrorRequest("a", image=picture, flip="vertical", **{**DRAW,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from kshd.config.values import CONTROL_MODE_LABELS, RESIZE_LABELS
+from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS, RESIZE_LABELS
 from kshd.drawing.control_images import control_image, preprocessor_for
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
 
@@ -181,3 +181,31 @@ def unit_infotext(req: Request, preprocessor: str, model: str) -> str:
         "Control Mode": CONTROL_MODE_LABELS[req.control_mode],
     }
     return ", ".join(f"{k}: {v}" for k, v in parts.items())
+
+
+def read_unit(unit: str, models: Mapping[str, str]) -> tuple[dict, list[str]]:
+    """The Request fields of A1111's `ControlNet 0` unit, and what of it cannot be used (its
+    model is found among `models`, control type -> id or folder, by its name)."""
+    parts = dict(p.split(": ", 1) for p in unit.split(", ") if ": " in p)
+    out, unused = {}, []
+    name = parts.get("Model", "").split(" [")[0]
+    types = [t for t, source in models.items() if source.rstrip("/").split("/")[-1] == name]
+    if types:
+        out["control_type"] = types[0]
+    else:
+        unused.append(f"ControlNet model {name or '?'}")
+    if parts.get("Module") in PREPROCESSORS:
+        out["preprocessor"] = parts["Module"]
+    modes = {v: k for k, v in CONTROL_MODE_LABELS.items()}
+    resizes = {v: k for k, v in RESIZE_LABELS.items()}
+    readers = {"Weight": ("control_weight", float), "Guidance Start": ("guidance_start", float),
+               "Guidance End": ("guidance_end", float), "Control Mode": ("control_mode", modes.get),
+               "Resize Mode": ("resize_mode", resizes.get)}  # fmt: skip
+    for key, (field, read) in readers.items():
+        try:
+            value = read(parts[key]) if key in parts else None
+        except ValueError:
+            value = None
+        if value is not None:
+            out[field] = value
+    return out, unused

@@ -21,6 +21,8 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from kshd.drawing.modes.registry import modes
+
 KEY = "parameters"
 NEGATIVE = "Negative prompt:"
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -109,11 +111,11 @@ def _next_number(folder: Path) -> int:
 
 LORA_TAG = re.compile(r"\s*<lora:([^:>]+):(-?[\d.]+)>")
 # A1111 keys -> Request fields (numbers as the fields take them)
-_NUMBERS = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
-            "Denoising strength": ("strength", float)}  # fmt: skip
-_NUMBERS |= {"Mask blur": ("mask_blur", int), "Masked area padding": ("inpaint_padding", int)}
-_KNOWN = {*_NUMBERS, "Prompt", "Negative prompt", "Sampler", "Size", "Model", "Lora hashes",
-          "Version", "Model hash", "Model family", "Inpaint area", "ControlNet 0"}  # fmt: skip
+# the A1111 keys every mode shares -> Request fields (numbers as the fields take them); a mode's
+# own keys are read by the mode (Mode.read_params)
+_NUMBERS = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int)}
+_SHARED = {*_NUMBERS, "Prompt", "Negative prompt", "Sampler", "Size", "Model", "Lora hashes",
+           "Version", "Model hash", "Model family"}  # fmt: skip
 
 
 def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
@@ -129,43 +131,14 @@ def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
     return (prefix, "") if full == p else ("", full)
 
 
-def _control_unit(unit: str, models: dict[str, str]) -> tuple[dict, list[str]]:
-    """The Request fields of A1111's `ControlNet 0` unit, and what of it cannot be used (its
-    model is found among `models`, control type -> id or folder, by its name)."""
-    from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS, RESIZE_LABELS
-
-    parts = dict(p.split(": ", 1) for p in unit.split(", ") if ": " in p)
-    out, unused = {}, []
-    name = parts.get("Model", "").split(" [")[0]
-    types = [t for t, source in models.items() if source.rstrip("/").split("/")[-1] == name]
-    if types:
-        out["control_type"] = types[0]
-    else:
-        unused.append(f"ControlNet model {name or '?'}")
-    if parts.get("Module") in PREPROCESSORS:
-        out["preprocessor"] = parts["Module"]
-    modes = {v: k for k, v in CONTROL_MODE_LABELS.items()}
-    resizes = {v: k for k, v in RESIZE_LABELS.items()}
-    readers = {"Weight": ("control_weight", float), "Guidance Start": ("guidance_start", float),
-               "Guidance End": ("guidance_end", float), "Control Mode": ("control_mode", modes.get),
-               "Resize Mode": ("resize_mode", resizes.get)}  # fmt: skip
-    for key, (field, read) in readers.items():
-        try:
-            value = read(parts[key]) if key in parts else None
-        except ValueError:
-            value = None
-        if value is not None:
-            out[field] = value
-    return out, unused
-
-
 def request_fields(
     text: str, positive_prefix: str, negative_prefix: str, control_models: dict | None = None
 ) -> tuple[dict, list[str]]:
     """The Request fields an A1111 `parameters` text (ours or A1111's) gives, for a tab with
     these prefixes, and the keys the app cannot use (reported, never silently dropped). The
-    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one; a ControlNet unit
-    gives the sketch's settings, its model looked up in `control_models`."""
+    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one; each drawing
+    mode reads its own keys (a ControlNet unit: the sketch's settings, its model looked up in
+    `control_models`)."""
     from kshd.drawing.request import RequestError, sampler_key
 
     params = parse_parameters(text)
@@ -176,7 +149,8 @@ def request_fields(
     out["negative_prefix"], out["negative_prompt"] = _unprefixed(
         params["Negative prompt"], negative_prefix
     )
-    unused = [k for k in params if k not in _KNOWN]
+    known = _SHARED.union(*(m.param_keys() for m in modes().values()))
+    unused = [k for k in params if k not in known]
     for key, (field, kind) in _NUMBERS.items():
         if key in params:
             try:
@@ -190,13 +164,8 @@ def request_fields(
             out["sampler"] = sampler_key(params["Sampler"])
         except RequestError:
             unused.append("Sampler")
-    from kshd.config.values import INPAINT_AREA_LABELS
-
-    areas = {label: key for key, label in INPAINT_AREA_LABELS.items()}
-    if params.get("Inpaint area") in areas:
-        out["inpaint_area"] = areas[params["Inpaint area"]]
-    if "ControlNet 0" in params:
-        unit, not_used = _control_unit(params["ControlNet 0"], control_models or {})
-        out |= unit
-        unused += not_used
+    for mode in modes().values():  # a key two modes share (strength) reads the same in both
+        fields, not_used = mode.read_params(params, control_models or {})
+        out |= fields
+        unused += [k for k in not_used if k not in unused]
     return out, unused

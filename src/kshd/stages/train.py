@@ -123,6 +123,26 @@ def _base_model(pretrained: str) -> dict:
     return {"base_model": pretrained}
 
 
+def checkpoint_policy(cfg: ProjectConfig, split, reg) -> CheckpointPolicy:
+    """Where checkpoints go and which of them this run may continue: those of the same training
+    settings, dataset (and regularization set) and base model."""
+    s, m = cfg.train, cfg.model
+    checkpoints = Path(cfg.output.checkpoints_dir)
+    checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even for a run too short for one
+    return CheckpointPolicy(
+        checkpoints,
+        s.checkpointing_steps,
+        s.checkpoints_total_limit,
+        s.resume,
+        fingerprint(
+            settings=s.defining(),
+            dataset=split._fingerprint
+            + (f"+reg:{reg._fingerprint}:{s.prior_loss_weight}" if reg else ""),
+            model=model_identity(m.pretrained, m.revision) | m.schedule_identity(),
+        ),
+    )
+
+
 def run(cfg: ProjectConfig) -> dict | None:
     """data/dataset -> models/lora; the metrics (None off the main process). Raises Interrupted
     on Ctrl-C or SIGTERM once a checkpoint is written."""
@@ -142,20 +162,7 @@ def run(cfg: ProjectConfig) -> dict | None:
     )  # fmt: skip
     main_process = process_state().is_main_process
     wb = start_run(cfg.tracking, "train", as_plain(cfg)) if main_process else None
-    checkpoints = Path(cfg.output.checkpoints_dir)
-    checkpoints.mkdir(parents=True, exist_ok=True)  # a DVC output, even for a run too short for one
-    ckpt = CheckpointPolicy(
-        checkpoints,
-        s.checkpointing_steps,
-        s.checkpoints_total_limit,
-        s.resume,
-        fingerprint(
-            settings=s.defining(),
-            dataset=split._fingerprint
-            + (f"+reg:{reg._fingerprint}:{s.prior_loss_weight}" if reg else ""),
-            model=model_identity(m.pretrained, m.revision) | m.schedule_identity(),
-        ),
-    )
+    ckpt = checkpoint_policy(cfg, split, reg)
     on_log = (
         (lambda row: wb.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
         if wb

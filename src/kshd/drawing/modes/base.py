@@ -15,7 +15,7 @@ A mode whose requests need fields of their own names a `Request` subclass holdin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
@@ -45,6 +45,8 @@ class Mode:
 
     name: ClassVar[str]  # the request's kind: its outputs sub-folder and the app's tab
     request: ClassVar[type[Request]] = Request  # a subclass when its requests have own fields
+    # PNG Info: its A1111 `parameters` keys -> (Request field, parse; ValueError or None: unusable)
+    param_readers: ClassVar[dict[str, tuple[str, Callable[[str], Any]]]] = {}
 
     # --- what a request is: no model needed ---
 
@@ -69,6 +71,33 @@ class Mode:
         """Its keys in A1111's `parameters`, in order, placed after "Model family" (a None
         value is left out); `given`: what `inputs` read, None for what the request alone says."""
         return {}
+
+    @classmethod
+    def param_keys(cls) -> set[str]:
+        """The `parameters` keys it reads back (`read_params`)."""
+        return set(cls.param_readers)
+
+    @classmethod
+    def read_params(
+        cls, params: Mapping[str, str], control_models: Mapping[str, str]
+    ) -> tuple[dict[str, object], list[str]]:
+        """The Request fields its keys in a `parameters` text give (PNG Info: our files and
+        A1111's), and those of its keys it cannot use, to be reported; `control_models`: the
+        engine's ControlNets by control type."""
+        out: dict[str, object] = {}
+        unused: list[str] = []
+        for key, (field, parse) in cls.param_readers.items():
+            if key not in params:
+                continue
+            try:
+                value = parse(params[key])
+            except ValueError:
+                value = None
+            if value is None:
+                unused.append(key)
+            else:
+                out[field] = value
+        return out, unused
 
     # --- how it is drawn, by one engine ---
 

@@ -37,6 +37,7 @@ def unchanged_picture(req: Request, picture: Image.Image | None) -> Image.Image 
 
 class ImageToImage(Mode):
     name = "img2img"
+    param_readers = {"Denoising strength": ("strength", float)}
 
     @classmethod
     def claims(cls, req: Request) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from kshd.config.schema_generate import Limits
-from kshd.config.values import INPAINT_AREAS
+from kshd.config.values import INPAINT_AREA_LABELS, INPAINT_AREAS
 from kshd.drawing.inpaint import (
     inpaint_call,
     inpaint_inputs,
@@ -30,6 +30,11 @@ class Masked(Picture):
 
 class Inpaint(ImageToImage):
     name = "inpaint"
+    param_readers = ImageToImage.param_readers | {
+        "Mask blur": ("mask_blur", lambda v: int(float(v))),
+        "Masked area padding": ("inpaint_padding", lambda v: int(float(v))),
+        "Inpaint area": ("inpaint_area", {v: k for k, v in INPAINT_AREA_LABELS.items()}.get),
+    }
 
     @classmethod
     def claims(cls, req: Request) -> bool:

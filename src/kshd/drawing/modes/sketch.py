@@ -15,6 +15,7 @@ from kshd.config.values import CONTROL_MODES, PREPROCESSORS
 from kshd.drawing.control import (
     ControlNets,
     control_call,
+    read_unit,
     sketch_control,
     soft_injection,
     unit_infotext,
@@ -38,6 +39,22 @@ class Guided:
 
 class Sketch(Mode):
     name = "sketch"
+    param_readers = {"Denoising strength": ("strength", float)}
+    UNIT = "ControlNet 0"  # A1111's first (our only) ControlNet unit
+
+    @classmethod
+    def param_keys(cls) -> set[str]:
+        return super().param_keys() | {cls.UNIT}
+
+    @classmethod
+    def read_params(cls, params, control_models) -> tuple[dict[str, object], list[str]]:
+        """Its strength, and the unit's settings, its model looked up in `control_models`."""
+        out, unused = super().read_params(params, control_models)
+        if cls.UNIT in params:
+            unit, not_used = read_unit(params[cls.UNIT], control_models)
+            out |= unit
+            unused += not_used
+        return out, unused
 
     @classmethod
     def claims(cls, req: Request) -> bool:
@@ -72,7 +89,7 @@ class Sketch(Mode):
     @classmethod
     def params(cls, req: Request, given: Guided | None = None) -> dict[str, object]:
         strength = f"{req.strength:g}" if req.image is not None else None
-        return {"Denoising strength": strength, "ControlNet 0": given.unit if given else None}
+        return {"Denoising strength": strength, cls.UNIT: given.unit if given else None}
 
     def __init__(self, engine):
         super().__init__(engine)
