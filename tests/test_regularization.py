@@ -26,6 +26,7 @@ from .helpers.lora_files import TRIGGER
 
 ROOT = Path(__file__).resolve().parent.parent
 REG = ROOT / "data" / "sample_reg"
+REG_TRIGGER_WARNING = "regularization drawings' captions contain the trigger phrase"
 
 
 @pytest.fixture
@@ -57,7 +58,9 @@ def test_the_stages_carry_the_regularization_drawings_without_the_trigger(reg_cf
 
     ds = load_from_disk(reg_cfg.data.dataset_dir)
     assert sorted(ds["reg"]["text"]) == sorted(sidecars)
-    assert not caplog.records or "trigger phrase" not in caplog.text
+    # no regularization caption was found naming the trigger (the tiny BLIP-2 may leave an
+    # artist's drawing's caption empty, which is warned of on its own)
+    assert REG_TRIGGER_WARNING not in caplog.text
 
 
 def test_no_folder_means_none_and_a_later_empty_one_removes_them(reg_cfg, tmp_path):
@@ -87,7 +90,7 @@ def test_a_regularization_caption_naming_the_trigger_is_warned(reg_cfg, tmp_path
     prepare.run(reg_cfg)
     with caplog.at_level(logging.WARNING):
         caption.run(reg_cfg)
-    assert "plain-050001.png" in caplog.text and "trigger phrase" in caplog.text
+    assert "plain-050001.png" in caplog.text and REG_TRIGGER_WARNING in caplog.text
 
 
 def test_each_epoch_takes_as_many_regularization_drawings_in_turn():
