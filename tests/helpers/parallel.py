@@ -29,16 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from kshd.experiments.sweep import THREAD_VARS, cpu_cores
+
 DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_count() -> int:
@@ -55,12 +49,12 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def split_cores() -> None:
+def split_cpu_cores() -> None:
     """Under xdist: cores // workers threads here and in every child (a smaller count set by
     the caller, e.g. OMP_NUM_THREADS=1, is kept)."""
     if worker_count() < 2:
         return
-    share = max(1, cores() // worker_count())
+    share = max(1, cpu_cores() // worker_count())
     set_threads(min([share] + [int(os.environ[v]) for v in THREAD_VARS if v in os.environ]))
 
 
@@ -74,7 +68,7 @@ def pytest_addoption(parser) -> None:
 
 def pytest_configure(config) -> None:
     if hasattr(config, "workerinput"):
-        split_cores()
+        split_cpu_cores()
     if config.getoption("--record-durations") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(DurationRecorder(config), "kshd-durations")
 
@@ -194,7 +188,7 @@ def pytest_runtest_protocol(item, nextitem):
         held.enter_context(lock.held(alone))
         for group in groups:  # one test of a group at a time, as --dist loadgroup would run them
             held.enter_context(exclusive(run_folder(item.config) / f"group-{group}.lock"))
-        held.enter_context(_threads(cores() if alone else None))
+        held.enter_context(_threads(cpu_cores() if alone else None))
         yield
 
 
