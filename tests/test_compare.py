@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from kshd.experiments.compare import CompareError, offline_template, select, svg
 from kshd.experiments.compare_page import render
+from kshd.experiments.dvc import DvcError
 from kshd.experiments.finished import Experiment, differing, experiments_from_show
+from kshd.experiments.sweep import states
+
+from .helpers.dvc_repo import run_ok
 
 FILES = {"reports/metrics.json": "", "models/lora/metrics.json": "train."}
 
@@ -182,3 +188,54 @@ def test_a_query_that_meets_a_half_written_queue_file_is_asked_again(tmp_path, m
     calls.unlink()
     with pytest.raises(dvc.DvcError, match="unexpected error"):  # a command is not retried
         dvc.run_dvc(tmp_path, ["queue", "status"])
+
+
+def test_queue_states_are_read_in_process_as_dvc_queue_status_prints_them(tmp_path):
+    """The sweep's wait reads the queue through DVC's queue object, not a `dvc` process per poll:
+    the states must be the ones `dvc queue status` prints, for the named experiments only."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n"
+    )
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "init"]):  # fmt: skip
+        run_ok(cmd, tmp_path)
+    for name in ("first", "second"):
+        run_ok([dvc, "exp", "run", "--queue", "--name", name], tmp_path)
+    printed = run_ok([dvc, "queue", "status"], tmp_path).stdout
+    assert re.search(r"\bfirst\b.*\bQueued\b", printed) and re.search(
+        r"\bsecond\b.*Queued", printed
+    )
+    assert states(tmp_path, ["first", "second", "third"]) == {"first": "queued", "second": "queued"}
+
+
+def test_a_half_written_queue_file_read_in_process_is_read_again(tmp_path, monkeypatch):
+    """DVC's queue object can meet a result file the worker is writing (a JSON error, as the
+    command's "unexpected error"): the sweep's wait reads again, and names the queue when it
+    keeps failing."""
+    import dvc.repo
+
+    reads = []
+
+    class Queue:
+        def status(self):
+            reads.append(1)
+            if len(reads) < 2:
+                raise json.JSONDecodeError("Expecting value", "", 0)
+            return [{"name": "a", "status": "Running"}]
+
+    class Repo:
+        def __init__(self, root):
+            self.experiments = type("E", (), {"celery_queue": Queue()})()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(dvc.repo, "Repo", Repo)
+    assert states(tmp_path, ["a"]) == {"a": "running"} and len(reads) == 2
+    reads.clear()
+    with pytest.raises(DvcError, match=str(tmp_path)):
+        states(tmp_path, ["a"], tries=1)
