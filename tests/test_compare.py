@@ -14,6 +14,7 @@ from kshd.experiments.compare_page import render
 from kshd.experiments.dvc import DvcError
 from kshd.experiments.finished import Experiment, differing, experiments_from_show
 from kshd.experiments.sweep import states
+from kshd.experiments.table import markdown_table
 
 from .helpers.dvc_repo import run_ok
 
@@ -239,3 +240,18 @@ def test_a_half_written_queue_file_read_in_process_is_read_again(tmp_path, monke
     reads.clear()
     with pytest.raises(DvcError, match=str(tmp_path)):
         states(tmp_path, ["a"], tries=1)
+
+
+def test_the_markdown_table_ranks_by_style_gain_and_leaves_a_missing_metric_empty():
+    """table.md: a row per experiment, best style_gain first, the differing params and each
+    run's cost; a metric an older run lacks is an empty cell, a `|` in a value is escaped."""
+    exps = [
+        Experiment("low", "r1", {"train.adapter.kind": "lora"}, {"style_gain": 0.01}),
+        Experiment("high", "r2", {"train.adapter.kind": "lo|ha"},
+                   {"style_gain": 0.2, "train.adapter_mb": 1.5}, {"step": 40}),
+    ]  # fmt: skip
+    lines = markdown_table(exps, ["train.adapter.kind"]).splitlines()
+    assert lines[0].startswith("| experiment | train.adapter.kind | style_gain | trigger_gain |")
+    assert lines[1] == "| " + " | ".join(["---"] * 9) + " |"
+    assert lines[2] == "| high | lo\\|ha | 0.2 |  |  | 1.5 |  |  | 40 |"
+    assert lines[3] == "| low | lora | 0.01 |  |  |  |  |  |  |"

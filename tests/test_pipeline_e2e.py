@@ -79,6 +79,8 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     t = DEMO.train
     steps = demo_steps(repo, batch_size=t.batch_size, epochs=t.epochs)
     assert train["steps"] == steps
+    kohya = repo / "models/lora/ksh_drawing_style.safetensors"
+    assert train["adapter_mb"] == round(kohya.stat().st_size / 1e6, 3) > 0
     validation = sorted(p.name for p in (repo / "reports/validation").glob("*.png"))
     every = t.validation_epochs
     epochs = sorted({*range(every, t.epochs + 1, every), t.epochs})  # and after the last one

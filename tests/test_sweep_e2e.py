@@ -153,6 +153,16 @@ def test_compare_page_lists_the_experiments_with_metrics_and_grids(sweep):
     assert len(images) == prompts * 4 and {n for n, _ in images} == set(names)
     assert all((page_dir / src).stat().st_size > 0 for _, src in images)
     assert page.count("<svg") >= 2 and all(n in page for n in names)  # loss, checkpoints
+    # the same comparison as a Markdown table, best style_gain first, with each run's cost
+    lines = (page_dir / "table.md").read_text(encoding="utf-8").splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:3] == ["experiment", "train.batch_size", "train.epochs"] and "file MB" in head
+    table = [dict(zip(head, (c.strip() for c in r.strip("|").split("|")), strict=True))
+             for r in lines[2:]]  # fmt: skip
+    assert sorted(r["experiment"] for r in table) == sorted(names)
+    gains = [float(r["style_gain"]) for r in table]
+    assert gains == sorted(gains, reverse=True)
+    assert all(float(r["file MB"]) > 0 and float(r["images/s"]) > 0 for r in table)
 
 
 def test_secrets_are_never_written(sweep):

@@ -16,6 +16,7 @@ from pathlib import Path
 from kshd.experiments.compare_page import render
 from kshd.experiments.dvc import DvcError, exp_show, run_dvc
 from kshd.experiments.finished import Experiment, differing, experiments_from_show
+from kshd.experiments.table import markdown_table
 from kshd.fileio import write_text
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def build_comparison(root: Path, out: Path, names: Sequence[str] = ()) -> Path:
     template = offline_template(root / ".dvc")
     run_dvc(root, ["plots", "diff", *revs, "-o", str(plots), "--html-template", str(template)])
     page = out / "index.html"
-    write_text(
-        page, render(exps, differing(exps), {p: svg(s) for p, s in curves.items()}, images, out)
-    )
+    params = differing(exps)
+    write_text(page, render(exps, params, {p: svg(s) for p, s in curves.items()}, images, out))
+    write_text(out / "table.md", markdown_table(exps, params))
     log.info("compared %d experiments (%s): %s", len(exps), ", ".join(revs), page)
     return page

@@ -104,9 +104,10 @@ def write_outputs(
         sdxl=components.text_encoder_2 is not None,
     )
     adapter = build_adapter(s.adapter, s.rank, s.alpha)
-    save_adapter(out, adapter, info, components.unet, components.text_encoder,
-                 components.text_encoder_2)  # fmt: skip
+    _, kohya = save_adapter(out, adapter, info, components.unet, components.text_encoder,
+                            components.text_encoder_2)  # fmt: skip
     metrics = result.metrics() | {
+        "adapter_mb": round(kohya.stat().st_size / 1e6, 3),  # the file A1111 users share
         "reg_images": num_reg_images,
         "latents": result.latents,
         "captions": result.captions,
