@@ -61,7 +61,7 @@ def crash_after_checkpoint(monkeypatch, step: int) -> None:
     monkeypatch.setattr(trainer, "save_checkpoint", save)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["prodigy", "schedulefree_adamw"])  # adamw: test_training.py
 def test_each_optimizer_trains_the_tiny_model_and_keeps_its_state_in_the_checkpoint(
     kind, tiny_models, sample_split, tmp_path
 ):
@@ -75,6 +75,7 @@ def test_each_optimizer_trains_the_tiny_model_and_keeps_its_state_in_the_checkpo
     losses = [h["loss"] for h in result.history]
     assert result.steps == 10 and all(torch.isfinite(torch.tensor(losses)))
     assert any(p.abs().sum() > 0 for n, p in lora_weights(c).items() if "lora_B" in n)
+    # Prodigy at its own lr 1.0 (train.learning_rate 1e-2 is not used)
     assert {h["lr"] for h in result.history} == {1.0 if kind == "prodigy" else 1e-2}
     groups = json.loads((tmp_path / "ckpt/checkpoint-10/state.json").read_text())["optimizer"]
     group = groups["param_groups"][0]
