@@ -103,7 +103,6 @@ def _setup(
     """Everything the loop needs, in the reference script's order, prepared by accelerate."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
     check_reg(s, reg)
     optim = optimizer_kind(s.optimizer)
@@ -129,15 +128,8 @@ def _setup(
         data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
-    optimizer = optim.build(params, optim.learning_rate(s.learning_rate))
     max_steps, epochs = total_steps(s, batches_per_epoch)
-    schedule, warmup = optim.schedule(s.lr_scheduler, s.lr_warmup_steps)
-    lr_scheduler = get_scheduler(
-        schedule,
-        optimizer=optimizer,
-        num_warmup_steps=warmup * acc.num_processes,
-        num_training_steps=max_steps * acc.num_processes,
-    )
+    optimizer, lr_scheduler = _optimizer(optim, params, s, max_steps, acc.num_processes)
     unet, optimizer, loader, lr_scheduler = acc.prepare(c.unet, optimizer, loader, lr_scheduler)
     if s.train_text_encoder:
         c.text_encoder = acc.prepare(c.text_encoder)
@@ -160,6 +152,21 @@ def _setup(
         optim,
         released,
     ), stats
+
+
+def _optimizer(optim: OptimizerKind, params: list, s: TrainSettings, max_steps: int, procs: int):
+    """The kind's optimizer over the adapter's parameters, at the kind's rate, and the lr
+    schedule the kind trains under (diffusers' get_scheduler, counted over all processes)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = optim.build(params, optim.learning_rate(s.learning_rate))
+    schedule, warmup = optim.schedule(s.lr_scheduler, s.lr_warmup_steps)
+    return optimizer, get_scheduler(
+        schedule,
+        optimizer=optimizer,
+        num_warmup_steps=warmup * procs,
+        num_training_steps=max_steps * procs,
+    )
 
 
 def _parts(run: _Run, c: Components) -> tuple:
