@@ -71,7 +71,8 @@ def test_each_optimizer_trains_the_tiny_model_and_keeps_its_state_in_the_checkpo
     c = load_components(str(tiny_models["sd"]))
     s = settings(kind, lr_scheduler="constant")
     ckpt = CheckpointPolicy(tmp_path / "ckpt", 5, None, True, kind)
-    result = train_lora(c, sample_split, s, ckpt=ckpt, cache_dir=tmp_path / "cache")
+    rows = []
+    result = train_lora(c, sample_split, s, rows.append, ckpt, cache_dir=tmp_path / "cache")
     losses = [h["loss"] for h in result.history]
     assert result.steps == 10 and all(torch.isfinite(torch.tensor(losses)))
     assert any(p.abs().sum() > 0 for n, p in lora_weights(c).items() if "lora_B" in n)
@@ -84,7 +85,9 @@ def test_each_optimizer_trains_the_tiny_model_and_keeps_its_state_in_the_checkpo
         assert group["d_numerator"] > 0 and group["d_denom"] > 0 and group["k"] == 10
         assert group["d"] >= group["d0"] == 1e-6
         assert group["d_coef"] == 1.0 and group["safeguard_warmup"] and group["decouple"]
+        assert rows[-1]["d*lr"] == group["d"] * group["lr"]  # logged as kohya's lr/d*lr
     if kind == "schedulefree_adamw":
+        assert "d*lr" not in rows[-1]
         assert group["weight_sum"] > 0 and group["k"] == 10 and group["train_mode"] is False
         state = load_file(str(tmp_path / "ckpt/checkpoint-10/training_state.safetensors"))
         assert any(k.endswith(".z") for k in state)

@@ -324,7 +324,7 @@ def _loop(
             row = _record(p, run, loss_sum, rate, bar)
             loss_sum = 0.0
             if on_log and acc.is_main_process:
-                on_log(row)
+                on_log(row | run.optim.report(run.optimizer))
             if ckpt and (p.step % ckpt.every == 0 or stop["set"]):
                 _checkpoint(run, c, ckpt, p)
             if stop["set"]:

@@ -45,6 +45,10 @@ class OptimizerKind:
         """Put the weights in the state that is sampled and saved: before validation, every
         checkpoint and the final save."""
 
+    def report(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """What the kind adds to each step's logged row (wandb; loss.csv keeps its columns)."""
+        return {}
+
     def adam_kwargs(self, lr: float) -> dict:
         """The keyword arguments every Adam-like kind takes, from the settings every kind has."""
         s = self.settings

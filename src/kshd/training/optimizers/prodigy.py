@@ -44,3 +44,8 @@ class Prodigy(OptimizerKind):
             use_bias_correction=s.use_bias_correction,
             safeguard_warmup=s.safeguard_warmup,
         )
+
+    def report(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The rate Prodigy actually steps at, d * lr (kohya logs it as lr/d*lr)."""
+        group = optimizer.param_groups[0]
+        return {"d*lr": group["d"] * group["lr"]}
