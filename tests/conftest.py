@@ -185,7 +185,7 @@ def browser():
 
 # Keys that prepare, caption and dataset never read (dvc.yaml's params for those stages are
 # prepare.*, caption and dataset.*): a project differing only in these reuses their outputs.
-AFTER_THE_DATASET = ("train.", "model.", "evaluate.")
+AFTER_THE_DATASET = ("train.", "train/", "model.", "evaluate.")
 
 
 @pytest.fixture(scope="session")

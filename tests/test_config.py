@@ -214,7 +214,7 @@ def test_a_hand_run_can_choose_config_groups_as_dvc_exp_run_does():
     assert tiny.model.pretrained == "models/tiny/sdxl" and tiny.generate.steps == 5
     vpred = load_params(["+experiment=sdxl", "model=noobai_xl_vpred", "memory=gpu_12gb"])
     assert vpred.model.prediction_type == "v_prediction" and vpred.model.zero_terminal_snr
-    assert vpred.train.resolution == 1024 and vpred.train.use_8bit_adam
+    assert vpred.train.resolution == 1024 and vpred.train.optimizer.kind == "adamw8bit"
     # SDXL ControlNets for the app's sketch to style and the evaluation's sketch section
     assert vpred.evaluate.sketch.controlnet == vpred.generate.control.models["lineart_anime"]
     assert all("sdxl" in v.lower() for v in vpred.generate.control.models.values())

@@ -306,7 +306,10 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
         "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
         "adapter",  # a LoRA's targets under the names they had as train.* keys (below)
-    } | {"target_modules", "text_encoder_target_modules"}  # fmt: skip
+        "optimizer",  # AdamW's keys under the names they had as train.* keys
+    } | {"target_modules", "text_encoder_target_modules"} | {
+        "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
+    }  # fmt: skip
     # the value before the marking: checkpoints of earlier runs still resume
     s = defaults("train")
     assert fingerprint(settings=s.defining()) == "cb6541ea5ad123159fc2"

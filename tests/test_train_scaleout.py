@@ -11,9 +11,12 @@ from .stage_project import accelerate_train
 pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
-def test_two_process_ddp_training(tiny_models, ready_project, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "schedulefree_adamw"])
+def test_two_process_ddp_training(optimizer, tiny_models, ready_project, tmp_path):
+    """Schedule-free too: every process switches its weights for validation and checkpoints,
+    which only the main process writes."""
     root = tmp_path / "p"
-    ready_project(root)
+    ready_project(root, [f"train/optimizer={optimizer}"])
     metrics, proc = accelerate_train(root, with_output=True)
     # 8 training drawings, batch 2 on each of 2 processes: 2 steps an epoch, 4 epochs
     assert metrics["steps"] == 8 and metrics["epochs"] == 4

@@ -94,15 +94,3 @@ def test_gradient_checkpointing_and_workers_train_the_same(tiny_models, sample_s
     plain = losses()
     assert losses(gradient_checkpointing=True) == pytest.approx(plain, rel=1e-5)
     assert losses(dataloader_num_workers=2) == pytest.approx(plain, rel=1e-5)
-
-
-def test_8bit_adam_without_bitsandbytes_says_what_to_install(tiny_models, sample_split):
-    try:
-        import bitsandbytes  # noqa: F401
-
-        pytest.skip("bitsandbytes is installed")
-    except ImportError:
-        pass
-    c = load_components(str(tiny_models["sd"]))
-    with pytest.raises(ImportError, match="pip install bitsandbytes"):
-        train_lora(c, sample_split, defaults("train", **BASE, use_8bit_adam=True))

@@ -111,6 +111,18 @@ def _not_a_mapping(node: object, cls: type, key: str) -> str:
     return f"config key `{key}` = {node!r} is not valid: expected a mapping."
 
 
+def retired(cls: type, key: str) -> str | None:
+    """What replaced a retired dotted key of the schema `cls` (a settings class's `RETIRED`,
+    e.g. `train.use_8bit_adam`); None for any other key."""
+    *groups, name = key.split(".")
+    for group in groups:
+        hint = typing.get_type_hints(cls).get(group) if dataclasses.is_dataclass(cls) else None
+        if hint is None or not dataclasses.is_dataclass(hint):
+            return None
+        cls = hint
+    return getattr(cls, "RETIRED", {}).get(name)
+
+
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
@@ -135,6 +147,11 @@ def settings(node: Mapping, cls: type[T], key: str, source: str = "conf/") -> T:
     names = [f.name for f in dataclasses.fields(cls)]
     for name in node:
         if name not in names:
+            if replaced := getattr(cls, "RETIRED", {}).get(name):
+                raise ConfigError(
+                    f"config key `{path}{name}` was replaced: {replaced}; remove "
+                    f"`{path}{name}` from {source}."
+                )
             near = difflib.get_close_matches(str(name), names, n=1)
             hint = (
                 f"did you mean `{path}{near[0]}`? "

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kshd.config.fill import DEFINES_RESULT, changes, defining, require
 from kshd.config.schema_adapters import AdapterSettings
+from kshd.config.schema_optimizers import OptimizerSettings
 from kshd.config.values import (
     MAX_TOKEN_LENGTHS,
     MIXED_PRECISIONS,
@@ -35,11 +36,8 @@ class TrainSettings:
     learning_rate: float = field(metadata=DEFINES_RESULT)
     lr_scheduler: str = field(metadata=DEFINES_RESULT)
     lr_warmup_steps: int = field(metadata=DEFINES_RESULT)
-    adam_beta1: float = field(metadata=DEFINES_RESULT)
-    adam_beta2: float = field(metadata=DEFINES_RESULT)
-    adam_weight_decay: float = field(metadata=DEFINES_RESULT)
-    adam_epsilon: float = field(metadata=DEFINES_RESULT)
-    use_8bit_adam: bool = field(metadata=DEFINES_RESULT)
+    # conf/train/optimizer/: one DVC param as a whole node (its keys differ by kind)
+    optimizer: OptimizerSettings = field(metadata=DEFINES_RESULT)
     max_grad_norm: float = field(metadata=DEFINES_RESULT)
     rank: int = field(metadata=DEFINES_RESULT)
     alpha: float = field(metadata=DEFINES_RESULT)
@@ -76,11 +74,24 @@ class TrainSettings:
     validation_seeds: tuple[int, ...] = field(metadata=changes("train"))
     validation_steps: int = field(metadata=changes("train"))
 
+    # keys that were replaced: setting one names what replaced it (kshd.config.fill.settings);
+    # not annotated, so not a field
+    RETIRED = {
+        "use_8bit_adam": "choose the optimizer with `train/optimizer=adamw8bit` (conf/train/"
+        "optimizer/; `train/optimizer=adamw` for plain AdamW)",
+        "adam_beta1": "set `train.optimizer.betas=[<beta1>,<beta2>]`",
+        "adam_beta2": "set `train.optimizer.betas=[<beta1>,<beta2>]`",
+        "adam_weight_decay": "set `train.optimizer.weight_decay`",
+        "adam_epsilon": "set `train.optimizer.eps`",
+    }
+
     def defining(self) -> dict:
         """The settings that define the result (for the checkpoint fingerprint); the adapter's
-        part as its kind says (`AdapterSettings.fingerprint`)."""
+        and the optimizer's parts as their kinds say (`AdapterSettings.fingerprint`,
+        `OptimizerSettings.fingerprint`)."""
         marked = defining(self)
-        return {k: v for k, v in marked.items() if k != "adapter"} | self.adapter.fingerprint()
+        own = {k: v for k, v in marked.items() if k not in ("adapter", "optimizer")}
+        return own | self.adapter.fingerprint() | self.optimizer.fingerprint()
 
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")

@@ -30,6 +30,7 @@ from kshd.training.components import load_components
 from kshd.training.inputs import check_reg
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, process_state, train_lora
+from kshd.training.optimizers import optimizer_kind
 from kshd.training.result import TrainResult
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def write_outputs(
         steps=result.steps,
         epochs=result.epochs,
         batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
+        learning_rate=optimizer_kind(s.optimizer).learning_rate(s.learning_rate),
         num_images=num_images,
         num_reg_images=num_reg_images,
         seed=s.seed,
@@ -149,8 +150,10 @@ def run(cfg: ProjectConfig) -> dict | None:
     on Ctrl-C or SIGTERM once a checkpoint is written."""
     from datasets import load_from_disk
 
-    resolve_models(cfg)
     s = cfg.train
+    state = process_state()
+    optimizer_kind(s.optimizer).check_device(state.device)  # before any model loads
+    resolve_models(cfg)
     require_model(cfg, "model.pretrained", "model_index.json")
     dataset = load_from_disk(cfg.data.dataset_dir)
     split, reg = dataset["train"], dataset.get("reg")
@@ -161,7 +164,7 @@ def run(cfg: ProjectConfig) -> dict | None:
         m.pretrained, m.revision, m.variant, False, m.prediction_type, m.zero_terminal_snr,
         m.no_half_vae, m.single_file_config,
     )  # fmt: skip
-    main_process = process_state().is_main_process
+    main_process = state.is_main_process
     wb = start_run(cfg.tracking, "train", as_plain(cfg)) if main_process else None
     ckpt = checkpoint_policy(cfg, split, reg)
     on_log = (

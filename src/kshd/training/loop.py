@@ -35,7 +35,7 @@ from kshd.training.freeze import freeze_and_adapt, release_frozen, reload_frozen
 from kshd.training.inputs import build_dataset, build_loader, check_reg
 from kshd.training.interrupts import Interrupted, deferred_interrupt
 from kshd.training.loss import diffusion_loss
-from kshd.training.optimizers import build_optimizer
+from kshd.training.optimizers import OptimizerKind, optimizer_kind
 from kshd.training.result import LogFn, TrainResult, peak_rss_mb, total_steps
 from kshd.training.samplers import EpochSampler
 
@@ -70,6 +70,7 @@ class _Run:
     epochs: int
     batches_per_epoch: int
     adapter: Adapter  # train.adapter's kind: injected, checkpointed, restored
+    optim: OptimizerKind  # train.optimizer's kind: its modes around sampling and saving
     released: bool = False  # the VAE and text encoder left memory (all inputs cached)
     latent_std: float | None = None  # of the first batch's scaled latents (see TrainResult)
 
@@ -102,9 +103,9 @@ def _setup(
     """Everything the loop needs, in the reference script's order, prepared by accelerate."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
 
     check_reg(s, reg)
+    optim = optimizer_kind(s.optimizer)
     acc = Accelerator(
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         mixed_precision=s.mixed_precision,
@@ -112,6 +113,7 @@ def _setup(
     )
     if s.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    optim.check_device(acc.device)  # before any work
     set_seed(s.seed)
     dtype = compute_dtype(s.mixed_precision)
     adapter = build_adapter(s.adapter, s.rank, s.alpha)
@@ -126,14 +128,8 @@ def _setup(
         data, stats = build_dataset(c, split, s, keep_tag, cache_dir, acc, reg)
         released = release_frozen(c, data, stats, s)
     sampler, loader, batches_per_epoch = build_loader(data, s, acc.num_processes)
-    optimizer = build_optimizer(params, s)
     max_steps, epochs = total_steps(s, batches_per_epoch)
-    lr_scheduler = get_scheduler(
-        s.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=s.lr_warmup_steps * acc.num_processes,
-        num_training_steps=max_steps * acc.num_processes,
-    )
+    optimizer, lr_scheduler = _optimizer(optim, params, s, max_steps, acc.num_processes)
     unet, optimizer, loader, lr_scheduler = acc.prepare(c.unet, optimizer, loader, lr_scheduler)
     if s.train_text_encoder:
         c.text_encoder = acc.prepare(c.text_encoder)
@@ -153,8 +149,24 @@ def _setup(
         epochs,
         batches_per_epoch,
         adapter,
+        optim,
         released,
     ), stats
+
+
+def _optimizer(optim: OptimizerKind, params: list, s: TrainSettings, max_steps: int, procs: int):
+    """The kind's optimizer over the adapter's parameters, at the kind's rate, and the lr
+    schedule the kind trains under (diffusers' get_scheduler, counted over all processes)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = optim.build(params, optim.learning_rate(s.learning_rate))
+    schedule, warmup = optim.schedule(s.lr_scheduler, s.lr_warmup_steps)
+    return optimizer, get_scheduler(
+        schedule,
+        optimizer=optimizer,
+        num_warmup_steps=warmup * procs,
+        num_training_steps=max_steps * procs,
+    )
 
 
 def _parts(run: _Run, c: Components) -> tuple:
@@ -207,6 +219,7 @@ def _checked_latent_std(latents: torch.Tensor, scaling_factor: float) -> float:
 def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: int) -> float:
     """Forward, NaN guard, backward, and (at accumulation boundaries) the optimizer step."""
     acc = run.accelerator
+    run.optim.train(run.optimizer)  # the weights the gradient is taken at
     with acc.accumulate(run.unet):
         inputs = batch_inputs(c, run.data.encode_live(batch), acc.device, run.dtype)
         latents, hidden, added = inputs
@@ -263,6 +276,7 @@ def train_lora(
     with deferred_interrupt() as stop:
         _loop(run, c, s, p, bar, on_log, ckpt, validate, stop)
     bar.close()
+    run.optim.eval(run.optimizer)  # the weights that are saved
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     result.latent_std = run.latent_std
     c.unet = acc.unwrap_model(run.unet)
@@ -310,7 +324,7 @@ def _loop(
             row = _record(p, run, loss_sum, rate, bar)
             loss_sum = 0.0
             if on_log and acc.is_main_process:
-                on_log(row)
+                on_log(row | run.optim.report(run.optimizer))
             if ckpt and (p.step % ckpt.every == 0 or stop["set"]):
                 _checkpoint(run, c, ckpt, p)
             if stop["set"]:
@@ -348,6 +362,7 @@ def _record(p, run: _Run, loss: float, images_per_s: float, bar) -> dict:
 
 
 def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
+    run.optim.eval(run.optimizer)  # every process: their weights stay the same
     if run.accelerator.is_main_process:
         save_checkpoint(
             ckpt.root,
@@ -365,6 +380,7 @@ def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
 
 def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> None:
     """Sample with the current adapter without disturbing training's RNG or modes."""
+    run.optim.eval(run.optimizer)  # every process: their weights stay the same
     if not run.accelerator.is_main_process:
         return
     rng = torch.get_rng_state()
