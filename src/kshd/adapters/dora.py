@@ -1,23 +1,19 @@
 """DoRA (peft's LoRA with `use_dora`, LyCORIS' `lora` with `dora_wd`): LoRA whose merged weight
 is renormalized per output channel to a trained magnitude. Its kohya/LyCORIS file is LoRA's
-(`lora_down`, `lora_up`, `.alpha`) plus `.dora_scale` per module. diffusers' loader drops
-dora_scale from a kohya file (it would draw a plain LoRA), so that file is drawn through this
-kind; diffusers does read DoRA in its own (peft) format, `lora_magnitude_vector`, which the
-diffusers file holds."""
+(`lora_down`, `lora_up`, `.alpha`) plus `.dora_scale` per module, drawn here through the seam.
+
+No diffusers file: diffusers' loader drops dora_scale from a kohya file (it would draw a plain
+LoRA), and from its own peft-format file (`lora_magnitude_vector`) it loads the UNet's
+magnitudes but not the text encoders' (diffusers 0.42 with transformers 5 names them otherwise
+and re-initializes them from the base weights), so such a file would draw another model."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
-from kshd.adapters.base import PARTS, Weights
-from kshd.adapters.lora import LoraAdapter
 from kshd.adapters.peft_kohya import PeftKohyaAdapter
-
-log = logging.getLogger(__name__)
 
 
 class DoraAdapter(PeftKohyaAdapter):
@@ -57,49 +53,10 @@ class DoraAdapter(PeftKohyaAdapter):
         shaped = scale.reshape(scale.numel(), *[1] * (down.dim() - 1))
         return super().module_to_kohya(params | {"lora_magnitude_vector": shaped}, rank, alpha)
 
-    def diffusers_tensors(self, state: Mapping[str, torch.Tensor]) -> dict:
-        """peft's tensors, each module's alpha / rank folded into `lora_B` (diffusers applies
-        alpha = rank to a file without alphas); the magnitude as trained."""
-        out = {}
-        for (part, module), params in self.modules(state).items():
-            alpha, rank = params.pop("alpha", self.alpha), params.pop("rank", self.rank)
-            for param, tensor in params.items():
-                scale = float(alpha) / float(rank) if param == "lora_B.weight" else 1.0
-                out[f"{part}.{module}.{param}"] = tensor * scale
-        return out
-
     @classmethod
     def file_rank(cls, tensors: Mapping[str, torch.Tensor]) -> int:
         return int(tensors["lora_down.weight"].shape[0])
 
     @classmethod
     def claims(cls, keys, metadata) -> bool:
-        return any(k.endswith((".dora_scale", ".lora_magnitude_vector")) for k in keys)
-
-    @classmethod
-    def attach(cls, pipe, weights: Weights, name: str) -> None:
-        """The diffusers file through diffusers' loader, the kohya file (or a checkpoint's
-        tensors in its format) through the seam's peft layers."""
-        if _diffusers_format(weights):
-            LoraAdapter.attach(pipe, weights, name)
-        else:
-            super().attach(pipe, weights, name)
-
-    @classmethod
-    def attach_unet(cls, pipe, unet, weights: Weights, name: str) -> None:
-        if _diffusers_format(weights):
-            LoraAdapter.attach_unet(pipe, unet, weights, name)
-        else:
-            super().attach_unet(pipe, unet, weights, name)
-
-
-def _diffusers_format(weights: Weights) -> bool:
-    """Whether `weights` name their tensors as diffusers' file does (`unet.`...)."""
-    if isinstance(weights, Path):
-        from safetensors import safe_open
-
-        with safe_open(str(weights), "pt") as f:
-            keys = list(f.keys())  # noqa: SIM118 (not a dict)
-    else:
-        keys = list(weights)
-    return any(k.startswith(tuple(f"{p}." for p in PARTS)) for k in keys)
+        return any(k.endswith(".dora_scale") for k in keys)
