@@ -58,21 +58,21 @@ def adapter_node(kind: str) -> dict:
 
 @pytest.fixture(scope="module", params=sorted(KINDS))
 def trained(request, tiny_models, sample_split, tmp_path_factory):
-    """(kind, trained components, adapter folder, checkpoints): 5 steps on the tiny SD, the text
-    encoder too, a checkpoint a step."""
+    """(kind, trained components, adapter folder, checkpoints, settings): 5 steps on the tiny
+    SD, the text encoder too, a checkpoint a step."""
     kind = request.param
     root = tmp_path_factory.mktemp(kind)
     s = defaults("train", resolution=64, batch_size=2, epochs=1, learning_rate=5e-2, seed=3,
                  rank=RANKS[kind], alpha=ALPHA, train_text_encoder=True,
                  adapter=adapter_node(kind))  # fmt: skip
     c = load_components(str(tiny_models["sd"]))
-    result = train_lora(c, sample_split, s, ckpt=CheckpointPolicy(root / "ckpt", 5, None, True,
+    result = train_lora(c, sample_split, s, ckpt=CheckpointPolicy(root / "ckpt", 1, None, True,
                                                                   kind))  # fmt: skip
     assert result.steps == 5 and all(np.isfinite([h["loss"] for h in result.history]))
     adapter = build_adapter(s.adapter, s.rank, s.alpha)
     info = tiny_info(steps=result.steps, train_text_encoder=True)
     save_adapter(root / "lora", adapter, info, c.unet, c.text_encoder)
-    return kind, c, root / "lora", root / "ckpt"
+    return kind, c, root / "lora", root / "ckpt", s
 
 
 def _keys(path: Path) -> tuple[list[str], dict]:
@@ -89,7 +89,7 @@ def _modules(keys) -> dict[str, set[str]]:
 
 
 def test_the_kohya_file_has_lycoris_names_and_says_its_network_as_kohya_writes_it(trained):
-    kind, _, folder, _ = trained
+    kind, _, folder, _, _ = trained
     keys, meta = _keys(folder / KOHYA_FILE)
     assert meta["ss_network_module"] == "lycoris.kohya"
     assert (int(meta["ss_network_dim"]), float(meta["ss_network_alpha"])) == (RANKS[kind], ALPHA)
@@ -131,7 +131,7 @@ def test_lycoris_own_network_names_and_shapes_the_tensors_the_same(trained, tiny
     from lycoris.kohya import create_network
     from transformers import CLIPTextModel
 
-    kind, _, folder, _ = trained
+    kind, _, folder, _, _ = trained
     (tmp_path / "preset.toml").write_text(LYCORIS_PRESET, encoding="utf-8")
     unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"], subfolder="unet")
     text = _Kohya(CLIPTextModel.from_pretrained(tiny_models["sd"], subfolder="text_encoder"))
@@ -176,7 +176,7 @@ def test_lycoris_reader_and_ours_draw_the_file_as_it_was_trained(trained, tiny_m
     states."""
     from diffusers import StableDiffusionPipeline
 
-    kind, c, folder, _ = trained
+    kind, c, folder, _, _ = trained
     c.unet.eval(), c.text_encoder.eval()
     states = _text(c.text_encoder, c.tokenizer)
     trained_eps = _eps(c.unet, states)
@@ -239,7 +239,7 @@ def test_a_lokr_of_full_factors_reads_at_scale_one_as_lycoris_reads_it(tiny_mode
 
 
 def test_every_key_maps_under_comfyui_and_a1111_rules(trained, tiny_models):
-    kind, _, folder, _ = trained
+    kind, _, folder, _, _ = trained
     keys, _ = _keys(folder / KOHYA_FILE)
     for app in ("comfyui", "a1111"):
         assert unread(keys, tiny_models["sd"], False, app) == [], app
@@ -257,7 +257,7 @@ def test_the_engine_draws_the_file_at_a_strength_and_its_checkpoint_alike(traine
                                                                           tmp_path):  # fmt: skip
     """Merged at a strength (the app): 0 is the base pixel for pixel, 1 differs, and the last
     checkpoint (its record says its kind) draws what the file draws."""
-    kind, _, folder, ckpt = trained
+    kind, _, folder, ckpt, _ = trained
     settings = EngineSettings(str(tiny_models["sd"]), lora=str(folder / KOHYA_FILE),
                               device="cpu", outputs_dir=str(tmp_path),
                               limits=defaults("generate.limits"))  # fmt: skip
@@ -278,12 +278,32 @@ def test_the_engine_draws_the_file_at_a_strength_and_its_checkpoint_alike(traine
     assert np.array_equal(_pixels(engine, 1.0), base)
 
 
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_tensors(
+    trained, sample_split, tiny_models, tmp_path
+):
+    """The checkpoints hold the kind's tensors (and each module's alpha and rank): resumed from
+    step 4 of 5, the run ends on the straight run's tensors, bit for bit."""
+    import shutil
+
+    kind, c, _, ckpt, s = trained
+    shutil.copytree(ckpt, tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "ckpt" / "checkpoint-5")
+    again = load_components(str(tiny_models["sd"]))
+    policy = CheckpointPolicy(tmp_path / "ckpt", 1, None, True, kind)
+    assert train_lora(again, sample_split, s, ckpt=policy).resumed_from == "checkpoint-4"
+    adapter = build_adapter(s.adapter, s.rank, s.alpha)
+    straight = adapter.tensors(c.unet, c.text_encoder)
+    resumed = adapter.tensors(again.unet, again.text_encoder)
+    assert straight.keys() == resumed.keys() and any(".rank" in k for k in straight)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_unmerged_at_a_strength_draws_as_merged(trained, tiny_models):
     """The evaluation's way (layers unmerged, diffusers' `scale` through the UNet's and the text
     encoder's peft layers) and the app's (merged at that strength) draw alike."""
     from diffusers import StableDiffusionPipeline
 
-    kind, _, folder, _ = trained
+    kind, _, folder, _, _ = trained
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
     weights = open_weights(folder / KOHYA_FILE)
     weights.attach(pipe, "ksh")
