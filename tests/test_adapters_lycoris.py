@@ -310,9 +310,48 @@ def test_unmerged_at_a_strength_draws_as_merged(trained, tiny_models):
     kw = dict(num_inference_steps=2, height=64, width=64, output_type="np")
     unmerged = pipe("a girl", generator=torch.Generator().manual_seed(0),
                     cross_attention_kwargs={"scale": 0.5}, **kw).images[0]  # fmt: skip
+    _, first = next(weights.adapter.layers(pipe.unet))
+    base, full = _merged_at(first, 0.0), _merged_at(first, 1.0)
     for part in (pipe.unet, pipe.text_encoder):
         for _, layer in weights.adapter.layers(part):
             layer.set_scale("ksh", 0.5)
             layer.merge(adapter_names=["ksh"])
     merged = pipe("a girl", generator=torch.Generator().manual_seed(0), **kw).images[0]
     assert np.abs(unmerged - merged).max() < 1e-4
+    if kind == "dora":  # a DoRA at a strength as A1111, ComfyUI and LyCORIS apply it
+        halfway = base + 0.5 * (full - base)
+        assert torch.allclose(first.get_base_layer().weight, halfway, atol=1e-6)
+
+
+def _merged_at(layer, strength: float) -> torch.Tensor:
+    """The layer's weight merged at `strength` (the layer left unmerged)."""
+    layer.set_scale("ksh", strength)
+    layer.merge(adapter_names=["ksh"])
+    weight = layer.get_base_layer().weight.detach().clone()
+    layer.unmerge()
+    return weight
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.0])
+def test_the_evaluation_draws_the_file_as_the_app_does(trained, tiny_models, tmp_path, scale):
+    """The evaluation (unmerged, the strength through diffusers' `scale`) and the app (merged at
+    that strength) draw the same picture from the file: up to rounding at 1, and at 0 both the
+    base exactly."""
+    from kshd.evaluation.evaluate import sample, use_sampler
+    from kshd.models.loading import load_sd_pipeline
+
+    from .helpers.settings import sample_settings
+
+    _, _, folder, _, _ = trained
+    pipe = load_sd_pipeline(str(tiny_models["sd"]), None, None, torch.device("cpu"), torch.float32)
+    use_sampler(pipe, "euler")
+    open_weights(folder).attach(pipe)
+    s = sample_settings(prompts=("a girl",), negative_prompt="", seeds=(3,),
+                        num_inference_steps=3, guidance_scale=7.5, resolution=64,
+                        sampler="euler", positive_prefix="", negative_prefix="")  # fmt: skip
+    drawn = np.asarray(sample(pipe, ["a girl"], s, scale, "eval")[0][0], dtype=np.int16)
+    settings = EngineSettings(str(tiny_models["sd"]), lora=str(folder), device="cpu",
+                              outputs_dir=str(tmp_path))  # fmt: skip
+    request = Request("a girl", negative_prompt="", cfg_scale=7.5, lora_scale=scale, **DRAW)
+    app = np.asarray(Engine(settings).generate(request, save=False).images[0], dtype=np.int16)
+    assert np.abs(drawn - app).max() <= (2 if scale else 0)

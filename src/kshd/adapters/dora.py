@@ -10,6 +10,7 @@ and re-initializes them from the base weights), so such a file would draw anothe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 
 import torch
 
@@ -60,3 +61,51 @@ class DoraAdapter(PeftKohyaAdapter):
     @classmethod
     def claims(cls, keys, metadata) -> bool:
         return any(k.endswith(".dora_scale") for k in keys)
+
+    @classmethod
+    def drawing_layer(cls, layer) -> None:
+        layer.__class__ = _at_a_strength(type(layer))
+
+
+class DoraStrength:
+    """A drawing's DoRA layer at a strength s as A1111, ComfyUI and LyCORIS apply one: the base
+    weight moved toward the full DoRA weight, W + s (W_dora - W), so that 0 is the base. peft's
+    own strength scales only the low-rank product inside the norm: at 0 it would still rescale
+    every output channel to its trained magnitude. Mixed into peft's layer class at `attach`."""
+
+    strength = 1.0
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        self.strength = float(scale)
+
+    def scale_layer(self, scale: float) -> None:  # diffusers' `scale` (the evaluation)
+        self.strength *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        self.strength = 1.0 if scale is None else self.strength / scale
+
+    def forward(self, x, *args, **kwargs):
+        full = super().forward(x, *args, **kwargs)
+        if self.strength == 1.0 or self.merged or self.disable_adapters:
+            return full
+        base = self.base_layer(x, *args, **kwargs)
+        return base + self.strength * (full - base)
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        weight = self.get_base_layer().weight
+        self._unmerged = weight.data.clone()
+        super().merge(safe_merge, adapter_names)
+        weight.data = self._unmerged + self.strength * (weight.data - self._unmerged)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.get_base_layer().weight.data = self._unmerged
+            self.merged_adapters.clear()
+
+
+@cache
+def _at_a_strength(cls: type) -> type:
+    """peft's DoRA layer class (Linear, Conv2d) with `DoraStrength` first."""
+    return type(f"{cls.__name__}AtAStrength", (DoraStrength, cls), {})

