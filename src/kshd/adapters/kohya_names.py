@@ -1,9 +1,13 @@
 """kohya's module names, shared by every kind's kohya file: the text encoders' `lora_te_...`
-(SDXL's `lora_te1_` / `lora_te2_`) and an SDXL UNet's original (SGM) block names."""
+(SDXL's `lora_te1_` / `lora_te2_`) and an SDXL UNet's original (SGM) block names; and back, a
+file's module names to a pipeline's modules."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
+
+import torch
 
 from kshd.models.ldm_names import ldm_unet_name, unet_prefixes
 
@@ -42,3 +46,35 @@ def _sdxl_text_encoder_name(key: str) -> str:
         if key.startswith(prefix) and not key.startswith(f"{prefix}text_model_"):
             return f"{prefix}text_model_{key[len(prefix) :]}"
     return key
+
+
+def kohya_module_name(part: str, module: str, sdxl: bool, prefixes: Mapping | None) -> str:
+    """The kohya name of one adapted module of a pipeline's `part` (`unet`, `text_encoder`,
+    `text_encoder_2`): `lora_unet_<module>` (an SDXL UNet's under its SGM name where `prefixes`,
+    `unet_prefixes(config)`, are given), `lora_te_...` / `lora_te1_...` / `lora_te2_...`."""
+    if part == "unet":
+        return "lora_unet_" + (ldm_unet_name(module, prefixes) if prefixes else module).replace(
+            ".", "_"
+        )
+    short = "lora_te1_" if part == "text_encoder" else "lora_te2_"
+    return kohya_text_encoder_name(short + module.replace(".", "_"), sdxl)
+
+
+def kohya_module_names(model, part: str, sdxl: bool) -> dict[str, str]:
+    """{kohya name: module path} of every weighted layer of `model` (a pipeline's `part`): the
+    reverse of `kohya_module_name`, read off the model itself, so that underscores inside
+    diffusers' names (`to_out_0`, `proj_in`) never need guessing. A UNet's layers answer to both
+    of their names, diffusers' (kohya's SD 1.x files) and SGM's (SDXL files); ComfyUI reads both
+    too."""
+    config = getattr(model, "config", None) if part == "unet" else None
+    unet = config is not None and "down_block_types" in config
+    prefixes = unet_prefixes(config) if unet else None
+    out: dict[str, str] = {}
+    for path, module in model.named_modules():
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        out[kohya_module_name(part, path, sdxl, None)] = path
+        if prefixes is not None:
+            with suppress(KeyError):  # a layer outside the blocks' LDM names
+                out[kohya_module_name(part, path, sdxl, prefixes)] = path
+    return out

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from kshd.adapters.base import Adapter
+from kshd.adapters.dora import DoraAdapter
 from kshd.adapters.locon import LoconAdapter
+from kshd.adapters.loha import LohaAdapter
+from kshd.adapters.lokr import LokrAdapter
 from kshd.adapters.lora import LoraAdapter
 from kshd.config.schema_adapters import AdapterSettings
 
@@ -19,7 +22,7 @@ def register(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
-for _cls in (LoraAdapter, LoconAdapter):
+for _cls in (LoraAdapter, LoconAdapter, DoraAdapter, LohaAdapter, LokrAdapter):
     register(_cls)
 
 

@@ -55,3 +55,51 @@ class LoraSettings(AdapterSettings):
 class LoconSettings(LoraSettings):
     """LoCon: LoRA on every linear layer of the transformer blocks and the ResNet convs
     (kohya's LoRA with conv_dim / conv_alpha), trained by the same code as LoRA."""
+
+
+@dataclass(frozen=True)
+class LycorisSettings(AdapterSettings):
+    """The keys of the kinds LyCORIS names (LoHa, LoKr, DoRA): 3x3 convs at their own rank
+    and alpha (kohya's conv_dim / conv_alpha; null: `train.rank` / `train.alpha`)."""
+
+    conv_rank: int | None = field(metadata=DEFINES_RESULT)
+    conv_alpha: float | None = field(metadata=DEFINES_RESULT)
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.conv_rank is None or self.conv_rank >= 1, "train.adapter.conv_rank",
+                self.conv_rank, "null (train.rank) or a rank of at least 1")  # fmt: skip
+
+
+@register_variant(AdapterSettings, "dora")
+@dataclass(frozen=True)
+class DoraSettings(LycorisSettings):
+    """DoRA: LoRA whose product is renormalized to a trained magnitude per output channel
+    (peft's `use_dora`; LyCORIS' `dora_wd` with `wd_on_output`)."""
+
+
+@register_variant(AdapterSettings, "loha")
+@dataclass(frozen=True)
+class LohaSettings(LycorisSettings):
+    """LoHa: the Hadamard product of two low-rank products. `use_tucker`: a 3x3 conv's delta
+    from a Tucker core (LyCORIS' use_tucker, peft's use_effective_conv2d) rather than a flat
+    matrix."""
+
+    use_tucker: bool = field(metadata=DEFINES_RESULT)
+
+
+@register_variant(AdapterSettings, "lokr")
+@dataclass(frozen=True)
+class LokrSettings(LycorisSettings):
+    """LoKr: the Kronecker product of a small matrix and a (low-rank) larger one. `factor`:
+    the small side's size (-1: near the square root), `decompose_both`: the small one low-rank
+    too, `use_tucker`: as LoHa's."""
+
+    factor: int = field(metadata=DEFINES_RESULT)
+    decompose_both: bool = field(metadata=DEFINES_RESULT)
+    use_tucker: bool = field(metadata=DEFINES_RESULT)
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.factor == -1 or self.factor >= 1, "train.adapter.factor", self.factor,
+                "-1 (near the square root) or a factor of at least 1")  # fmt: skip
