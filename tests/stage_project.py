@@ -79,5 +79,5 @@ def accelerate_train(root: Path, with_output: bool = False):
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((root / "models/lora/metrics.json").read_text())
+    metrics = json.loads((root / "reports/train/metrics.json").read_text())
     return (metrics, proc) if with_output else metrics

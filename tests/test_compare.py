@@ -18,11 +18,11 @@ from kshd.experiments.table import markdown_table
 
 from .helpers.dvc_repo import run_ok
 
-FILES = {"reports/metrics.json": "", "models/lora/metrics.json": "train."}
+FILES = {"reports/metrics.json": "", "reports/train/metrics.json": "train."}
 
 
 def _exp(name: str, state: str, epochs: int, style_gain: float | None) -> dict:
-    metrics = {"models/lora/metrics.json": {"data": {"final_loss": 0.5, "latents": {"a": 1}}}}
+    metrics = {"reports/train/metrics.json": {"data": {"final_loss": 0.5, "latents": {"a": 1}}}}
     if style_gain is not None:
         metrics["reports/metrics.json"] = {
             "data": {"style_gain": style_gain, "best_checkpoint": {"step": 6, "by": "style_gain"}}
@@ -100,7 +100,7 @@ def test_page_table_curves_and_grids(tmp_path):
         }
     }
     page = render(
-        exps, ["train.epochs"], {"models/lora/loss.csv": "<svg>x</svg>"}, images, tmp_path
+        exps, ["train.epochs"], {"reports/train/loss.csv": "<svg>x</svg>"}, images, tmp_path
     )
     rows = re.findall(r'<tr data-exp="(\w)">(.*?)</tr>', page)
     assert [r[0] for r in rows] == ["a", "b"]

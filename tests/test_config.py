@@ -192,8 +192,11 @@ def test_train_and_evaluate_run_in_process_on_the_demo_config(demo_cfg):
     batches = -(-sizes["train"] // demo_cfg.train.batch_size)
     assert (metrics["steps"], metrics["epochs"]) == (batches, 1)
     lora = Path(demo_cfg.output.lora_dir)
-    files = {"pytorch_lora_weights.safetensors", "ksh_drawing_style.safetensors", "metrics.json"}
-    assert files <= {p.name for p in lora.iterdir()}
+    files = {"pytorch_lora_weights.safetensors", "ksh_drawing_style.safetensors"}
+    assert {p.name for p in lora.iterdir()} == files  # the adapter's files alone
+    train_reports = Path(demo_cfg.output.train_reports_dir)
+    assert json.loads((train_reports / "metrics.json").read_text(encoding="utf-8")) == metrics
+    assert (train_reports / "loss.csv").read_text(encoding="utf-8").startswith("step,")
     scores = evaluate.run(demo_cfg)
     reports = Path(demo_cfg.output.reports_dir)
     assert json.loads((reports / "metrics.json").read_text(encoding="utf-8")) == scores
@@ -238,8 +241,11 @@ def test_an_adapter_chosen_as_a_key_names_the_group_syntax_in_one_line(tmp_path)
             compose()
         assert "\n" not in str(err.value)
     with pytest.raises(
-        ConfigError, match=r"`train\.adapter\.kind` = 'loha' is not valid: expected one of"
+        ConfigError, match=r"`train\.adapter\.kind` = 'boft' is not valid: expected one of"
     ):
+        compose_conf(["train.adapter.kind=boft"], conf_dir=ROOT / "conf")  # no such kind here
+    # a kind that exists, set alone, lacks its own keys: the error names the group syntax
+    with pytest.raises(ConfigError, match=r"conv_rank` is missing.*`train/adapter=loha`"):
         compose_conf(["train.adapter.kind=loha"], conf_dir=ROOT / "conf")
 
 

@@ -131,7 +131,7 @@ def test_two_ddp_processes_in_bf16_with_live_inputs_learn_too(tiny_models, tmp_p
     assert metrics["reg_images"] == 10
     # 8 drawings and 8 regularization drawings an epoch, batches of 2 per process
     assert metrics["steps"] == 16 // (2 * 2) * 2 * LEARN["epochs"]
-    with (root / "models/lora/loss.csv").open(encoding="utf-8") as f:
+    with (root / "reports/train/loss.csv").open(encoding="utf-8") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert first_loss(losses) <= FIRST_LOSS_MAX, losses[:5]
     engine = world_engine(root / "models/lora")

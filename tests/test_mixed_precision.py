@@ -175,7 +175,7 @@ def test_bf16_end_to_end_train_validate_resume_evaluate_generate(
         train.main([])
     assert stopped.value.code == 130 and (root / "models/checkpoints/checkpoint-1").is_dir()
     train.main([])
-    trained = json.loads((root / "models/lora/metrics.json").read_text())
+    trained = json.loads((root / "reports/train/metrics.json").read_text())
     assert trained["resumed_from"] == "checkpoint-1" and trained["steps"] == 2
     assert [p.name for p in (root / "reports/validation").glob("*.png")] == ["epoch-0001.png"]
     lora = load_file(str(root / "models/lora/pytorch_lora_weights.safetensors"))

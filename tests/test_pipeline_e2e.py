@@ -75,7 +75,7 @@ def test_metrics_are_numbers_and_dvc_shows_them(demo):
     repo, _ = demo
     metrics = json.loads((repo / "reports" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["num_images"] >= 1 and 0 < metrics["lora_pixel_delta"] < 1
-    train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    train = json.loads((repo / "reports/train/metrics.json").read_text(encoding="utf-8"))
     t = DEMO.train
     steps = demo_steps(repo, batch_size=t.batch_size, epochs=t.epochs)
     assert train["steps"] == steps

@@ -29,7 +29,7 @@ def repo(tmp_path_factory, tiny_models):
 
 
 def _metrics(repo):
-    return json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    return json.loads((repo / "reports/train/metrics.json").read_text(encoding="utf-8"))
 
 
 def test_dvc_repro_after_a_crash_resumes_training(repo):
@@ -41,7 +41,7 @@ def test_dvc_repro_after_a_crash_resumes_training(repo):
         dvc.finish()
     marker = repo / "models/checkpoints/checkpoint-8/state.json"
     assert marker.exists(), "the kill should land after checkpoint-8"
-    assert not (repo / "models/lora/metrics.json").exists(), "the kill should land mid-training"
+    assert not (repo / "reports/train/metrics.json").exists(), "the kill should land mid-training"
     out = run_ok(["dvc", "repro"], repo)  # params.yaml holds the experiment's values
     log = out.stdout + out.stderr
     assert "Running stage 'train'" in log

@@ -37,7 +37,7 @@ def sdxl_run(tmp_path_factory, tiny_models):
 
 def test_the_demo_trains_and_evaluates_an_sdxl_lora_end_to_end(sdxl_run):
     repo, _ = sdxl_run
-    train = json.loads((repo / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    train = json.loads((repo / "reports/train/metrics.json").read_text(encoding="utf-8"))
     assert train["steps"] > 0 and np.isfinite(train["final_loss"])
     assert sorted(p.name for p in (repo / "reports/validation").glob("*.png"))  # drawn in SDXL
     metrics = json.loads((repo / "reports/metrics.json").read_text(encoding="utf-8"))

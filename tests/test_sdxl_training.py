@@ -154,7 +154,7 @@ def test_a_killed_vpred_sdxl_training_resumes_bit_identical(tiny_models, ready_p
     assert complete_checkpoints(killed / "models/checkpoints")[-1][0] == 6
     run_stage(killed, "train")
     run_stage_here(straight, "train")
-    metrics = json.loads((killed / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((killed / "reports/train/metrics.json").read_text(encoding="utf-8"))
     assert metrics["resumed_from"] == "checkpoint-6" and metrics["steps"] == 16
     a, b = (load_file(str(p / "models/lora" / DIFFUSERS_FILE)) for p in (killed, straight))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "not bit-identical"

@@ -229,7 +229,7 @@ def test_the_stages_train_and_evaluate_on_a_single_file_base(tiny_models, ready_
     ready_project(root, [*args, *QUICK_EVAL])  # the stages' mechanics, not the metrics
     run_stage_here(root, "train")
     run_stage_here(root, "evaluate")
-    train = json.loads((root / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    train = json.loads((root / "reports/train/metrics.json").read_text(encoding="utf-8"))
     assert train["steps"] > 0 and np.isfinite(train["final_loss"])
     with safe_open(root / "models/lora/ksh_drawing_style.safetensors", "pt") as f:
         meta = f.metadata()

@@ -85,7 +85,7 @@ def test_four_experiments_with_the_swept_params(sweep):
     runs = {}
     for data in show.values():
         p = data["params"]["params.yaml"]["data"]["train"]
-        runs[p["batch_size"], p["epochs"]] = data["metrics"]["models/lora/metrics.json"]["data"]
+        runs[p["batch_size"], p["epochs"]] = data["metrics"]["reports/train/metrics.json"]["data"]
         assert isinstance(data["metrics"]["reports/metrics.json"]["data"]["style_gain"], float)
     assert set(runs) == GRID
     assert {grid: train["epochs"] for grid, train in runs.items()} == {g: g[1] for g in GRID}

@@ -111,13 +111,13 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(ready_proje
     assert not (killed / "models/lora/pytorch_lora_weights.safetensors").exists()
     run_stage(killed, "train")
     run_stage_here(straight, "train")
-    metrics = json.loads((killed / "models/lora/metrics.json").read_text())
+    metrics = json.loads((killed / "reports/train/metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoint-6" and metrics["steps"] == 24
     a, b = _lora(killed), _lora(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "not bit-identical"
     losses = [
-        (killed / "models/lora/loss.csv").read_text().splitlines(),
-        (straight / "models/lora/loss.csv").read_text().splitlines(),
+        (killed / "reports/train/loss.csv").read_text().splitlines(),
+        (straight / "reports/train/loss.csv").read_text().splitlines(),
     ]
     assert [r.split(",")[:4] for r in losses[0]] == [r.split(",")[:4] for r in losses[1]]
 

@@ -68,7 +68,7 @@ def run_demo(root: Path, extra: list[str]) -> int:
 
 def _summary(root: Path, seconds: float) -> None:
     metrics = json.loads((root / "reports" / "metrics.json").read_text(encoding="utf-8"))
-    train = json.loads((root / "models/lora/metrics.json").read_text(encoding="utf-8"))
+    train = json.loads((root / "reports/train/metrics.json").read_text(encoding="utf-8"))
     log.info("demo finished in %.0f s. Results:", seconds)
     for path, what in [
         ("data/reports/prepare.json", "what happened to every drawing"),

@@ -45,7 +45,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_equals_an_uninterrupted_run(
 
     run_stage(stopped, "train")
     run_stage_here(straight, "train")
-    metrics = json.loads((stopped / "models/lora/metrics.json").read_text())
+    metrics = json.loads((stopped / "reports/train/metrics.json").read_text())
     assert metrics["resumed_from"] == f"checkpoint-{step}" and metrics["steps"] == STEPS
     a, b = _lora(stopped), _lora(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "not bit-identical"

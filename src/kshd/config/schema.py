@@ -50,11 +50,16 @@ class DataPaths:
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """`output`: the trained LoRA, checkpoints and reports."""
+    """`output`: the trained adapter's files, checkpoints and reports.
+
+    `lora_dir` holds the adapter's files alone (a DVC folder output: which files a run writes
+    depends on the adapter's kind and on EMA); the training's metrics and loss curve go to
+    `train_reports_dir`."""
 
     lora_dir: str
     checkpoints_dir: str
     validation_dir: str
+    train_reports_dir: str
     reports_dir: str
 
 

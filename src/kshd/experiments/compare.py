@@ -78,7 +78,7 @@ def metric_files(root: Path) -> dict[str, str]:
     cfg = load_params(params_file=root / "params.yaml")
     return {
         f"{cfg.output.reports_dir}/metrics.json": "",
-        f"{cfg.output.lora_dir}/metrics.json": "train.",
+        f"{cfg.output.train_reports_dir}/metrics.json": "train.",
     }
 
 

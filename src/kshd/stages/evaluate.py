@@ -41,9 +41,9 @@ from kshd.training.checkpoints import complete_checkpoints
 log = logging.getLogger(__name__)
 
 
-def final_step(lora_dir: Path) -> int | None:
+def final_step(train_reports: Path) -> int | None:
     """The training step of the final LoRA, from the train stage's metrics."""
-    path = lora_dir / "metrics.json"
+    path = train_reports / "metrics.json"
     return json.loads(path.read_text(encoding="utf-8")).get("steps") if path.exists() else None
 
 
@@ -174,7 +174,8 @@ def run(cfg: ProjectConfig) -> dict:
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)
     out = Path(cfg.output.reports_dir)
     strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
-    history = CheckpointCurve(list(checkpoints), final_step(lora_dir), e.best_by, strength)
+    trained = final_step(Path(cfg.output.train_reports_dir))
+    history = CheckpointCurve(list(checkpoints), trained, e.best_by, strength)
     result = evaluate(pipe, lora_dir, settings, out, refs, history, base_cache, prompt_encoder)
     result.metrics["model_family"] = model_family(cfg.model.pretrained, cfg.model.revision)
     if refs is not None:  # the final goal: the held-out drawings' line art redrawn

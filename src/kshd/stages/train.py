@@ -113,8 +113,9 @@ def write_outputs(
         "latents": result.latents,
         "captions": result.captions,
     }
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "loss.csv", loss_csv(result))
+    reports = Path(cfg.output.train_reports_dir)
+    write_json(reports / "metrics.json", metrics)
+    write_text(reports / "loss.csv", loss_csv(result))
     return metrics
 
 
