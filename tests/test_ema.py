@@ -16,6 +16,7 @@ from kshd.adapters.registry import build_adapter
 from kshd.config.compose import defaults
 from kshd.drawing.catalog import LoraCatalog
 from kshd.evaluation.evaluate import HEADLINE, best_checkpoint
+from kshd.evaluation.report import render
 from kshd.stages.evaluate import curve_csv
 from kshd.stages.train import write_ema
 from kshd.training.checkpoints import EMA_TENSORS, complete_checkpoints
@@ -24,7 +25,10 @@ from kshd.training.ema import AdapterEma
 from kshd.training.loop import CheckpointPolicy, train_lora
 from kshd.training.result import TrainResult
 
+from .helpers.events import stop_at
+from .helpers.inprocess import run_stage_here
 from .helpers.lora_files import TRAIN_SETTINGS, tiny_info
+from .stage_project import run_stage, stage_env
 from .test_mixed_precision import SMALL, ctrl_c_after
 
 DECAY = 0.9  # a short run's decay: the EMA differs visibly from the raw weights after 10 steps
@@ -261,3 +265,41 @@ def test_the_evaluation_scores_the_ema_beside_the_raw_weights(ema_run, tiny_mode
     assert "ema" in metrics["best_checkpoint"]
     header = curve_csv(curve).splitlines()[0].split(",")
     assert header == ["step", *HEADLINE, *(f"ema_{k}" for k in HEADLINE)]
+    ema_best = metrics | {"best_checkpoint": {"step": 8, "ema": True}}
+    page = render(ema_best, curve, [], [], [], tmp_path)
+    assert "<th>EMA</th>" in page and "<th>ema_style_gain</th>" in page
+    assert "best checkpoint: step 8 (EMA)" in page
+
+
+def test_the_comparison_page_says_when_the_best_is_an_ema():
+    from kshd.experiments.compare_page import table
+    from kshd.experiments.finished import Experiment
+
+    best = {"step": 8, "by": "style_gain", "value": 0.3}
+    ema = Experiment("a", "r1", {}, {}, best | {"ema": True})
+    page = table([ema, Experiment("b", "r2", {}, {}, best)], [])
+    assert "step 8 EMA (style_gain)" in page and "step 8 (style_gain)" in page
+
+
+@pytest.mark.slow
+def test_the_train_stage_s_ema_pair_after_sigkill_and_rerun_equals_an_uninterrupted_run(
+    ready_project, tmp_path
+):
+    """The stage killed right after checkpoint-6, rerun in a new process: its EMA files are the
+    uninterrupted run's, byte for byte (the kohya file) and tensor for tensor."""
+    args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=0",
+            "train.ema_decay=0.9", "train.ema_every=2"]  # fmt: skip
+    killed = tmp_path / "killed"
+    straight = ready_project(killed, args)
+    stop_at(killed, "train", "SIGKILL", r"log:checkpoint-6 saved", stage_env())
+    assert (killed / "models/checkpoints/checkpoint-6" / EMA_TENSORS).is_file()
+    run_stage(killed, "train")
+    run_stage_here(straight, "train")
+    metrics = json.loads((killed / "models/lora/metrics.json").read_text())
+    assert metrics["resumed_from"] == "checkpoint-6"
+    diffusers, kohya = file_names(EMA_SUFFIX)
+    ema_a, ema_b = (root / "models/lora" / EMA_DIR for root in (killed, straight))
+    assert (ema_a / kohya).read_bytes() == (ema_b / kohya).read_bytes(), "not bit-identical"
+    a, b = load_file(str(ema_a / diffusers)), load_file(str(ema_b / diffusers))
+    raw = load_file(str(killed / "models/lora" / file_names()[0]))
+    assert _equal(a, b) and not _equal(a, raw)

@@ -135,3 +135,5 @@ def test_short_run_still_samples_the_last_epoch_and_writes_every_dvc_output(
     assert samples == ["epoch-0002.png", "epoch-0003.png"]
     assert (root / "models/checkpoints").is_dir()
     assert complete_checkpoints(root / "models/checkpoints") == []
+    ema = root / "models/lora/ema"  # the EMA's pair's folder: empty without train.ema_decay
+    assert ema.is_dir() and not any(ema.iterdir())
