@@ -145,6 +145,17 @@ def test_resume_with_an_ema_equals_an_uninterrupted_run(tiny_models, sample_spli
     assert "ema" not in json.loads((tmp_path / "c/checkpoint-6/state.json").read_text())
 
 
+def test_the_ema_covers_a_trained_text_encoder(tiny_models, sample_split, tmp_path):
+    """With train.train_text_encoder, the text encoder's adapter is averaged and saved too."""
+    two = sample_split.select(range(2))
+    result = _small_run(tiny_models, two, tmp_path / "a", tmp_path / "cache",
+                        train_text_encoder=True, ema_decay=DECAY)  # fmt: skip
+    raw = load_file(str(tmp_path / "a/checkpoint-6/lora.safetensors"))
+    assert result.ema.tensors.keys() == raw.keys()
+    text = [k for k in raw if k.startswith("text_encoder.")]
+    assert text and not all(torch.equal(raw[k], result.ema.tensors[k]) for k in text)
+
+
 @pytest.fixture(scope="module")
 def ema_run(tiny_models, sample_split, tmp_path_factory):
     """The `trained` fixture's run with an EMA, checkpoints at steps 4 and 8, saved as the train

@@ -69,6 +69,8 @@ def test_lora_loads_into_the_pipeline(demo):
     pipe.load_lora_weights(str(repo / "models" / "lora"))
     assert pipe.get_list_adapters()["unet"]
     assert (repo / "models/lora/ksh_drawing_style.safetensors").stat().st_size > 0
+    ema = repo / "models/lora/ema"  # a DVC output, empty without train.ema_decay
+    assert ema.is_dir() and not any(ema.iterdir())
 
 
 def test_metrics_are_numbers_and_dvc_shows_them(demo):
