@@ -69,6 +69,7 @@ def test_lora_loads_into_the_pipeline(demo):
     pipe.load_lora_weights(str(repo / "models" / "lora"))
     assert pipe.get_list_adapters()["unet"]
     assert (repo / "models/lora/ksh_drawing_style.safetensors").stat().st_size > 0
+    assert not (repo / "models/lora/ema").exists()  # the EMA's pair: only with train.ema_decay
 
 
 def test_metrics_are_numbers_and_dvc_shows_them(demo):

@@ -307,6 +307,7 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
         "adapter",  # a LoRA's targets under the names they had as train.* keys (below)
         "optimizer",  # AdamW's keys under the names they had as train.* keys
+        "ema_decay", "ema_every", "ema_warmup",  # as one `ema` entry, only with an EMA (below)
     } | {"target_modules", "text_encoder_target_modules"} | {
         "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
     }  # fmt: skip
@@ -318,6 +319,9 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
     assert dataclasses.replace(s, rank=8).defining() != s.defining()
     narrower = dataclasses.replace(s.adapter, target_modules=("to_q",))
     assert dataclasses.replace(s, adapter=narrower).defining() != s.defining()
+    ema = dataclasses.replace(s, ema_decay=0.99).defining()
+    assert ema == s.defining() | {"ema": [0.99, s.ema_every, s.ema_warmup]}
+    assert dataclasses.replace(s, ema_every=5).defining() == s.defining()  # no EMA: as before
 
 
 def test_the_adapter_s_kind_is_in_the_fingerprint_except_between_lora_and_locon():

@@ -135,3 +135,4 @@ def test_short_run_still_samples_the_last_epoch_and_writes_every_dvc_output(
     assert samples == ["epoch-0002.png", "epoch-0003.png"]
     assert (root / "models/checkpoints").is_dir()
     assert complete_checkpoints(root / "models/checkpoints") == []
+    assert not (root / "models/lora/ema").exists()  # the EMA's pair: only with train.ema_decay

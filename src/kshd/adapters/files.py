@@ -1,7 +1,9 @@
 """The two files of a trained adapter, written the same way for every kind: diffusers'
 `pytorch_lora_weights.safetensors` (where diffusers can read the kind) and the kohya/A1111
 `ksh_drawing_style.safetensors` with its `ss_*` metadata; the kind supplies the tensors and its
-`ss_network_*` fields."""
+`ss_network_*` fields. The EMA of the weights (`train.ema_decay`) is saved the same way, its own
+pair in `ema/` named with `_ema` (`ksh_drawing_style_ema.safetensors`), its `ss_ema_*` fields
+added."""
 
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ log = logging.getLogger(__name__)
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "ksh_drawing_style.safetensors"
+EMA_DIR = "ema"  # models/lora/ema/: the EMA's pair, only with train.ema_decay
+EMA_SUFFIX = "_ema"
+
+
+def file_names(suffix: str = "") -> tuple[str, str]:
+    """(diffusers file, kohya file) of a pair of adapter files named with `suffix`."""
+    return tuple(f"{Path(n).stem}{suffix}.safetensors" for n in (DIFFUSERS_FILE, KOHYA_FILE))
 
 
 @dataclass(frozen=True)
@@ -43,9 +52,11 @@ class KohyaInfo:
     base_model_hash: str | None = None  # a single-file base's sha256, by which Civitai finds it
 
 
-def kohya_metadata(info: KohyaInfo, network: Mapping[str, object]) -> dict[str, object]:
+def kohya_metadata(
+    info: KohyaInfo, network: Mapping[str, object], output_name: str = Path(KOHYA_FILE).stem
+) -> dict[str, object]:
     """The `ss_*` fields A1111's and civitai's readers show; `network`: the adapter's
-    `ss_network_*` fields.
+    `ss_network_*` fields; `output_name`: the file's name without `.safetensors`.
 
     kohya records the learning rate per part; a text-encoder rate of 0 says the file changes the
     UNet alone, so readers do not expect `lora_te_` keys.
@@ -58,7 +69,7 @@ def kohya_metadata(info: KohyaInfo, network: Mapping[str, object]) -> dict[str, 
         **({"ss_new_sd_model_hash": info.base_model_hash} if info.base_model_hash else {}),
         "ss_resolution": f"({info.resolution}, {info.resolution})",
         "ss_tag_frequency": {"ksh": {info.trigger: info.num_images}},
-        "ss_output_name": Path(KOHYA_FILE).stem,
+        "ss_output_name": output_name,
         "ss_steps": str(info.steps),
         "ss_epoch": str(info.epochs),
         "ss_batch_size_per_device": str(info.batch_size),
@@ -92,24 +103,29 @@ def canonical_safetensors(data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
 
-def write_diffusers(tensors: Mapping[str, torch.Tensor], out_dir: Path) -> Path:
-    """`pipe.load_lora_weights(out_dir)` loads this."""
+def write_diffusers(
+    tensors: Mapping[str, torch.Tensor], out_dir: Path, name: str = DIFFUSERS_FILE
+) -> Path:
+    """`pipe.load_lora_weights(out_dir, weight_name=name)` loads this."""
     from safetensors.torch import save_file
 
-    target = out_dir / DIFFUSERS_FILE
+    target = out_dir / name
     with atomic_path(target) as tmp:
         save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
     return target
 
 
 def write_kohya(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, object], out_dir: Path
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, object],
+    out_dir: Path,
+    name: str = KOHYA_FILE,
 ) -> Path:
     """kohya-named tensors with `ss_*` metadata, the same bytes from any process."""
     from safetensors.torch import save
 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    target = out_dir / KOHYA_FILE
+    target = out_dir / name
     with atomic_path(target) as tmp:
         tmp.write_bytes(canonical_safetensors(save(dict(tensors), metadata=meta)))
     return target
@@ -122,18 +138,43 @@ def save_adapter(
 
     The one save sequence of the project (stage, tests, fixtures), so every adapter folder holds
     its files made the same way. A text encoder (SDXL's second too) counts only if it carries
-    the adapter. A kind diffusers cannot read gets no diffusers file (a stale one is removed, so
-    the folder never pairs two trainings)."""
+    the adapter."""
+    state = adapter.tensors(unet, text_encoder, text_encoder_2)
+    return save_adapter_state(out_dir, adapter, info, state, getattr(unet, "config", None))
+
+
+def save_adapter_state(
+    out_dir: Path,
+    adapter: Adapter,
+    info: KohyaInfo,
+    state: Mapping[str, torch.Tensor],
+    unet_config: Mapping | None,
+    suffix: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[Path | None, Path]:
+    """`save_adapter` from the tensors `adapter.tensors` gives (a checkpoint's, an EMA's), the
+    files named with `suffix` and the kohya file's `ss_*` fields completed by `metadata`.
+
+    A kind diffusers cannot read gets no diffusers file (a stale one is removed, so the folder
+    never pairs two trainings)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = adapter.tensors(unet, text_encoder, text_encoder_2)
+    diffusers_name, kohya_name = file_names(suffix)
     diffusers = adapter.diffusers_tensors(state)
     if diffusers is None:
-        (out_dir / DIFFUSERS_FILE).unlink(missing_ok=True)
-        log.info("diffusers cannot read a %s adapter: only %s is written", adapter.kind, KOHYA_FILE)
-    diffusers_file = write_diffusers(diffusers, out_dir) if diffusers is not None else None
-    kohya = adapter.kohya_tensors(state, info.sdxl, getattr(unet, "config", None))
-    metadata = kohya_metadata(info, adapter.network_metadata())
-    kohya_file = write_kohya(kohya, metadata, out_dir)
+        (out_dir / diffusers_name).unlink(missing_ok=True)
+        log.info("diffusers cannot read a %s adapter: only %s is written", adapter.kind, kohya_name)
+    diffusers_file = (
+        write_diffusers(diffusers, out_dir, diffusers_name) if diffusers is not None else None
+    )
+    kohya = adapter.kohya_tensors(state, info.sdxl, unet_config)
+    fields = kohya_metadata(info, adapter.network_metadata(), Path(kohya_name).stem)
+    kohya_file = write_kohya(kohya, fields | dict(metadata or {}), out_dir, kohya_name)
     log.info("%s saved: %s, %s", adapter.kind, diffusers_file, kohya_file)
     return diffusers_file, kohya_file
+
+
+def remove_adapter_files(out_dir: Path, suffix: str = "") -> None:
+    """The pair named with `suffix` removed (an EMA's, when the run kept none)."""
+    for name in file_names(suffix):
+        (Path(out_dir) / name).unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Trained adapter weights as drawing finds them (a folder of the two files, one file, or a
-training checkpoint): which kind reads them, and the name and file A1111's PNG info gives them."""
+training checkpoint or its EMA's file): which kind reads them, and the name and file A1111's PNG
+info gives them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from pathlib import Path
 from safetensors import safe_open
 
 from kshd.adapters.base import Adapter, Weights
-from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE
+from kshd.adapters.files import EMA_SUFFIX, file_names
 from kshd.adapters.registry import DEFAULT_KIND, adapter_class, claiming
-from kshd.training.checkpoints import TENSORS, checkpoint_adapter, is_checkpoint
+from kshd.training.checkpoints import (
+    EMA_TENSORS,
+    TENSORS,
+    checkpoint_adapter,
+    ema_checkpoint,
+    is_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 PIPE_NAME = "ksh"  # the adapter's name in a pipeline (peft's adapter_name)
@@ -37,13 +44,18 @@ class AdapterWeights:
 
 def adapter_file(path: str | Path) -> tuple[Path, str, Path]:
     """(file to load, name for A1111, file to hash) of an adapter folder or file: a folder's
-    diffusers file where it has one, its kohya file otherwise."""
+    diffusers file where it has one, its kohya file otherwise (an EMA folder's `_ema` pair
+    where it holds no other)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / DIFFUSERS_FILE).is_file() and not (path / KOHYA_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {DIFFUSERS_FILE} or {KOHYA_FILE} in the folder")
-        load = path / DIFFUSERS_FILE if (path / DIFFUSERS_FILE).is_file() else path / KOHYA_FILE
-        named = path / KOHYA_FILE if (path / KOHYA_FILE).is_file() else load
+        pairs = [[path / n for n in file_names(s)] for s in ("", EMA_SUFFIX)]
+        found = [pair for pair in pairs if any(f.is_file() for f in pair)]
+        if not found:
+            diffusers, kohya = file_names()
+            raise FileNotFoundError(f"{path}: no {diffusers} or {kohya} in the folder")
+        diffusers, kohya = found[0]
+        load = diffusers if diffusers.is_file() else kohya
+        named = kohya if kohya.is_file() else load
         return load, named.stem, named
     if path.suffix != ".safetensors" or not path.is_file():
         raise FileNotFoundError(f"{path}: a LoRA must be an existing .safetensors file or folder")
@@ -58,19 +70,25 @@ def open_weights(path: str | Path, fallback_strength: float | None = None) -> Ad
     recorded their adapter (raw LoRA tensors); such a checkpoint without it is refused."""
     if is_checkpoint(path):
         return _checkpoint_weights(Path(path), fallback_strength)
+    if folder := ema_checkpoint(path):
+        return _checkpoint_weights(folder, fallback_strength, EMA_TENSORS)
     load, name, hashed = adapter_file(path)
     with safe_open(str(load), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata() or {}  # noqa: SIM118 (not a dict)
     return AdapterWeights(claiming(keys, metadata), load, name, hashed)
 
 
-def _checkpoint_weights(folder: Path, fallback_strength: float | None) -> AdapterWeights:
-    tensors, record = checkpoint_adapter(folder)
+def _checkpoint_weights(
+    folder: Path, fallback_strength: float | None, file: str = TENSORS
+) -> AdapterWeights:
+    """`file`: the adapter's tensors, or its EMA's (`EMA_TENSORS`, named `<checkpoint>_ema`)."""
+    tensors, record = checkpoint_adapter(folder, file)
     if record is None:
         if fallback_strength is None:
             raise ValueError(f"{folder}: a training checkpoint needs the run's alpha / rank")
         log.info("%s records no adapter: read as a LoRA at %g", folder, fallback_strength)
         record = {"kind": DEFAULT_KIND, "rank": 1, "alpha": fallback_strength}
     cls = adapter_class(record["kind"])
-    return AdapterWeights(cls, cls.checkpoint_weights(tensors, record), folder.name,
-                          folder / TENSORS)  # fmt: skip
+    name = folder.name + (EMA_SUFFIX if file == EMA_TENSORS else "")
+    return AdapterWeights(cls, cls.checkpoint_weights(tensors, record), name,
+                          folder / file)  # fmt: skip

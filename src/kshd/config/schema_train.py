@@ -63,6 +63,11 @@ class TrainSettings:
     checkpointing_steps: int
     checkpoints_total_limit: int | None
     resume: bool
+    # the EMA changes its own files, not the raw adapter: in the fingerprint only when on
+    # (`defining`), so runs without it resume as before
+    ema_decay: float | None = field(metadata=changes("train"))
+    ema_every: int = field(metadata=changes("train"))
+    ema_warmup: bool = field(metadata=changes("train"))
     seed: int = field(metadata=DEFINES_RESULT)
     dataloader_num_workers: int
     validation_prompt: str = field(metadata=changes("train"))
@@ -91,7 +96,13 @@ class TrainSettings:
         `OptimizerSettings.fingerprint`)."""
         marked = defining(self)
         own = {k: v for k, v in marked.items() if k not in ("adapter", "optimizer")}
-        return own | self.adapter.fingerprint() | self.optimizer.fingerprint()
+        ema = {"ema": [self.ema_decay, self.ema_every, self.ema_warmup]} if self.ema_on else {}
+        return own | self.adapter.fingerprint() | self.optimizer.fingerprint() | ema
+
+    @property
+    def ema_on(self) -> bool:
+        """Whether an EMA of the adapter's weights is kept (`train.ema_decay` set)."""
+        return self.ema_decay is not None
 
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")
@@ -141,6 +152,7 @@ class TrainSettings:
             "a fraction in [0, 1)",
         )
         self._validate_text()
+        self._validate_ema()
         require(
             self.checkpointing_steps >= 1,
             "train.checkpointing_steps",
@@ -153,6 +165,15 @@ class TrainSettings:
             self.max_train_steps,
             "null or a whole number >= 1",
         )
+
+    def _validate_ema(self) -> None:
+        require(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "train.ema_decay",
+            self.ema_decay,
+            "null (no EMA) or a number in (0, 1), e.g. 0.999",
+        )
+        require(self.ema_every >= 1, "train.ema_every", self.ema_every, "a whole number >= 1")
 
     def _validate_text(self) -> None:
         """Captions' length and the validation sampler (drawn as the app draws)."""

@@ -1,5 +1,6 @@
 """The LoRAs the studio offers: the trained one, the training's checkpoints (the one the
-evaluation chose marked "best"), and every `.safetensors` in the configured LoRA folders."""
+evaluation chose marked "best"), each with its EMA where the training kept one, and every
+`.safetensors` in the configured LoRA folders."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from kshd.training.checkpoints import TENSORS, complete_checkpoints
+from kshd.adapters.files import EMA_DIR, EMA_SUFFIX, file_names
+from kshd.training.checkpoints import EMA_TENSORS, TENSORS, complete_checkpoints
 
 log = logging.getLogger(__name__)
 NONE = ""  # the chooser's value for "no LoRA"
@@ -28,18 +30,24 @@ class LoraCatalog:
         out = [("None (the base model alone)", NONE)]
         if self.trained and Path(self.trained).exists():
             out.append((f"{Path(self.trained).name} (trained)", str(self.trained)))
-        best = self._best_step()
+            ema = Path(self.trained) / EMA_DIR  # drawn as the trained folder is: its pair
+            if any((ema / name).is_file() for name in file_names(EMA_SUFFIX)):
+                out.append((f"{Path(self.trained).name} EMA (trained)", str(ema)))
+        best = self._best()
         found = complete_checkpoints(Path(self.checkpoints_dir)) if self.checkpoints_dir else []
         for step, path in found:
-            if (path / TENSORS).is_file():
-                mark = " (best)" if step == best else ""
-                out.append((f"checkpoint {step}{mark}", str(path)))
+            for file, label in ((TENSORS, ""), (EMA_TENSORS, " EMA")):
+                if (path / file).is_file():
+                    mark = " (best)" if best == (step, bool(label)) else ""
+                    value = path if file == TENSORS else path / file
+                    out.append((f"checkpoint {step}{label}{mark}", str(value)))
         for folder in self.lora_dirs:
             for file in sorted(Path(folder).glob("**/*.safetensors")):
                 out.append((file.stem, str(file)))
         return out
 
-    def _best_step(self) -> int | None:
+    def _best(self) -> tuple[int, bool] | None:
+        """(step, whether its EMA) of the evaluation's best checkpoint."""
         if not self.eval_metrics or not Path(self.eval_metrics).is_file():
             return None
         path = Path(self.eval_metrics)
@@ -48,4 +56,4 @@ class LoraCatalog:
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable (%s): no checkpoint marked best", path, exc)
             return None
-        return best.get("step")
+        return (best["step"], bool(best.get("ema"))) if "step" in best else None

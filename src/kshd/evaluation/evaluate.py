@@ -2,7 +2,9 @@
 
 Samples are drawn as the app draws (`kshd generate`): A1111 prompt syntax and chunks through
 PromptEncoder, the prefixes joined as the app joins them, the app's sampler; so a metric describes
-the pictures a user gets for the same prompt, seed and settings.
+the pictures a user gets for the same prompt, seed and settings. Where the training kept an EMA
+of the weights (`train.ema_decay`), the EMA's files and each checkpoint's EMA are scored too, at
+the headline strength, their metrics named with `ema_`, and may be the best checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kshd.adapters.weights import open_weights
+from kshd.adapters.files import EMA_DIR, EMA_SUFFIX, file_names
+from kshd.adapters.weights import AdapterWeights, open_weights
 from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
     Images,
@@ -27,11 +30,13 @@ from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluati
     validation_images,
 )
 from kshd.prompts.encoding import join_prefix
+from kshd.training.checkpoints import EMA_TENSORS
 
 log = logging.getLogger(__name__)
 
 
 HEADLINE = BEST_BY  # the headline metrics: those `evaluate.best_by` may name
+EMA = "ema_"  # the EMA weights' headline metrics, beside the raw weights' (metrics, curve)
 
 
 def mean_abs_difference(a: Images, b: Images) -> float:
@@ -223,6 +228,19 @@ def select_checkpoints(
     return chosen[-last:] if last else chosen
 
 
+def drawn_scores(
+    pipe, weights: AdapterWeights, s: SampleSettings, scorer: Scorer, base_style: float,
+    label: str, prompt_encoder=None,
+) -> dict:  # fmt: skip
+    """The metrics of an adapter's weights drawn at the headline LoRA scale, in place of the
+    one drawn before (of the same run and kind)."""
+    weights.adapter.detach(pipe)
+    weights.attach(pipe)
+    images = sample(pipe, s.prompts, s, s.lora_scales[-1], label, prompt_encoder)
+    values = scorer(images)
+    return {**values, "style_gain": values["style_similarity"] - base_style}
+
+
 def checkpoint_curve(
     pipe,
     checkpoints: list[tuple[int, Path]],
@@ -233,16 +251,36 @@ def checkpoint_curve(
     prompt_encoder=None,
 ) -> list[dict]:
     """The headline metrics of each checkpoint's adapter, at the headline LoRA scale
-    (`strength`: the run's alpha / rank, for checkpoints that do not record theirs)."""
+    (`strength`: the run's alpha / rank, for checkpoints that do not record theirs), and of
+    its EMA where it keeps one (`ema_` columns)."""
+
+    def scores(weights: AdapterWeights, label: str) -> dict:
+        return drawn_scores(pipe, weights, s, scorer, base_style, label, prompt_encoder)
+
     rows = []
     for step, path in checkpoints:
-        weights = open_weights(path, strength)
-        weights.adapter.detach(pipe)  # the one drawn before, of the same run and kind
-        weights.attach(pipe)
-        images = sample(pipe, s.prompts, s, s.lora_scales[-1], f"checkpoint {step}", prompt_encoder)
-        values = scorer(images)
-        rows.append({"step": step, **values, "style_gain": values["style_similarity"] - base_style})
+        row = {"step": step, **scores(open_weights(path, strength), f"checkpoint {step}")}
+        if (path / EMA_TENSORS).is_file():
+            ema = scores(open_weights(path / EMA_TENSORS, strength), f"checkpoint {step} EMA")
+            row |= {f"{EMA}{k}": ema[k] for k in HEADLINE}
+        rows.append(row)
     return rows
+
+
+def final_ema(lora_dir: Path) -> Path | None:
+    """The trained folder's EMA folder, where the training kept an EMA."""
+    folder = Path(lora_dir) / EMA_DIR
+    return folder if any((folder / n).is_file() for n in file_names(EMA_SUFFIX)) else None
+
+
+def best_checkpoint(curve: list[dict], by: str) -> dict:
+    """The row (raw or EMA weights) with the highest `by`; the raw weights win a tie. `ema`
+    says which, in runs that kept an EMA."""
+    kept = any(f"{EMA}{by}" in r for r in curve)
+    candidates = [(r, "") for r in curve] + [(r, EMA) for r in curve if f"{EMA}{by}" in r]
+    row, prefix = max(candidates, key=lambda c: c[0][f"{c[1]}{by}"])
+    best = {"step": row["step"], "by": by, "value": row[f"{prefix}{by}"]}
+    return best | ({"ema": prefix == EMA} if kept else {})
 
 
 @dataclass(frozen=True)
@@ -318,13 +356,14 @@ def evaluate(
             history.strength,
             prompt_encoder,
         )
-        final = {"step": history.final_step, **{k: metrics[k] for k in HEADLINE}}
+        if ema := final_ema(lora_dir):
+            base_style = metrics["style_similarity_base"]
+            values = drawn_scores(pipe, open_weights(ema), s, scorer, base_style, "EMA",
+                                  prompt_encoder)  # fmt: skip
+            metrics |= {f"{EMA}{k}": values[k] for k in HEADLINE}
+        headline = (*HEADLINE, *(f"{EMA}{k}" for k in HEADLINE))
+        final = {"step": history.final_step, **{k: metrics[k] for k in headline if k in metrics}}
         out.curve = [r for r in curve if r["step"] != history.final_step] + [final]
-        best = max(out.curve, key=lambda r: r[history.best_by])
-        metrics["best_checkpoint"] = {
-            "step": best["step"],
-            "by": history.best_by,
-            "value": best[history.best_by],
-        }
+        metrics["best_checkpoint"] = best_checkpoint(out.curve, history.best_by)
     log.info("evaluate: %s", {k: v for k, v in metrics.items() if k != "by_strength"})
     return out

@@ -96,19 +96,25 @@ def render(
     page_dir: Path,
     sketches: list[Path] = (),
 ) -> str:
-    """The page as a string; `grids` (and the sketch rows) are linked relative to `page_dir`."""
+    """The page as a string; `grids` (and the sketch rows) are linked relative to `page_dir`.
+    A training's EMA (`ema_` metrics) gets a column of its own in both tables."""
+    ema = any(f"ema_{k}" in metrics for k in HEADLINE)
     head_rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{_fmt(metrics.get(k))}</td>"
-        f"<td>{_fmt(metrics.get(f'{k}_base', ''))}</td></tr>"
+        + (f"<td>{_fmt(metrics.get(f'ema_{k}', ''))}</td>" if ema else "")
+        + f"<td>{_fmt(metrics.get(f'{k}_base', ''))}</td></tr>"
         for k in HEADLINE
     )
+    columns = [*HEADLINE, *(f"ema_{k}" for k in HEADLINE if any(f"ema_{k}" in r for r in curve))]
     best = metrics.get("best_checkpoint", {}).get("step")
     curve_rows = "".join(
         f'<tr class="{"best" if r["step"] == best else ""}"><td>{_fmt(r["step"])}</td>'
-        + "".join(f"<td>{_fmt(r[k])}</td>" for k in HEADLINE)
+        + "".join(f"<td>{_fmt(r.get(k, ''))}</td>" for k in columns)
         + "</tr>"
         for r in curve
     )
+    ema_th = "<th>EMA</th>" if ema else ""
+    best_ema = " (EMA)" if metrics.get("best_checkpoint", {}).get("ema") else ""
     figures = "".join(
         f'<figure><img src="{html.escape(g.relative_to(page_dir).as_posix())}" '
         f'alt="grid for prompt {i}"><figcaption>{html.escape(p)}<br>rows: '
@@ -122,12 +128,12 @@ def render(
 <h1>KSH drawing style — evaluation</h1>
 <p class="family">base model family: {FAMILIES.get(metrics.get("model_family"), "?")}</p>
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>LoRA</th><th>base model</th></tr>{head_rows}</table>
+<table><tr><th>metric</th><th>LoRA</th>{ema_th}<th>base model</th></tr>{head_rows}</table>
 <p>style gain: {_fmt(metrics.get("style_gain", ""))}; trigger gain:
-{_fmt(metrics.get("trigger_gain", ""))}; best checkpoint: step {_fmt(best)}
+{_fmt(metrics.get("trigger_gain", ""))}; best checkpoint: step {_fmt(best)}{best_ema}
 by {_fmt(metrics.get("best_checkpoint", {}).get("by", ""))}</p>
 <h2>Checkpoints</h2><div class="charts">{charts}</div>
-<table><tr><th>step</th>{"".join(f"<th>{k}</th>" for k in HEADLINE)}</tr>{curve_rows}</table>
+<table><tr><th>step</th>{"".join(f"<th>{k}</th>" for k in columns)}</tr>{curve_rows}</table>
 <h2>Samples</h2>{figures}
 {_sketch(metrics, list(sketches), page_dir)}
 </body></html>

@@ -80,7 +80,8 @@ def table(exps: Sequence[Experiment], params: Sequence[str]) -> str:
     rows = []
     for e in exps:
         best = e.best_checkpoint
-        label = f"step {best['step']} ({best.get('by', '')})" if best.get("step") else ""
+        ema = " EMA" if best.get("ema") else ""  # the EMA of the weights at that step
+        label = f"step {best['step']}{ema} ({best.get('by', '')})" if best.get("step") else ""
         cells = [
             f'<td data-v="{html.escape(e.name)}" title="{e.rev}">{html.escape(e.name)}</td>',
             *(_cell(e.params.get(p)) for p in params),

@@ -15,6 +15,7 @@ from kshd.config.schema import ProjectConfig
 from kshd.config.schema_model import ModelSettings
 from kshd.data.images import IntakeRules
 from kshd.evaluation.evaluate import (
+    EMA,
     HEADLINE,
     CheckpointCurve,
     References,
@@ -48,10 +49,12 @@ def final_step(train_reports: Path) -> int | None:
 
 
 def curve_csv(rows: list[dict]) -> str:
-    """Metrics per checkpoint (a DVC plot: metric against step)."""
+    """Metrics per checkpoint (a DVC plot: metric against step); the EMA's as `ema_` columns
+    where the training kept one."""
     buf = io.StringIO()
+    ema = [f"{EMA}{k}" for k in HEADLINE if any(f"{EMA}{k}" in r for r in rows)]
     writer = csv.DictWriter(
-        buf, fieldnames=["step", *HEADLINE], lineterminator="\n", extrasaction="ignore"
+        buf, fieldnames=["step", *HEADLINE, *ema], lineterminator="\n", extrasaction="ignore"
     )
     writer.writeheader()
     writer.writerows(rows)

@@ -1,5 +1,5 @@
 """DVC stage `train`: data/dataset -> models/lora (the adapter's diffusers + kohya safetensors,
-metrics, loss).
+metrics, loss; with `train.ema_decay`, the EMA's pair in models/lora/ema/).
 
 Resumes from the newest checkpoint of the same run after a crash; `train.resume=false` (or
 deleting models/checkpoints) starts afresh. Runs unchanged under `accelerate launch`.
@@ -13,7 +13,15 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from kshd.adapters.files import KohyaInfo, save_adapter
+from kshd.adapters.base import Adapter
+from kshd.adapters.files import (
+    EMA_DIR,
+    EMA_SUFFIX,
+    KohyaInfo,
+    remove_adapter_files,
+    save_adapter,
+    save_adapter_state,
+)
 from kshd.adapters.registry import build_adapter
 from kshd.config.compose import shared_path
 from kshd.config.fill import as_plain
@@ -107,6 +115,7 @@ def write_outputs(
     adapter = build_adapter(s.adapter, s.rank, s.alpha)
     _, kohya = save_adapter(out, adapter, info, components.unet, components.text_encoder,
                             components.text_encoder_2)  # fmt: skip
+    write_ema(out / EMA_DIR, adapter, info, result, getattr(components.unet, "config", None))
     metrics = result.metrics() | {
         "adapter_mb": round(kohya.stat().st_size / 1e6, 3),  # the file A1111 users share
         "reg_images": num_reg_images,
@@ -117,6 +126,24 @@ def write_outputs(
     write_json(reports / "metrics.json", metrics)
     write_text(reports / "loss.csv", loss_csv(result))
     return metrics
+
+
+def write_ema(
+    out: Path, adapter: Adapter, info: KohyaInfo, result: TrainResult, unet_config
+) -> None:
+    """The EMA's pair of files (`ss_ema_*` saying so), or none: an earlier run's EMA never
+    stays beside another run's weights (DVC empties the adapter's folder before a run; a run
+    by hand or from Python removes it here)."""
+    if result.ema is None:
+        if out.is_dir():
+            remove_adapter_files(out, EMA_SUFFIX)
+            if not any(out.iterdir()):
+                out.rmdir()
+        return
+    r = result.ema.record
+    fields = {"ss_ema_decay": str(r["decay"]), "ss_ema_every": str(r["every"]),
+              "ss_ema_warmup": str(r["warmup"])}  # fmt: skip
+    save_adapter_state(out, adapter, info, result.ema.tensors, unet_config, EMA_SUFFIX, fields)
 
 
 def _base_model(pretrained: str) -> dict:

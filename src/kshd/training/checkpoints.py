@@ -6,7 +6,9 @@ checkpoints are pruned only after a new one is complete. The state holds the LoR
 optimizer and scheduler, fp16's gradient scaler, every RNG, the step, the epoch and the position
 in it, a fingerprint of what defines the run, so that `persist: true` folders of other
 experiments are never resumed, and the adapter's record (its kind, rank and alpha), so that the
-app and the evaluation load the tensors without the run's config.
+app and the evaluation load the tensors without the run's config. With `train.ema_decay`, the
+EMA of the adapter's weights beside its tensors, in the same format (`ema.safetensors`), and its
+settings in the state.
 Everything is safetensors + JSON: nothing is unpickled.
 """
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE = "state.json"
 TENSORS = "lora.safetensors"  # the adapter's tensors (its name from when LoRA was the only kind)
+EMA_TENSORS = "ema.safetensors"  # their moving average (train.ema_decay), in the same format
 
 
 @dataclass
@@ -44,6 +47,14 @@ class Progress:
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     images: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EmaWeights:
+    """The EMA's tensors (in the adapter's format, as `TENSORS`) and its settings."""
+
+    tensors: dict[str, torch.Tensor]
+    record: dict
 
 
 def fingerprint(**parts: object) -> str:
@@ -140,21 +151,21 @@ def save_checkpoint(
     limit: int | None,
     scaler_state: dict | None = None,
     adapter: dict | None = None,
+    ema: EmaWeights | None = None,
 ) -> Path:
     """Write everything to a temp folder, then rename it into place; prune afterwards.
 
     `scaler_state` is fp16's GradScaler (its scale and growth tracker): without it a resumed
     run would start from the initial scale and skip or scale steps unlike the straight run.
-    `adapter`: the adapter's record (`Adapter.record()`)."""
+    `adapter`: the adapter's record (`Adapter.record()`); `ema`: the EMA, when one is kept."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{progress.step}"
     tmp = root / f".checkpoint-{progress.step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_checkpoint(
-            tmp, run_fp, progress, lora, optimizer_state, scheduler_state, scaler_state, adapter
-        )
+        _write_checkpoint(tmp, run_fp, progress, lora, optimizer_state, scheduler_state,
+                          scaler_state, adapter, ema)  # fmt: skip
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if code := write_errno(err):
@@ -178,10 +189,13 @@ def _write_checkpoint(
     scheduler_state: dict,
     scaler_state: dict | None = None,
     adapter: dict | None = None,
+    ema: EmaWeights | None = None,
 ) -> None:
     opt_tensors, opt_meta = _optimizer_split(optimizer_state)
     rng_tensors, rng_meta = _rng_state()
     save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp / TENSORS))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.tensors.items()}, str(tmp / EMA_TENSORS))
     save_file({**opt_tensors, **rng_tensors}, str(tmp / "training_state.safetensors"))
     state = {
         "fingerprint": run_fp,
@@ -192,6 +206,8 @@ def _write_checkpoint(
         "scaler": scaler_state,  # plain numbers (scale, growth tracker, factors) or null
         "adapter": adapter,  # kind, rank, alpha, settings; absent from older checkpoints
     }
+    if ema is not None:  # the EMA's settings; without one, the state is as it always was
+        state["ema"] = ema.record
     with (tmp / STATE).open("w", encoding="utf-8") as f:  # last: marks the folder complete
         json.dump(state, f)
         f.flush()
@@ -207,6 +223,7 @@ class Loaded:
     optimizer_state: dict
     scheduler_state: dict
     scaler_state: dict | None = None
+    ema: EmaWeights | None = None  # None: the run kept no EMA
 
 
 def load_checkpoint(path: Path) -> Loaded:
@@ -221,7 +238,14 @@ def load_checkpoint(path: Path) -> Loaded:
         _optimizer_join(tensors, state["optimizer"]),
         state["scheduler"],
         state.get("scaler"),
+        _read_ema(path, state),
     )
+
+
+def _read_ema(path: Path, state: dict) -> EmaWeights | None:
+    if state.get("ema") is None:
+        return None
+    return EmaWeights(load_file(str(path / EMA_TENSORS)), state["ema"])
 
 
 def restore_scaler(scaler, state: dict | None) -> None:
@@ -253,8 +277,18 @@ def is_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and (path / TENSORS).is_file() and (path / STATE).is_file()
 
 
-def checkpoint_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """A checkpoint's adapter tensors and its record (None: written before checkpoints
-    recorded their adapter, a LoRA)."""
+def checkpoint_adapter(
+    path: Path, tensors: str = TENSORS
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A checkpoint's adapter tensors (`tensors`: its EMA's with `EMA_TENSORS`) and its record
+    (None: written before checkpoints recorded their adapter, a LoRA)."""
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    return load_file(str(path / TENSORS)), state.get("adapter")
+    return load_file(str(path / tensors)), state.get("adapter")
+
+
+def ema_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint folder whose EMA file `path` is; None when it is not one."""
+    path = Path(path)
+    if path.name == EMA_TENSORS and path.is_file() and is_checkpoint(path.parent):
+        return path.parent
+    return None

@@ -31,6 +31,7 @@ from kshd.training.components import (
     load_unet,
     place_for_training,
 )
+from kshd.training.ema import AdapterEma
 from kshd.training.freeze import freeze_and_adapt, release_frozen, reload_frozen, vae_fp32
 from kshd.training.inputs import build_dataset, build_loader, check_reg
 from kshd.training.interrupts import Interrupted, deferred_interrupt
@@ -73,6 +74,7 @@ class _Run:
     optim: OptimizerKind  # train.optimizer's kind: its modes around sampling and saving
     released: bool = False  # the VAE and text encoder left memory (all inputs cached)
     latent_std: float | None = None  # of the first batch's scaled latents (see TrainResult)
+    ema: AdapterEma | None = None  # train.ema_decay's moving average of the adapter's weights
 
 
 ValidateFn = Callable[[int, Components], None]
@@ -151,6 +153,7 @@ def _setup(
         adapter,
         optim,
         released,
+        ema=AdapterEma(params, s.ema_decay, s.ema_every, s.ema_warmup) if s.ema_on else None,
     ), stats
 
 
@@ -182,6 +185,8 @@ def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
     run.optimizer.load_state_dict(loaded.optimizer_state)
     run.lr_scheduler.load_state_dict(loaded.scheduler_state)
     restore_scaler(run.accelerator.scaler, loaded.scaler_state)
+    if run.ema is not None:  # the fingerprint holds the EMA's settings: its checkpoints keep it
+        run.ema.load_adapter_tensors(run.adapter, loaded.ema.tensors, *_parts(run, c))
     log.info(
         "resuming from %s (step %d, epoch %d)",
         path.name,
@@ -279,6 +284,7 @@ def train_lora(
     run.optim.eval(run.optimizer)  # the weights that are saved
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     result.latent_std = run.latent_std
+    result.ema = run.ema.weights(run.adapter, *_parts(run, c)) if run.ema is not None else None
     c.unet = acc.unwrap_model(run.unet)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
     if c.text_encoder_2 is not None:
@@ -322,6 +328,8 @@ def _loop(
                 continue
             rate = (p.images - images_before) / max(time.perf_counter() - start, 1e-9)
             row = _record(p, run, loss_sum, rate, bar)
+            if run.ema is not None:
+                run.ema.step(p.step)
             loss_sum = 0.0
             if on_log and acc.is_main_process:
                 on_log(row | run.optim.report(run.optimizer))
@@ -374,6 +382,7 @@ def _checkpoint(run: _Run, c: Components, ckpt: CheckpointPolicy, p) -> None:
             ckpt.limit,
             run.accelerator.scaler.state_dict() if run.accelerator.scaler else None,
             run.adapter.record(),
+            run.ema.weights(run.adapter, *_parts(run, c)) if run.ema is not None else None,
         )
     run.accelerator.wait_for_everyone()
 

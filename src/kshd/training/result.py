@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kshd.config.schema_train import TrainSettings
-from kshd.training.checkpoints import Progress
+from kshd.training.checkpoints import EmaWeights, Progress
 
 
 @dataclass
@@ -21,6 +21,7 @@ class TrainResult:
     latents: dict = field(default_factory=dict)
     captions: dict = field(default_factory=dict)  # captions cut at train.max_token_length
     latent_std: float | None = None  # the first trained batch's scaled latents: about 1 if right
+    ema: EmaWeights | None = None  # the final EMA of the adapter's weights (train.ema_decay)
 
     @property
     def steps(self) -> int:
