@@ -55,6 +55,9 @@ class TrainSettings:
     # defines the result only with regularization drawings: the train stage puts it in the
     # fingerprint's dataset part then, so runs without them resume as before
     prior_loss_weight: float = field(metadata=changes("train"))
+    # kohya's --masked_loss: the loss weighted by the drawings' alpha; in the fingerprint when
+    # on (`defining`), so runs without it resume as before
+    masked_loss: bool = field(metadata=changes("train"))
     caption_dropout: float = field(metadata=DEFINES_RESULT)
     shuffle_tags: bool = field(metadata=DEFINES_RESULT)
     cache_latents: bool = field(metadata=DEFINES_RESULT)
@@ -80,7 +83,12 @@ class TrainSettings:
         """The settings that define the result (for the checkpoint fingerprint); the adapter's
         part as its kind says (`AdapterSettings.fingerprint`)."""
         marked = defining(self)
-        return {k: v for k, v in marked.items() if k != "adapter"} | self.adapter.fingerprint()
+        masked = {"masked_loss": True} if self.masked_loss else {}
+        return (
+            {k: v for k, v in marked.items() if k != "adapter"}
+            | self.adapter.fingerprint()
+            | masked
+        )
 
     def validate(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "a whole number >= 1")
