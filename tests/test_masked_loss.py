@@ -103,6 +103,13 @@ def test_prepare_keeps_the_alpha_beside_the_drawing_its_report_and_holdout_uncha
     # the holdout is chosen by the prepared drawing's bytes alone, as before
     for row in load_rows(tmp_path / "info.csv"):
         assert row["digest"] == hashlib.sha256(row["file"].read_bytes()).hexdigest()
+    # a ground made opaque white composites alike (same name) but its alpha is rewritten
+    rgba = np.array(_striped())
+    rgba[:, 48:] = 255
+    Image.fromarray(rgba, "RGBA").save(raw / "striped.png")
+    again = prepare_folder(raw, tmp_path / "prepared", **intake(resolution=64))
+    assert again.images == report.images
+    assert (np.asarray(Image.open(alpha_path(out["striped.png"])))[:, 48:] == 255).all()
 
 
 def _dataset(split, tokenizer, masked: bool, latents=None) -> DrawingDataset:

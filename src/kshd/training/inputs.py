@@ -37,6 +37,19 @@ def check_reg(s: TrainSettings, reg) -> None:
         )
 
 
+def _log_masks(data: DrawingDataset) -> DrawingDataset:
+    """How many drawings the masked loss weighs by their alpha; none is worth a warning."""
+    n = sum(data.has_alpha)
+    if data.mask_factor and n:
+        log.info("inputs: %d of %d drawings weighted by their alpha (masked loss)", n, len(data))
+    elif data.mask_factor:
+        log.warning(
+            "train.masked_loss=true, but no drawing has transparency: every drawing trains "
+            "unmasked (prepare keeps the alpha of transparent PNG/WebP drawings)"
+        )
+    return data
+
+
 def build_dataset(
     c: Components,
     split,
@@ -56,7 +69,7 @@ def build_dataset(
     tokenizers = c.tokenizers
     if not (s.cache_latents and cache_dir):
         log.info("inputs: VAE and text encoders run every step (train.cache_latents=false)")
-        return DrawingDataset(split, tokenizers, opts, **weights), {}
+        return _log_masks(DrawingDataset(split, tokenizers, opts, **weights)), {}
     device = accelerator.device
     latents = LatentSource(
         c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, factor
@@ -72,7 +85,7 @@ def build_dataset(
             cache_dir / "-".join(["text", *(module_fingerprint(e) for e in c.text_encoders)]),
             device,
         )
-    data = DrawingDataset(split, tokenizers, opts, latents, texts, **weights)
+    data = _log_masks(DrawingDataset(split, tokenizers, opts, latents, texts, **weights))
     with accelerator.main_process_first():
         stats = latents.precompute(data)
         if texts:
