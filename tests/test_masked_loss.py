@@ -300,3 +300,34 @@ def test_the_run_s_fingerprint_names_the_masked_loss_only_when_on():
     assert "masked_loss" not in off.defining() and on.defining()["masked_loss"] is True
     assert fingerprint(settings=off.defining()) != fingerprint(settings=on.defining())
     json.dumps(on.defining(), default=str)
+
+
+@pytest.mark.slow
+def test_sdxl_with_buckets_trains_masked_and_caches_the_mask_at_the_bucket_s_grid(
+    tiny_models, tmp_path
+):
+    """A wide drawing with alpha in an aspect-ratio bucket on the tiny SDXL: its mask has the
+    bucket's latent grid, and cached and live training agree (the same losses)."""
+    from datasets import Dataset, Features, Value
+
+    rgba = np.full((64, 128, 4), 255, dtype=np.uint8)
+    rgba[:, 64:, 3] = 0  # the right half transparent
+    drawings = [Image.fromarray(rgba, "RGBA"), Image.new("RGB", (64, 64), (40, 90, 160))]
+    features = Features({"image": ImageFeature(), "text": Value("string")})
+    texts = ["an anime girl, drawn by KSH drawing style"] * 2
+    split = Dataset.from_dict({"image": drawings, "text": texts}, features=features)
+    # buckets (48, 80), (64, 64), (80, 48): the 128x64 drawing is cut to 80x48 (latents 10x6)
+    run = RUN | dict(buckets=True, bucket_step=16, batch_size=1, masked_loss=True)
+    losses = []
+    for cache in (True, False):
+        c = load_components(str(tiny_models["sdxl"]))
+        s = defaults("train", **run | {"cache_latents": cache})
+        result = train_lora(c, split, s, cache_dir=tmp_path / "cache")
+        losses.append([h["loss"] for h in result.history])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4) and all(np.isfinite(losses[0]))
+    [entry] = (tmp_path / "cache").glob("latents-*/*-alpha.safetensors")
+    mask = load_file(str(entry))["mask"]
+    assert mask.shape == (1, 6, 10)  # resized to 96x48, 8 px cut each side: opaque to x = 40
+    assert torch.allclose(mask[..., :4], torch.ones(1)) and torch.allclose(
+        mask[..., 6:], torch.zeros(1)
+    )
