@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from kshd.data.images import (
+    ALPHA_SUFFIX,
     ImageRejected,
+    alpha_path,
     flatten,
     load_image,
     resize_short_side,
@@ -98,9 +100,16 @@ def test_prepare_accounts_for_every_input(tmp_path):
     assert report.inputs == report.accepted + len(report.rejected) + report.duplicates
     assert (report.accepted, report.duplicates) == (10, 1)
     assert {r["file"] for r in report.rejected} == {"broken.png", "empty.jpg"}
-    outputs = sorted((tmp_path / "out").iterdir())
+    files = sorted((tmp_path / "out").iterdir())
+    outputs = [p for p in files if not p.name.endswith(ALPHA_SUFFIX)]
     assert len(outputs) == 10
     assert all(min(Image.open(p).size) == 64 and Image.open(p).mode == "RGB" for p in outputs)
+    # the eight drawn on a transparent ground keep their alpha beside them, sized alike
+    alphas = [alpha_path(p) for p in outputs if alpha_path(p).exists()]
+    assert len(alphas) == 8 and len(files) == 18
+    assert all(Image.open(a).mode == "L" for a in alphas)
+    drawing_of = {alpha_path(p): p for p in outputs}
+    assert all(Image.open(a).size == Image.open(drawing_of[a]).size for a in alphas)
     assert report.duplicate_of == [{"file": "소녀_01.png", "same_as": "copy.png"}]
     assert any(p.name.startswith("소녀_02-") for p in outputs)  # Hangul names stay readable
     json.dumps(report.to_dict())  # serialisable as prepare.json

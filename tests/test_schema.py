@@ -305,6 +305,7 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
         "validation_negative_prompt", "validation_positive_prefix", "validation_negative_prefix",
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
         "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
+        "masked_loss",  # in the fingerprint only when on (tests/test_masked_loss.py)
         "adapter",  # a LoRA's targets under the names they had as train.* keys (below)
         "optimizer",  # AdamW's keys under the names they had as train.* keys
         "ema_decay", "ema_every", "ema_warmup",  # as one `ema` entry, only with an EMA (below)

@@ -53,6 +53,9 @@ class TrainSettings:
     # defines the result only with regularization drawings: the train stage puts it in the
     # fingerprint's dataset part then, so runs without them resume as before
     prior_loss_weight: float = field(metadata=changes("train"))
+    # kohya's --masked_loss: the loss weighted by the drawings' alpha; in the fingerprint when
+    # on (`defining`), so runs without it resume as before
+    masked_loss: bool = field(metadata=changes("train"))
     caption_dropout: float = field(metadata=DEFINES_RESULT)
     shuffle_tags: bool = field(metadata=DEFINES_RESULT)
     cache_latents: bool = field(metadata=DEFINES_RESULT)
@@ -97,7 +100,8 @@ class TrainSettings:
         marked = defining(self)
         own = {k: v for k, v in marked.items() if k not in ("adapter", "optimizer")}
         ema = {"ema": [self.ema_decay, self.ema_every, self.ema_warmup]} if self.ema_on else {}
-        return own | self.adapter.fingerprint() | self.optimizer.fingerprint() | ema
+        masked = {"masked_loss": True} if self.masked_loss else {}
+        return own | self.adapter.fingerprint() | self.optimizer.fingerprint() | ema | masked
 
     @property
     def ema_on(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from kshd.config.errors import InputError, UserError
 from kshd.data.captioning import read_info_csv
+from kshd.data.images import alpha_path
 from kshd.fileio import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,9 @@ def holdout_mask(digests: Sequence[str], fraction: float) -> list[bool]:
 
 
 def load_rows(info_csv: str | Path, allow_empty: bool = False) -> list[dict]:
-    """Rows of info.csv: image path, text and content digest; a missing image stops with its row
-    named. Images are hashed as a stream and not kept: 5,700 drawings would be gigabytes."""
+    """Rows of info.csv: image path, text, content digest and the alpha beside the image (prepare's
+    `<name>.alpha.png`) if any; a missing image stops with its row named. Images are hashed as a
+    stream and not kept: 5,700 drawings would be gigabytes."""
     info_csv = Path(info_csv)
     if allow_empty and not info_csv.is_file():
         return []
@@ -49,16 +52,53 @@ def load_rows(info_csv: str | Path, allow_empty: bool = False) -> list[dict]:
             )
         with path.open("rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        rows.append({"file": path, "name": Path(image).name, "text": text, "digest": digest})
+        alpha = alpha_path(path)
+        rows.append(
+            {
+                "file": path,
+                "name": Path(image).name,
+                "text": text,
+                "digest": digest,  # of the RGB drawing alone: the holdout is chosen by it
+                "alpha": alpha if alpha.is_file() else None,
+            }
+        )
     if not rows and not allow_empty:
         raise InputError(f"{info_csv}: no rows")
     return rows
 
 
+def image_bytes(file: Path, alpha: Path | None) -> bytes:
+    """The drawing's PNG as prepared; with an alpha, RGBA: its RGB channels exactly the prepared
+    (composited) drawing, so dropping the alpha gives back the very pixels the VAE encodes."""
+    if alpha is None:
+        return file.read_bytes()
+    from PIL import Image
+
+    with Image.open(file) as rgb, Image.open(alpha) as a:
+        if a.size != rgb.size or rgb.mode != "RGB":
+            raise InputError(
+                f"{alpha}: the alpha does not fit its drawing {file.name} ({a.size} for "
+                f"{rgb.mode} {rgb.size}); run the prepare stage again (`dvc repro prepare`)"
+            )
+        img = rgb.convert("RGBA")
+        img.putalpha(a.convert("L"))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _rows_of(rows: list[dict]) -> Iterator[dict]:
     """One row at a time, image bytes read as it is written (the writer flushes in batches)."""
     for r in rows:
-        yield {"image": {"bytes": r["file"].read_bytes(), "path": r["name"]}, "text": r["text"]}
+        data = image_bytes(r["file"], r.get("alpha"))
+        yield {"image": {"bytes": data, "path": r["name"]}, "text": r["text"]}
+
+
+def _row_key(r: dict) -> tuple:
+    """What a row's content is, for the split's fingerprint (an alpha's digest when it has one)."""
+    if r.get("alpha") is None:
+        return (r["name"], r["digest"], r["text"])
+    return (r["name"], r["digest"], r["text"], hashlib.sha256(r["alpha"].read_bytes()).hexdigest())
 
 
 def _split(rows: list[dict], name: str, features, work: Path | None):
@@ -67,7 +107,7 @@ def _split(rows: list[dict], name: str, features, work: Path | None):
 
     if not rows:  # the generator builder wants at least one row
         return Dataset.from_dict({"image": [], "text": []}, features=features, split=name)
-    key = json.dumps([name, [(r["name"], r["digest"], r["text"]) for r in rows]])
+    key = json.dumps([name, [_row_key(r) for r in rows]])
     with nullcontext(str(work)) if work else tempfile.TemporaryDirectory() as cache:
         return Dataset.from_generator(
             _rows_of,

@@ -1,6 +1,8 @@
 """Image intake: decode any drawing the artist has into clean RGB, or say exactly why not.
 
 Shared by the `prepare` stage and the app's image-to-image input, so both follow one set of rules.
+A drawing's transparency is composited away for the RGB and kept apart as its alpha (the masked
+loss weights by it): `<name>.alpha.png` beside the prepared `<name>.png`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class IntakeRules:
 class LoadedImage:
     image: Image.Image  # RGB
     animated: bool = False
+    alpha: Image.Image | None = None  # "L": the drawing's alpha, None when it is opaque
+
+
+ALPHA_SUFFIX = ".alpha.png"
+
+
+def alpha_path(image: Path) -> Path:
+    """Where a prepared drawing's alpha lies: `x-123.png` -> `x-123.alpha.png`."""
+    return image.with_suffix(ALPHA_SUFFIX)
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -67,6 +78,11 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any mode to RGB, compositing transparency onto `background` (not onto what lies beneath)."""
+    return _composite(_normalised(img), background)
+
+
+def _normalised(img: Image.Image) -> Image.Image:
+    """Any mode to RGB, or RGBA when it has transparency."""
     if img.mode in _HIGH_BIT_MODES:
         img = _to_8bit(img)
     if img.mode == "P":
@@ -75,10 +91,22 @@ def flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         img = img.convert("RGBA")
     if img.mode == "RGB" and "transparency" in img.info:
         img = img.convert("RGBA")
+    return img if img.mode == "RGBA" else img.convert("RGB")
+
+
+def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if img.mode == "RGBA":
         canvas = Image.new("RGBA", img.size, (*background, 255))
         return Image.alpha_composite(canvas, img).convert("RGB")
-    return img.convert("RGB")
+    return img
+
+
+def _alpha(img: Image.Image) -> Image.Image | None:
+    """The alpha of a normalised image; None when there is none or it is opaque throughout."""
+    if img.mode != "RGBA":
+        return None
+    alpha = img.getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def _check_file(path: Path) -> None:
@@ -123,8 +151,8 @@ def _decode(path: Path, rules: IntakeRules) -> LoadedImage:
             animated = bool(getattr(img, "is_animated", False))
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return LoadedImage(flatten(img, rules.background), animated)
+            img = _normalised(ImageOps.exif_transpose(img))
+            return LoadedImage(_composite(img, rules.background), animated, _alpha(img))
 
 
 def load_image(path: str | Path, rules: IntakeRules) -> LoadedImage:

@@ -14,6 +14,8 @@ from kshd.config.errors import UserError
 from kshd.data.images import (
     ImageRejected,
     IntakeRules,
+    LoadedImage,
+    alpha_path,
     load_image,
     pixel_hash,
     resize_short_side,
@@ -112,14 +114,11 @@ def prepare_folder(
             report.animated.append(rel)
         name = f"{safe_stem(path.name)}-{digest[:10]}.png"
         target = out_dir / name
-        img = resize_short_side(loaded.image, resolution, upscale)
-        if not _already_written(target, img.size):  # a rerun after a kill skips finished ones
-            with atomic_path(target) as tmp:
-                img.save(tmp, format="PNG")
+        written = _write_drawing(loaded, target, resolution, upscale)
         keep = _copy_sidecar(path, target)
         report.accepted += 1
         report.images.append({"file": rel, "output": name, "digest": digest})
-        kept.update({name, *keep})
+        kept.update({*written, *keep})
     _remove_stale(out_dir, kept)
     log.info(
         "prepare: %d inputs, %d accepted, %d rejected, %d duplicates",
@@ -157,14 +156,30 @@ def prepare_reg_folder(
     return report
 
 
-def _already_written(target: Path, size: tuple[int, int]) -> bool:
-    """Same content gives the same name; the size check catches a changed resolution."""
+def _write_drawing(loaded: LoadedImage, target: Path, resolution: int, upscale: bool) -> list[str]:
+    """The drawing as RGB PNG (transparency composited) and, when it has any, its alpha resized
+    alike as `<name>.alpha.png` (the masked loss's weights); the names written."""
+    outputs = [(target, loaded.image, False)]
+    if loaded.alpha is not None:  # named by the RGB's digest: an alpha may change beneath it
+        outputs.append((alpha_path(target), loaded.alpha, True))
+    for out, img, compare in outputs:
+        img = resize_short_side(img, resolution, upscale)
+        if not _already_written(out, img, compare):  # a rerun after a kill skips finished ones
+            with atomic_path(out) as tmp:
+                img.save(tmp, format="PNG")
+    return [out.name for out, _, _ in outputs]
+
+
+def _already_written(target: Path, img, compare_pixels: bool = False) -> bool:
+    """Same content gives the same name; the size check catches a changed resolution (and the
+    pixels' a changed alpha, whose name is its drawing's)."""
     if not target.exists():
         return False
     from PIL import Image
 
     with Image.open(target) as done:
-        return done.size == size
+        same = done.size == img.size
+        return same and (not compare_pixels or done.tobytes() == img.tobytes())
 
 
 def _copy_sidecar(image: Path, target: Path) -> list[str]:

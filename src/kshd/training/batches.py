@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from kshd.prompts.encoding import CaptionChunker
@@ -95,8 +96,25 @@ def augment_plan(
 
 
 def apply_plan(img: Image.Image, plan: Plan, flip: bool | None = None) -> Image.Image:
+    """The crop the VAE encodes: RGB (a prepared RGBA drawing's alpha dropped: its RGB is the
+    drawing composited as prepare wrote it), resized, cropped and maybe flipped."""
+    return _cut(img.convert("RGB"), plan, flip)
+
+
+def latent_mask(img: Image.Image, plan: Plan, factor: int, flip: bool | None = None):
+    """The masked loss's weights [1, h, w] on the latent grid (the crop's sides / `factor`): the
+    drawing's alpha cut as `apply_plan` cuts its pixels, area-averaged, in [0, 1]; None for a
+    drawing without alpha (it trains unmasked)."""
+    if not img.has_transparency_data:
+        return None
+    alpha = _cut(img.convert("RGBA").getchannel("A"), plan, flip)
     tw, th = plan.size
-    img = img.convert("RGB")
+    grid = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None, None]
+    return F.interpolate(grid, size=(th // factor, tw // factor), mode="area")[0]
+
+
+def _cut(img: Image.Image, plan: Plan, flip: bool | None) -> Image.Image:
+    tw, th = plan.size
     new = resized_size(img.size, (tw, th))
     if new != img.size:
         img = img.resize(new, Image.Resampling.LANCZOS)
@@ -175,11 +193,21 @@ class DrawingDataset(torch.utils.data.Dataset):
     `encode_live` turns into latents in the main process once the batch arrives: DataLoader
     workers only decode and crop, they never touch the accelerator. With `texts` (a TextSource)
     items yield `encoder_hidden_states` (and SDXL's `text_embeds`). With two tokenizers (SDXL)
-    every item has its `time_ids` (size_condition). Batch with `collate`.
+    every item has its `time_ids` (size_condition). With `mask_factor` (train.masked_loss: the
+    VAE's downsampling factor) a drawing with alpha yields its `mask` (latent_mask), from the
+    latent cache when cached. Batch with `collate`.
     """
 
     def __init__(
-        self, split, tokenizers, opts: ItemOptions, latents=None, texts=None, reg=None, weight=1.0
+        self,
+        split,
+        tokenizers,
+        opts: ItemOptions,
+        latents=None,
+        texts=None,
+        reg=None,
+        weight=1.0,
+        mask_factor: int | None = None,
     ):
         from datasets import Image as ImageFeature
         from datasets import concatenate_datasets
@@ -191,18 +219,19 @@ class DrawingDataset(torch.utils.data.Dataset):
 
         self.raw = split.cast_column("image", ImageFeature(decode=False))
         tokenizers = tokenizers if isinstance(tokenizers, list | tuple) else [tokenizers]
-        self.opts, self.latents, self.texts = opts, latents, texts
+        self.opts, self.latents, self.texts, self.mask_factor = opts, latents, texts, mask_factor
         self.chunkers = [
             CaptionChunker(t, opts.max_token_length, opts.keep_tag) for t in tokenizers
         ]
         self.chunker, self.sdxl = self.chunkers[0], len(tokenizers) > 1
         self.texts_list = list(split["text"])
-        self.names, self.sizes, self.digests = [], [], []
+        self.names, self.sizes, self.digests, self.has_alpha = [], [], [], []
         for row in self.raw["image"]:
             self.names.append(row["path"] or "")
             self.digests.append(hashlib.sha256(row["bytes"]).hexdigest())
             with Image.open(io.BytesIO(row["bytes"])) as img:
                 self.sizes.append(img.size)
+                self.has_alpha.append(img.has_transparency_data)
         self.targets = [
             pick_bucket(size, list(opts.buckets))
             if opts.buckets
@@ -249,9 +278,12 @@ class DrawingDataset(torch.utils.data.Dataset):
         if self.n_reg:  # the loss's weight: train.prior_loss_weight for a regularization drawing
             item["loss_weight"] = torch.tensor(self.reg_weight if index >= self.n_train else 1.0)
         if self.latents is None or not self.cacheable(index):
-            item["pixel_values"] = to_tensor(apply_plan(self.image(index), plan))
+            img = self.image(index)
+            item["pixel_values"] = to_tensor(apply_plan(img, plan))
+            if self.mask_factor:
+                item |= _present(mask=latent_mask(img, plan, self.mask_factor))
         else:
-            item["latent_mean"], item["latent_logvar"] = self.latents.get(self, index, plan)
+            item |= self.latents.get(self, index, plan)
         item |= caption_ids(self.chunkers, text) if self.texts is None else self.texts.get(text)
         if self.sdxl:
             item["time_ids"] = size_condition(self.sizes[index], plan)
@@ -298,8 +330,16 @@ class DrawingDataset(torch.utils.data.Dataset):
         return report
 
 
+def _present(**tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tensors.items() if v is not None}
+
+
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items; a batch mixing cached latents and live crops keeps both, with positions."""
+    """Stack items; a batch mixing cached latents and live crops keeps both, with positions. A
+    batch where some drawings have a `mask` gives the others ones (unmasked), as kohya's."""
+    if any("mask" in item for item in items):
+        ones = torch.ones_like(next(item["mask"] for item in items if "mask" in item))
+        items = [{"mask": ones} | item for item in items]
     keys = sorted(set().union(*(item.keys() for item in items)))
     batch = {key: torch.stack([item[key] for item in items if key in item]) for key in keys}
     if "pixel_values" in batch and "latent_mean" in batch:

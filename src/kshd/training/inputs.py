@@ -37,6 +37,19 @@ def check_reg(s: TrainSettings, reg) -> None:
         )
 
 
+def _log_masks(data: DrawingDataset) -> DrawingDataset:
+    """How many drawings the masked loss weighs by their alpha; none is worth a warning."""
+    n = sum(data.has_alpha)
+    if data.mask_factor and n:
+        log.info("inputs: %d of %d drawings weighted by their alpha (masked loss)", n, len(data))
+    elif data.mask_factor:
+        log.warning(
+            "train.masked_loss=true, but no drawing has transparency: every drawing trains "
+            "unmasked (prepare keeps the alpha of transparent PNG/WebP drawings)"
+        )
+    return data
+
+
 def build_dataset(
     c: Components,
     split,
@@ -50,14 +63,16 @@ def build_dataset(
     from kshd.training.latent_cache import LatentSource, TextSource, module_fingerprint
 
     opts = ItemOptions.from_settings(s, keep_tag)
+    factor = mask_factor(c.vae) if s.masked_loss else None
+    weights = {"reg": reg, "weight": s.prior_loss_weight, "mask_factor": factor}
 
     tokenizers = c.tokenizers
     if not (s.cache_latents and cache_dir):
         log.info("inputs: VAE and text encoders run every step (train.cache_latents=false)")
-        return DrawingDataset(split, tokenizers, opts, reg=reg, weight=s.prior_loss_weight), {}
+        return _log_masks(DrawingDataset(split, tokenizers, opts, **weights)), {}
     device = accelerator.device
     latents = LatentSource(
-        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device
+        c.vae, cache_dir / f"latents-{module_fingerprint(c.vae)}-{s.resolution}", device, factor
     )
     texts = None
     if s.shuffle_tags or s.train_text_encoder:
@@ -70,12 +85,17 @@ def build_dataset(
             cache_dir / "-".join(["text", *(module_fingerprint(e) for e in c.text_encoders)]),
             device,
         )
-    data = DrawingDataset(split, tokenizers, opts, latents, texts, reg, s.prior_loss_weight)
+    data = _log_masks(DrawingDataset(split, tokenizers, opts, latents, texts, **weights))
     with accelerator.main_process_first():
         stats = latents.precompute(data)
         if texts:
             texts.precompute(data.texts_list + ([""] if s.caption_dropout else []))
     return data, stats
+
+
+def mask_factor(vae) -> int:
+    """How many pixels a latent spans per side (8 for SD's VAE), as diffusers' pipelines say."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def build_loader(data: DrawingDataset, s: TrainSettings, processes: int):

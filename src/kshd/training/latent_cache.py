@@ -6,6 +6,10 @@ sample, so each step still draws a fresh latent as the reference loop does: the 
 speed, not training. With random flip both orientations are cached (a flipped latent is not the
 latent of the flipped image). A random crop of a non-square image differs every epoch, so those
 items are encoded live, in the main process (DataLoader workers never run the VAE).
+
+With the masked loss (`mask_factor`), a drawing with alpha has its own entry (`-alpha` in its name,
+so an entry without the mask is never taken for it) holding its mask on the latent grid, flipped
+or not, cut exactly as the latents; a drawing without alpha shares the unmasked entry.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from tqdm import tqdm
 
 from kshd.fileio import atomic_path
 from kshd.prompts.encoding import CHUNK, CaptionChunker
-from kshd.training.batches import Plan, apply_plan, augment_plan, caption_ids, to_tensor
+from kshd.training.batches import (
+    Plan,
+    apply_plan,
+    augment_plan,
+    caption_ids,
+    latent_mask,
+    to_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +48,14 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 class LatentSource:
     """The VAE's latent distribution per item: from disk when cacheable, else encoded live."""
 
-    def __init__(self, vae, folder: Path, device: torch.device):
+    def __init__(self, vae, folder: Path, device: torch.device, mask_factor: int | None = None):
         self.vae, self.folder, self.device = vae, folder, device  # encodes in the VAE's dtype
+        self.mask_factor = mask_factor  # train.masked_loss: the VAE's downsampling factor
 
-    def _path(self, digest: str, target: tuple[int, int]) -> Path:
-        return self.folder / f"{digest[:32]}-{target[0]}x{target[1]}.safetensors"
+    def _path(self, ds, index: int) -> Path:
+        w, h = ds.targets[index]
+        masked = "-alpha" if self.mask_factor and ds.has_alpha[index] else ""
+        return self.folder / f"{ds.digests[index][:32]}-{w}x{h}{masked}.safetensors"
 
     def encode(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_pixels(torch.stack([to_tensor(i) for i in images]))
@@ -55,19 +69,18 @@ class LatentSource:
     def precompute(self, ds) -> dict[str, int]:
         """Encode every cacheable item missing from the cache (both flips when flipping)."""
         o = ds.opts
-        todo = [
-            i
-            for i in range(len(ds))
-            if ds.cacheable(i) and not self._path(ds.digests[i], ds.targets[i]).exists()
-        ]
+        todo = [i for i in range(len(ds)) if ds.cacheable(i) and not self._path(ds, i).exists()]
         for i in tqdm(todo, desc="cache latents", unit="img", disable=not todo):
             plan = augment_plan(ds.sizes[i], ds.targets[i], True, False, None)
             flips = [False, True] if o.random_flip else [False]
-            mean, logvar = self.encode([apply_plan(ds.image(i), plan, f) for f in flips])
-            tensors = {"mean": mean[0], "logvar": logvar[0]}
-            if o.random_flip:
-                tensors |= {"mean_flip": mean[1], "logvar_flip": logvar[1]}
-            with atomic_path(self._path(ds.digests[i], ds.targets[i])) as tmp:
+            img = ds.image(i)
+            mean, logvar = self.encode([apply_plan(img, plan, f) for f in flips])
+            tensors = {}
+            for k, (f, suffix) in enumerate(zip(flips, ("", "_flip"), strict=False)):
+                tensors |= {f"mean{suffix}": mean[k], f"logvar{suffix}": logvar[k]}
+                if self.mask_factor and ds.has_alpha[i]:
+                    tensors[f"mask{suffix}"] = latent_mask(img, plan, self.mask_factor, f)
+            with atomic_path(self._path(ds, i)) as tmp:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         live = sum(not ds.cacheable(i) for i in range(len(ds)))
         stats = {"cached": len(ds) - live, "computed_now": len(todo), "live": live}
@@ -78,11 +91,13 @@ class LatentSource:
         )
         return stats
 
-    def get(self, ds, index: int, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        """A cached item's distribution (uncached crops go through `encode_pixels`)."""
-        t = load_file(str(self._path(ds.digests[index], ds.targets[index])))
+    def get(self, ds, index: int, plan: Plan) -> dict[str, torch.Tensor]:
+        """A cached item's distribution and mask, by batch key (uncached crops go through
+        `encode_pixels`)."""
+        t = load_file(str(self._path(ds, index)))
         suffix = "_flip" if plan.flip else ""
-        return t[f"mean{suffix}"], t[f"logvar{suffix}"]
+        keys = {"latent_mean": "mean", "latent_logvar": "logvar", "mask": "mask"}
+        return {key: t[name + suffix] for key, name in keys.items() if name + suffix in t}
 
 
 class TextSource:

@@ -230,7 +230,8 @@ def _micro_step(run: _Run, c: Components, batch: dict, s: TrainSettings, step: i
         latents, hidden, added = inputs
         if run.latent_std is None:
             run.latent_std = _checked_latent_std(latents, c.vae.config.scaling_factor)
-        loss = diffusion_loss(c, latents, hidden, run.unet, s, batch.get("loss_weight"), added)
+        weights, mask = batch.get("loss_weight"), batch.get("mask")  # mask: train.masked_loss
+        loss = diffusion_loss(c, latents, hidden, run.unet, s, weights, added, mask)
         if not torch.isfinite(loss).all():
             names = [run.data.names[int(i)] for i in batch["index"]]
             raise NonFiniteLoss(
