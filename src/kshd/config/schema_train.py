@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from kshd.config.fill import DEFINES_RESULT, changes, defining, require
 from kshd.config.schema_adapters import AdapterSettings
 from kshd.config.values import (
+    COMPILE_MODES,
     MAX_TOKEN_LENGTHS,
     MIXED_PRECISIONS,
     PREDICTION_TYPES,
@@ -48,6 +49,9 @@ class TrainSettings:
     train_text_encoder: bool = field(metadata=DEFINES_RESULT)
     mixed_precision: str = field(metadata=DEFINES_RESULT)
     gradient_checkpointing: bool
+    # how, not what: a compiled run resumes an eager one's checkpoints and the other way round
+    compile: bool
+    compile_mode: str
     allow_tf32: bool = field(metadata=DEFINES_RESULT)
     snr_gamma: float | None = field(metadata=DEFINES_RESULT)
     noise_offset: float = field(metadata=DEFINES_RESULT)
@@ -130,6 +134,7 @@ class TrainSettings:
             "a fraction in [0, 1)",
         )
         self._validate_text()
+        self._validate_compile()
         require(
             self.checkpointing_steps >= 1,
             "train.checkpointing_steps",
@@ -152,3 +157,11 @@ class TrainSettings:
             "75, 150 or 225 (CLIP tokens per caption, in 75-token chunks)",
         )
         check_sampler(self.validation_sampler, "train.validation_sampler")
+
+    def _validate_compile(self) -> None:
+        require(
+            self.compile_mode in COMPILE_MODES,
+            "train.compile_mode",
+            self.compile_mode,
+            f"one of {', '.join(COMPILE_MODES)} (torch.compile's modes)",
+        )

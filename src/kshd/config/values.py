@@ -45,6 +45,8 @@ SCHEDULERS = (
     "constant_with_warmup",
 )
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# torch.compile's modes (train.compile_mode); the two with CUDA graphs use them on CUDA only
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PREDICTION_TYPES = (None, "epsilon", "v_prediction")
 MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")

@@ -1,0 +1,40 @@
+"""train.compile: the UNet's training steps compiled by torch.compile (inductor).
+
+Only the steps run the compiled module. Checkpoints, the adapter files, resuming and validation go
+through the original UNet (`original`), which shares every parameter with the compiled one: the
+tensors keep their names (no `_orig_mod.` prefix), a checkpoint is the same whether its run was
+compiled or not, and validation draws with the weights being trained (eagerly: sampling in eval
+mode under no_grad would be another graph to compile for a few images).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+BACKEND = "inductor"  # torch.compile's compiler (tests may trace with a cheaper one)
+
+
+def original(model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """The module itself, out of accelerate's wrappers (DDP) and torch.compile's."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def compile_unet(unet: torch.nn.Module, mode: str, accelerator) -> torch.nn.Module:
+    """`unet` as accelerate prepared it (compiled last, as accelerate's own dynamo plugin
+    compiles), in torch.compile's `mode` (train.compile_mode).
+
+    On CUDA the weights go channels-last first: cuDNN's convolutions run NHWC natively and
+    inductor keeps the layout through the graph. On a CPU it did not pay (bench/train.py
+    --compile: no faster, some layouts converted back and forth), so it is left as loaded.
+    """
+    if accelerator.device.type == "cuda":
+        original(unet, accelerator).to(memory_format=torch.channels_last)
+    log.info(
+        "train.compile: the UNet's steps are compiled (mode %s); the first steps are slow "
+        "while it compiles",
+        mode,
+    )
+    return torch.compile(unet, backend=BACKEND, mode=mode)
