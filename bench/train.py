@@ -2,10 +2,16 @@
 
     python bench/train.py                    # tiny model and an SD1.5-shaped one at 128 px (CPU)
     python bench/train.py --models sd15 --resolution 256 --steps 8
+    python bench/train.py --compile          # cached steps: eager vs train.compile=true
 
 The reference loop (train.cache_latents=false) runs the VAE and the text encoder and tokenizes
 every item at every step. Each mode runs in its own process so peak RSS is its own. Prints
 ratios measured in one run; absolute seconds on a shared machine mean little.
+
+--compile compares cached steps eager, compiled (train.compile: the UNet channels-last) and
+compiled with the UNet left NCHW, steady steps apart from the warm-up
+in which torch.compile compiles: once with an empty inductor cache (a user's first run), then with
+the cache the first filled (later runs of the same model and shapes).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 
 WARMUP_STEPS = 2
+COMPILED = ("compiled", "compiled-nchw")  # train.compile=true; -nchw: without channels-last
 
 
 def build_sd15_shaped(out: Path) -> None:
@@ -45,6 +52,11 @@ def worker(args: argparse.Namespace) -> None:
     """One training run in this process; prints its figures as JSON."""
     from datasets import load_from_disk
 
+    from kshd.training import compiled
+
+    if args.mode == "compiled-nchw":  # the UNet left as loaded
+        compiled.CHANNELS_LAST = False
+
     from kshd.config.compose import defaults
     from kshd.training.components import load_components
     from kshd.training.loop import train_lora
@@ -60,6 +72,7 @@ def worker(args: argparse.Namespace) -> None:
         cache_latents=args.mode != "live",
         learning_rate=1e-4,
         seed=1,
+        compile=args.mode in COMPILED,
     )
     ends: list[float] = []  # when each optimizer step ended
     warmup = min(WARMUP_STEPS, args.steps - 2)  # the first steps allocate; steady state after
@@ -83,6 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     total = time.perf_counter() - start
     steady = ends[-1] - ends[warmup]
     figures = {"images_per_s": (len(ends) - 1 - warmup) / steady, "total_s": total}
+    figures["warmup_s"] = ends[warmup] - start  # loading, caching, compiling, the first steps
     figures |= {"peak_rss_mb": peak_rss_mb(), "phases": phase_shares(profile, steady)}
     print(json.dumps(figures))
 
@@ -90,11 +104,11 @@ def worker(args: argparse.Namespace) -> None:
 # Where a steady step's time goes: (file suffix, function) of the calls that make each phase.
 PHASES = {
     "inputs": [
-        ("kshd/training/settings.py", "batch_inputs"),
+        ("kshd/training/components.py", "batch_inputs"),
         ("kshd/training/batches.py", "encode_live"),
         ("data/dataloader.py", "__next__"),
     ],
-    "forward": [("kshd/training/settings.py", "diffusion_loss")],
+    "forward": [("kshd/training/loss.py", "diffusion_loss")],
     "backward": [("torch/_tensor.py", "backward")],
     "optimizer": [
         ("accelerate/optimizer.py", "step"),
@@ -140,7 +154,8 @@ def run_mode(model: str, data: Path, cache: Path, mode: str, args) -> dict:
         "--steps",
         str(args.steps),
     ]
-    env = dict(os.environ, TQDM_DISABLE="1")
+    # one inductor cache per bench: its first compiled run compiles from nothing
+    env = dict(os.environ, TQDM_DISABLE="1", TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -154,7 +169,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker", action="store_true")
     p.add_argument("--model"), p.add_argument("--dataset"), p.add_argument("--cache")
-    p.add_argument("--mode", choices=["live", "cold", "warm"])
+    p.add_argument("--mode", choices=["live", "cold", "warm", *COMPILED])
+    p.add_argument("--compile", action="store_true", help="eager vs compiled (not vs live)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.worker:
@@ -170,11 +186,12 @@ def main() -> None:
             build_sd15_shaped(work / "sd15")
             model = str(work / "sd15")
         cache = work / f"cache-{name}"
-        r = {"cold": [run_mode(model, data, cache, "cold", args)], "live": [], "warm": []}
-        for _ in range(args.rounds):  # alternating, so a load change hits both modes alike
-            for mode in ("live", "warm"):
+        modes = ("warm", *COMPILED) if args.compile else ("live", "warm")
+        r = {"cold": [run_mode(model, data, cache, "cold", args)]} | {m: [] for m in modes}
+        for _ in range(args.rounds):  # alternating, so a load change hits every mode alike
+            for mode in modes:
                 r[mode].append(run_mode(model, data, cache, mode, args))
-        report(name, r, args)
+        (report_compiled if args.compile else report)(name, r, args)
 
 
 def report(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> None:
@@ -203,6 +220,35 @@ def report(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> Non
         f" (median {speed[len(speed) // 2]:.2f}x)"
     )
     print(f"  peak RSS cached/live, per round: {', '.join(f'{x:.2f}' for x in rss)}")
+
+
+def report_compiled(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    """Steady steps compiled against eager, per round, and the warm-up's extra seconds (the
+    compile): the first round's with an empty inductor cache, the later ones' with it filled."""
+    print(
+        f"\n{name} at {args.resolution} px, batch 1, {args.steps} steps (steady state after "
+        f"{WARMUP_STEPS}), cached inputs, {args.rounds} rounds"
+    )
+    labels = {"warm": "eager", "compiled": "compiled", "compiled-nchw": "compiled, NCHW"}
+    for mode, label in labels.items():
+        for i, m in enumerate(r[mode]):
+            extra = m["warmup_s"] - r["warm"][i]["warmup_s"]
+            compile_s = f"  compile {extra:6.1f} s" if mode in COMPILED else ""
+            print(
+                f"  {label:24s} {m['images_per_s']:7.3f} img/s  warm-up {m['warmup_s']:6.1f} s"
+                f"{compile_s}  peak RSS {m['peak_rss_mb']:7.0f} MB"
+            )
+    for mode in COMPILED:
+        speed = [
+            c["images_per_s"] / e["images_per_s"] for c, e in zip(r[mode], r["warm"], strict=True)
+        ]
+        print(
+            f"  {labels[mode]} / eager steps per round: {', '.join(f'{x:.2f}x' for x in speed)}"
+            f" (median {sorted(speed)[len(speed) // 2]:.2f}x)"
+        )
+    for mode in ("warm", "compiled"):
+        phases = r[mode][-1]["phases"]
+        print(f"  {labels[mode]} step: " + ", ".join(f"{k} {v:.0%}" for k, v in phases.items()))
 
 
 if __name__ == "__main__":

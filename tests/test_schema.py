@@ -301,7 +301,9 @@ def test_the_train_fingerprint_hashes_the_marked_fields_as_before():
     marked = set(defaults("train").defining())
     assert marked == {f.name for f in dataclasses.fields(TrainSettings)} - {
         "launcher", "checkpointing_steps", "checkpoints_total_limit", "resume",
-        "dataloader_num_workers", "gradient_checkpointing", "validation_prompt",
+        "dataloader_num_workers", "gradient_checkpointing",
+        "compile", "compile_mode", "compile_backend",
+        "validation_prompt",
         "validation_negative_prompt", "validation_positive_prefix", "validation_negative_prefix",
         "validation_sampler", "validation_epochs", "validation_seeds", "validation_steps",
         "prior_loss_weight",  # in the dataset part of the fingerprint, with regularization
@@ -382,7 +384,8 @@ def test_the_sweep_keys_rerun_training_and_runtime_keys_rerun_nothing():
     assert {"train.epochs", "train.batch_size", "train.learning_rate", "model.pretrained"} <= train
     assert {"train.validation_prompt", "caption.trigger_phrase"} <= train  # its outputs change
     runtime = {"train.dataloader_num_workers", "train.checkpointing_steps", "train.resume",
-               "train.gradient_checkpointing", "caption.batch_size", "train.launcher"}  # fmt: skip
+               "train.gradient_checkpointing", "caption.batch_size", "train.launcher",
+               "train.compile", "train.compile_mode", "train.compile_backend"}  # fmt: skip
     every = {key for stage in dvc_stages() for key in stage_params(stage)}
     assert not runtime & every
     # the caption group as a whole reruns its stage alone, which then captions nothing anew

@@ -8,6 +8,8 @@ from kshd.config.fill import DEFINES_RESULT, changes, defining, require
 from kshd.config.schema_adapters import AdapterSettings
 from kshd.config.schema_optimizers import OptimizerSettings
 from kshd.config.values import (
+    COMPILE_BACKENDS,
+    COMPILE_MODES,
     MAX_TOKEN_LENGTHS,
     MIXED_PRECISIONS,
     PREDICTION_TYPES,
@@ -46,6 +48,10 @@ class TrainSettings:
     train_text_encoder: bool = field(metadata=DEFINES_RESULT)
     mixed_precision: str = field(metadata=DEFINES_RESULT)
     gradient_checkpointing: bool
+    # how, not what: a compiled run resumes an eager one's checkpoints and the other way round
+    compile: bool
+    compile_mode: str
+    compile_backend: str
     allow_tf32: bool = field(metadata=DEFINES_RESULT)
     snr_gamma: float | None = field(metadata=DEFINES_RESULT)
     noise_offset: float = field(metadata=DEFINES_RESULT)
@@ -157,6 +163,7 @@ class TrainSettings:
         )
         self._validate_text()
         self._validate_ema()
+        self._validate_compile()
         require(
             self.checkpointing_steps >= 1,
             "train.checkpointing_steps",
@@ -188,3 +195,17 @@ class TrainSettings:
             "75, 150 or 225 (CLIP tokens per caption, in 75-token chunks)",
         )
         check_sampler(self.validation_sampler, "train.validation_sampler")
+
+    def _validate_compile(self) -> None:
+        require(
+            self.compile_mode in COMPILE_MODES,
+            "train.compile_mode",
+            self.compile_mode,
+            f"one of {', '.join(COMPILE_MODES)} (torch.compile's modes)",
+        )
+        require(
+            self.compile_backend in COMPILE_BACKENDS,
+            "train.compile_backend",
+            self.compile_backend,
+            f"one of {', '.join(COMPILE_BACKENDS)} (torch.compile's backends)",
+        )

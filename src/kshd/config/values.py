@@ -45,6 +45,12 @@ SCHEDULERS = (
     "constant_with_warmup",
 )
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# torch.compile's modes (train.compile_mode); the two with CUDA graphs use them on CUDA only
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# its backends (train.compile_backend, kohya's --dynamo_backend): inductor generates kernels;
+# aot_eager traces the same graphs forward and backward and runs them eagerly (seconds, not a
+# C++ build: what the suite checks the wrapping with); cudagraphs replays CUDA graphs
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 PREDICTION_TYPES = (None, "epsilon", "v_prediction")
 MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")

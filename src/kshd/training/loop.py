@@ -24,6 +24,7 @@ from kshd.training.checkpoints import (
     restore_scaler,
     save_checkpoint,
 )
+from kshd.training.compiled import compile_unet, original
 from kshd.training.components import (
     Components,
     batch_inputs,
@@ -133,6 +134,8 @@ def _setup(
     max_steps, epochs = total_steps(s, batches_per_epoch)
     optimizer, lr_scheduler = _optimizer(optim, params, s, max_steps, acc.num_processes)
     unet, optimizer, loader, lr_scheduler = acc.prepare(c.unet, optimizer, loader, lr_scheduler)
+    if s.compile:
+        unet = compile_unet(unet, s.compile_mode, s.compile_backend, acc)
     if s.train_text_encoder:
         c.text_encoder = acc.prepare(c.text_encoder)
         if c.text_encoder_2 is not None:
@@ -173,10 +176,10 @@ def _optimizer(optim: OptimizerKind, params: list, s: TrainSettings, max_steps: 
 
 
 def _parts(run: _Run, c: Components) -> tuple:
-    """The UNet and text encoders as trained (unwrapped from accelerate)."""
-    unwrap = run.accelerator.unwrap_model
-    second = unwrap(c.text_encoder_2) if c.text_encoder_2 is not None else None
-    return unwrap(run.unet), unwrap(c.text_encoder), second
+    """The UNet and text encoders as trained (unwrapped from accelerate and torch.compile)."""
+    acc = run.accelerator
+    second = original(c.text_encoder_2, acc) if c.text_encoder_2 is not None else None
+    return original(run.unet, acc), original(c.text_encoder, acc), second
 
 
 def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
@@ -286,7 +289,7 @@ def train_lora(
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     result.latent_std = run.latent_std
     result.ema = run.ema.weights(run.adapter, *_parts(run, c)) if run.ema is not None else None
-    c.unet = acc.unwrap_model(run.unet)
+    c.unet = original(run.unet, acc)
     c.text_encoder = acc.unwrap_model(c.text_encoder)
     if c.text_encoder_2 is not None:
         c.text_encoder_2 = acc.unwrap_model(c.text_encoder_2)
@@ -394,7 +397,7 @@ def _validate(run: _Run, c: Components, validate: ValidateFn, epoch: int) -> Non
     if not run.accelerator.is_main_process:
         return
     rng = torch.get_rng_state()
-    unet = run.accelerator.unwrap_model(run.unet)
+    unet = original(run.unet, run.accelerator)
     unet.eval()
     # the VAE and text encoders brought back for this validation only when released
     parts = reload_frozen(c, run.accelerator.device, run.dtype) if run.released else c
