@@ -37,8 +37,9 @@ from kshd.training.checkpoints import fingerprint
 from kshd.training.components import load_components
 from kshd.training.inputs import check_reg
 from kshd.training.interrupts import Interrupted
-from kshd.training.loop import CheckpointPolicy, process_state, train_lora
+from kshd.training.loop import CheckpointPolicy, train_lora
 from kshd.training.optimizers import optimizer_kind
+from kshd.training.processes import process_state
 from kshd.training.result import TrainResult
 
 log = logging.getLogger(__name__)

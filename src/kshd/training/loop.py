@@ -38,6 +38,7 @@ from kshd.training.inputs import build_dataset, build_loader, check_reg
 from kshd.training.interrupts import Interrupted, deferred_interrupt
 from kshd.training.loss import diffusion_loss
 from kshd.training.optimizers import OptimizerKind, optimizer_kind
+from kshd.training.processes import use_cpu_processes
 from kshd.training.result import LogFn, TrainResult, peak_rss_mb, total_steps
 from kshd.training.samplers import EpochSampler
 
@@ -79,25 +80,6 @@ class _Run:
 
 
 ValidateFn = Callable[[int, Components], None]
-
-
-def use_cpu_processes() -> bool:
-    """Several processes and no CUDA: DDP over gloo on the CPU (accelerate needs cpu=True)."""
-    import os
-
-    from accelerate.utils import parse_flag_from_env
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return parse_flag_from_env("ACCELERATE_USE_CPU") or (
-        world > 1 and not torch.cuda.is_available()
-    )
-
-
-def process_state():
-    """accelerate's PartialState, created the same way the loop's Accelerator will be."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=use_cpu_processes())
 
 
 def _setup(
