@@ -255,3 +255,19 @@ def test_the_markdown_table_ranks_by_style_gain_and_leaves_a_missing_metric_empt
     assert lines[1] == "| " + " | ".join(["---"] * 9) + " |"
     assert lines[2] == "| high | lo\\|ha | 0.2 |  |  | 1.5 |  |  | 40 |"
     assert lines[3] == "| low | lora | 0.01 |  |  |  |  |  |  |"
+
+
+def test_the_table_leaves_out_what_a_group_s_kind_implies():
+    """Sweeping train/adapter makes every key of the kinds differ; the table shows the kind and
+    only the keys that vary within a kind (here LoKr's factor), so it stays readable."""
+
+    def exp(name, kind, factor, tucker):
+        params = {"train.adapter.kind": kind, "train.adapter.factor": factor,
+                  "train.adapter.use_tucker": tucker, "train.epochs": 1}  # fmt: skip
+        return Experiment(name, name, params, {"style_gain": 0.1})
+
+    exps = [exp("a", "lora", None, None), exp("b", "lokr", -1, False), exp("c", "lokr", 4, False)]
+    params = differing(exps)
+    assert params == ["train.adapter.factor", "train.adapter.kind", "train.adapter.use_tucker"]
+    head = markdown_table(exps, params).splitlines()[0]
+    assert head.startswith("| experiment | train.adapter.factor | train.adapter.kind | style_gain")

@@ -25,9 +25,29 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value).replace("|", "\\|")
 
 
+def implied_by_kind(exps: Sequence[Experiment], params: Sequence[str]) -> set[str]:
+    """Params of a variant group (`train.adapter.*`, `train.optimizer.*`) that differ only
+    because its `kind` does: within each kind they have one value (a LoKr's factor, Prodigy's
+    d_coef), so the kind's column says them."""
+    implied = set()
+    for param in params:
+        node, _, key = param.rpartition(".")
+        kind = f"{node}.kind"
+        if key == "kind" or kind not in params:
+            continue
+        values: dict[str, set[str]] = {}
+        for e in exps:
+            values.setdefault(str(e.params.get(kind)), set()).add(str(e.params.get(param)))
+        if all(len(v) == 1 for v in values.values()):
+            implied.add(param)
+    return implied
+
+
 def markdown_table(exps: Sequence[Experiment], params: Sequence[str]) -> str:
-    """One row per experiment, best `style_gain` first: the differing params, then COLUMNS (a
-    metric an experiment lacks, e.g. from an older run, is left empty)."""
+    """One row per experiment, best `style_gain` first: the differing params (less those a
+    group's kind implies), then COLUMNS (a metric an experiment lacks, e.g. from an older run,
+    is left empty)."""
+    params = [p for p in params if p not in implied_by_kind(exps, params)]
     ranked = sorted(exps, key=lambda e: -e.metrics.get("style_gain", float("-inf")))
     head = ["experiment", *params, *COLUMNS.values(), "best checkpoint"]
     rows = [
