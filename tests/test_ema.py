@@ -314,7 +314,7 @@ def test_the_train_stage_s_ema_pair_after_sigkill_and_rerun_equals_an_uninterrup
     assert (killed / "models/checkpoints/checkpoint-6" / EMA_TENSORS).is_file()
     run_stage(killed, "train")
     run_stage_here(straight, "train")
-    metrics = json.loads((killed / "models/lora/metrics.json").read_text())
+    metrics = json.loads((killed / "reports/train/metrics.json").read_text())
     assert metrics["resumed_from"] == "checkpoint-6"
     diffusers, kohya = file_names(EMA_SUFFIX)
     ema_a, ema_b = (root / "models/lora" / EMA_DIR for root in (killed, straight))
