@@ -99,10 +99,15 @@ def _lora(root):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(ready_project, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "prodigy", "schedulefree_adamw"])
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(
+    ready_project, tmp_path, optimizer
+):
     """The killed stage's process, its rerun's (a new process, as a user runs it again) and the
-    uninterrupted run's (this one) are three: the LoRA must not depend on the process."""
-    args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2"]
+    uninterrupted run's (this one) are three: the LoRA must not depend on the process, whatever
+    the optimizer (Prodigy's d and sums, schedule-free's averaged weights are in the checkpoint)."""
+    args = ["train.epochs=6", "train.checkpointing_steps=3", "train.validation_epochs=2",
+            f"train/optimizer={optimizer}"]  # fmt: skip
     killed = tmp_path / "killed"
     straight = ready_project(killed, args)
     # SIGKILL right after the log line that says checkpoint-6 is in place, before step 7
