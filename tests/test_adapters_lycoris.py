@@ -20,7 +20,9 @@ from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE, save_adapter
 from kshd.adapters.registry import build_adapter
 from kshd.adapters.weights import open_weights
 from kshd.config.compose import defaults
+from kshd.drawing.catalog import LoraCatalog
 from kshd.drawing.engine import Engine, EngineSettings
+from kshd.drawing.pnginfo import lora_hash
 from kshd.drawing.request import Request
 from kshd.training.checkpoints import complete_checkpoints
 from kshd.training.components import load_components
@@ -274,6 +276,12 @@ def test_the_engine_draws_the_file_at_a_strength_and_its_checkpoint_alike(traine
     assert np.abs(_pixels(engine, 1.0) - drawn).max() <= 1
     engine.set_lora(str(folder))  # the folder: its kohya file
     assert np.array_equal(_pixels(engine, 1.0), drawn)
+    # PNG Info names the file with A1111's hash of it, and the studio's chooser offers the folder
+    info = engine.generate(Request("a girl", **DRAW), save=False).infotexts[0]
+    assert f'Lora hashes: "{KOHYA_FILE.removesuffix(".safetensors")}: ' in info
+    assert lora_hash(folder / KOHYA_FILE) in info
+    catalog = LoraCatalog(str(folder), str(ckpt), str(tmp_path / "no-metrics.json"), ())
+    assert (f"{folder.name} (trained)", str(folder)) in catalog.choices()
     engine.set_lora(None)
     assert np.array_equal(_pixels(engine, 1.0), base)
 
