@@ -1,4 +1,5 @@
-"""The kohya LoRA file has the same bytes whichever process writes it (DVC hashes it)."""
+"""The kohya LoRA file: the same bytes whichever process writes it (DVC hashes it), and every
+key of it one ComfyUI and A1111 load."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
+
+from kshd.adapters.files import save_adapter
+from kshd.training.components import load_components
+
+from .helpers.lora_files import make_adapter, tiny_info
+from .helpers.ui_keys import unread
 
 WRITE = """
 import sys, torch
@@ -100,3 +108,27 @@ def test_both_files_load_every_trained_layer_at_its_strength(
         pipe.load_lora_weights(str(tmp_path / name))
         assert _adapted(pipe.unet) == _adapted(unet), name
         assert torch.allclose(_eps(pipe.unet, sd), trained, atol=1e-4), name
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("kind", ["lora", "locon"])
+def test_lora_and_locon_files_map_fully_under_comfyui_and_a1111_rules(kind, family, tiny_models,
+                                                                       tmp_path):  # fmt: skip
+    """Every key of a LoRA or LoCon kohya file, UNet and text encoder(s), SD 1.x and SDXL, is
+    one ComfyUI's and A1111's key mapping loads (their rules as tests/helpers/ui_keys.py has
+    them), as for the LyCORIS kinds: nothing in the file is silently dropped by either app."""
+    sdxl = family == "sdxl"
+    c = load_components(str(tiny_models[family]))
+    adapter = make_adapter(4, 2, kind=kind)
+    adapter.inject(c.unet)
+    for encoder in filter(None, (c.text_encoder, c.text_encoder_2)):
+        adapter.inject(encoder, text_encoder=True)
+    info = tiny_info(sdxl=sdxl, train_text_encoder=True)
+    _, kohya = save_adapter(tmp_path, adapter, info, c.unet, c.text_encoder, c.text_encoder_2)
+    keys = list(load_file(str(kohya)))
+    prefixes = {k.split("_")[1] for k in keys}  # unet, te / te1 and te2
+    assert prefixes == ({"unet", "te1", "te2"} if sdxl else {"unet", "te"}), prefixes
+    if kind == "locon":
+        assert any("resnets" in k or "in_layers" in k or "out_layers" in k for k in keys)
+    for app in ("comfyui", "a1111"):
+        assert unread(keys, tiny_models[family], sdxl, app) == [], (kind, family, app)
