@@ -32,6 +32,12 @@ def file_names(suffix: str = "") -> tuple[str, str]:
     return tuple(f"{Path(n).stem}{suffix}.safetensors" for n in (DIFFUSERS_FILE, KOHYA_FILE))
 
 
+def ema_folder(lora_dir: str | Path) -> Path | None:
+    """The trained folder's EMA pair's folder (`ema/`), where the training kept an EMA."""
+    folder = Path(lora_dir) / EMA_DIR
+    return folder if any((folder / n).is_file() for n in file_names(EMA_SUFFIX)) else None
+
+
 @dataclass(frozen=True)
 class KohyaInfo:
     """What the kohya file's `ss_*` fields record about the training (the adapter adds its own

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from kshd.adapters.files import EMA_DIR, EMA_SUFFIX, file_names
+from kshd.adapters.files import ema_folder
 from kshd.training.checkpoints import EMA_TENSORS, TENSORS, complete_checkpoints
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,7 @@ class LoraCatalog:
         out = [("None (the base model alone)", NONE)]
         if self.trained and Path(self.trained).exists():
             out.append((f"{Path(self.trained).name} (trained)", str(self.trained)))
-            ema = Path(self.trained) / EMA_DIR  # drawn as the trained folder is: its pair
-            if any((ema / name).is_file() for name in file_names(EMA_SUFFIX)):
+            if ema := ema_folder(self.trained):  # drawn as the trained folder is: its pair
                 out.append((f"{Path(self.trained).name} EMA (trained)", str(ema)))
         best = self._best()
         found = complete_checkpoints(Path(self.checkpoints_dir)) if self.checkpoints_dir else []

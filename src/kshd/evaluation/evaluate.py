@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kshd.adapters.files import EMA_DIR, EMA_SUFFIX, file_names
+from kshd.adapters.files import ema_folder
 from kshd.adapters.weights import AdapterWeights, open_weights
 from kshd.config.values import BEST_BY
 from kshd.evaluation.sampling import (  # noqa: F401  (re-exported: the evaluation's public names)
@@ -267,12 +267,6 @@ def checkpoint_curve(
     return rows
 
 
-def final_ema(lora_dir: Path) -> Path | None:
-    """The trained folder's EMA folder, where the training kept an EMA."""
-    folder = Path(lora_dir) / EMA_DIR
-    return folder if any((folder / n).is_file() for n in file_names(EMA_SUFFIX)) else None
-
-
 def best_checkpoint(curve: list[dict], by: str) -> dict:
     """The row (raw or EMA weights) with the highest `by`; the raw weights win a tie. `ema`
     says which, in runs that kept an EMA."""
@@ -356,7 +350,7 @@ def evaluate(
             history.strength,
             prompt_encoder,
         )
-        if ema := final_ema(lora_dir):
+        if ema := ema_folder(lora_dir):
             base_style = metrics["style_similarity_base"]
             values = drawn_scores(pipe, open_weights(ema), s, scorer, base_style, "EMA",
                                   prompt_encoder)  # fmt: skip
