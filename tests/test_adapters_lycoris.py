@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from kshd.adapters.files import DIFFUSERS_FILE, KOHYA_FILE, save_adapter
-from kshd.adapters.registry import build_adapter
+from kshd.adapters.registry import adapter_class, build_adapter, claiming
 from kshd.adapters.weights import open_weights
 from kshd.config.compose import defaults
 from kshd.drawing.catalog import LoraCatalog
@@ -363,3 +363,14 @@ def test_the_evaluation_draws_the_file_as_the_app_does(trained, tiny_models, tmp
     request = Request("a girl", negative_prompt="", cfg_scale=7.5, lora_scale=scale, **DRAW)
     app = np.asarray(Engine(settings).generate(request, save=False).images[0], dtype=np.int16)
     assert np.abs(drawn - app).max() <= (2 if scale else 0)
+
+
+def test_a_loha_or_lokr_file_with_dora_scale_is_read_as_loha_or_lokr():
+    """LyCORIS' LoHa and LoKr trained with `dora_wd` carry `.dora_scale` too: the file's kind is
+    told by its own tensors (DoRA reads only `lora_down`/`lora_up` files), not by the scale."""
+    module = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    for kind, tensors in (("loha", ("hada_w1_a", "hada_w1_b")), ("lokr", ("lokr_w1", "lokr_w2"))):
+        keys = [f"{module}.{t}" for t in (*tensors, "alpha", "dora_scale")]
+        assert claiming(keys, {}) is adapter_class(kind), kind
+    dora = [f"{module}.{t}" for t in ("lora_down.weight", "lora_up.weight", "dora_scale")]
+    assert claiming(dora, {}) is adapter_class("dora")

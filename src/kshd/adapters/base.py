@@ -31,6 +31,20 @@ Weights = Path | Mapping[str, torch.Tensor]  # a file others load, or tensors in
 PARTS = ("unet", "text_encoder", "text_encoder_2")  # a pipeline's parts an adapter may adapt
 
 
+def add_peft(model, config, name: str = "default") -> None:
+    """A peft adapter into `model`: diffusers' `add_adapter` for a UNet (its adapter
+    bookkeeping), peft's own `inject_adapter_in_model` for a text encoder, because transformers
+    5's `add_adapter` demands peft >= 0.22 (unreleased) although peft 0.21 injects, trains and
+    saves CLIP adapters correctly."""
+    from diffusers import ModelMixin
+    from peft import inject_adapter_in_model
+
+    if isinstance(model, ModelMixin):
+        model.add_adapter(config, adapter_name=name)
+    else:
+        inject_adapter_in_model(config, model, adapter_name=name)
+
+
 class Adapter:
     """One kind of adapter, configured: `settings` (`train.adapter`), `rank` and `alpha`
     (`train.rank` / `train.alpha`, kohya's network_dim / network_alpha)."""

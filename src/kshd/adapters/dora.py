@@ -9,7 +9,6 @@ and re-initializes them from the base weights), so such a file would draw anothe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import cache
 
 import torch
@@ -30,6 +29,8 @@ class DoraAdapter(PeftKohyaAdapter):
         "lora_B.weight": "lora_up.weight",
         "lora_magnitude_vector": "dora_scale",
     }
+    rank_tensors = ("lora_down.weight",)
+    marks = (".dora_scale",)
 
     def peft_config(self, targets, ranks, alphas):
         from peft import LoraConfig
@@ -55,14 +56,6 @@ class DoraAdapter(PeftKohyaAdapter):
         return super().module_to_kohya(params | {"lora_magnitude_vector": shaped}, rank, alpha)
 
     @classmethod
-    def file_rank(cls, tensors: Mapping[str, torch.Tensor]) -> int:
-        return int(tensors["lora_down.weight"].shape[0])
-
-    @classmethod
-    def claims(cls, keys, metadata) -> bool:
-        return any(k.endswith(".dora_scale") for k in keys)
-
-    @classmethod
     def drawing_layer(cls, layer) -> None:
         layer.__class__ = _at_a_strength(type(layer))
 
@@ -85,6 +78,8 @@ class DoraStrength:
         self.strength = 1.0 if scale is None else self.strength / scale
 
     def forward(self, x, *args, **kwargs):
+        if self.strength == 0.0 and not self.merged:  # the base alone: no DoRA term to compute
+            return self.base_layer(x, *args, **kwargs)
         full = super().forward(x, *args, **kwargs)
         if self.strength == 1.0 or self.merged or self.disable_adapters:
             return full
@@ -93,15 +88,19 @@ class DoraStrength:
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        """The base weight kept on the CPU while merged (a device copy would hold a second
+        model's worth of GPU memory for as long as the app draws merged)."""
         weight = self.get_base_layer().weight
-        self._unmerged = weight.data.clone()
+        self._unmerged = weight.detach().to("cpu", copy=True)
         super().merge(safe_merge, adapter_names)
-        weight.data = self._unmerged + self.strength * (weight.data - self._unmerged)
+        base = self._unmerged.to(weight.device)
+        weight.data = base + self.strength * (weight.data - base)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.get_base_layer().weight.data = self._unmerged
+            self.get_base_layer().weight.data.copy_(self._unmerged)
+            del self._unmerged
             self.merged_adapters.clear()
 
 

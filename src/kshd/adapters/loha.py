@@ -4,10 +4,6 @@ products, `(w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank`; saved only as the kohy
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
-
 from kshd.adapters.peft_kohya import PeftKohyaAdapter
 
 HADA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
@@ -20,6 +16,8 @@ class LohaAdapter(PeftKohyaAdapter):
     kind = "loha"
     algo = "loha"
     params = {name: name for name in HADA}
+    rank_tensors = ("hada_w1_b",)
+    marks = (".hada_w1_a",)
 
     def peft_config(self, targets, ranks, alphas):
         from peft import LoHaConfig
@@ -38,11 +36,3 @@ class LohaAdapter(PeftKohyaAdapter):
 
     def network_args(self) -> dict[str, str]:
         return super().network_args() | {"use_tucker": str(self.settings.use_tucker)}
-
-    @classmethod
-    def file_rank(cls, tensors: Mapping[str, torch.Tensor]) -> int:
-        return int(tensors["hada_w1_b"].shape[0])
-
-    @classmethod
-    def claims(cls, keys, metadata) -> bool:
-        return any(k.endswith(".hada_w1_a") for k in keys)

@@ -4,10 +4,6 @@ matrix `w1` and a larger, low-rank one `w2_a @ w2_b`; saved only as the kohya/Ly
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
-
 from kshd.adapters.peft_kohya import PeftKohyaAdapter
 
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -21,6 +17,8 @@ class LokrAdapter(PeftKohyaAdapter):
     kind = "lokr"
     algo = "lokr"
     params = {name: name for name in LOKR}
+    rank_tensors = ("lokr_w2_b", "lokr_w1_b")
+    marks = (".lokr_w1", ".lokr_w1_a")
 
     def peft_config(self, targets, ranks, alphas):
         from peft import LoKrConfig
@@ -58,14 +56,3 @@ class LokrAdapter(PeftKohyaAdapter):
         if "lokr_w1" in params and "lokr_w2" in params:
             rank, alpha = 1, 1.0
         return params, rank, alpha
-
-    @classmethod
-    def file_rank(cls, tensors: Mapping[str, torch.Tensor]) -> int:
-        for low in ("lokr_w2_b", "lokr_w1_b"):
-            if low in tensors:
-                return int(tensors[low].shape[0])
-        return 1
-
-    @classmethod
-    def claims(cls, keys, metadata) -> bool:
-        return any(k.endswith((".lokr_w1", ".lokr_w1_a")) for k in keys)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kshd.adapters.base import Adapter, Weights
+from kshd.adapters.base import Adapter, Weights, add_peft
 from kshd.adapters.kohya_names import kohya_text_encoder_name, sgm_unet_keys
 
 
@@ -21,24 +21,15 @@ class LoraAdapter(Adapter):
     network_module = "networks.lora"
 
     def inject(self, model, text_encoder: bool = False) -> None:
-        """A trainable LoRA on the settings' UNet (or text-encoder) targets; the rest frozen.
-
-        The UNet takes diffusers' `add_adapter`; a text encoder takes peft's own
-        `inject_adapter_in_model`, because transformers 5's `add_adapter` demands peft >= 0.22
-        (unreleased) although peft 0.21 injects, trains and saves CLIP adapters correctly.
-        """
-        from diffusers import ModelMixin
-        from peft import LoraConfig, inject_adapter_in_model
+        """A trainable LoRA on the settings' UNet (or text-encoder) targets; the rest frozen."""
+        from peft import LoraConfig
 
         s = self.settings
         targets = s.text_encoder_target_modules if text_encoder else s.target_modules
         model.requires_grad_(False)
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, init_lora_weights="gaussian",
                             target_modules=list(targets))  # fmt: skip
-        if isinstance(model, ModelMixin):
-            model.add_adapter(config)
-        else:
-            inject_adapter_in_model(config, model)
+        add_peft(model, config)
 
     def diffusers_tensors(self, state: Mapping[str, torch.Tensor]) -> dict:
         return diffusers_state(state, self.alpha / self.rank)

@@ -15,21 +15,19 @@ conv_dim / conv_alpha) keeps them in every file made from a checkpoint.
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from kshd.adapters.base import PARTS, Adapter, Weights
+from kshd.adapters.base import PARTS, Adapter, Weights, add_peft
 from kshd.adapters.kohya_names import kohya_module_name, kohya_module_names
 from kshd.config.fill import variants
 from kshd.config.schema_adapters import AdapterSettings
 from kshd.models.ldm_names import unet_prefixes
 
-log = logging.getLogger(__name__)
 NUMBERS = ("alpha", "rank")  # per-module numbers beside a module's tensors in `tensors()`
 
 
@@ -39,6 +37,8 @@ class PeftKohyaAdapter(Adapter):
     network_module = "lycoris.kohya"
     algo: ClassVar[str]  # LyCORIS' `algo` network arg
     params: ClassVar[dict[str, str]]  # peft's parameter name (after the module) -> file suffix
+    rank_tensors: ClassVar[tuple[str, ...]]  # file suffixes whose first dimension is the rank
+    marks: ClassVar[tuple[str, ...]]  # key endings that say a file is of this kind
 
     # --- the kind's own part ---------------------------------------------------------------
 
@@ -74,8 +74,13 @@ class PeftKohyaAdapter(Adapter):
 
     @classmethod
     def file_rank(cls, tensors: Mapping[str, torch.Tensor]) -> int:
-        """The rank A1111 and ComfyUI divide a module's alpha by."""
-        raise NotImplementedError
+        """The rank A1111 and ComfyUI divide a module's alpha by (1 where the module has no
+        low-rank factor: a LoKr of full factors)."""
+        return next((int(tensors[n].shape[0]) for n in cls.rank_tensors if n in tensors), 1)
+
+    @classmethod
+    def claims(cls, keys, metadata) -> bool:
+        return any(k.endswith(cls.marks) for k in keys)
 
     # --- training --------------------------------------------------------------------------
 
@@ -97,7 +102,7 @@ class PeftKohyaAdapter(Adapter):
                  and any(n == t or n.endswith(f".{t}") for t in targets)]  # fmt: skip
         ranks = {re.escape(n): self.conv_rank for n in convs}
         alphas = {re.escape(n): self.conv_alpha for n in convs}
-        _add(model, self.peft_config(targets, ranks, alphas), "default")
+        add_peft(model, self.peft_config(targets, ranks, alphas))
 
     def model_tensors(self, model) -> dict[str, torch.Tensor]:
         """peft's tensors, and each adapted module's alpha and rank."""
@@ -141,9 +146,9 @@ class PeftKohyaAdapter(Adapter):
         names = sorted((*cls.params, *NUMBERS), key=len, reverse=True)
         out: dict[tuple[str, str], dict] = {}
         for key, tensor in state.items():
-            part = next(p for p in sorted(PARTS, key=len, reverse=True)
-                        if key.startswith(f"{p}."))  # fmt: skip
-            rest = key[len(part) + 1 :]
+            part, _, rest = key.partition(".")
+            if part not in PARTS:
+                raise ValueError(f"{key}: not a tensor of a pipeline's part ({', '.join(PARTS)})")
             param = next((n for n in names if rest.endswith(f".{n}")), None)
             if param is None:
                 raise ValueError(f"{key}: not a tensor of a {cls.kind} adapter")
@@ -192,7 +197,7 @@ class PeftKohyaAdapter(Adapter):
         ranks = {re.escape(p): found[p][1] for p in paths}
         alphas = {re.escape(p): found[p][2] for p in paths}
         config = cls.loading_config(paths, ranks, alphas, {p: found[p][0] for p in paths})
-        _add(model, config, name)
+        add_peft(model, config, name)
         for path in paths:
             _load_layer(model.get_submodule(path), name, found[path][0])
             cls.drawing_layer(model.get_submodule(path))
@@ -224,30 +229,10 @@ class PeftKohyaAdapter(Adapter):
             for _, layer in cls.layers(model) if model is not None else ():
                 layer.enable_adapters(on)
 
-    @classmethod
-    def layers(cls, model) -> Iterator[tuple[str, Any]]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for path, module in model.named_modules():
-            if isinstance(module, BaseTunerLayer):
-                yield path, module
-
 
 def _spatial_conv(module) -> bool:
     """A conv with a kernel over 1x1 (LyCORIS' conv layers; a 1x1 conv counts as linear)."""
     return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
-
-
-def _add(model, config, name: str) -> None:
-    """The adapter into `model`: diffusers' `add_adapter` for a UNet (its adapter bookkeeping),
-    peft's own injection for a text encoder (see `LoraAdapter.inject`)."""
-    from diffusers import ModelMixin
-    from peft import inject_adapter_in_model
-
-    if isinstance(model, ModelMixin):
-        model.add_adapter(config, adapter_name=name)
-    else:
-        inject_adapter_in_model(config, model, adapter_name=name)
 
 
 def _layer_numbers(layer, name: str) -> tuple[float, int]:

@@ -22,7 +22,8 @@ def register(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
-for _cls in (LoraAdapter, LoconAdapter, DoraAdapter, LohaAdapter, LokrAdapter):
+# LoHa and LoKr before DoRA: a LyCORIS LoHa or LoKr trained with dora_wd has `.dora_scale` too
+for _cls in (LoraAdapter, LoconAdapter, LohaAdapter, LokrAdapter, DoraAdapter):
     register(_cls)
 
 
