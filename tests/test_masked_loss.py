@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -299,7 +298,6 @@ def test_the_run_s_fingerprint_names_the_masked_loss_only_when_on():
     off, on = defaults("train"), defaults("train", masked_loss=True)
     assert "masked_loss" not in off.defining() and on.defining()["masked_loss"] is True
     assert fingerprint(settings=off.defining()) != fingerprint(settings=on.defining())
-    json.dumps(on.defining(), default=str)
 
 
 @pytest.mark.slow

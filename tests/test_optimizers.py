@@ -279,3 +279,26 @@ def test_memory_presets_choose_8bit_adamw_and_a_chosen_optimizer_wins():
     assert compose_conf(["memory=gpu_24gb"], conf).train.optimizer.kind == "adamw"
     both = compose_conf(["memory=gpu_16gb", "train/optimizer=prodigy"], conf).train
     assert both.optimizer.kind == "prodigy" and both.batch_size == 2
+
+
+def test_an_ema_beside_schedule_free_is_refused_in_one_line():
+    """Schedule-free AdamW averages its weights itself and saves that average; an EMA would
+    follow the other sequence after each step, so its files would hold other weights than the
+    run's. The pair is refused at load, naming both keys; either alone composes."""
+    with pytest.raises(ConfigError, match=r"`train\.ema_decay`.*schedulefree_adamw") as err:
+        compose_conf(["train/optimizer=schedulefree_adamw", "train.ema_decay=0.99"], ROOT / "conf")
+    assert "\n" not in str(err.value)
+    compose_conf(["train/optimizer=schedulefree_adamw"], ROOT / "conf")
+    compose_conf(["train/optimizer=prodigy", "train.ema_decay=0.99"], ROOT / "conf")
+
+
+def test_prodigy_warns_of_a_low_learning_rate_once(caplog):
+    """Asked for its rate twice (the loop, the kohya file's record), Prodigy warns once, when
+    it is built: a rate far below 1.0 leaves its estimate d without effect."""
+    kind = optimizer_kind(replace(settings("prodigy").optimizer, lr=0.01))
+    with caplog.at_level(logging.WARNING):
+        lr = kind.learning_rate(1e-4)
+        kind.build([torch.nn.Parameter(torch.zeros(2))], lr)
+        assert kind.learning_rate(1e-4) == lr == 0.01
+    warned = [r for r in caplog.records if "Prodigy wants about 1.0" in r.getMessage()]
+    assert len(warned) == 1

@@ -185,6 +185,14 @@ class TrainSettings:
             "null (no EMA) or a number in (0, 1), e.g. 0.999",
         )
         require(self.ema_every >= 1, "train.ema_every", self.ema_every, "a whole number >= 1")
+        require(  # it averages its weights already, and saves the average (x), not the y an
+            # EMA would follow after each step: the EMA files would be of other weights
+            self.ema_decay is None or self.optimizer.kind != "schedulefree_adamw",
+            "train.ema_decay",
+            self.ema_decay,
+            "null with train/optimizer=schedulefree_adamw (schedule-free AdamW keeps an average "
+            "of its weights itself; choose one)",
+        )
 
     def _validate_text(self) -> None:
         """Captions' length and the validation sampler (drawn as the app draws)."""

@@ -271,10 +271,7 @@ def train_lora(
     result.seconds, result.peak_rss_mb = time.perf_counter() - start, peak_rss_mb()
     result.latent_std = run.latent_std
     result.ema = run.ema.weights(run.adapter, *_parts(run, c)) if run.ema is not None else None
-    c.unet = original(run.unet, acc)
-    c.text_encoder = acc.unwrap_model(c.text_encoder)
-    if c.text_encoder_2 is not None:
-        c.text_encoder_2 = acc.unwrap_model(c.text_encoder_2)
+    c.unet, c.text_encoder, c.text_encoder_2 = _parts(run, c)
     if run.released and give_back:  # the caller gets complete components back
         fresh = reload_frozen(c, acc.device, run.dtype)
         c.text_encoder, c.text_encoder_2, c.vae = (

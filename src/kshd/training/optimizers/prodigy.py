@@ -23,18 +23,18 @@ class Prodigy(OptimizerKind):
     settings: ProdigySettings
 
     def learning_rate(self, train_lr: float) -> float:
-        if self.settings.lr <= 0.1:  # kohya warns the same way
-            log.warning(
-                "train.optimizer.lr=%s: Prodigy wants about 1.0 (it multiplies the step size "
-                "Prodigy estimates); tune train.optimizer.d_coef instead",
-                self.settings.lr,
-            )
         return self.settings.lr
 
     def build(self, params: list, lr: float) -> torch.optim.Optimizer:
         from prodigyopt import Prodigy as ProdigyOpt
 
         s = self.settings
+        if lr <= 0.1:  # kohya warns the same way
+            log.warning(
+                "train.optimizer.lr=%s: Prodigy wants about 1.0 (it multiplies the step size "
+                "Prodigy estimates); tune train.optimizer.d_coef instead",
+                lr,
+            )
         log.info("Prodigy at lr %s times its estimate d (train.learning_rate is not used)", lr)
         return ProdigyOpt(
             params,
