@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -44,7 +45,8 @@ def _flat(name: str) -> str:
     return name.replace(".", "_")
 
 
-def comfy_modules(folder: Path, sdxl: bool) -> set[str]:
+@cache  # per model folder: it reads the model's weights
+def comfy_modules(folder: Path, sdxl: bool) -> frozenset[str]:
     """The module names ComfyUI's key map holds for this model."""
     state, config = _part(folder, "unet")
     names = {f"lora_unet_{_flat(k[: -len('.weight')])}" for k in state if k.endswith(".weight")}
@@ -57,10 +59,11 @@ def comfy_modules(folder: Path, sdxl: bool) -> set[str]:
         layers = _part(folder, part)[1]["num_hidden_layers"]
         names |= {f"{prefix}text_model_encoder_layers_{i}_{c}" for i in range(layers)
                   for c in CLIP_LAYERS}  # fmt: skip
-    return names
+    return frozenset(names)
 
 
-def a1111_modules(folder: Path, sdxl: bool) -> set[str]:
+@cache  # per model folder: it reads the model's weights
+def a1111_modules(folder: Path, sdxl: bool) -> frozenset[str]:
     """A1111's `network_layer_mapping` names: every module of the LDM model, flattened."""
     state, config = _part(folder, "unet")
     keys = [k.replace(UNET_PREFIX, "diffusion_model.", 1) for k in unet_to_ldm(state, config)]
@@ -70,7 +73,7 @@ def a1111_modules(folder: Path, sdxl: bool) -> set[str]:
         keys += [f"1_{k}" for k in openclip_to_ldm(_part(folder, "text_encoder_2")[0], "model.")]
     else:
         keys += list(clip)
-    return {_flat(k.rpartition(".")[0]) for k in keys}
+    return frozenset(_flat(k.rpartition(".")[0]) for k in keys)
 
 
 def _a1111_sd1_name(key: str) -> str:
@@ -99,7 +102,7 @@ def _slot(kind: str, rest: str) -> str:
     return f"1_{rest}" if kind == "attentions" else f"0_{RESNET.get(rest, rest)}"
 
 
-def a1111_module(key: str, mapping: set[str]) -> str | None:
+def a1111_module(key: str, mapping: frozenset[str]) -> str | None:
     """The model module A1111 puts a file's module on, None where it finds none."""
     name = _a1111_sd1_name(key)
     if name in mapping:
