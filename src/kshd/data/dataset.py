@@ -50,21 +50,26 @@ def load_rows(info_csv: str | Path, allow_empty: bool = False) -> list[dict]:
             raise FileNotFoundError(
                 f"{info_csv}: row {line_no}: image {image!r} not found ({path})"
             )
-        with path.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
         alpha = alpha_path(path)
+        alpha = alpha if alpha.is_file() else None
         rows.append(
             {
                 "file": path,
                 "name": Path(image).name,
                 "text": text,
-                "digest": digest,  # of the RGB drawing alone: the holdout is chosen by it
-                "alpha": alpha if alpha.is_file() else None,
+                "digest": _digest(path),  # of the RGB drawing alone: the holdout is chosen by it
+                "alpha": alpha,
+                "alpha_digest": _digest(alpha) if alpha else None,
             }
         )
     if not rows and not allow_empty:
         raise InputError(f"{info_csv}: no rows")
     return rows
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def image_bytes(file: Path, alpha: Path | None) -> bytes:
@@ -90,15 +95,14 @@ def image_bytes(file: Path, alpha: Path | None) -> bytes:
 def _rows_of(rows: list[dict]) -> Iterator[dict]:
     """One row at a time, image bytes read as it is written (the writer flushes in batches)."""
     for r in rows:
-        data = image_bytes(r["file"], r.get("alpha"))
+        data = image_bytes(r["file"], r["alpha"])
         yield {"image": {"bytes": data, "path": r["name"]}, "text": r["text"]}
 
 
 def _row_key(r: dict) -> tuple:
     """What a row's content is, for the split's fingerprint (an alpha's digest when it has one)."""
-    if r.get("alpha") is None:
-        return (r["name"], r["digest"], r["text"])
-    return (r["name"], r["digest"], r["text"], hashlib.sha256(r["alpha"].read_bytes()).hexdigest())
+    alpha = (r["alpha_digest"],) if r["alpha_digest"] else ()
+    return (r["name"], r["digest"], r["text"], *alpha)
 
 
 def _split(rows: list[dict], name: str, features, work: Path | None):
