@@ -209,17 +209,23 @@ def report(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> Non
                 f"  {label:48s} {m['images_per_s']:7.3f} img/s  run {m['total_s']:6.1f} s  "
                 f"peak RSS {m['peak_rss_mb']:7.0f} MB"
             )
-    for mode in ("live", "warm"):
+    _phases(r, {"live": "live", "warm": "warm"})
+    _ratios("training speed-up with the cache", r["warm"], r["live"], "images_per_s")
+    _ratios("peak RSS cached/live", r["warm"], r["live"], "peak_rss_mb")
+
+
+def _ratios(label: str, runs: list[dict], bases: list[dict], key: str) -> None:
+    """`key` of each round's run over its base run's, in round order, and their median."""
+    ratios = [m[key] / b[key] for m, b in zip(runs, bases, strict=True)]
+    median = sorted(ratios)[len(ratios) // 2]
+    print(f"  {label}, per round: {', '.join(f'{x:.2f}x' for x in ratios)} (median {median:.2f}x)")
+
+
+def _phases(r: dict[str, list[dict]], labels: dict[str, str]) -> None:
+    """Where a steady step of each mode's last round went (the bench's profile)."""
+    for mode, label in labels.items():
         phases = r[mode][-1]["phases"]
-        print(f"  {mode} step: " + ", ".join(f"{k} {v:.0%}" for k, v in phases.items()))
-    pairs = list(zip(r["warm"], r["live"], strict=True))
-    speed = sorted(w["images_per_s"] / li["images_per_s"] for w, li in pairs)
-    rss = sorted(w["peak_rss_mb"] / li["peak_rss_mb"] for w, li in pairs)
-    print(
-        f"  training speed-up with the cache, per round: {', '.join(f'{x:.2f}x' for x in speed)}"
-        f" (median {speed[len(speed) // 2]:.2f}x)"
-    )
-    print(f"  peak RSS cached/live, per round: {', '.join(f'{x:.2f}' for x in rss)}")
+        print(f"  {label} step: " + ", ".join(f"{k} {v:.0%}" for k, v in phases.items()))
 
 
 def report_compiled(name: str, r: dict[str, list[dict]], args: argparse.Namespace) -> None:
@@ -239,16 +245,8 @@ def report_compiled(name: str, r: dict[str, list[dict]], args: argparse.Namespac
                 f"{compile_s}  peak RSS {m['peak_rss_mb']:7.0f} MB"
             )
     for mode in COMPILED:
-        speed = [
-            c["images_per_s"] / e["images_per_s"] for c, e in zip(r[mode], r["warm"], strict=True)
-        ]
-        print(
-            f"  {labels[mode]} / eager steps per round: {', '.join(f'{x:.2f}x' for x in speed)}"
-            f" (median {sorted(speed)[len(speed) // 2]:.2f}x)"
-        )
-    for mode in ("warm", "compiled"):
-        phases = r[mode][-1]["phases"]
-        print(f"  {labels[mode]} step: " + ", ".join(f"{k} {v:.0%}" for k, v in phases.items()))
+        _ratios(f"{labels[mode]} / eager steps", r[mode], r["warm"], "images_per_s")
+    _phases(r, {m: labels[m] for m in ("warm", "compiled")})
 
 
 if __name__ == "__main__":
