@@ -30,6 +30,7 @@ from kshd.training.latent_cache import LatentSource
 from kshd.training.loop import train_lora
 from kshd.training.loss import diffusion_loss
 
+from .helpers.loss import seeded_loss
 from .helpers.settings import intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,9 +235,7 @@ def test_the_mask_weighs_as_kohya_s_mean_not_renormalised(tiny_models):
     hidden = torch.randn(2, 77, c.text_encoder.config.hidden_size)
 
     def loss(mask):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return diffusion_loss(c, latents, hidden, c.unet, s, None, None, mask).item()
+        return seeded_loss(c, s, latents, hidden, mask=mask)
 
     plain = loss(None)
     assert loss(torch.ones(2, 1, 8, 8)) == pytest.approx(plain, rel=1e-6)
