@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from kshd.captioners import blip2, none
+from kshd.captioners import blip2, none, tags_and_blip2, wd_tagger
 from kshd.captioners.base import Captioner, captioners
 from kshd.config.errors import ConfigError
 from kshd.config.schema_caption import CaptionSettings
 
-BUILT_IN = (blip2.Blip2Captioner, none.NoneCaptioner)
+BUILT_IN = (
+    blip2.Blip2Captioner,
+    none.NoneCaptioner,
+    wd_tagger.WdTagger,
+    tags_and_blip2.TagsAndBlip2,
+)
 
 
 def captioner_class(settings: CaptionSettings) -> type[Captioner]:

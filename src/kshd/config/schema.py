@@ -64,6 +64,15 @@ class OutputPaths:
 
 
 @dataclass(frozen=True)
+class TaggerSettings:
+    """`tagger`: the WD tagger the tag caption kinds interpolate (`caption.model` of
+    caption=wd_tagger, `caption.tagger_model` of tags_and_blip2), so that the demo names its
+    world's tagger for whichever of them is chosen. The caption keys are what define a result."""
+
+    model: str
+
+
+@dataclass(frozen=True)
 class TinySettings:
     """`tiny`: the demo's locally built random-weight models."""
 
@@ -133,6 +142,7 @@ class ProjectConfig:
     data: DataPaths
     output: OutputPaths
     tiny: TinySettings
+    tagger: TaggerSettings
     model: ModelSettings
     # A key that others interpolate comes first, so its own name is reported.
     generate: GenerateSettings

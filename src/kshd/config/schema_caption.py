@@ -11,9 +11,10 @@ DEFINES_RESULT marks what changes a caption: the captioner's cache identity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from kshd.config.fill import DEFINES_RESULT, changes, register_variant, require, variant_base
-from kshd.config.values import TRIGGER_POSITIONS
+from kshd.config.values import TAG_TRIGGER_POSITIONS, TRIGGER_POSITIONS
 
 
 @variant_base
@@ -24,6 +25,9 @@ class CaptionSettings:
     The trigger is added after the cache, so it is not in the cache key, but info.csv and every
     stage after it carry it."""
 
+    # where the trigger may go: a sentence has a start and an end; tags have slots too
+    trigger_positions: ClassVar[tuple[str, ...]] = TRIGGER_POSITIONS
+
     kind: str
     batch_size: int  # images per batch, saved to the cache together
     trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
@@ -32,11 +36,14 @@ class CaptionSettings:
 
     def validate(self) -> None:
         """Bad values named at config load, before a captioner loads its model."""
+        accepted = " or ".join(self.trigger_positions)
+        if set(self.trigger_positions) != set(TAG_TRIGGER_POSITIONS):
+            accepted += " (artist only for tag captions: caption=wd_tagger or tags_and_blip2)"
         require(
-            self.trigger_position in TRIGGER_POSITIONS,
+            self.trigger_position in self.trigger_positions,
             "caption.trigger_position",
             self.trigger_position,
-            "start or end",
+            accepted,
         )
         require(self.batch_size >= 1, "caption.batch_size", self.batch_size, "a whole number >= 1")
 
@@ -73,3 +80,43 @@ class Blip2CaptionSettings(CaptionSettings):
 @dataclass(frozen=True)
 class NoneCaptionSettings(CaptionSettings):
     """`caption.kind: none`: captions only from the overrides and `.txt` sidecars; no model."""
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """What a WD tagger's scores become: the keys of kohya's tag_images_by_wd14_tagger.py that
+    change the text (a mixin of the tag kinds' settings, after CaptionSettings' fields)."""
+
+    trigger_positions: ClassVar[tuple[str, ...]] = TAG_TRIGGER_POSITIONS
+
+    general_threshold: float = field(metadata=DEFINES_RESULT)
+    character_threshold: float = field(metadata=DEFINES_RESULT)
+    use_rating_tags: bool = field(metadata=DEFINES_RESULT)
+    undesired_tags: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+    remove_underscore: bool = field(metadata=DEFINES_RESULT)
+    always_first_tags: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+
+    def validate(self) -> None:
+        super().validate()  # CaptionSettings' (the next class in a tag kind's MRO)
+        for key in ("general_threshold", "character_threshold"):
+            value = getattr(self, key)
+            require(0 <= value <= 1, f"caption.{key}", value, "a probability in [0, 1]")
+
+
+@register_variant(CaptionSettings, "wd_tagger")
+@dataclass(frozen=True)
+class WdTaggerCaptionSettings(TagOptions, CaptionSettings):
+    """`caption.kind: wd_tagger`: Danbooru tags from a WD v3 tagger (SmilingWolf's ONNX models;
+    a Hub id or a folder with model.onnx and selected_tags.csv), in NoobAI-XL's order."""
+
+    model: str = field(metadata=DEFINES_RESULT)
+
+
+@register_variant(CaptionSettings, "tags_and_blip2")
+@dataclass(frozen=True)
+class TagsAndBlip2CaptionSettings(TagOptions, Blip2CaptionSettings):
+    """`caption.kind: tags_and_blip2`: a WD tagger's tags, then a BLIP-2 sentence (Illustrious-XL
+    was trained on such mixed captions). `model` is BLIP-2's, as for caption=blip2;
+    `tagger_model` the tagger's."""
+
+    tagger_model: str = field(metadata=DEFINES_RESULT)

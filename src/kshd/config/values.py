@@ -55,6 +55,9 @@ PREDICTION_TYPES = (None, "epsilon", "v_prediction")
 MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 TRIGGER_POSITIONS = ("start", "end")
+# tag captions (caption.kind wd_tagger, tags_and_blip2) also take NoobAI-XL's artist slot: after
+# the count and character tags, before the rest (kshd.captioners.tags.with_trigger_in_slot)
+TAG_TRIGGER_POSITIONS = (*TRIGGER_POSITIONS, "artist")
 # the headline metrics (evaluation.evaluate.HEADLINE), which `evaluate.best_by` may name
 BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
 
