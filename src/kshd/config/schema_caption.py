@@ -11,7 +11,6 @@ DEFINES_RESULT marks what changes a caption: the captioner's cache identity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from kshd.config.fill import DEFINES_RESULT, changes, register_variant, require, variant_base
 from kshd.config.values import TAG_TRIGGER_POSITIONS, TRIGGER_POSITIONS
@@ -25,22 +24,24 @@ class CaptionSettings:
     The trigger is added after the cache, so it is not in the cache key, but info.csv and every
     stage after it carry it."""
 
-    # where the trigger may go: a sentence has a start and an end; tags have slots too
-    trigger_positions: ClassVar[tuple[str, ...]] = TRIGGER_POSITIONS
-
     kind: str
     batch_size: int  # images per batch, saved to the cache together
     trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
     trigger_position: str = field(metadata=changes("caption"))
     overrides: str  # a dvc.yaml dep by path: its content, not its name, changes the captions
 
+    @staticmethod
+    def trigger_positions() -> tuple[str, ...]:
+        """Where the trigger may go: a sentence has a start and an end; tags have slots too."""
+        return TRIGGER_POSITIONS
+
     def validate(self) -> None:
         """Bad values named at config load, before a captioner loads its model."""
-        accepted = " or ".join(self.trigger_positions)
-        if set(self.trigger_positions) != set(TAG_TRIGGER_POSITIONS):
+        accepted = " or ".join(self.trigger_positions())
+        if set(self.trigger_positions()) != set(TAG_TRIGGER_POSITIONS):
             accepted += " (artist only for tag captions: caption=wd_tagger or tags_and_blip2)"
         require(
-            self.trigger_position in self.trigger_positions,
+            self.trigger_position in self.trigger_positions(),
             "caption.trigger_position",
             self.trigger_position,
             accepted,
@@ -87,14 +88,16 @@ class TagOptions:
     """What a WD tagger's scores become: the keys of kohya's tag_images_by_wd14_tagger.py that
     change the text (a mixin of the tag kinds' settings, after CaptionSettings' fields)."""
 
-    trigger_positions: ClassVar[tuple[str, ...]] = TAG_TRIGGER_POSITIONS
-
     general_threshold: float = field(metadata=DEFINES_RESULT)
     character_threshold: float = field(metadata=DEFINES_RESULT)
     use_rating_tags: bool = field(metadata=DEFINES_RESULT)
     undesired_tags: tuple[str, ...] = field(metadata=DEFINES_RESULT)
     remove_underscore: bool = field(metadata=DEFINES_RESULT)
     always_first_tags: tuple[str, ...] = field(metadata=DEFINES_RESULT)
+
+    @staticmethod
+    def trigger_positions() -> tuple[str, ...]:
+        return TAG_TRIGGER_POSITIONS
 
     def validate(self) -> None:
         super().validate()  # CaptionSettings' (the next class in a tag kind's MRO)
