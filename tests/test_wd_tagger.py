@@ -148,6 +148,16 @@ def test_each_option_changes_the_tags_and_the_cache_identity(tagger_dir, overrid
     assert caption_identity(settings) != caption_identity(tag_settings(tagger_dir))
 
 
+def test_a_fixed_batch_model_tags_any_batch(tagger_dir, tmp_path):
+    """A tagger exported for batches of one tags a batch of three, each as the dynamic one."""
+    images = [red(), Image.new("RGB", (30, 30), (0, 0, 255)), red((8, 8))]
+    fixed = WdTagger(tag_settings(write_tiny_tagger(tmp_path / "fixed", batch=1)))
+    assert fixed.chunk == 1
+    expected = WdTagger(tag_settings(tagger_dir)).caption(images, ["a", "b", "c"])
+    assert fixed.caption(images, ["a", "b", "c"]) == expected
+    assert "blue background" in expected[1] and "red background" not in expected[1]
+
+
 def test_trigger_slot_for_sidecars_overrides_and_the_other_positions(tagger_dir):
     """Any caption under a tag kind gets the slot: after the count and character tags however
     spelt; a sentence (neither) gets it first. `start` and `end` work as for BLIP-2."""

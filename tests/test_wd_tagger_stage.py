@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from kshd.captioners.blip2 import Blip2Captioner
 from kshd.captioners.registry import caption_identity
 from kshd.captioners.tags_and_blip2 import TagsAndBlip2, part_settings
-from kshd.captioners.wd_tagger import WdTagger
+from kshd.captioners.wd_tagger import WdTagger, preprocess
 from kshd.config.compose import compose_conf, with_values
 from kshd.config.schema import ProjectConfig
 from kshd.config.schema_caption import Blip2CaptionSettings
@@ -23,8 +24,9 @@ from kshd.models.source import ModelSourceError
 from kshd.stages import caption, prepare
 
 from .conftest import ROOT
-from .helpers.tagger import write_tiny_tagger
+from .helpers.tagger import SIZE, write_tiny_tagger
 from .stage_project import noise_drawings
+from .test_wd_tagger import kohya_preprocess_image, rgba_drawing
 
 TRIGGER = "drawn by KSH drawing style"
 # the tiny tagger on noise drawings (every channel's mean near 127: both colour tags pass 0.35)
@@ -34,7 +36,7 @@ HEAD = f"1girl, hatsune miku, {TRIGGER}"
 
 def project(root: Path, monkeypatch, *overrides: str, drawings: int = 5) -> ProjectConfig:
     """The demo profile in `root` (relative paths, tracking off, no overrides file), the tiny
-    tagger in `root/tagger`, noise drawings prepared."""
+    tagger in `root/tagger`, noise drawings prepared (if any)."""
     monkeypatch.chdir(root)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     write_tiny_tagger(root / "tagger")
@@ -44,8 +46,9 @@ def project(root: Path, monkeypatch, *overrides: str, drawings: int = 5) -> Proj
         conf_dir=ROOT / "conf",
     )  # fmt: skip
     (root / "raw").mkdir()
-    noise_drawings(root / "raw", drawings)
-    prepare.run(cfg)
+    if drawings:
+        noise_drawings(root / "raw", drawings)
+        prepare.run(cfg)
     return cfg
 
 
@@ -89,6 +92,19 @@ def test_tags_reach_info_csv_cached_and_incremental(tmp_path, monkeypatch):
     strict = with_values(cfg, {"caption.general_threshold": 0.55})
     assert caption.run(strict)["captioned_now"] == 5
     assert info(strict)["drawing_005"] == f"{HEAD}, ^_^, simple background"
+
+
+def test_the_tagger_sees_a_prepared_drawing_as_kohya_sees_the_raw_one(tmp_path, monkeypatch):
+    """prepare composites transparency onto `prepare.background` (white, kohya's colour): the
+    prepared RGB the caption stage hands the tagger makes kohya's array of the raw RGBA file
+    (at a size prepare keeps)."""
+    cfg = project(tmp_path, monkeypatch, "caption=wd_tagger", "caption.model=tagger", drawings=0)
+    rgba_drawing(61, 40).save(tmp_path / "raw/see-through.png")
+    prepare.run(cfg)
+    [item] = json.loads(Path(cfg.data.reports_dir, "prepare.json").read_text())["images"]
+    seen = Image.open(Path(cfg.data.prepared_dir, item["output"])).convert("RGB")  # as the seam
+    raw = Image.open(tmp_path / "raw/see-through.png")
+    assert np.array_equal(preprocess(seen, SIZE), kohya_preprocess_image(raw, SIZE))
 
 
 class Killed(BaseException):

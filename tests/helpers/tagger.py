@@ -37,8 +37,9 @@ def scores(bgr_mean: np.ndarray) -> np.ndarray:
     return np.array([t[2] for t in TAGS], dtype=np.float32) + weights @ (bgr_mean / 255)
 
 
-def write_tiny_tagger(folder: Path) -> Path:
-    """`folder` with model.onnx and selected_tags.csv (opset 17, a dynamic batch axis)."""
+def write_tiny_tagger(folder: Path, batch: int | str = "batch") -> Path:
+    """`folder` with model.onnx and selected_tags.csv (opset 17; a dynamic batch axis unless
+    `batch` is a number, as in taggers exported for a fixed batch)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -53,8 +54,8 @@ def write_tiny_tagger(folder: Path) -> Path:
             helper.make_node("Add", ["weighted", "bias"], ["output"]),
         ],
         "tiny_tagger",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", len(TAGS)])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, len(TAGS)])],
         [
             numpy_helper.from_array(np.array(255, dtype=np.float32), "scale"),
             numpy_helper.from_array(weights, "weights"),

@@ -129,6 +129,9 @@ class WdTagger(Captioner):
         )
         model_input = self.session.get_inputs()[0]  # NHWC: (batch, size, size, 3)
         self.input_name, self.size = model_input.name, int(model_input.shape[1])
+        # a model exported for a fixed batch runs that many at a time (kohya does the same)
+        fixed = model_input.shape[0]
+        self.chunk = fixed if isinstance(fixed, int) and fixed > 0 else None
         if len(self.labels.names) != self.session.get_outputs()[0].shape[-1]:
             raise ModelSourceError(
                 f"config key `{key}` = {model!r}: {LABEL_FILE} names "
@@ -145,7 +148,11 @@ class WdTagger(Captioner):
     def tags(self, images: Sequence[Image.Image]) -> list[list[str]]:
         """Each image's tags, in NoobAI's order (kshd.captioners.tags)."""
         batch = np.stack([preprocess(img, self.size) for img in images])
-        probs = self.session.run(None, {self.input_name: batch})[0]
+        step = self.chunk or len(batch)
+        probs = np.concatenate(
+            [self.session.run(None, {self.input_name: batch[i : i + step]})[0]
+             for i in range(0, len(batch), step)]
+        )  # fmt: skip
         return [select_tags(p, self.labels, self.settings) for p in probs]
 
     def caption(self, images: Sequence[Image.Image], keys: Sequence[str]) -> list[str]:
