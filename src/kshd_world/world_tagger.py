@@ -17,6 +17,7 @@ the bundled drawings' (data/samples, data/style_refs), and the model's sha256.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from kshd.fileio import atomic_dir
 from kshd_world import world_tags
+from kshd_world.samples import SAMPLES, SEED, sample_character
 from kshd_world.world import STYLES, character, draw
 from kshd_world.world_sd import Curve, _lr
 
@@ -57,8 +59,8 @@ class Budget:
     lr: float
 
 
-FULL = Budget(characters=2500, steps=2500, batch=32, lr=3e-3)
-SMOKE = Budget(characters=24, steps=12, batch=8, lr=3e-3)
+FULL = Budget(characters=2000, steps=1000, batch=32, lr=3e-3)
+SMOKE = Budget(characters=24, steps=40, batch=8, lr=3e-3)
 
 
 def scripts_hash() -> str:
@@ -131,7 +133,7 @@ def train(seed: int, budget: Budget) -> tuple[TaggerNet, Curve]:
     net = TaggerNet(y.shape[1])
     opt = torch.optim.AdamW(net.parameters(), lr=budget.lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
-    curve, start = Curve(every=50), time.perf_counter()
+    curve, start = Curve(every=max(1, budget.steps // 50)), time.perf_counter()
     bar = tqdm(range(budget.steps), desc="training the tagger", unit="step", mininterval=5)
     for step in bar:
         for group in opt.param_groups:
@@ -168,10 +170,6 @@ def held_out(n: int = len(HELD_OUT)) -> list[tuple[Image.Image, dict[str, str]]]
 def bundled(root: Path = ROOT) -> list[tuple[Image.Image, dict[str, str]]]:
     """The demo's bundled drawings and their attributes: data/samples (a transparent ground
     is a white background once composited) and data/style_refs (`ksh-<seed>.png`)."""
-    import dataclasses
-
-    from kshd_world.samples import SAMPLES, SEED, sample_character
-
     out = []
     for i, sample in enumerate(SAMPLES):
         c = sample_character(sample, SEED + i)
@@ -192,10 +190,14 @@ def measure(folder: Path, drawings: list[tuple[Image.Image, dict[str, str]]]) ->
 
 def build(out: Path, seed: int, budget: Budget) -> dict:
     """Train, export and measure the tagger; write `out` with its csv and manifest."""
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    net, curve = train(seed, budget)
-    seconds = round(time.perf_counter() - start, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are shared; and one thread's sums are reproducible
+    try:
+        start = time.perf_counter()
+        net, curve = train(seed, budget)
+        seconds = round(time.perf_counter() - start, 1)
+    finally:
+        torch.set_num_threads(threads)
     with atomic_dir(out) as tmp:
         export(net, tmp / MODEL)
         world_tags.write_selected_tags(tmp / TAGS)
