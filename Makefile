@@ -10,7 +10,7 @@ RUN := PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_EN
 TEST_JOBS ?= 2
 XDIST := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: help setup demo screenshots readme-grid sweep compare gui test test-fast lint format samples world world-models world-controlnet clean-demo gpu-check
+.PHONY: help setup demo screenshots readme-grid sweep compare gui test test-fast lint format samples world world-models world-controlnet world-tagger clean-demo gpu-check
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -71,6 +71,9 @@ world-models: setup ## retrain the demo world's committed models (models/world: 
 
 world-controlnet: setup ## retrain the demo world's committed line-art ControlNet (models/world-controlnet, ~10 min)
 	$(RUN) $(PY) -m kshd_world.world_controlnet models/world/sd models/world-controlnet --seed 0
+
+world-tagger: setup ## retrain the demo world's committed WD v3-format tagger (models/world-tagger, ~5 min on 1 core)
+	$(RUN) $(PY) -m kshd_world.world_tagger models/world-tagger --seed 0
 
 world: setup ## draw 200 drawings of the demo world in each style into data/world/ (deterministic)
 	$(RUN) $(PY) -m kshd_world.world data/world/ksh -n 200 --style ksh
