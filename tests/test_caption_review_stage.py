@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 
 import pytest
 
@@ -100,7 +99,8 @@ def test_after_a_cli_edit_dvc_repro_reruns_caption_and_dataset_not_prepare(
     """In a clone of this checkout on the demo's samples (captions from the overrides, no
     model): `dvc repro dataset`, then `kshd captions set` and `exclude`; `dvc status` names
     caption's changed deps, `dvc repro dataset` runs caption and dataset and skips prepare, and
-    info.csv has the new caption and lacks the excluded drawing."""
+    info.csv has the new caption and lacks the excluded drawing (train depends on the dataset
+    stage's output, so a full `dvc repro` retrains; too slow to run here)."""
     repo = clone_of_this_checkout(tmp_path_factory.mktemp("repo"))
     link_tiny_models(repo, tiny_models)
     write_params(compose_conf(["+experiment=demo", "caption=none", "tracking.mode=disabled"],
@@ -113,7 +113,7 @@ def test_after_a_cli_edit_dvc_repro_reruns_caption_and_dataset_not_prepare(
     assert kshd_here(["captions", "set", raw, "1girl, reviewed"], capsys, repo).returncode == 0
     assert kshd_here(["captions", "exclude", gone], capsys, repo).returncode == 0
     status = run_ok(["dvc", "status", "caption", "dataset"], repo).stdout
-    assert "caption_overrides" in status or "sample_captions" in status, status
+    assert "data/sample_captions.csv" in status, status  # the demo's caption.overrides
     assert "caption_exclusions.csv" in status, status
     out = run_ok(["dvc", "repro", "dataset"], repo)
     log = out.stdout + out.stderr
@@ -122,5 +122,3 @@ def test_after_a_cli_edit_dvc_repro_reruns_caption_and_dataset_not_prepare(
     after = _by_drawing(repo / "data/info.csv")
     assert after[name] == f"1girl, reviewed, {TRIGGER}"
     assert gone.rsplit(".", 1)[0] not in after and len(after) == len(first) - 1
-    train = run_ok([sys.executable, "-m", "dvc", "status", "train"], repo).stdout
-    assert "data/dataset" in train or "changed deps" in train, train
