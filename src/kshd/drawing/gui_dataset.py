@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -114,63 +115,76 @@ def _chosen(files: list[str], actions: DatasetActions, index: int) -> tuple[str,
 def build_dataset(files: review.ReviewFiles, tab: gr.Tab) -> DatasetActions:
     """The Dataset tab's content (inside a gr.Tab `tab`) and its events."""
     actions = DatasetActions(files)
-    status = gr.Markdown(actions.summary(), elem_id="dataset-status")
+    parts = _layout(actions)
+    _wire(actions, parts, tab)
+    return actions
+
+
+def _layout(actions: DatasetActions) -> SimpleNamespace:
+    """The filter, the gallery and table, the editor, the tag tools and table; by name."""
+    c = SimpleNamespace()
+    c.status = gr.Markdown(actions.summary(), elem_id="dataset-status")
     with gr.Row(equal_height=True):
-        text = gr.Textbox(label="Filter (file or caption)", elem_id="dataset-filter", scale=3)
-        tag = gr.Textbox(label="With the tag", elem_id="dataset-filter-tag", scale=2)
-        source = gr.Textbox(label="Source (override, sidecar, blip2...)",
-                            elem_id="dataset-filter-source", scale=2)  # fmt: skip
-        refresh = gr.Button("Refresh", size="sm", elem_id="dataset-refresh", scale=0)
+        c.text = gr.Textbox(label="Filter (file or caption)", elem_id="dataset-filter", scale=3)
+        c.tag = gr.Textbox(label="With the tag", elem_id="dataset-filter-tag", scale=2)
+        c.source = gr.Textbox(label="Source (override, sidecar, blip2...)",
+                              elem_id="dataset-filter-source", scale=2)  # fmt: skip
+        c.refresh = gr.Button("Refresh", size="sm", elem_id="dataset-refresh", scale=0)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Drawings", elem_id="dataset-gallery", columns=8,
-                                 height=300, object_fit="contain", interactive=False,
-                                 allow_preview=False)  # fmt: skip
-            table = gr.Dataframe(headers=COLUMNS, column_count=(4, "fixed"), interactive=False,
-                                 elem_id="dataset-table", max_height=320,
-                                 label="Captions (without the trigger phrase)")  # fmt: skip
+            c.gallery = gr.Gallery(label="Drawings", elem_id="dataset-gallery", columns=8,
+                                   height=300, object_fit="contain", interactive=False,
+                                   allow_preview=False)  # fmt: skip
+            c.table = gr.Dataframe(headers=COLUMNS, column_count=(4, "fixed"),
+                                   interactive=False, elem_id="dataset-table", max_height=320,
+                                   label="Captions (without the trigger phrase)")  # fmt: skip
         with gr.Column(scale=2):
-            file = gr.Textbox(label="Drawing", elem_id="dataset-file")
-            caption = gr.Textbox(label="Caption", lines=3, elem_id="dataset-caption")
-            save = gr.Button("Save caption", variant="primary", elem_id="dataset-save")
-            reason = gr.Textbox(label="Reason to exclude (optional)", elem_id="dataset-reason")
+            c.file = gr.Textbox(label="Drawing", elem_id="dataset-file")
+            c.caption = gr.Textbox(label="Caption", lines=3, elem_id="dataset-caption")
+            c.save = gr.Button("Save caption", variant="primary", elem_id="dataset-save")
+            c.reason = gr.Textbox(label="Reason to exclude (optional)", elem_id="dataset-reason")
             with gr.Row():
-                exclude = gr.Button("Exclude", size="sm", elem_id="dataset-exclude")
-                include = gr.Button("Include", size="sm", elem_id="dataset-include")
+                c.exclude = gr.Button("Exclude", size="sm", elem_id="dataset-exclude")
+                c.include = gr.Button("Include", size="sm", elem_id="dataset-include")
             with gr.Row():
-                old = gr.Textbox(label="Tag", elem_id="dataset-old-tag")
-                new = gr.Textbox(label="Replace with", elem_id="dataset-new-tag")
+                c.old = gr.Textbox(label="Tag", elem_id="dataset-old-tag")
+                c.new = gr.Textbox(label="Replace with", elem_id="dataset-new-tag")
             with gr.Row():
-                replace = gr.Button("Replace tag", size="sm", elem_id="dataset-replace")
-                remove = gr.Button("Remove tag", size="sm", elem_id="dataset-remove")
-            counts = gr.Dataframe(headers=["tag", "drawings"], interactive=False,
-                                  elem_id="dataset-tags", max_height=260,
-                                  label="Tag frequency")  # fmt: skip
-    shown = gr.State([])
+                c.replace = gr.Button("Replace tag", size="sm", elem_id="dataset-replace")
+                c.remove = gr.Button("Remove tag", size="sm", elem_id="dataset-remove")
+            c.counts = gr.Dataframe(headers=["tag", "drawings"], interactive=False,
+                                    elem_id="dataset-tags", max_height=260,
+                                    label="Tag frequency")  # fmt: skip
+    c.shown = gr.State([])
+    return c
+
+
+def _wire(actions: DatasetActions, c: SimpleNamespace, tab: gr.Tab) -> None:
+    """Filters and the tab's opening show the view; a choice fills the editor; each edit is
+    an endpoint and shows the view again after it."""
     private = {"queue": False, "api_visibility": "private"}
-    filters, views = [text, tag, source], [gallery, table, counts, shown]
-    for event in (refresh.click, text.submit, tag.submit, source.submit, tab.select):
+    filters, views = [c.text, c.tag, c.source], [c.gallery, c.table, c.counts, c.shown]
+    for event in (c.refresh.click, c.text.submit, c.tag.submit, c.source.submit, tab.select):
         event(actions.view, filters, views, **private)
-    for event in (refresh.click, tab.select):
-        event(actions.summary, None, status, **private)
+    for event in (c.refresh.click, tab.select):
+        event(actions.summary, None, c.status, **private)
 
     def pick(files: list[str], evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return _chosen(files, actions, index)
 
-    gallery.select(pick, shown, [file, caption, reason], **private)
-    table.select(pick, shown, [file, caption, reason], **private)
+    for chooser in (c.gallery, c.table):
+        chooser.select(pick, c.shown, [c.file, c.caption, c.reason], **private)
     edits = [
-        (save, actions.set_caption, [file, caption], "dataset_set_caption"),
-        (replace, actions.replace_tag, [old, new], "dataset_replace_tag"),
-        (remove, actions.remove_tag, [old], "dataset_remove_tag"),
-        (exclude, actions.exclude, [file, reason], "dataset_exclude"),
-        (include, actions.include, [file], "dataset_include"),
+        (c.save, actions.set_caption, [c.file, c.caption], "dataset_set_caption"),
+        (c.replace, actions.replace_tag, [c.old, c.new], "dataset_replace_tag"),
+        (c.remove, actions.remove_tag, [c.old], "dataset_remove_tag"),
+        (c.exclude, actions.exclude, [c.file, c.reason], "dataset_exclude"),
+        (c.include, actions.include, [c.file], "dataset_include"),
     ]
     for button, handler, inputs, name in edits:
-        done = button.click(handler, inputs, status, api_name=name, queue=False)
+        done = button.click(handler, inputs, c.status, api_name=name, queue=False)
         done.success(actions.view, filters, views, **private)
-    # scripts read the review too (the page itself fills these on the tab's select)
+    # scripts read the review too (the page fills its tables when the tab opens)
     gr.api(actions.rows, api_name="dataset_list", queue=False)
     gr.api(actions.tags, api_name="dataset_tags", queue=False)
-    return actions
