@@ -25,8 +25,12 @@ AFTER = "dvc repro reruns caption, dataset and train with it"
 
 
 def add_captions_command(sub) -> None:
-    p = sub.add_parser("captions", help="review captions: list, set, replace or remove a tag, "
-                       "exclude a drawing, the tag table")  # fmt: skip
+    p = sub.add_parser(
+        "captions",
+        help="review captions: list, set, replace or remove a tag, exclude a drawing, tags",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="each drawing: file, source, caption")
     a.add_argument("--tag", default="", help="only drawings with this whole tag")
@@ -90,8 +94,11 @@ def _list(files: review.ReviewFiles, args: argparse.Namespace) -> None:
         caption = d.caption if len(d.caption) <= room else d.caption[: room - 1] + "…"
         log.info("%-*s  %-14s %s%s", width, d.file, d.source, caption,
                  f"  [{marks.strip()}]" if marks else "")  # fmt: skip
-    log.info("%d of %d drawings (%d excluded)", len(shown), len(drawings),
-             sum(d.excluded for d in drawings))  # fmt: skip
+    edited = sum(d.edited for d in drawings)
+    log.info("%d of %d drawings (%d excluded%s)", len(shown), len(drawings),
+             sum(d.excluded for d in drawings),
+             f"; {edited} edited since the last caption run: dvc repro applies them" * bool(edited),
+             )  # fmt: skip
 
 
 def _tags(files: review.ReviewFiles, args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ Danbooru's tags are (`1girl` is not `1Girl`, and `hair` does not match `long hai
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from kshd.data.caption_lists import (
     read_rows,
     update_rows,
 )
-
-log = logging.getLogger(__name__)
 
 OVERRIDE = "override"  # kshd.data.caption_sources' name for a reviewed caption
 
@@ -209,7 +206,6 @@ def set_caption(files: ReviewFiles, name: str, caption: str) -> Change:
     d = find(load(files), name)
     caption = without_trigger(caption, files.trigger)
     update_rows(files.overrides, OVERRIDES_HEADER, lambda rows: _put(rows, d, caption))
-    log.info("caption review: %s -> %r in %s", d.file, caption, files.overrides)
     return Change(f"{d.file}: caption set in {files.overrides}", (d.file,), files.overrides)
 
 
@@ -232,7 +228,6 @@ def edit_tags(files: ReviewFiles, edit: Callable[[list[str]], list[str]], what: 
 
     load(files)  # the report must exist; its absence said in one line
     update_rows(files.overrides, OVERRIDES_HEADER, change)
-    log.info("caption review: %s in %d captions (%s)", what, len(changed), files.overrides)
     return Change(f"{what}: {len(changed)} captions changed in {files.overrides}",
                   tuple(changed), files.overrides)  # fmt: skip
 
@@ -263,7 +258,6 @@ def exclude(files: ReviewFiles, name: str, reason: str = "") -> Change:
     d = find(load(files), name)
     reason = " ".join(reason.split())
     update_rows(files.exclusions, EXCLUSIONS_HEADER, lambda rows: _put(rows, d, reason))
-    log.info("caption review: %s excluded (%s) in %s", d.file, reason, files.exclusions)
     return Change(f"{d.file}: excluded in {files.exclusions}", (d.file,), files.exclusions)
 
 
@@ -273,5 +267,4 @@ def include(files: ReviewFiles, name: str) -> Change:
     before, after = update_rows(files.exclusions, EXCLUSIONS_HEADER, lambda r: _drop(r, d))
     if before == after:
         return Change(f"{d.file}: not excluded; nothing written")
-    log.info("caption review: %s included again (%s)", d.file, files.exclusions)
     return Change(f"{d.file}: included again in {files.exclusions}", (d.file,), files.exclusions)

@@ -70,6 +70,7 @@ class DatasetActions:
         except UserError as err:
             log.info("refused: dataset: %s", err)
             raise user_error(str(err), title="Cannot change the dataset") from err
+        log.info("dataset: %s", change.message)
         if not change.files:
             return f"{change.message}."
         return f"{change.message}. {RETRAIN}."
