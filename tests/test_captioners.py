@@ -82,7 +82,8 @@ def project(root: Path, monkeypatch, caption_node: dict | None, *overrides: str)
 def colour_node(batch_size: int) -> dict:
     return {"kind": "colour_namer", "word": "swatch", "batch_size": batch_size,
             "trigger_phrase": TRIGGER, "trigger_position": "end",
-            "overrides": "data/caption_overrides.csv"}  # fmt: skip
+            "overrides": "data/caption_overrides.csv",
+            "exclusions": "data/caption_exclusions.csv"}  # fmt: skip
 
 
 def prepared_drawings(cfg: ProjectConfig) -> dict[str, dict]:

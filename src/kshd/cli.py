@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="e.g. dataset.hub_repo=you/ksh-drawings")
     p.set_defaults(func=_push_dataset)
     _add_experiment_commands(sub)
+    from kshd.data.caption_commands import add_captions_command
     from kshd.drawing.commands import add_commands
+
+    add_captions_command(sub)
 
     add_commands(sub)
     return parser

@@ -29,6 +29,7 @@ class CaptionSettings:
     trigger_phrase: str = field(metadata=changes("caption", "dataset", "train", "evaluate"))
     trigger_position: str = field(metadata=changes("caption"))
     overrides: str  # a dvc.yaml dep by path: its content, not its name, changes the captions
+    exclusions: str  # drawings left out of training (kshd captions exclude); a dvc.yaml dep too
 
     @staticmethod
     def trigger_positions() -> tuple[str, ...]:

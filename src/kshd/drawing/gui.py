@@ -3,7 +3,8 @@
 One engine serves every browser tab: the queue runs one job at a time on the model and refuses
 requests beyond `generate.gui.queue_size`. Both drawing handlers are API endpoints by name
 (`/txt2img`, `/img2img`) for `gradio_client`, and so are Interrupt and Skip (`/txt2img_interrupt`,
-`/txt2img_skip`, and img2img's). Bound to 127.0.0.1 unless told otherwise, no share link, no
+`/txt2img_skip`, and img2img's), and the Dataset tab's caption review actions
+(kshd.drawing.gui_dataset). Bound to 127.0.0.1 unless told otherwise, no share link, no
 analytics; bad input is answered with a message in the page, never a stack trace.
 """
 
@@ -18,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from kshd.config.schema import ProjectConfig  # noqa: E402
+from kshd.data.caption_review import ReviewFiles  # noqa: E402
 from kshd.drawing.catalog import NONE, LoraCatalog  # noqa: E402
 from kshd.drawing.engine import Engine, EngineSettings  # noqa: E402
 from kshd.drawing.gui_actions import (  # noqa: E402
@@ -30,6 +32,7 @@ from kshd.drawing.gui_actions import (  # noqa: E402
     swap,
 )
 from kshd.drawing.gui_checks import request_check, wire_checks  # noqa: E402
+from kshd.drawing.gui_dataset import build_dataset  # noqa: E402
 from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts  # noqa: E402
 from kshd.drawing.gui_parts import PAGE_CSS, PAGE_JS, Tab, build_tab, preset_updates  # noqa: E402
@@ -152,7 +155,10 @@ def build_ui(
     catalog: LoraCatalog | None = None,
     models: list[str] = (),
     handlers: Handlers | None = None,
+    review: ReviewFiles | None = None,
 ) -> gr.Blocks:
+    """The page; `review`: the workspace's caption review files, for the Dataset tab (none
+    without them)."""
     handlers = handlers or Handlers(engine, None, model_status)
     catalog = catalog or LoraCatalog(engine.lora_path, None, None)
     models = list(dict.fromkeys([engine.settings.pretrained, *models]))
@@ -179,6 +185,9 @@ def build_ui(
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
                               engine.settings.control_models)  # fmt: skip
+            if review is not None:
+                with gr.Tab("Dataset", id="dataset") as dataset:
+                    build_dataset(review, dataset)
         presets = [b for tab in built.values() for b in tab.presets]
         switched.then(lambda: preset_updates(handlers.engine.family, limits, len(built)), None,
                       presets, queue=False, api_visibility="private")  # fmt: skip
@@ -216,7 +225,8 @@ def serve(
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
-    ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers)
+    ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers,
+                  ReviewFiles.of(cfg))  # fmt: skip
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
     drawings = {name: part.fields for name, part in tab_parts().items()}
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001

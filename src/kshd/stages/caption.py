@@ -1,6 +1,8 @@
 """DVC stage `caption`: data/prepared -> data/info.csv (caption + trigger phrase), data/reg_info.csv
-(the regularization drawings' captions, no trigger) and a report. The captions the overrides and
-sidecars leave come from the captioner `caption.kind` names (kshd.captioners)."""
+(the regularization drawings' captions, no trigger), a report, and per drawing its caption and
+source for review (caption_items.json). The captions the overrides and sidecars leave come from
+the captioner `caption.kind` names (kshd.captioners); the drawings the exclusions name are
+captioned (for review) but left out of both CSV files."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from kshd.config.compose import shared_path
 from kshd.config.fill import as_plain
 from kshd.config.schema import ProjectConfig
 from kshd.data.caption_cache import CaptionCache
+from kshd.data.caption_lists import ITEMS_FILE, read_exclusions
 from kshd.data.caption_sources import Item, assign_captions, caption_report, read_overrides
 from kshd.data.captioning import write_info_csv
 from kshd.experiments.tracking import start_run
@@ -63,8 +66,12 @@ def run(cfg: ProjectConfig) -> dict:
         for key, marker in captioner.model_keys.items():
             require_model(cfg, f"caption.{key}", marker)
     overrides = read_overrides(Path(settings.overrides))
+    exclusions = read_exclusions(settings.exclusions)
     outcome = assign_captions(items + reg, prepared, overrides, settings, cache)
-    train, regular = outcome.items[: len(items)], outcome.items[len(items) :]
+    write_json(reports / ITEMS_FILE, _review_items(outcome.items, len(items), exclusions))
+    train, left_out = _apply_exclusions(outcome.items[: len(items)], exclusions)
+    regular, reg_left_out = _apply_exclusions(outcome.items[len(items) :], exclusions)
+    unmatched = _unmatched_exclusions(exclusions, outcome.items, settings.exclusions)
     rows = _csv_rows(
         train, prepared, Path(data.info_csv), partial(captioner.place_trigger, settings)
     )
@@ -76,17 +83,62 @@ def run(cfg: ProjectConfig) -> dict:
     _warn_empty(train, "drawings (trained on the trigger phrase alone)", settings.overrides, made)
     _warn_empty(regular, "regularization drawings", settings.overrides, made)
     report = caption_report(replace(outcome, items=train), settings)
+    report |= {"excluded": left_out, "unmatched_exclusions": unmatched}
     if reg:
         report["reg"] = caption_report(replace(outcome, items=regular), settings)
+        report["reg"]["excluded"] = reg_left_out
     write_json(made, report)
     log.info(
-        "caption: %d captions, sources %s; %d regularization drawings",
+        "caption: %d captions, sources %s; %d regularization drawings; %d excluded",
         len(rows),
         report["sources"],
         len(reg_rows),
+        len(left_out) + len(reg_left_out),
     )
     log_table(cfg, outcome.items, prepared, report)
     return report
+
+
+def _excluded_by(item: Item, exclusions: dict[str, str]) -> str | None:
+    """The reason the exclusions give for the drawing (by raw name first), None if kept."""
+    for name in (item.file, item.output):
+        if name in exclusions:
+            return exclusions[name]
+    return None
+
+
+def _apply_exclusions(items: list[Item], exclusions: dict[str, str]) -> tuple[list[Item], list]:
+    """(the items kept, `{file, reason}` of each one left out)."""
+    kept = [i for i in items if _excluded_by(i, exclusions) is None]
+    out = [
+        {"file": i.file, "reason": r}
+        for i in items
+        if (r := _excluded_by(i, exclusions)) is not None
+    ]
+    return kept, out
+
+
+def _unmatched_exclusions(exclusions: dict[str, str], items: list[Item], path: str) -> list[str]:
+    """Exclusion rows that name no drawing (renamed or deleted since): warned, as unmatched
+    overrides are, and listed in the report."""
+    names = {n for i in items for n in (i.file, i.output)}
+    unmatched = sorted(set(exclusions) - names)
+    for name in unmatched:
+        log.warning("caption exclusion for %r (%s) matches no accepted drawing", name, path)
+    return unmatched
+
+
+def _review_items(items: list[Item], n_train: int, exclusions: dict[str, str]) -> dict:
+    """Per drawing what caption review shows: raw and prepared name, the caption without the
+    trigger, its source, train or reg, and whether the exclusions leave it out."""
+    return {
+        "drawings": [
+            {"file": i.file, "output": i.output, "caption": i.caption, "source": i.source,
+             "split": "train" if n < n_train else "reg",
+             "excluded": _excluded_by(i, exclusions) is not None}
+            for n, i in enumerate(items)
+        ]
+    }  # fmt: skip
 
 
 def _csv_rows(
