@@ -5,6 +5,7 @@ tags held-out world drawings and the demo's bundled drawings right, and retrains
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict
@@ -15,7 +16,11 @@ import onnx
 import pytest
 from PIL import Image
 
+from kshd.config.compose import compose_conf
+from kshd.data.captioning import read_info_csv
+from kshd.stages import caption, prepare
 from kshd_world import world_tagger, world_tags
+from kshd_world.samples import SAMPLES, SEED, sample_character
 from kshd_world.world import BACKGROUNDS, CLOTHES, EYES, HAIR, LENGTHS, character
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,3 +145,36 @@ def test_accuracy_counts_a_group_wrong_when_a_tag_is_missing_or_extra(bad):
     assert set(got.values()) == {0.0}
     right = np.stack([world_tagger.targets(a) for a in attrs])
     assert set(world_tags.accuracy(right, attrs, names, cats, 0.35).values()) == {1.0}
+
+
+def test_the_demo_captions_its_samples_with_the_world_tagger(tmp_path, monkeypatch):
+    """`+experiment=demo caption=wd_tagger` runs the product's tagger (kohya's preprocessing,
+    NoobAI's order) on the committed world tagger: each bundled sample's info.csv row is its
+    character's Danbooru tags, underscores as spaces, the trigger after the count tag."""
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    cfg = compose_conf(
+        ["+experiment=demo", "caption=wd_tagger", f"data.raw_dir={ROOT / 'data/samples'}",
+         "data.reg_dir=no-reg", "tracking.mode=disabled", "caption.overrides=no-overrides.csv",
+         f"tagger.model={TAGGER}"],
+        conf_dir=ROOT / "conf",
+    )  # fmt: skip
+    assert cfg.caption.model == str(TAGGER)
+    prepare.run(cfg)
+    caption.run(cfg)
+    rows = {
+        Path(image).name.rsplit("-", 1)[0]: text for image, text in read_info_csv(cfg.data.info_csv)
+    }
+    trigger = cfg.caption.trigger_phrase
+    for i, sample in enumerate(SAMPLES):
+        c = sample_character(sample, SEED + i)
+        attrs = (
+            dataclasses.replace(c, background="white").attributes()
+            if sample.transparent
+            else c.attributes()
+        )
+        tags = rows[Path(sample.name).stem].split(", ")
+        count = "1girl" if c.girl else "1boy"
+        assert tags[:2] == [count, trigger], (sample.name, tags)
+        assert set(tags) == {t.replace("_", " ") for t in world_tags.tags_of(attrs)} | {trigger}

@@ -28,9 +28,11 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
+
+# kohya's WD preprocessing, the product's own: the world's tagger trains on what it will see
+from kshd.captioners.wd_tagger import preprocess as wd_preprocess
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 # Danbooru tag id and post count, as in wd-eva02-large-tagger-v3's selected_tags.csv
@@ -104,30 +106,6 @@ def read_selected_tags(path: Path) -> tuple[list[str], list[int]]:
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     return [r["name"] for r in rows], [int(r["category"]) for r in rows]
-
-
-def wd_preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """kohya's WD preprocessing: alpha onto white, RGB->BGR, pad to a white square, resize
-    (cv2 INTER_AREA down, PIL LANCZOS up, as kohya's `resize_image`); HWC float32 0-255."""
-    if image.mode in ("RGBA", "LA") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
-    if image.mode == "RGBA":
-        ground = Image.new("RGB", image.size, (255, 255, 255))
-        ground.paste(image, mask=image.split()[3])
-        image = ground
-    arr = np.array(image)[:, :, ::-1]
-    side = max(arr.shape[:2])
-    pad_x, pad_y = side - arr.shape[1], side - arr.shape[0]
-    pads = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0))
-    arr = np.pad(arr, pads, mode="constant", constant_values=255)
-    if side >= size:
-        arr = cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
-    else:  # kohya: PIL's LANCZOS on the RGB image, back to BGR
-        rgb = Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]))
-        arr = np.asarray(rgb.resize((size, size), Image.LANCZOS))[:, :, ::-1]
-    return arr.astype(np.float32)
 
 
 class OnnxTagger:
