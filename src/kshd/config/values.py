@@ -55,6 +55,7 @@ PREDICTION_TYPES = (None, "epsilon", "v_prediction")
 MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 TRIGGER_POSITIONS = ("start", "end")
+NEAR_DUPLICATE_ACTIONS = ("report", "drop")  # prepare.near_duplicates
 # the headline metrics (evaluation.evaluate.HEADLINE), which `evaluate.best_by` may name
 BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
 
