@@ -7,12 +7,16 @@ pose are never taken for copies:
    32x32 grey image against their median) within `prepare.near_duplicate_distance` bits, all
    pairs at once with numpy bit operations, and a coarse colour layout (8x8, each channel
    standardised, so brightness and contrast do not count) within COLOUR_DISTANCE.
-2. Confirmation: the candidate's 64x64 thumbnail aligned onto the other's (OpenCV's ECC, an
-   affine warp: a crop of a few percent is a small scale and shift), each colour channel fitted
-   by a gain and an offset (brightness, contrast, a tint), and the share of the overlapping area
-   the fit leaves more than PIXEL_TOLERANCE apart must stay under CHANGED_AREA. A grey hash
-   alone cannot tell a character from the same character with other hair or eyes, nor a
-   drawing from the same figure drawn in another style; the changed area does.
+2. Confirmation: one 128x128 thumbnail aligned onto the other (OpenCV's ECC, an affine warp
+   of at most MAX_WARP, one frame nested inside the other: a crop of a few percent is a small
+   scale and shift), one gain and offset for all three channels fitted and clipped (brightness,
+   contrast), then two checks of what stays apart: `fine` (blur 1 px, the best match within a
+   pixel, beyond PIXEL_TOLERANCE) on at most CHANGED_AREA of the overlap, which catches another
+   eye colour; `coarse` (blur 3 px, beyond COARSE_TOLERANCE) on at most COARSE_AREA, which
+   catches a pastel background or hair of a close colour. A grey hash alone cannot tell a
+   character from the same character with other hair or eyes, nor a drawing from the same
+   figure drawn in another style; these do. A hue shift is not confirmed: other hair or
+   another background is, to these checks, a hue shift of part of the drawing.
 
 Pairs join into groups through union-find; each group keeps one drawing (see `kept_first`).
 """
@@ -38,6 +42,9 @@ LAYOUT_SIDE = 8  # colour layout of the candidate filter
 COLOUR_DISTANCE = 0.35  # RMS of the standardised layouts' difference (copies: up to 0.26)
 PIXEL_TOLERANCE = 0.14  # RGB distance (0..1 per channel) a fitted pixel may stay apart
 CHANGED_AREA = 0.0005  # share of the overlap allowed beyond PIXEL_TOLERANCE (8 of 128x128)
+COARSE_BLUR = 3.0  # the coarse check's blur: only regions of some size remain
+COARSE_TOLERANCE = 0.05  # RGB distance a blurred, fitted pixel may stay apart
+COARSE_AREA = 0.02  # share of the overlap allowed beyond COARSE_TOLERANCE
 FRAME_SLACK = 1.5  # thumbnail pixels a nested frame may overhang
 MAX_WARP = 0.07  # largest scale change, shear or shift (share of the side): a crop of a few %
 BLUR = 1.0  # Gaussian sigma (thumbnail pixels) before the pixels compare
@@ -123,31 +130,70 @@ def hash_pairs(hashes: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarra
     return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))  # type: ignore[return-value]
 
 
-def changed_area(a: np.ndarray, b: np.ndarray) -> float:
-    """The share of the overlap of two thumbnails that stays apart once b is aligned onto a
-    and colour-fitted (1.0 when no small warp maps one frame inside the other).
+@dataclass(frozen=True)
+class Change:
+    """How much of two aligned thumbnails differs: `fine` (small regions such as eyes, edges
+    forgiven) and `coarse` (large regions of a slightly different colour, such as a pastel
+    background), each a share of the overlap; 1.0 when no small warp aligns them."""
 
-    A pixel counts as apart only when no pixel within one of it matches: a sub-pixel
-    misalignment moves edges, not the colour of a region (hair, eyes, a style's lines)."""
+    fine: float
+    coarse: float
+
+    @property
+    def same_picture(self) -> bool:
+        return self.fine <= CHANGED_AREA and self.coarse <= COARSE_AREA
+
+
+def changed_area(a: np.ndarray, b: np.ndarray) -> Change:
+    """How much of thumbnail a stays apart once b is aligned onto it and its brightness and
+    contrast fitted (`Change`)."""
     warp = _align(a, b)
     if warp is None:
-        return 1.0
+        return Change(1.0, 1.0)
     side = (THUMB_SIDE, THUMB_SIDE)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     moved = cv2.warpAffine(b.astype(np.float32) / 255, warp, side, flags=flags)
     inside = cv2.warpAffine(np.ones(side, np.float32), warp, side, flags=flags) > 0.999
+    target = a.astype(np.float32) / 255
+    moved = np.where(inside[..., None], moved, target)  # blurs spread no black in from outside
     inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    target = cv2.GaussianBlur(a.astype(np.float32) / 255, (0, 0), BLUR)
-    moved = cv2.GaussianBlur(moved, (0, 0), BLUR)  # a thin line spreads alike at any offset
-    x, y = moved[inside].ravel(), target[inside].ravel()  # one gain and offset for all channels:
-    gain, offset = np.polyfit(x, y, 1) if x.std() > 1e-3 else (1.0, float((y - x).mean()))
-    fitted = gain * moved + offset  # brightness and contrast, not a new background or hair colour
-    nearest = np.full(side, np.inf, np.float32)
+    fine = _apart(target, moved, inside, BLUR, nearest=True) > PIXEL_TOLERANCE
+    coarse = _apart(target, moved, inside, COARSE_BLUR, nearest=False) > COARSE_TOLERANCE
+    return Change(float(fine[inside].mean()), float(coarse[inside].mean()))
+
+
+def _apart(
+    target: np.ndarray, moved: np.ndarray, inside: np.ndarray, sigma: float, nearest: bool
+) -> np.ndarray:
+    """Per pixel, the RGB distance between target and moved once moved's brightness and
+    contrast are fitted to target's (one gain and offset for all channels, clipped as an editor
+    clips: not a new background or hair colour) and both are blurred by sigma (a thin line
+    spreads alike at any offset). With `nearest`, the best match within one pixel (a sub-pixel
+    misalignment moves edges, not the colour of a region)."""
+    usable = inside & (np.maximum(target, moved).max(axis=2) < 0.99)
+    usable &= np.minimum(target, moved).min(axis=2) > 0.01
+    gain, offset = _fit(moved[usable].ravel(), target[usable].ravel())
+    if gain < 1:  # predict the brighter from the darker: what brightening clipped stays clipped
+        target, moved = moved, target
+        gain, offset = _fit(moved[usable].ravel(), target[usable].ravel())
+    fitted = np.clip(gain * moved + offset, 0.0, 1.0)  # clipped, then blurred, as the copy was
+    target, fitted = (cv2.GaussianBlur(x, (0, 0), sigma) for x in (target, fitted))
+    if not nearest:
+        return np.linalg.norm(fitted - target, axis=2)
+    best = np.full(target.shape[:2], np.inf, np.float32)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             shifted = np.roll(fitted, (dy, dx), axis=(0, 1))
-            nearest = np.minimum(nearest, np.linalg.norm(shifted - target, axis=2))
-    return float((nearest[inside] > PIXEL_TOLERANCE).mean())
+            best = np.minimum(best, np.linalg.norm(shifted - target, axis=2))
+    return best
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Gain and offset taking x to y by least squares (none when x is flat or nearly empty)."""
+    if len(x) < 4 or x.std() < 1e-3:
+        return 1.0, float((y - x).mean()) if len(x) else 0.0
+    gain, offset = np.polyfit(x, y, 1)
+    return float(gain), float(offset)
 
 
 def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -201,7 +247,7 @@ def confirmed_pairs(prints: list[Fingerprint], distance: int) -> list[tuple[int,
     pairs = []
     for a, b, d in zip(i[keep], j[keep], bits[keep], strict=True):
         big, small = (a, b) if prints[a].pixels >= prints[b].pixels else (b, a)
-        if changed_area(prints[big].thumb, prints[small].thumb) <= CHANGED_AREA:
+        if changed_area(prints[big].thumb, prints[small].thumb).same_picture:
             pairs.append((int(a), int(b), int(d)))
     return pairs
 
