@@ -31,7 +31,7 @@ from kshd.config.schema_evaluate import EvaluateSettings
 from kshd.config.schema_generate import GenerateSettings
 from kshd.config.schema_model import ModelSettings
 from kshd.config.schema_train import TrainSettings
-from kshd.config.values import TRACKING_MODES
+from kshd.config.values import NEAR_DUPLICATE_ACTIONS, TRACKING_MODES
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,23 @@ class PrepareSettings:
     background: tuple[int, int, int] = field(metadata=DEFINES_RESULT | changes("evaluate"))
     min_side: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
     max_pixels: int = field(metadata=DEFINES_RESULT | changes("evaluate"))
+    near_duplicates: str = field(metadata=DEFINES_RESULT)  # report | drop (one per group)
+    near_duplicate_distance: int = field(metadata=DEFINES_RESULT)  # pHash bits, 0..64
 
     def validate(self) -> None:
         require(self.resolution >= 8, "prepare.resolution", self.resolution, "a number >= 8")
+        require(
+            self.near_duplicates in NEAR_DUPLICATE_ACTIONS,
+            "prepare.near_duplicates",
+            self.near_duplicates,
+            " or ".join(NEAR_DUPLICATE_ACTIONS),
+        )
+        require(
+            0 <= self.near_duplicate_distance <= 64,
+            "prepare.near_duplicate_distance",
+            self.near_duplicate_distance,
+            "a whole number of pHash bits from 0 to 64",
+        )
         require(self.min_side >= 1, "prepare.min_side", self.min_side, "a whole number >= 1")
         require(
             all(0 <= c <= 255 for c in self.background),

@@ -58,6 +58,7 @@ TRIGGER_POSITIONS = ("start", "end")
 # tag captions (caption.kind wd_tagger, tags_and_blip2) also take NoobAI-XL's artist slot: after
 # the count and character tags, before the rest (kshd.captioners.tags.with_trigger_in_slot)
 TAG_TRIGGER_POSITIONS = (*TRIGGER_POSITIONS, "artist")
+NEAR_DUPLICATE_ACTIONS = ("report", "drop")  # prepare.near_duplicates
 # the headline metrics (evaluation.evaluate.HEADLINE), which `evaluate.best_by` may name
 BEST_BY = ("clip_score", "style_similarity", "style_gain", "memorization", "diversity")
 

@@ -21,6 +21,7 @@ from kshd.data.images import (
     resize_short_side,
     safe_stem,
 )
+from kshd.data.near_duplicates import Fingerprint, NearDuplicateRules, find_groups, fingerprint
 from kshd.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ class PrepareReport:
     animated: list[str] = field(default_factory=list)
     sidecars: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
+    near_duplicates: list[dict] | None = None  # None: not checked (the regularization drawings)
 
     def to_dict(self) -> dict:
-        return {
+        checked = {} if self.near_duplicates is None else {"near_duplicates": self.near_duplicates}
+        return checked | {
             "inputs": self.inputs,
             "accepted": self.accepted,
             "rejected": self.rejected,
@@ -85,8 +88,10 @@ def prepare_folder(
     resolution: int,
     upscale: bool,
     rules: IntakeRules,
+    near: NearDuplicateRules | None = None,
 ) -> PrepareReport:
-    """Decode, clean and resize every drawing in raw_dir into out_dir as `<name>-<hash>.png`.
+    """Decode, clean and resize every drawing in raw_dir into out_dir as `<name>-<hash>.png`;
+    with `near`, near-duplicates are grouped (and all but one of each dropped if it says so).
 
     The settings are conf/'s `prepare` group (the stage passes them; no defaults here)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -95,31 +100,27 @@ def prepare_folder(
     report = PrepareReport(inputs=len(candidates))
     report.sidecars = [s.relative_to(raw_dir).as_posix() for s in sidecars]
     seen: dict[str, str] = {}
-    kept: set[str] = set()
+    written: dict[str, list[str]] = {}  # accepted drawing -> the outputs it wrote
+    prints: dict[str, Fingerprint] = {}
     for path in tqdm(candidates, desc="prepare", unit="img"):
         rel = path.relative_to(raw_dir).as_posix()
-        try:
-            loaded = load_image(path, rules)
-        except ImageRejected as exc:
-            log.warning("%s: rejected: %s", path, exc.reason)
-            report.rejected.append({"file": rel, "reason": exc.reason})
-            continue
-        digest = pixel_hash(loaded.image)
-        if digest in seen:
-            report.duplicates += 1
-            report.duplicate_of.append({"file": rel, "same_as": seen[digest]})
+        loaded, digest = _accepted(path, rel, rules, report, seen)
+        if loaded is None:
             continue
         seen[digest] = rel
-        if loaded.animated:
-            report.animated.append(rel)
+        if near is not None:
+            prints[rel] = fingerprint(loaded.image)
         name = f"{safe_stem(path.name)}-{digest[:10]}.png"
         target = out_dir / name
-        written = _write_drawing(loaded, target, resolution, upscale)
-        keep = _copy_sidecar(path, target)
+        written[rel] = [
+            *_write_drawing(loaded, target, resolution, upscale),
+            *_copy_sidecar(path, target),
+        ]
         report.accepted += 1
         report.images.append({"file": rel, "output": name, "digest": digest})
-        kept.update({*written, *keep})
-    _remove_stale(out_dir, kept)
+    if near is not None:
+        _near_duplicates(report, prints, near, written)
+    _remove_stale(out_dir, {out for outs in written.values() for out in outs})
     log.info(
         "prepare: %d inputs, %d accepted, %d rejected, %d duplicates",
         report.inputs,
@@ -128,6 +129,56 @@ def prepare_folder(
         report.duplicates,
     )
     return report
+
+
+def _accepted(
+    path: Path, rel: str, rules: IntakeRules, report: PrepareReport, seen: dict[str, str]
+) -> tuple[LoadedImage | None, str]:
+    """The drawing decoded and its pixels' digest; None once reported as rejected or as an
+    exact duplicate (the same pixels as one accepted before it: `seen`, digest -> file)."""
+    try:
+        loaded = load_image(path, rules)
+    except ImageRejected as exc:
+        log.warning("%s: rejected: %s", path, exc.reason)
+        report.rejected.append({"file": rel, "reason": exc.reason})
+        return None, ""
+    digest = pixel_hash(loaded.image)
+    if digest in seen:
+        report.duplicates += 1
+        report.duplicate_of.append({"file": rel, "same_as": seen[digest]})
+        return None, digest
+    if loaded.animated:
+        report.animated.append(rel)
+    return loaded, digest
+
+
+def _near_duplicates(
+    report: PrepareReport,
+    prints: dict[str, Fingerprint],
+    near: NearDuplicateRules,
+    written: dict[str, list[str]],
+) -> None:
+    """Group the accepted drawings' near-duplicates into the report; with `drop`, every copy
+    but the kept one leaves the accepted drawings (and `written`) for the rejected."""
+    names = list(prints)
+    groups = find_groups(names, [prints[n] for n in names], near.distance)
+    report.near_duplicates = [g.to_dict() for g in groups]
+    copies = {c: g for g in groups for c in g.copies}
+    log.info(
+        "prepare: %d near-duplicate groups, %d copies (%s; within %d pHash bits)",
+        len(groups),
+        len(copies),
+        "dropped" if near.action == "drop" and copies else "kept",
+        near.distance,
+    )
+    if near.action != "drop":
+        return
+    report.images = [i for i in report.images if i["file"] not in copies]
+    for name, g in copies.items():
+        del written[name]
+        report.accepted -= 1
+        reason = f"near-duplicate of {g.kept} (kept: the most pixels, then the earliest name)"
+        report.rejected.append({"file": name, "reason": reason})
 
 
 REG_SUBDIR = "reg"  # the regularization drawings' folder inside data.prepared_dir

@@ -8,20 +8,23 @@ from pathlib import Path
 from kshd.config.schema import ProjectConfig
 from kshd.data.images import IntakeRules
 from kshd.data.intake import PrepareReport, prepare_folder, prepare_reg_folder
+from kshd.data.near_duplicates import NearDuplicateRules
 from kshd.fileio import write_json
 from kshd.stages import entry, stage_config
 
 
 def run(cfg: ProjectConfig) -> PrepareReport:
-    """Every raw drawing decoded and resized, or reported with its reason; the regularization
-    drawings likewise, reported under `reg`."""
+    """Every raw drawing decoded and resized, or reported with its reason, its near-duplicates
+    grouped; the regularization drawings likewise (no near-duplicate check: they are the base
+    model's own drawings, not the style taught), reported under `reg`."""
     p, data = cfg.prepare, cfg.data
     intake = {
         "resolution": p.resolution,
         "upscale": p.upscale,
         "rules": IntakeRules.from_settings(p),
     }
-    report = prepare_folder(data.raw_dir, data.prepared_dir, **intake)
+    near = NearDuplicateRules.from_settings(p)
+    report = prepare_folder(data.raw_dir, data.prepared_dir, **intake, near=near)
     reg = prepare_reg_folder(data.reg_dir, data.prepared_dir, **intake)
     write_json(Path(data.reports_dir) / "prepare.json", report.to_dict() | {"reg": reg.to_dict()})
     return report
