@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kshd.config.errors import InputError, UserError
+from kshd.config.schema import ProjectConfig
 from kshd.data.caption_lists import (
     EXCLUSIONS_HEADER,
     ITEMS_FILE,
@@ -47,8 +48,8 @@ class ReviewFiles:
     trigger: str  # caption.trigger_phrase: never written into an override
 
     @classmethod
-    def of(cls, cfg) -> ReviewFiles:
-        """From a ProjectConfig (typed loosely: the GUI and the CLI pass theirs)."""
+    def of(cls, cfg: ProjectConfig) -> ReviewFiles:
+        """The workspace's: its reports folder, its two lists, its prepared drawings."""
         return cls(
             items=Path(cfg.data.reports_dir) / ITEMS_FILE,
             overrides=Path(cfg.caption.overrides),
