@@ -237,3 +237,60 @@ def test_the_stages_train_and_evaluate_on_a_single_file_base(tiny_models, ready_
     assert meta["ss_new_sd_model_hash"] == hashlib.sha256(file.read_bytes()).hexdigest()
     metrics = json.loads((root / "reports/metrics.json").read_text(encoding="utf-8"))
     assert metrics["model_family"] == "sd1" and isinstance(metrics["style_gain"], float)
+
+
+SDXL_CONFIGS = "stabilityai/stable-diffusion-xl-base-1.0"  # diffusers' choice for config: null
+
+
+def _hub_cache(cache, folder, files) -> None:
+    """The Hub cache as huggingface_hub lays it out, holding `files` of `folder` as the
+    snapshot of SDXL base's repo (the configs diffusers reads for a single file)."""
+    repo = cache / ("models--" + SDXL_CONFIGS.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name in files:
+        (repo / "snapshots" / ("a" * 40) / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / name, repo / "snapshots" / ("a" * 40) / name)
+
+
+def test_a_single_file_with_configs_partly_cached_is_one_line_offline_and_fetched_online(
+    tiny_models, tmp_path, monkeypatch
+):
+    """`model.single_file_config: null` and a cache holding only model_index.json of the config
+    repo (what the family check fetched): offline that is one line naming the key and the way
+    out, online diffusers is let fetch the rest, and a whole cache loads with no network."""
+    import diffusers.loaders.single_file as single_file_loader
+    from huggingface_hub import constants
+
+    folder, file = tiny_models["sdxl"], str(tiny_models["sdxl-file"])
+    configs = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".json", ".txt")
+    )
+    cache = tmp_path / "hub"
+    _hub_cache(cache, folder, ["model_index.json"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match=r"model\.single_file_config.*scheduler") as err:
+        load_sd_pipeline(file, None, None, CPU, torch.float32)
+    assert "\n" not in str(err.value) and "network access once" in str(err.value)
+    # online: the loader is not told to stay local, so the Hub fills in the missing configs
+    asked, real = [], single_file_loader.snapshot_download
+
+    def hub(repo_id, local_files_only=None, **kw):
+        asked.append(local_files_only)
+        if not local_files_only:
+            _hub_cache(tmp_path / "fetched", folder, configs)
+            shutil.copytree(tmp_path / "fetched", cache, dirs_exist_ok=True)
+        return real(repo_id, local_files_only=True, **kw)
+
+    monkeypatch.setattr(single_file_loader, "snapshot_download", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    pipe = load_sd_pipeline(file, None, None, CPU, torch.float32)
+    assert asked == [False] and pipe.scheduler is not None
+    # now the cache is whole: offline again, it loads without asking the Hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    load_sd_pipeline(file, None, None, CPU, torch.float32)
+    assert asked == [False, True]

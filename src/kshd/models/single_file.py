@@ -11,6 +11,7 @@ drawn as epsilon, which draws noise without an error."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -73,13 +74,18 @@ def check_single_file(
 
 def _check_config(source: str, default: bool) -> None:
     """The configs can be had: a folder, the Hub cache, or the Hub (probed, one line if not)."""
-    if default and hub_offline() and not in_hub_cache(source, "model_index.json"):
-        raise ModelSourceError(
-            "config key `model.single_file_config` = null: a single-file checkpoint's configs "
-            f"and tokenizers come from {source} (a few MB, fetched once), which is not in the "
-            "local Hugging Face cache, and HF_HUB_OFFLINE is set. Ways out: network access "
-            "once, or set model.single_file_config to a local diffusers folder of that family."
-        )
+    if hub_offline() and not _have_locally(source):
+        partly = in_hub_cache(source, "model_index.json")
+        if default or partly:
+            held = (f"has only part of it (no {_missing_configs(source)[0]})" if partly
+                    else "does not hold it")  # fmt: skip
+            raise ModelSourceError(
+                f"config key `model.single_file_config` = {None if default else source!r}: a "
+                f"single-file checkpoint's configs and tokenizers come from {source} (a few MB, "
+                f"fetched once); the local Hugging Face cache {held}, and HF_HUB_OFFLINE is "
+                "set. Ways out: network access once, or set model.single_file_config to a "
+                "local diffusers folder of that family."
+            )
     check_model_source(source, "model.single_file_config", "model_index.json")
 
 
@@ -128,5 +134,36 @@ def load_unet(path: str, config: str | None, family: str):
 
 
 def _have_locally(source: str) -> bool:
-    """The configs are a folder here or in the Hub cache: diffusers need not ask the Hub."""
-    return Path(source).expanduser().is_dir() or in_hub_cache(source, "model_index.json")
+    """Every config the loader reads is in a folder here or in the Hub cache, so diffusers need
+    not ask the Hub (a cache holding only model_index.json, as the family check leaves it, is
+    not: diffusers would then load from that partial snapshot and miss the scheduler's)."""
+    return Path(source).expanduser().is_dir() or not _missing_configs(source)
+
+
+# the files a diffusers pipeline's component is read from, by kind (named in its class's name)
+COMPONENT_FILES = {
+    "Scheduler": ("scheduler_config.json",),
+    "Tokenizer": ("tokenizer_config.json", "vocab.json", "merges.txt"),
+    "ImageProcessor": ("preprocessor_config.json",),
+    "FeatureExtractor": ("preprocessor_config.json",),
+}
+
+
+def _missing_configs(source: str) -> list[str]:
+    """The config files of the Hub model `source` that its cached snapshot lacks: its
+    model_index.json and, for each component that names, the config (and vocabulary) files."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        index = try_to_load_from_cache(source, "model_index.json")
+    except ValueError:  # no repo id (a folder that is not there)
+        index = None
+    if not isinstance(index, str):
+        return ["model_index.json"]
+    files = []
+    for name, spec in json.loads(Path(index).read_text(encoding="utf-8")).items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        kind = next((k for k in COMPONENT_FILES if k in str(spec[-1])), None)
+        files += [f"{name}/{f}" for f in COMPONENT_FILES.get(kind, ("config.json",))]
+    return [f for f in files if not in_hub_cache(source, f)]
