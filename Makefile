@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# No NVIDIA GPU: take the CPU wheel of torch (a plain install would pull a multi-GB CUDA build).
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[gui,dev]'
+	@# An NVIDIA GPU: bitsandbytes too (the cuda extra: 8-bit AdamW of memory=gpu_12gb / gpu_16gb).
+	$(PY) -m pip install -q -e ".[gui,dev$$(command -v nvidia-smi >/dev/null 2>&1 && echo ,cuda)]"
 	@# CLIP's BPE merges for the tiny models' real tokenizer; its dependencies would pull torchvision.
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	touch $@

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import replace
 
 import pytest
@@ -215,6 +216,29 @@ def test_adamw8bit_on_a_cpu_is_refused_in_one_line_before_any_model_loads(
     with pytest.raises(ConfigError, match="train/optimizer=adamw8bit needs a CUDA GPU"):
         train_lora(load_components(str(tiny_models["sd"])), sample_split, settings("adamw8bit"))
     assert called == []
+
+
+def test_adamw8bit_on_a_cuda_machine_without_bitsandbytes_is_one_line_before_any_work(
+    demo_cfg, monkeypatch
+):
+    """memory=gpu_12gb / gpu_16gb choose 8-bit AdamW; on a CUDA machine where bitsandbytes is
+    not installed the train stage says so, and both ways out, before it loads any model (not an
+    ImportError traceback once the latent cache is filled)."""
+    called = []
+    for name in ("resolve_models", "load_components"):
+        monkeypatch.setattr(train_stage, name, lambda *a, _n=name, **k: called.append(_n))
+    cuda = type("State", (), {"device": torch.device("cuda"), "is_main_process": True})
+    monkeypatch.setattr(train_stage, "process_state", cuda)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` fails
+    preset = compose_conf(["+experiment=sdxl", "memory=gpu_12gb"], ROOT / "conf").train.optimizer
+    assert preset.kind == "adamw8bit"
+    cfg = replace(demo_cfg, train=replace(demo_cfg.train, optimizer=preset))
+    with pytest.raises(ConfigError) as err:
+        train_stage.run(cfg)
+    text = str(err.value)
+    assert "\n" not in text and called == []
+    assert "train/optimizer=adamw8bit" in text and "bitsandbytes" in text
+    assert "`make setup`" in text and "`train/optimizer=adamw`" in text
 
 
 def test_adamw8bit_without_bitsandbytes_says_what_to_install():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
+import subprocess
 
 import pytest
 from packaging.requirements import Requirement
@@ -21,9 +24,16 @@ NEEDED = {
 }
 
 
-def _requirements() -> list[Requirement]:
+# extras that only a machine with an NVIDIA GPU installs (`make setup` adds them there)
+CUDA_EXTRAS = ("cuda",)
+
+
+def _requirements(skip: tuple[str, ...] = ()) -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras = [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    extras = [
+        r for name, reqs in project["optional-dependencies"].items() if name not in skip
+        for r in reqs
+    ]  # fmt: skip
     return [Requirement(r) for r in project["dependencies"] + extras]
 
 
@@ -40,6 +50,32 @@ def test_floors_are_at_least_what_the_code_needs():
 
 
 def test_this_environment_satisfies_every_floor():
-    for req in _requirements():
+    for req in _requirements(skip=() if shutil.which("nvidia-smi") else CUDA_EXTRAS):
         installed = Version(importlib.metadata.version(req.name))
         assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("gpu", [True, False])
+def test_make_setup_installs_bitsandbytes_where_nvidia_smi_is(tmp_path, gpu):
+    """The 8-bit AdamW of memory=gpu_12gb / gpu_16gb needs bitsandbytes: `make setup` installs
+    the `cuda` extra that holds it on a machine with an NVIDIA GPU (nvidia-smi on PATH), and
+    not elsewhere (CUDA only). The Makefile's own recipe, run with a python that records."""
+    bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pip.log"}\n')
+    python.chmod(0o755)
+    if gpu:
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["make", "-s", "-B", "-C", str(ROOT), f"VENV={venv}", f"{venv}/.kshd-installed"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    installs = (tmp_path / "pip.log").read_text().splitlines()
+    [project] = [line for line in installs if " -e " in line]
+    extras = project.split("[", 1)[1].rstrip("]").split(",")
+    assert ("cuda" in extras) == gpu and {"gui", "dev"} <= set(extras)
+    project_toml = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(r.startswith("bitsandbytes") for r in project_toml["optional-dependencies"]["cuda"])

@@ -1,4 +1,5 @@
-"""`train/optimizer=adamw8bit`: bitsandbytes' AdamW8bit, AdamW with 8-bit moments (CUDA only)."""
+"""`train/optimizer=adamw8bit`: bitsandbytes' AdamW8bit, AdamW with 8-bit moments (CUDA only;
+bitsandbytes is the `cuda` extra, which `make setup` installs where nvidia-smi is)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ class Adamw8bit(OptimizerKind):
                 f"run trains on {torch.device(device).type}: choose `train/optimizer=adamw` (the "
                 "same AdamW with 32-bit moments), or train on a CUDA GPU."
             )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "train/optimizer=adamw8bit (memory=gpu_12gb and gpu_16gb choose it) needs "
+                "bitsandbytes, which is not installed: `make setup` on this CUDA machine installs "
+                "it (or pip install bitsandbytes), or choose `train/optimizer=adamw`."
+            ) from None
 
     def build(self, params: list, lr: float) -> torch.optim.Optimizer:
         try:

@@ -25,7 +25,8 @@ class OptimizerKind:
         self.settings = settings
 
     def check_device(self, device: torch.device) -> None:
-        """Refuse, in one line, a device this kind cannot train on (before models load)."""
+        """Refuse, in one line, a device this kind cannot train on, or a machine without the
+        library it needs (before models load)."""
 
     def learning_rate(self, train_lr: float) -> float:
         """The rate the optimizer steps at: `train.learning_rate` unless the kind has its own."""
