@@ -145,3 +145,20 @@ def test_a_configured_9_channel_inpainting_model_draws_with_the_lora(
                                   **settings))  # fmt: skip
     with pytest.raises(RequestError, match=r"generate\.inpaint\.model` = .* 4-channel UNet"):
         plain.generate(Request("a", **DRAW, **req), save=False)
+
+
+@pytest.mark.parametrize("own_model", [False, True])
+def test_the_inpainting_pipeline_keeps_a_half_precision_base_in_half(tiny_models, own_model):
+    """A GPU draws in fp16: making the inpainting pipeline from the base's parts leaves the base
+    (and the inpainting model's UNet) in fp16, where diffusers' from_pipe would cast them all to
+    fp32 (twice the memory, for every mode drawn after it)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from kshd.drawing.inpaint import inpaint_pipeline
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], dtype=torch.float16)
+    model = str(tiny_models["sd-inpaint"]) if own_model else None
+    pipe = inpaint_pipeline(base, model, None)
+    assert base.unet.dtype == base.vae.dtype == base.text_encoder.dtype == torch.float16
+    assert pipe.unet.dtype == torch.float16

@@ -142,3 +142,44 @@ def test_sketches_are_saved_apart_and_bad_units_are_named(engine, sketch):
         _draw(engine, **_control(sketch, control_mode="strong"))
     with pytest.raises(RequestError, match="^control_image: nothing.png"):
         _draw(engine, **_control("nothing.png"))
+
+
+def test_a_half_precision_run_loads_a_controlnet_s_fp16_variant_where_it_has_one(
+    tiny_models, tmp_path
+):
+    """A ControlNet folder (as its Hub repo) with both files: an fp16 or bf16 run reads the
+    fp16 file (an SDXL ControlNet's 2.5 GB instead of 5) and names its hash; an fp32 run reads
+    the full file, and a repo without the variant is read whole in any precision; the base it
+    shares its parts with stays in the run's precision."""
+    import hashlib
+    import shutil
+
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionXLPipeline
+
+    from kshd.drawing.control import ControlNets
+
+    full_only, both = tmp_path / "full-only", tmp_path / "both"
+    shutil.copytree(tiny_models["sdxl-controlnet"], full_only)
+    shutil.copytree(full_only, both)
+    net = ControlNetModel.from_pretrained(both)
+    with torch.no_grad():
+        net.conv_in.weight += 1.0  # tells the two files apart
+    net.half().save_pretrained(both, variant="fp16")
+    fp16_file = both / "diffusion_pytorch_model.fp16.safetensors"
+    full = ControlNetModel.from_pretrained(full_only).conv_in.weight
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_models["sdxl"])
+    for folder, dtype, wanted in [
+        (both, torch.float16, net.conv_in.weight),
+        (both, torch.bfloat16, net.conv_in.weight),
+        (both, torch.float32, full),
+        (full_only, torch.float16, full),
+    ]:
+        base.to(dtype=dtype)  # the engine's base is in the run's precision too
+        nets = ControlNets({"lineart": str(folder)}, base, torch.device("cpu"), dtype)
+        txt2img, _, name = nets.pipelines("lineart")
+        got = txt2img.controlnet.conv_in.weight
+        assert got.dtype == base.unet.dtype == dtype  # the shared base is not cast to fp32
+        assert torch.equal(got, wanted.to(dtype)), (folder.name, dtype)
+        if folder == both and dtype != torch.float32:
+            assert name == f"both [{hashlib.sha256(fp16_file.read_bytes()).hexdigest()[:8]}]"

@@ -24,9 +24,12 @@ from PIL import Image
 from kshd.config.values import CONTROL_MODE_LABELS, PREPROCESSORS, RESIZE_LABELS
 from kshd.drawing.control_images import control_image, preprocessor_for
 from kshd.drawing.request import Limits, Request, RequestError, input_picture, resize_input
+from kshd.models.source import ModelSourceError, check_model_source, hub_offline, in_hub_cache
 
 log = logging.getLogger(__name__)
 CONTROLNET_FILE = "diffusion_pytorch_model.safetensors"
+FP16 = "fp16"  # the variant most ControlNet repos also ship: half the download and the memory
+HALF = (torch.float16, torch.bfloat16)
 SOFT = 0.825  # A1111's soft injection: residual k from the deepest weighted 0.825^k
 
 
@@ -46,14 +49,14 @@ def sketch_control(req: Request, limits: Limits) -> tuple[Image.Image, str]:
     return control_image(fitted, name), name
 
 
-def _short_hash(source: str) -> str | None:
-    """A1111's short model hash (the first 8 hex digits of the file's sha256), when the file is
-    on this machine: a folder, or the local Hugging Face cache."""
-    file = Path(source) / CONTROLNET_FILE
+def _short_hash(source: str, variant: str | None) -> str | None:
+    """A1111's short model hash (the first 8 hex digits of the sha256 of the file loaded), when
+    the file is on this machine: a folder, or the local Hugging Face cache."""
+    file = Path(source) / _weights_file(variant)
     if not file.is_file():
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, CONTROLNET_FILE)
+        cached = try_to_load_from_cache(source, _weights_file(variant))
         file = Path(cached) if isinstance(cached, str) else None
     if file is None:
         return None
@@ -79,10 +82,6 @@ class ControlNets:
         return self._pipes[control_type]
 
     def _load(self, control_type: str) -> tuple[Any, Any, str]:
-        from diffusers import ControlNetModel
-
-        from kshd.models.source import ModelSourceError, check_model_source
-
         if control_type not in self.models:
             known = ", ".join(self.models) or "none"
             raise RequestError("control_type", f"{control_type!r} has no ControlNet in "
@@ -93,19 +92,61 @@ class ControlNets:
             check_model_source(source, key)
         except ModelSourceError as exc:
             raise RequestError("control_type", str(exc)) from exc
-        net = ControlNetModel.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+        variant = controlnet_variant(source, self.dtype)
+        net = load_controlnet(source, self.dtype, variant)
         check_family(net, self.base, f"config key `{key}` = {source!r}", "control_type")
         if self.device.type != "cpu":
             net.to(self.device)
         txt2img_class, img2img_class = controlnet_pipelines(self.base)
-        txt2img = txt2img_class.from_pipe(self.base, controlnet=net)
-        img2img = img2img_class.from_pipe(self.base, controlnet=net)
+        # dtype: diffusers' from_pipe casts every shared part to fp32 unless told (the base too)
+        txt2img = txt2img_class.from_pipe(self.base, controlnet=net, dtype=self.dtype)
+        img2img = img2img_class.from_pipe(self.base, controlnet=net, dtype=self.dtype)
         for pipe in (txt2img, img2img):
             pipe.set_progress_bar_config(disable=True)
-        short = _short_hash(source)
+        short = _short_hash(source, variant)
         name = Path(source.rstrip("/")).name + (f" [{short}]" if short else "")
         log.info("ControlNet %s for %s from %s", name, control_type, source)
         return txt2img, img2img, name
+
+
+def controlnet_variant(source: str, dtype: torch.dtype) -> str | None:
+    """The weights a run in `dtype` loads: a half-precision run the repo's fp16 variant where
+    it has one (an SDXL ControlNet: 2.5 GB instead of 5), else (None) its full file."""
+    return FP16 if dtype in HALF and _has_variant(source, FP16) else None
+
+
+def load_controlnet(source: str, dtype: torch.dtype, variant: str | None):
+    """A ControlNet from its hub id or folder in `dtype`, from the `variant` file."""
+    from diffusers import ControlNetModel
+
+    log.info("ControlNet %s: %s weights", source, variant or "full")
+    return ControlNetModel.from_pretrained(
+        source, dtype=dtype, variant=variant, use_safetensors=True
+    )
+
+
+def _weights_file(variant: str | None) -> str:
+    """diffusers' name of a variant's file: diffusion_pytorch_model.fp16.safetensors."""
+    return CONTROLNET_FILE if variant is None else CONTROLNET_FILE.replace(".", f".{variant}.", 1)
+
+
+def _has_variant(source: str, variant: str) -> bool:
+    """The folder or Hub repo holds that variant of the weights (a cached full file is used
+    as it is rather than fetching the variant; offline, only what the cache holds counts)."""
+    name = _weights_file(variant)
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return (folder / name).is_file()
+    if in_hub_cache(source, name):
+        return True
+    if in_hub_cache(source, CONTROLNET_FILE) or hub_offline():
+        return False
+    from huggingface_hub import file_exists
+
+    try:
+        return file_exists(source, name)
+    except Exception:  # noqa: BLE001 (unreachable: the full file's download says why)
+        return False
 
 
 def is_sdxl(model) -> bool:

@@ -102,7 +102,8 @@ def inpaint_pipeline(base, model: str | None, attach_adapter: Callable | None):
 
     pipeline = getattr(diffusers, f"StableDiffusion{'XL' if is_sdxl(base) else ''}InpaintPipeline")
     if not model:
-        pipe = pipeline.from_pipe(base)
+        # dtype: diffusers' from_pipe casts every shared part (the base's too) to fp32 unless told
+        pipe = pipeline.from_pipe(base, dtype=base.unet.dtype)
     else:
         try:
             check_model_source(model, "generate.inpaint.model", "model_index.json")
@@ -118,7 +119,7 @@ def inpaint_pipeline(base, model: str | None, attach_adapter: Callable | None):
                 "UNet, not an inpainting model's 9; set it to null to inpaint with the base model",
             )  # fmt: skip
         check_family(unet, base, f"config key `generate.inpaint.model` = {model!r}", "mask")
-        pipe = pipeline.from_pipe(base, unet=unet)
+        pipe = pipeline.from_pipe(base, unet=unet, dtype=base.unet.dtype)
         if attach_adapter:
             attach_adapter(unet)
     pipe.set_progress_bar_config(disable=True)

@@ -18,7 +18,7 @@ from PIL import Image
 from kshd.adapters.weights import open_weights
 from kshd.config.schema_evaluate import SketchEvalSettings as SketchEval
 from kshd.data.images import fit_within
-from kshd.drawing.control import is_sdxl
+from kshd.drawing.control import controlnet_pipelines, controlnet_variant, is_sdxl, load_controlnet
 from kshd.drawing.control_images import control_image
 from kshd.evaluation.sampling import SampleSettings, grid, scaled_pair, use_sampler
 from kshd.prompts.encoding import join_prefix
@@ -64,15 +64,13 @@ def redraw_sketches(
 ) -> SketchRows:
     """The held-out drawings' line art redrawn with the ControlNet, the LoRA off then on (an
     adapter of kind `adapter` is loaded in `pipe`; the headline strength of `s.lora_scales`)."""
-    from diffusers import ControlNetModel
-
-    from kshd.drawing.control import controlnet_pipelines
     from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
 
     encoder = encoder or prompt_encoder(pipe)
-    net = ControlNetModel.from_pretrained(sk.controlnet, use_safetensors=True,
-                                          dtype=pipe.unet.dtype).to(pipe.device)  # fmt: skip
-    cpipe = controlnet_pipelines(pipe)[0].from_pipe(pipe, controlnet=net)
+    dtype = pipe.unet.dtype
+    net = load_controlnet(sk.controlnet, dtype, controlnet_variant(sk.controlnet, dtype))
+    net = net.to(pipe.device)
+    cpipe = controlnet_pipelines(pipe)[0].from_pipe(pipe, controlnet=net, dtype=dtype)
     cpipe.set_progress_bar_config(disable=True)
     use_sampler(cpipe, s.sampler)
     prompt = join_prefix(s.positive_prefix, sk.prompt)
