@@ -116,8 +116,32 @@ def test_prepare_accounts_for_every_input(tmp_path):
 
 
 def test_empty_or_missing_raw_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(EmptyInputError, match="does not exist"):
+    """One line naming `data.raw_dir` and the ways in, not DVC's "No such file or directory"."""
+    with pytest.raises(EmptyInputError, match="does not exist") as missing:
         prepare_folder(tmp_path / "nope", tmp_path / "out", **intake(resolution=64))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EmptyInputError, match="empty"):
+    with pytest.raises(EmptyInputError, match="empty") as empty:
         prepare_folder(tmp_path / "empty", tmp_path / "out", **intake(resolution=64))
+    for err in (missing, empty):
+        text = str(err.value)
+        assert "\n" not in text and "`data.raw_dir`" in text
+        assert "cp -r /path/to/drawings/*" in text and "-S data.raw_dir=" in text
+
+
+def test_a_fresh_clone_has_the_raw_folder_and_its_placeholder_is_no_drawing(tmp_path):
+    """The README's first step copies drawings into data/raw/: the folder is in the repository
+    (a hidden placeholder, as data/reg/), which prepare neither counts nor rejects."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "data/raw"], check=True,
+                            capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert listed == ["data/raw/.gitkeep"]
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    shutil.copy(ROOT / listed[0], raw)  # the folder as a fresh clone has it
+    with pytest.raises(EmptyInputError, match=r"`data\.raw_dir`.*no drawings found"):
+        prepare_folder(raw, tmp_path / "out", **intake(resolution=64))
+    Image.new("RGB", (96, 80), "white").save(raw / "drawing.png")
+    report = prepare_folder(raw, tmp_path / "out", **intake(resolution=64))
+    assert (report.inputs, report.accepted, report.rejected) == (1, 1, [])

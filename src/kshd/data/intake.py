@@ -68,16 +68,26 @@ def visible_files(folder: Path) -> list[Path]:
     return files
 
 
+_WAYS_IN = (
+    "copy your drawings in (cp -r /path/to/drawings/* {raw}/), point data.raw_dir at "
+    "the folder that holds them (-S data.raw_dir=/path/to/drawings), or run "
+    "+experiment=demo on the bundled samples"
+)
+
+
 def list_inputs(raw_dir: Path) -> tuple[list[Path], list[Path]]:
     """All visible files under raw_dir, split into image candidates and caption sidecars (.txt)."""
     if not raw_dir.is_dir():
-        raise EmptyInputError(f"{raw_dir}: the raw drawings folder does not exist")
+        raise EmptyInputError(f"config key `data.raw_dir` = {raw_dir}: the raw drawings folder "
+                              f"does not exist; {_WAYS_IN.format(raw=raw_dir)}")  # fmt: skip
     files = visible_files(raw_dir)
     stems = {f.with_suffix("") for f in files if f.suffix.lower() != ".txt"}
     sidecars = [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems]
     candidates = [f for f in files if f not in set(sidecars)]
     if not candidates:
-        raise EmptyInputError(f"{raw_dir}: no drawings found (the folder is empty)")
+        raise EmptyInputError(f"config key `data.raw_dir` = {raw_dir}: no drawings found (the "
+                              "folder is empty, hidden files such as .gitkeep aside); "
+                              f"{_WAYS_IN.format(raw=raw_dir)}")  # fmt: skip
     return candidates, sidecars
 
 
