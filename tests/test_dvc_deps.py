@@ -115,3 +115,27 @@ def test_training_reruns_for_no_metric_and_no_app_code():
     for name in [*(f"src/kshd/evaluation/{f}" for f in outside), "src/kshd/drawing/"]:
         assert not [n for n in reached | deps if n.startswith(name)], name
     assert "src/kshd/evaluation/sampling.py" in reached  # the validation images, as the app draws
+
+
+def test_dvc_adds_nothing_to_the_committed_gitignores(tmp_path):
+    """A stage's cached outputs go into the .gitignore beside them (DVC adds `/<name>` when git
+    does not ignore it yet): the committed .gitignores already hold every one, so `make demo`
+    or a first `dvc repro` leaves `git status` clean. Asked of git through DVC's own scm, over
+    the committed (staged) .gitignore files laid out in an empty repository."""
+    import subprocess
+
+    from dvc.repo import Repo
+    from scmrepo.git import Git
+
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], check=True,  # noqa: E731
+                                    capture_output=True, text=True).stdout  # fmt: skip
+    for name in git("ls-files", "*.gitignore").split():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(git("show", f":{name}"), encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    with Repo(str(ROOT)) as repo:
+        outs = [Path(o.fs_path).relative_to(ROOT) for o in repo.index.outs if o.use_scm_ignore]
+    assert Path("data/dataset") in outs and Path("models/lora") in outs
+    scm = Git(str(tmp_path))
+    added = [str(out) for out in outs if not scm.is_ignored(str(tmp_path / out))]
+    assert added == []

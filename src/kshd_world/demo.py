@@ -1,8 +1,9 @@
 """`make demo`: the five stages on the bundled samples, as a DVC experiment, offline.
 
 The base model and the evaluation's CLIP are the demo world's, pretrained here and committed
-(`models/world/`, kshd_world.pretrain_world); the tiny random BLIP-2 is built first (the stages
-never build models, so editing a builder reruns no stage). Then it runs
+(`models/world/`, kshd_world.pretrain_world); the tiny random models are built first (all nine
+of `tiny.dir`: the caption stage loads the BLIP-2; the stages never build models, so editing a
+builder reruns no stage). Then it runs
 `dvc exp run -S +experiment=demo` in this workspace, so the results stay here to look at (and in
 `dvc exp show`), then puts back the committed `params.yaml` (the real setup),
 so that a following `dvc repro` trains for real and `git status` shows no edited config.
