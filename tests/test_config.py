@@ -106,6 +106,31 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("plus", "typed", "meant"),
+    [
+        (plus, typed, meant)
+        for plus in ("", "+")
+        for typed, meant in [
+            ("train.epohcs", "train.epochs"),
+            ("model.pretrainde", "model.pretrained"),
+            ("train.optimizer.betass", "train.optimizer.betas"),
+        ]
+    ]
+    + [("", "trian.epochs", "train.epochs")],  # (+trian.epochs names the group: `trian`)
+)
+def test_a_misspelt_key_gets_did_you_mean_with_or_without_plus(plus, typed, meant):
+    """`train.epohcs=3` is told what `+train.epohcs=3` is told, in one line, whether conf/ or
+    params.yaml (a hand run) is composed, not Hydra's bare "not in struct"."""
+    for load in (lambda o: compose_conf(o, conf_dir=ROOT / "conf"),
+                 lambda o: load_params(o, params_file=ROOT / "params.yaml")):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            load([f"{plus}{typed}=3"])
+        text = str(err.value)
+        assert text.startswith(f"config key `{typed}` is unknown: did you mean `{meant}`?")
+        assert "\n" not in text
+
+
+@pytest.mark.parametrize(
     ("key", "value", "words"),
     [
         ("epochs", 0, "train.epochs"),

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from kshd.config.errors import ConfigError
-from kshd.config.fill import as_plain, retired, settings
+from kshd.config.fill import as_plain, nearest_key, retired, settings
 from kshd.config.schema import ProjectConfig, check
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,15 @@ def _compose(compose, name: str, overrides: list[str]) -> DictConfig:
     try:
         return compose(config_name=name, overrides=overrides)
     except HydraException as err:
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         for key in (o.split("=", 1)[0].lstrip("+~") for o in overrides):
             if replaced := retired(ProjectConfig, key):
                 raise ConfigError(f"config key `{key}` was replaced: {replaced}.") from None
-        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if f"'{key}'" in first and (near := nearest_key(ProjectConfig, key)):
+                # as `+train.epohcs=3` is told by the schema: the key it was probably meant to be
+                raise ConfigError(f"config key `{key}` is unknown: did you mean `{near}`? "
+                                  f"({first}{cause})") from None  # fmt: skip
         raise ConfigError(
             f"{first}{cause}: check the key against conf/, or add a new one with `+key=value`."
         ) from None

@@ -123,6 +123,31 @@ def retired(cls: type, key: str) -> str | None:
     return getattr(cls, "RETIRED", {}).get(name)
 
 
+def nearest_key(cls: type, key: str) -> str | None:
+    """The schema key closest to a misspelt dotted `key` (`train.epohcs` -> `train.epochs`,
+    `trian.epochs` -> `train.epochs`; a variant group's keys are those of all its kinds), or
+    None when nothing is close or `key` is the schema's own."""
+    *groups, name = key.split(".")
+    found = []
+    for group in groups:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        near = (
+            group
+            if group in hints
+            else next(iter(difflib.get_close_matches(group, hints, 1)), None)
+        )
+        if near is None or not dataclasses.is_dataclass(hints[near]):
+            return None
+        found.append(near)
+        cls = hints[near]
+    if not dataclasses.is_dataclass(cls):
+        return None
+    names = {f.name for c in (cls, *variants(cls).values()) for f in dataclasses.fields(c)}
+    near = name if name in names else next(iter(difflib.get_close_matches(name, names, 1)), None)
+    suggestion = ".".join([*found, near]) if near else None
+    return suggestion if suggestion != key else None
+
+
 def field_stages(group: str, f: dataclasses.Field) -> tuple[str, ...]:
     """The stages whose outputs change with this field of `group` (its marks)."""
     own = (group,) if f.metadata.get("defines_result") and group in STAGES else ()
