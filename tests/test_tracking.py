@@ -129,3 +129,44 @@ def test_a_queued_experiment_logs_into_the_project_not_its_temporary_copy(tmp_pa
 def test_disabled_tracking_starts_nothing():
     assert start_run(tracking(enabled=False), "train", {}) is None
     assert start_run(tracking(mode="disabled"), "train", {}) is None
+
+
+def test_training_s_validation_images_reach_the_offline_wandb_run(
+    tiny_models, sample_split, tmp_path, monkeypatch
+):
+    """The train stage's validator, called by the training loop: each validated epoch's images
+    are an image list in the run's history (one per validation seed) and PNG files in the run's
+    media, the same pictures as the epoch's grid in reports/validation."""
+    import numpy as np
+    from PIL import Image
+
+    from kshd.stages.train import validator
+    from kshd.training.components import load_components
+    from kshd.training.loop import train_lora
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    s = defaults(
+        "train", resolution=64, batch_size=5, epochs=2, validation_epochs=1, seed=7,
+        validation_seeds=[0, 1], validation_steps=2, validation_prompt="an anime girl",
+    )  # fmt: skip
+    run = start_run(tracking(dir=str(tmp_path)), "train", {"train": {"epochs": 2}})
+    validate = validator(str(tmp_path / "validation"), s, run)
+    train_lora(load_components(str(tiny_models["sd"])), sample_split, s, validate=validate)
+    finish(run)
+    [found] = find_offline_runs(tmp_path / "wandb")
+    key = "train/validation/"  # wandb's history flattens the image list's fields
+    logged = [{k[len(key) :]: v for k, v in h.items() if k.startswith(key)} for h in found.history]
+    logged = [v for v in logged if v]
+    assert [(v["_type"], v["count"]) for v in logged] == [("images/separated", 2)] * 2
+    assert [v["captions"] for v in logged] == [
+        [f"epoch {e}, seed {seed}" for seed in (0, 1)] for e in (1, 2)
+    ]
+    grids = sorted((tmp_path / "validation").glob("epoch-*.png"))
+    assert [g.name for g in grids] == ["epoch-0001.png", "epoch-0002.png"]
+    for v, grid_file in zip(logged, grids, strict=True):
+        media = [found.path.parent / "files" / name for name in v["filenames"]]
+        pictures = [np.asarray(Image.open(m).convert("RGB")) for m in media]
+        assert all(p.shape == (64, 64, 3) for p in pictures)
+        grid = np.asarray(Image.open(grid_file).convert("RGB"))
+        assert np.array_equal(grid[:64, :64], pictures[0])  # the grid's first cell
