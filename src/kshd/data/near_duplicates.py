@@ -3,20 +3,24 @@
 Two stages, so that thousands of drawings compare in seconds and drawings that merely share a
 pose are never taken for copies:
 
-1. Candidates: a 64-bit perceptual hash (pHash: the signs of the 8x8 lowest DCT frequencies of a
-   32x32 grey image against their median) within `prepare.near_duplicate_distance` bits, all
-   pairs at once with numpy bit operations, and a coarse colour layout (8x8, each channel
-   standardised, so brightness and contrast do not count) within COLOUR_DISTANCE.
-2. Confirmation: one 128x128 thumbnail aligned onto the other (OpenCV's ECC, an affine warp
-   of at most MAX_WARP, one frame nested inside the other: a crop of a few percent is a small
-   scale and shift), one gain and offset for all three channels fitted and clipped (brightness,
-   contrast), then two checks of what stays apart: `fine` (blur 1 px, the best match within a
-   pixel, beyond PIXEL_TOLERANCE) on at most CHANGED_AREA of the overlap, which catches another
-   eye colour; `coarse` (blur 3 px, beyond COARSE_TOLERANCE) on at most COARSE_AREA, which
-   catches a pastel background or hair of a close colour. A grey hash alone cannot tell a
-   character from the same character with other hair or eyes, nor a drawing from the same
-   figure drawn in another style; these do. A hue shift is not confirmed: other hair or
-   another background is, to these checks, a hue shift of part of the drawing.
+1. Candidates, all pairs at once in blocks of rows (numpy): a 64-bit perceptual hash (pHash:
+   the signs of the 8x8 lowest DCT frequencies of a 32x32 grey image against their median)
+   within `prepare.near_duplicate_distance` bits, and a colour layout (16x16, blurred by one
+   cell so that a crop of a few percent moves little, each channel standardised so that
+   brightness and contrast do not count) within LAYOUT_DISTANCE (RMS). Among thousands of
+   drawings of one template this leaves a few per drawing.
+2. Confirmation: one 128x128 thumbnail aligned onto the other (OpenCV's ECC on 64x64 grey, an
+   affine warp whose linear part stays within MAX_SCALE of the identity, one frame nested inside
+   the other: a crop is a small scale up and a shift of at most that), one gain and offset for
+   all three channels fitted and clipped (brightness, contrast), then two checks of what stays
+   apart, the cheap one first: `coarse` (blur 3 px, beyond COARSE_TOLERANCE) on at most
+   COARSE_AREA, which catches a pastel background or hair of a close colour; `fine` (blur 1
+   px, each 3x3 patch's best match within a pixel, beyond PIXEL_TOLERANCE) on at most
+   CHANGED_AREA of the overlap, which catches another eye colour, even a 3-px iris. A grey
+   hash alone cannot tell a character from the same character with other hair or eyes, nor a
+   drawing from the same figure drawn in another style; these do. A hue shift is not
+   confirmed: other hair or another background is, to these checks, a hue shift of part of
+   the drawing.
 
 Pairs join into groups through union-find; each group keeps one drawing (see `kept_first`).
 """
@@ -38,17 +42,18 @@ log = logging.getLogger(__name__)
 
 HASH_SIDE = 32  # grey image the DCT runs on
 THUMB_SIDE = 128  # colour thumbnail the confirmation aligns (kept PNG-encoded in memory)
-LAYOUT_SIDE = 8  # colour layout of the candidate filter
-COLOUR_DISTANCE = 0.35  # RMS of the standardised layouts' difference (copies: up to 0.26)
-PIXEL_TOLERANCE = 0.14  # RGB distance (0..1 per channel) a fitted pixel may stay apart
+LAYOUT_SIDE = 16  # colour layout of the candidate filter
+LAYOUT_BLUR = 1.0  # its Gaussian sigma, in layout cells
+LAYOUT_DISTANCE = 0.14  # RMS of the standardised layouts' difference (copies: up to 0.12)
+PIXEL_TOLERANCE = 0.12  # RMS RGB distance (0..1 per channel) a fitted 3x3 patch may stay apart
 CHANGED_AREA = 0.0005  # share of the overlap allowed beyond PIXEL_TOLERANCE (8 of 128x128)
 COARSE_BLUR = 3.0  # the coarse check's blur: only regions of some size remain
 COARSE_TOLERANCE = 0.05  # RGB distance a blurred, fitted pixel may stay apart
 COARSE_AREA = 0.02  # share of the overlap allowed beyond COARSE_TOLERANCE
 FRAME_SLACK = 1.5  # thumbnail pixels a nested frame may overhang
-MAX_WARP = 0.07  # largest scale change, shear or shift (share of the side): a crop of a few %
+MAX_SCALE = 0.045  # largest change of the warp's linear part: a 3% crop (0.037 measured)
 BLUR = 1.0  # Gaussian sigma (thumbnail pixels) before the pixels compare
-_CHUNK = 512  # rows of the all-pairs Hamming distances computed at once
+_CHUNK = 512  # rows of the all-pairs distances computed at once
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Fingerprint:
     """What the comparison needs of a drawing; the decoded image need not stay in memory."""
 
     phash: np.uint64
-    layout: np.ndarray  # (LAYOUT_SIDE**2 * 3,) float32, each channel standardised
+    layout: np.ndarray  # (LAYOUT_SIDE**2 * 3,) float32, channels standardised, unit RMS
     png: bytes  # the (THUMB_SIDE, THUMB_SIDE) RGB thumbnail, PNG-encoded: a few KB each
     pixels: int  # width * height of the drawing as decoded
 
@@ -109,32 +114,56 @@ def phash(rgb: np.ndarray) -> np.uint64:
 
 def _layout(thumb: np.ndarray) -> np.ndarray:
     small = cv2.resize(thumb, (LAYOUT_SIDE, LAYOUT_SIDE), interpolation=cv2.INTER_AREA)
-    x = small.reshape(-1, 3).astype(np.float32)
+    small = cv2.GaussianBlur(small.astype(np.float32), (0, 0), LAYOUT_BLUR)
+    x = small.reshape(-1, 3)
     x = (x - x.mean(0)) / (x.std(0) + 8.0)  # +8: a flat channel stays flat, not noise blown up
-    return x.flatten()
+    return x.flatten() / np.sqrt(x.size)  # unit RMS: the Euclidean distance is the RMS one
 
 
-def hash_pairs(hashes: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, bits) of every pair i < j whose hashes differ in at most `distance` bits,
-    vectorised in row chunks (memory stays _CHUNK x n)."""
-    h = np.asarray(hashes, dtype=np.uint64)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in range(0, len(h), _CHUNK):
-        block = np.bitwise_count(h[start : start + _CHUNK, None] ^ h[None, :])
-        rows, cols = np.nonzero(block <= distance)
-        rows += start
-        upper = cols > rows
-        found.append((rows[upper], cols[upper], block[rows[upper] - start, cols[upper]]))
-    if not found:
-        return (np.zeros(0, int),) * 2 + (np.zeros(0, np.uint8),)
-    return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))  # type: ignore[return-value]
+@dataclass
+class Funnel:
+    """How many pairs each stage let through (logged, and measured by the bench)."""
+
+    pairs: int = 0  # all pairs
+    hashed: int = 0  # within the pHash distance
+    laid_out: int = 0  # and within LAYOUT_DISTANCE: the candidates
+    aligned: int = 0  # a small warp nests one frame in the other
+    coarse: int = 0  # and the coarse check passed
+    confirmed: int = 0  # and the fine one: the same picture
+
+
+def candidate_pairs(
+    prints: list[Fingerprint], distance: int, funnel: Funnel | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, bits) of every pair i < j within `distance` pHash bits and LAYOUT_DISTANCE, all
+    pairs in blocks of _CHUNK rows (memory stays _CHUNK x n); counts go to `funnel`."""
+    funnel = funnel if funnel is not None else Funnel()
+    n = len(prints)
+    h = np.array([p.phash for p in prints], np.uint64)
+    lay = np.stack([p.layout for p in prints]) if prints else np.zeros((0, 1), np.float32)
+    norms = (lay**2).sum(axis=1)
+    found = [(np.zeros(0, np.intp),) * 2 + (np.zeros(0, np.uint8),)]
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        bits = np.bitwise_count(h[start:stop, None] ^ h[None, :])
+        upper = np.arange(n)[None, :] > np.arange(start, stop)[:, None]
+        near = (bits <= distance) & upper
+        funnel.hashed += int(near.sum())
+        squared = norms[start:stop, None] + norms[None, :] - 2 * lay[start:stop] @ lay.T
+        rows, cols = np.nonzero(near & (squared <= LAYOUT_DISTANCE**2))
+        found.append((rows + start, cols, bits[rows, cols]))
+    i, j, b = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    funnel.pairs += n * (n - 1) // 2
+    funnel.laid_out += len(i)
+    return i, j, b
 
 
 @dataclass(frozen=True)
 class Change:
     """How much of two aligned thumbnails differs: `fine` (small regions such as eyes, edges
     forgiven) and `coarse` (large regions of a slightly different colour, such as a pastel
-    background), each a share of the overlap; 1.0 when no small warp aligns them."""
+    background), each a share of the overlap; 1.0 when no small warp aligns them, and `fine`
+    1.0 where `coarse` already tells them apart (not measured)."""
 
     fine: float
     coarse: float
@@ -157,9 +186,12 @@ def changed_area(a: np.ndarray, b: np.ndarray) -> Change:
     target = a.astype(np.float32) / 255
     moved = np.where(inside[..., None], moved, target)  # blurs spread no black in from outside
     inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    fine = _apart(target, moved, inside, BLUR, nearest=True) > PIXEL_TOLERANCE
     coarse = _apart(target, moved, inside, COARSE_BLUR, nearest=False) > COARSE_TOLERANCE
-    return Change(float(fine[inside].mean()), float(coarse[inside].mean()))
+    coarse_area = float(coarse[inside].mean())
+    if coarse_area > COARSE_AREA:  # already apart: the fine check (the dearer) is not run
+        return Change(1.0, coarse_area)
+    fine = _apart(target, moved, inside, BLUR, nearest=True) > PIXEL_TOLERANCE
+    return Change(float(fine[inside].mean()), coarse_area)
 
 
 def _apart(
@@ -168,8 +200,9 @@ def _apart(
     """Per pixel, the RGB distance between target and moved once moved's brightness and
     contrast are fitted to target's (one gain and offset for all channels, clipped as an editor
     clips: not a new background or hair colour) and both are blurred by sigma (a thin line
-    spreads alike at any offset). With `nearest`, the best match within one pixel (a sub-pixel
-    misalignment moves edges, not the colour of a region)."""
+    spreads alike at any offset). With `nearest`, each 3x3 patch's best match within one pixel
+    (a sub-pixel misalignment moves edges, not the colour of a region; a patch moves whole, so
+    a small iris of another colour finds no pixel of its colour nearby to match)."""
     usable = inside & (np.maximum(target, moved).max(axis=2) < 0.99)
     usable &= np.minimum(target, moved).min(axis=2) > 0.01
     gain, offset = _fit(moved[usable].ravel(), target[usable].ravel())
@@ -183,23 +216,24 @@ def _apart(
     best = np.full(target.shape[:2], np.inf, np.float32)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            shifted = np.roll(fitted, (dy, dx), axis=(0, 1))
-            best = np.minimum(best, np.linalg.norm(shifted - target, axis=2))
-    return best
+            squared = ((np.roll(fitted, (dy, dx), axis=(0, 1)) - target) ** 2).sum(axis=2)
+            best = np.minimum(best, cv2.blur(squared, (3, 3)))
+    return np.sqrt(best)
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Gain and offset taking x to y by least squares (none when x is flat or nearly empty)."""
     if len(x) < 4 or x.std() < 1e-3:
         return 1.0, float((y - x).mean()) if len(x) else 0.0
-    gain, offset = np.polyfit(x, y, 1)
-    return float(gain), float(offset)
+    mx, my = float(x.mean()), float(y.mean())
+    gain = float(np.dot(x - mx, y - my) / np.dot(x - mx, x - mx))
+    return gain, my - gain * mx
 
 
 def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """The affine warp taking a's thumbnail coordinates to b's (found by ECC on halved grey
-    thumbnails), or None when ECC fails, or the warp is more than a small scale and shift, or
-    neither frame lies inside the other (a crop lies inside its original)."""
+    thumbnails), or None when ECC fails, or the warp is more than a small scale (MAX_SCALE),
+    or neither frame lies inside the other (a crop lies inside its original)."""
     half = THUMB_SIDE // 2
     ga, gb = (
         cv2.resize(cv2.cvtColor(t, cv2.COLOR_RGB2GRAY), (half, half), interpolation=cv2.INTER_AREA)
@@ -214,10 +248,9 @@ def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     except cv2.error:  # flat images, or no convergence
         return None
     warp[:, 2] *= 2  # the shift in full thumbnail pixels
-    linear, shift = warp[:, :2] - np.eye(2), warp[:, 2] / THUMB_SIDE
-    if np.abs(linear).max() > MAX_WARP or np.abs(shift).max() > MAX_WARP:
+    if np.abs(warp[:, :2] - np.eye(2)).max() > MAX_SCALE:
         return None
-    return warp if _nested(warp) else None
+    return warp if _nested(warp) else None  # nested: the shift is at most the scale's margin
 
 
 def _nested(warp: np.ndarray) -> bool:
@@ -231,24 +264,28 @@ def _nested(warp: np.ndarray) -> bool:
     return any(((pts >= lo) & (pts <= hi)).all() for pts in (a_in_b, b_in_a))
 
 
-def _layout_close(prints: list[Fingerprint], i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    layouts = np.stack([p.layout for p in prints])
-    diff = layouts[i] - layouts[j]
-    return np.sqrt((diff**2).mean(axis=1)) <= COLOUR_DISTANCE
+def compare(big: Fingerprint, small: Fingerprint) -> Change:
+    """How far apart two drawings stay, the smaller aligned onto the larger (a crop lies
+    inside its original)."""
+    if small.pixels > big.pixels:
+        big, small = small, big
+    return changed_area(big.thumb, small.thumb)
 
 
-def confirmed_pairs(prints: list[Fingerprint], distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, bits) of every pair the hash proposes and the aligned thumbnails confirm; the
-    smaller drawing is aligned onto the larger (a crop lies inside its original)."""
-    if len(prints) < 2:
-        return []
-    i, j, bits = hash_pairs(np.array([p.phash for p in prints], np.uint64), distance)
-    keep = _layout_close(prints, i, j)
+def confirmed_pairs(
+    prints: list[Fingerprint], distance: int, funnel: Funnel | None = None
+) -> list[tuple[int, int, int]]:
+    """(i, j, bits) of every candidate pair the aligned thumbnails confirm; counts to `funnel`."""
+    funnel = funnel if funnel is not None else Funnel()
+    i, j, bits = candidate_pairs(prints, distance, funnel)
     pairs = []
-    for a, b, d in zip(i[keep], j[keep], bits[keep], strict=True):
-        big, small = (a, b) if prints[a].pixels >= prints[b].pixels else (b, a)
-        if changed_area(prints[big].thumb, prints[small].thumb).same_picture:
-            pairs.append((int(a), int(b), int(d)))
+    for a, b, d in zip(i.tolist(), j.tolist(), bits.tolist(), strict=True):
+        change = compare(prints[a], prints[b])
+        funnel.aligned += change.coarse < 1.0
+        funnel.coarse += change.coarse <= COARSE_AREA
+        if change.same_picture:
+            pairs.append((a, b, d))
+    funnel.confirmed += len(pairs)
     return pairs
 
 
@@ -290,5 +327,12 @@ def group_pairs(
 
 def find_groups(names: list[str], prints: list[Fingerprint], distance: int) -> list[Group]:
     """The near-duplicate groups among named drawings, pHash candidates within `distance` bits."""
-    pairs = confirmed_pairs(prints, distance)
+    funnel = Funnel()
+    pairs = confirmed_pairs(prints, distance, funnel)
+    log.info(
+        "near-duplicates: %d pairs, %d within %d pHash bits, %d of close colour layout, %d "
+        "aligned, %d alike in the large, %d confirmed",
+        funnel.pairs, funnel.hashed, distance, funnel.laid_out, funnel.aligned, funnel.coarse,
+        funnel.confirmed,
+    )  # fmt: skip
     return group_pairs(names, [p.pixels for p in prints], pairs)
