@@ -197,6 +197,16 @@ def test_a_png_drawn_at_2_says_so_and_png_info_draws_it_at_2_again(engines):
         engines[1].generate(Request(PROMPT, **SMALL, clip_skip=3), save=False)
 
 
+def test_kshd_generate_takes_a_clip_skip_flag_over_the_base_s():
+    from kshd.cli import build_parser
+    from kshd.drawing.commands import request_changes
+
+    args = build_parser().parse_args(["generate", "--prompt", "p", "--clip-skip", "2"])
+    assert request_changes(args)["clip_skip"] == 2
+    args = build_parser().parse_args(["generate", "--prompt", "p"])
+    assert request_changes(args)["clip_skip"] is None  # the base's model.clip_skip
+
+
 def test_an_sdxl_base_says_in_one_line_that_clip_skip_is_not_applied(tiny_models, caplog):
     """SDXL is always conditioned on its penultimate layers: 2 draws as 1, said once, and no
     `Clip skip` is written."""
