@@ -48,8 +48,9 @@ def _prediction_type(c, changes):
     return c, {**changes, "prediction_type": "v_prediction"}
 
 
-def _penultimate(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    """encode_chunk_ids from the wrong layer: the penultimate hidden states ("clip skip 2")."""
+def _penultimate(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """encode_chunk_ids from the wrong layer: the penultimate hidden states without the final
+    layer norm (neither clip skip 1 nor A1111's 2), whatever `clip_skip` asks."""
     b, k, n = ids.shape
     out = text_encoder(ids.reshape(b * k, n), output_hidden_states=True)
     hidden = out.hidden_states[-2]

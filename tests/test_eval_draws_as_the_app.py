@@ -97,6 +97,22 @@ def test_validation_draws_what_the_app_draws(tiny_models):
     assert np.array_equal(np.asarray(images[0], dtype=np.int16), _app_image(tiny_models["sd"]))
 
 
+def test_at_clip_skip_2_evaluation_and_validation_draw_what_the_app_draws(tiny_models):
+    """`model.clip_skip` reaches the evaluation's encoder, the training's validation images and
+    the app alike (the long prompt's every chunk at the penultimate layer)."""
+    from kshd.stages.evaluate import app_encoder
+
+    app = _app_image(tiny_models["sd"], clip_skip=2)
+    assert np.abs(app - _app_image(tiny_models["sd"])).mean() > 0.5  # the layer matters
+    pipe = _pipe(tiny_models["sd"])
+    encoder, _ = app_encoder(pipe, {}, 2)
+    drawn = sample(pipe, [PROMPT], _settings(), None, "base", encoder)[0][0]
+    assert np.array_equal(np.asarray(drawn, dtype=np.int16), app)
+    c = load_components(str(tiny_models["sd"]), clip_skip=2)
+    images = validation_images(c, PROMPT, NEGATIVE, (5,), 3, 64, **APP)
+    assert np.array_equal(np.asarray(images[0], dtype=np.int16), app)
+
+
 def test_the_no_trigger_variant_drops_the_weighted_trigger_too():
     full = PREFIX + "drawn by KSH drawing style, a cat, (blue sky:1.2)"
     assert strip_trigger(full, TRIGGER) == "a cat, (blue sky:1.2)"
@@ -138,7 +154,7 @@ def test_evaluation_draws_with_the_apps_textual_inversions(tiny_models, tmp_path
     as_words = np.asarray(sample(pipe, [PROMPT], s, None, "base")[0][0], dtype=np.int16)
 
     missing = str(tmp_path / "absent.safetensors")
-    encoder, identity = app_encoder(pipe, {"EasyNegative": str(ti), "Absent": missing})
+    encoder, identity = app_encoder(pipe, {"EasyNegative": str(ti), "Absent": missing}, 1)
     assert encoder.vectors == {"EasyNegative": 2}
     assert list(identity) == ["EasyNegative"]  # the base images' cache key holds the file
     assert "absent.safetensors not found" in caplog.text

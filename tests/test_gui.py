@@ -59,7 +59,7 @@ def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_mod
     labels = {
         "txt2img": ["Prompt", "Negative prompt", "Sampling method", "Sampling steps", "CFG scale",
                     "Seed (-1 = random)", "Width", "Height", "Batch count", "Batch size",
-                    "LoRA strength", "Positive prefix", "Negative prefix"],
+                    "LoRA strength", "Positive prefix", "Negative prefix", "Clip skip"],
     }  # fmt: skip
     labels["img2img"] = ["Picture", "Denoising strength", "Resize mode", *labels["txt2img"]]
     labels["sketch"] = ["Sketch", "Control type", "Preprocessor", "Control weight",

@@ -221,11 +221,16 @@ def test_png_info_round_trip_and_an_a1111_file(browser, server, tmp_path):
     assert _value(page, "#txt2img-info") == drawn
     a1111 = tmp_path / "a1111.png"
     info = PngInfo()
-    info.add_text("parameters", "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Clip skip: 2")
+    info.add_text("parameters", "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Clip skip: 2, "
+                                "Hires steps: 10")  # fmt: skip
     Image.new("RGB", (64, 64)).save(a1111, pnginfo=info)
     page.click("button[role=tab]:has-text('PNG Info')")
     page.set_input_files("#pnginfo-image input[type=file]", str(a1111))
-    page.wait_for_selector("#pnginfo-note >> text=Not used here: Clip skip", timeout=30_000)
+    page.wait_for_selector("#pnginfo-note >> text=Not used here: Hires steps.", timeout=30_000)
+    assert "Clip skip" not in page.inner_text("#pnginfo-note")  # used: the tab draws at 2
+    page.click("#pnginfo-send-to-txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img-seed input')?.value === '5'")
+    assert page.is_checked("#txt2img-clip-skip input[type=radio] >> nth=1")  # choices 1, 2
 
 
 def test_history_lists_earlier_drawings_newest_first_and_sends_them(browser, server):

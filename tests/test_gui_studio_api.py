@@ -159,12 +159,12 @@ def test_client_png_info_endpoint(server, tmp_path):
     client = Client(server["url"], verbose=False)
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/png_info", "/set_model", "/img2img_interrupt", "/img2img_skip"} <= names
-    text = "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, Clip skip: 2"
+    text = "1girl\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, Clip skip: 2, Hires steps: 1"
     info = PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png", pnginfo=info)
     said = client.predict(handle_file(str(tmp_path / "a.png")), api_name="/png_info")
-    assert tuple(said) == (text, "Not used here: Clip skip.")
+    assert tuple(said) == (text, "Not used here: Hires steps.")  # Clip skip is drawn at
 
 
 def test_client_switches_the_base_model_and_refuses_one_that_cannot_load(server):

@@ -98,17 +98,19 @@ def test_cached_text_equals_live_encoding(tok, tiny_models, tmp_path):
     texts = [_caption(tok, 90), "a drawing, " + TRIGGER]
 
     def encode(ids):
-        return {"encoder_hidden_states": encode_chunk_ids(te, ids["input_ids"])}
+        return {"encoder_hidden_states": encode_chunk_ids(te, ids["input_ids"], 1)}
 
-    source = TextSource(encode, [chunker], tmp_path, torch.device("cpu"))
+    source = TextSource(encode, [chunker], tmp_path, torch.device("cpu"), 1)
     source.precompute(texts)
     with torch.no_grad():
-        live = encode_chunk_ids(te, torch.stack([chunker(t).ids for t in texts]))
+        live = encode_chunk_ids(te, torch.stack([chunker(t).ids for t in texts]), 1)
     for text, expected in zip(texts, live, strict=True):
         cached = source.get(text)["encoder_hidden_states"]
         assert cached.shape == (154, te.config.hidden_size)
         torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
-    other = TextSource(encode, [CaptionChunker(tok, 225, TRIGGER)], tmp_path, torch.device("cpu"))
+    other = TextSource(
+        encode, [CaptionChunker(tok, 225, TRIGGER)], tmp_path, torch.device("cpu"), 1
+    )
     assert other._path(texts[0]) != source._path(texts[0])  # the key holds max_token_length
     # read from disk per item, not held: 5,700 captions x 225 tokens would be ~4 GB in memory
     assert source.memo == {}

@@ -60,9 +60,13 @@ def test_an_a1111_text_fills_what_it_names_and_reports_the_rest():
     assert fields["lora_scale"] == 0.7 and fields["sampler"] == "dpmpp_2m_karras"
     assert (fields["width"], fields["height"], fields["seed"], fields["cfg_scale"]) == (
         512, 768, 123, 7.0)  # fmt: skip
-    assert unused == ["Clip skip", "Hires upscale", "Hires steps"]
+    assert fields["clip_skip"] == 2  # A1111's Clip skip overrides the base's model.clip_skip
+    assert unused == ["Hires upscale", "Hires steps"]
     without_lora, _ = request_fields("a cat\nSteps: 5, Sampler: Euler, Seed: 1", "", "")
     assert without_lora["lora_scale"] == 0.0  # drawn without a LoRA: drawn so again
+    assert without_lora["clip_skip"] == 1  # A1111 writes no Clip skip at 1: read so
+    far, unused = request_fields("a cat\nSteps: 5, Seed: 1, Clip skip: 3", "", "")
+    assert "clip_skip" not in far and unused == ["Clip skip"]  # A1111 goes to 12, the app to 2
     odd, unused = request_fields("a cat\nSteps: 5, Sampler: LMS Karras, Seed: x1", "", "")
     assert "sampler" not in odd and "seed" not in odd and sorted(unused) == ["Sampler", "Seed"]
 
@@ -72,7 +76,7 @@ def test_png_info_reads_an_a1111_file_and_says_what_a_file_lacks(tmp_path):
     info.add_text("parameters", A1111)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
     text, note = png_info(str(tmp_path / "a1111.png"))
-    assert text == A1111 and note == "Not used here: Clip skip, Hires upscale, Hires steps."
+    assert text == A1111 and note == "Not used here: Hires upscale, Hires steps."
     Image.new("RGB", (8, 8)).save(tmp_path / "bare.png")
     assert png_info(str(tmp_path / "bare.png"))[1].startswith("This picture holds no")
 

@@ -244,7 +244,8 @@ def test_a_library_request_and_engine_take_their_defaults_from_conf():
         n: v for n, v in conf_request_values().items() if n != "steps"
     }
     for f in dataclasses.fields(Request):
-        if f.name not in ("prompt", "image", "control_image", "mask"):  # None = not given
+        # None = not given (clip_skip: the base's model.clip_skip)
+        if f.name not in ("prompt", "image", "control_image", "mask", "clip_skip"):
             assert f.default is FROM_CONF, f"Request.{f.name} has a default of its own"
     assert (req.control_weight, req.control_mode) == (g.control.weight, g.control.mode)
     engine = EngineSettings("some/model", device="cpu")

@@ -219,7 +219,7 @@ def unlike_the_app(c, cache: Path, captions: list[str]) -> list[str]:
     from kshd.prompts.encoding import PromptEncoder
 
     cached = [load_file(str(p))["hidden"] for p in sorted(cache.glob("text-*/*.safetensors"))]
-    app, unlike = PromptEncoder(c.tokenizer, c.text_encoder), []
+    app, unlike = PromptEncoder(c.tokenizer, c.text_encoder, clip_skip=c.clip_skip), []
     for caption in sorted(set(captions)):
         with torch.no_grad():
             drawn = app.encode(caption)[0].float().cpu()

@@ -56,6 +56,7 @@ class KohyaInfo:
     num_reg_images: int = 0
     sdxl: bool = False  # an SDXL base: kohya's SDXL names and ss_base_model_version
     base_model_hash: str | None = None  # a single-file base's sha256, by which Civitai finds it
+    clip_skip: int = 1  # model.clip_skip; kohya's `ss_clip_skip`, recorded when not 1
 
 
 def kohya_metadata(
@@ -65,7 +66,9 @@ def kohya_metadata(
     `ss_network_*` fields; `output_name`: the file's name without `.safetensors`.
 
     kohya records the learning rate per part; a text-encoder rate of 0 says the file changes the
-    UNet alone, so readers do not expect `lora_te_` keys.
+    UNet alone, so readers do not expect `lora_te_` keys. `ss_clip_skip` is written as kohya
+    writes `--clip_skip 2`, and left out at 1 (kohya's "None": the last layer), so files trained
+    at 1 stay as they were.
     """
     lr = info.learning_rate
     return {
@@ -85,6 +88,7 @@ def kohya_metadata(
         "ss_num_train_images": str(info.num_images),
         "ss_num_reg_images": str(info.num_reg_images),
         "ss_seed": str(info.seed),
+        **({"ss_clip_skip": str(info.clip_skip)} if info.clip_skip != 1 else {}),
         "ss_training_comment": f"trigger phrase: {info.trigger}",
         "modelspec.title": "KSH drawing style",
         "modelspec.architecture": (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kshd.config.fill import changes, require
-from kshd.config.values import PREDICTION_TYPES
+from kshd.config.values import CLIP_SKIPS, PREDICTION_TYPES
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class ModelSettings:
     prediction_type: str | None = field(metadata=changes("train", "evaluate"))
     zero_terminal_snr: bool = field(metadata=changes("train", "evaluate"))
     no_half_vae: bool = field(metadata=changes("train", "evaluate"))
+    # the text encoder's layer the UNet is conditioned on, A1111's "Clip skip" (SD 1.x only)
+    clip_skip: int = field(metadata=changes("train", "evaluate"))
 
     def validate(self) -> None:
         require(
@@ -36,6 +38,13 @@ class ModelSettings:
             "false, or true with model.prediction_type=v_prediction (at zero terminal SNR an "
             "epsilon model has nothing to predict from)",
         )
+        require(
+            self.clip_skip in CLIP_SKIPS and not isinstance(self.clip_skip, bool),
+            "model.clip_skip",
+            self.clip_skip,
+            "1 (the text encoder's last layer) or 2 (its penultimate, A1111's and kohya's "
+            "Clip skip 2: Anything V5 and the NAI-lineage anime models)",
+        )
 
     def schedule_identity(self) -> dict:
         """What these settings change in the noise schedule, for cache and resume keys; nothing
@@ -46,3 +55,11 @@ class ModelSettings:
             "prediction_type": self.prediction_type,
             "zero_terminal_snr": self.zero_terminal_snr,
         }
+
+    def encoding_identity(self) -> dict:
+        """What these settings change in the prompts' encoding and the noise schedule, for
+        cache and resume keys; nothing for a plain base at clip skip 1, so keys made before
+        these settings existed still match."""
+        return self.schedule_identity() | (
+            {"clip_skip": self.clip_skip} if self.clip_skip != 1 else {}
+        )

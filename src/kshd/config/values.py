@@ -52,6 +52,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # C++ build: what the suite checks the wrapping with); cudagraphs replays CUDA graphs
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 PREDICTION_TYPES = (None, "epsilon", "v_prediction")
+# model.clip_skip, A1111's and kohya's count: 1 the text encoder's last layer, 2 its penultimate
+# (through the final layer norm), as the NAI-lineage anime models were trained
+CLIP_SKIPS = (1, 2)
 MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's max_token_length: 1, 2 or 3 chunks of 75 tokens
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 TRIGGER_POSITIONS = ("start", "end")

@@ -32,6 +32,9 @@ def _drawing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lora", help="a LoRA folder or .safetensors file (default generate.lora)")
     p.add_argument("--lora-scale", type=float, help="LoRA strength; 0 = the base model")
+    p.add_argument(
+        "--clip-skip", type=int, help="A1111's Clip skip, 1 or 2 (default model.clip_skip)"
+    )
     p.add_argument("--out", help="PNG folder (default <generate.outputs_dir>/<kind>/<date>)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. +experiment=demo")
 

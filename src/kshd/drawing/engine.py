@@ -42,7 +42,7 @@ from kshd.models.family import SD1, SDXL, is_single_file
 from kshd.models.identity import a1111_hash, model_identity
 from kshd.models.loading import device_and_dtype, load_sd_pipeline
 from kshd.models.source import check_model_source
-from kshd.prompts.sdxl import pipe_embeds, prompt_encoder
+from kshd.prompts.sdxl import clip_skip_note, pipe_embeds, prompt_encoder
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
@@ -77,6 +77,9 @@ class EngineSettings:
     prediction_type: str | None = None
     zero_terminal_snr: bool = False
     guidance_rescale: float = FROM_CONF
+    # model.clip_skip: the text encoder's layer prompts are encoded from (1: the last; 2: the
+    # penultimate, A1111's Clip skip 2), unless a request asks for another; SD 1.x only
+    clip_skip: int = 1
 
     def __post_init__(self) -> None:
         fill_from_conf(self, ENGINE_KEYS)
@@ -163,7 +166,9 @@ class Engine(LoraSwitching):
         self.lora_name = self.lora_hash = self.lora_path = None
         if settings.lora:
             self._load_lora(settings.lora)
-        self.encoder = prompt_encoder(pipe, self._embeddings())
+        self.encoder = prompt_encoder(pipe, self._embeddings(), settings.clip_skip)
+        if note := clip_skip_note(self.family == SDXL, settings.clip_skip):
+            self._note(note)
         self._scale: float | None = None  # strength fused into the UNet (None: not fused)
         self._originals: dict[str, torch.Tensor] = {}
         self.lock = threading.Lock()
@@ -212,11 +217,22 @@ class Engine(LoraSwitching):
         _, cls, options = SAMPLERS[key]
         return getattr(diffusers, cls).from_config(self._base_scheduler, **options)
 
+    def clip_skip(self, req: Request) -> int:
+        """The clip skip `req` is drawn at: its own, else the base's (`model.clip_skip`); an
+        SDXL base is always drawn at its penultimate layers (a request's 2 is said once)."""
+        if req.clip_skip is None:
+            return self.settings.clip_skip
+        note = clip_skip_note(self.family == SDXL, req.clip_skip, "Clip skip")
+        if note and note not in self.notes:
+            self._note(note)
+        return req.clip_skip
+
     def infotext(self, req: Request, seed: int, given: Any = None) -> str:
         """A1111's `parameters` of one image; its mode's keys (`Mode.params`) after the model's,
         `given` being what the mode read (None: what the request alone says)."""
         prompt = req.full_prompt
         lora = self.lora_name is not None and req.lora_scale != 0
+        skip = self.clip_skip(req) if self.family == SD1 else 1  # SDXL: never drawn at another
         if lora:
             prompt += f" <lora:{self.lora_name}:{req.lora_scale:g}>"
         params = {
@@ -228,6 +244,7 @@ class Engine(LoraSwitching):
             "Model hash": self.model_hash,
             "Model": self.model_name,
             "Model family": self.family,
+            "Clip skip": skip if skip != 1 else None,  # as A1111 writes it: only when not 1
             **mode_of(req).params(req, given),
             "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
             "Version": f"kshd {__version__}",
@@ -281,7 +298,7 @@ class Engine(LoraSwitching):
             return [unchanged.copy() for _ in seeds], seeds
         pipe, call = mode.pipeline(req, given)
         pipe.scheduler = self._scheduler(req.sampler)
-        pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative)
+        pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative, self.clip_skip(req))
         call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}
         if self.settings.zero_terminal_snr and self.settings.guidance_rescale:
             call["guidance_rescale"] = self.settings.guidance_rescale

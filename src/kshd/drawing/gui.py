@@ -225,7 +225,8 @@ def serve(
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
-    ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers,
+    defaults = Request.from_settings(g, clip_skip=cfg.model.clip_skip)  # the base's, shown
+    ui = build_ui(engine, defaults, catalog, list(gui.models), handlers,
                   ReviewFiles.of(cfg))  # fmt: skip
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
     drawings = {name: part.fields for name, part in tab_parts().items()}

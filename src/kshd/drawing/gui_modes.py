@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # tab's components and its handler's signature follow them.
 TAB_FIELDS = (
     "prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-    "batch_count", "batch_size", "lora_scale", "positive_prefix", "negative_prefix",
+    "batch_count", "batch_size", "lora_scale", "positive_prefix", "negative_prefix", "clip_skip",
 )  # fmt: skip
 PICTURE_FIELDS = ("image", "strength", "resize_mode")
 IMG2IMG_FIELDS = (*PICTURE_FIELDS, *TAB_FIELDS)

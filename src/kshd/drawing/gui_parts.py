@@ -16,6 +16,8 @@ from kshd.drawing.request import SAMPLERS, Limits, Request
 # it, so 0 steps would draw 1; from 0, the request's own check names the field instead.
 
 
+CLIP_SKIP_INFO = "2: the text encoder's penultimate layer (Anything V5, NAI-lineage models)"
+
 # Sizes an SD 1.x model was trained at (A1111's usual picks); the swap button turns them.
 # the sizes each family was trained at: SD 1.x's 512 px, SDXL's 1 megapixel buckets
 SIZE_PRESETS = {
@@ -129,6 +131,9 @@ def _settings(tab: str, d: Request, limits: Limits, family: str) -> tuple[dict, 
     m = limits.max_lora_scale
     c["lora_scale"] = FieldSlider(-m, m, d.lora_scale, step=0.05, label="LoRA strength",
                              elem_id=f"{tab}-lora-scale")  # fmt: skip
+    # A1111's setting, which PNG Info overrides; None: the base's model.clip_skip
+    c["clip_skip"] = gr.Radio([1, 2], value=d.clip_skip, label="Clip skip",
+                              elem_id=f"{tab}-clip-skip", info=CLIP_SKIP_INFO)  # fmt: skip
     return c, b
 
 

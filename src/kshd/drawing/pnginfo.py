@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from kshd.config.values import CLIP_SKIPS
 from kshd.drawing.modes.registry import modes
 
 KEY = "parameters"
@@ -115,7 +116,7 @@ LORA_TAG = re.compile(r"\s*<lora:([^:>]+):(-?[\d.]+)>")
 # own keys are read by the mode (Mode.read_params)
 _NUMBERS = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int)}
 _SHARED = {*_NUMBERS, "Prompt", "Negative prompt", "Sampler", "Size", "Model", "Lora hashes",
-           "Version", "Model hash", "Model family"}  # fmt: skip
+           "Version", "Model hash", "Model family", "Clip skip"}  # fmt: skip
 
 
 def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
@@ -131,12 +132,23 @@ def _unprefixed(full: str, prefix: str) -> tuple[str, str]:
     return (prefix, "") if full == p else ("", full)
 
 
+def _clip_skip(params: dict[str, str], unused: list[str]) -> dict[str, int]:
+    """A1111's reading: a text without `Clip skip` was drawn at 1 (A1111 writes it only when
+    not 1); a value the app cannot draw at (A1111 goes to 12) is reported unused."""
+    value = params.get("Clip skip", "1").strip()
+    if value.isdigit() and int(value) in CLIP_SKIPS:
+        return {"clip_skip": int(value)}
+    unused.append("Clip skip")
+    return {}
+
+
 def request_fields(
     text: str, positive_prefix: str, negative_prefix: str, control_models: dict | None = None
 ) -> tuple[dict, list[str]]:
     """The Request fields an A1111 `parameters` text (ours or A1111's) gives, for a tab with
     these prefixes, and the keys the app cannot use (reported, never silently dropped). The
-    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one; each drawing
+    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one; the clip skip
+    from `Clip skip`, 1 without one (A1111's reading: it overrides the base's); each drawing
     mode reads its own keys (a ControlNet unit: the sketch's settings, its model looked up in
     `control_models`)."""
     from kshd.drawing.request import RequestError, sampler_key
@@ -157,6 +169,7 @@ def request_fields(
                 out[field] = kind(float(params[key])) if kind is int else kind(params[key])
             except ValueError:
                 unused.append(key)
+    out |= _clip_skip(params, unused)
     if "Size" in params and (m := re.fullmatch(r"(\d+)x(\d+)", params["Size"])):
         out["width"], out["height"] = int(m.group(1)), int(m.group(2))
     if "Sampler" in params:

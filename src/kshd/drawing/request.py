@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from kshd.config.schema_generate import GenerateSettings, Limits
-from kshd.config.values import RESIZE_MODES, SAMPLERS
+from kshd.config.values import CLIP_SKIPS, RESIZE_MODES, SAMPLERS
 from kshd.data.images import ImageRejected, IntakeRules, fit_within, flatten, load_image
 from kshd.prompts.encoding import join_prefix
 
@@ -103,6 +103,9 @@ class Request:
     mask_blur: int = FROM_CONF
     inpaint_area: str = FROM_CONF
     inpaint_padding: int = FROM_CONF
+    # A1111's Clip skip for this request (1 or 2, as its PNG Info reads it); None: the base's
+    # `model.clip_skip`, not a default of conf/generate
+    clip_skip: int | None = None
 
     def __post_init__(self) -> None:
         fill_from_conf(self)
@@ -201,6 +204,8 @@ def validate_shared(req: Request, limits: Limits) -> None:
     m = limits.max_lora_scale
     req.lora_scale = check_number("lora_scale", req.lora_scale, -m, m)
     req.strength = check_number("strength", req.strength, 0.0, 1.0)
+    if req.clip_skip is not None:
+        req.clip_skip = check_whole("clip_skip", req.clip_skip, 1, max(CLIP_SKIPS))
     if req.resize_mode not in RESIZE_MODES:
         raise RequestError("resize_mode", f"{req.resize_mode!r}; choose one of {RESIZE_MODES}")
 

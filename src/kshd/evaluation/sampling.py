@@ -158,10 +158,12 @@ def validation_images(
     sampler: str,
 ) -> list[Image.Image]:
     """Sample from the components being trained as the app would draw the prompt, with its
-    prefixes and sampler ("" = DPM-Solver++); the base is not drawn (no LoRA scale)."""
+    prefixes, sampler ("" = DPM-Solver++) and the base's clip skip; the base is not drawn (no
+    LoRA scale)."""
     from diffusers import DPMSolverMultistepScheduler
 
     from kshd.models.loading import pipeline_from_parts
+    from kshd.prompts.sdxl import prompt_encoder
 
     scheduler = DPMSolverMultistepScheduler.from_config(c.noise_scheduler.config)
     pipe = pipeline_from_parts(
@@ -182,7 +184,8 @@ def validation_images(
     )
     use_sampler(pipe, s.sampler, c.noise_scheduler.config)
     with torch.no_grad():
-        return sample(pipe, s.prompts, s, None, "validation")[0]
+        encoder = prompt_encoder(pipe, clip_skip=c.clip_skip)
+        return sample(pipe, s.prompts, s, None, "validation", encoder)[0]
 
 
 def grid(rows: list[list[Image.Image]]) -> Image.Image:

@@ -9,7 +9,9 @@ and compel parses only its own `(text)1.5`, so the syntax is parsed here with A1
 - `BREAK` starts a new 75-token chunk;
 - the prompt is cut into chunks of 75 tokens (at the last comma when it is within 20 tokens of
   the end), each encoded as its own 77-token CLIP input, and the results are concatenated;
-- weights scale each token's embedding, then the chunk is rescaled to its unweighted mean.
+- weights scale each token's embedding, then the chunk is rescaled to its unweighted mean;
+- with clip skip 2 (`model.clip_skip`) each chunk is the text encoder's penultimate layer
+  through its final layer norm, as A1111 and kohya take it (`clip_hidden`).
 """
 
 from __future__ import annotations
@@ -172,11 +174,31 @@ def chunk_input_ids(tokenizer, chunk: Chunk) -> list[int]:
     return ids + [pad] * (CHUNK + 2 - len(ids))
 
 
-def encode_chunk_ids(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    """[batch, chunks, 77] ids -> [batch, 77 * chunks, width]: each chunk through CLIP alone,
-    the outputs concatenated (A1111's and kohya's long prompts; the UNet takes any length)."""
+def clip_hidden(text_encoder, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    """An SD 1.x text encoder's output for [n, 77] ids at A1111's and kohya's `clip_skip`: 1
+    the last layer's (the final layer norm's output), 2 the penultimate layer's hidden state
+    through that same final layer norm (`hidden_states[-clip_skip]`, kohya's get_hidden_states).
+    diffusers' pipelines count the layers skipped: their `clip_skip=1` is this 2."""
+    if clip_skip == 1:
+        return text_encoder(ids)[0]
+    states = text_encoder(ids, output_hidden_states=True).hidden_states
+    return final_layer_norm(text_encoder)(states[-clip_skip])
+
+
+def final_layer_norm(text_encoder) -> torch.nn.Module:
+    """A CLIP text encoder's final layer norm: `text_model.final_layer_norm` up to transformers
+    4 (and in CLIPTextModelWithProjection), the model's own since transformers 5 flattened
+    CLIPTextModel (diffusers' and kohya's `text_model.final_layer_norm` fail there)."""
+    model = getattr(text_encoder, "module", text_encoder)  # a DDP-wrapped encoder (training)
+    return getattr(model, "text_model", model).final_layer_norm
+
+
+def encode_chunk_ids(text_encoder, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+    """[batch, chunks, 77] ids -> [batch, 77 * chunks, width]: each chunk through CLIP alone
+    (at `clip_skip`), the outputs concatenated (A1111's and kohya's long prompts; the UNet takes
+    any length)."""
     b, k, n = ids.shape
-    hidden = text_encoder(ids.reshape(b * k, n), return_dict=False)[0]
+    hidden = clip_hidden(text_encoder, ids.reshape(b * k, n), clip_skip)
     return hidden.reshape(b, k * n, hidden.shape[-1])
 
 
@@ -209,13 +231,17 @@ def weighted(z: torch.Tensor, chunk: Chunk) -> torch.Tensor:
 
 
 class PromptEncoder:
-    """CLIP embeddings of A1111-syntax prompts of any length: [1, 77 * chunks, width]."""
+    """CLIP embeddings of A1111-syntax prompts of any length: [1, 77 * chunks, width], at
+    `clip_skip` (the base's `model.clip_skip`; a request may ask for another)."""
 
-    def __init__(self, tokenizer, text_encoder, vectors: dict[str, int] | None = None):
+    def __init__(
+        self, tokenizer, text_encoder, vectors: dict[str, int] | None = None, clip_skip: int = 1
+    ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vectors = dict(vectors or {})  # textual-inversion name -> number of vectors
         self.comma_id = comma_token(tokenizer)
+        self.clip_skip = clip_skip
 
     def _tokenize(self, text: str) -> list[int]:
         # verbose=False: a long prompt is chunked here, the tokenizer need not warn about it
@@ -232,24 +258,27 @@ class PromptEncoder:
     def chunks(self, prompt: str) -> list[Chunk]:
         return chunk_tokens(parse_weights(prompt), self._tokenize, self.comma_id)
 
-    def _encode_chunk(self, chunk: Chunk) -> torch.Tensor:
-        ids = chunk_input_ids(self.tokenizer, chunk)
-        z = self.text_encoder(torch.tensor([ids], device=self.text_encoder.device))[0]
-        return weighted(z, chunk)
+    def _encode_chunk(self, chunk: Chunk, clip_skip: int) -> torch.Tensor:
+        ids = torch.tensor(
+            [chunk_input_ids(self.tokenizer, chunk)], device=self.text_encoder.device
+        )
+        return weighted(clip_hidden(self.text_encoder, ids, clip_skip), chunk)
 
     @torch.no_grad()
-    def _encode_chunks(self, chunks: list[Chunk], min_chunks: int) -> torch.Tensor:
+    def _encode_chunks(self, chunks: list[Chunk], min_chunks: int, clip_skip: int) -> torch.Tensor:
         chunks = chunks + [Chunk() for _ in range(min_chunks - len(chunks))]
-        return torch.cat([self._encode_chunk(c) for c in chunks], dim=1)
+        return torch.cat([self._encode_chunk(c, clip_skip) for c in chunks], dim=1)
 
-    def encode(self, prompt: str, min_chunks: int = 1) -> torch.Tensor:
-        return self._encode_chunks(self.chunks(prompt), min_chunks)
+    def encode(self, prompt: str, min_chunks: int = 1, clip_skip: int | None = None):
+        """`clip_skip`: None = this encoder's."""
+        return self._encode_chunks(self.chunks(prompt), min_chunks, clip_skip or self.clip_skip)
 
-    def encode_pair(self, prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both prompts padded with empty chunks to the same length (classifier-free guidance)."""
+    def encode_pair(self, prompt: str, negative: str, clip_skip: int | None = None) -> tuple:
+        """Both prompts padded with empty chunks to the same length (classifier-free guidance);
+        `clip_skip`: None = this encoder's."""
         pos, neg = self.chunks(prompt), self.chunks(negative)
-        n = max(len(pos), len(neg))
-        return self._encode_chunks(pos, n), self._encode_chunks(neg, n)
+        n, skip = max(len(pos), len(neg)), clip_skip or self.clip_skip
+        return self._encode_chunks(pos, n, skip), self._encode_chunks(neg, n, skip)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Each 75-token chunk goes through both CLIPs; each encoder's penultimate hidden s
 tokens' weights (mean restored) on their own, then sit side by side (768 + 1280 wide for SDXL);
 the pooled `text_embeds` is the second encoder's projection of the first chunk. The app, the
 evaluation and the training's validation images draw an SDXL base through this, and hand the
-pipelines `pipe_embeds`.
+pipelines `pipe_embeds`. The penultimate layers always: `model.clip_skip` is SD 1.x's alone
+(A1111 ignores its Clip skip for SDXL; `clip_skip_note` says so).
 """
 
 from __future__ import annotations
@@ -23,8 +24,19 @@ class XLEmbeds:
     pooled: torch.Tensor  # [1, projection]
 
 
+def clip_skip_note(sdxl: bool, clip_skip: int | None, key: str = "model.clip_skip") -> str | None:
+    """What to say when a clip skip other than 1 is asked of an SDXL base (None: nothing)."""
+    if not sdxl or clip_skip in (None, 1):
+        return None
+    return (
+        f"{key}={clip_skip} is not applied to an SDXL base: SDXL is always conditioned on its "
+        "text encoders' penultimate layers (its pipelines, kohya and A1111 do so)"
+    )
+
+
 class PromptEncoderXL(PromptEncoder):
-    """PromptEncoder for SDXL: `encode` and `encode_pair` give XLEmbeds."""
+    """PromptEncoder for SDXL: `encode` and `encode_pair` give XLEmbeds (the penultimate layers
+    whatever the clip skip)."""
 
     def __init__(self, tokenizers, text_encoders, vectors: dict[str, int] | None = None):
         super().__init__(tokenizers[0], text_encoders[0], vectors)
@@ -42,19 +54,22 @@ class PromptEncoderXL(PromptEncoder):
         return torch.cat(states, dim=-1), second.text_embeds
 
     @torch.no_grad()
-    def _encode_chunks(self, chunks: list[Chunk], min_chunks: int) -> XLEmbeds:
+    def _encode_chunks(self, chunks: list[Chunk], min_chunks: int, clip_skip: int) -> XLEmbeds:
         chunks = chunks + [Chunk() for _ in range(min_chunks - len(chunks))]
         parts = [self._encode_both(c) for c in chunks]
         return XLEmbeds(torch.cat([hidden for hidden, _ in parts], dim=1), parts[0][1])
 
 
-def prompt_encoder(pipe, vectors: dict[str, int] | None = None) -> PromptEncoder:
-    """The pipeline's family's encoder: SDXL's (a second text encoder) or SD 1.x's."""
+def prompt_encoder(
+    pipe, vectors: dict[str, int] | None = None, clip_skip: int = 1
+) -> PromptEncoder:
+    """The pipeline's family's encoder: SDXL's (a second text encoder) or SD 1.x's at
+    `clip_skip` (`model.clip_skip`)."""
     if getattr(pipe, "text_encoder_2", None) is not None:
         return PromptEncoderXL(
             [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], vectors
         )
-    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, vectors)
+    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, vectors, clip_skip)
 
 
 def pipe_embeds(pos, neg, n: int) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from kshd.models.family import model_family
 from kshd.models.identity import embeddings_identity, model_identity
 from kshd.models.loading import device_and_dtype, load_embeddings, load_sd_pipeline
 from kshd.prompts.encoding import PromptEncoder
+from kshd.prompts.sdxl import clip_skip_note
 from kshd.prompts.sdxl import prompt_encoder as family_encoder
 from kshd.stages import entry, require_model, resolve_models, stage_config
 from kshd.training.checkpoints import complete_checkpoints
@@ -102,11 +103,17 @@ def load_pipeline(m: ModelSettings):
     return pipe, device
 
 
-def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder, dict]:
+def app_encoder(
+    pipe, embeddings: dict[str, str] | None, clip_skip: int
+) -> tuple[PromptEncoder, dict]:
     """The app's prompt encoder with `generate.embeddings` loaded as `kshd generate` loads them
-    (an EasyNegative in a prompt is its vectors, not words), and their identity for the cache."""
+    (an EasyNegative in a prompt is its vectors, not words), at the base's `model.clip_skip`,
+    and the embeddings' identity for the cache."""
     embeddings = dict(embeddings or {})
-    if embeddings and getattr(pipe, "text_encoder_2", None) is not None:
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if note := clip_skip_note(sdxl, clip_skip):
+        log.warning("%s", note)
+    if embeddings and sdxl:
         log.warning(
             "generate.embeddings: SD 1.x textual inversions are not loaded into an SDXL base (%s "
             "read as words); set generate.embeddings=null",
@@ -117,7 +124,7 @@ def app_encoder(pipe, embeddings: dict[str, str] | None) -> tuple[PromptEncoder,
     for note in notes:
         log.warning("generate.embeddings: %s", note)
     identity = embeddings_identity({name: embeddings[name] for name in vectors})
-    return family_encoder(pipe, vectors), identity
+    return family_encoder(pipe, vectors, clip_skip), identity
 
 
 def write_outputs(
@@ -159,7 +166,7 @@ def run(cfg: ProjectConfig) -> dict:
         if value_at(cfg, key):
             require_model(cfg, key)
     pipe, device = load_pipeline(cfg.model)
-    prompt_encoder, embeddings = app_encoder(pipe, cfg.generate.embeddings)
+    prompt_encoder, embeddings = app_encoder(pipe, cfg.generate.embeddings, cfg.model.clip_skip)
     refs = None
     if e.clip_model:
         encoder = ClipEncoder(e.clip_model, device)
@@ -171,7 +178,7 @@ def run(cfg: ProjectConfig) -> dict:
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
     )
     model = model_identity(cfg.model.pretrained, cfg.model.revision)
-    model |= cfg.model.schedule_identity()
+    model |= cfg.model.encoding_identity()
     if embeddings:  # the base images depend on them (keys without any stay as they were)
         model |= {"embeddings": embeddings}
     base_cache = base_cache_folder(shared_path(cfg.data.cache_dir), model, settings)

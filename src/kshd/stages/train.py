@@ -112,6 +112,7 @@ def write_outputs(
         seed=s.seed,
         train_text_encoder=s.train_text_encoder,
         sdxl=components.text_encoder_2 is not None,
+        clip_skip=cfg.model.clip_skip,
     )
     adapter = build_adapter(s.adapter, s.rank, s.alpha)
     _, kohya = save_adapter(out, adapter, info, components.unet, components.text_encoder,
@@ -169,7 +170,7 @@ def checkpoint_policy(cfg: ProjectConfig, split, reg) -> CheckpointPolicy:
             settings=s.defining(),
             dataset=split._fingerprint
             + (f"+reg:{reg._fingerprint}:{s.prior_loss_weight}" if reg else ""),
-            model=model_identity(m.pretrained, m.revision) | m.schedule_identity(),
+            model=model_identity(m.pretrained, m.revision) | m.encoding_identity(),
         ),
     )
 
@@ -191,7 +192,7 @@ def run(cfg: ProjectConfig) -> dict | None:
     m = cfg.model
     components = load_components(
         m.pretrained, m.revision, m.variant, False, m.prediction_type, m.zero_terminal_snr,
-        m.no_half_vae, m.single_file_config,
+        m.no_half_vae, m.single_file_config, m.clip_skip,
     )  # fmt: skip
     main_process = state.is_main_process
     wb = start_run(cfg.tracking, "train", as_plain(cfg)) if main_process else None

@@ -14,6 +14,7 @@ from kshd.models.single_file import check_single_file, config_source
 from kshd.models.single_file import load_pipeline as single_file_pipeline
 from kshd.models.single_file import load_unet as single_file_unet
 from kshd.prompts.encoding import encode_chunk_ids, encode_chunk_ids_sdxl
+from kshd.prompts.sdxl import clip_skip_note
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class Components:
     tokenizer_2: object = None
     text_encoder_2: torch.nn.Module | None = None
     vae_fp32: bool = False  # model.no_half_vae: the VAE stays fp32 under fp16/bf16
+    # model.clip_skip: the text encoder's layer captions are encoded from (SD 1.x; SDXL always
+    # takes the penultimate)
+    clip_skip: int = 1
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
@@ -51,11 +55,13 @@ def load_components(
     zero_terminal_snr: bool = False,
     no_half_vae: bool = False,
     single_file_config: str | None = None,
+    clip_skip: int = 1,
 ) -> Components:
     """The parts of an SD 1.x or SDXL model (its family read from the model) through
     from_pretrained, as the reference scripts load them (or from_single_file for one
     .safetensors); the noise schedule as the model was trained (`model.prediction_type`,
-    `model.zero_terminal_snr`: a single-file base cannot say).
+    `model.zero_terminal_snr`: a single-file base cannot say); captions encoded at `clip_skip`
+    (`model.clip_skip`).
 
     unet=False leaves the UNet to the training loop, which loads it once the caches are filled and
     the VAE and text encoders are released, so they are never in memory together."""
@@ -77,6 +83,8 @@ def load_components(
             for folder in ("tokenizer", "tokenizer_2")[: len(encoders)]
         ]
         sched = (pretrained, {"revision": revision})
+    if note := clip_skip_note(len(encoders) > 1, clip_skip):
+        log.warning("%s", note)
     schedule = {"prediction_type": prediction_type} if prediction_type else {}
     if zero_terminal_snr:
         schedule["rescale_betas_zero_snr"] = True
@@ -92,6 +100,7 @@ def load_components(
         tokenizer_2=tokenizers[1] if len(tokenizers) > 1 else None,
         text_encoder_2=encoders[1] if len(encoders) > 1 else None,
         vae_fp32=no_half_vae,
+        clip_skip=clip_skip,
     )
 
 
@@ -174,9 +183,10 @@ def place_for_training(
 
 def encode_caption_ids(c: Components, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Caption ids ({"input_ids"[, "input_ids_2"]}, [batch, chunks, 77]) -> the UNet's text
-    conditioning: `encoder_hidden_states`, and SDXL's pooled `text_embeds`."""
+    conditioning: `encoder_hidden_states` (at `c.clip_skip`), and SDXL's pooled `text_embeds`."""
     if c.text_encoder_2 is None:
-        return {"encoder_hidden_states": encode_chunk_ids(c.text_encoder, ids["input_ids"])}
+        hidden = encode_chunk_ids(c.text_encoder, ids["input_ids"], c.clip_skip)
+        return {"encoder_hidden_states": hidden}
     hidden, pooled = encode_chunk_ids_sdxl(
         c.text_encoder, c.text_encoder_2, ids["input_ids"], ids["input_ids_2"]
     )

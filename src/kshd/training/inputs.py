@@ -84,6 +84,7 @@ def build_dataset(
             [CaptionChunker(t, s.max_token_length, keep_tag) for t in tokenizers],
             cache_dir / "-".join(["text", *(module_fingerprint(e) for e in c.text_encoders)]),
             device,
+            c.clip_skip,
         )
     data = _log_masks(DrawingDataset(split, tokenizers, opts, latents, texts, **weights))
     with accelerator.main_process_first():

@@ -105,20 +105,31 @@ class TextSource:
 
     Captions go through the same CaptionChunkers as live training (train.max_token_length, the
     trigger phrase kept), so cached and live training see the same embeddings; the key holds
-    the chunking settings with the text, the folder the encoders' weights. `encode` maps caption
-    ids to the UNet's conditioning (training.components.encode_caption_ids): SD 1.x's hidden states,
-    SDXL's both encoders' and the pooled `text_embeds`, all cached.
+    the chunking settings and the clip skip `encode` takes them at (`model.clip_skip`; keys at
+    1 are those made before it existed) with the text, the folder the encoders' weights.
+    `encode` maps caption ids to the UNet's conditioning (training.components.
+    encode_caption_ids): SD 1.x's hidden states, SDXL's both encoders' and the pooled
+    `text_embeds`, all cached.
     """
 
     FILE_KEYS = {"encoder_hidden_states": "hidden", "text_embeds": "pooled"}
 
-    def __init__(self, encode, chunkers: list[CaptionChunker], folder: Path, device: torch.device):
+    def __init__(
+        self,
+        encode,
+        chunkers: list[CaptionChunker],
+        folder: Path,
+        device: torch.device,
+        clip_skip: int,
+    ):
         self.encode, self.chunkers, self.folder, self.device = encode, chunkers, folder, device
+        self.clip_skip = clip_skip
         self.memo: dict[str, dict[str, torch.Tensor]] = {}
 
     def _path(self, text: str) -> Path:
         first = self.chunkers[0]
-        key = f"{first.max_chunks * CHUNK}\0{first.keep}\0{text}"
+        skip = f"clip_skip={self.clip_skip}\0" if self.clip_skip != 1 else ""
+        key = f"{skip}{first.max_chunks * CHUNK}\0{first.keep}\0{text}"
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
     @torch.no_grad()

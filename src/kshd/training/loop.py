@@ -82,6 +82,15 @@ class _Run:
 ValidateFn = Callable[[int, Components], None]
 
 
+def _ddp_options(c: Components, s: TrainSettings) -> list:
+    """With clip skip 2 a text-encoder adapter's last layer gets no gradient (its output is
+    skipped, as in kohya's runs): DDP across processes must be told, or its second step fails."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    skips_a_layer = s.train_text_encoder and c.clip_skip != 1 and c.text_encoder_2 is None
+    return [DistributedDataParallelKwargs(find_unused_parameters=True)] if skips_a_layer else []
+
+
 def _setup(
     c: Components, split, s: TrainSettings, keep_tag: str, cache_dir: Path | None, reg=None
 ) -> tuple[_Run, dict]:
@@ -95,6 +104,7 @@ def _setup(
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         mixed_precision=s.mixed_precision,
         cpu=use_cpu_processes(),
+        kwargs_handlers=_ddp_options(c, s),
     )
     if s.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
