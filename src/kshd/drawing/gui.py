@@ -112,13 +112,15 @@ def _wire_tab(
         show_progress_on=[tab.status, tab.gallery],
         concurrency_id="engine",  # one queue with the model switches
     )
-    job.then(idle, [started, tab.drawn], [*tab.buttons(), tab.status], queue=False,
-             api_visibility="private")  # fmt: skip
+    # after the job: its time, or its error; either way Generate comes back (Gradio's page
+    # runs no `.then` listener after an error, so each outcome has its own)
+    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    job.success(idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
+    job.failure(handlers.failed, None, [*tab.buttons(), tab.status], **private)
     for button, how in ((tab.interrupt, "interrupt"), (tab.skip, "skip")):
         button.click(getattr(handlers, how), None, tab.status, queue=False,
                      api_name=f"{tab.name}_{how}")  # fmt: skip
     f = tab.fields
-    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
     tab.random_seed.click(lambda: -1, None, f.seed, **private)
     tab.reuse_seed.click(reuse_seed, [tab.drawn, tab.selected], f.seed, **private)
     tab.swap.click(swap, [f.width, f.height], [f.width, f.height], **private)

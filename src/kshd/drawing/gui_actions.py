@@ -8,8 +8,9 @@ import html
 import inspect
 import logging
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from types import MethodType
 from typing import Any
 
@@ -24,6 +25,21 @@ from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"
+MAX_FAILURES = 64  # job errors kept for the tabs' status lines
+
+
+def job_error(exc: Exception) -> gr.Error:
+    """Any error of a job as one message: the user's to fix (a request, a setting, a file) in
+    its own words and one log line; anything else by its type and first line, its traceback
+    logged."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, RequestError | UserError):
+        log.info("refused: %s", exc)
+        return user_error(str(exc))
+    log.error("drawing failed", exc_info=exc)
+    first = next(iter(str(exc).splitlines()), "")
+    return user_error(f"{type(exc).__name__}: {first}", title="Drawing failed")
 
 
 def user_error(message: str, title: str = CANNOT) -> gr.Error:
@@ -39,7 +55,9 @@ def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., An
     `draw(self, values, progress, request, make)` gets the fields by name and the class of its
     mode's requests."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    hints = {f.name: f.type for f in fields(part.mode.request)}
+    # resolved types: one left a string that this module cannot resolve ('Image.Image') makes
+    # Gradio's reading of all the hints fail, and the request would arrive as None
+    hints = typing.get_type_hints(part.mode.request)
     signature = inspect.Signature(
         [inspect.Parameter("self", kind)]
         + [inspect.Parameter(n, kind, annotation=hints[n]) for n in part.fields]
@@ -91,6 +109,7 @@ class Handlers:
     ):
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
         self.configured = engine.settings  # model.* of the config belong to its own base
+        self._failures: dict[str | None, str] = {}  # a session's last job error, for its status
 
     def _misfit(self, engine: Engine, lora: str) -> str | None:
         """Why `lora` does not load into the new base (e.g. made for the other family), or
@@ -140,7 +159,28 @@ class Handlers:
     def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None,
              make: type[Request] = Request):  # fmt: skip
         """`values`: the Request fields by name, as the tab's inputs gave them; `make`: the
-        class of the tab's requests (its mode's)."""
+        class of the tab's requests (its mode's). Any error ends the job as one message, kept
+        for the tab's status (`failed`)."""
+        try:
+            return self._job(values, progress, request, make)
+        except Exception as exc:
+            error = job_error(exc)
+            self._failures.pop(session(request), None)  # the newest last: the oldest go first
+            self._failures[session(request)] = error.message
+            while len(self._failures) > MAX_FAILURES:  # API clients never read theirs
+                del self._failures[next(iter(self._failures))]
+            # the page says it beside Generate (a toast would cover the button); a script
+            # gets it as the call's error
+            raise gr.Error(error.message, title=error.title, duration=None, visible=False,
+                           print_exception=False) from exc  # fmt: skip
+
+    def failed(self, request: gr.Request) -> tuple:
+        """After a job's error: Generate back, the error in one line beside it."""
+        said = self._failures.pop(session(request), "the drawing failed")
+        return (*idle_buttons(), f'<span class="status-error">{html.escape(said)}</span>')
+
+    def _job(self, values: dict, progress: gr.Progress, request: gr.Request | None,
+             make: type[Request]):  # fmt: skip
         if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
             brushed = values.pop("image")
             values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
@@ -155,15 +195,11 @@ class Handlers:
             raise user_error("Sketch: upload or draw a sketch")
         req = make(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
-        try:
-            result = self.engine.generate(
-                req,
-                lambda done, total: progress((done, total), desc="drawing", unit="steps"),
-                owner=session(request),
-            )
-        except RequestError as exc:
-            log.info("refused: %s", exc)  # the user's to fix: one line, no traceback
-            raise user_error(str(exc)) from exc
+        result = self.engine.generate(
+            req,
+            lambda done, total: progress((done, total), desc="drawing", unit="steps"),
+            owner=session(request),
+        )
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
         drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
@@ -207,8 +243,13 @@ def idle(started: float | None, drawn: list[dict]) -> tuple:
     took = time.monotonic() - started if started else 0.0
     n = len(drawn or [])
     said = f"{n} image{'s' * (n != 1)} in {took:.1f} s" if n else ""
+    return (*idle_buttons(), said)
+
+
+def idle_buttons() -> tuple:
+    """Generate back; Interrupt and Skip off."""
     return gr.Button(interactive=True, value="Generate"), gr.Button(interactive=False), \
-        gr.Button(interactive=False), said  # fmt: skip
+        gr.Button(interactive=False)  # fmt: skip
 
 
 def effective_prompts(prefix: str, prompt: str, negative_prefix: str, negative: str) -> str:
