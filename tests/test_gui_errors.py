@@ -136,3 +136,16 @@ def test_a_refused_field_below_the_fold_is_named_beside_generate(browser, server
         "() => { const s = document.querySelector('#txt2img-status').innerText;"
         " return s.includes('CFG scale') && !s.includes('Seed'); }", timeout=30_000,
     )  # fmt: skip
+
+
+def test_png_info_names_a_file_that_is_no_picture_by_its_own_name(server, tmp_path):
+    """Never by the server's temporary path."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("<!doctype html><html>not a picture</html>")
+    client = Client(server["url"], verbose=False)
+    with pytest.raises(AppError) as err:
+        client.predict(handle_file(str(notes)), api_name="/png_info")
+    assert str(err.value) == "PNG file: notes.png is not an image"
