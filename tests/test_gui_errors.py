@@ -5,6 +5,8 @@ Chromium at 1366x768, on the tiny SD and its tiny ControlNet."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from PIL import Image, ImageDraw
 
@@ -25,7 +27,7 @@ def server(tiny_models, random_lora, tmp_path_factory):
                   "generate.control.type=lineart", "generate.width=64", "generate.height=64",
                   "generate.steps=2")  # fmt: skip
     ui, engine = serve(cfg, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine}
+    yield {"url": f"http://127.0.0.1:{port}/", "outputs": outputs, "engine": engine, "ui": ui}
     with engine.lock:
         ui.close()
 
@@ -149,3 +151,52 @@ def test_png_info_names_a_file_that_is_no_picture_by_its_own_name(server, tmp_pa
     with pytest.raises(AppError) as err:
         client.predict(handle_file(str(notes)), api_name="/png_info")
     assert str(err.value) == "PNG file: notes.png is not an image"
+
+
+def test_a_second_client_s_interrupt_takes_its_own_waiting_job_out_of_the_queue(
+    server, monkeypatch
+):
+    """Client A's job is held drawing; B's waits behind it. B's Interrupt takes B's job out
+    of the queue (B hears of it as an error) and leaves A's to finish; only A's is drawn."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    engine, queue = server["engine"], server["ui"]._queue
+    held, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    generate, drawn = engine.generate, []
+
+    def holding(req, progress=None, **kw):
+        drawn.append(req.prompt)
+
+        def step(done, total):
+            progress(done, total)
+            if done == 1:
+                held.set()
+                assert release.wait(60)
+
+        return generate(req, step, **kw)
+
+    send = queue.send_message
+
+    def recording(event, message):
+        send(event, message)
+        if message.msg == "estimation" and message.rank is not None:
+            waiting.set()  # a job is waiting in the queue
+
+    monkeypatch.setattr(engine, "generate", holding)
+    monkeypatch.setattr(queue, "send_message", recording)
+    a, b = Client(server["url"], verbose=False), Client(server["url"], verbose=False)
+    common = {"steps": 2, "seed": 1, "width": 64, "height": 64, "api_name": "/txt2img"}
+    first = a.submit(prompt="a", **common)
+    try:
+        assert held.wait(60)
+        second = b.submit(prompt="b", **common)
+        assert waiting.wait(60)
+        said = b.predict(api_name="/txt2img_interrupt")
+        assert said == "interrupt: interrupted before it started: taken out of the queue"
+        with pytest.raises(AppError, match="interrupted before it started"):
+            second.result(timeout=60)
+    finally:
+        release.set()
+    gallery, _, _ = first.result(timeout=120)
+    assert len(gallery) == 1 and drawn == ["a"]

@@ -117,9 +117,9 @@ def _wire_tab(
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
     job.success(idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
     job.failure(handlers.failed, None, [*tab.buttons(), tab.status], **private)
-    for button, how in ((tab.interrupt, "interrupt"), (tab.skip, "skip")):
-        button.click(getattr(handlers, how), None, tab.status, queue=False,
-                     api_name=f"{tab.name}_{how}")  # fmt: skip
+    stops = {"interrupt": handlers.interrupter(tab.name), "skip": handlers.skip}
+    for how, button in (("interrupt", tab.interrupt), ("skip", tab.skip)):
+        button.click(stops[how], None, tab.status, queue=False, api_name=f"{tab.name}_{how}")
     f = tab.fields
     tab.random_seed.click(lambda: -1, None, f.seed, **private)
     tab.reuse_seed.click(reuse_seed, [tab.drawn, tab.selected], f.seed, **private)
@@ -230,6 +230,7 @@ def serve(
     ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers,
                   ReviewFiles.of(cfg))  # fmt: skip
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
+    handlers.queue = ui._queue  # noqa: SLF001 (Interrupt takes a tab's waiting job out of it)
     drawings = {name: part.fields for name, part in tab_parts().items()}
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
     ui.launch(

@@ -19,6 +19,7 @@ import gradio as gr
 from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_modes import TabPart, tab_parts
+from kshd.drawing.gui_queue import take_out
 from kshd.drawing.request import Request, RequestError
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 from kshd.prompts.encoding import join_prefix
@@ -110,6 +111,7 @@ class Handlers:
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
         self.configured = engine.settings  # model.* of the config belong to its own base
         self._failures: dict[str | None, str] = {}  # a session's last job error, for its status
+        self.queue = None  # the server's queue (Gradio's), set once it is made: for Interrupt
 
     def _misfit(self, engine: Engine, lora: str) -> str | None:
         """Why `lora` does not load into the new base (e.g. made for the other family), or
@@ -214,9 +216,22 @@ class Handlers:
         """The drawing handler of the registered tab `tab` (`gui_modes`), bound to this."""
         return MethodType(request_handler(tab_parts()[tab], type(self)._run), self)
 
-    def interrupt(self, request: gr.Request) -> str:
-        """Stop this page's job at its next step, keeping the images it finished."""
-        return self._stop(INTERRUPT, request)
+    def interrupter(self, tab: str) -> Callable[..., Any]:
+        """Interrupt for the tab `tab`: its page's job in progress stopped at its next step
+        (the images it finished kept), or the tab's job still waiting in the queue taken out
+        of it (its page told as of an error)."""
+
+        async def interrupt(request: gr.Request) -> str:
+            if self.engine.stop(INTERRUPT, owner=session(request)):
+                return f"{INTERRUPT}: asked"
+            said = "interrupted before it started: taken out of the queue"
+            if self.queue is not None and await take_out(self.queue, session(request), tab, said):
+                self._failures[session(request)] = said
+                log.info("%s job of %s %s", tab, session(request), said)
+                return f"{INTERRUPT}: {said}"
+            return f"{INTERRUPT}: nothing of yours is drawing"
+
+        return interrupt
 
     def skip(self, request: gr.Request) -> str:
         """Drop the batch this page's job is drawing and go on with the next."""
