@@ -200,3 +200,18 @@ def test_a_second_client_s_interrupt_takes_its_own_waiting_job_out_of_the_queue(
         release.set()
     gallery, _, _ = first.result(timeout=120)
     assert len(gallery) == 1 and drawn == ["a"]
+
+
+def test_a_refused_base_model_reverts_to_the_one_in_use_named_with_its_hash(browser, server):
+    engine = server["engine"]
+    base = engine.settings.pretrained
+    page, _ = open_page(browser, server, VIEW)
+    bar = page.inner_text("#model-status")
+    assert f"Model: {engine.model_name} ({engine.model_hash})" in bar, bar  # name and hash
+    page.fill("#base-model input", "/no/such/model")
+    page.press("#base-model input", "Enter")
+    page.wait_for_function(
+        "b => document.querySelector('#base-model input')?.value === b", arg=base,
+        timeout=60_000,
+    )  # fmt: skip
+    assert page.input_value("#lora-choice input") not in ("", "/no/such/model")

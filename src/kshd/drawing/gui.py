@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -47,7 +48,7 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]):
     """The base model and LoRA in use, always on screen, each a chooser (the LoRAs refreshed by
     🔄); the engine's notes under them, once, small. A switch is a job of the queue; its event
     is returned (the size presets follow the base's family after it)."""
-    engine = handlers.engine
+    engine, in_use = handlers.engine, in_use_of(handlers)
     with gr.Row(elem_id="model-bar", equal_height=True):
         base = gr.Dropdown(
             models, value=engine.settings.pretrained, label="Base model", allow_custom_value=True,
@@ -64,9 +65,16 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]):
     refresh.click(lambda: gr.Dropdown(choices=catalog.choices()), None, lora, **private)
     # "/set_model" for scripts; both choosers run it as a job of the drawing queue
     lora.input(handlers.set_model, [base, lora], status, api_name="set_model",
-               concurrency_id="engine")  # fmt: skip
-    return base.input(handlers.set_model, [base, lora], status, api_visibility="private",
-                      concurrency_id="engine")  # fmt: skip
+               concurrency_id="engine").failure(in_use, None, [base, lora], **private)  # fmt: skip
+    switched = base.input(handlers.set_model, [base, lora], status, api_visibility="private",
+                          concurrency_id="engine")  # fmt: skip
+    switched.failure(in_use, None, [base, lora], **private)  # a refused choice reverts
+    return switched
+
+
+def in_use_of(handlers: Handlers) -> Callable[[], tuple]:
+    """The choosers put back to the base and LoRA in use (after a refused choice)."""
+    return lambda: (handlers.engine.settings.pretrained, handlers.engine.lora_path or NONE)
 
 
 def preset_size(label: str) -> tuple[int, int]:
@@ -76,7 +84,8 @@ def preset_size(label: str) -> tuple[int, int]:
 
 def model_status(engine: Engine) -> str:
     lora = f"**{engine.lora_name}** ({engine.lora_hash})" if engine.lora_name else "none"
-    text = f"Model: **{engine.model_name}** · LoRA: {lora}"
+    model = f"**{engine.model_name}**" + (f" ({engine.model_hash})" if engine.model_hash else "")
+    text = f"Model: {model} · LoRA: {lora}"
     if not engine.notes:
         return text
     n = len(engine.notes)
