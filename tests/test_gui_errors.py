@@ -215,3 +215,42 @@ def test_a_refused_base_model_reverts_to_the_one_in_use_named_with_its_hash(brow
         timeout=60_000,
     )  # fmt: skip
     assert page.input_value("#lora-choice input") not in ("", "/no/such/model")
+
+
+def test_off_loopback_the_model_bar_loads_only_what_is_configured(
+    tiny_models, random_lora, tmp_path
+):
+    """Bound to 0.0.0.0: a folder that exists and one that does not get the same answer, a
+    LoRA outside the configured folders is refused, one inside them loads."""
+    import shutil
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from kshd.adapters.files import DIFFUSERS_FILE
+    from kshd.drawing.gui import serve
+
+    port = free_port()
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(random_lora / DIFFUSERS_FILE, loras / "inside.safetensors")
+    shutil.copy(random_lora / DIFFUSERS_FILE, tmp_path / "outside.safetensors")
+    cfg = gui_cfg(tiny_models, random_lora, tmp_path / "outputs", port, "generate.gui.host=0.0.0.0",
+                  f"generate.gui.lora_dirs=[{loras}]")  # fmt: skip
+    ui, engine = serve(cfg, auth="artist:s3cret", block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", auth=("artist", "s3cret"), verbose=False)
+        base, lora = engine.settings.pretrained, engine.lora_path
+        answers = []
+        for probe in (str(tmp_path), str(tmp_path / "no-such-folder")):
+            with pytest.raises(AppError) as err:
+                client.predict(probe, lora, api_name="/set_model")
+            answers.append(str(err.value).replace(probe, "<path>"))
+        assert answers[0] == answers[1] and "not a configured base model" in answers[0]
+        with pytest.raises(AppError, match="LoRA: .* is not in a configured LoRA folder"):
+            client.predict(base, str(tmp_path / "outside.safetensors"), api_name="/set_model")
+        said = client.predict(base, str(loras / "inside.safetensors"), api_name="/set_model")
+        assert "**inside**" in said
+    finally:
+        with engine.lock:
+            ui.close()

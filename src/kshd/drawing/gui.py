@@ -38,6 +38,7 @@ from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts  # noqa: E402
 from kshd.drawing.gui_parts import PAGE_CSS, PAGE_JS, Tab, build_tab, preset_updates  # noqa: E402
 from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
+from kshd.drawing.gui_roots import Roots  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,9 @@ def serve(
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
+    if host not in LOOPBACK:  # the model bar loads only what is configured
+        folders = (g.lora, gui.checkpoints_dir, *gui.lora_dirs)
+        handlers.roots = Roots((cfg.model.pretrained, *gui.models), tuple(filter(None, folders)))
     ui = build_ui(engine, Request.from_settings(g), catalog, list(gui.models), handlers,
                   ReviewFiles.of(cfg))  # fmt: skip
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)

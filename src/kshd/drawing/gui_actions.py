@@ -20,6 +20,7 @@ from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_modes import TabPart, tab_parts
 from kshd.drawing.gui_queue import take_out
+from kshd.drawing.gui_roots import NotConfigured, Roots
 from kshd.drawing.request import Request, RequestError
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 from kshd.prompts.encoding import join_prefix
@@ -112,6 +113,7 @@ class Handlers:
         self.configured = engine.settings  # model.* of the config belong to its own base
         self._failures: dict[str | None, str] = {}  # a session's last job error, for its status
         self.queue = None  # the server's queue (Gradio's), set once it is made: for Interrupt
+        self.roots: Roots | None = None  # off loopback: what the model bar may load
 
     def _misfit(self, engine: Engine, lora: str) -> str | None:
         """Why `lora` does not load into the new base (e.g. made for the other family), or
@@ -139,6 +141,7 @@ class Handlers:
         in use. A model that cannot load leaves the one in use; a LoRA that does not fit a new
         base (one of the other family) is left out and said so, the new base kept."""
         engine, lora = self.engine, lora or None
+        self._check_roots(base, lora)
         try:
             if base != engine.settings.pretrained:
                 with engine.lock:  # the job in progress finishes first
@@ -157,6 +160,23 @@ class Handlers:
             raise user_error(said, title="Cannot switch") from exc
         log.info("in use: base %s, LoRA %s", base, lora)
         return self.describe(engine)
+
+    def _check_roots(self, base: str, lora: str | None) -> None:
+        """Off loopback, a base or LoRA outside the configured ones is refused (`gui_roots`),
+        in one message whether it exists or not."""
+        if self.roots is None:
+            return
+        engine = self.engine
+        try:
+            if base != engine.settings.pretrained:
+                label = "Base model"
+                self.roots.check_base(base)
+            if lora and lora != engine.lora_path:
+                label = "LoRA"
+                self.roots.check_lora(lora)
+        except NotConfigured as exc:
+            log.info("refused: %s: %s", label, exc)
+            raise user_error(f"{label}: {exc}", title="Cannot switch") from exc
 
     def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None,
              make: type[Request] = Request):  # fmt: skip
