@@ -1,7 +1,9 @@
 """A studio tab is never left locked: an error raised while a job runs (a ControlNet that is not
 on disk, the engine failing mid-drawing) ends the job, is said in one line beside Generate, and
-Generate draws again; a refused field below the fold is named beside Generate too. In Debian's
-Chromium at 1366x768, on the tiny SD and its tiny ControlNet."""
+Generate draws again; a refused field below the fold is named beside Generate too; a refused
+base model reverts; a waiting job is taken out of the queue by its own client's Interrupt; PNG
+Info never shows a server path; off loopback the model bar loads only what is configured. In
+Debian's Chromium at 1366x768 and through gradio_client, on the tiny SD and its ControlNet."""
 
 from __future__ import annotations
 
