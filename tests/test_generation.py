@@ -229,7 +229,11 @@ def test_bad_pictures_are_refused_with_the_file_named(engine, tmp_path):
     page.write_text("<!doctype html><html></html>")
     huge = tmp_path / "huge.png"
     Image.new("L", (1100, 1000)).save(huge)  # over this engine's 1 Mpx upload limit
-    for path, words in ((page, "HTML"), (huge, "too large"), (tmp_path / "gone.png", "unreadable")):
+    for path, words in (
+        (page, "HTML"),
+        (huge, "larger than generate.limits.max_upload_pixels"),
+        (tmp_path / "gone.png", "unreadable"),
+    ):
         with pytest.raises(RequestError, match=words) as err:
             engine.generate(Request("a", image=path, **SMALL), save=False)
         assert err.value.field == "image" and path.name in str(err.value)

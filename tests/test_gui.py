@@ -171,7 +171,10 @@ def test_client_bad_uploads(client, tmp_path):
     text.write_text("<!doctype html><html>not a picture</html>")
     huge = tmp_path / "huge.png"
     Image.new("L", (2100, 2000)).save(huge)  # 4.2 Mpx, over this server's 4 Mpx limit
-    for path, message in ((text, "not an image"), (huge, "too large")):
+    for path, message in (
+        (text, "not an image"),
+        (huge, "larger than generate.limits.max_upload_pixels: 2100x2000"),
+    ):
         with pytest.raises(AppError, match=message):
             client.predict(image=handle_file(str(path)), prompt="a", api_name="/img2img")
     with pytest.raises(AppError, match="strength: 2.0 must be a number from 0 to 1"):

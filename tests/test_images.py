@@ -70,7 +70,9 @@ def test_truncated_and_tiny_and_huge_are_rejected(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "s.png")
     with pytest.raises(ImageRejected, match="too small"):
         load_image(tmp_path / "s.png", intake_rules())
-    with pytest.raises(ImageRejected, match="too large"):
+    with pytest.raises(
+        ImageRejected, match="larger than prepare.max_pixels: 10x10 = 100 pixels, over 99"
+    ):
         load_image(tmp_path / "s.png", intake_rules(min_side=1, max_pixels=99))
 
 
@@ -145,3 +147,12 @@ def test_a_fresh_clone_has_the_raw_folder_and_its_placeholder_is_no_drawing(tmp_
     Image.new("RGB", (96, 80), "white").save(raw / "drawing.png")
     report = prepare_folder(raw, tmp_path / "out", **intake(resolution=64))
     assert (report.inputs, report.accepted, report.rejected) == (1, 1, [])
+
+
+def test_a_picture_over_the_pixel_limit_is_said_to_be_so_not_corrupt(tmp_path):
+    """The decompression-bomb guard names the limit's key, never 'truncated or corrupt'."""
+    Image.new("1", (3000, 2000)).save(tmp_path / "wide.png")
+    with pytest.raises(ImageRejected) as err:
+        load_image(tmp_path / "wide.png", intake_rules(max_pixels=4_000_000))
+    assert err.value.reason == ("larger than prepare.max_pixels: 3000x2000 = 6000000 pixels, "
+                                "over 4000000 (a decompression-bomb guard)")  # fmt: skip

@@ -96,7 +96,7 @@ def first_loss(losses: list[float]) -> float:
 def intake(resolution: int) -> dict:
     """prepare_folder's arguments as the prepare stage passes them (conf/'s `prepare` group)."""
     p = defaults("prepare", resolution=resolution)
-    rules = IntakeRules(background=p.background, min_side=p.min_side, max_pixels=p.max_pixels)
+    rules = IntakeRules.from_settings(p)
     return dict(resolution=p.resolution, upscale=p.upscale, rules=rules)
 
 

@@ -44,11 +44,13 @@ class IntakeRules:
     background: tuple[int, int, int]
     min_side: int
     max_pixels: int
+    limit_key: str  # the config key of max_pixels, named when a picture is over it
 
     @classmethod
     def from_settings(cls, prepare: PrepareSettings) -> IntakeRules:
         """The `prepare` group's rules, field by field of the same name."""
-        return cls(**{f.name: getattr(prepare, f.name) for f in fields(cls)})
+        own = {f.name: getattr(prepare, f.name) for f in fields(cls) if f.name != "limit_key"}
+        return cls(**own, limit_key="prepare.max_pixels")
 
 
 @dataclass
@@ -145,8 +147,8 @@ def _decode(path: Path, rules: IntakeRules) -> LoadedImage:
             width, height = img.size
             if width * height > rules.max_pixels:
                 raise ImageRejected(
-                    f"too large: {width}x{height} = {width * height} pixels > max_pixels "
-                    f"{rules.max_pixels} (decompression-bomb guard)"
+                    f"larger than {rules.limit_key}: {width}x{height} = {width * height} "
+                    f"pixels, over {rules.max_pixels} (a decompression-bomb guard)"
                 )
             animated = bool(getattr(img, "is_animated", False))
             img.seek(0)
@@ -161,8 +163,10 @@ def load_image(path: str | Path, rules: IntakeRules) -> LoadedImage:
     _check_file(path)
     try:
         loaded = _decode(path, rules)
+    except ImageRejected:
+        raise  # said already (a ValueError, not a corrupt file)
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"too large: {exc}") from exc
+        raise ImageRejected(f"larger than Pillow's decompression-bomb limit: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected(_not_an_image_reason(path)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -37,6 +38,7 @@ from kshd.drawing.gui_library import build_history, build_pnginfo  # noqa: E402
 from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts  # noqa: E402
 from kshd.drawing.gui_parts import PAGE_CSS, PAGE_JS, Tab, build_tab, preset_updates  # noqa: E402
 from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
+from kshd.drawing.gui_roots import Roots  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]):
     """The base model and LoRA in use, always on screen, each a chooser (the LoRAs refreshed by
     🔄); the engine's notes under them, once, small. A switch is a job of the queue; its event
     is returned (the size presets follow the base's family after it)."""
-    engine = handlers.engine
+    engine, in_use = handlers.engine, in_use_of(handlers)
     with gr.Row(elem_id="model-bar", equal_height=True):
         base = gr.Dropdown(
             models, value=engine.settings.pretrained, label="Base model", allow_custom_value=True,
@@ -64,9 +66,16 @@ def _model_bar(handlers: Handlers, catalog: LoraCatalog, models: list[str]):
     refresh.click(lambda: gr.Dropdown(choices=catalog.choices()), None, lora, **private)
     # "/set_model" for scripts; both choosers run it as a job of the drawing queue
     lora.input(handlers.set_model, [base, lora], status, api_name="set_model",
-               concurrency_id="engine")  # fmt: skip
-    return base.input(handlers.set_model, [base, lora], status, api_visibility="private",
-                      concurrency_id="engine")  # fmt: skip
+               concurrency_id="engine").failure(in_use, None, [base, lora], **private)  # fmt: skip
+    switched = base.input(handlers.set_model, [base, lora], status, api_visibility="private",
+                          concurrency_id="engine")  # fmt: skip
+    switched.failure(in_use, None, [base, lora], **private)  # a refused choice reverts
+    return switched
+
+
+def in_use_of(handlers: Handlers) -> Callable[[], tuple]:
+    """The choosers put back to the base and LoRA in use (after a refused choice)."""
+    return lambda: (handlers.engine.settings.pretrained, handlers.engine.lora_path or NONE)
 
 
 def preset_size(label: str) -> tuple[int, int]:
@@ -76,7 +85,8 @@ def preset_size(label: str) -> tuple[int, int]:
 
 def model_status(engine: Engine) -> str:
     lora = f"**{engine.lora_name}** ({engine.lora_hash})" if engine.lora_name else "none"
-    text = f"Model: **{engine.model_name}** · LoRA: {lora}"
+    model = f"**{engine.model_name}**" + (f" ({engine.model_hash})" if engine.model_hash else "")
+    text = f"Model: {model} · LoRA: {lora}"
     if not engine.notes:
         return text
     n = len(engine.notes)
@@ -112,13 +122,15 @@ def _wire_tab(
         show_progress_on=[tab.status, tab.gallery],
         concurrency_id="engine",  # one queue with the model switches
     )
-    job.then(idle, [started, tab.drawn], [*tab.buttons(), tab.status], queue=False,
-             api_visibility="private")  # fmt: skip
-    for button, how in ((tab.interrupt, "interrupt"), (tab.skip, "skip")):
-        button.click(getattr(handlers, how), None, tab.status, queue=False,
-                     api_name=f"{tab.name}_{how}")  # fmt: skip
-    f = tab.fields
+    # after the job: its time, or its error; either way Generate comes back (Gradio's page
+    # runs no `.then` listener after an error, so each outcome has its own)
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    job.success(idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
+    job.failure(handlers.failed, None, [*tab.buttons(), tab.status], **private)
+    stops = {"interrupt": handlers.interrupter(tab.name), "skip": handlers.skip}
+    for how, button in (("interrupt", tab.interrupt), ("skip", tab.skip)):
+        button.click(stops[how], None, tab.status, queue=False, api_name=f"{tab.name}_{how}")
+    f = tab.fields
     tab.random_seed.click(lambda: -1, None, f.seed, **private)
     tab.reuse_seed.click(reuse_seed, [tab.drawn, tab.selected], f.seed, **private)
     tab.swap.click(swap, [f.width, f.height], [f.width, f.height], **private)
@@ -225,10 +237,14 @@ def serve(
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
     strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
+    if host not in LOOPBACK:  # the model bar loads only what is configured
+        folders = (g.lora, gui.checkpoints_dir, *gui.lora_dirs)
+        handlers.roots = Roots((cfg.model.pretrained, *gui.models), tuple(filter(None, folders)))
     defaults = Request.from_settings(g, clip_skip=cfg.model.clip_skip)  # the base's, shown
     ui = build_ui(engine, defaults, catalog, list(gui.models), handlers,
                   ReviewFiles.of(cfg))  # fmt: skip
     ui.queue(default_concurrency_limit=1, max_size=g.gui.queue_size)
+    handlers.queue = ui._queue  # noqa: SLF001 (Interrupt takes a tab's waiting job out of it)
     drawings = {name: part.fields for name, part in tab_parts().items()}
     estimate_queue(ui._queue, lambda: handlers.engine.pace, drawings)  # noqa: SLF001
     ui.launch(

@@ -8,8 +8,9 @@ import html
 import inspect
 import logging
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from types import MethodType
 from typing import Any
 
@@ -18,12 +19,29 @@ import gradio as gr
 from kshd.config.errors import UserError
 from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
 from kshd.drawing.gui_modes import TabPart, tab_parts
+from kshd.drawing.gui_queue import take_out
+from kshd.drawing.gui_roots import NotConfigured, Roots
 from kshd.drawing.request import Request, RequestError
 from kshd.models.family import is_single_file, model_family, read_checkpoint
 from kshd.prompts.encoding import join_prefix
 
 log = logging.getLogger(__name__)
 CANNOT = "Cannot draw this"
+MAX_FAILURES = 64  # job errors kept for the tabs' status lines
+
+
+def job_error(exc: Exception) -> gr.Error:
+    """Any error of a job as one message: the user's to fix (a request, a setting, a file) in
+    its own words and one log line; anything else by its type and first line, its traceback
+    logged."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, RequestError | UserError):
+        log.info("refused: %s", exc)
+        return user_error(str(exc))
+    log.error("drawing failed", exc_info=exc)
+    first = next(iter(str(exc).splitlines()), "")
+    return user_error(f"{type(exc).__name__}: {first}", title="Drawing failed")
 
 
 def user_error(message: str, title: str = CANNOT) -> gr.Error:
@@ -39,7 +57,9 @@ def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., An
     `draw(self, values, progress, request, make)` gets the fields by name and the class of its
     mode's requests."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    hints = {f.name: f.type for f in fields(part.mode.request)}
+    # resolved types: one left a string that this module cannot resolve ('Image.Image') makes
+    # Gradio's reading of all the hints fail, and the request would arrive as None
+    hints = typing.get_type_hints(part.mode.request)
     signature = inspect.Signature(
         [inspect.Parameter("self", kind)]
         + [inspect.Parameter(n, kind, annotation=hints[n]) for n in part.fields]
@@ -91,6 +111,9 @@ class Handlers:
     ):
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
         self.configured = engine.settings  # model.* of the config belong to its own base
+        self._failures: dict[str | None, str] = {}  # a session's last job error, for its status
+        self.queue = None  # the server's queue (Gradio's), set once it is made: for Interrupt
+        self.roots: Roots | None = None  # off loopback: what the model bar may load
 
     def _misfit(self, engine: Engine, lora: str) -> str | None:
         """Why `lora` does not load into the new base (e.g. made for the other family), or
@@ -118,6 +141,7 @@ class Handlers:
         in use. A model that cannot load leaves the one in use; a LoRA that does not fit a new
         base (one of the other family) is left out and said so, the new base kept."""
         engine, lora = self.engine, lora or None
+        self._check_roots(base, lora)
         try:
             if base != engine.settings.pretrained:
                 with engine.lock:  # the job in progress finishes first
@@ -137,10 +161,48 @@ class Handlers:
         log.info("in use: base %s, LoRA %s", base, lora)
         return self.describe(engine)
 
+    def _check_roots(self, base: str, lora: str | None) -> None:
+        """Off loopback, a base or LoRA outside the configured ones is refused (`gui_roots`),
+        in one message whether it exists or not."""
+        if self.roots is None:
+            return
+        engine = self.engine
+        try:
+            if base != engine.settings.pretrained:
+                label = "Base model"
+                self.roots.check_base(base)
+            if lora and lora != engine.lora_path:
+                label = "LoRA"
+                self.roots.check_lora(lora)
+        except NotConfigured as exc:
+            log.info("refused: %s: %s", label, exc)
+            raise user_error(f"{label}: {exc}", title="Cannot switch") from exc
+
     def _run(self, values: dict, progress: gr.Progress, request: gr.Request | None = None,
              make: type[Request] = Request):  # fmt: skip
         """`values`: the Request fields by name, as the tab's inputs gave them; `make`: the
-        class of the tab's requests (its mode's)."""
+        class of the tab's requests (its mode's). Any error ends the job as one message, kept
+        for the tab's status (`failed`)."""
+        try:
+            return self._job(values, progress, request, make)
+        except Exception as exc:
+            error = job_error(exc)
+            self._failures.pop(session(request), None)  # the newest last: the oldest go first
+            self._failures[session(request)] = error.message
+            while len(self._failures) > MAX_FAILURES:  # API clients never read theirs
+                del self._failures[next(iter(self._failures))]
+            # the page says it beside Generate (a toast would cover the button); a script
+            # gets it as the call's error
+            raise gr.Error(error.message, title=error.title, duration=None, visible=False,
+                           print_exception=False) from exc  # fmt: skip
+
+    def failed(self, request: gr.Request) -> tuple:
+        """After a job's error: Generate back, the error in one line beside it."""
+        said = self._failures.pop(session(request), "the drawing failed")
+        return (*idle_buttons(), f'<span class="status-error">{html.escape(said)}</span>')
+
+    def _job(self, values: dict, progress: gr.Progress, request: gr.Request | None,
+             make: type[Request]):  # fmt: skip
         if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
             brushed = values.pop("image")
             values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
@@ -155,15 +217,11 @@ class Handlers:
             raise user_error("Sketch: upload or draw a sketch")
         req = make(**values)
         progress((0, req.steps), desc="waiting for the model", unit="steps")
-        try:
-            result = self.engine.generate(
-                req,
-                lambda done, total: progress((done, total), desc="drawing", unit="steps"),
-                owner=session(request),
-            )
-        except RequestError as exc:
-            log.info("refused: %s", exc)  # the user's to fix: one line, no traceback
-            raise user_error(str(exc)) from exc
+        result = self.engine.generate(
+            req,
+            lambda done, total: progress((done, total), desc="drawing", unit="steps"),
+            owner=session(request),
+        )
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
         drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
@@ -178,9 +236,22 @@ class Handlers:
         """The drawing handler of the registered tab `tab` (`gui_modes`), bound to this."""
         return MethodType(request_handler(tab_parts()[tab], type(self)._run), self)
 
-    def interrupt(self, request: gr.Request) -> str:
-        """Stop this page's job at its next step, keeping the images it finished."""
-        return self._stop(INTERRUPT, request)
+    def interrupter(self, tab: str) -> Callable[..., Any]:
+        """Interrupt for the tab `tab`: its page's job in progress stopped at its next step
+        (the images it finished kept), or the tab's job still waiting in the queue taken out
+        of it (its page told as of an error)."""
+
+        async def interrupt(request: gr.Request) -> str:
+            if self.engine.stop(INTERRUPT, owner=session(request)):
+                return f"{INTERRUPT}: asked"
+            said = "interrupted before it started: taken out of the queue"
+            if self.queue is not None and await take_out(self.queue, session(request), tab, said):
+                self._failures[session(request)] = said
+                log.info("%s job of %s %s", tab, session(request), said)
+                return f"{INTERRUPT}: {said}"
+            return f"{INTERRUPT}: nothing of yours is drawing"
+
+        return interrupt
 
     def skip(self, request: gr.Request) -> str:
         """Drop the batch this page's job is drawing and go on with the next."""
@@ -207,8 +278,13 @@ def idle(started: float | None, drawn: list[dict]) -> tuple:
     took = time.monotonic() - started if started else 0.0
     n = len(drawn or [])
     said = f"{n} image{'s' * (n != 1)} in {took:.1f} s" if n else ""
+    return (*idle_buttons(), said)
+
+
+def idle_buttons() -> tuple:
+    """Generate back; Interrupt and Skip off."""
     return gr.Button(interactive=True, value="Generate"), gr.Button(interactive=False), \
-        gr.Button(interactive=False), said  # fmt: skip
+        gr.Button(interactive=False)  # fmt: skip
 
 
 def effective_prompts(prefix: str, prompt: str, negative_prefix: str, negative: str) -> str:

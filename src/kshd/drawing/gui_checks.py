@@ -14,6 +14,7 @@ A picture is checked as soon as it arrives.
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
@@ -123,13 +124,14 @@ def wire_checks(tab: Tab, defaults: Request, limits: Limits) -> None:
     inputs = tab.inputs()
     quiet = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
-    def mark_all(*values) -> list[dict]:
+    def mark_all(*values) -> list:
         said = messages(*values)
         for text in filter(None, said):
             log.info("refused in the page: %s", text)  # one line each, no traceback
-        return [_mark(c, m) for c, m in zip(inputs, said, strict=True)]
+        marks = [_mark(c, m) for c, m in zip(inputs, said, strict=True)]
+        return [*marks, refused_status([c.label for c, m in zip(inputs, said, strict=True) if m])]
 
-    tab.generate.click(mark_all, inputs, inputs, trigger_mode="multiple", **quiet)
+    tab.generate.click(mark_all, inputs, [*inputs, tab.status], trigger_mode="multiple", **quiet)
     carrier = gr.Textbox(visible=False)
     for name, component in zip(tab.names, inputs, strict=True):
         if isinstance(component, gr.Slider):
@@ -139,6 +141,15 @@ def wire_checks(tab: Tab, defaults: Request, limits: Limits) -> None:
         else:
             check = _field_check(name, component, messages.one)
             component.change(check, component, component, trigger_mode="always_last", **quiet)
+
+
+def refused_status(labels: list[str]):
+    """Beside Generate, the refused fields by label (their messages stand beside them, maybe
+    below the fold); nothing changed when none is."""
+    if not labels:
+        return gr.skip()
+    named = html.escape(", ".join(labels))
+    return f'<span class="status-error">Not drawn: {named}: see the message beside it</span>'
 
 
 def _field_check(name: str, component, one: Callable[[str, object], str]) -> Callable:

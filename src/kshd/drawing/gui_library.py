@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image, UnidentifiedImageError
 
 from kshd.drawing.gui_actions import user_error
 from kshd.drawing.gui_components import PicturePath
@@ -28,9 +29,13 @@ def png_info(path: str | None, control_models: dict | None = None) -> tuple[str,
         return "", ""
     try:
         text = read_parameters(path)
-    except OSError as exc:
-        log.info("refused: PNG file: %s", exc)
-        raise user_error(f"PNG file: cannot read it ({exc})", title="Not a picture") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        # named by the uploaded file's own name: the server's temporary path is nobody's business
+        unknown = isinstance(exc, UnidentifiedImageError)
+        why = "is not an image" if unknown else "cannot be read (truncated, corrupt or too large)"
+        said = f"PNG file: {Path(path).name} {why}"
+        log.info("refused: %s", said)
+        raise user_error(said, title="Not a picture") from exc
     if not text:
         return "", "This picture holds no generation parameters (A1111's `parameters` chunk)."
     _, unused = request_fields(text, "", "", control_models)

@@ -223,6 +223,7 @@ PAGE_CSS = """
 .studio-gallery .thumbnail-item img { width: auto; height: auto; max-width: 100%; max-height: 220px;
   object-fit: scale-down; }
 .status { min-height: 2.5em; font-size: 0.9em; }
+.status-error { color: var(--error-text-color, #b91c1c); }
 .effective { font-size: 0.85em; color: var(--body-text-color-subdued); }
 #model-bar { font-size: 0.9em; }
 .field-error [data-testid="block-info"], .field-error .info-text,

@@ -8,7 +8,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gradio.server_messages import EstimationMessage, ProcessStartsMessage
+import gradio as gr
+from gradio.server_messages import (
+    EstimationMessage,
+    ProcessCompletedMessage,
+    ProcessStartsMessage,
+)
+from gradio.utils import error_payload
 
 from kshd.drawing.pace import Pace, work
 
@@ -58,3 +64,26 @@ def estimate_queue(queue: Any, pace_of: Callable[[], Pace], names: dict[str, tup
         send(event, message)
 
     queue.send_message = send_message
+
+
+async def take_out(queue: Any, owner: str | None, api_name: str, said: str) -> bool:
+    """Take `owner`'s waiting `api_name` jobs out of Gradio's `queue` and end each as failed
+    with `said` (as Gradio's own /cancel ends one, so the page and a client hear of it);
+    False when it has none waiting. Runs on the server's event loop (an async handler)."""
+    if owner is None:
+        return False
+    async with queue.delete_lock:
+        mine = [
+            (waiting.queue, event)
+            for waiting in queue.event_queue_per_concurrency_id.values()
+            for event in waiting.queue
+            if event.session_hash == owner and event.fn.api_name == api_name
+        ]
+        for waiting, event in mine:
+            waiting.remove(event)
+            queue.event_ids_to_events.pop(event._id, None)  # noqa: SLF001
+    error = gr.Error(said, title="Interrupted", visible=False, print_exception=False)
+    for _, event in mine:
+        queue.send_message(event, ProcessCompletedMessage(output=error_payload(error, True),
+                                                          success=False))  # fmt: skip
+    return bool(mine)

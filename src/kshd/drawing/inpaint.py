@@ -40,7 +40,12 @@ def _mask_file(path: Path, limits: Limits) -> Image.Image:
     white: where the two differ the file is transparent, and then its opaque pixels mask."""
     loads = []
     for ground in ((0, 0, 0), (255, 255, 255)):
-        rules = IntakeRules(background=ground, min_side=8, max_pixels=limits.max_upload_pixels)
+        rules = IntakeRules(
+            background=ground,
+            min_side=8,
+            max_pixels=limits.max_upload_pixels,
+            limit_key="generate.limits.max_upload_pixels",
+        )
         try:
             loads.append(np.asarray(load_image(path, rules).image.convert("RGB")))
         except ImageRejected as exc:

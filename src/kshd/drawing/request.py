@@ -217,10 +217,16 @@ def first_seed(seed: int) -> int:
 
 def input_picture(image: str | Path | Image.Image, limits: Limits) -> Image.Image:
     """The image-to-image input through prepare's intake rules: EXIF turned, alpha on white."""
-    rules = IntakeRules(background=WHITE, min_side=8, max_pixels=limits.max_upload_pixels)
+    rules = IntakeRules(
+        background=WHITE,
+        min_side=8,
+        max_pixels=limits.max_upload_pixels,
+        limit_key="generate.limits.max_upload_pixels",
+    )
     if isinstance(image, Image.Image):
         if image.width * image.height > rules.max_pixels:
-            raise RequestError("image", f"{image.width}x{image.height} is over the pixel limit")
+            raise RequestError("image", f"{image.width}x{image.height} is larger than "
+                               f"{rules.limit_key} ({rules.max_pixels} pixels)")  # fmt: skip
         return flatten(ImageOps.exif_transpose(image), rules.background)
     try:
         return load_image(image, rules).image
