@@ -29,6 +29,7 @@ class _RecordingEngine:
     def __init__(self, limits):
         self.limits, self.notes, self.requests = limits, [], []
         self.model_name, self.lora_name, self.lora_hash, self.lora_path = "tiny", None, None, None
+        self.model_hash = None
         self.family = "sd1"  # the size presets' family
         self.settings = SimpleNamespace(
             pretrained="tiny",
