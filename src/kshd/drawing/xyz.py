@@ -82,6 +82,7 @@ class XyzResult:
 
 @dataclass
 class Planned:
+    base: Request  # checked: its size as whole numbers
     axes: tuple[AxisValues, AxisValues, AxisValues]
     cells: list[Cell]  # in the order drawn
 
@@ -93,6 +94,7 @@ class Planned:
 def plan(base: Request, plot: Plot, catalog: LoraCatalog, limits, lora: str | None) -> Planned:
     """Every cell's request, each checked as the engine will check it, before anything is
     drawn. `lora`: the LoRA in use (kept where no axis is the LoRA)."""
+    base = validate(replace(base), limits)  # its own fields named as the tab names them
     axes = tuple(
         prepare_axis(name, a.kind, a.values, base, catalog)
         for name, a in (("X", plot.x), ("Y", plot.y), ("Z", plot.z))
@@ -122,7 +124,7 @@ def plan(base: Request, plot: Plot, catalog: LoraCatalog, limits, lora: str | No
         except RequestError as exc:
             raise AxisError("X/Y/Z values", f"cell {at}: {exc}") from None
         cells.append(Cell(at, req, cell_lora))
-    return Planned(axes, cells)
+    return Planned(base, axes, cells)
 
 
 def script_params(axes: tuple[AxisValues, ...], with_z: bool) -> dict[str, str]:
@@ -192,7 +194,7 @@ def plot_xyz(
     drawn = sum(i is not None for i in images)
     if not drawn:
         raise RequestError("X/Y/Z plot", "stopped before its first cell was drawn")
-    result = _grids(planned, images, texts, plot, base)
+    result = _grids(planned, images, texts, plot)
     if save:
         result.grid_paths = _save(engine, result, planned, plot)
     result.cell_paths, result.drawn, result.loads = paths, drawn, loads
@@ -200,9 +202,9 @@ def plot_xyz(
     return result
 
 
-def _grids(planned: Planned, images: list, texts: list, plot: Plot, base: Request) -> XyzResult:
+def _grids(planned: Planned, images: list, texts: list, plot: Plot) -> XyzResult:
     xs, ys, zs = planned.axes
-    size = (base.width, base.height)
+    size = (planned.base.width, planned.base.height)
     per_z = len(xs.values) * len(ys.values)
     subs = [
         sub_grid(

@@ -82,6 +82,13 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in chain.from_iterable(csv.reader(StringIO(text)))]
 
 
+def to_csv(values: list[str]) -> str:
+    """Values as one CSV row (a value holding a comma quoted): what `split_values` reads."""
+    with StringIO() as out:
+        csv.writer(out).writerow(values)
+        return out.getvalue().strip()
+
+
 def _int(text: str, axis: str) -> int:
     try:
         return int(text.replace(" ", ""))
