@@ -60,3 +60,35 @@ def test_client_draws_a_checkpoint_by_seed_grid_and_interrupt_says_when_idle(ser
     assert server["engine"].lora_path == str(server["lora"])  # the LoRA in use put back
     with pytest.raises(Exception, match="X values: 'x' is not a whole number"):
         client.predict(prompt="a girl", x_type="Seed", x_values="x", api_name="/xyz")
+
+
+def test_client_interrupt_ends_the_grid_after_the_cell_in_progress(server, monkeypatch):
+    """Interrupt asked while the first cell draws: that cell is finished and kept, no other
+    is drawn, and the grid is saved with it."""
+    import threading
+
+    from gradio_client import Client
+
+    client = Client(server["url"], verbose=False)
+    engine, drawing, asked = server["engine"], threading.Event(), threading.Event()
+    generate = engine.generate
+
+    def holding(req, progress=None, **kw):
+        def seen(done, total):
+            progress(done, total)
+            if done == 1 and not drawing.is_set():
+                drawing.set()
+                assert asked.wait(60)
+
+        return generate(req, seen, **kw)
+
+    monkeypatch.setattr(engine, "generate", holding)
+    job = client.submit(prompt="a girl", steps=2, seed=1, width=64, height=64, x_type="Seed",
+                        x_values="1-3", api_name="/xyz")  # fmt: skip
+    assert drawing.wait(60)
+    said = client.predict(api_name="/xyz_interrupt")
+    assert said == "interrupt: asked (the grid ends after the cell in progress)"
+    asked.set()
+    gallery, info, files, status = job.result(timeout=120)
+    assert status.startswith("1/3 cells") and status.endswith("(interrupted)")
+    assert len(files) == 2 and "Seed: 1" in info  # the grid and its one cell
