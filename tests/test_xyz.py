@@ -222,3 +222,25 @@ def test_a_stop_between_cells_ends_the_grid_keeping_what_is_drawn(engine):
     grid = Image.open(result.grid_paths[0]).convert("RGB")
     corner = grid.getpixel((grid.width - 1, grid.height - 1))  # the last cell: blank
     assert corner == BLANK
+
+
+def test_kshd_xyz_writes_the_grid_and_its_cells(tmp_path, tiny_models, random_lora, capsys):
+    from .conftest import ROOT
+    from .helpers.inprocess import kshd_here
+
+    out = tmp_path / "out"
+    config = [f"model.pretrained={tiny_models['sd']}", f"generate.lora={random_lora}",
+              "generate.device=cpu"]  # fmt: skip
+    args = ["xyz", "--prompt", "a girl", "--steps", "2", "--width", "64", "--height", "64",
+            "--seed", "4", "--x-type", "CFG Scale", "--x-values", "3-7 [2]",
+            "--out", str(out)]  # fmt: skip
+    run = kshd_here([*args, *config], capsys, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["00000-4.png", "00001-4.png", "00002-4.png"]  # two cells, then the grid
+    said = parse_parameters(read_parameters(out / "00002-4.png"))
+    assert (said["X Type"], said["X Values"], said["CFG scale"]) == ("CFG Scale", "3-7 [2]", "3")
+    assert "the grid (2 of 2 cells)" in run.stderr
+    run = kshd_here([*args[:-2], "--y-type", "Sampler", "--y-values", "Heun++", *config], capsys,
+                    cwd=ROOT)  # fmt: skip
+    assert run.returncode == 2 and "kshd xyz: Y values: 'Heun++' is unknown" in run.stderr

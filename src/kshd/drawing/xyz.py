@@ -147,6 +147,7 @@ def with_params(infotext: str, params: dict[str, str]) -> str:
 def _draw_cells(
     engine: Engine, planned: Planned, checkpoint_strength: float | None,
     progress: GridProgress, stop: threading.Event, save: bool, owner: str | None,
+    folder: str | Path | None = None,
 ) -> tuple[list, list, list, list]:  # fmt: skip
     """(images, paths, infotexts, LoRAs loaded); cells not drawn stay None."""
     n = len(planned.cells)
@@ -163,7 +164,7 @@ def _draw_cells(
         def steps(d: int, t: int, done=done) -> None:
             progress(done, n, d, t)
 
-        out = engine.generate(cell.request, steps, save=save, owner=owner)
+        out = engine.generate(cell.request, steps, save=save, folder=folder, owner=owner)
         i = planned.index(cell.at)
         if out.images:
             images[i], texts[i] = out.images[0], out.infotexts[0]
@@ -176,17 +177,27 @@ def plot_xyz(
     engine: Engine, base: Request, plot: Plot, catalog: LoraCatalog | None = None,
     progress: GridProgress | None = None, stop: threading.Event | None = None,
     checkpoint_strength: float | None = None, save: bool = True, owner: str | None = None,
+    folder: str | Path | None = None,
 ) -> XyzResult:  # fmt: skip
     """Draw the grid (see the module's docstring); `catalog`: the LoRAs a LoRA axis may name
     (the studio's chooser); `stop`: set to end the grid after the cell in progress;
-    `checkpoint_strength`: for training checkpoints that record no adapter (alpha / rank)."""
+    `checkpoint_strength`: for training checkpoints that record no adapter (alpha / rank);
+    `folder`: where the cells and the grid go (by default the Text to image tab's and
+    `<outputs>/txt2img-grids/<date>/`)."""
     catalog = catalog or LoraCatalog(engine.lora_path, None, None)
     in_use = engine.lora_path
     planned = plan(base, plot, catalog, engine.limits, in_use)
     stop = stop or threading.Event()
     try:
         images, paths, texts, loads = _draw_cells(
-            engine, planned, checkpoint_strength, progress or (lambda *a: None), stop, save, owner
+            engine,
+            planned,
+            checkpoint_strength,
+            progress or (lambda *a: None),
+            stop,
+            save,
+            owner,
+            folder,
         )
     finally:
         if engine.lora_path != in_use:
@@ -196,7 +207,7 @@ def plot_xyz(
         raise RequestError("X/Y/Z plot", "stopped before its first cell was drawn")
     result = _grids(planned, images, texts, plot)
     if save:
-        result.grid_paths = _save(engine, result, planned, plot)
+        result.grid_paths = _save(engine, result, planned, plot, folder)
     result.cell_paths, result.drawn, result.loads = paths, drawn, loads
     result.stopped = drawn < len(planned.cells)
     return result
@@ -226,9 +237,11 @@ def _first(texts: list[str | None]) -> str:
     return next(t for t in texts if t is not None)
 
 
-def _save(engine: Engine, result: XyzResult, planned: Planned, plot: Plot) -> list[Path]:
+def _save(
+    engine: Engine, result: XyzResult, planned: Planned, plot: Plot, folder: str | Path | None
+) -> list[Path]:
     """The grid; with `include_sub_grids`, each Z value's grid too, with the X and Y keys."""
-    folder = Path(engine.settings.outputs_dir) / GRIDS / date.today().isoformat()
+    folder = folder or Path(engine.settings.outputs_dir) / GRIDS / date.today().isoformat()
     seed = planned.cells[0].request.seed
     paths = [save_png(result.grid, result.infotext, folder, seed)]
     if plot.include_sub_grids and len(result.sub_grids) > 1:
