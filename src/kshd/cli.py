@@ -142,10 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(sub)
     from kshd.data.caption_commands import add_captions_command
     from kshd.drawing.commands import add_commands
+    from kshd.drawing.xyz_command import add_xyz_command
 
     add_captions_command(sub)
 
     add_commands(sub)
+    add_xyz_command(sub)
     return parser
 
 

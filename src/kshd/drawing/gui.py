@@ -39,6 +39,7 @@ from kshd.drawing.gui_modes import TAB_FIELDS, tab_parts  # noqa: E402
 from kshd.drawing.gui_parts import PAGE_CSS, PAGE_JS, Tab, build_tab, preset_updates  # noqa: E402
 from kshd.drawing.gui_queue import estimate_queue  # noqa: E402
 from kshd.drawing.gui_roots import Roots  # noqa: E402
+from kshd.drawing.gui_xyz import build_xyz  # noqa: E402
 from kshd.drawing.request import Request  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ def build_ui(
             add("sketch")
             for name in [n for n in parts if n not in built]:  # tabs added since: after these
                 add(name)
+            with gr.Tab("X/Y/Z plot", id="xyz"):
+                build_xyz(handlers, catalog, built["txt2img"])
             with gr.Tab("PNG Info", id="pnginfo"):
                 build_pnginfo(built, tabs, engine.settings.control_models)
             with gr.Tab("History", id="history") as history:
