@@ -39,6 +39,25 @@ def test_the_tab_draws_a_grid_with_the_text_to_image_settings(browser, server):
     assert not failed
 
 
+def test_a_refused_grid_is_said_beside_generate_and_leaves_it_usable(browser, server):
+    """Bad axis values end the job with one line beside Generate; Generate comes back and the
+    next grid draws (the tab is never left locked)."""
+    page, failed = open_page(browser, server)
+    page.fill("#txt2img-steps input[type=number]", "2")
+    page.press("#txt2img-steps input[type=number]", "Enter")
+    page.get_by_role("tab", name="X/Y/Z plot").click()
+    page.fill("#xyz-x-values textarea", "many")
+    page.click("#xyz-generate")
+    page.wait_for_selector("#xyz-status >> text=X values: 'many' is not a whole number",
+                           timeout=60_000)  # fmt: skip
+    page.wait_for_selector("#xyz-generate:not([disabled])", timeout=30_000)
+    assert page.is_disabled("#xyz-interrupt")
+    page.fill("#xyz-x-values textarea", "3")
+    page.click("#xyz-generate")
+    page.wait_for_selector("#xyz-status >> text=1/1 cells", timeout=120_000)
+    page.wait_for_selector("#xyz-generate:not([disabled])", timeout=30_000)
+
+
 def test_client_draws_a_checkpoint_by_seed_grid_and_interrupt_says_when_idle(server):
     from gradio_client import Client
 

@@ -186,15 +186,19 @@ class Handlers:
         try:
             return self._job(values, progress, request, make)
         except Exception as exc:
-            error = job_error(exc)
-            self._failures.pop(session(request), None)  # the newest last: the oldest go first
-            self._failures[session(request)] = error.message
-            while len(self._failures) > MAX_FAILURES:  # API clients never read theirs
-                del self._failures[next(iter(self._failures))]
-            # the page says it beside Generate (a toast would cover the button); a script
-            # gets it as the call's error
-            raise gr.Error(error.message, title=error.title, duration=None, visible=False,
-                           print_exception=False) from exc  # fmt: skip
+            raise self.fail(exc, request) from exc
+
+    def fail(self, exc: Exception, request: gr.Request | None) -> gr.Error:
+        """A job's error as the one message to raise, kept for the tab's status (`failed`):
+        the page says it beside Generate (a toast would cover the button); a script gets it as
+        the call's error."""
+        error = job_error(exc)
+        self._failures.pop(session(request), None)  # the newest last: the oldest go first
+        self._failures[session(request)] = error.message
+        while len(self._failures) > MAX_FAILURES:  # API clients never read theirs
+            del self._failures[next(iter(self._failures))]
+        return gr.Error(error.message, title=error.title, duration=None, visible=False,
+                        print_exception=False)  # fmt: skip
 
     def failed(self, request: gr.Request) -> tuple:
         """After a job's error: Generate back, the error in one line beside it."""

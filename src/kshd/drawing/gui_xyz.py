@@ -15,10 +15,10 @@ from dataclasses import fields
 import gradio as gr
 
 from kshd.drawing.catalog import LoraCatalog
-from kshd.drawing.gui_actions import Handlers, session, user_error
+from kshd.drawing.gui_actions import Handlers, idle_buttons, session
 from kshd.drawing.gui_modes import TAB_FIELDS
 from kshd.drawing.gui_parts import Tab
-from kshd.drawing.request import SAMPLERS, Request, RequestError
+from kshd.drawing.request import SAMPLERS, Request
 from kshd.drawing.xyz import Axis, Plot, XyzResult, plot_xyz
 from kshd.drawing.xyz_axes import KINDS, NOTHING, to_csv
 
@@ -59,12 +59,21 @@ class XyzHandlers:
         try:
             result = plot_xyz(self.handlers.engine, base, plot, self.catalog, cells, stop,
                               self.handlers.checkpoint_strength, owner=owner)  # fmt: skip
-        except RequestError as exc:
-            log.info("refused: %s", exc)  # the user's to fix: one line, no traceback
-            raise user_error(str(exc)) from exc
+        except Exception as exc:  # one line beside Generate, which comes back (`failed`)
+            raise self.handlers.fail(exc, request) from exc
         finally:
             self._stops.pop(owner, None)
         return _shown(result, len(result.cells), time.monotonic() - started)
+
+    def failed(self, request: gr.Request) -> tuple:
+        """The drawing tabs' `failed` for this tab's two buttons: Generate back, the error
+        beside it."""
+        generate, interrupt, _skip, status = self.handlers.failed(request)
+        return generate, interrupt, status
+
+    def idle(self) -> tuple:
+        generate, interrupt, _skip = idle_buttons()
+        return generate, interrupt
 
     def interrupt(self, request: gr.Request) -> str:
         """End this page's grid after the cell in progress."""
@@ -170,8 +179,9 @@ def build_xyz(handlers: Handlers, catalog: LoraCatalog, txt2img: Tab) -> None:
     job = job.then(xyz_handler(tab), [*txt2img.fields.inputs(TAB_FIELDS), *own],
                    [gallery, info, files, status], api_name="xyz",
                    show_progress_on=[status, gallery], concurrency_id="engine")  # fmt: skip
-    job.then(lambda: (gr.Button(interactive=True, value="Generate"), gr.Button(interactive=False)),
-             None, [generate, interrupt], **private)  # fmt: skip
+    # Gradio's page runs no `.then` after an error: each outcome brings Generate back itself
+    job.success(tab.idle, None, [generate, interrupt], **private)
+    job.failure(tab.failed, None, [generate, interrupt, status], **private)
     interrupt.click(tab.interrupt, None, status, queue=False, api_name="xyz_interrupt")
     for kind, values, fill in axes.values():
         fill.click(_fill(catalog), [kind, values], values, **private)
