@@ -1,9 +1,10 @@
-"""docs/studio-txt2img.png, docs/studio-img2img.png and docs/studio-sketch.png: the studio at
-1366x768 as a user sees it after drawing, with the demo's world model, its line-art ControlNet and
-the LoRA of the last `make demo`.
+"""docs/studio-txt2img.png, studio-img2img.png, studio-sketch.png, studio-xyz.png and
+studio-dataset.png: the studio at 1366x768 as a user sees it after drawing, with the demo's world
+model, its line-art ControlNet, the LoRA and checkpoints of the last `make demo`, and its captions.
 
 Drives the real GUI in Debian's Chromium through Playwright (the test extras), as the GUI tests
-do; `fonts-noto-color-emoji` draws the seed buttons' 🎲 and ♻.
+do; `fonts-noto-color-emoji` draws the seed buttons' 🎲 and ♻ and `fonts-noto-cjk` the
+samples' Korean file names.
 
     python -m kshd_world.screenshots [--lora models/lora] [--out docs]
 """
@@ -60,6 +61,31 @@ def _sketch(page, path: Path) -> None:
     _settled(page, "sketch")
 
 
+def _xyz(page) -> None:
+    """The artist's way to pick an epoch by eye: four seeds across, the LoRA list (📒: the
+    training checkpoints, the trained LoRA, none) down, with the Text to image tab's prompt."""
+    page.click("button[role=tab]:has-text('X/Y/Z plot')")
+    page.fill("#xyz-x-values textarea", "10, 11, 12, 13")
+    page.click("#xyz-y-type input")
+    page.get_by_role("option", name="LoRA", exact=True).click()
+    page.click("#xyz-y-fill")
+    page.wait_for_function("() => document.querySelector('#xyz-y-values textarea').value")
+    page.click("#xyz-generate")
+    page.wait_for_selector("#xyz-status >> text=cells in", timeout=600_000)
+    page.wait_for_selector("#xyz-gallery img", timeout=60_000)
+    page.evaluate("() => { document.activeElement?.blur(); "
+                  "document.querySelector('#xyz-y-type').scrollIntoView(); }")  # fmt: skip
+
+
+def _dataset(page) -> None:
+    """The demo's captions as review shows them, one drawing picked for editing."""
+    page.click("button[role=tab]:has-text('Dataset')")
+    page.wait_for_selector("#dataset-gallery img", timeout=60_000)
+    page.click("#dataset-table [role=gridcell]:has-text('소녀_01.png')")
+    page.wait_for_function("() => document.querySelector('#dataset-caption textarea').value")
+    page.evaluate("() => { document.activeElement?.blur(); window.scrollTo(0, 0); }")
+
+
 def shoot(lora: str, out: Path) -> list[Path]:
     """Draw four in text-to-image, send the first to image-to-image and redraw it; a screenshot
     of each tab."""
@@ -74,7 +100,8 @@ def shoot(lora: str, out: Path) -> list[Path]:
          f"generate.gui.port={port}", "generate.device=cpu"],
     )  # fmt: skip
     ui, engine = serve(cfg, block=False)
-    shots = [out / "studio-txt2img.png", out / "studio-img2img.png", out / "studio-sketch.png"]
+    names = ("txt2img", "img2img", "sketch", "xyz", "dataset")
+    shots = [out / f"studio-{name}.png" for name in names]
     try:
         with sync_playwright() as p:
             chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -95,6 +122,10 @@ def shoot(lora: str, out: Path) -> list[Path]:
             page.screenshot(path=str(shots[1]))
             _sketch(page, Path(outputs) / "sketch.png")
             page.screenshot(path=str(shots[2]))
+            _xyz(page)
+            page.screenshot(path=str(shots[3]))
+            _dataset(page)
+            page.screenshot(path=str(shots[4]))
             browser.close()
     finally:
         with engine.lock:
