@@ -8,6 +8,7 @@ import os
 
 from tqdm import tqdm
 
+from kshd.config.errors import UserError
 from kshd.config.schema import ProjectConfig
 from kshd.config.schema_model import ModelSettings
 from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
@@ -143,7 +144,6 @@ def prepare_models(args: argparse.Namespace, cfg: ProjectConfig) -> None:
 def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
     """The composed config, or None after saying in one line which key is wrong."""
     from kshd.config.compose import load_params
-    from kshd.config.errors import UserError
 
     try:
         return load_params(overrides)
@@ -177,7 +177,7 @@ def draw(args: argparse.Namespace) -> int:
         if getattr(args, "control_out", None):
             control_preview(req, engine.limits).save(args.control_out)
             log.info("%s  the control image", args.control_out)
-    except (RequestError, FileNotFoundError) as exc:
+    except (RequestError, UserError, FileNotFoundError) as exc:  # e.g. a LoRA of another base
         log.error("kshd %s: %s", args.command, exc)
         return 2
     for path, seed in zip(result.paths, result.seeds, strict=True):
@@ -195,4 +195,8 @@ def gui(args: argparse.Namespace) -> int:
     if base_model_missing(cfg.model, "gui"):
         return 2
     auth = os.environ.get("KSHD_GUI_AUTH")
-    return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)
+    try:
+        return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)
+    except UserError as exc:  # e.g. generate.lora made for another base
+        log.error("kshd gui: %s", exc)
+        return 2

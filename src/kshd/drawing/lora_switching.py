@@ -9,12 +9,21 @@ from collections.abc import Callable
 
 import torch
 
+from kshd.adapters.fit import LoraRefused
 from kshd.adapters.weights import PIPE_NAME, AdapterWeights, adapter_file, open_weights
 from kshd.drawing.pnginfo import lora_hash
 from kshd.training.checkpoints import is_checkpoint
 
 log = logging.getLogger(__name__)
 ADAPTER = PIPE_NAME
+LORA_KEY = "generate.lora"  # the key a refused LoRA is named by (the studio's chooser sets it)
+
+
+def _refused(path: str, exc: Exception) -> LoraRefused:
+    """One line for a LoRA that failed to open or load (the loader's message, its first line:
+    a size mismatch lists every layer)."""
+    first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return LoraRefused(f"{LORA_KEY}: {path}: not a LoRA this model can load ({first})")
 
 
 class LoraSwitching:
@@ -25,9 +34,20 @@ class LoraSwitching:
     def _load_lora(self, path: str, checkpoint_strength: float | None = None) -> None:
         """An adapter folder or file; or a training checkpoint (its record says its kind and
         strength; `checkpoint_strength`, the run's alpha / rank, for one written before
-        checkpoints recorded them)."""
-        self._weights = weights = open_weights(path, checkpoint_strength)
-        weights.attach(self.txt2img, ADAPTER)
+        checkpoints recorded them). One that does not fit the base is refused before it is
+        touched (LoraRefused, one line); one that fails to load, in one line too."""
+        try:
+            weights = open_weights(path, checkpoint_strength)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # not safetensors, a checkpoint without its strength...
+            raise _refused(path, exc) from exc
+        weights.check_fits(self.txt2img, LORA_KEY, path, self.settings.pretrained)
+        self._weights = weights
+        try:
+            weights.attach(self.txt2img, ADAPTER)
+        except Exception as exc:
+            raise _refused(path, exc) from exc
         self.lora_name, self.lora_hash = weights.name, lora_hash(weights.hashed)
         self.lora_path = str(path)
         self._lora_changed()
@@ -57,16 +77,14 @@ class LoraSwitching:
                 return
             try:
                 self._load_lora(path, checkpoint_strength)
-            except Exception as exc:
+            except Exception:
                 if self._weights is not None:  # whatever part of it was attached
                     self._weights.adapter.detach(self.txt2img)
                 self._weights = None
                 self.lora_name = self.lora_hash = self.lora_path = None
                 if previous:
                     self._load_lora(previous, checkpoint_strength)
-                if isinstance(exc, ValueError | OSError):
-                    raise
-                raise ValueError(f"{path}: not a LoRA this model can load ({exc})") from exc
+                raise
 
     def _unload_lora(self) -> None:
         if self.lora_name is not None:
