@@ -70,6 +70,17 @@ def adapter_file(path: str | Path) -> tuple[Path, str, Path]:
     return path, path.stem, path
 
 
+def adapter_identity(path: str | Path) -> tuple[str, Path]:
+    """(A1111 name, file hashed) of an adapter folder or file, a training checkpoint or its
+    EMA's file, without reading it: what `<lora:name:w>` and `Lora hashes` call it."""
+    if is_checkpoint(path):
+        return Path(path).name, Path(path) / TENSORS
+    if folder := ema_checkpoint(path):
+        return folder.name + EMA_SUFFIX, folder / EMA_TENSORS
+    _, name, hashed = adapter_file(path)
+    return name, hashed
+
+
 def open_weights(path: str | Path, fallback_strength: float | None = None) -> AdapterWeights:
     """The weights of an adapter folder or file (its kind from its tensors' names and
     metadata), or of a training checkpoint (its kind and strength from its record).

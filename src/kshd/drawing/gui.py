@@ -181,7 +181,8 @@ def build_ui(
             for name in [n for n in parts if n not in built]:  # tabs added since: after these
                 add(name)
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo(built, tabs, engine.settings.control_models)
+                build_pnginfo(built, tabs, engine.settings.control_models,
+                              lambda text: handlers.engine.not_here(text))  # fmt: skip
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
                               engine.settings.control_models)  # fmt: skip
