@@ -153,6 +153,8 @@ def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
 
 
 def draw(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from kshd.drawing.engine import Engine, EngineSettings
     from kshd.drawing.modes.registry import mode_of
     from kshd.drawing.modes.sketch import control_preview
@@ -166,7 +168,9 @@ def draw(args: argparse.Namespace) -> int:
         return 2
     req = Request.from_settings(cfg.generate, args.prompt, **request_changes(args))
     try:
-        engine = Engine(EngineSettings.from_settings(cfg.model, cfg.generate, args.lora))
+        settings = EngineSettings.from_settings(cfg.model, cfg.generate, args.lora)
+        strength = cfg.train.alpha / cfg.train.rank  # a <lora:checkpoint-N> recording none
+        engine = Engine(replace(settings, checkpoint_strength=strength))
         with tqdm(total=1, unit="step", desc=mode_of(req).name) as bar:
 
             def progress(done: int, total: int) -> None:

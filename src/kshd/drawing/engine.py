@@ -81,6 +81,9 @@ class EngineSettings:
     trained_lora: str | None = FROM_CONF
     checkpoints_dir: str | None = FROM_CONF
     lora_dirs: tuple[str, ...] = FROM_CONF
+    # the run's train.alpha / train.rank: the strength of a checkpoint that records none (a
+    # prompt's <lora:checkpoint-N>); None: such a checkpoint is refused
+    checkpoint_strength: float | None = None
     # the model's own schedule (model.prediction_type / zero_terminal_snr; None, False: as its
     # scheduler config says), and rescaled CFG for a zero-terminal-SNR base
     prediction_type: str | None = None
@@ -108,7 +111,7 @@ class EngineSettings:
             )
             chosen = None
         embeddings = tuple((str(k), str(v)) for k, v in (generate.embeddings or {}).items())
-        own = {"lora": chosen or None, "embeddings": embeddings}
+        own = {"lora": chosen or None, "embeddings": embeddings, "checkpoint_strength": None}
         names = [f.name for f in fields(cls) if f.name not in own]
         values = {n: getattr(model, n) for n in names if hasattr(model, n)}
         values |= {n: conf_value(generate, n, ENGINE_KEYS) for n in names if n not in values}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -221,10 +222,11 @@ def serve(
     credentials = parse_auth(auth)
     if host not in LOOPBACK and credentials is None:
         log.warning("serving on %s without a password: set KSHD_GUI_AUTH=user:password", host)
-    engine = Engine(EngineSettings.from_settings(cfg.model, g, lora))
+    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
+    settings = EngineSettings.from_settings(cfg.model, g, lora)
+    engine = Engine(replace(settings, checkpoint_strength=strength))
     gui = g.gui
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
-    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
     defaults = Request.from_settings(g, clip_skip=cfg.model.clip_skip)  # the base's, shown
     ui = build_ui(engine, defaults, catalog, list(gui.models), handlers,

@@ -132,7 +132,8 @@ class LoraSwitching:
             failed = None
             for i, (path, name) in enumerate(wanted.items()):
                 try:
-                    weights = open_weights(path, self._strength)
+                    strength = self._strength or self.settings.checkpoint_strength
+                    weights = open_weights(path, strength)
                     weights.check_fits(self.txt2img, f"<lora:{name}>", path,
                                        self.settings.pretrained)  # fmt: skip
                     weights.attach(self.txt2img, f"{ADAPTER}_{i}")
