@@ -39,7 +39,7 @@ class _RecordingEngine:
 
     def generate(self, req, progress, owner=None):
         self.requests.append(req)
-        return SimpleNamespace(paths=[], seeds=[], infotexts=["drawn"])
+        return SimpleNamespace(paths=[], seeds=[], infotexts=["drawn"], notes=[])
 
 
 def test_each_input_reaches_the_request_field_it_is_wired_and_named_for(tiny_models, tmp_path):

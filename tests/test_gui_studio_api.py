@@ -195,3 +195,36 @@ def test_client_switches_the_base_model_and_refuses_one_that_cannot_load(server)
     finally:
         client.predict(base, lora, api_name="/set_model")
     assert np.array_equal(draw(), tiny)  # and back
+
+
+def test_client_prompt_lora_tags_and_png_info_s_not_here(server, tmp_path):
+    """`<lora:checkpoint-8:1>` typed in the prompt, with no LoRA chosen, draws that checkpoint
+    (its strength from train.alpha / rank: it records none) and says it in `Lora hashes`; an
+    unknown name draws on without it; PNG Info says which of an A1111 file's model and LoRAs
+    are not here."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"], verbose=False)
+    base, lora = server["base"], str(server["lora"])
+
+    def draw(prompt: str) -> tuple[np.ndarray, str]:
+        gallery, info, _ = client.predict(prompt=prompt, seed=5, steps=3, width=64, height=64,
+                                          batch_size=1, api_name="/txt2img")  # fmt: skip
+        return np.asarray(Image.open(gallery[0]["image"]), dtype=np.int16), info
+
+    with_lora, _ = draw("a girl")
+    try:
+        client.predict(base, "", api_name="/set_model")
+        alone, _ = draw("a girl")
+        tagged, info = draw("a girl <lora:checkpoint-8:1> <lora:nowhere:0.5>")
+        assert np.array_equal(tagged, with_lora) and not np.array_equal(tagged, alone)
+        assert 'Lora hashes: "checkpoint-8: ' in info and "<lora:checkpoint-8:1>" in info
+    finally:
+        client.predict(base, lora, api_name="/set_model")
+    text = ("1girl <lora:foo:0.7>\nSteps: 20, Sampler: Euler a, Seed: 5, Size: 64x64, "
+            'Model hash: abc123, Model: anything-v5, Lora hashes: "foo: 0123456789ab"')  # fmt: skip
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
+    said = client.predict(handle_file(str(tmp_path / "a1111.png")), api_name="/png_info")
+    assert tuple(said) == (text, "not here: model anything-v5 [abc123]; LoRA foo [0123456789ab]")

@@ -40,12 +40,14 @@ def test_the_app_s_own_parameters_round_trip_to_the_same_text(engine, kind, tmp_
     text = engine.infotext(req, seed=987654321)
     fields, unused = request_fields(text, PREFIX, NEGATIVE_PREFIX)
     assert unused == []
-    assert fields["prompt"] == req.prompt and fields["positive_prefix"] == PREFIX
+    # the tag of the LoRA in use stays in the prompt, A1111's way: it sets that LoRA's weight
+    assert fields["prompt"] == f"{req.prompt} <lora:ksh_drawing_style:0.6>"
+    assert fields["positive_prefix"] == PREFIX
     assert fields["negative_prompt"] == "blurry, text"
     assert fields["negative_prefix"] == NEGATIVE_PREFIX
     assert (fields["seed"], fields["steps"], fields["cfg_scale"]) == (987654321, 17, 6.5)
     assert (fields["width"], fields["height"], fields["sampler"]) == (320, 448, "euler_a")
-    assert fields["lora_scale"] == 0.6
+    assert fields["lora_scale"] == 0.0  # the tags carry every LoRA's weight
     assert fields.get("strength") == (0.45 if kind == "img2img" else None)
     again = Request(**{k: v for k, v in fields.items() if k != "seed"},
                     image=req.image, resize_mode="crop")  # fmt: skip
@@ -55,9 +57,11 @@ def test_the_app_s_own_parameters_round_trip_to_the_same_text(engine, kind, tmp_
 def test_an_a1111_text_fills_what_it_names_and_reports_the_rest():
     fields, unused = request_fields(A1111, PREFIX, NEGATIVE_PREFIX)
     # the tab's prefixes are not in it: they are emptied, so the prompts drawn are the text's
-    assert (fields["positive_prefix"], fields["prompt"]) == ("", "masterpiece, 1girl, (smile:1.2)")
+    assert (fields["positive_prefix"], fields["prompt"]) == (
+        "", "masterpiece, 1girl, (smile:1.2) <lora:foo:0.7>")  # fmt: skip
     assert (fields["negative_prefix"], fields["negative_prompt"]) == ("", "lowres, bad hands")
-    assert fields["lora_scale"] == 0.7 and fields["sampler"] == "dpmpp_2m_karras"
+    # foo's weight is not the LoRA in use's: the tag stays, for foo alone
+    assert fields["lora_scale"] == 0.0 and fields["sampler"] == "dpmpp_2m_karras"
     assert (fields["width"], fields["height"], fields["seed"], fields["cfg_scale"]) == (
         512, 768, 123, 7.0)  # fmt: skip
     assert fields["clip_skip"] == 2  # A1111's Clip skip overrides the base's model.clip_skip

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from kshd.adapters.base import Adapter, Weights
 from kshd.adapters.files import EMA_SUFFIX, file_names
+from kshd.adapters.fit import LoraBase, check_fits, file_base, tensors_base
 from kshd.adapters.registry import DEFAULT_KIND, adapter_class, claiming
 from kshd.training.checkpoints import (
     EMA_TENSORS,
@@ -28,12 +29,19 @@ PIPE_NAME = "ksh"  # the adapter's name in a pipeline (peft's adapter_name)
 @dataclass(frozen=True)
 class AdapterWeights:
     """What to load (`source`: a file, or a checkpoint's tensors as the kind's `attach` takes
-    them), by which kind, named `name` in `<lora:name:w>` and hashed from `hashed`."""
+    them), by which kind, named `name` in `<lora:name:w>` and hashed from `hashed`; `base`:
+    what it says of the base model it was made for."""
 
     adapter: type[Adapter]
     source: Weights
     name: str
     hashed: Path
+    base: LoraBase
+
+    def check_fits(self, pipe, key: str, path: str | Path, base_model: str) -> None:
+        """LoraRefused naming `key`, `path`, its base and `base_model` where it does not fit
+        `pipe` (another family, another text embedding width): before any layer is touched."""
+        check_fits(self.base, pipe, key, path, base_model)
 
     def attach(self, pipe, name: str = PIPE_NAME) -> None:
         self.adapter.attach(pipe, self.source, name)
@@ -62,6 +70,17 @@ def adapter_file(path: str | Path) -> tuple[Path, str, Path]:
     return path, path.stem, path
 
 
+def adapter_identity(path: str | Path) -> tuple[str, Path]:
+    """(A1111 name, file hashed) of an adapter folder or file, a training checkpoint or its
+    EMA's file, without reading it: what `<lora:name:w>` and `Lora hashes` call it."""
+    if is_checkpoint(path):
+        return Path(path).name, Path(path) / TENSORS
+    if folder := ema_checkpoint(path):
+        return folder.name + EMA_SUFFIX, folder / EMA_TENSORS
+    _, name, hashed = adapter_file(path)
+    return name, hashed
+
+
 def open_weights(path: str | Path, fallback_strength: float | None = None) -> AdapterWeights:
     """The weights of an adapter folder or file (its kind from its tensors' names and
     metadata), or of a training checkpoint (its kind and strength from its record).
@@ -75,7 +94,7 @@ def open_weights(path: str | Path, fallback_strength: float | None = None) -> Ad
     load, name, hashed = adapter_file(path)
     with safe_open(str(load), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata() or {}  # noqa: SIM118 (not a dict)
-    return AdapterWeights(claiming(keys, metadata), load, name, hashed)
+    return AdapterWeights(claiming(keys, metadata), load, name, hashed, file_base(hashed))
 
 
 def _checkpoint_weights(
@@ -90,5 +109,5 @@ def _checkpoint_weights(
         record = {"kind": DEFAULT_KIND, "rank": 1, "alpha": fallback_strength}
     cls = adapter_class(record["kind"])
     name = folder.name + (EMA_SUFFIX if file == EMA_TENSORS else "")
-    return AdapterWeights(cls, cls.checkpoint_weights(tensors, record), name,
-                          folder / file)  # fmt: skip
+    source = cls.checkpoint_weights(tensors, record)
+    return AdapterWeights(cls, source, name, folder / file, tensors_base(source))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kshd.adapters.files import ema_folder
+from kshd.adapters.weights import adapter_identity
 from kshd.training.checkpoints import EMA_TENSORS, TENSORS, complete_checkpoints
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,23 @@ class LoraCatalog:
             for file in sorted(Path(folder).glob("**/*.safetensors")):
                 out.append((file.stem, str(file)))
         return out
+
+    def by_name(self) -> dict[str, str]:
+        """{A1111 name: path} of every LoRA offered (a file's stem, a checkpoint's folder name,
+        `_ema` added for an EMA's): what `<lora:name:w>` in a prompt finds; the first of a name
+        wins."""
+        out: dict[str, str] = {}
+        for _, value in self.choices()[1:]:
+            try:
+                out.setdefault(adapter_identity(value)[0], value)
+            except FileNotFoundError:
+                continue
+        return out
+
+    def roots(self) -> str:
+        """Where it looks, for a message."""
+        places = [self.trained, self.checkpoints_dir, *self.lora_dirs]
+        return ", ".join(str(p) for p in places if p) or "no LoRA folders configured"
 
     def _best(self) -> tuple[int, bool] | None:
         """(step, whether its EMA) of the evaluation's best checkpoint."""

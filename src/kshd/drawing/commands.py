@@ -8,6 +8,7 @@ import os
 
 from tqdm import tqdm
 
+from kshd.config.errors import UserError
 from kshd.config.schema import ProjectConfig
 from kshd.config.schema_model import ModelSettings
 from kshd.config.values import CONTROL_MODES, INPAINT_AREAS, PREPROCESSORS
@@ -143,7 +144,6 @@ def prepare_models(args: argparse.Namespace, cfg: ProjectConfig) -> None:
 def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
     """The composed config, or None after saying in one line which key is wrong."""
     from kshd.config.compose import load_params
-    from kshd.config.errors import UserError
 
     try:
         return load_params(overrides)
@@ -153,6 +153,8 @@ def load_config(overrides: list[str], command: str) -> ProjectConfig | None:
 
 
 def draw(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from kshd.drawing.engine import Engine, EngineSettings
     from kshd.drawing.modes.registry import mode_of
     from kshd.drawing.modes.sketch import control_preview
@@ -166,7 +168,9 @@ def draw(args: argparse.Namespace) -> int:
         return 2
     req = Request.from_settings(cfg.generate, args.prompt, **request_changes(args))
     try:
-        engine = Engine(EngineSettings.from_settings(cfg.model, cfg.generate, args.lora))
+        settings = EngineSettings.from_settings(cfg.model, cfg.generate, args.lora)
+        strength = cfg.train.alpha / cfg.train.rank  # a <lora:checkpoint-N> recording none
+        engine = Engine(replace(settings, checkpoint_strength=strength))
         with tqdm(total=1, unit="step", desc=mode_of(req).name) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -177,7 +181,7 @@ def draw(args: argparse.Namespace) -> int:
         if getattr(args, "control_out", None):
             control_preview(req, engine.limits).save(args.control_out)
             log.info("%s  the control image", args.control_out)
-    except (RequestError, FileNotFoundError) as exc:
+    except (RequestError, UserError, FileNotFoundError) as exc:  # e.g. a LoRA of another base
         log.error("kshd %s: %s", args.command, exc)
         return 2
     for path, seed in zip(result.paths, result.seeds, strict=True):
@@ -195,4 +199,8 @@ def gui(args: argparse.Namespace) -> int:
     if base_model_missing(cfg.model, "gui"):
         return 2
     auth = os.environ.get("KSHD_GUI_AUTH")
-    return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)
+    try:
+        return launch(cfg, host=args.host, port=args.port, lora=args.lora, auth=auth)
+    except UserError as exc:  # e.g. generate.lora made for another base
+        log.error("kshd gui: %s", exc)
+        return 2

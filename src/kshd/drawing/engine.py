@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,13 @@ from PIL import Image
 from kshd import __version__
 from kshd.config.schema_generate import GenerateSettings
 from kshd.config.schema_model import ModelSettings
-from kshd.drawing.lora_switching import LoraSwitching
+from kshd.drawing.catalog import LoraCatalog
+from kshd.drawing.lora_switching import ADAPTER, LoraSwitching
 from kshd.drawing.modes.base import Mode
 from kshd.drawing.modes.registry import mode_of, modes, validate
 from kshd.drawing.pace import MEGA, Pace, work
-from kshd.drawing.pnginfo import format_parameters, save_png
+from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
+from kshd.drawing.prompt_loras import LoraPlan, plan, split_tags, unknown_note
 from kshd.drawing.request import (
     FROM_CONF,
     SAMPLERS,
@@ -49,7 +51,9 @@ Progress = Callable[[int, int], None]  # (steps done, steps in the request)
 
 
 # EngineSettings field <- generate key, where the names differ
-ENGINE_KEYS = {"control_models": "control.models", "inpaint_model": "inpaint.model"}
+ENGINE_KEYS = {"control_models": "control.models", "inpaint_model": "inpaint.model",
+               "trained_lora": "lora", "checkpoints_dir": "gui.checkpoints_dir",
+               "lora_dirs": "gui.lora_dirs"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,14 @@ class EngineSettings:
     # ControlNets: {control type: hub id or folder}, loaded when a request first names the type
     control_models: dict[str, str] = FROM_CONF
     inpaint_model: str | None = FROM_CONF  # a 9-channel inpainting SD; None: the base, blended
+    # where `<lora:name:w>` in a prompt finds its LoRA (the studio's chooser's list): the trained
+    # LoRA (generate.lora), the checkpoints, the LoRA folders
+    trained_lora: str | None = FROM_CONF
+    checkpoints_dir: str | None = FROM_CONF
+    lora_dirs: tuple[str, ...] = FROM_CONF
+    # the run's train.alpha / train.rank: the strength of a checkpoint that records none (a
+    # prompt's <lora:checkpoint-N>); None: such a checkpoint is refused
+    checkpoint_strength: float | None = None
     # the model's own schedule (model.prediction_type / zero_terminal_snr; None, False: as its
     # scheduler config says), and rescaled CFG for a zero-terminal-SNR base
     prediction_type: str | None = None
@@ -99,7 +111,7 @@ class EngineSettings:
             )
             chosen = None
         embeddings = tuple((str(k), str(v)) for k, v in (generate.embeddings or {}).items())
-        own = {"lora": chosen or None, "embeddings": embeddings}
+        own = {"lora": chosen or None, "embeddings": embeddings, "checkpoint_strength": None}
         names = [f.name for f in fields(cls) if f.name not in own]
         values = {n: getattr(model, n) for n in names if hasattr(model, n)}
         values |= {n: conf_value(generate, n, ENGINE_KEYS) for n in names if n not in values}
@@ -113,6 +125,7 @@ class Generated:
     infotexts: list[str]
     paths: list[Path]
     stopped: str | None = None  # "interrupt" or "skip" when the user stopped part of it
+    notes: list[str] = field(default_factory=list)  # said once for the job (a LoRA not found)
 
 
 class _Stop(Exception):
@@ -164,12 +177,15 @@ class Engine(LoraSwitching):
         self._base_scheduler = pipe.scheduler.config
         self.model_name, self.model_hash = _model_name_and_hash(settings)
         self.lora_name = self.lora_hash = self.lora_path = None
+        self._extras, self._hashes = {}, {}  # the prompt's LoRAs attached; A1111 hashes by path
+        self.catalog = LoraCatalog(settings.trained_lora, settings.checkpoints_dir, None,
+                                   tuple(settings.lora_dirs))  # fmt: skip
         if settings.lora:
             self._load_lora(settings.lora)
         self.encoder = prompt_encoder(pipe, self._embeddings(), settings.clip_skip)
         if note := clip_skip_note(self.family == SDXL, settings.clip_skip):
             self._note(note)
-        self._scale: float | None = None  # strength fused into the UNet (None: not fused)
+        self._scales: dict[str, float] | None = None  # strengths merged (None: none)
         self._originals: dict[str, torch.Tensor] = {}
         self.lock = threading.Lock()
         self._owner: str | None = None  # who the job in progress belongs to (a GUI session)
@@ -227,14 +243,37 @@ class Engine(LoraSwitching):
             self._note(note)
         return req.clip_skip
 
-    def infotext(self, req: Request, seed: int, given: Any = None) -> str:
+    def lora_plan(self, req: Request) -> LoraPlan:
+        """The LoRAs the request's `<lora:name:w>` tags name (`prompt_loras`), looked up among
+        the chooser's LoRA and the catalog's; RequestError for a weight out of bounds."""
+        chosen = (self.lora_name, self.lora_path) if self.lora_name else None
+        return plan(req.full_prompt, chosen, self.catalog, self.limits.max_lora_scale)
+
+    def _drawn_loras(self, req: Request, loras: LoraPlan) -> tuple[str, list[str]]:
+        """(the prompt as written to the PNG, the `Lora hashes` items): the tags kept as typed;
+        the chooser's LoRA, where no tag names it, added as A1111 would write it."""
+        prompt, hashes = req.full_prompt, []
+        if self.lora_name is not None:
+            scale = loras.weights.get(self.lora_path, req.lora_scale)
+            if self.lora_path not in loras.weights and scale != 0:
+                prompt += f" <lora:{self.lora_name}:{scale:g}>"
+            if scale != 0:
+                hashes.append(f"{self.lora_name}: {self.lora_hash}")
+        for path, weight in loras.weights.items():
+            if path != self.lora_path and path in self._extras and weight != 0:
+                if path not in self._hashes:
+                    self._hashes[path] = lora_hash(self._extras[path][1].hashed)
+                hashes.append(f"{loras.names[path]}: {self._hashes[path]}")
+        return prompt, hashes
+
+    def infotext(
+        self, req: Request, seed: int, given: Any = None, loras: LoraPlan | None = None
+    ) -> str:
         """A1111's `parameters` of one image; its mode's keys (`Mode.params`) after the model's,
-        `given` being what the mode read (None: what the request alone says)."""
-        prompt = req.full_prompt
-        lora = self.lora_name is not None and req.lora_scale != 0
+        `given` being what the mode read (None: what the request alone says); `loras`: what its
+        `<lora:...>` tags named (None: looked up again)."""
+        prompt, hashes = self._drawn_loras(req, loras or self.lora_plan(req))
         skip = self.clip_skip(req) if self.family == SD1 else 1  # SDXL: never drawn at another
-        if lora:
-            prompt += f" <lora:{self.lora_name}:{req.lora_scale:g}>"
         params = {
             "Steps": req.steps,
             "Sampler": SAMPLERS[req.sampler][0],
@@ -246,7 +285,7 @@ class Engine(LoraSwitching):
             "Model family": self.family,
             "Clip skip": skip if skip != 1 else None,  # as A1111 writes it: only when not 1
             **mode_of(req).params(req, given),
-            "Lora hashes": f"{self.lora_name}: {self.lora_hash}" if lora else None,
+            "Lora hashes": ", ".join(hashes) or None,
             "Version": f"kshd {__version__}",
         }
         return format_parameters(prompt, req.full_negative, params)
@@ -265,6 +304,8 @@ class Engine(LoraSwitching):
         names the job for `stop`; a stopped job returns the batches it finished.
         """
         req = validate(req, self.limits)
+        loras = self.lora_plan(req)
+        notes = [unknown_note(loras.unknown, self.catalog)] if loras.unknown else []
         mode = self.mode(mode_of(req).name)
         given = mode.inputs(req)
         start = first_seed(req.seed)
@@ -273,37 +314,51 @@ class Engine(LoraSwitching):
             self._owner, self._stop, self._stopped = owner, None, None
             self.pace.start(work(req.steps, req.count, req.width, req.height, mode.share(req)))
             try:
+                notes += self._use_loras(req, loras)
                 images, seeds = self._draw(mode, req, given, seeds, progress or (lambda d, t: None))
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
                 self.pace.finish()
         images = mode.finish(images, given)
-        infotexts = [self.infotext(req, s, given) for s in seeds]
+        for note in notes:
+            log.warning("%s", note)
+        infotexts = [self.infotext(req, s, given, loras) for s in seeds]
         paths = []
         if save:
             day = date.today().isoformat()
             folder = folder or Path(self.settings.outputs_dir) / mode.name / day
             items = zip(images, infotexts, seeds, strict=True)
             paths = [save_png(im, text, folder, seed) for im, text, seed in items]
-        return Generated(images, seeds, infotexts, paths, stopped)
+        return Generated(images, seeds, infotexts, paths, stopped, notes)
 
     def _draw(
         self, mode: Mode, req: Request, given: Any, seeds: list[int], progress: Progress
     ) -> tuple[list[Image.Image], list[int]]:
         """The images and their seeds; a batch stopped by `stop` is left out."""
-        self.set_lora_scale(req.lora_scale)
         unchanged = mode.unchanged(req, given)
         if unchanged is not None:
             progress(1, 1)  # e.g. strength 0: no denoising step, the picture comes back as it is
             return [unchanged.copy() for _ in seeds], seeds
         pipe, call = mode.pipeline(req, given)
         pipe.scheduler = self._scheduler(req.sampler)
-        pos, neg = self.encoder.encode_pair(req.full_prompt, req.full_negative, self.clip_skip(req))
+        prompt = split_tags(req.full_prompt)[0]  # the tags load LoRAs, the encoder never reads them
+        pos, neg = self.encoder.encode_pair(prompt, req.full_negative, self.clip_skip(req))
         call |= {"num_inference_steps": req.steps, "guidance_scale": req.cfg_scale}
         if self.settings.zero_terminal_snr and self.settings.guidance_rescale:
             call["guidance_rescale"] = self.settings.guidance_rescale
         with mode.drawing(req, pipe):
             return self._batches(req, pipe, call, (pos, neg), seeds, progress)
+
+    def _use_loras(self, req: Request, loras: LoraPlan) -> list[str]:
+        """The chooser's LoRA and the prompt's attached and merged at their weights (a tag naming
+        the chooser's sets its weight); notes for the prompt's that could not load."""
+        extras = {p: loras.names[p] for p in loras.weights if p != self.lora_path}
+        notes = self._use_extras(extras)
+        scales = {name: loras.weights[path] for path, (name, _) in self._extras.items()}
+        if self.lora_name is not None:
+            scales[ADAPTER] = loras.weights.get(self.lora_path, req.lora_scale)
+        self.merge_loras(scales)
+        return notes
 
     def _batches(self, req: Request, pipe, call: dict, embeds, seeds: list[int], progress):
         """Draw the request's batches with `pipe(**call)`; Interrupt and Skip end them."""

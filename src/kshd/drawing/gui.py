@@ -14,6 +14,7 @@ import html
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -196,7 +197,8 @@ def build_ui(
             with gr.Tab("X/Y/Z plot", id="xyz"):
                 build_xyz(handlers, catalog, built["txt2img"])
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_pnginfo(built, tabs, engine.settings.control_models)
+                build_pnginfo(built, tabs, engine.settings.control_models,
+                              lambda text: handlers.engine.not_here(text))  # fmt: skip
             with gr.Tab("History", id="history") as history:
                 build_history(engine.settings.outputs_dir, built, tabs, history,
                               engine.settings.control_models)  # fmt: skip
@@ -235,10 +237,11 @@ def serve(
     credentials = parse_auth(auth)
     if host not in LOOPBACK and credentials is None:
         log.warning("serving on %s without a password: set KSHD_GUI_AUTH=user:password", host)
-    engine = Engine(EngineSettings.from_settings(cfg.model, g, lora))
+    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
+    settings = EngineSettings.from_settings(cfg.model, g, lora)
+    engine = Engine(replace(settings, checkpoint_strength=strength))
     gui = g.gui
     catalog = LoraCatalog(g.lora, gui.checkpoints_dir, gui.eval_metrics, tuple(gui.lora_dirs))
-    strength = cfg.train.alpha / cfg.train.rank  # for checkpoints that record no adapter
     handlers = Handlers(engine, strength, model_status)
     if host not in LOOPBACK:  # the model bar loads only what is configured
         folders = (g.lora, gui.checkpoints_dir, *gui.lora_dirs)

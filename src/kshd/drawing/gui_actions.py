@@ -226,6 +226,8 @@ class Handlers:
             lambda done, total: progress((done, total), desc="drawing", unit="steps"),
             owner=session(request),
         )
+        for note in result.notes:  # e.g. a <lora:name> found nowhere: said once, drawn without it
+            gr.Warning(note)
         gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
         drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
         return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn

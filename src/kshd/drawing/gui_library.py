@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 24  # History: drawings a page
 
 
-def png_info(path: str | None, control_models: dict | None = None) -> tuple[str, str]:
+def png_info(
+    path: str | None, control_models: dict | None = None,
+    here: Callable[[str], str | None] | None = None,
+) -> tuple[str, str]:  # fmt: skip
     """(the `parameters` text, a note: what the file lacks, or the keys the app cannot use;
-    a ControlNet unit's model is looked up among `control_models`)."""
+    a ControlNet unit's model is looked up among `control_models`; `here`: what of its model
+    and LoRAs is not here, one line, e.g. `Engine.not_here`)."""
     if not path:
         return "", ""
     try:
@@ -39,7 +43,10 @@ def png_info(path: str | None, control_models: dict | None = None) -> tuple[str,
     if not text:
         return "", "This picture holds no generation parameters (A1111's `parameters` chunk)."
     _, unused = request_fields(text, "", "", control_models)
-    return text, f"Not used here: {', '.join(unused)}." if unused else ""
+    notes = [f"Not used here: {', '.join(unused)}."] if unused else []
+    if here is not None and (missing := here(text)):
+        notes.append(missing)
+    return text, "\n\n".join(notes)
 
 
 PICTURES = ("image", "control_image")  # a tab's pictures: the PNG is sent as img2img's only
@@ -72,8 +79,10 @@ def _targets(target: Tab) -> list:
     return [*head, *f.inputs(_sent(target))]
 
 
-def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs, control_models: dict) -> None:
-    """PNG Info (inside a gr.Tab): drop a PNG, read its parameters, send them on."""
+def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs, control_models: dict,
+                  here: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
+    """PNG Info (inside a gr.Tab): drop a PNG, read its parameters, send them on; `here`: see
+    `png_info`."""
     with gr.Row(equal_height=False):
         with gr.Column():
             png = PicturePath(
@@ -83,7 +92,7 @@ def build_pnginfo(tabs_by_name: dict[str, Tab], tabs: gr.Tabs, control_models: d
             text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo-text")
             note = gr.Markdown(elem_id="pnginfo-note")
             buttons = _send_buttons("pnginfo")
-    read = functools.partial(png_info, control_models=control_models)
+    read = functools.partial(png_info, control_models=control_models, here=here)
     png.change(read, png, [text, note], api_name="png_info")
     _wire_sends(buttons, text, png, tabs_by_name, tabs, control_models)
 

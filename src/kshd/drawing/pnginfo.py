@@ -110,7 +110,6 @@ def _next_number(folder: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-LORA_TAG = re.compile(r"\s*<lora:([^:>]+):(-?[\d.]+)>")
 # A1111 keys -> Request fields (numbers as the fields take them)
 # the A1111 keys every mode shares -> Request fields (numbers as the fields take them); a mode's
 # own keys are read by the mode (Mode.read_params)
@@ -147,16 +146,17 @@ def request_fields(
 ) -> tuple[dict, list[str]]:
     """The Request fields an A1111 `parameters` text (ours or A1111's) gives, for a tab with
     these prefixes, and the keys the app cannot use (reported, never silently dropped). The
-    LoRA strength comes from the prompt's `<lora:name:w>` tag, 0 without one; the clip skip
+    prompt keeps its `<lora:name:w>` tags, as A1111 sends them: each names its LoRA and weight
+    (the one in use's too), so the LoRA strength field is 0 (a text without tags was drawn
+    without a LoRA, and is drawn so again); the clip skip
     from `Clip skip`, 1 without one (A1111's reading: it overrides the base's); each drawing
     mode reads its own keys (a ControlNet unit: the sketch's settings, its model looked up in
     `control_models`)."""
     from kshd.drawing.request import RequestError, sampler_key
 
     params = parse_parameters(text)
-    tags = LORA_TAG.findall(params["Prompt"])
-    full = LORA_TAG.sub("", params["Prompt"]).strip()
-    out: dict[str, object] = {"lora_scale": float(tags[-1][1]) if tags else 0.0}
+    full = params["Prompt"].strip()
+    out: dict[str, object] = {"lora_scale": 0.0}
     out["positive_prefix"], out["prompt"] = _unprefixed(full, positive_prefix)
     out["negative_prefix"], out["negative_prompt"] = _unprefixed(
         params["Negative prompt"], negative_prefix

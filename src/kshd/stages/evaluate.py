@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from kshd.adapters.weights import open_weights
 from kshd.config.compose import shared_path, value_at
 from kshd.config.fill import as_plain
 from kshd.config.schema import ProjectConfig
@@ -166,13 +167,14 @@ def run(cfg: ProjectConfig) -> dict:
         if value_at(cfg, key):
             require_model(cfg, key)
     pipe, device = load_pipeline(cfg.model)
+    lora_dir = Path(cfg.output.lora_dir)  # refused in one line where made for another base
+    open_weights(lora_dir).check_fits(pipe, "output.lora_dir", lora_dir, cfg.model.pretrained)
     prompt_encoder, embeddings = app_encoder(pipe, cfg.generate.embeddings, cfg.model.clip_skip)
     refs = None
     if e.clip_model:
         encoder = ClipEncoder(e.clip_model, device)
         dino = DinoEncoder(e.dino_model, device) if e.dino_model else None
         refs = References(encoder, *reference_images(cfg, folder), dino)
-    lora_dir = Path(cfg.output.lora_dir)
     found = complete_checkpoints(Path(cfg.output.checkpoints_dir))
     checkpoints = (
         select_checkpoints(found, e.checkpoint_every, e.checkpoint_last) if e.checkpoints else []
