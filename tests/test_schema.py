@@ -260,7 +260,8 @@ def test_settings_made_from_a_group_take_its_fields_by_name(tmp_path, caplog):
     cfg = compose_conf(["+experiment=demo", "train.buckets=true", "model.variant=fp16",
                         f"generate.lora={tmp_path / 'none'}"], conf_dir=CONF)  # fmt: skip
     made = [
-        (IntakeRules.from_settings(cfg.prepare), (cfg.prepare,), {}),
+        (IntakeRules.from_settings(cfg.prepare), (cfg.prepare,),
+         {"limit_key": "prepare.max_pixels"}),
         (ItemOptions.from_settings(cfg.train, keep_tag="t"), (cfg.train,),
          {"keep_tag": "t", "buckets": tuple(make_buckets(cfg.train.resolution,
           cfg.train.bucket_step, cfg.train.bucket_max_aspect))}),
@@ -268,7 +269,9 @@ def test_settings_made_from_a_group_take_its_fields_by_name(tmp_path, caplog):
         (EngineSettings.from_settings(cfg.model, cfg.generate), (cfg.model, cfg.generate),
          {"lora": None, "embeddings": tuple(cfg.generate.embeddings.items()),
           "control_models": cfg.generate.control.models,
-          "inpaint_model": cfg.generate.inpaint.model}),
+          "inpaint_model": cfg.generate.inpaint.model, "trained_lora": cfg.generate.lora,
+          "checkpoints_dir": cfg.generate.gui.checkpoints_dir,
+          "lora_dirs": cfg.generate.gui.lora_dirs, "checkpoint_strength": None}),
     ]  # fmt: skip
     for value, groups, own in made:
         expected = {
