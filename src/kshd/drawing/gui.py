@@ -105,7 +105,7 @@ def _wire_tab(
     limits = handlers.engine.limits
     wire_checks(tab, defaults, limits)
     started = gr.State(None)
-    draw = handlers.drawer(tab.name)
+    draw = handlers.live_drawer(tab.name)  # each batch, a preview and the ETA as it draws
     # "multiple": a click as the button comes back belongs to the next job, not to this chain
     # (Gradio's "once" would drop it); the button itself is locked while the job runs
     # the page's own path: every field checked first (errors beside their fields), then the job;

@@ -1,0 +1,90 @@
+"""The studio's drawing as it happens: the engine draws on a thread of its own while the page's
+handler (a generator: Gradio streams each `yield` to the page) shows each batch as it ends, the
+live preview of the batch in progress (`drawing.preview`) after them in the gallery, and the
+ETA the queue computes (the engine's measured pace, `drawing.pace`) beside the progress.
+
+Every Gradio call (progress, yields) stays on the handler's own thread; the drawing thread only
+puts what happened in a queue. A script's call (`/txt2img` through gradio_client) gets the last
+yield: the finished drawing, as before."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from kshd.drawing.engine import INTERRUPT, Engine, Generated
+from kshd.drawing.pace import Pace
+from kshd.drawing.request import Request
+
+log = logging.getLogger(__name__)
+PROGRESS, PREVIEW, BATCH, END = "progress", "preview", "batch", "end"
+
+
+def eta_said(pace: Pace) -> str:
+    """The progress's words: what the job in progress has left at the measured pace (nothing
+    said before a step was measured)."""
+    if pace.per_unit is None:
+        return "drawing"
+    return f"drawing · ETA {pace.seconds_left():.1f} s"
+
+
+def _draw(engine: Engine, req: Request, owner: str | None, events: queue.Queue, done: dict):
+    """The drawing thread: the engine's callbacks as events; its result or its error kept."""
+    try:
+        done["result"] = engine.generate(
+            req,
+            lambda d, t: events.put((PROGRESS, (d, t))),
+            owner=owner,
+            preview=lambda image, d, t: events.put((PREVIEW, (image, d, t))),
+            finished=lambda out: events.put((BATCH, replace(out, images=list(out.images),
+                                                             seeds=list(out.seeds),
+                                                             infotexts=list(out.infotexts),
+                                                             paths=list(out.paths)))),
+        )  # fmt: skip
+    except Exception as exc:  # raised on the handler's thread, as if drawn there
+        done["error"] = exc
+    finally:
+        events.put((END, None))
+
+
+def live_job(
+    engine: Engine,
+    req: Request,
+    progress: Callable[..., Any],
+    owner: str | None,
+    outputs: Callable[[Generated], tuple],
+) -> Iterator[tuple]:
+    """Yield the tab's outputs (`outputs` of what is finished: the gallery first) as each batch
+    ends and at each preview (captioned with its step, after the finished images), the drawing's
+    outputs last. A page that goes away (the generator closed) interrupts its job."""
+    events: queue.Queue = queue.Queue()
+    done: dict = {}
+    thread = threading.Thread(target=_draw, args=(engine, req, owner, events, done),
+                              name="kshd-drawing", daemon=True)  # fmt: skip
+    thread.start()
+    so_far = Generated([], [], [], [])
+    try:
+        while (event := events.get())[0] != END:
+            kind, value = event
+            if kind == PROGRESS:
+                progress(value, desc=eta_said(engine.pace), unit="steps")
+                continue
+            if kind == BATCH:
+                so_far = value
+            gallery, *rest = outputs(so_far)
+            if kind == PREVIEW:
+                image, step, steps = value
+                gallery = [*gallery, (image, f"preview · step {step}/{steps}")]
+            yield (gallery, *rest)
+    finally:
+        if thread.is_alive():  # closed early: the page left
+            log.info("the page of %s left: its job interrupted", owner)
+            engine.stop(INTERRUPT, owner=owner)
+            thread.join()
+    if "error" in done:
+        raise done["error"]
+    yield outputs(done["result"])
