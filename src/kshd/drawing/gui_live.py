@@ -1,11 +1,12 @@
 """The studio's drawing as it happens: the engine draws on a thread of its own while the page's
-handler (a generator: Gradio streams each `yield` to the page) shows each batch as it ends, the
-live preview of the batch in progress (`drawing.preview`) after them in the gallery, and the
+handler (a generator: Gradio streams each `yield` to the page) shows each batch as it ends in
+the gallery, the live preview of the batch in progress (`drawing.preview`) beside it, and the
 ETA the queue computes (the engine's measured pace, `drawing.pace`) beside the progress.
 
 Every Gradio call (progress, yields) stays on the handler's own thread; the drawing thread only
 puts what happened in a queue. A script's call (`/txt2img` through gradio_client) gets the last
-yield: the finished drawing, as before."""
+yield: the finished drawing, as before (the preview goes out through a gr.State, which the API
+leaves out, as it leaves out the tab's requests)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def live_job(
     owner: str | None,
     outputs: Callable[[Generated], tuple],
 ) -> Iterator[tuple]:
-    """Yield the tab's outputs (`outputs` of what is finished: the gallery first) as each batch
-    ends and at each preview (captioned with its step, after the finished images), the drawing's
-    outputs last. A page that goes away (the generator closed) interrupts its job."""
+    """Yield the tab's outputs (`outputs` of what is finished) and the live preview (None
+    when there is none: after a batch, at the end) as each batch ends and at each preview, the
+    drawing's outputs last. A page that goes away (the generator closed) interrupts its job."""
     events: queue.Queue = queue.Queue()
     done: dict = {}
     thread = threading.Thread(target=_draw, args=(engine, req, owner, events, done),
@@ -75,11 +76,7 @@ def live_job(
                 continue
             if kind == BATCH:
                 so_far = value
-            gallery, *rest = outputs(so_far)
-            if kind == PREVIEW:
-                image, step, steps = value
-                gallery = [*gallery, (image, f"preview · step {step}/{steps}")]
-            yield (gallery, *rest)
+            yield (*outputs(so_far), value[0] if kind == PREVIEW else None)
     finally:
         if thread.is_alive():  # closed early: the page left
             log.info("the page of %s left: its job interrupted", owner)
@@ -87,4 +84,4 @@ def live_job(
             thread.join()
     if "error" in done:
         raise done["error"]
-    yield outputs(done["result"])
+    yield (*outputs(done["result"]), None)
