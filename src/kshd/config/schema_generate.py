@@ -15,6 +15,7 @@ from kshd.config.values import (
     DEVICES,
     INPAINT_AREAS,
     PREPROCESSORS,
+    PREVIEW_METHODS,
     RESIZE_MODES,
     SAMPLERS,
 )
@@ -72,6 +73,22 @@ class InpaintSettings:
 
 
 @dataclass(frozen=True)
+class PreviewSettings:
+    """`generate.preview`: the studio's live preview while drawing (A1111's Live previews)."""
+
+    every: int  # a preview every N steps (A1111's show_progress_every_n_steps); 0: none
+    method: str
+    taesd: str | None  # a folder of diffusers' AutoencoderTiny (madebyollin/taesd or taesdxl)
+
+    def validate(self) -> None:
+        require(self.every >= 0, "generate.preview.every", self.every, "a number >= 0 (0: none)")
+        require(self.method in PREVIEW_METHODS, "generate.preview.method", self.method,
+                ", ".join(PREVIEW_METHODS))  # fmt: skip
+        require(self.method != "taesd" or bool(self.taesd), "generate.preview.method", self.method,
+                "generate.preview.taesd set to a folder of AutoencoderTiny for taesd")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class GenerateSettings:
     """The `generate` group: no defaults here, they live in conf/generate/.
 
@@ -103,6 +120,7 @@ class GenerateSettings:
     gui: GuiSettings
     control: ControlSettings
     inpaint: InpaintSettings
+    preview: PreviewSettings
 
     def validate(self) -> None:
         """Named at config load, before the model loads (a request's own check follows)."""

@@ -36,6 +36,9 @@ CONTROL_MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more impo
 RESIZE_LABELS = {"crop": "Crop and Resize", "fill": "Resize and Fill", "stretch": "Just Resize"}
 INPAINT_AREA_LABELS = {"whole": "Whole picture", "only_masked": "Only masked"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# live previews while drawing (drawing.preview): auto = TAESD where generate.preview.taesd is on
+# disk, else cheap (A1111's "Approx cheap"); full = the base's own VAE
+PREVIEW_METHODS = ("auto", "cheap", "taesd", "full")
 SCHEDULERS = (
     "linear",
     "cosine",

@@ -22,15 +22,16 @@ import torch
 from PIL import Image
 
 from kshd import __version__
-from kshd.config.schema_generate import GenerateSettings
+from kshd.config.schema_generate import GenerateSettings, PreviewSettings
 from kshd.config.schema_model import ModelSettings
 from kshd.drawing.catalog import LoraCatalog
-from kshd.drawing.lora_switching import ADAPTER, LoraSwitching
+from kshd.drawing.lora_switching import LoraSwitching
 from kshd.drawing.modes.base import Mode
 from kshd.drawing.modes.registry import mode_of, modes, validate
 from kshd.drawing.pace import MEGA, Pace, work
-from kshd.drawing.pnginfo import format_parameters, lora_hash, save_png
-from kshd.drawing.prompt_loras import LoraPlan, plan, split_tags, unknown_note
+from kshd.drawing.pnginfo import format_parameters, save_png
+from kshd.drawing.preview import Preview, previewer
+from kshd.drawing.prompt_loras import LoraPlan, split_tags, unknown_note
 from kshd.drawing.request import (
     FROM_CONF,
     SAMPLERS,
@@ -48,6 +49,7 @@ from kshd.prompts.sdxl import clip_skip_note, pipe_embeds, prompt_encoder
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (steps done, steps in the request)
+Finished = Callable[["Generated"], None]  # the images finished so far, as each batch ends
 
 
 # EngineSettings field <- generate key, where the names differ
@@ -92,6 +94,7 @@ class EngineSettings:
     # model.clip_skip: the text encoder's layer prompts are encoded from (1: the last; 2: the
     # penultimate, A1111's Clip skip 2), unless a request asks for another; SD 1.x only
     clip_skip: int = 1
+    preview: PreviewSettings = FROM_CONF  # the live preview while drawing (drawing.preview)
 
     def __post_init__(self) -> None:
         fill_from_conf(self, ENGINE_KEYS)
@@ -192,6 +195,9 @@ class Engine(LoraSwitching):
         self._stop: str | None = None  # INTERRUPT or SKIP, asked for the job in progress
         self._stopped: str | None = None  # what stopped a batch of the job in progress
         self.pace = Pace()  # seconds per step-image-megapixel, for the queue's estimate
+        self.previewer = previewer(settings.preview, pipe.vae, self.family, self._note)
+        self._keep: Callable[[list[Image.Image], list[int]], None] = lambda images, seeds: None
+        self._preview: Preview | None = None  # the job in progress's preview callback
 
     def stop(self, how: str, owner: str | None = None) -> bool:
         """Ask the job in progress to stop (INTERRUPT: keep the finished batches, draw no more;
@@ -243,29 +249,6 @@ class Engine(LoraSwitching):
             self._note(note)
         return req.clip_skip
 
-    def lora_plan(self, req: Request) -> LoraPlan:
-        """The LoRAs the request's `<lora:name:w>` tags name (`prompt_loras`), looked up among
-        the chooser's LoRA and the catalog's; RequestError for a weight out of bounds."""
-        chosen = (self.lora_name, self.lora_path) if self.lora_name else None
-        return plan(req.full_prompt, chosen, self.catalog, self.limits.max_lora_scale)
-
-    def _drawn_loras(self, req: Request, loras: LoraPlan) -> tuple[str, list[str]]:
-        """(the prompt as written to the PNG, the `Lora hashes` items): the tags kept as typed;
-        the chooser's LoRA, where no tag names it, added as A1111 would write it."""
-        prompt, hashes = req.full_prompt, []
-        if self.lora_name is not None:
-            scale = loras.weights.get(self.lora_path, req.lora_scale)
-            if self.lora_path not in loras.weights and scale != 0:
-                prompt += f" <lora:{self.lora_name}:{scale:g}>"
-            if scale != 0:
-                hashes.append(f"{self.lora_name}: {self.lora_hash}")
-        for path, weight in loras.weights.items():
-            if path != self.lora_path and path in self._extras and weight != 0:
-                if path not in self._hashes:
-                    self._hashes[path] = lora_hash(self._extras[path][1].hashed)
-                hashes.append(f"{loras.names[path]}: {self._hashes[path]}")
-        return prompt, hashes
-
     def infotext(
         self, req: Request, seed: int, given: Any = None, loras: LoraPlan | None = None
     ) -> str:
@@ -297,11 +280,15 @@ class Engine(LoraSwitching):
         save: bool = True,
         folder: str | Path | None = None,
         owner: str | None = None,
+        preview: Preview | None = None,
+        finished: Finished | None = None,
     ) -> Generated:
         """Draw `req.batch_count` batches of `req.batch_size`; save each PNG with its parameters.
 
-        PNGs go to `folder`, or by default to `<outputs_dir>/<its mode's name>/<date>/`. `owner`
-        names the job for `stop`; a stopped job returns the batches it finished.
+        PNGs go to `folder`, or by default to `<outputs_dir>/<its mode's name>/<date>/`, each
+        batch as it ends (`finished` hears of it). `owner` names the job for `stop`; a stopped
+        job returns the batches it finished. `preview` gets a picture of the batch in progress
+        every `generate.preview.every` steps.
         """
         req = validate(req, self.limits)
         loras = self.lora_plan(req)
@@ -310,35 +297,45 @@ class Engine(LoraSwitching):
         given = mode.inputs(req)
         start = first_seed(req.seed)
         seeds = [(start + i) % (2**32) for i in range(req.count)]
+        folder = folder or Path(self.settings.outputs_dir) / mode.name / date.today().isoformat()
+        out = Generated([], [], [], [])
+
+        def keep(images: list[Image.Image], batch: list[int]) -> None:
+            images = mode.finish(images, given)
+            texts = [self.infotext(req, s, given, loras) for s in batch]
+            if save:
+                items = zip(images, texts, batch, strict=True)
+                out.paths += [save_png(im, text, folder, seed) for im, text, seed in items]
+            out.images += images
+            out.seeds += batch
+            out.infotexts += texts
+            if finished is not None:
+                finished(out)
+
         with self.lock:
             self._owner, self._stop, self._stopped = owner, None, None
+            self._keep, self._preview = keep, preview
             self.pace.start(work(req.steps, req.count, req.width, req.height, mode.share(req)))
             try:
-                notes += self._use_loras(req, loras)
-                images, seeds = self._draw(mode, req, given, seeds, progress or (lambda d, t: None))
+                out.notes = notes = notes + self._use_loras(req, loras)
+                self._draw(mode, req, given, seeds, progress or (lambda d, t: None))
             finally:
                 stopped, self._owner, self._stop = self._stopped, None, None
+                self._preview = None
                 self.pace.finish()
-        images = mode.finish(images, given)
         for note in notes:
             log.warning("%s", note)
-        infotexts = [self.infotext(req, s, given, loras) for s in seeds]
-        paths = []
-        if save:
-            day = date.today().isoformat()
-            folder = folder or Path(self.settings.outputs_dir) / mode.name / day
-            items = zip(images, infotexts, seeds, strict=True)
-            paths = [save_png(im, text, folder, seed) for im, text, seed in items]
-        return Generated(images, seeds, infotexts, paths, stopped, notes)
+        out.stopped = stopped
+        return out
 
     def _draw(
         self, mode: Mode, req: Request, given: Any, seeds: list[int], progress: Progress
-    ) -> tuple[list[Image.Image], list[int]]:
-        """The images and their seeds; a batch stopped by `stop` is left out."""
+    ) -> None:
+        """Each batch drawn handed to `self._keep`; a batch stopped by `stop` is left out."""
         unchanged = mode.unchanged(req, given)
         if unchanged is not None:
             progress(1, 1)  # e.g. strength 0: no denoising step, the picture comes back as it is
-            return [unchanged.copy() for _ in seeds], seeds
+            return self._keep([unchanged.copy() for _ in seeds], seeds)
         pipe, call = mode.pipeline(req, given)
         pipe.scheduler = self._scheduler(req.sampler)
         prompt = split_tags(req.full_prompt)[0]  # the tags load LoRAs, the encoder never reads them
@@ -347,23 +344,10 @@ class Engine(LoraSwitching):
         if self.settings.zero_terminal_snr and self.settings.guidance_rescale:
             call["guidance_rescale"] = self.settings.guidance_rescale
         with mode.drawing(req, pipe):
-            return self._batches(req, pipe, call, (pos, neg), seeds, progress)
-
-    def _use_loras(self, req: Request, loras: LoraPlan) -> list[str]:
-        """The chooser's LoRA and the prompt's attached and merged at their weights (a tag naming
-        the chooser's sets its weight); notes for the prompt's that could not load."""
-        extras = {p: loras.names[p] for p in loras.weights if p != self.lora_path}
-        notes = self._use_extras(extras)
-        scales = {name: loras.weights[path] for path, (name, _) in self._extras.items()}
-        if self.lora_name is not None:
-            scales[ADAPTER] = loras.weights.get(self.lora_path, req.lora_scale)
-        self.merge_loras(scales)
-        return notes
+            self._batches(req, pipe, call, (pos, neg), seeds, progress)
 
     def _batches(self, req: Request, pipe, call: dict, embeds, seeds: list[int], progress):
         """Draw the request's batches with `pipe(**call)`; Interrupt and Skip end them."""
-        images: list[Image.Image] = []
-        kept: list[int] = []
         pixels = req.width * req.height
         for b in range(req.batch_count):
             if self._stop == INTERRUPT:
@@ -378,17 +362,25 @@ class Engine(LoraSwitching):
                 per_batch = p.num_timesteps
                 self.pace.step(b * per_batch + i + 1, per_batch, unit)
                 progress(b * per_batch + i + 1, req.batch_count * per_batch)
+                self._show(kwargs, req, i + 1, per_batch)
                 return kwargs
 
             try:
-                images += pipe(
+                drawn = pipe(
                     **pipe_embeds(*embeds, len(batch)),
                     generator=[torch.Generator("cpu").manual_seed(s) for s in batch],
                     callback_on_step_end=step_end,
                     **call,
                 ).images
-                kept += batch
             except _Stop:
                 self._stopped = self._stop if self._stopped != INTERRUPT else INTERRUPT
                 log.info("%s: batch %d of %d dropped", self._stop, b + 1, req.batch_count)
-        return images, kept
+            else:
+                self._keep(drawn, batch)
+
+    def _show(self, kwargs: dict, req: Request, done: int, steps: int) -> None:
+        """Every `generate.preview.every` steps of a batch: its picture so far, to the job's
+        preview callback (nothing computed without one)."""
+        if self._preview is None or self.previewer is None or not self.previewer.due(done):
+            return
+        self._preview(self.previewer(kwargs["latents"], (req.width, req.height)), done, steps)

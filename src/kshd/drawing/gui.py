@@ -106,7 +106,7 @@ def _wire_tab(
     limits = handlers.engine.limits
     wire_checks(tab, defaults, limits)
     started = gr.State(None)
-    draw = handlers.drawer(tab.name)
+    draw = handlers.live_drawer(tab.name)  # each batch, a preview and the ETA as it draws
     # "multiple": a click as the button comes back belongs to the next job, not to this chain
     # (Gradio's "once" would drop it); the button itself is locked while the job runs
     # the page's own path: every field checked first (errors beside their fields), then the job;
@@ -119,7 +119,7 @@ def _wire_tab(
     job = job.success(
         draw,
         tab.inputs(),
-        [tab.gallery, tab.info, tab.files, tab.drawn],
+        [tab.gallery, tab.info, tab.files, tab.drawn, tab.shown],
         api_name=tab.name,
         show_progress_on=[tab.status, tab.gallery],
         concurrency_id="engine",  # one queue with the model switches
@@ -128,6 +128,7 @@ def _wire_tab(
     # runs no `.then` listener after an error, so each outcome has its own)
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
     job.success(idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
+    tab.shown.change(lambda image: image, tab.shown, tab.live, **private)  # the live preview
     job.failure(handlers.failed, None, [*tab.buttons(), tab.status], **private)
     stops = {"interrupt": handlers.interrupter(tab.name), "skip": handlers.skip}
     for how, button in (("interrupt", tab.interrupt), ("skip", tab.skip)):

@@ -17,7 +17,8 @@ from typing import Any
 import gradio as gr
 
 from kshd.config.errors import UserError
-from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings
+from kshd.drawing.engine import INTERRUPT, SKIP, Engine, EngineSettings, Generated
+from kshd.drawing.gui_live import live_job
 from kshd.drawing.gui_modes import TabPart, tab_parts
 from kshd.drawing.gui_queue import take_out
 from kshd.drawing.gui_roots import NotConfigured, Roots
@@ -74,6 +75,12 @@ def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., An
         self, progress, request = values.pop("self"), values.pop("progress"), values.pop("request")
         return draw(self, values, progress, request, part.mode.request)
 
+    if inspect.isgeneratorfunction(draw):  # Gradio streams a generator function's yields
+
+        def streaming(*args, **kwargs):
+            yield from plain(*args, **kwargs)
+
+        plain, handler = handler, streaming
     handler.__signature__ = signature
     # Gradio finds the request parameter by its type hint, read from __annotations__
     handler.__annotations__ = {
@@ -205,8 +212,34 @@ class Handlers:
         said = self._failures.pop(session(request), "the drawing failed")
         return (*idle_buttons(), f'<span class="status-error">{html.escape(said)}</span>')
 
+    def _live(self, values: dict, progress: gr.Progress, request: gr.Request | None = None,
+              make: type[Request] = Request):  # fmt: skip
+        """The page's `_run`: each batch shown as it ends, a live preview and the ETA while
+        drawing (`gui_live`); the same outputs last."""
+        try:
+            req = self._request(values, make)
+            progress((0, req.steps), desc="waiting for the model", unit="steps")
+            result = yield from live_job(self.engine, req, progress, session(request),
+                                         lambda result: outputs(req, values, result))  # fmt: skip
+            said(result.notes)
+        except Exception as exc:
+            raise self.fail(exc, request) from exc
+
     def _job(self, values: dict, progress: gr.Progress, request: gr.Request | None,
              make: type[Request]):  # fmt: skip
+        req = self._request(values, make)
+        progress((0, req.steps), desc="waiting for the model", unit="steps")
+        result = self.engine.generate(
+            req,
+            lambda done, total: progress((done, total), desc="drawing", unit="steps"),
+            owner=session(request),
+        )
+        said(result.notes)
+        return outputs(req, values, result)
+
+    def _request(self, values: dict, make: type[Request]) -> Request:
+        """The tab's Request from its inputs (`values` by field name; a missing picture or
+        sketch refused, naming its field)."""
         if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
             brushed = values.pop("image")
             values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
@@ -219,18 +252,7 @@ class Handlers:
         if "control_image" in values and not values["control_image"]:
             log.info("refused: no sketch")
             raise user_error("Sketch: upload or draw a sketch")
-        req = make(**values)
-        progress((0, req.steps), desc="waiting for the model", unit="steps")
-        result = self.engine.generate(
-            req,
-            lambda done, total: progress((done, total), desc="drawing", unit="steps"),
-            owner=session(request),
-        )
-        for note in result.notes:  # e.g. a <lora:name> found nowhere: said once, drawn without it
-            gr.Warning(note)
-        gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
-        drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
-        return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
+        return make(**values)
 
     # the built-in tabs' handlers by name (a script's or a test's; the studio wires `drawer`)
     txt2img = request_handler(tab_parts()["txt2img"], _run)
@@ -241,6 +263,10 @@ class Handlers:
     def drawer(self, tab: str) -> Callable[..., Any]:
         """The drawing handler of the registered tab `tab` (`gui_modes`), bound to this."""
         return MethodType(request_handler(tab_parts()[tab], type(self)._run), self)
+
+    def live_drawer(self, tab: str) -> Callable[..., Any]:
+        """The page's drawing handler of the tab `tab`: `drawer`'s, streamed as it draws."""
+        return MethodType(request_handler(tab_parts()[tab], type(self)._live), self)
 
     def interrupter(self, tab: str) -> Callable[..., Any]:
         """Interrupt for the tab `tab`: its page's job in progress stopped at its next step
@@ -266,6 +292,19 @@ class Handlers:
     def _stop(self, how: str, request: gr.Request | None) -> str:
         done = self.engine.stop(how, owner=session(request))
         return f"{how}: asked" if done else f"{how}: nothing of yours is drawing"
+
+
+def said(notes: list[str]) -> None:
+    """A job's notes (e.g. a <lora:name> found nowhere: drawn without it), each said once."""
+    for note in notes:
+        gr.Warning(note)
+
+
+def outputs(req: Request, values: dict, result: Generated) -> tuple:
+    """A tab's outputs of what is drawn: gallery, parameters, PNG files, the requests."""
+    gallery = [(str(p), f"seed {s}") for p, s in zip(result.paths, result.seeds, strict=True)]
+    drawn = [asdict(req) | {"seed": s, "image": values.get("image")} for s in result.seeds]
+    return gallery, "\n\n".join(result.infotexts), [str(p) for p in result.paths], drawn
 
 
 def busy() -> tuple:

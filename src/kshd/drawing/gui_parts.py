@@ -58,6 +58,8 @@ class Tab:
     drawn: gr.State  # the requests of the gallery's images, one per image, for send and reuse
     selected: gr.State  # the gallery's selected index
     preview: gr.Image | None = None  # the sketch tab's control image, shown before drawing
+    live: gr.Image | None = None  # the live preview while drawing (drawing.preview)
+    shown: gr.State | None = None  # the preview the job sends (a State: not in the API)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -155,10 +157,12 @@ def _results(tab: str, sends: tuple[str, ...]) -> tuple:
         labels = {"img2img": "Send to image-to-image", "txt2img": "Send to text-to-image",
                   "loopback": "Loopback"}  # fmt: skip
         buttons = {t: gr.Button(labels[t], size="sm", elem_id=f"{tab}-send-to-{t}") for t in sends}
+    live = gr.Image(label="Live preview", elem_id=f"{tab}-live-preview", interactive=False,
+                    height=160, buttons=[])  # fmt: skip
     info = gr.Textbox(label="Generation parameters", lines=3, elem_id=f"{tab}-info")
     with gr.Accordion("PNG files (with parameters)", open=False):
         files = gr.File(label="PNG files", file_count="multiple", elem_id=f"{tab}-files")
-    return gallery, buttons, info, files
+    return gallery, buttons, info, files, live
 
 
 def build_tab(
@@ -185,12 +189,12 @@ def build_tab(
                                                   value=d.negative_prefix,
                                                   elem_id=f"{tab}-negative-prefix")  # fmt: skip
         with gr.Column(scale=1):
-            gallery, buttons, info, files = _results(tab, part.sends)
+            gallery, buttons, info, files, live = _results(tab, part.sends)
     f = Fields(prompt=prompt, negative_prompt=negative, **own, **c)
     return Tab(
         tab, f, generate, interrupt, skip, status, effective, b["random_seed"], b["reuse_seed"],
         b["swap"], b["presets"], gallery, info, files, buttons, gr.State([]), gr.State(0),
-        preview,
+        preview, live, gr.State(None),
     )  # fmt: skip
 
 

@@ -12,7 +12,8 @@ import torch
 from kshd.adapters.fit import LoraRefused
 from kshd.adapters.weights import PIPE_NAME, AdapterWeights, adapter_file, open_weights
 from kshd.drawing.pnginfo import lora_hash
-from kshd.drawing.prompt_loras import local_hashes, not_here
+from kshd.drawing.prompt_loras import LoraPlan, local_hashes, not_here, plan
+from kshd.drawing.request import Request
 from kshd.training.checkpoints import is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -199,3 +200,37 @@ class LoraSwitching:
             if module.merged:
                 module.unmerge()
                 module.get_base_layer().weight.copy_(self._originals[name])
+
+    def lora_plan(self, req: Request) -> LoraPlan:
+        """The LoRAs the request's `<lora:name:w>` tags name (`prompt_loras`), looked up among
+        the chooser's LoRA and the catalog's; RequestError for a weight out of bounds."""
+        chosen = (self.lora_name, self.lora_path) if self.lora_name else None
+        return plan(req.full_prompt, chosen, self.catalog, self.limits.max_lora_scale)
+
+    def _drawn_loras(self, req: Request, loras: LoraPlan) -> tuple[str, list[str]]:
+        """(the prompt as written to the PNG, the `Lora hashes` items): the tags kept as typed;
+        the chooser's LoRA, where no tag names it, added as A1111 would write it."""
+        prompt, hashes = req.full_prompt, []
+        if self.lora_name is not None:
+            scale = loras.weights.get(self.lora_path, req.lora_scale)
+            if self.lora_path not in loras.weights and scale != 0:
+                prompt += f" <lora:{self.lora_name}:{scale:g}>"
+            if scale != 0:
+                hashes.append(f"{self.lora_name}: {self.lora_hash}")
+        for path, weight in loras.weights.items():
+            if path != self.lora_path and path in self._extras and weight != 0:
+                if path not in self._hashes:
+                    self._hashes[path] = lora_hash(self._extras[path][1].hashed)
+                hashes.append(f"{loras.names[path]}: {self._hashes[path]}")
+        return prompt, hashes
+
+    def _use_loras(self, req: Request, loras: LoraPlan) -> list[str]:
+        """The chooser's LoRA and the prompt's attached and merged at their weights (a tag naming
+        the chooser's sets its weight); notes for the prompt's that could not load."""
+        extras = {p: loras.names[p] for p in loras.weights if p != self.lora_path}
+        notes = self._use_extras(extras)
+        scales = {name: loras.weights[path] for path, (name, _) in self._extras.items()}
+        if self.lora_name is not None:
+            scales[ADAPTER] = loras.weights.get(self.lora_path, req.lora_scale)
+        self.merge_loras(scales)
+        return notes
