@@ -354,3 +354,30 @@ def test_size_presets_follow_the_base_s_family_when_it_is_switched(browser, serv
                 " === '1216'"
             )
             assert page.input_value("#txt2img-width input[type=number]") == "832"
+
+
+def test_a_lora_tag_typed_in_the_prompt_draws_with_that_lora_and_an_unknown_one_is_said(
+    browser, server
+):
+    """`<lora:checkpoint-8:0.5>` typed in the prompt, A1111's way: drawn with that checkpoint
+    beside the LoRA in use, both in `Lora hashes`, the tag kept in the PNG's prompt; a name
+    found nowhere is said beside Generate and the drawing goes on without it."""
+    page, failed = open_page(browser, server, VIEW)
+    prompt = "a boy <lora:checkpoint-8:0.5> <lora:nosuch:1>"
+    page.fill("#txt2img-prompt textarea", prompt)
+    for field, value in (("#txt2img-steps input[type=number]", "2"),
+                         ("#txt2img-width input[type=number]", "64"),
+                         ("#txt2img-height input[type=number]", "64")):  # fmt: skip
+        page.fill(field, value)
+        page.press(field, "Tab")
+    page.click("#txt2img-generate")
+    wait_for_images(page, "txt2img")
+    page.wait_for_selector("#txt2img-generate:not([disabled])", timeout=60_000)
+    said = page.inner_text("#txt2img-status")
+    assert "<lora:nosuch>: no LoRA of that name in" in said and "drawn without it" in said, said
+    info = _value(page, "#txt2img-info")
+    assert info.splitlines()[0].startswith(prompt)
+    hashes = re.search(r'Lora hashes: "([^"]*)"', info).group(1)
+    names = [item.split(":")[0] for item in hashes.split(", ")]
+    assert names == [server["engine"].lora_name, "checkpoint-8"], hashes
+    assert not failed

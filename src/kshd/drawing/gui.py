@@ -28,7 +28,6 @@ from kshd.drawing.gui_actions import (  # noqa: E402
     Handlers,
     busy,
     effective_prompts,
-    idle,
     reuse_seed,
     sender,
     swap,
@@ -127,7 +126,7 @@ def _wire_tab(
     # after the job: its time, or its error; either way Generate comes back (Gradio's page
     # runs no `.then` listener after an error, so each outcome has its own)
     private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
-    job.success(idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
+    job.success(handlers.idle, [started, tab.drawn], [*tab.buttons(), tab.status], **private)
     tab.shown.change(lambda image: image, tab.shown, tab.live, **private)  # the live preview
     job.failure(handlers.failed, None, [*tab.buttons(), tab.status], **private)
     stops = {"interrupt": handlers.interrupter(tab.name), "skip": handlers.skip}

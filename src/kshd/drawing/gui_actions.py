@@ -119,6 +119,7 @@ class Handlers:
         self.engine, self.checkpoint_strength, self.describe = engine, checkpoint_strength, describe
         self.configured = engine.settings  # model.* of the config belong to its own base
         self._failures: dict[str | None, str] = {}  # a session's last job error, for its status
+        self._notes: dict[str | None, list[str]] = {}  # its last job's notes, likewise
         self.queue = None  # the server's queue (Gradio's), set once it is made: for Interrupt
         self.roots: Roots | None = None  # off loopback: what the model bar may load
 
@@ -207,6 +208,21 @@ class Handlers:
         return gr.Error(error.message, title=error.title, duration=None, visible=False,
                         print_exception=False)  # fmt: skip
 
+    def _said(self, notes: list[str], request: gr.Request | None) -> None:
+        """A job's notes (e.g. a <lora:name> found nowhere: drawn without it), kept for the
+        status line beside Generate (`idle`), where they are said once."""
+        self._notes.pop(session(request), None)
+        if notes:
+            self._notes[session(request)] = notes
+            while len(self._notes) > MAX_FAILURES:  # API clients never read theirs
+                del self._notes[next(iter(self._notes))]
+
+    def idle(self, started: float | None, drawn: list[dict], request: gr.Request) -> tuple:
+        """After the job: Generate back, what was drawn in how long, and the job's notes."""
+        *buttons, status = idle(started, drawn)
+        notes = self._notes.pop(session(request), [])
+        return (*buttons, " · ".join(filter(None, [status, *map(html.escape, notes)])))
+
     def failed(self, request: gr.Request) -> tuple:
         """After a job's error: Generate back, the error in one line beside it."""
         said = self._failures.pop(session(request), "the drawing failed")
@@ -219,9 +235,9 @@ class Handlers:
         try:
             req = self._request(values, make)
             progress((0, req.steps), desc="waiting for the model", unit="steps")
-            result = yield from live_job(self.engine, req, progress, session(request),
-                                         lambda result: outputs(req, values, result))  # fmt: skip
-            said(result.notes)
+            yield from live_job(self.engine, req, progress, session(request),
+                                lambda result: outputs(req, values, result),
+                                lambda notes: self._said(notes, request))  # fmt: skip
         except Exception as exc:
             raise self.fail(exc, request) from exc
 
@@ -234,7 +250,7 @@ class Handlers:
             lambda done, total: progress((done, total), desc="drawing", unit="steps"),
             owner=session(request),
         )
-        said(result.notes)
+        self._said(result.notes, request)
         return outputs(req, values, result)
 
     def _request(self, values: dict, make: type[Request]) -> Request:
@@ -292,12 +308,6 @@ class Handlers:
     def _stop(self, how: str, request: gr.Request | None) -> str:
         done = self.engine.stop(how, owner=session(request))
         return f"{how}: asked" if done else f"{how}: nothing of yours is drawing"
-
-
-def said(notes: list[str]) -> None:
-    """A job's notes (e.g. a <lora:name> found nowhere: drawn without it), each said once."""
-    for note in notes:
-        gr.Warning(note)
 
 
 def outputs(req: Request, values: dict, result: Generated) -> tuple:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -58,10 +58,11 @@ def live_job(
     progress: Callable[..., Any],
     owner: str | None,
     outputs: Callable[[Generated], tuple],
-) -> Generator[tuple, None, Generated]:
+    notes: Callable[[list[str]], None],
+) -> Iterator[tuple]:
     """Yield the tab's outputs (`outputs` of what is finished) and the live preview (None
     when there is none: after a batch, at the end) as each batch ends and at each preview, the
-    drawing's outputs last (and return its result). A page that goes away (the generator
+    drawing's outputs last, its `notes` said just before. A page that goes away (the generator
     closed) interrupts its job."""
     events: queue.Queue = queue.Queue()
     done: dict = {}
@@ -85,5 +86,5 @@ def live_job(
             thread.join()
     if "error" in done:
         raise done["error"]
+    notes(done["result"].notes)  # before the last yield: after it the page has stopped listening
     yield (*outputs(done["result"]), None)
-    return done["result"]
