@@ -191,4 +191,6 @@ def test_png_info_sends_a_sketchs_unit_back_to_the_sketch_tab(browser, server, s
     assert page.is_checked("#sketch-control-mode input[value=control]") or page.is_checked(
         "#sketch-control-mode label:has-text('ControlNet is more important') input"
     )
-    assert page.input_value("#sketch-prompt textarea") == "a girl"
+    in_use = server["engine"].lora_name  # the LoRA drawn with comes back as A1111 writes it
+    tag = f" <lora:{in_use}:1>" if in_use else ""
+    assert page.input_value("#sketch-prompt textarea") == f"a girl{tag}"

@@ -137,7 +137,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "notes.md": (_bytes("# 메모\nnot a drawing".encode()), "not an image"),
     "tiny.png": (_save("PNG", Image.new("RGB", (8, 8))), "too small"),
     "strip.png": (_save("PNG", Image.new("RGB", (2000, 10))), "too small"),
-    "bomb.png": (_bomb, "too large"),
+    "bomb.png": (_bomb, "decompression-bomb limit"),
     "broken_link.png": (_symlink("does-not-exist.png"), "unreadable"),
     "loop.png": (_symlink("loop.png"), "unreadable"),
     "folder.png/inner.txt": (_bytes(b"x"), "not an image"),

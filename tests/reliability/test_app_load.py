@@ -214,7 +214,7 @@ def test_huge_and_fake_uploads_are_refused(app, tmp_path):
     script.write_bytes(b"#!/bin/sh\nrm -rf /\n")
     client = Client(url, verbose=False)
     cases = [
-        (huge, "crop", "too large"),
+        (huge, "crop", "larger than generate.limits.max_upload_pixels"),
         (huge, PATHS, "not in the list of choices"),
         (page, "crop", "HTML"),
         (script, "crop", "not an image"),
