@@ -9,7 +9,7 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from types import MethodType
 from typing import Any
@@ -51,22 +51,37 @@ def user_error(message: str, title: str = CANNOT) -> gr.Error:
     return gr.Error(message, title=title, duration=None, print_exception=False)
 
 
-def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., Any]:
-    """A method whose parameters are `self`, the tab's Request fields in order, Gradio's
-    progress and request, as an explicit signature (Gradio passes a tab's inputs by position and
-    names the API's parameters from it; the request, by its annotation, is not an API input);
-    `draw(self, values, progress, request, make)` gets the fields by name and the class of its
-    mode's requests."""
+def gradio_signature(params: Sequence[tuple[str, Any]], method: bool = False) -> inspect.Signature:
+    """`params` (name, resolved type) in order, then Gradio's progress and request, as an
+    explicit signature (Gradio passes a tab's inputs by position and names the API's parameters
+    from it; the request, by its annotation, is not an API input); `self` first for a method."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    # resolved types: one left a string that this module cannot resolve ('Image.Image') makes
-    # Gradio's reading of all the hints fail, and the request would arrive as None
-    hints = typing.get_type_hints(part.mode.request)
-    signature = inspect.Signature(
-        [inspect.Parameter("self", kind)]
-        + [inspect.Parameter(n, kind, annotation=hints[n]) for n in part.fields]
+    return inspect.Signature(
+        [inspect.Parameter("self", kind)] * method
+        + [inspect.Parameter(n, kind, annotation=t) for n, t in params]
         + [inspect.Parameter("progress", kind, default=gr.Progress())]
         + [inspect.Parameter("request", kind, default=None, annotation=gr.Request)]
     )
+
+
+def signed(handler: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:
+    """`handler` as Gradio reads it: `signature`, and its hints in __annotations__ (where Gradio
+    finds the request parameter)."""
+    handler.__signature__ = signature
+    handler.__annotations__ = {
+        p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty
+    }
+    return handler
+
+
+def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., Any]:
+    """A method taking `self`, the tab's Request fields in order, Gradio's progress and request
+    (`gradio_signature`); `draw(self, values, progress, request, make)` gets the fields by name
+    and the class of its mode's requests."""
+    # resolved types: one left a string that this module cannot resolve ('Image.Image') makes
+    # Gradio's reading of all the hints fail, and the request would arrive as None
+    hints = typing.get_type_hints(part.mode.request)
+    signature = gradio_signature([(n, hints[n]) for n in part.fields], method=True)
 
     def handler(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
@@ -81,12 +96,7 @@ def request_handler(part: TabPart, draw: Callable[..., Any]) -> Callable[..., An
             yield from plain(*args, **kwargs)
 
         plain, handler = handler, streaming
-    handler.__signature__ = signature
-    # Gradio finds the request parameter by its type hint, read from __annotations__
-    handler.__annotations__ = {
-        p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty
-    }
-    return handler
+    return signed(handler, signature)
 
 
 def session(request: gr.Request | None) -> str | None:

@@ -6,16 +6,15 @@ to image tab's fields, then the script's), and `/xyz_interrupt`."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
-from dataclasses import fields
+import typing
 
 import gradio as gr
 
 from kshd.drawing.catalog import LoraCatalog
-from kshd.drawing.gui_actions import Handlers, idle_buttons, session
+from kshd.drawing.gui_actions import Handlers, gradio_signature, idle_buttons, session, signed
 from kshd.drawing.gui_modes import TAB_FIELDS
 from kshd.drawing.gui_parts import Tab
 from kshd.drawing.request import SAMPLERS, Request
@@ -97,14 +96,8 @@ def _shown(result: XyzResult, total: int, took: float) -> tuple:
 def xyz_handler(tab: XyzHandlers):
     """`tab.draw` with an explicit signature: the Text to image fields, then the script's (Gradio
     names the endpoint's parameters from it), Gradio's progress and request."""
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    hints = {f.name: f.type for f in fields(Request)} | XYZ_FIELDS
-    names = (*TAB_FIELDS, *XYZ_FIELDS)
-    signature = inspect.Signature(
-        [inspect.Parameter(n, kind, annotation=hints[n]) for n in names]
-        + [inspect.Parameter("progress", kind, default=gr.Progress())]
-        + [inspect.Parameter("request", kind, default=None, annotation=gr.Request)]
-    )
+    hints = typing.get_type_hints(Request) | XYZ_FIELDS  # resolved, as the drawing tabs' are
+    signature = gradio_signature([(n, hints[n]) for n in (*TAB_FIELDS, *XYZ_FIELDS)])
 
     def handler(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
@@ -112,11 +105,7 @@ def xyz_handler(tab: XyzHandlers):
         values = dict(bound.arguments)
         return tab.draw(values, values.pop("progress"), values.pop("request"))
 
-    handler.__signature__ = signature
-    handler.__annotations__ = {
-        p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty
-    }
-    return handler
+    return signed(handler, signature)
 
 
 def _fill(catalog: LoraCatalog):
