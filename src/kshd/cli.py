@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kshd.config.schema import ProjectConfig
 
-DEMO = "+experiment=demo"
-
 
 def _compose_params(args: argparse.Namespace) -> int:
     """Regenerate params.yaml from conf/ exactly as `dvc exp run` does."""
@@ -61,21 +59,6 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from kshd.experiments.dvc import DvcError
-    from kshd.experiments.sweep import run_sweep
-
-    overrides = ([DEMO] if args.demo else []) + list(args.set)
-    prepare = None
-    if args.demo:
-        from kshd_world.demo import demo_models as prepare
-    try:
-        return run_sweep(Path.cwd(), overrides, args.jobs, args.group, prepare)
-    except DvcError as err:
-        logging.error("kshd sweep: %s", err)
-        return 2
-
-
 def _push_dataset(args: argparse.Namespace) -> int:
     from kshd.config.compose import load_params
     from kshd.config.errors import UserError
@@ -91,6 +74,13 @@ def _push_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_models(root: Path, overrides: Sequence[str]) -> None:
+    """`kshd sweep --demo`: the demo's tiny models in the workspace, for the experiments."""
+    from kshd_world.demo import demo_models
+
+    demo_models(root, overrides)
+
+
 def _build_demo_models(cfg: ProjectConfig) -> None:
     """Before drawing: the demo profile's tiny models (`tiny.build`), built or made current."""
     if cfg.tiny.build:
@@ -104,19 +94,9 @@ def _add_experiment_commands(sub) -> None:
     p.add_argument("experiments", nargs="*", help="experiment names (default: all finished)")
     p.add_argument("-o", "--output", default="reports/compare", help="folder for index.html")
     p.set_defaults(func=_compare)
-    p = sub.add_parser("sweep", help="queue a grid of experiments in DVC, run them, compare")
-    p.add_argument(
-        "-S",
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="a Hydra override as for `dvc exp run -S`; comma lists sweep",
-    )
-    p.add_argument("--demo", action="store_true", help=f"add {DEMO} (tiny offline models)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
-    p.add_argument("--group", help="wandb group (default: sweep-<date-time>)")
-    p.set_defaults(func=_sweep)
+    from kshd.experiments.sweep_command import add_sweep_command
+
+    add_sweep_command(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     args.prepare_models = _build_demo_models
+    args.demo_models = _demo_models
     sys.exit(args.func(args))
 
 

@@ -149,6 +149,31 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """The `cluster` group (conf/cluster/): where `kshd sweep --executor slurm|local` runs one
+    submitit job per experiment, and where the jobs push them. No stage reads it."""
+
+    partition: str | None
+    gpus_per_job: int
+    cpus_per_task: int
+    mem_gb: int
+    timeout_min: int
+    max_running: int  # at most this many jobs at once (a SLURM array's parallelism); 0: all
+    sbatch: dict[str, object]  # further sbatch options (account, qos, constraint, ...)
+    setup: tuple[str, ...]  # shell lines each job runs first (module load, the venv)
+    git_remote: str
+    dvc_remote: str | None
+    dir: str
+
+    def validate(self) -> None:
+        for key in ("gpus_per_job", "max_running"):
+            require(getattr(self, key) >= 0, f"cluster.{key}", getattr(self, key), "a number >= 0")
+        for key in ("cpus_per_task", "mem_gb", "timeout_min"):
+            require(getattr(self, key) >= 1, f"cluster.{key}", getattr(self, key), "a number >= 1")
+        require(bool(self.git_remote), "cluster.git_remote", self.git_remote, "a git remote's name")
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """The whole composed config (params.yaml): every top-level key of conf/config.yaml."""
 
@@ -166,6 +191,7 @@ class ProjectConfig:
     caption: CaptionSettings
     dataset: DatasetSettings
     tracking: TrackingSettings
+    cluster: ClusterSettings
 
 
 def check(tree: Mapping, source: str = "conf/") -> ProjectConfig:
