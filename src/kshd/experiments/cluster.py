@@ -137,6 +137,11 @@ def make_executor(kind: str, folder: Path, c: ClusterSettings, jobs: int, name: 
         )
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=kind)
     gpus = c.gpus_per_job if kind == "slurm" or cuda_available() else 0
+    if kind == "local" and gpus:
+        log.warning(
+            "--executor local: every job sees the same %d GPU(s) (submitit's local executor "
+            "pins none); `kshd sweep --gpus` runs one experiment per GPU", gpus,
+        )  # fmt: skip
     executor.update_parameters(
         name=name,
         timeout_min=c.timeout_min,
@@ -243,6 +248,7 @@ def run_cluster_sweep(
     if not wait:
         log.info("collect them when they are done: kshd sweep --collect --group %s", group)
         return 0
+    log.info("waiting for %d jobs; their logs: %s", len(jobs), record.parent / "submitit")
     failed = wait_jobs(jobs, record)
     code = collect(root, record)
     return 1 if failed else code

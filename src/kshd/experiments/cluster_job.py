@@ -66,8 +66,9 @@ class ExperimentJob(submitit.helpers.Checkpointable):
         if code:
             raise DvcError(f"experiment {self.name}: `dvc exp run` exited {code}; {tail(root)}")
         push(root, self.name, self.remotes.dvc_name)
-        metrics = root / "reports" / "metrics.json"
-        return {"name": self.name, "clone": self.clone, "metrics": json.loads(metrics.read_text())}
+        metrics = root / "reports" / "metrics.json"  # the evaluation's (output.reports_dir)
+        found = json.loads(metrics.read_text()) if metrics.is_file() else {}
+        return {"name": self.name, "clone": self.clone, "metrics": found}
 
     def _run(self, root: Path) -> int:
         cmd = [dvc_executable(), "exp", "run", "--pull", "-n", self.name]
