@@ -62,7 +62,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from kshd.experiments.dvc import DvcError
+    from kshd.config.errors import UserError  # DvcError is one
+    from kshd.experiments.gpus import parse_gpus
     from kshd.experiments.sweep import run_sweep
 
     overrides = ([DEMO] if args.demo else []) + list(args.set)
@@ -70,8 +71,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.demo:
         from kshd_world.demo import demo_models as prepare
     try:
-        return run_sweep(Path.cwd(), overrides, args.jobs, args.group, prepare)
-    except DvcError as err:
+        gpus = None if args.gpus is None else parse_gpus(args.gpus)
+        return run_sweep(Path.cwd(), overrides, args.jobs, args.group, prepare, gpus)
+    except UserError as err:
         logging.error("kshd sweep: %s", err)
         return 2
 
@@ -114,7 +116,15 @@ def _add_experiment_commands(sub) -> None:
         help="a Hydra override as for `dvc exp run -S`; comma lists sweep",
     )
     p.add_argument("--demo", action="store_true", help=f"add {DEMO} (tiny offline models)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
+    p.add_argument(
+        "-j", "--jobs", type=int, help="experiments run at once (default: one per GPU, or 1)"
+    )
+    p.add_argument(
+        "--gpus",
+        metavar="0,1",
+        help="one experiment at a time on each of these GPUs, each seeing only its own "
+        "(CUDA_VISIBLE_DEVICES); default: every visible GPU",
+    )
     p.add_argument("--group", help="wandb group (default: sweep-<date-time>)")
     p.set_defaults(func=_sweep)
 
