@@ -117,3 +117,15 @@ def test_slurm_without_sbatch_is_refused_in_one_line(slurm_workspace, monkeypatc
     assert end.value.code == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "sbatch" in line and "--executor local" in line
+
+
+def test_queue_options_are_refused_for_cluster_jobs(tmp_path, monkeypatch, caplog):
+    """--gpus / -j pin the queue's workers here; a cluster job's resources are conf/cluster/'s."""
+    monkeypatch.chdir(tmp_path)  # refused before anything is read
+    for extra in (["--gpus", "0,1"], ["-j", "2"]):
+        caplog.clear()
+        with pytest.raises(SystemExit) as end:
+            kshd(["sweep", "--executor", "slurm", "-S", "train.epochs=1,2", *extra])
+        assert end.value.code == 2
+        [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "cluster.gpus_per_job" in line and "cluster.max_running" in line

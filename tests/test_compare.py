@@ -22,7 +22,9 @@ FILES = {"reports/metrics.json": "", "reports/train/metrics.json": "train."}
 
 
 def _exp(name: str, state: str, epochs: int, style_gain: float | None) -> dict:
-    metrics = {"reports/train/metrics.json": {"data": {"final_loss": 0.5, "latents": {"a": 1}}}}
+    device = {"cuda_visible_devices": "1", "name": "cpu", "count": 1}  # a record, not a metric
+    train = {"final_loss": 0.5, "latents": {"a": 1}, "device": device}
+    metrics = {"reports/train/metrics.json": {"data": train}}
     if style_gain is not None:
         metrics["reports/metrics.json"] = {
             "data": {"style_gain": style_gain, "best_checkpoint": {"step": 6, "by": "style_gain"}}

@@ -18,6 +18,7 @@ import pytest
 from kshd.cli import main as kshd
 from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
+from kshd.training.processes import device_record
 
 from .browser import ARGS, CHROMIUM
 from .conftest import quick_dvc_params
@@ -86,6 +87,8 @@ def test_four_experiments_with_the_swept_params(sweep):
     for data in show.values():
         p = data["params"]["params.yaml"]["data"]["train"]
         runs[p["batch_size"], p["epochs"]] = data["metrics"]["reports/train/metrics.json"]["data"]
+        ran_on = {k: v for k, v in device_record(env).items() if v is not None}  # no nulls shown
+        assert runs[p["batch_size"], p["epochs"]]["device"] == ran_on  # where it ran
         assert isinstance(data["metrics"]["reports/metrics.json"]["data"]["style_gain"], float)
     assert set(runs) == GRID
     assert {grid: train["epochs"] for grid, train in runs.items()} == {g: g[1] for g in GRID}
@@ -105,7 +108,7 @@ def _expected_steps(repo: Path, epoch_items: int) -> dict[tuple[int, int], int]:
 
 
 def test_one_wandb_run_per_experiment_and_stage_in_one_group(sweep):
-    repo, names, _, _ = sweep
+    repo, names, _, env = sweep
     runs = find_offline_runs(repo / "wandb")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
     group = f"baseline-{head.stdout.strip()[:7]}"
@@ -117,6 +120,7 @@ def test_one_wandb_run_per_experiment_and_stage_in_one_group(sweep):
     for run in (r for r in runs if r.job_type == "train"):
         train = run.config["train"]
         assert run.config["caption"]["max_new_tokens"] == 12  # the full params
+        assert run.config["device"] == device_record(env)  # beside the params
         losses = [h["train/loss"] for h in run.history if "train/loss" in h]
         logged[train["batch_size"], train["epochs"]] = len(losses)
         assert run.summary["train/final_loss"] == losses[-1]

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 # Training metrics are shown as `train.<key>`; the evaluation's without a prefix.
-NOT_COMPARED = ("latents", "by_strength", "resumed_from")
+NOT_COMPARED = ("latents", "by_strength", "resumed_from", "device")
 
 
 @dataclass

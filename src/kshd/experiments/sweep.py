@@ -4,7 +4,8 @@ Exactly what a person would type, `dvc exp run --queue -S ...` then `dvc queue s
 waiting and a one-page comparison at the end. Stages whose params a sweep does not touch
 (prepare, caption, dataset) come from DVC's run cache after the first experiment. With the demo
 profile the tiny models are built in the workspace first; the queued copies load them from there
-(kshd.stages.resolve_models).
+(kshd.stages.resolve_models). On a machine with GPUs, one queue worker per GPU, each seeing only
+its own (kshd.experiments.gpus); on a CPU, `-j` workers splitting the cores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from kshd.experiments.compare import build_comparison
 from kshd.experiments.dvc import DvcError, dvc_executable, run_dvc
+from kshd.experiments.gpus import pick_gpus, refuse_running_workers, start_gpu_workers
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +132,30 @@ def start_queue(root: Path, jobs: int) -> None:
 def run_sweep(
     root: Path,
     overrides: Sequence[str],
-    jobs: int = 1,
+    jobs: int | None = None,
     group: str | None = None,
     prepare: Callable[[Path, Sequence[str]], None] | None = None,
+    gpus: Sequence[str] | None = None,
 ) -> int:
-    """Queue, start `jobs` workers, wait, then write the comparison page; 1 if any failed.
+    """Queue, start the workers, wait, then write the comparison page; 1 if any failed.
+
+    Workers: one per GPU of `gpus` (default: every visible GPU, or the first `jobs`), each
+    seeing only its own (kshd.experiments.gpus); with no GPU, `jobs` (default 1) on the CPU.
     `prepare(root, overrides)` runs first: the stages never build models, and queued copies
     load the workspace's (`kshd sweep --demo` builds the demo's tiny ones there)."""
+    gpus = pick_gpus(gpus, jobs)
     group = group or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     if prepare is not None:
         prepare(root, overrides)
+    if gpus:
+        refuse_running_workers(root)  # before queueing: running workers would take the queue
     names = queue(root, [*overrides, f"tracking.group={group}"])
-    start_queue(root, jobs)
+    if gpus:
+        # the CPU cores split too: with no CUDA (fake GPUs in a test) the stages run on the CPU
+        env = queue_env(len(gpus), os.environ, cpu_cores(), cuda_available())
+        start_gpu_workers(root, gpus, env)
+    else:
+        start_queue(root, jobs or 1)
     final = wait(root, names)
     failed = [n for n in names if final.get(n) != "success"]
     for name in failed:

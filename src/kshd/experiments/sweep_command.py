@@ -23,7 +23,15 @@ def add_sweep_command(sub) -> None:
         help="a Hydra override as for `dvc exp run -S`; comma lists sweep",
     )
     p.add_argument("--demo", action="store_true", help=f"add {DEMO} (tiny offline models)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once (queue)")
+    p.add_argument(
+        "-j", "--jobs", type=int, help="experiments run at once (default: one per GPU, or 1)"
+    )
+    p.add_argument(
+        "--gpus",
+        metavar="0,1",
+        help="one experiment at a time on each of these GPUs, each seeing only its own "
+        "(CUDA_VISIBLE_DEVICES); default: every visible GPU",
+    )
     p.add_argument("--group", help="wandb group and sweep name (default: sweep-<date-time>)")
     p.add_argument(
         "--executor",
@@ -60,12 +68,19 @@ def sweep_main(args: argparse.Namespace) -> int:
     prepare = args.demo_models if args.demo else None
     try:
         if args.collect or args.executor != "queue":
+            if args.gpus is not None or args.jobs is not None:
+                raise UserError(
+                    "--gpus and -j are for the queue on this machine; a cluster job's GPUs "
+                    "are cluster.gpus_per_job, how many run at once cluster.max_running"
+                )
             return _cluster(args, root, overrides, prepare)
         if args.cluster:
-            raise UserError(f"kshd sweep: {args.cluster} apply to --executor slurm|local only")
+            raise UserError(f"{' '.join(args.cluster)}: only for --executor slurm|local")
+        from kshd.experiments.gpus import parse_gpus
         from kshd.experiments.sweep import run_sweep
 
-        return run_sweep(root, overrides, args.jobs, args.group, prepare)
+        gpus = None if args.gpus is None else parse_gpus(args.gpus)
+        return run_sweep(root, overrides, args.jobs, args.group, prepare, gpus)
     except UserError as err:
         logging.error("kshd sweep: %s", err)
         return 2

@@ -39,7 +39,7 @@ from kshd.training.inputs import check_reg
 from kshd.training.interrupts import Interrupted
 from kshd.training.loop import CheckpointPolicy, train_lora
 from kshd.training.optimizers import optimizer_kind
-from kshd.training.processes import process_state
+from kshd.training.processes import device_record, process_state
 from kshd.training.result import TrainResult
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def write_outputs(
         "reg_images": num_reg_images,
         "latents": result.latents,
         "captions": result.captions,
+        "device": device_record(),  # which GPU a sweep's experiment ran on
     }
     reports = Path(cfg.output.train_reports_dir)
     write_json(reports / "metrics.json", metrics)
@@ -153,6 +154,16 @@ def _base_model(pretrained: str) -> dict:
     if is_single_file(pretrained) and Path(pretrained).is_file():
         return {"base_model": Path(pretrained).name, "base_model_hash": file_sha256(pretrained)}
     return {"base_model": pretrained}
+
+
+def start_tracking(cfg: ProjectConfig):
+    """The stage's wandb run (None when tracking is off), the device in its config: added after
+    the start, not in the config it starts with, whose hash names the run, so a killed run that
+    is run again on another GPU resumes the same wandb run."""
+    wb = start_run(cfg.tracking, "train", as_plain(cfg))
+    if wb:
+        wb.config.update({"device": device_record()}, allow_val_change=True)
+    return wb
 
 
 def checkpoint_policy(cfg: ProjectConfig, split, reg) -> CheckpointPolicy:
@@ -195,7 +206,7 @@ def run(cfg: ProjectConfig) -> dict | None:
         m.no_half_vae, m.single_file_config, m.clip_skip,
     )  # fmt: skip
     main_process = state.is_main_process
-    wb = start_run(cfg.tracking, "train", as_plain(cfg)) if main_process else None
+    wb = start_tracking(cfg) if main_process else None
     ckpt = checkpoint_policy(cfg, split, reg)
     on_log = (
         (lambda row: wb.log({f"train/{k}": v for k, v in row.items()}, step=row["step"]))
