@@ -14,6 +14,7 @@ from kshd.training.checkpoints import (
     load_checkpoint,
     prune,
     save_checkpoint,
+    starting_checkpoint,
 )
 
 
@@ -91,3 +92,17 @@ def test_another_runs_checkpoints_are_not_resumed(tmp_path):
     _save(tmp_path, 4, fp="batch-size-1")
     assert find_resumable(tmp_path, "batch-size-2") is None
     assert complete_checkpoints(tmp_path) == []
+
+    _save(tmp_path, 6, fp="batch-size-1")
+    assert find_resumable(tmp_path, "batch-size-2", remove=False) is None  # not the main process
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [6]
+
+
+def test_starting_afresh_leaves_the_folder_empty(tmp_path):
+    """`train.resume=false`: no checkpoint resumed, the folder (a DVC output) still there."""
+    from accelerate import PartialState
+
+    _save(tmp_path, 2)
+    assert starting_checkpoint(tmp_path, "run-a", True, PartialState()).name == "checkpoint-2"
+    assert starting_checkpoint(tmp_path, "run-a", False, PartialState()) is None
+    assert tmp_path.is_dir() and not any(tmp_path.iterdir())

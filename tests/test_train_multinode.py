@@ -3,12 +3,15 @@ two `accelerate launch` processes meet at a rendezvous on 127.0.0.1 and train on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+
+from kshd.training.checkpoints import STATE
 
 from .helpers.events import Child
 from .helpers.lora_files import unet_with_and_without
@@ -80,3 +83,33 @@ def test_two_machines_train_one_run(tiny_models, ready_project, tmp_path):
     assert sorted(p.name for p in (root / "models/checkpoints").iterdir()) == ["checkpoint-6"]
     base, tuned = unet_with_and_without(tiny_models["sd"], root / "models/lora")
     assert torch.isfinite(tuned).all() and (tuned - base).abs().max() > 1e-4
+
+
+def earlier_checkpoint(root: Path) -> None:
+    """A complete checkpoint of another run in `root`'s checkpoints folder, of files enough for
+    its removal to take a while."""
+    old = root / "models/checkpoints/checkpoint-3"
+    for part in range(40):
+        (old / f"part-{part}").mkdir(parents=True)
+        for i in range(50):
+            (old / f"part-{part}" / f"{i}.bin").write_bytes(b"x")
+    (old / STATE).write_text(json.dumps({"fingerprint": "another run"}), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "resume, removal",
+    [(False, "starting afresh, removing"), (True, "belongs to another run")],
+)
+def test_an_earlier_runs_checkpoints_are_removed_once(resume, removal, ready_project, tmp_path):
+    """The checkpoints folder the processes share (on one machine or several) holding another
+    run's checkpoint: one process removes it, started afresh (`train.resume=false`) or not
+    (every process at once raced on the same files and crashed); the folder, a DVC output, is
+    there after the run."""
+    root = tmp_path / "p"
+    ready_project(root, [f"train.resume={str(resume).lower()}", "train.checkpointing_steps=100"])
+    earlier_checkpoint(root)
+    nodes = launch_nodes(root)
+    assert_all_ended_well(nodes)
+    assert sum(node.text.count(removal) for node in nodes) == 1
+    assert train_metrics(root)["steps"] == 8
+    assert list((root / "models/checkpoints").iterdir()) == []  # no checkpoint in 8 steps

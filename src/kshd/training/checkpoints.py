@@ -256,19 +256,36 @@ def restore_scaler(scaler, state: dict | None) -> None:
         log.warning("the checkpoint holds no gradient-scaler state: fp16 starts a fresh scale")
 
 
-def find_resumable(root: Path, run_fp: str) -> Path | None:
-    """The newest complete checkpoint of this run; other runs' checkpoints are removed."""
+def find_resumable(root: Path, run_fp: str, remove: bool = True) -> Path | None:
+    """The newest complete checkpoint of this run; other runs' checkpoints are removed (by one
+    process of several: `remove` false for the others)."""
     mine = None
     for _, path in complete_checkpoints(root):
         fp = json.loads((path / STATE).read_text(encoding="utf-8")).get("fingerprint")
         if fp == run_fp:
             mine = path
-        else:
+        elif remove:
             log.warning(
                 "%s belongs to another run (other params, data or base model): removed", path
             )
             shutil.rmtree(path)
     return mine
+
+
+def starting_checkpoint(root: Path, run_fp: str, resume: bool, acc) -> Path | None:
+    """The checkpoint the run continues from (None: step 0) in a process of `acc` (accelerate's
+    Accelerator or PartialState). The main process alone removes what the run will not resume
+    (all of it with `train.resume=false`, the folder left for DVC), the others look after it:
+    they may share the folder, on one machine or on several."""
+    path = None
+    with acc.main_process_first():
+        if resume:
+            path = find_resumable(root, run_fp, remove=acc.is_main_process)
+        elif acc.is_main_process and root.exists():
+            log.info("train.resume=false: starting afresh, removing %s", root)
+            shutil.rmtree(root)
+            root.mkdir(parents=True)
+    return path
 
 
 def is_checkpoint(path: str | Path) -> bool:
