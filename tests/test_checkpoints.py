@@ -14,6 +14,7 @@ from kshd.training.checkpoints import (
     load_checkpoint,
     prune,
     save_checkpoint,
+    start_disagreement,
     starting_checkpoint,
 )
 
@@ -106,3 +107,17 @@ def test_starting_afresh_leaves_the_folder_empty(tmp_path):
     assert starting_checkpoint(tmp_path, "run-a", True, PartialState()).name == "checkpoint-2"
     assert starting_checkpoint(tmp_path, "run-a", False, PartialState()) is None
     assert tmp_path.is_dir() and not any(tmp_path.iterdir())
+
+
+def test_processes_that_would_start_apart_are_named(tmp_path):
+    """Every process must start the main's run at the main's checkpoint: a machine with other
+    params or data, or without the shared checkpoints, would train beside it on its own."""
+    same = [("fp", "checkpoint-6"), ("fp", "checkpoint-6")]
+    assert start_disagreement(same, tmp_path) is None
+    other_run = start_disagreement([("fp", None), ("fp", None), ("other", None)], tmp_path)
+    assert other_run.startswith("processes [2] prepared another run than the main process")
+    no_checkpoint = start_disagreement([("fp", "checkpoint-6"), ("fp", None)], tmp_path)
+    assert no_checkpoint == (
+        "processes [1] would start from step 0, the main process from checkpoint-6: every "
+        f"machine needs the main process's {tmp_path} (a shared folder)"
+    )

@@ -40,13 +40,14 @@ def node_cmd(machine_rank: int, port: int) -> list[str]:
     )
 
 
-def launch_nodes(root: Path) -> list[Child]:
-    """Both nodes started at once in `root` (their shared folder); each ended, its output read.
-    A node left running when the other fails or the time is up is killed with its workers."""
+def launch_nodes(root: Path, other: Path | None = None) -> list[Child]:
+    """Both nodes started at once in `root` (their shared folder), or machine 1 in a folder of
+    its own (`other`); each ended, its output read. A node left running when the other fails
+    or the time is up is killed with its workers."""
     port, env = free_port(), accelerate_env()
     nodes = []
     try:
-        for rank, folder in enumerate([root] * MACHINES):
+        for rank, folder in enumerate([root, other or root]):
             nodes.append(Child(node_cmd(rank, port), folder, env, start_new_session=True))
         for node in nodes:
             node.finish(timeout=600)
@@ -113,3 +114,17 @@ def test_an_earlier_runs_checkpoints_are_removed_once(resume, removal, ready_pro
     assert sum(node.text.count(removal) for node in nodes) == 1
     assert train_metrics(root)["steps"] == 8
     assert list((root / "models/checkpoints").iterdir()) == []  # no checkpoint in 8 steps
+
+
+def test_a_machine_on_another_run_stops_every_process(ready_project, tmp_path):
+    """A node whose params differ from the main's (another learning rate: a params.yaml not
+    pulled there) trained beside it, its gradients averaged into the main's run; now every
+    process stops before the first step, saying what the machines must share."""
+    main, other = tmp_path / "main", tmp_path / "other"
+    ready_project(main)
+    ready_project(other, ["train.learning_rate=2e-2"])
+    nodes = launch_nodes(main, other)
+    for node in nodes:
+        assert node.proc.returncode != 0
+        assert "prepared another run than the main process" in node.text, node.text[-3000:]
+    assert not (main / "reports/train/metrics.json").exists()
