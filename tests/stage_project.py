@@ -68,16 +68,32 @@ def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedPr
     return proc
 
 
+def accelerate_env() -> dict[str, str]:
+    """The environment of a training process run by hand: no DVC or accelerate settings of the
+    runner's, one thread (two each on 2 cores run ~6x slower; both variables: torch takes MKL's
+    count over OpenMP's, and a test runner's worker may have set either)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
+    return env | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def accelerate_cmd(*launch: str) -> list[str]:
+    """`accelerate launch <launch> ... -m kshd.stages.train` as a user types it (fp32, no
+    dynamo): `launch` says how many processes and machines."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", *launch, "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*cmd, "-m", "kshd.stages.train"]
+
+
+def train_metrics(root: Path) -> dict:
+    return json.loads((root / "reports/train/metrics.json").read_text())
+
+
 def accelerate_train(root: Path, with_output: bool = False):
     """The train stage in `root` under `accelerate launch` with 2 CPU processes; its metrics."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "ACCELERATE_"))}
-    # a thread per process: two each on 2 cores run ~6x slower (both variables: torch takes
-    # MKL's count over OpenMP's, and a test runner's worker may have set either)
-    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kshd.stages.train"]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    cmd = accelerate_cmd("--multi_gpu", "--num_processes", "2", "--num_machines", "1")
+    proc = subprocess.run(
+        cmd, cwd=root, env=accelerate_env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((root / "reports/train/metrics.json").read_text())
+    metrics = train_metrics(root)
     return (metrics, proc) if with_output else metrics

@@ -14,6 +14,8 @@ from kshd.training.checkpoints import (
     load_checkpoint,
     prune,
     save_checkpoint,
+    start_disagreement,
+    starting_checkpoint,
 )
 
 
@@ -91,3 +93,31 @@ def test_another_runs_checkpoints_are_not_resumed(tmp_path):
     _save(tmp_path, 4, fp="batch-size-1")
     assert find_resumable(tmp_path, "batch-size-2") is None
     assert complete_checkpoints(tmp_path) == []
+
+    _save(tmp_path, 6, fp="batch-size-1")
+    assert find_resumable(tmp_path, "batch-size-2", remove=False) is None  # not the main process
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [6]
+
+
+def test_starting_afresh_leaves_the_folder_empty(tmp_path):
+    """`train.resume=false`: no checkpoint resumed, the folder (a DVC output) still there."""
+    from accelerate import PartialState
+
+    _save(tmp_path, 2)
+    assert starting_checkpoint(tmp_path, "run-a", True, PartialState()).name == "checkpoint-2"
+    assert starting_checkpoint(tmp_path, "run-a", False, PartialState()) is None
+    assert tmp_path.is_dir() and not any(tmp_path.iterdir())
+
+
+def test_processes_that_would_start_apart_are_named(tmp_path):
+    """Every process must start the main's run at the main's checkpoint: a machine with other
+    params or data, or without the shared checkpoints, would train beside it on its own."""
+    same = [("fp", "checkpoint-6"), ("fp", "checkpoint-6")]
+    assert start_disagreement(same, tmp_path) is None
+    other_run = start_disagreement([("fp", None), ("fp", None), ("other", None)], tmp_path)
+    assert other_run.startswith("processes [2] prepared another run than the main process")
+    no_checkpoint = start_disagreement([("fp", "checkpoint-6"), ("fp", None)], tmp_path)
+    assert no_checkpoint == (
+        "processes [1] would start from step 0, the main process from checkpoint-6: every "
+        f"machine needs the main process's {tmp_path} (a shared folder)"
+    )

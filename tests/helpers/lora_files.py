@@ -55,3 +55,17 @@ def randomize_lora_b(model, seed: int, scale: float) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def unet_with_and_without(sd: Path, lora_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet of the pipeline in `sd` on fixed latents and text states, before and after
+    diffusers' `load_lora_weights` of `lora_dir`: a trained LoRA loads and changes it."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd, safety_checker=None)
+    g = torch.Generator().manual_seed(0)
+    latents, hidden = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        base = pipe.unet(latents, 500, encoder_hidden_states=hidden).sample
+        pipe.load_lora_weights(str(lora_dir))
+        return base, pipe.unet(latents, 500, encoder_hidden_states=hidden).sample

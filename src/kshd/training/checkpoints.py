@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from kshd.config.errors import UserError
 from kshd.fileio import WriteError, write_errno
 
 log = logging.getLogger(__name__)
@@ -256,19 +257,61 @@ def restore_scaler(scaler, state: dict | None) -> None:
         log.warning("the checkpoint holds no gradient-scaler state: fp16 starts a fresh scale")
 
 
-def find_resumable(root: Path, run_fp: str) -> Path | None:
-    """The newest complete checkpoint of this run; other runs' checkpoints are removed."""
+def find_resumable(root: Path, run_fp: str, remove: bool = True) -> Path | None:
+    """The newest complete checkpoint of this run; other runs' checkpoints are removed (by one
+    process of several: `remove` false for the others)."""
     mine = None
     for _, path in complete_checkpoints(root):
         fp = json.loads((path / STATE).read_text(encoding="utf-8")).get("fingerprint")
         if fp == run_fp:
             mine = path
-        else:
+        elif remove:
             log.warning(
                 "%s belongs to another run (other params, data or base model): removed", path
             )
             shutil.rmtree(path)
     return mine
+
+
+def starting_checkpoint(root: Path, run_fp: str, resume: bool, acc) -> Path | None:
+    """The checkpoint the run continues from (None: step 0), the same for every process of
+    `acc` (accelerate's Accelerator or PartialState). The main process alone removes what the
+    run will not resume (all of it with `train.resume=false`, the folder left for DVC), the
+    others look after it: they may share the folder, on one machine or on several."""
+    from accelerate.utils import gather_object
+
+    path = None
+    with acc.main_process_first():
+        if resume:
+            path = find_resumable(root, run_fp, remove=acc.is_main_process)
+        elif acc.is_main_process and root.exists():
+            log.info("train.resume=false: starting afresh, removing %s", root)
+            shutil.rmtree(root)
+            root.mkdir(parents=True)
+    why = start_disagreement(gather_object([(run_fp, path.name if path else None)]), root)
+    if why:
+        raise UserError(why)
+    return path
+
+
+def start_disagreement(starts: list[tuple[str, str | None]], root: Path) -> str | None:
+    """Why the processes' starts (run fingerprint, checkpoint or None; the main process's
+    first) are not one run's, or None. Apart, they would average the gradients of different
+    runs or steps, until one waits forever for the others."""
+    run_fp, checkpoint = starts[0]
+    if apart := [i for i, (fp, _) in enumerate(starts) if fp != run_fp]:
+        return (
+            f"processes {apart} prepared another run than the main process (other params, "
+            "data/dataset or base model): every machine needs the same ones"
+        )
+    if apart := [i for i, (_, name) in enumerate(starts) if name != checkpoint]:
+        theirs = sorted({starts[i][1] or "step 0" for i in apart})
+        return (
+            f"processes {apart} would start from {', '.join(theirs)}, the main process from "
+            f"{checkpoint or 'step 0'}: every machine needs the main process's {root} "
+            "(a shared folder)"
+        )
+    return None
 
 
 def is_checkpoint(path: str | Path) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,10 +18,10 @@ from kshd.config.schema_train import TrainSettings
 from kshd.training.batches import DrawingDataset
 from kshd.training.checkpoints import (
     Progress,
-    find_resumable,
     load_checkpoint,
     restore_scaler,
     save_checkpoint,
+    starting_checkpoint,
 )
 from kshd.training.compiled import compile_unet, original
 from kshd.training.components import (
@@ -194,10 +193,7 @@ def _restore(run: _Run, c: Components, path: Path) -> TrainResult:
 def _start(run: _Run, c: Components, ckpt: CheckpointPolicy | None) -> TrainResult:
     if ckpt is None:
         return TrainResult()
-    if not ckpt.resume and ckpt.root.exists():
-        log.info("train.resume=false: starting afresh, removing %s", ckpt.root)
-        shutil.rmtree(ckpt.root)
-    path = find_resumable(ckpt.root, ckpt.fingerprint) if ckpt.resume else None
+    path = starting_checkpoint(ckpt.root, ckpt.fingerprint, ckpt.resume, run.accelerator)
     return _restore(run, c, path) if path else TrainResult()
 
 
