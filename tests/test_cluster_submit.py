@@ -93,13 +93,24 @@ def test_slurm_jobs_carry_the_cluster_config(slurm_workspace, caplog):
         assert job.remotes.git_url == str(ws.parent / "origin.git")  # absolute for the nodes
         assert (job.remotes.dvc_name, job.remotes.dvc_url) == ("storage", str(ws.parent / "store"))
         assert Path(job.clone).parent == ws / ".kshd/cluster/s"
-    # collected before any job pushed: nothing pulled, each missing one named, exit 1
+    # collected before any job pushed: nothing pulled, each missing one named with what
+    # submitit's files say of it (s-2 failed: the result file a failed job leaves), exit 1
+    failed = ws / ".kshd/cluster/s/submitit/4242_1/4242_1_0_result.pkl"
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    failed.write_bytes(pickle.dumps(("error", "Traceback (...)\nDvcError: exited 2")))
     caplog.clear()
     with working_dir(ws), pytest.raises(SystemExit) as end:
         kshd(["sweep", "--collect"])  # the newest sweep
     assert end.value.code == 1
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert "2 of 2 experiments not pushed yet" in warned and "s-1, s-2" in warned
+    assert "2 of 2 experiments not pushed yet" in warned
+    assert "s-1: not ended (log " in warned and "s-2: failed: DvcError: exited 2" in warned
+    # the same group again is refused: its clones and record are that sweep's
+    caplog.clear()
+    with working_dir(ws), pytest.raises(SystemExit) as end:
+        kshd(["sweep", "--executor", "slurm", "--no-wait", "--group", "s", *args])
+    assert end.value.code == 2
+    assert "holds that sweep already" in caplog.records[-1].getMessage()
 
 
 def _pickled_job(folder: Path, job_id: str) -> ExperimentJob:

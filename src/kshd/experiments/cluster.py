@@ -188,6 +188,11 @@ def submit(
     ref = f"refs/kshd/sweeps/{group}"
     git(root, "push", "-q", c.git_remote, f"{commit}:{ref}")  # the commit, for the clones
     sweep_dir = (root / c.dir / group).resolve()
+    if (sweep_dir / RECORD).exists():
+        raise DvcError(
+            f"kshd sweep --group {group}: {sweep_dir} holds that sweep already; choose another "
+            f"--group (or `kshd sweep --collect --group {group}` to gather it)."
+        )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     planned = plan(sweep_dir, group, experiment_grid(overrides))
     links, env = workspace_links(root, cfg), job_env(kind, len(planned))

@@ -59,12 +59,28 @@ def collect(root: Path, record_path: Path) -> int:
         run_dvc(root, ["exp", "pull", "--force", "-r", remotes["dvc_name"],
                        remotes["git_url"], *ready])  # fmt: skip
         build_comparison(root, root / "reports" / "compare", ready)
-    missing = [n for n in names if n not in ready]
+    missing = [e for e in record["experiments"] if e["name"] not in ready]
     if missing:
+        folder = record_path.parent / "submitit"
+        states = "; ".join(f"{e['name']}: {job_state(folder, e['job_id'])}" for e in missing)
         log.warning(
-            "sweep %s: %d of %d experiments not pushed yet (running, queued or failed): %s; "
-            "job logs in %s", record["group"], len(missing), len(names), ", ".join(missing),
-            record_path.parent / "submitit",
+            "sweep %s: %d of %d experiments not pushed yet: %s",
+            record["group"], len(missing), len(names), states,
         )  # fmt: skip
     log.info("sweep %s: %d experiments collected", record["group"], len(ready))
     return 1 if missing else 0
+
+
+def job_state(folder: Path, job_id: str) -> str:
+    """What submitit's own files say of a job that pushed nothing: failed (the error's last
+    line) or not ended (queued, running, or killed without a word), and where its log is."""
+    from submitit.core.utils import JobPaths, pickle_load
+
+    paths = JobPaths(folder / "%j", job_id, task_id=0)
+    if not paths.result_pickle.exists():
+        return f"not ended (log {paths.stdout})"
+    outcome, value = pickle_load(paths.result_pickle)
+    if outcome == "error":
+        last = (str(value).strip().splitlines() or ["?"])[-1]
+        return f"failed: {last} (log {paths.stderr})"
+    return f"ended without pushing (log {paths.stdout})"
