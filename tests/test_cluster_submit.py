@@ -131,12 +131,20 @@ def test_slurm_without_sbatch_is_refused_in_one_line(slurm_workspace, monkeypatc
 
 
 def test_queue_options_are_refused_for_cluster_jobs(tmp_path, monkeypatch, caplog):
-    """--gpus / -j pin the queue's workers here; a cluster job's resources are conf/cluster/'s."""
+    """--gpus / -j pin the queue's workers here; a cluster job's resources are conf/cluster/'s,
+    and a positional override is the sweep's own config: an experiment's key there is named."""
     monkeypatch.chdir(tmp_path)  # refused before anything is read
-    for extra in (["--gpus", "0,1"], ["-j", "2"]):
+    for extra, said in (
+        (["--gpus", "0,1"], "cluster.gpus_per_job"),
+        (["-j", "2"], "cluster.max_running"),
+        (
+            ["train.rank=8"],
+            "train.rank=8: not a cluster.* key; an experiment's value goes after -S",
+        ),
+    ):
         caplog.clear()
         with pytest.raises(SystemExit) as end:
             kshd(["sweep", "--executor", "slurm", "-S", "train.epochs=1,2", *extra])
         assert end.value.code == 2
         [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-        assert "cluster.gpus_per_job" in line and "cluster.max_running" in line
+        assert said in line

@@ -88,9 +88,16 @@ def sweep_main(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace, root: Path, overrides: list[str], prepare) -> int:
     from kshd.config.compose import compose_conf
+    from kshd.config.errors import UserError
     from kshd.experiments.cluster import experiment_grid, run_cluster_sweep
     from kshd.experiments.collect import collect, find_record
 
+    for o in args.cluster:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key != "cluster" and not key.startswith("cluster."):
+            raise UserError(
+                f"{o}: not a cluster.* key; an experiment's value goes after -S: -S {o}"
+            )
     cfg = compose_conf(list(args.cluster), conf_dir=root / "conf")
     if args.collect:
         return collect(root, find_record(root, cfg.cluster.dir, args.group))
