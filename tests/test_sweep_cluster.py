@@ -20,10 +20,15 @@ from submitit import JobEnvironment
 from kshd.cli import main as kshd
 from kshd.config.compose import compose_conf
 from kshd.experiments.cluster import submit
-from kshd.experiments.dvc import exp_show
 
 from .conftest import QUICK_EVAL, QUICK_TRAIN
-from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, link_tiny_models, run_ok
+from .helpers.dvc_repo import (
+    clone_of_this_checkout,
+    dvc_env,
+    experiments_shown,
+    link_tiny_models,
+    run_ok,
+)
 from .helpers.inprocess import working_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -65,14 +70,6 @@ def swept(workspace):
     return workspace, record
 
 
-def _show(repo: Path) -> dict[str, dict]:
-    return {
-        exp["name"]: exp["revs"][0]["data"]
-        for baseline in exp_show(repo)
-        for exp in baseline.get("experiments") or []
-    }
-
-
 def test_each_experiment_ran_as_a_job_in_its_own_clone(swept):
     ws, record = swept
     head = run_ok(["git", "rev-parse", "HEAD"], ws).stdout.strip()
@@ -94,7 +91,7 @@ def test_each_experiment_ran_as_a_job_in_its_own_clone(swept):
 
 def test_collect_brings_both_into_dvc_exp_show_and_the_comparison(swept):
     ws, record = swept
-    show = _show(ws)
+    show = experiments_shown(ws)
     assert sorted(show) == ["g-1", "g-2"]
     batch = {}
     for name, data in show.items():
@@ -108,7 +105,7 @@ def test_collect_brings_both_into_dvc_exp_show_and_the_comparison(swept):
     # a second collect pulls nothing new and says the same
     with working_dir(ws), pytest.raises(SystemExit) as end:
         kshd(["sweep", "--collect", "--group", "g"])
-    assert end.value.code == 0 and sorted(_show(ws)) == ["g-1", "g-2"]
+    assert end.value.code == 0 and sorted(experiments_shown(ws)) == ["g-1", "g-2"]
 
 
 def test_a_preempted_job_resumes_to_the_same_lora(swept):

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from kshd.cli import main as kshd
-from kshd.experiments.dvc import exp_show
 from kshd.experiments.sweep import QUEUED, states, wait
 from kshd.training.processes import device_record
 
 from .browser import ARGS, CHROMIUM
 from .conftest import quick_dvc_params
-from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, link_tiny_models
+from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, experiments_shown, link_tiny_models
 from .helpers.inprocess import working_dir
 from .helpers.wandb_offline import find_offline_runs
 
@@ -71,17 +70,9 @@ def sweep(tmp_path_factory, tiny_models):
     return repo, names, logs, env
 
 
-def _show(repo: Path) -> dict[str, dict]:
-    return {
-        exp["name"]: exp["revs"][0]["data"]
-        for baseline in exp_show(repo)
-        for exp in baseline.get("experiments") or []
-    }
-
-
 def test_four_experiments_with_the_swept_params(sweep):
     repo, names, _, env = sweep
-    show = _show(repo)
+    show = experiments_shown(repo)
     assert sorted(show) == sorted(names)
     runs = {}
     for data in show.values():
@@ -147,7 +138,7 @@ def test_compare_page_lists_the_experiments_with_metrics_and_grids(sweep):
     page = (page_dir / "index.html").read_text(encoding="utf-8")
     rows = dict(re.findall(r'<tr data-exp="([\w-]+)">(.*?)</tr>', page))
     assert sorted(rows) == sorted(names)
-    show = _show(repo)
+    show = experiments_shown(repo)
     for name, cells in rows.items():
         gain = show[name]["metrics"]["reports/metrics.json"]["data"]["style_gain"]
         assert f'data-v="{gain}"' in cells

@@ -19,7 +19,6 @@ from kshd.cli import main as kshd
 from kshd.config.errors import UserError
 from kshd.experiments import gpus as gpus_module
 from kshd.experiments import sweep
-from kshd.experiments.dvc import exp_show
 from kshd.experiments.gpus import (
     check_gpus,
     parse_gpus,
@@ -30,7 +29,7 @@ from kshd.experiments.gpus import (
 )
 from kshd.experiments.sweep import THREAD_VARS, cpu_cores, run_sweep
 
-from .helpers.dvc_repo import dvc_env, run_ok
+from .helpers.dvc_repo import dvc_env, experiments_shown, run_ok
 
 UUID = "GPU-8f3a2b1c-0d4e-4f5a-9b6c-7d8e9f0a1b2c"
 
@@ -194,11 +193,7 @@ def test_four_experiments_on_two_gpus_one_at_a_time_each(tmp_path, monkeypatch):
 
     assert run_sweep(repo, ["x=1,2,3,4"], group="pinned", gpus=["0", "1"]) == 0
 
-    seen = [
-        exp["revs"][0]["data"]["metrics"]["seen.json"]["data"]
-        for baseline in exp_show(repo)
-        for exp in baseline.get("experiments") or []
-    ]
+    seen = [data["metrics"]["seen.json"]["data"] for data in experiments_shown(repo).values()]
     assert len(seen) == 4 and len(compared) == 4
     by_gpu = {gpu: sorted((s["start"], s["end"]) for s in seen if s["CUDA_VISIBLE_DEVICES"] == gpu)
               for gpu in ("0", "1")}  # fmt: skip

@@ -86,3 +86,15 @@ def link_tiny_models(repo: Path, tiny_models: dict[str, Path]) -> None:
         (tiny / model.name).symlink_to(model, target_is_directory=model.is_dir())
     demo_models(repo)
     assert [p.read_bytes() for p in manifests] == before, "the demo's tiny models are other ones"
+
+
+def experiments_shown(repo: Path) -> dict[str, dict]:
+    """Each experiment of `dvc exp show --json` in `repo` by name: its newest revision's data
+    (params and metrics by file)."""
+    from kshd.experiments.dvc import exp_show
+
+    return {
+        exp["name"]: exp["revs"][0]["data"]
+        for baseline in exp_show(repo)
+        for exp in baseline.get("experiments") or []
+    }
