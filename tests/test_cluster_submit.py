@@ -16,7 +16,7 @@ from kshd.cli import main as kshd
 from kshd.experiments.cluster import experiment_grid
 from kshd.experiments.cluster_job import ExperimentJob
 
-from .helpers.dvc_repo import clone_of_this_checkout, dvc_env, run_ok
+from .helpers.dvc_repo import ROOT, clone_of_this_checkout, dvc_env, run_ok
 from .helpers.inprocess import working_dir
 
 SBATCH = """#!/bin/sh
@@ -148,3 +148,33 @@ def test_queue_options_are_refused_for_cluster_jobs(tmp_path, monkeypatch, caplo
         assert end.value.code == 2
         [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert said in line
+
+
+def test_demo_builds_the_tiny_models_first_whatever_the_executor(monkeypatch):
+    """`kshd sweep --demo` hands the demo world's builder to the sweep, which calls it before
+    queueing or submitting: the stages never build models (the product never imports the demo
+    world; the command passes it in)."""
+    import kshd_world.demo
+    from kshd.experiments import cluster, sweep
+
+    built, ran = [], []
+    monkeypatch.setattr(kshd_world.demo, "demo_models", lambda root, o: built.append(list(o)))
+
+    def run(root, overrides, prepare):
+        prepare(root, overrides)
+        ran.append(list(overrides))
+        return 0
+
+    monkeypatch.setattr(
+        sweep, "run_sweep", lambda root, o, jobs, group, prepare, gpus: run(root, o, prepare)
+    )
+    monkeypatch.setattr(
+        cluster, "run_cluster_sweep",
+        lambda root, kind, o, cfg, group, prepare, wait: run(root, o, prepare),
+    )  # fmt: skip
+    monkeypatch.chdir(ROOT)  # its conf/ composes the experiments' config; nothing is written
+    for executor in ("queue", "local"):
+        with pytest.raises(SystemExit) as end:
+            kshd(["sweep", "--demo", "--executor", executor, "-S", "train.epochs=1,2"])
+        assert end.value.code == 0
+    assert built == ran == [["+experiment=demo", "train.epochs=1,2"]] * 2
