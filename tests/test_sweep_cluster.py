@@ -154,16 +154,20 @@ def _wait_for_line(path: Path, pattern: str, job, timeout: float = 600) -> None:
 
 def test_uncommitted_work_is_refused_in_one_line(workspace, caplog):
     """The jobs run the commit: a drawing added but not committed would be silently missing."""
-    extra = workspace / "data/samples/new.png"
+    extra, readme = workspace / "data/samples/new.png", workspace / "README.md"
+    text = readme.read_bytes()
     extra.write_bytes(b"x")
+    readme.write_bytes(text + b"\nan edit\n")  # a tracked file changed: listed first
     try:
         with working_dir(workspace), pytest.raises(SystemExit) as end:
             kshd(["sweep", "--executor", "local", "-S", "+experiment=demo"])
     finally:
         extra.unlink()
+        readme.write_bytes(text)
     assert end.value.code == 2
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert "uncommitted change" in line and "data/samples/new.png" in line and "commit" in line
+    assert "2 uncommitted change(s) (README.md, data/samples/new.png)" in line, line
+    assert "commit" in line
 
 
 def test_a_missing_git_or_dvc_remote_is_refused_in_one_line(tmp_path, caplog):

@@ -19,27 +19,23 @@ from pathlib import Path
 
 from kshd.config.compose import value_at
 from kshd.config.schema import ClusterSettings, ProjectConfig
-from kshd.experiments.cluster_job import ExperimentJob, Remotes, git, tail
+from kshd.experiments.cluster_job import ExperimentJob, Remotes, tail
 from kshd.experiments.collect import RECORD, collect
-from kshd.experiments.dvc import DvcError
+from kshd.experiments.dvc import DvcError, run_git
 from kshd.experiments.sweep import THREAD_VARS, cpu_cores, cuda_available, queue_env
+from kshd.stages import MODEL_KEYS
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("slurm", "local")  # submitit's AutoExecutor clusters
 # Folders an experiment may need that git does not carry (built models, say), linked from the
 # workspace into each clone where they are git-ignored there.
 LINKED_KEYS = (
+    *MODEL_KEYS,
     "data.raw_dir",
     "data.reg_dir",
     "tiny.dir",
-    "model.pretrained",
-    "model.single_file_config",
     "caption.model",
     "tagger.model",
-    "evaluate.clip_model",
-    "evaluate.dino_model",
-    "evaluate.sketch.controlnet",
 )
 
 
@@ -62,7 +58,7 @@ def experiment_grid(overrides: Sequence[str]) -> list[list[str]]:
 
 def sweep_commit(root: Path) -> str:
     """The commit the jobs run; uncommitted work would be missing from their clones: refused."""
-    changed = git(root, "status", "--porcelain").splitlines()
+    changed = run_git(root, "status", "--porcelain").splitlines()
     if changed:
         shown = ", ".join(line[3:] for line in changed[:3])
         raise DvcError(
@@ -70,14 +66,14 @@ def sweep_commit(root: Path) -> str:
             f"{', ...' if len(changed) > 3 else ''}): the jobs run the committed project in "
             "their own clones; commit them (drawings: `dvc add` and `dvc push` them) and rerun."
         )
-    return git(root, "rev-parse", "HEAD")
+    return run_git(root, "rev-parse", "HEAD")
 
 
 def resolve_remotes(root: Path, c: ClusterSettings) -> Remotes:
     """The git URL and the DVC remote the jobs use, read from the workspace; one line naming
     the key and the way out where one is missing."""
     try:
-        url = git(root, "remote", "get-url", c.git_remote)
+        url = run_git(root, "remote", "get-url", c.git_remote)
     except DvcError:
         raise DvcError(
             f"config key `cluster.git_remote` = {c.git_remote!r}: the workspace has no such git "
@@ -186,7 +182,7 @@ def submit(
     commit = sweep_commit(root)
     remotes = resolve_remotes(root, c)
     ref = f"refs/kshd/sweeps/{group}"
-    git(root, "push", "-q", c.git_remote, f"{commit}:{ref}")  # the commit, for the clones
+    run_git(root, "push", "-q", c.git_remote, f"{commit}:{ref}")  # the commit, for the clones
     sweep_dir = (root / c.dir / group).resolve()
     if (sweep_dir / RECORD).exists():
         raise DvcError(

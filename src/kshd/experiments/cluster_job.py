@@ -13,15 +13,16 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
 
-from kshd.experiments.dvc import DvcError, dvc_executable
+from kshd.experiments.dvc import DvcError, dvc_executable, run_dvc, run_git
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ExperimentJob(submitit.helpers.Checkpointable):
         """Pre-empted or timed out: stop the run after a checkpoint, then resubmit this job."""
         log.warning("experiment %s: stopping for a resubmission", self.name)
         self.stop()
-        return submitit.helpers.DelayedSubmission(replace(self, _proc=None))
+        return super().checkpoint(*args, **kwargs)  # this job again (pickled without _proc)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Ctrl-C to the run's process group (DVC and the stage); SIGKILL after `grace_s`.
@@ -117,35 +118,20 @@ class ExperimentJob(submitit.helpers.Checkpointable):
         return {k: v for k, v in self.__dict__.items() if k != "_proc"} | {"_proc": None}
 
 
-def git(root: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        raise DvcError(f"`git {' '.join(args)}` in {root} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-def dvc(root: Path, *args: str) -> str:
-    proc = subprocess.run([dvc_executable(), *args], cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        raise DvcError(f"`dvc {' '.join(args)}` in {root} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def prepare_clone(root: Path, remotes: Remotes, ref: str, commit: str) -> None:
     """A clone of the git remote at `commit`, with the sweep's DVC remote; a resubmitted job
     finds it as its first run left it (checkpoints included) and changes nothing."""
     if not (root / ".git").is_dir():
         partial = root.with_name(root.name + ".partial")
-        if partial.exists():
-            subprocess.run(["rm", "-rf", str(partial)], check=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a clone cut short by a kill
         partial.parent.mkdir(parents=True, exist_ok=True)
-        git(partial.parent, "clone", "-q", "--no-checkout", remotes.git_url, partial.name)
-        git(partial, "fetch", "-q", "origin", f"{ref}:{ref}")
-        git(partial, "checkout", "-q", "--detach", commit)
+        run_git(partial.parent, "clone", "-q", "--no-checkout", remotes.git_url, partial.name)
+        run_git(partial, "fetch", "-q", "origin", f"{ref}:{ref}")
+        run_git(partial, "checkout", "-q", "--detach", commit)
         # the workspace's remote, whether its config is committed or local to the workspace
-        dvc(partial, "remote", "add", "--local", "--force", remotes.dvc_name, remotes.dvc_url)
+        run_dvc(partial, ["remote", "add", "--local", "--force", remotes.dvc_name, remotes.dvc_url])
         partial.rename(root)
-    elif git(root, "rev-parse", "HEAD") != commit:
+    elif run_git(root, "rev-parse", "HEAD") != commit:
         raise DvcError(f"{root} is not at the sweep's commit {commit[:7]}: remove it and rerun")
 
 
@@ -162,7 +148,7 @@ def link_missing(root: Path, links: dict[str, str]) -> None:
 def push(root: Path, name: str, dvc_remote: str) -> None:
     """The finished experiment to the git remote (`origin` of the clone) and its outputs to the
     DVC remote, for `kshd sweep --collect`."""
-    dvc(root, "exp", "push", "--force", "-r", dvc_remote, "origin", name)
+    run_dvc(root, ["exp", "push", "--force", "-r", dvc_remote, "origin", name])
     log.info("experiment %s pushed", name)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 from kshd.experiments.compare import build_comparison
-from kshd.experiments.dvc import DvcError, run_dvc
+from kshd.experiments.dvc import DvcError, run_dvc, run_git
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,11 @@ def collect(root: Path, record_path: Path) -> int:
     """Pull the sweep's pushed experiments (their outputs from the DVC remote) and write
     reports/compare/; 1 when some are not pushed yet (running, queued or failed)."""
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    if head.stdout.strip() != record["commit"]:
+    head = run_git(root, "rev-parse", "HEAD")
+    if head != record["commit"]:
         raise DvcError(
             f"kshd sweep --collect: sweep {record['group']} ran commit {record['commit'][:7]}, "
-            f"the workspace is at {head.stdout.strip()[:7]}; `git checkout "
+            f"the workspace is at {head[:7]}; `git checkout "
             f"{record['commit'][:7]}` and collect again (the comparison reads that commit's "
             "experiments)."
         )

@@ -52,6 +52,15 @@ def run_dvc(root: Path, args: Sequence[str], timeout: float | None = None, tries
     raise DvcError(f"`dvc {' '.join(args)}` in {root} failed {tries} times; try it by hand")
 
 
+def run_git(root: Path, *args: str) -> str:
+    """`git args` in `root`, its output without the trailing newline (a porcelain status's
+    leading blank kept); DvcError with git's words if it fails."""
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise DvcError(f"`git {' '.join(args)}` in {root} failed: {proc.stderr.strip()}")
+    return proc.stdout.rstrip()
+
+
 def exp_show(root: Path) -> list:
     """`dvc exp show --json` (seconds normally; retried if it hangs)."""
     return json.loads(run_dvc(root, ["exp", "show", "--json"], timeout=300, tries=3))

@@ -98,11 +98,10 @@ def _cluster(args: argparse.Namespace, root: Path, overrides: list[str], prepare
             raise UserError(
                 f"{o}: not a cluster.* key; an experiment's value goes after -S: -S {o}"
             )
-    cfg = compose_conf(list(args.cluster), conf_dir=root / "conf")
     if args.collect:
+        cfg = compose_conf(list(args.cluster), conf_dir=root / "conf")
         return collect(root, find_record(root, cfg.cluster.dir, args.group))
     # the experiments' own config (models to link into the clones): the grid's first point
-    exp_cfg = compose_conf([*experiment_grid(overrides)[0], *args.cluster], conf_dir=root / "conf")
-    return run_cluster_sweep(
-        root, args.executor, overrides, exp_cfg, args.group, prepare, not args.no_wait
-    )
+    cfg = compose_conf([*experiment_grid(overrides)[0], *args.cluster], conf_dir=root / "conf")
+    return run_cluster_sweep(root, args.executor, overrides, cfg, args.group, prepare,
+                             not args.no_wait)  # fmt: skip
