@@ -243,8 +243,7 @@ class Handlers:
         """The page's `_run`: each batch shown as it ends, a live preview and the ETA while
         drawing (`gui_live`); the same outputs last."""
         try:
-            req = self._request(values, make)
-            progress((0, req.steps), desc="waiting for the model", unit="steps")
+            req = self._request(values, make, progress)
             yield from live_job(self.engine, req, progress, session(request),
                                 lambda result: outputs(req, values, result),
                                 lambda notes: self._said(notes, request))  # fmt: skip
@@ -253,8 +252,7 @@ class Handlers:
 
     def _job(self, values: dict, progress: gr.Progress, request: gr.Request | None,
              make: type[Request]):  # fmt: skip
-        req = self._request(values, make)
-        progress((0, req.steps), desc="waiting for the model", unit="steps")
+        req = self._request(values, make, progress)
         result = self.engine.generate(
             req,
             lambda done, total: progress((done, total), desc="drawing", unit="steps"),
@@ -263,9 +261,9 @@ class Handlers:
         self._said(result.notes, request)
         return outputs(req, values, result)
 
-    def _request(self, values: dict, make: type[Request]) -> Request:
+    def _request(self, values: dict, make: type[Request], progress: gr.Progress) -> Request:
         """The tab's Request from its inputs (`values` by field name; a missing picture or
-        sketch refused, naming its field)."""
+        sketch refused, naming its field), its job said to wait for the model."""
         if isinstance(values.get("image"), dict):  # inpainting: the picture and its strokes
             brushed = values.pop("image")
             values["image"], values["mask"] = brushed.get("image"), brushed.get("mask")
@@ -278,7 +276,9 @@ class Handlers:
         if "control_image" in values and not values["control_image"]:
             log.info("refused: no sketch")
             raise user_error("Sketch: upload or draw a sketch")
-        return make(**values)
+        req = make(**values)
+        progress((0, req.steps), desc="waiting for the model", unit="steps")
+        return req
 
     # the built-in tabs' handlers by name (a script's or a test's; the studio wires `drawer`)
     txt2img = request_handler(tab_parts()["txt2img"], _run)

@@ -5,8 +5,8 @@ Three ways, as A1111 offers them: `cheap` (its "Approx cheap": a fixed latent-to
 pixel, free), `taesd` (madebyollin's tiny autoencoder, diffusers' AutoencoderTiny, from a folder
 on disk: near the real colours and shapes for a few milliseconds) and `full` (the base's own VAE,
 as the final picture is decoded: exact, a VAE decode each time). `auto`: TAESD where its folder
-is on disk, else cheap. A base whose VAE has a latent space of its own (the demo world's) is
-previewed with `full`: the SD coefficients would show noise.
+is on disk, else cheap. A base whose VAE has a latent space of its own (the demo world's) needs
+`full`: the SD coefficients would show noise (the demo profile sets it).
 """
 
 from __future__ import annotations
