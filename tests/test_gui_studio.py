@@ -199,21 +199,26 @@ def test_the_lora_chooser_lists_checkpoints_and_refreshes(browser, server):
         server["engine"].set_lora(str(server["lora"]))
 
 
+def _draw_txt2img(page, prompt: str, **numbers: str) -> None:
+    """The prompt and the number fields typed (Tab commits each), Generate clicked; back once
+    the images show and Generate is on again."""
+    page.fill("#txt2img-prompt textarea", prompt)
+    for name, value in numbers.items():
+        field = "#txt2img-seed input" if name == "seed" else f"#txt2img-{name} input[type=number]"
+        page.fill(field, value)
+        page.press(field, "Tab")
+    page.click("#txt2img-generate")
+    wait_for_images(page, "txt2img")
+    page.wait_for_selector("#txt2img-generate:not([disabled])", timeout=60_000)
+
+
 def _newest(outputs, seed: int):
     return max(outputs.glob(f"txt2img/*/*-{seed}.png"), key=lambda p: p.stat().st_mtime)
 
 
 def test_png_info_round_trip_and_an_a1111_file(browser, server, tmp_path):
     page, _ = open_page(browser, server, VIEW)
-    page.fill("#txt2img-prompt textarea", "a girl with a hat")
-    for field, value in (("#txt2img-seed input", "777"), ("#txt2img-steps input[type=number]", "4"),
-                         ("#txt2img-width input[type=number]", "64"),
-                         ("#txt2img-height input[type=number]", "64")):  # fmt: skip
-        page.fill(field, value)
-        page.press(field, "Tab")
-    page.click("#txt2img-generate")
-    wait_for_images(page, "txt2img")
-    page.wait_for_selector("#txt2img-generate:not([disabled])", timeout=60_000)
+    _draw_txt2img(page, "a girl with a hat", seed="777", steps="4", width="64", height="64")
     drawn = _value(page, "#txt2img-info")
     page.fill("#txt2img-prompt textarea", "something else")
     page.fill("#txt2img-seed input", "1")
@@ -364,15 +369,7 @@ def test_a_lora_tag_typed_in_the_prompt_draws_with_that_lora_and_an_unknown_one_
     found nowhere is said beside Generate and the drawing goes on without it."""
     page, failed = open_page(browser, server, VIEW)
     prompt = "a boy <lora:checkpoint-8:0.5> <lora:nosuch:1>"
-    page.fill("#txt2img-prompt textarea", prompt)
-    for field, value in (("#txt2img-steps input[type=number]", "2"),
-                         ("#txt2img-width input[type=number]", "64"),
-                         ("#txt2img-height input[type=number]", "64")):  # fmt: skip
-        page.fill(field, value)
-        page.press(field, "Tab")
-    page.click("#txt2img-generate")
-    wait_for_images(page, "txt2img")
-    page.wait_for_selector("#txt2img-generate:not([disabled])", timeout=60_000)
+    _draw_txt2img(page, prompt, steps="2", width="64", height="64")
     said = page.inner_text("#txt2img-status")
     assert "<lora:nosuch>: no LoRA of that name in" in said and "drawn without it" in said, said
     info = _value(page, "#txt2img-info")
