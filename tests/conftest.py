@@ -15,6 +15,7 @@ from .helpers.parallel import (  # noqa: F401 (pytest's hooks: xdist workers, th
     pytest_configure_node,
     pytest_runtest_protocol,
     pytest_unconfigure,
+    pytest_xdist_make_scheduler,
     run_folder,
 )
 

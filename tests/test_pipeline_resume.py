@@ -13,11 +13,18 @@ from .helpers.dvc_repo import clone_of_this_checkout, demo_steps, dvc_env, link_
 from .helpers.events import Child
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-# The demo made quick (its mechanics, not its learning), 12 epochs, a checkpoint every 4 steps.
-LONG = [
-    *("-S", "+experiment=demo", "-S", "train.epochs=12", "-S", "train.checkpointing_steps=4"),
-    *quick_dvc_params("train.epochs", "train.checkpointing_steps"),
-]
+
+
+def _demo(**train) -> list[str]:
+    """`dvc exp run` arguments of the demo made quick (its mechanics, not its learning), a
+    checkpoint every 4 steps, with these train.* values."""
+    values = {"checkpointing_steps": 4} | train
+    keys = [f"train.{k}" for k in values]
+    sets = [a for k, v in values.items() for a in ("-S", f"train.{k}={v}")]
+    return ["-S", "+experiment=demo", *sets, *quick_dvc_params(*keys)]
+
+
+LONG = _demo(epochs=12)  # long enough for a kill to land between checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,8 @@ def test_dvc_repro_after_a_crash_resumes_training(repo):
 
 def test_an_experiment_with_other_params_does_not_continue_its_checkpoints(repo):
     assert (repo / "models/checkpoints").is_dir()  # left by the previous run (persist: true)
-    run_ok(["dvc", "exp", "run", *LONG, "-S", "train.batch_size=1"], repo)
+    # Another learning rate, and few enough epochs that a continued run would have nothing left.
+    run_ok(["dvc", "exp", "run", *_demo(epochs=4, learning_rate=5e-3)], repo)
     metrics = _metrics(repo)
     assert metrics["resumed_from"] is None
-    assert metrics["steps"] == demo_steps(repo, batch_size=1, epochs=12)
+    assert metrics["steps"] == demo_steps(repo, batch_size=2, epochs=4)

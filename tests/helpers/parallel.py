@@ -9,10 +9,12 @@
 - Groups: tests marked `xdist_group(name)` (peaks of many GB: "memory") never run at the same
   time, as pytest-xdist's --dist loadgroup would keep them, beside any other test.
 - Shared: the tiny models are built once for the run, in a folder the workers share.
-- Order: a file's tests stay together on one worker (module fixtures are built once); the files
-  with an `alone` test start first, then the others longest first, by the durations recorded in
-  tests/durations.json, so that no long file starts last (`--record-durations=PATH` writes
-  such a table from a run).
+- Order: a file's tests stay together on one worker (module fixtures are built once), except
+  that the files with an `alone` test are one unit of work for one worker, their `alone` tests
+  first (AloneFirstScheduling): while it runs them, the other worker waits between its own tests,
+  and those are the quickest file's, so that no `alone` test waits long with a core idle. Then the
+  other files, longest first by the durations recorded in tests/durations.json, so that no long
+  file starts last (`--record-durations=PATH` writes such a table from a run).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from kshd.experiments.sweep import THREAD_VARS, cpu_cores
 
 DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
+ALONE_FILES = "alone-files.json"  # in the run folder: the files of the `alone` unit
 UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
 
 
@@ -78,20 +82,89 @@ def _file(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under xdist: the files with an `alone` test first (they run while the other worker waits
-    or runs theirs, rather than waiting for a long test of another file), then the others,
-    longest first. A stable sort: each file keeps its order, every worker collects the same list.
-    """
+    """Under xdist: the `alone` unit first (its `alone` tests, then the rest of its files), then
+    the quickest file per test (the other worker's tests while the `alone` ones run), then the
+    other files, longest first. Every worker collects the same list; the `alone` files are
+    written down for the controller's scheduler."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     table = json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
-    alone = {_file(i.nodeid) for i in items if i.get_closest_marker("alone") is not None}
+    alone_files = {_file(i.nodeid) for i in items if _alone(i)}
+    unit = _alone_unit([i for i in items if _file(i.nodeid) in alone_files])
+    others = [i for i in items if _file(i.nodeid) not in alone_files]
+    counts: dict[str, int] = defaultdict(int)
+    for item in others:
+        counts[_file(item.nodeid)] += 1
+    seconds = {f: table.get(f, UNKNOWN_FILE_S) for f in counts}
+    quickest = min(counts, key=lambda f: (seconds[f] / counts[f], -counts[f]), default=None)
 
     def key(item) -> tuple[bool, float]:
         name = _file(item.nodeid)
-        return name not in alone, -table.get(name, UNKNOWN_FILE_S)
+        return name != quickest, -seconds[name]
 
-    items.sort(key=key)
+    items[:] = unit + sorted(others, key=key)  # a stable sort: each file keeps its order
+    folder = run_folder(config)
+    if folder is not None:
+        written = folder / f"{ALONE_FILES}.{os.environ['PYTEST_XDIST_WORKER']}"
+        written.write_text(json.dumps(sorted(alone_files)), encoding="utf-8")
+        written.replace(folder / ALONE_FILES)  # whole, as every worker writes the same
+
+
+def _alone(item) -> bool:
+    return item.get_closest_marker("alone") is not None
+
+
+def _alone_unit(items: list) -> list:
+    """The `alone` tests first, file by file, then the other tests of their files; a file whose
+    module fixture both kinds use keeps its tests together (the fixture is built once), last of
+    the `alone` ones, so that the others follow its tests straight away."""
+    files: dict[str, list] = defaultdict(list)
+    for item in items:
+        files[_file(item.nodeid)].append(item)
+    front, shared, back = [], [], []
+    for tests in files.values():
+        alone = [i for i in tests if _alone(i)]
+        rest = [i for i in tests if not _alone(i)]
+        if _module_fixtures(alone) & _module_fixtures(rest):
+            shared += alone + rest
+        else:
+            front += alone
+            back += rest
+    return front + shared + back
+
+
+def _module_fixtures(items: list) -> set[str]:
+    return {
+        name
+        for item in items
+        for name, defs in item._fixtureinfo.name2fixturedefs.items()
+        if defs and defs[-1].scope == "module"
+    }
+
+
+class AloneFirstScheduling(LoadFileScheduling):
+    """--dist loadfile with the files that hold an `alone` test as one unit of work, so that one
+    worker runs those tests one after another (the workers write the files' list at collection,
+    before the controller schedules)."""
+
+    def __init__(self, config, log=None) -> None:
+        super().__init__(config, log)
+        self.alone_files: set[str] | None = None
+
+    def _split_scope(self, nodeid: str) -> str:
+        if self.alone_files is None:
+            written = Path(self.config.kshd_run_dir) / ALONE_FILES
+            self.alone_files = set(json.loads(written.read_text(encoding="utf-8")))
+        scope = super()._split_scope(nodeid)
+        return "alone" if scope in self.alone_files else scope
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile (make test's) as AloneFirstScheduling; any other mode as xdist's own."""
+    if config.getoption("dist") == "loadfile" and hasattr(config, "kshd_run_dir"):
+        return AloneFirstScheduling(config, log)
+    return None
 
 
 class DurationRecorder:
