@@ -116,8 +116,8 @@ def _alone(item) -> bool:
 
 def _alone_unit(items: list) -> list:
     """The `alone` tests first, file by file, then the other tests of their files; a file whose
-    module fixture both kinds use keeps its tests together (the fixture is built once), last of
-    the `alone` ones, so that the others follow its tests straight away."""
+    module fixture both kinds use keeps its own order after them (the fixture is built once, by
+    its first test, with the thread count that test's comparisons expect)."""
     files: dict[str, list] = defaultdict(list)
     for item in items:
         files[_file(item.nodeid)].append(item)
@@ -126,11 +126,11 @@ def _alone_unit(items: list) -> list:
         alone = [i for i in tests if _alone(i)]
         rest = [i for i in tests if not _alone(i)]
         if _module_fixtures(alone) & _module_fixtures(rest):
-            shared += alone + rest
+            shared += tests
         else:
             front += alone
             back += rest
-    return front + shared + back
+    return front + back + shared
 
 
 def _module_fixtures(items: list) -> set[str]:
