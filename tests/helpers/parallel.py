@@ -11,8 +11,8 @@
 - Shared: the tiny models are built once for the run, in a folder the workers share.
 - Order: a file's tests stay together on one worker (module fixtures are built once), except
   that the files with an `alone` test are one unit of work for one worker, their `alone` tests
-  first (AloneFirstScheduling): while it runs them, the other worker waits between its own tests,
-  and those are the quickest file's, so that no `alone` test waits long with a core idle. Then the
+  first (AloneFirstScheduling): while it runs them, the other worker runs the quickest file's
+  tests between them, so that an `alone` test waits for a short test, not a long one. Then the
   other files, longest first by the durations recorded in tests/durations.json, so that no long
   file starts last (`--record-durations=PATH` writes such a table from a run).
 """
@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,9 +92,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     alone_files = {_file(i.nodeid) for i in items if _alone(i)}
     unit = _alone_unit([i for i in items if _file(i.nodeid) in alone_files])
     others = [i for i in items if _file(i.nodeid) not in alone_files]
-    counts: dict[str, int] = defaultdict(int)
-    for item in others:
-        counts[_file(item.nodeid)] += 1
+    counts = Counter(_file(i.nodeid) for i in others)
     seconds = {f: table.get(f, UNKNOWN_FILE_S) for f in counts}
     quickest = min(counts, key=lambda f: (seconds[f] / counts[f], -counts[f]), default=None)
 
@@ -255,7 +253,7 @@ def pytest_runtest_protocol(item, nextitem):
     if lock is None:
         yield
         return
-    alone = item.get_closest_marker("alone") is not None
+    alone = _alone(item)
     groups = sorted({m.args[0] for m in item.iter_markers("xdist_group")})
     with contextlib.ExitStack() as held:
         held.enter_context(lock.held(alone))
