@@ -11,10 +11,10 @@
 - Shared: the tiny models are built once for the run, in a folder the workers share.
 - Order: a file's tests stay together on one worker (module fixtures are built once), except
   that the files with an `alone` test are one unit of work for one worker, their `alone` tests
-  first (AloneFirstScheduling): while it runs them, the other worker runs the quickest file's
-  tests between them, so that an `alone` test waits for a short test, not a long one. Then the
-  other files, longest first by the durations recorded in tests/durations.json, so that no long
-  file starts last (`--record-durations=PATH` writes such a table from a run).
+  first (AloneFirstScheduling). While any of them is still to run, the other worker is given the
+  quickest file per test left, so that an `alone` test waits for a short test, not a long one;
+  then the other files, longest first by the durations recorded in tests/durations.json, so that
+  no long file starts last (`--record-durations=PATH` writes such a table from a run).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +35,8 @@ from xdist.scheduler import LoadFileScheduling
 from kshd.experiments.sweep import THREAD_VARS, cpu_cores
 
 DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
-ALONE_FILES = "alone-files.json"  # in the run folder: the files of the `alone` unit
+ALONE_FILES = "alone-files.json"  # in the run folder: the `alone` tests and their files
+ALONE_UNIT = "alone"  # the scheduler's name for the unit of those files
 UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
 
 
@@ -83,29 +84,32 @@ def _file(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Under xdist: the `alone` unit first (its `alone` tests, then the rest of its files), then
-    the quickest file per test (the other worker's tests while the `alone` ones run), then the
-    other files, longest first. Every worker collects the same list; the `alone` files are
-    written down for the controller's scheduler."""
+    the other files, longest first. Every worker collects the same list; the `alone` files and
+    tests are written down for the controller's scheduler."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    table = json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
-    alone_files = {_file(i.nodeid) for i in items if _alone(i)}
+    table = durations_table()
+    alone = [i.nodeid for i in items if _alone(i)]
+    alone_files = {_file(n) for n in alone}
     unit = _alone_unit([i for i in items if _file(i.nodeid) in alone_files])
     others = [i for i in items if _file(i.nodeid) not in alone_files]
-    counts = Counter(_file(i.nodeid) for i in others)
-    seconds = {f: table.get(f, UNKNOWN_FILE_S) for f in counts}
-    quickest = min(counts, key=lambda f: (seconds[f] / counts[f], -counts[f]), default=None)
-
-    def key(item) -> tuple[bool, float]:
-        name = _file(item.nodeid)
-        return name != quickest, -seconds[name]
-
-    items[:] = unit + sorted(others, key=key)  # a stable sort: each file keeps its order
+    others.sort(key=lambda i: -table.get(_file(i.nodeid), UNKNOWN_FILE_S))  # stable: in order
+    items[:] = unit + others
     folder = run_folder(config)
     if folder is not None:
         written = folder / f"{ALONE_FILES}.{os.environ['PYTEST_XDIST_WORKER']}"
-        written.write_text(json.dumps(sorted(alone_files)), encoding="utf-8")
+        written.write_text(json.dumps({"files": sorted(alone_files), "tests": alone}), "utf-8")
         written.replace(folder / ALONE_FILES)  # whole, as every worker writes the same
+
+
+def durations_table() -> dict[str, float]:
+    """Each test file's seconds in a recorded run (tests/durations.json; empty without it)."""
+    return json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.exists() else {}
+
+
+def quickest_unit(units: dict[str, dict[str, bool]], table: dict[str, float]) -> str:
+    """The unit of work (a file and its tests) with the fewest recorded seconds per test."""
+    return min(units, key=lambda f: (table.get(f, UNKNOWN_FILE_S) / len(units[f]), f))
 
 
 def _alone(item) -> bool:
@@ -114,8 +118,8 @@ def _alone(item) -> bool:
 
 def _alone_unit(items: list) -> list:
     """The `alone` tests first, file by file, then the other tests of their files; a file whose
-    module fixture both kinds use keeps its own order after them (the fixture is built once, by
-    its first test, with the thread count that test's comparisons expect)."""
+    module fixture both kinds use keeps its own order, before them (the fixture is built once,
+    by its first test, with the thread count that test's comparisons expect)."""
     files: dict[str, list] = defaultdict(list)
     for item in items:
         files[_file(item.nodeid)].append(item)
@@ -128,7 +132,7 @@ def _alone_unit(items: list) -> list:
         else:
             front += alone
             back += rest
-    return front + back + shared
+    return shared + front + back
 
 
 def _module_fixtures(items: list) -> set[str]:
@@ -142,19 +146,40 @@ def _module_fixtures(items: list) -> set[str]:
 
 class AloneFirstScheduling(LoadFileScheduling):
     """--dist loadfile with the files that hold an `alone` test as one unit of work, so that one
-    worker runs those tests one after another (the workers write the files' list at collection,
-    before the controller schedules)."""
+    worker runs those tests one after another; while one of them is still to run, the other
+    workers get the quickest file per test (the workers write the `alone` tests down at
+    collection, before the controller schedules: the controller collects nothing itself)."""
 
     def __init__(self, config, log=None) -> None:
         super().__init__(config, log)
-        self.alone_files: set[str] | None = None
+        self.table = durations_table()
+        self._written: dict[str, list[str]] | None = None
+
+    @property
+    def alone(self) -> dict[str, list[str]]:
+        if self._written is None:
+            path = Path(self.config.kshd_run_dir) / ALONE_FILES
+            self._written = json.loads(path.read_text(encoding="utf-8"))
+        return self._written
 
     def _split_scope(self, nodeid: str) -> str:
-        if self.alone_files is None:
-            written = Path(self.config.kshd_run_dir) / ALONE_FILES
-            self.alone_files = set(json.loads(written.read_text(encoding="utf-8")))
         scope = super()._split_scope(nodeid)
-        return "alone" if scope in self.alone_files else scope
+        return ALONE_UNIT if scope in self.alone["files"] else scope
+
+    def _assign_work_unit(self, node) -> None:
+        if self._alone_tests_ahead(node):
+            self.workqueue.move_to_end(quickest_unit(self.workqueue, self.table), last=False)
+        super()._assign_work_unit(node)
+
+    def _alone_tests_ahead(self, node) -> bool:
+        """Whether another worker holds the `alone` unit with an `alone` test still to run."""
+        tests = set(self.alone["tests"])
+        return any(
+            not done and nodeid in tests
+            for other, units in self.assigned_work.items()
+            if other is not node
+            for nodeid, done in units.get(ALONE_UNIT, {}).items()
+        )
 
 
 @pytest.hookimpl(optionalhook=True)
