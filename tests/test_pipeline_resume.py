@@ -1,4 +1,6 @@
-"""Through DVC: `dvc repro` after a crash resumes training; another experiment starts afresh."""
+"""Through DVC: `dvc repro train` after a crash resumes training; another experiment starts afresh.
+
+Both run the pipeline up to the train stage (DVC's targets): what follows it is not the point."""
 
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 def _demo(**train) -> list[str]:
     """`dvc exp run` arguments of the demo made quick (its mechanics, not its learning), a
-    checkpoint every 4 steps, with these train.* values."""
+    checkpoint every 4 steps, with these train.* values, up to the train stage."""
     values = {"checkpointing_steps": 4} | train
     keys = [f"train.{k}" for k in values]
     sets = [a for k, v in values.items() for a in ("-S", f"train.{k}={v}")]
-    return ["-S", "+experiment=demo", *sets, *quick_dvc_params(*keys)]
+    return ["train", "-S", "+experiment=demo", *sets, *quick_dvc_params(*keys)]
 
 
 LONG = _demo(epochs=12)  # long enough for a kill to land between checkpoints
@@ -49,7 +51,7 @@ def test_dvc_repro_after_a_crash_resumes_training(repo):
     marker = repo / "models/checkpoints/checkpoint-8/state.json"
     assert marker.exists(), "the kill should land after checkpoint-8"
     assert not (repo / "reports/train/metrics.json").exists(), "the kill should land mid-training"
-    out = run_ok(["dvc", "repro"], repo)  # params.yaml holds the experiment's values
+    out = run_ok(["dvc", "repro", "train"], repo)  # params.yaml holds the experiment's values
     log = out.stdout + out.stderr
     assert "Running stage 'train'" in log
     for stage in ("prepare", "caption", "dataset"):
