@@ -1,12 +1,16 @@
-"""The suite's own scheduler (tests/helpers/parallel.py), driven as xdist's controller drives it:
-an `alone` test should wait for the other worker's short test, not for a long file."""
+"""The suite's own scheduling (tests/helpers/parallel.py): the scheduler, driven as xdist's
+controller drives it (an `alone` test should wait for the other worker's short test, not for a
+long file), and the split of the cores that every worker and its children keep to."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
-from .helpers.parallel import ALONE_FILES, AloneFirstScheduling, quickest_unit
+from .helpers.parallel import ALONE_FILES, THREADS, AloneFirstScheduling, quickest_unit, set_threads
 
 # file -> (its tests, seconds recorded for the whole file)
 FILES = {
@@ -74,3 +78,27 @@ def test_quickest_is_by_seconds_per_test_and_an_unrecorded_file_counts_as_middli
     units = {"few": dict.fromkeys("ab", False), "many": dict.fromkeys("abcdefgh", False)}
     assert quickest_unit(units, {"few": 4.0, "many": 8.0}) == "many"  # 1 s a test, not 2
     assert quickest_unit(units, {"many": 80.0}) == "few"  # 10 s a test against 5 / 2 = 2.5
+
+
+def test_a_worker_s_share_of_threads_holds_for_torch_and_opencv_here_and_in_its_children():
+    """OpenCV reads neither of torch's variables: its pool would take every core beside the
+    other worker's tests unless OPENCV_FOR_THREADS_NUM says otherwise."""
+    import cv2
+    import torch
+
+    before = {v: os.environ.get(v) for v in THREADS}, torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        set_threads(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+        code = "import cv2, torch; print(cv2.getNumThreads(), torch.get_num_threads())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]
+    finally:
+        env, threads, cv_threads = before
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)

@@ -1,8 +1,9 @@
 """The suite on pytest-xdist workers (`make test`: `-n 2 --dist loadfile`) without oversubscribing.
 
-- Threads: each worker's torch, and every process it starts (OMP_NUM_THREADS, MKL_NUM_THREADS),
-  gets cores // workers threads. Two torch processes with a thread per core each on the same
-  cores run several times slower than with the cores split (bench/threads.py).
+- Threads: each worker's torch and OpenCV, and every process it starts (OMP_NUM_THREADS,
+  MKL_NUM_THREADS, OPENCV_FOR_THREADS_NUM), gets cores // workers threads. Two torch processes
+  with a thread per core each on the same cores run several times slower than with the cores
+  split (bench/threads.py); OpenCV's pool takes every core unless told.
 - Alone: a test marked `alone` (DDP training, a script with thread counts of its own) waits for
   the other workers' tests in flight to end and holds the machine while it runs, with every
   core's threads; the others wait for it (a shared/exclusive file lock around each test).
@@ -38,6 +39,8 @@ DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
 ALONE_FILES = "alone-files.json"  # in the run folder: the `alone` tests and their files
 ALONE_UNIT = "alone"  # the scheduler's name for the unit of those files
 UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
+# torch's counts, and OpenCV's: its own pool reads neither and takes every core
+THREADS = (*THREAD_VARS, "OPENCV_FOR_THREADS_NUM")
 
 
 def worker_count() -> int:
@@ -46,12 +49,14 @@ def worker_count() -> int:
 
 
 def set_threads(n: int) -> None:
-    """This process's torch threads and those of the processes it starts from now on."""
+    """This process's torch and OpenCV threads and those of the processes it starts from now."""
+    import cv2
     import torch
 
-    for var in THREAD_VARS:
+    for var in THREADS:
         os.environ[var] = str(n)
     torch.set_num_threads(n)
+    cv2.setNumThreads(n)
 
 
 def split_cpu_cores() -> None:
@@ -293,15 +298,18 @@ def _threads(every_core: int | None) -> Iterator[None]:
     """During an `alone` test every core's threads (the machine is its own). After any test the
     worker's share again: some code sets torch's count for its own run and keeps it (the demo
     world's ControlNet script, for one)."""
+    import cv2
     import torch
 
-    before, threads = {v: os.environ.get(v) for v in THREAD_VARS}, torch.get_num_threads()
+    before, threads = {v: os.environ.get(v) for v in THREADS}, torch.get_num_threads()
+    cv_threads = cv2.getNumThreads()
     if every_core:
         set_threads(every_core)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
         for var, value in before.items():
             if value is None:
                 os.environ.pop(var, None)
