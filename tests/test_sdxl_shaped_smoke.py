@@ -3,7 +3,7 @@
 Random weights (nothing downloaded): SDXL base's 2.6 G-parameter UNet and VAE, both text
 encoders at their real widths (768 and 1280) but two layers deep to stay quick. fp32 on the CPU,
 no gradient checkpointing (its recomputation doubled the time here; its path is the same as SD
-1.x's): ~4 min on 2 cores (build 50 s, 2 steps with caching 150 s, one drawing 50 s).
+1.x's): about 55 s on 2 cores (the UNet's random weights 7 s of it; torch's own init took 25 s).
 `make gpu-check SDXL=1` runs fp16 and bf16 at 1024 px where a GPU is lent.
 """
 
