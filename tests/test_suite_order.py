@@ -1,17 +1,21 @@
 """The suite's own scheduling (tests/helpers/parallel.py): the scheduler, driven as xdist's
 controller drives it (an `alone` test should wait for the other worker's short test, not for a
-long file), and the split of the cores that every worker and its children keep to."""
+long file), the split of the cores that every worker and its children keep to, and the selection
+bench/suite.py times today's suite on."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from .helpers.parallel import ALONE_FILES, THREADS, AloneFirstScheduling, quickest_unit, set_threads
 
+ROOT = Path(__file__).resolve().parents[1]
 # file -> (its tests, seconds recorded for the whole file)
 FILES = {
     "tests/test_alone.py": (["ddp", "plain", "other"], 60.0),
@@ -102,3 +106,14 @@ def test_a_worker_s_share_of_threads_holds_for_torch_and_opencv_here_and_in_its_
                 os.environ[var] = value
         torch.set_num_threads(threads)
         cv2.setNumThreads(cv_threads)
+
+
+def test_the_suite_bench_keeps_an_earlier_commit_s_tests_and_names_the_rest():
+    """bench/suite.py times today's suite on an earlier commit's tests: a test parametrized
+    since stands for itself by its first case, and an id that matches nothing is reported."""
+    spec = importlib.util.spec_from_file_location("suite_select", ROOT / "bench/suite_select.py")
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    today = ["t.py::a", "t.py::b[adamw]", "t.py::b[prodigy]", "t.py::new"]
+    keep, unmatched = select.kept(["t.py::a", "t.py::b", "t.py::renamed"], today)
+    assert keep == {"t.py::a", "t.py::b[adamw]"} and unmatched == ["t.py::renamed"]
