@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from .helpers.parallel import ALONE_FILES, THREADS, AloneFirstScheduling, quickest_unit, set_threads
+from .helpers.parallel import (
+    ALONE_FILES,
+    AloneFirstScheduling,
+    _threads,
+    quickest_unit,
+    set_threads,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # file -> (its tests, seconds recorded for the whole file)
@@ -42,9 +47,7 @@ class Worker:
 
 
 def _scheduler(tmp_path) -> tuple[AloneFirstScheduling, list[str]]:
-    (tmp_path / ALONE_FILES).write_text(
-        json.dumps({"files": ["tests/test_alone.py"], "tests": ALONE}), encoding="utf-8"
-    )
+    (tmp_path / ALONE_FILES).write_text(json.dumps(ALONE), encoding="utf-8")
     config = SimpleNamespace(
         getvalue=lambda name: ["2*popen"] if name == "tx" else None,
         option=SimpleNamespace(loadscopereorder=False),
@@ -90,22 +93,12 @@ def test_a_worker_s_share_of_threads_holds_for_torch_and_opencv_here_and_in_its_
     import cv2
     import torch
 
-    before = {v: os.environ.get(v) for v in THREADS}, torch.get_num_threads(), cv2.getNumThreads()
-    try:
+    with _threads(None):  # the worker's counts and variables back afterwards
         set_threads(1)
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
         code = "import cv2, torch; print(cv2.getNumThreads(), torch.get_num_threads())"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.stdout.split() == ["1", "1"], out.stderr[-2000:]
-    finally:
-        env, threads, cv_threads = before
-        for var, value in env.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(cv_threads)
 
 
 def test_the_suite_bench_keeps_an_earlier_commit_s_tests_and_names_the_rest():

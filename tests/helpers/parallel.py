@@ -36,7 +36,7 @@ from xdist.scheduler import LoadFileScheduling
 from kshd.experiments.sweep import THREAD_VARS, cpu_cores
 
 DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
-ALONE_FILES = "alone-files.json"  # in the run folder: the `alone` tests and their files
+ALONE_FILES = "alone-tests.json"  # in the run folder: the `alone` tests' node ids
 ALONE_UNIT = "alone"  # the scheduler's name for the unit of those files
 UNKNOWN_FILE_S = 5.0  # a file not in the table yet: as a middling one
 # torch's counts, and OpenCV's: its own pool reads neither and takes every core
@@ -103,7 +103,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     folder = run_folder(config)
     if folder is not None:
         written = folder / f"{ALONE_FILES}.{os.environ['PYTEST_XDIST_WORKER']}"
-        written.write_text(json.dumps({"files": sorted(alone_files), "tests": alone}), "utf-8")
+        written.write_text(json.dumps(alone), encoding="utf-8")
         written.replace(folder / ALONE_FILES)  # whole, as every worker writes the same
 
 
@@ -158,18 +158,20 @@ class AloneFirstScheduling(LoadFileScheduling):
     def __init__(self, config, log=None) -> None:
         super().__init__(config, log)
         self.table = durations_table()
-        self._written: dict[str, list[str]] | None = None
+        self._alone: set[str] | None = None
 
     @property
-    def alone(self) -> dict[str, list[str]]:
-        if self._written is None:
+    def alone(self) -> set[str]:
+        """The `alone` tests' node ids, read once (written before the first scheduling)."""
+        if self._alone is None:
             path = Path(self.config.kshd_run_dir) / ALONE_FILES
-            self._written = json.loads(path.read_text(encoding="utf-8"))
-        return self._written
+            self._alone = set(json.loads(path.read_text(encoding="utf-8")))
+            self._alone_files = {_file(n) for n in self._alone}
+        return self._alone
 
     def _split_scope(self, nodeid: str) -> str:
         scope = super()._split_scope(nodeid)
-        return ALONE_UNIT if scope in self.alone["files"] else scope
+        return ALONE_UNIT if self.alone and scope in self._alone_files else scope
 
     def _assign_work_unit(self, node) -> None:
         if self._alone_tests_ahead(node):
@@ -178,9 +180,8 @@ class AloneFirstScheduling(LoadFileScheduling):
 
     def _alone_tests_ahead(self, node) -> bool:
         """Whether another worker holds the `alone` unit with an `alone` test still to run."""
-        tests = set(self.alone["tests"])
         return any(
-            not done and nodeid in tests
+            not done and nodeid in self.alone
             for other, units in self.assigned_work.items()
             if other is not node
             for nodeid, done in units.get(ALONE_UNIT, {}).items()
